@@ -1,0 +1,71 @@
+"""Traffic-accident self-report service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+
+from accident_service.errors import ServiceError
+from accident_service.logs import configure_logging
+from accident_service.runtime import Runtime, build_runtime
+from accident_service.settings import Settings, SettingsError, load_settings
+from accident_service.web import EXTENSION_KEY
+
+__all__ = ["create_app", "SettingsError"]
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """The only app factory.
+
+    ``config`` is a Settings object or a mapping of setting names to values
+    that override the environment (tests). Raises SettingsError, naming the
+    variable, when a setting is missing, malformed or unusable.
+    """
+    if runtime is not None:
+        settings = runtime.settings
+    else:
+        settings = config if isinstance(config, Settings) else load_settings(config)
+    configure_logging(settings.LOG_LEVEL)
+    if settings.AUTO_MIGRATE:
+        _migrate_or_explain(settings)
+    runtime = runtime or build_runtime(settings)
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.SECRET_KEY,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.APP_ENV == "production",
+        JSON_AS_ASCII=False,
+    )
+    app.extensions[EXTENSION_KEY] = runtime
+    _register_blueprints(app)
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError):
+        return jsonify(exc.to_dict()), exc.http_status
+
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from accident_service import ops
+    from accident_service.storage import views as storage_views
+    from accident_service.wechat import webhook
+
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(storage_views.bp)
+    app.register_blueprint(webhook.bp)
+
+
+def _migrate_or_explain(settings: Settings) -> None:
+    from accident_service.schema import upgrade_database
+
+    try:
+        upgrade_database(settings.DATABASE_URL)
+    except SQLAlchemyError as exc:
+        raise SettingsError(f"DATABASE_URL: cannot open the database: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}") from exc

@@ -1,0 +1,89 @@
+"""The ``accident-service`` console script (a Flask CLI group)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask.cli import FlaskGroup
+
+from accident_service import create_app
+from accident_service.errors import ServiceError
+from accident_service.settings import SettingsError, load_settings
+
+
+def _app_factory():
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_app_factory, add_default_commands=False, add_version_option=False)
+def cli() -> None:
+    """Traffic-accident self-report service."""
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create or upgrade the schema (SQLite or PostgreSQL, from DATABASE_URL)."""
+    from accident_service.schema import upgrade_database
+
+    settings = load_settings()
+    upgrade_database(settings.DATABASE_URL, revision)
+    click.echo(f"schema at {revision}")
+
+
+@cli.command("create-staff")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["officer", "supervisor"]), default="officer", show_default=True)
+@click.option("--station", "station_code", help="Station code (required for officers).")
+@click.option("--password", envvar="STAFF_PASSWORD", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="Read from STAFF_PASSWORD or prompted.")
+def create_staff_command(username: str, role: str, station_code: str | None, password: str) -> None:
+    """Create a desk staff account."""
+    from accident_service.desk.accounts import create_staff
+
+    runtime = _runtime()
+    with runtime.unit_of_work() as session:
+        user = create_staff(session, username=username, password=password, role=role,
+                            station_code=station_code, clock=runtime.clock)
+        click.echo(f"created {user.role.value} {user.username}")
+
+
+@cli.command("serve")
+@click.option("--bind", default=lambda: os.environ.get("BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000")
+@click.option("--workers", default=2, show_default=True)
+def serve(bind: str, workers: int) -> None:
+    """Run the web service under gunicorn (schema upgraded first when AUTO_MIGRATE)."""
+    create_app()  # fail fast, with a readable message, before gunicorn forks
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+    args = [sys.executable, "-m", "gunicorn", "--config", os.path.join(root, "config", "gunicorn.conf.py"),
+            "--chdir", root, "--bind", bind, "--workers", str(workers), "wsgi:app"]
+    os.execv(sys.executable, args)
+
+
+def _runtime():
+    from accident_service.runtime import build_runtime
+
+    return build_runtime(load_settings())
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="accident-service", standalone_mode=False)
+    except SettingsError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+    except ServiceError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -1,0 +1,55 @@
+"""Staff accounts: argon2 password hashes, roles scoped to a station."""
+
+from __future__ import annotations
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accident_service.clock import Clock
+from accident_service.errors import Conflict, ServiceError
+from accident_service.models import StaffRole, StaffUser, Station
+
+_hasher = PasswordHasher()
+MIN_PASSWORD_LENGTH = 10
+
+
+class InvalidStaffInput(ServiceError):
+    code = "invalid_staff"
+
+
+def create_staff(session: Session, *, username: str, password: str, role: str, station_code: str | None,
+                 clock: Clock) -> StaffUser:
+    """Create a staff account. Raises InvalidStaffInput or Conflict (username taken)."""
+    username = username.strip()
+    if not username or len(username) > 64:
+        raise InvalidStaffInput("username must be 1-64 characters")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidStaffInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    try:
+        staff_role = StaffRole(role)
+    except ValueError as exc:
+        raise InvalidStaffInput(f"role must be one of {[r.value for r in StaffRole]}") from exc
+    station_id = None
+    if station_code:
+        station = session.scalar(select(Station).where(Station.code == station_code))
+        if station is None:
+            raise InvalidStaffInput(f"unknown station {station_code!r}")
+        station_id = station.id
+    elif staff_role is StaffRole.OFFICER:
+        raise InvalidStaffInput("an officer needs a station")
+    if session.scalar(select(StaffUser.id).where(StaffUser.username == username)) is not None:
+        raise Conflict(f"username {username!r} is taken")
+    user = StaffUser(username=username, password_hash=_hasher.hash(password), role=staff_role,
+                     station_id=station_id, active=True, created_at=clock.now())
+    session.add(user)
+    session.flush()
+    return user
+
+
+def verify_password(user: StaffUser, password: str) -> bool:
+    try:
+        return _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False

@@ -1,0 +1,34 @@
+"""Typed errors features raise; mapped to HTTP once, in the app factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """A failure with a stable machine-readable code and an HTTP status.
+
+    Subclass per feature (``SlotTaken``, ``PhotoRejected``): set ``code`` and
+    ``http_status`` on the class, pass details as keyword arguments.
+    """
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+    http_status = 409

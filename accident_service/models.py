@@ -1,0 +1,300 @@
+"""The tables (DESIGN.md §4). Alembic migrations own the schema; keep them in step.
+
+All timestamps are aware UTC (:class:`accident_service.db.UTCDateTime`).
+Enumerations are stored by value as short strings so the schema stays
+portable between SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from accident_service.db import Base
+
+
+def _enum(cls: type[enum.Enum], length: int = 24) -> Enum:
+    return Enum(cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True, create_constraint=False)
+
+
+class CaseStatus(str, enum.Enum):
+    DRAFT = "draft"
+    READY = "ready"
+    BOOKED = "booked"
+    CONFIRMED = "confirmed"
+    CHECKED_IN = "checked_in"
+    COMPLETED = "completed"
+    RETAKE_REQUESTED = "retake_requested"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    NO_SHOW = "no_show"
+
+
+OPEN_CASE_STATUSES = (CaseStatus.DRAFT, CaseStatus.READY, CaseStatus.BOOKED, CaseStatus.CONFIRMED,
+                      CaseStatus.CHECKED_IN, CaseStatus.RETAKE_REQUESTED)
+
+
+class PartyRole(str, enum.Enum):
+    A = "A"  # the reporter
+    B = "B"  # the other party
+
+
+class PhotoStatus(str, enum.Enum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # replaced by a retake; kept for the audit trail
+
+
+class AppointmentStatus(str, enum.Enum):
+    BOOKED = "booked"
+    CONFIRMED = "confirmed"
+    CHECKED_IN = "checked_in"
+    COMPLETED = "completed"
+    NO_SHOW = "no_show"
+    CANCELLED = "cancelled"
+    RESCHEDULED = "rescheduled"  # moved to another slot; the new row is the active one
+
+
+ACTIVE_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED, AppointmentStatus.CHECKED_IN)
+
+
+class WorkStatus(str, enum.Enum):
+    """Lifecycle of a leased work item (inbound message, notification)."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"  # gave up after the attempt limit or a permanent error
+
+
+class StaffRole(str, enum.Enum):
+    OFFICER = "officer"
+    SUPERVISOR = "supervisor"
+
+
+class Station(Base):
+    __tablename__ = "station"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(400))
+    lat: Mapped[float] = mapped_column(Float)
+    lng: Mapped[float] = mapped_column(Float)
+    timezone: Mapped[str] = mapped_column(String(64), default="Asia/Shanghai")
+    opening_hours: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    holidays: Mapped[list[str]] = mapped_column(JSON, default=list)
+    slot_minutes: Mapped[int] = mapped_column(Integer, default=30)
+    desks: Mapped[int] = mapped_column(Integer, default=1)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    slots: Mapped[list[Slot]] = relationship(back_populates="station")
+
+
+class Slot(Base):
+    __tablename__ = "slot"
+    __table_args__ = (
+        UniqueConstraint("station_id", "starts_at"),
+        CheckConstraint("booked >= 0 AND booked <= capacity", name="booked_within_capacity"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    station_id: Mapped[int] = mapped_column(ForeignKey("station.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime] = mapped_column(index=True)
+    ends_at: Mapped[datetime]
+    capacity: Mapped[int] = mapped_column(Integer)
+    booked: Mapped[int] = mapped_column(Integer, default=0)
+
+    station: Mapped[Station] = relationship(back_populates="slots")
+
+
+class Case(Base):
+    __tablename__ = "accident_case"  # "case" is an SQL keyword
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_no: Mapped[str] = mapped_column(String(32), unique=True)
+    status: Mapped[CaseStatus] = mapped_column(_enum(CaseStatus), default=CaseStatus.DRAFT, index=True)
+    join_code: Mapped[str | None] = mapped_column(String(6), unique=True)
+    join_qr_ticket: Mapped[str | None] = mapped_column(String(256))
+    join_qr_url: Mapped[str | None] = mapped_column(String(512))
+    location_lat: Mapped[float | None] = mapped_column(Float)
+    location_lng: Mapped[float | None] = mapped_column(Float)
+    location_label: Mapped[str | None] = mapped_column(String(400))
+    # Slot ids offered to the reporter, in the order they were numbered.
+    offered_slot_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    offered_at: Mapped[datetime | None]
+    evidence_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_activity_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    closed_at: Mapped[datetime | None]
+
+    parties: Mapped[list[Party]] = relationship(back_populates="case", order_by="Party.role")
+    photos: Mapped[list[Photo]] = relationship(back_populates="case", order_by="Photo.id")
+    appointments: Mapped[list[Appointment]] = relationship(back_populates="case", order_by="Appointment.id")
+
+    def party(self, role: PartyRole) -> Party | None:
+        return next((p for p in self.parties if p.role == role), None)
+
+
+class Party(Base):
+    __tablename__ = "party"
+    __table_args__ = (UniqueConstraint("case_id", "role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("accident_case.id", ondelete="CASCADE"))
+    role: Mapped[PartyRole] = mapped_column(_enum(PartyRole, 1))
+    openid: Mapped[str] = mapped_column(String(64), index=True)
+    plate: Mapped[str | None] = mapped_column(String(16))
+    phone: Mapped[str | None] = mapped_column(String(16))
+    language: Mapped[str] = mapped_column(String(8), default="zh")
+    # Checklist item the party asked to replace with ``retake N``.
+    retake_item: Mapped[int | None] = mapped_column(Integer)
+    joined_at: Mapped[datetime]
+
+    case: Mapped[Case] = relationship(back_populates="parties")
+
+
+class Photo(Base):
+    __tablename__ = "photo"
+    __table_args__ = (Index("ix_photo_case_item", "case_id", "item"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("accident_case.id", ondelete="CASCADE"))
+    party_id: Mapped[int | None] = mapped_column(ForeignKey("party.id", ondelete="SET NULL"))
+    item: Mapped[int | None] = mapped_column(Integer)  # 1-based checklist position
+    kind: Mapped[str | None] = mapped_column(String(32))  # checklist item code
+    status: Mapped[PhotoStatus] = mapped_column(_enum(PhotoStatus))
+    reject_code: Mapped[str | None] = mapped_column(String(32))
+    media_id: Mapped[str | None] = mapped_column(String(256))
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    phash: Mapped[int | None] = mapped_column(BigInteger)
+    object_key: Mapped[str | None] = mapped_column(String(300))
+    thumb_key: Mapped[str | None] = mapped_column(String(300))
+    content_type: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    taken_at: Mapped[datetime | None]
+    capture_time_known: Mapped[bool] = mapped_column(Boolean, default=False)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    received_at: Mapped[datetime]
+    inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id", ondelete="SET NULL"))
+
+    case: Mapped[Case] = relationship(back_populates="photos")
+
+
+class Appointment(Base):
+    __tablename__ = "appointment"
+    __table_args__ = (
+        # At most one active appointment per case, enforced by the database.
+        Index("uq_appointment_active_case", "case_id", unique=True,
+              postgresql_where=text("status IN ('booked', 'confirmed', 'checked_in')"),
+              sqlite_where=text("status IN ('booked', 'confirmed', 'checked_in')")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("accident_case.id", ondelete="CASCADE"), index=True)
+    slot_id: Mapped[int] = mapped_column(ForeignKey("slot.id"), index=True)
+    status: Mapped[AppointmentStatus] = mapped_column(_enum(AppointmentStatus), index=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    reminded_at: Mapped[datetime | None]
+
+    case: Mapped[Case] = relationship(back_populates="appointments")
+    slot: Mapped[Slot] = relationship()
+
+
+class InboundMessage(Base):
+    __tablename__ = "inbound_message"
+    __table_args__ = (Index("ix_inbound_message_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    openid: Mapped[str] = mapped_column(String(64), index=True)
+    msg_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)  # the (decrypted) XML as received
+    received_at: Mapped[datetime]
+    status: Mapped[WorkStatus] = mapped_column(_enum(WorkStatus), default=WorkStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    leased_by: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime | None]
+
+
+class Notification(Base):
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("accident_case.id", ondelete="SET NULL"), index=True)
+    openid: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(40))
+    language: Mapped[str] = mapped_column(String(8), default="zh")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[WorkStatus] = mapped_column(_enum(WorkStatus), default=WorkStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    leased_by: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
+class StaffUser(Base):
+    __tablename__ = "staff_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[StaffRole] = mapped_column(_enum(StaffRole))
+    station_id: Mapped[int | None] = mapped_column(ForeignKey("station.id", ondelete="SET NULL"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor_type: Mapped[str] = mapped_column(String(16))  # staff | party | system
+    actor: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("accident_case.id", ondelete="SET NULL"), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class WechatToken(Base):
+    __tablename__ = "wechat_token"
+
+    appid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    access_token: Mapped[str | None] = mapped_column(String(512))
+    expires_at: Mapped[datetime | None]
+    refreshed_at: Mapped[datetime | None]
+    refresh_lock_until: Mapped[datetime | None]

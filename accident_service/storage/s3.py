@@ -1,0 +1,94 @@
+"""S3-compatible store through boto3 (AWS S3, MinIO via S3_ENDPOINT_URL)."""
+
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from accident_service.storage import StorageUnavailable, StoredObject
+
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3ObjectStore:
+    def __init__(self, *, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 region: str = "us-east-1", create_bucket: bool = False) -> None:
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        # Short timeouts and few retries: a stopped store must surface quickly
+        # (readiness probe, photo intake retries with its own backoff).
+        config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"},
+                        signature_version="s3v4", s3={"addressing_style": "path"})
+        self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self._bucket_checked = not create_bucket
+        self._create_bucket = create_bucket
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_checked:
+            return
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) not in _MISSING_CODES:
+                raise
+            self._client.create_bucket(Bucket=self.bucket)
+        self._bucket_checked = True
+
+    def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
+        try:
+            self._ensure_bucket()
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                    ContentType=content_type, Metadata=metadata or {})
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"s3: cannot store {key}: {exc}") from exc
+
+    def get(self, key: str) -> StoredObject:
+        try:
+            self._ensure_bucket()
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data = response["Body"].read()
+        except ClientError as exc:
+            if _code(exc) in _MISSING_CODES:
+                raise FileNotFoundError(key) from exc
+            raise StorageUnavailable(f"s3: cannot read {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"s3: cannot read {key}: {exc}") from exc
+        return StoredObject(key, data, response.get("ContentType", "application/octet-stream"),
+                            dict(response.get("Metadata", {})))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._ensure_bucket()
+            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if _code(exc) in _MISSING_CODES:
+                return False
+            raise StorageUnavailable(f"s3: cannot check {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"s3: cannot check {key}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"s3: cannot delete {key}: {exc}") from exc
+
+    def presigned_url(self, key: str, *, expires_in: int) -> str:
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_in)
+
+    def check(self) -> None:
+        try:
+            self._ensure_bucket()
+            self._client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"s3 bucket {self.bucket!r} not reachable: {exc}") from exc
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,47 @@
+"""The console script, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ON_POSTGRES, POSTGRES_URL
+
+
+def run_cli(*args: str, env: dict[str, str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from accident_service.cli import main; main()", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120, input=input)
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    url = POSTGRES_URL if ON_POSTGRES else f"sqlite:///{tmp_path}/cli.db"
+    return {"DATA_DIR": str(tmp_path), "DATABASE_URL": url}
+
+
+def test_db_upgrade_then_create_staff(cli_env):
+    result = run_cli("db", "upgrade", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("create-staff", "chief", "--role", "supervisor",
+                     env={**cli_env, "STAFF_PASSWORD": "correct horse battery"})
+    assert result.returncode == 0, result.stderr
+    assert "created supervisor chief" in result.stdout
+    again = run_cli("create-staff", "chief", "--role", "supervisor",
+                    env={**cli_env, "STAFF_PASSWORD": "correct horse battery"})
+    assert again.returncode != 0 and "taken" in again.stderr
+
+
+def test_officer_needs_a_known_station(cli_env):
+    run_cli("db", "upgrade", env=cli_env)
+    result = run_cli("create-staff", "officer1", "--station", "NOPE", env={**cli_env, "STAFF_PASSWORD": "x" * 12})
+    assert result.returncode == 1 and "unknown station" in result.stderr
+
+
+def test_malformed_database_url_fails_naming_it(tmp_path):
+    result = run_cli("db", "upgrade", env={"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgres:/ /bad url"})
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
