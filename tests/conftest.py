@@ -21,6 +21,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 from accident_service import create_app  # noqa: E402
+from accident_service import models as _models  # noqa: E402,F401  (registers the tables)
 from accident_service.clock import ControlledClock  # noqa: E402
 from accident_service.db import Base, make_engine  # noqa: E402
 from accident_service.runtime import build_runtime  # noqa: E402
@@ -100,6 +101,7 @@ def settings_overrides(tmp_path, database_url):
         "AUTO_MIGRATE": False,
         "SECRET_KEY": "test-secret-key",
         "INBOX_PROCESS_INLINE": False,
+        "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 0,  # the official sample messages were signed in 2014
         "WECHAT_API_BASE_URL": "http://127.0.0.1:9/cgi-bin/",  # unroutable unless a test sets the emulator
     }
 
@@ -139,3 +141,46 @@ def moto_s3():
 @pytest.fixture
 def s3_bucket_name():
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+WECHAT_APPID = "wx-test-app"
+WECHAT_SECRET = "test-app-secret"
+WECHAT_TOKEN = "test-token"
+WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+@pytest.fixture
+def wechat():
+    """The WeChat platform emulator on loopback (API side and pushes)."""
+    from accident_service.sandbox.emulator import WeChatEmulator
+
+    emulator = WeChatEmulator(WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN, WECHAT_AES_KEY,
+                              encrypted_by_default=False)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def wechat_settings_overrides(settings_overrides, wechat):
+    return {**settings_overrides, "WECHAT_APP_ID": WECHAT_APPID, "WECHAT_APP_SECRET": WECHAT_SECRET,
+            "WECHAT_TOKEN": WECHAT_TOKEN, "WECHAT_ENCODING_AES_KEY": WECHAT_AES_KEY,
+            "WECHAT_API_BASE_URL": wechat.api_base_url}
+
+
+@pytest.fixture
+def wechat_runtime(wechat_settings_overrides, clock):
+    rt = build_runtime(load_settings(wechat_settings_overrides, environ={}), clock=clock)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def live_app(wechat_runtime, wechat):
+    """The app on a real HTTP server, wired to the emulator both ways."""
+    from tests.support.live import LiveServer
+
+    server = LiveServer(create_app(runtime=wechat_runtime)).start()
+    wechat.callback_url = server.url + "/wechat"
+    yield server
+    server.stop()

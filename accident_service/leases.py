@@ -1,0 +1,81 @@
+"""Leased work items (inbox messages, outbox notifications) shared by many workers.
+
+A row is claimed by an atomic UPDATE of its lease columns: ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL, SQLite's single writer (BEGIN IMMEDIATE) elsewhere.
+A crashed worker's claim lapses when ``lease_until`` passes. Rows for one
+recipient are handed out one at a time, oldest first, so a driver's messages
+are applied, and answered, in order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from accident_service.db import is_postgres
+from accident_service.models import InboundMessage, Notification, WorkStatus
+
+LeasedModel = type[InboundMessage] | type[Notification]
+MAX_BACKOFF = timedelta(minutes=10)
+
+
+def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
+          limit: int, only_id: int | None = None, max_attempts: int | None = None) -> list[int]:
+    """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids.
+
+    With ``max_attempts``, a row whose lease lapsed after its last allowed attempt
+    (its worker died or hung every time) is marked FAILED instead of claimed again.
+    """
+    if max_attempts is not None:
+        _fail_exhausted(session, model, now=now, max_attempts=max_attempts)
+    earlier = aliased(model)
+    due = or_(and_(model.status == WorkStatus.PENDING, model.next_attempt_at <= now),
+              and_(model.status == WorkStatus.PROCESSING, model.lease_until < now))
+    # Any unfinished older row of the same recipient blocks: one waiting for its retry
+    # (backoff) or held by a crashed worker must go first, not be overtaken.
+    blocked = exists().where(
+        earlier.openid == model.openid, earlier.id < model.id,
+        earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)))
+    candidates = select(model.id).where(due, ~blocked).order_by(model.id).limit(limit)
+    if only_id is not None:
+        candidates = candidates.where(model.id == only_id)
+    if is_postgres(session):
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = list(session.scalars(candidates))
+    if ids:
+        session.execute(update(model).where(model.id.in_(ids), due)
+                        .values(status=WorkStatus.PROCESSING, leased_by=worker_id,
+                                lease_until=now + timedelta(seconds=lease_seconds), attempts=model.attempts + 1)
+                        .execution_options(synchronize_session=False))
+    return ids
+
+
+def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int) -> None:
+    # Without this a message that kills its worker would be claimed (and maybe re-sent) forever.
+    exhausted = and_(model.status == WorkStatus.PROCESSING, model.lease_until < now, model.attempts >= max_attempts)
+    stuck = select(model.id).where(exhausted).order_by(model.id)
+    if is_postgres(session):
+        stuck = stuck.with_for_update(skip_locked=True)
+    ids = list(session.scalars(stuck))
+    if ids:
+        session.execute(update(model).where(model.id.in_(ids), exhausted)
+                        .values(status=WorkStatus.FAILED, lease_until=None,
+                                last_error=f"lease expired on each of {max_attempts} attempts (worker died or hung)")
+                        .execution_options(synchronize_session=False))
+
+
+def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
+    """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile."""
+    result = session.execute(update(model)
+                             .where(model.id == row_id, model.leased_by == worker_id,
+                                    model.status == WorkStatus.PROCESSING)
+                             .values(lease_until=None, **values)
+                             .execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
+def backoff(attempts: int) -> timedelta:
+    """5 s, 10 s, 20 s, … capped at 10 minutes."""
+    return min(timedelta(seconds=5 * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)

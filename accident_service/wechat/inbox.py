@@ -1,0 +1,121 @@
+"""The durable inbox: store each push once, then process it under a lease.
+
+The webhook only calls :func:`store_inbound` and answers. Workers (the
+scheduler's sweeper, the web process's small pool) call :func:`claim_due` and
+:func:`process`. Claims are atomic (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+an atomic conditional UPDATE inside SQLite's write lock), one message per
+driver at a time and in arrival order, and a crashed worker's lease simply
+expires. The effects of a message and marking it done commit together, and
+only while the lease is still ours: one effect per message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from accident_service import leases, metrics
+from accident_service.models import InboundMessage, WorkStatus
+from accident_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """Processing hit a transient failure (storage down, WeChat busy); try again later."""
+
+
+class LeaseLost(Exception):
+    """Another worker took the message over; our effects must not commit."""
+
+
+def dedupe_key_for(message) -> str:
+    """MsgId for messages; FromUserName+CreateTime+Event for events (their id is 0)."""
+    if getattr(message, "id", 0):
+        return f"msg:{message.id}"
+    event = getattr(message, "event", None) or getattr(message, "type", "unknown")
+    return f"evt:{message.source}:{message.time}:{event}"
+
+
+def store_inbound(session: Session, message, xml_text: str, now: datetime) -> InboundMessage | None:
+    """Insert the push; None when it is a retry of one already stored."""
+    key = dedupe_key_for(message)
+    if session.scalar(select(InboundMessage.id).where(InboundMessage.dedupe_key == key)) is not None:
+        return None
+    row = InboundMessage(dedupe_key=key, openid=str(message.source)[:64], msg_type=_msg_type(message)[:32],
+                         payload=xml_text, received_at=now, status=WorkStatus.PENDING, attempts=0,
+                         next_attempt_at=now)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # a concurrent retry of the same push won the race
+        return None
+    return row
+
+
+def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None) -> list[int]:
+    """Lease up to ``limit`` due messages for ``worker_id`` and return their ids (committed)."""
+    with runtime.unit_of_work() as session:
+        return leases.claim(session, InboundMessage, worker_id, now=runtime.clock.now(),
+                            lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id,
+                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS)
+
+
+Handler = Callable[[Runtime, InboundMessage, str], None]
+
+
+def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler) -> str:
+    """Run ``handler`` for one leased message; returns "done", "retry", "failed" or "lost".
+
+    ``handler(runtime, row, worker_id)`` does its own network work first and
+    then calls :func:`finish` inside its final unit of work.
+    """
+    with runtime.unit_of_work() as session:
+        row = session.get(InboundMessage, message_id)
+        if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
+            return "lost"
+        session.expunge(row)
+    try:
+        handler(runtime, row, worker_id)
+        outcome = "done"
+    except LeaseLost:
+        outcome = "lost"
+    except RetryLater as exc:
+        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc.__cause__ or exc).__name__}: {exc}"[:500])
+    except Exception as exc:  # a bug or poison message must not loop forever
+        log.exception("inbox message %s failed", message_id)
+        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc).__name__}: {exc}"[:500])
+    metrics.INBOX_PROCESSED.labels(outcome).inc()
+    return outcome
+
+
+def finish(session: Session, row: InboundMessage, worker_id: str, now: datetime) -> None:
+    """Mark the message done in the caller's transaction; raises LeaseLost if it is no longer ours."""
+    if not leases.complete(session, InboundMessage, row.id, worker_id, status=WorkStatus.DONE, processed_at=now,
+                           last_error=None):
+        raise LeaseLost(row.id)
+
+
+def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error: str) -> str:
+    now = runtime.clock.now()
+    give_up = row.attempts >= runtime.settings.INBOX_MAX_ATTEMPTS
+    with runtime.unit_of_work() as session:
+        still_ours = leases.complete(session, InboundMessage, row.id, worker_id,
+                                     status=WorkStatus.FAILED if give_up else WorkStatus.PENDING, last_error=error,
+                                     next_attempt_at=now + leases.backoff(row.attempts))
+    if not still_ours:
+        return "lost"
+    if give_up:
+        log.error("inbox message %s failed for good after %s attempts: %s", row.id, row.attempts, error)
+        return "failed"
+    return "retry"
+
+
+def _msg_type(message) -> str:
+    kind = getattr(message, "type", "unknown")
+    return f"event:{message.event}" if kind == "event" else kind

@@ -1,0 +1,175 @@
+"""Turn what a driver types into an intent (DESIGN.md §5, conversation contract).
+
+Pure functions, no I/O. Drivers type on phone keyboards with Chinese input
+methods, so everything goes through :func:`normalise` first: full-width
+digits, letters, spaces and punctuation become ASCII (NFKC), and the
+comparison of keywords is case-insensitive.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from dataclasses import dataclass
+
+PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
+# GA 36: serial letters never use I or O (they read as 1 and 0).
+_SERIAL = "[A-HJ-NP-Z0-9]"
+_P = f"[{PROVINCES}][A-Z]"  # province + issuing-authority letter
+_PLATE_RE = re.compile(
+    "|".join(
+        (
+            f"{_P}{_SERIAL}{{5}}",  # ordinary: 粤A12345, 粤AB123C
+            f"{_P}{_SERIAL}{{4}}[学警挂港澳]",  # special: 粤A1234学, 粤Z1234港
+            # Small new-energy: energy letter (A-E pure electric, F-K other),
+            # one letter-or-digit, four digits: 粤AD12345, 粤ADE1234.
+            f"{_P}[A-HJK]{_SERIAL}[0-9]{{4}}",
+            f"{_P}[0-9]{{5}}[DF]",  # large new-energy: 粤A12345D
+        )
+    )
+)
+# Separators people put inside plates: spaces, the middle dot printed on
+# the plate itself (and look-alikes input methods produce), dots, dashes.
+_PLATE_SEPARATORS = re.compile(r"[\s·•・‧.\-‐‑–—_]+")
+_DASHES_AND_SPACES = re.compile(r"[\s\-‐‑–—]+")
+_PHONE_RE = re.compile(r"(?:\+86|0086|86)?(1[3-9][0-9]{9})")
+_JOIN_CODE_RE = re.compile(r"[0-9]{6}")
+_CHOICE_RE = re.compile(r"[1-9]")
+_RETAKE_RE = re.compile(r"(?:重拍|retake)\s*([0-9]{1,2})?")
+# Zero-width characters survive NFKC and are invisible to the driver, but
+# would make "1\u200b" fail to match; they are dropped.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+# Punctuation a driver may add around a keyword ("取消!", "help."). Not "?":
+# "取消?" is a question, and must not cancel an appointment.
+_KEYWORD_PUNCTUATION = "。.!！~～ "
+
+
+class IntentKind(enum.StrEnum):
+    """What a driver's text asks for; the value is stable for logs and storage."""
+
+    REPORT = "report"
+    STATUS = "status"
+    RESCHEDULE = "reschedule"
+    CANCEL = "cancel"
+    RETAKE = "retake"
+    HELP = "help"
+    LANGUAGE = "language"
+    CHOICE = "choice"
+    JOIN_CODE = "join_code"
+    PHONE = "phone"
+    PLATE = "plate"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A classified driver text.
+
+    ``value`` by kind: RETAKE → photo number ``int`` (``None`` when the driver
+    typed only "重拍"/"retake"); LANGUAGE → ``"en"`` or ``"zh"``; CHOICE →
+    ``int`` 1..9; JOIN_CODE → 6-digit ``str``; PHONE → 11-digit ``str``;
+    PLATE → canonical plate ``str``; UNKNOWN → the normalised text; others
+    ``None``.
+    """
+
+    kind: IntentKind
+    value: str | int | None = None
+
+
+_KEYWORDS: dict[str, Intent] = {
+    "快处": Intent(IntentKind.REPORT),
+    "报案": Intent(IntentKind.REPORT),
+    "report": Intent(IntentKind.REPORT),
+    "状态": Intent(IntentKind.STATUS),
+    "status": Intent(IntentKind.STATUS),
+    "改约": Intent(IntentKind.RESCHEDULE),
+    "reschedule": Intent(IntentKind.RESCHEDULE),
+    "取消": Intent(IntentKind.CANCEL),
+    "cancel": Intent(IntentKind.CANCEL),
+    "帮助": Intent(IntentKind.HELP),
+    "help": Intent(IntentKind.HELP),
+    "?": Intent(IntentKind.HELP),
+    "english": Intent(IntentKind.LANGUAGE, "en"),
+    "en": Intent(IntentKind.LANGUAGE, "en"),
+    "中文": Intent(IntentKind.LANGUAGE, "zh"),
+    "chinese": Intent(IntentKind.LANGUAGE, "zh"),
+}
+
+
+def normalise(text: str) -> str:
+    """NFKC-fold ``text``, drop zero-width characters, strip and collapse whitespace.
+
+    Full-width digits, letters and the ideographic space become ASCII;
+    Chinese characters are kept. Never raises for a ``str``.
+    """
+    folded = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+    return " ".join(folded.split())
+
+
+def parse_plate(text: str) -> str | None:
+    """Return the canonical mainland plate in ``text`` (e.g. ``"粤A12345"``), or ``None``.
+
+    The whole text must be the plate; case, full-width characters, spaces,
+    dots (``粤A·12345``) and dashes are tolerated. Covers ordinary 7-char
+    plates, 学/警/挂/港/澳 plates and 8-char new-energy plates. Never raises.
+    """
+    candidate = _PLATE_SEPARATORS.sub("", normalise(text)).upper()
+    return candidate if _PLATE_RE.fullmatch(candidate) else None
+
+
+def parse_phone(text: str) -> str | None:
+    """Return the bare 11-digit mainland mobile number in ``text``, or ``None``.
+
+    Accepts an optional ``+86``/``86``/``0086`` prefix, spaces or dashes
+    between groups and full-width digits. Never raises.
+    """
+    match = _PHONE_RE.fullmatch(_DASHES_AND_SPACES.sub("", normalise(text)))
+    return match.group(1) if match else None
+
+
+def parse_join_code(text: str) -> str | None:
+    """Return the 6-digit join code if ``text`` is exactly that, else ``None``. Never raises."""
+    candidate = normalise(text)
+    return candidate if _JOIN_CODE_RE.fullmatch(candidate) else None
+
+
+def classify(text: str) -> Intent:
+    """Classify a driver's text message. Never raises.
+
+    Checked in this order, first match wins:
+
+    1. keywords, whole message, case-insensitive, a surrounding "。.!~"
+       ignored (a "?" is not: "取消?" asks, it does not order): REPORT,
+       STATUS, RESCHEDULE, CANCEL, HELP ("帮助", "help", "?"), LANGUAGE;
+    2. RETAKE: "重拍 N" / "重拍N" / "retake N" (N of one or two digits;
+       a bare "重拍"/"retake" gives value ``None``);
+    3. CHOICE: a single digit 1..9;
+    4. JOIN_CODE: exactly 6 digits;
+    5. PHONE: an 11-digit mobile number (with optional +86 prefix);
+    6. PLATE: a mainland plate;
+    7. UNKNOWN, carrying the normalised text.
+
+    Digit strings differ in length, so a 6-digit number is always a join
+    code, never part of a phone number, and a lone digit is a slot choice.
+    """
+    clean = normalise(text)
+    folded = clean.casefold()
+    keyword = _KEYWORDS.get(folded) or _KEYWORDS.get(folded.strip(_KEYWORD_PUNCTUATION))
+    if keyword is not None:
+        return keyword
+    retake = _RETAKE_RE.fullmatch(folded)
+    if retake is not None:
+        number = retake.group(1)
+        return Intent(IntentKind.RETAKE, int(number) if number else None)
+    if _CHOICE_RE.fullmatch(clean):
+        return Intent(IntentKind.CHOICE, int(clean))
+    for kind, parse in (
+        (IntentKind.JOIN_CODE, parse_join_code),
+        (IntentKind.PHONE, parse_phone),
+        (IntentKind.PLATE, parse_plate),
+    ):
+        value = parse(clean)
+        if value is not None:
+            return Intent(kind, value)
+    return Intent(IntentKind.UNKNOWN, clean)

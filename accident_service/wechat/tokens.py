@@ -1,0 +1,278 @@
+"""One shared access token per appid, refreshed by exactly one process at a time.
+
+Every ``cgi-bin/token`` call issues a new token and the previous one survives
+only about five minutes, so processes that refresh on their own invalidate one
+another (WECHAT.md §4). A :class:`TokenStore` keeps the token where all
+processes see it and lets only the holder of a refresh lock fetch a new one;
+the others wait (bounded) and read the result.
+
+``get_token(fetch, stale=...)``: ``fetch`` returns ``(access_token,
+expires_in)`` and raises whatever the caller wants to surface (the API client
+raises ``WeChatApiError``). ``stale`` is the token the platform just rejected:
+it is never handed out again, and since every caller that saw it passes it,
+one refresh serves them all.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from accident_service.clock import Clock, SystemClock
+
+Fetch = Callable[[], tuple[str, int]]
+
+SAFETY_MARGIN = timedelta(minutes=5)
+LOCK_SECONDS = 30
+WAIT_SECONDS = 15.0
+POLL_SECONDS = 0.05
+
+
+class TokenUnavailable(RuntimeError):
+    """No usable token could be obtained in time (another refresher holds the lock)."""
+
+
+class TokenStore(Protocol):
+    def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
+        """A token valid for at least the safety margin and different from ``stale``.
+
+        Calls ``fetch`` at most once, and only while holding the refresh lock.
+        Raises what ``fetch`` raises, or TokenUnavailable after waiting in vain.
+        """
+
+
+@dataclass(frozen=True)
+class _Cached:
+    token: str
+    expires_at: datetime
+
+    def usable(self, now: datetime, stale: str | None, margin: timedelta) -> bool:
+        return self.token != stale and self.expires_at - margin > now
+
+    def still_valid(self, now: datetime, stale: str | None) -> bool:
+        return self.token != stale and self.expires_at > now
+
+
+def _expiry(now: datetime, expires_in: int) -> datetime:
+    return now + timedelta(seconds=max(int(expires_in), 0))
+
+
+class LocalTokenStore:
+    """Process-local store for scripts and single-process sandboxes only.
+
+    Several processes each holding one of these invalidate each other's
+    tokens; services use DatabaseTokenStore or RedisTokenStore.
+    """
+
+    def __init__(self, clock: Clock | None = None, *, margin: timedelta = SAFETY_MARGIN) -> None:
+        self._clock = clock or SystemClock()
+        self._margin = margin
+        self._lock = threading.Lock()
+        self._cached: _Cached | None = None
+
+    def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
+        with self._lock:
+            now = self._clock.now()
+            if self._cached and self._cached.usable(now, stale, self._margin):
+                return self._cached.token
+            token, expires_in = fetch()
+            self._cached = _Cached(token, _expiry(now, expires_in))
+            return token
+
+
+class DatabaseTokenStore:
+    """The token in table ``wechat_token``, refresh lock in ``refresh_lock_until``.
+
+    The lock is taken with a conditional UPDATE (or the INSERT of the first
+    row, where the primary key settles races), committed before fetching, so
+    it works across processes on PostgreSQL and SQLite alike. A crashed
+    refresher's lock simply expires.
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session], appid: str, clock: Clock | None = None, *,
+                 margin: timedelta = SAFETY_MARGIN, lock_seconds: float = LOCK_SECONDS,
+                 wait_seconds: float = WAIT_SECONDS, poll_seconds: float = POLL_SECONDS) -> None:
+        self._session_factory = session_factory
+        self._appid = appid
+        self._clock = clock or SystemClock()
+        self._margin = margin
+        self._lock_ttl = timedelta(seconds=lock_seconds)
+        self._wait_seconds = wait_seconds
+        self._poll_seconds = poll_seconds
+
+    def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            now = self._clock.now()
+            cached = self._read()
+            if cached and cached.usable(now, stale, self._margin):
+                return cached.token
+            lock = self._try_lock(now)
+            if lock is not None:
+                return self._refresh_holding(lock, fetch, stale)
+            # Someone else is refreshing: a token that is merely close to expiry still works meanwhile.
+            if cached and cached.still_valid(now, stale):
+                return cached.token
+            if time.monotonic() >= deadline:
+                raise TokenUnavailable(f"access token for {self._appid} is being refreshed elsewhere; gave up waiting")
+            time.sleep(self._poll_seconds)
+
+    def _model(self) -> Any:
+        from accident_service.models import WechatToken  # the models module imports much; load it on use
+
+        return WechatToken
+
+    def _read(self) -> _Cached | None:
+        model = self._model()
+        with self._session_factory() as session:
+            row = session.execute(select(model.access_token, model.expires_at)
+                                  .where(model.appid == self._appid)).first()
+            session.commit()
+        if row is None or not row.access_token or row.expires_at is None:
+            return None
+        return _Cached(row.access_token, row.expires_at)
+
+    def _try_lock(self, now: datetime) -> datetime | None:
+        """Take the refresh lock; return its expiry (our ownership mark) or None if taken."""
+        model = self._model()
+        until = now + self._lock_ttl
+        with self._session_factory() as session:
+            result = session.execute(
+                update(model)
+                .where(model.appid == self._appid,
+                       or_(model.refresh_lock_until.is_(None), model.refresh_lock_until < now))
+                .values(refresh_lock_until=until)
+                .execution_options(synchronize_session=False))
+            if result.rowcount == 1:
+                session.commit()
+                return until
+            exists = session.execute(select(model.appid).where(model.appid == self._appid)).first()
+            if exists is not None:
+                session.rollback()
+                return None
+            session.add(model(appid=self._appid, refresh_lock_until=until))
+            try:
+                session.commit()
+            except IntegrityError:  # another process inserted the first row first: it holds the lock
+                session.rollback()
+                return None
+            return until
+
+    def _refresh_holding(self, lock: datetime, fetch: Fetch, stale: str | None) -> str:
+        try:
+            now = self._clock.now()
+            cached = self._read()
+            # Between our read and our lock another process may have finished a refresh.
+            if cached and cached.usable(now, stale, self._margin):
+                fetched = None
+            else:
+                fetched = fetch()
+        except BaseException:
+            self._release(lock)
+            raise
+        if fetched is None:
+            self._release(lock)
+            return cached.token  # type: ignore[union-attr]
+        token, expires_in = fetched
+        self._store(lock, token, _expiry(now, expires_in), now)
+        return token
+
+    def _store(self, lock: datetime, token: str, expires_at: datetime, now: datetime) -> None:
+        model = self._model()
+        with self._session_factory() as session:
+            # Guarded by our lock mark: if our lock expired and someone else took over, their write wins.
+            session.execute(
+                update(model)
+                .where(model.appid == self._appid, model.refresh_lock_until == lock)
+                .values(access_token=token, expires_at=expires_at, refreshed_at=now, refresh_lock_until=None)
+                .execution_options(synchronize_session=False))
+            session.commit()
+
+    def _release(self, lock: datetime) -> None:
+        model = self._model()
+        with self._session_factory() as session:
+            session.execute(
+                update(model)
+                .where(model.appid == self._appid, model.refresh_lock_until == lock)
+                .values(refresh_lock_until=None)
+                .execution_options(synchronize_session=False))
+            session.commit()
+
+
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisTokenStore:
+    """The token in Redis (``<prefix><appid>:token``), lock with SET NX EX.
+
+    The lock value is random and released only by its owner (compare-and-delete
+    script), so an expired lock taken over by another process is never freed
+    by the first one.
+    """
+
+    def __init__(self, redis_client: Any, appid: str, *, prefix: str = "accident_service:wechat:",
+                 clock: Clock | None = None, margin: timedelta = SAFETY_MARGIN,
+                 lock_seconds: int = LOCK_SECONDS, wait_seconds: float = WAIT_SECONDS,
+                 poll_seconds: float = POLL_SECONDS) -> None:
+        self._redis = redis_client
+        self._token_key = f"{prefix}{appid}:token"
+        self._lock_key = f"{prefix}{appid}:lock"
+        self._appid = appid
+        self._clock = clock or SystemClock()
+        self._margin = margin
+        self._lock_seconds = int(lock_seconds)
+        self._wait_seconds = wait_seconds
+        self._poll_seconds = poll_seconds
+
+    def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            now = self._clock.now()
+            cached = self._read()
+            if cached and cached.usable(now, stale, self._margin):
+                return cached.token
+            owner = secrets.token_hex(16)
+            if self._redis.set(self._lock_key, owner, nx=True, ex=self._lock_seconds):
+                try:
+                    return self._refresh_holding(fetch, stale)
+                finally:
+                    self._redis.eval(_RELEASE_SCRIPT, 1, self._lock_key, owner)
+            if cached and cached.still_valid(now, stale):
+                return cached.token
+            if time.monotonic() >= deadline:
+                raise TokenUnavailable(f"access token for {self._appid} is being refreshed elsewhere; gave up waiting")
+            time.sleep(self._poll_seconds)
+
+    def _read(self) -> _Cached | None:
+        raw = self._redis.get(self._token_key)
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return _Cached(data["access_token"], datetime.fromtimestamp(data["expires_at"], UTC))
+
+    def _refresh_holding(self, fetch: Fetch, stale: str | None) -> str:
+        now = self._clock.now()
+        cached = self._read()
+        if cached and cached.usable(now, stale, self._margin):
+            return cached.token
+        token, expires_in = fetch()
+        expires_at = _expiry(now, expires_in)
+        payload = json.dumps({"access_token": token, "expires_at": expires_at.timestamp(),
+                              "refreshed_at": now.timestamp()})
+        self._redis.set(self._token_key, payload, ex=max(int(expires_in), 1))
+        return token

@@ -1,0 +1,91 @@
+"""A running emulator and a bare callback receiver standing in for the service's /wechat."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from accident_service.sandbox.emulator import WeChatEmulator
+
+APPID = "wx2c2769f8efd9abc2"
+SECRET = "emulator-secret"
+TOKEN = "spamtest"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    url: str
+    requests: list[Received] = field(default_factory=list)
+    # (request) -> (status, body); default: "success" for POST, echo echostr for GET
+    respond: Callable[[Received], tuple[int, bytes]] | None = None
+
+    @property
+    def last(self) -> Received:
+        return self.requests[-1]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_POST(self) -> None:
+            self._handle("POST")
+
+        def _handle(self, method: str) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            request = Received(method, url.path, {k: v[-1] for k, v in parse_qs(url.query).items()},
+                               self.rfile.read(length) if length else b"")
+            state.requests.append(request)
+            if state.respond is not None:
+                status, body = state.respond(request)
+            elif method == "GET":
+                status, body = 200, request.query.get("echostr", "").encode()
+            else:
+                status, body = 200, b"success"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/wechat"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def emulator(receiver: Receiver) -> Iterator[WeChatEmulator]:
+    """Plain mode by default (push with encrypted=True for safe mode)."""
+    with WeChatEmulator(APPID, SECRET, TOKEN, AES_KEY, callback_url=receiver.url,
+                        encrypted_by_default=False) as running:
+        yield running

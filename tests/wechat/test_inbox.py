@@ -1,0 +1,344 @@
+"""The durable inbox: leases, crash recovery, per-driver order, retries, poison messages.
+
+The inbox is exercised directly with trivial handlers (an audit row plus
+``inbox.finish`` in one unit of work), so these tests do not depend on the
+conversation. Time only moves through the ControlledClock.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from accident_service.models import AuditEvent, InboundMessage, WorkStatus
+from accident_service.wechat import inbox
+from accident_service.wechat.xml_gate import parse_inbound
+
+LEASE_SECONDS = 60
+MAX_ATTEMPTS = 3
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides):
+    return {**settings_overrides, "INBOX_LEASE_SECONDS": LEASE_SECONDS, "INBOX_MAX_ATTEMPTS": MAX_ATTEMPTS}
+
+
+# --- helpers ---------------------------------------------------------------
+
+_next_msg_id = iter(range(10_000, 10**9))
+
+
+def push(runtime, openid: str = "oDriverA", *, msg_id: int | None = None) -> int:
+    """Store a text message the way the webhook does; returns the inbox row id."""
+    msg_id = msg_id if msg_id is not None else next(_next_msg_id)
+    xml = (f"<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><FromUserName><![CDATA[{openid}]]>"
+           f"</FromUserName><CreateTime>1764036000</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+           f"<Content><![CDATA[message {msg_id}]]></Content><MsgId>{msg_id}</MsgId></xml>")
+    with runtime.unit_of_work() as session:
+        row = inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now())
+        assert row is not None
+        return row.id
+
+
+def load(runtime, message_id: int) -> InboundMessage:
+    with runtime.unit_of_work() as session:
+        return session.get(InboundMessage, message_id)
+
+
+def audit_actors(runtime) -> list[str]:
+    with runtime.unit_of_work() as session:
+        return list(session.scalars(select(AuditEvent.actor).order_by(AuditEvent.id)))
+
+
+def record_and_finish(runtime, row: InboundMessage, worker_id: str) -> None:
+    """A minimal handler: one effect (an audit row) and finish, in the same unit of work."""
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        session.add(AuditEvent(at=now, actor_type="system", actor=worker_id, action=f"inbox.handled:{row.id}"))
+        inbox.finish(session, row, worker_id, now)
+
+
+def failing_with(exc: Exception):
+    def handler(runtime, row, worker_id):
+        raise exc
+    return handler
+
+
+def past_lease(clock) -> None:
+    clock.advance(seconds=LEASE_SECONDS + 1)
+
+
+# --- storing ---------------------------------------------------------------
+
+def test_store_inbound_refuses_a_retry_of_the_same_push(runtime):
+    push(runtime, msg_id=42)
+    xml = load(runtime, 1).payload
+    with runtime.unit_of_work() as session:
+        assert inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now()) is None
+    with runtime.unit_of_work() as session:
+        assert session.scalar(select(func.count()).select_from(InboundMessage)) == 1
+
+
+# --- leases ---------------------------------------------------------------
+
+def test_claim_leases_due_rows_and_counts_the_attempt(runtime, clock):
+    first, second = push(runtime, "oDriverA"), push(runtime, "oDriverB")
+    assert inbox.claim_due(runtime, "w1") == [first, second]
+    for message_id in (first, second):
+        row = load(runtime, message_id)
+        assert row.status is WorkStatus.PROCESSING
+        assert (row.attempts, row.leased_by) == (1, "w1")
+        assert row.lease_until == clock.now() + timedelta(seconds=LEASE_SECONDS)
+    assert inbox.claim_due(runtime, "w2") == []  # the leases are live
+
+
+def test_claim_honours_limit_and_arrival_order(runtime):
+    ids = [push(runtime, f"oDriver{n}") for n in range(5)]
+    assert inbox.claim_due(runtime, "w1", limit=2) == ids[:2]
+    assert inbox.claim_due(runtime, "w2", limit=2) == ids[2:4]
+    assert inbox.claim_due(runtime, "w3", only_id=ids[0]) == []  # leased by w1
+    assert inbox.claim_due(runtime, "w3", only_id=ids[4]) == [ids[4]]
+
+
+def test_worker_killed_mid_message_is_recovered_after_the_lease(runtime, clock):
+    message_id = push(runtime)
+    assert inbox.claim_due(runtime, "w1") == [message_id]  # ...and w1 dies here
+    clock.advance(seconds=LEASE_SECONDS)
+    assert inbox.claim_due(runtime, "w2") == []  # lease_until == now: still w1's
+    clock.advance(seconds=1)
+    assert inbox.claim_due(runtime, "w2") == [message_id]
+    row = load(runtime, message_id)
+    assert (row.leased_by, row.attempts) == ("w2", 2)
+    assert inbox.process(runtime, message_id, "w2", record_and_finish) == "done"
+    assert inbox.process(runtime, message_id, "w1", record_and_finish) == "lost"  # w1 restarted, too late
+    assert load(runtime, message_id).status is WorkStatus.DONE
+    assert audit_actors(runtime) == ["w2"]
+
+
+def test_late_finish_after_takeover_raises_lease_lost_and_rolls_back(runtime, clock):
+    message_id = push(runtime)
+    assert inbox.claim_due(runtime, "w1") == [message_id]
+
+    def slow_then_finish(runtime, row, worker_id):
+        # w1's network work outlives its lease; w2 takes the message over and completes it.
+        past_lease(clock)
+        assert inbox.claim_due(runtime, "w2") == [message_id]
+        assert inbox.process(runtime, message_id, "w2", record_and_finish) == "done"
+        with pytest.raises(inbox.LeaseLost):
+            record_and_finish(runtime, row, worker_id)
+        raise inbox.LeaseLost(row.id)
+
+    assert inbox.process(runtime, message_id, "w1", slow_then_finish) == "lost"
+    row = load(runtime, message_id)
+    assert (row.status, row.leased_by, row.attempts) == (WorkStatus.DONE, "w2", 2)
+    assert audit_actors(runtime) == ["w2"]  # w1's effect rolled back with its failed finish
+
+
+def test_finish_by_a_worker_that_does_not_hold_the_lease_raises(runtime):
+    message_id = push(runtime)
+    inbox.claim_due(runtime, "w1")
+    row = load(runtime, message_id)
+    with pytest.raises(inbox.LeaseLost), runtime.unit_of_work() as session:
+        inbox.finish(session, row, "w2", runtime.clock.now())
+    assert (load(runtime, message_id).status, load(runtime, message_id).leased_by) == (WorkStatus.PROCESSING, "w1")
+
+
+def test_finish_marks_done_and_the_row_is_never_claimed_again(runtime, clock):
+    message_id = push(runtime)
+    inbox.claim_due(runtime, "w1")
+    assert inbox.process(runtime, message_id, "w1", record_and_finish) == "done"
+    row = load(runtime, message_id)
+    assert (row.status, row.processed_at, row.lease_until) == (WorkStatus.DONE, clock.now(), None)
+    clock.advance(days=1)
+    assert inbox.claim_due(runtime, "w2") == []
+
+
+# --- per-driver order -----------------------------------------------------
+
+def test_one_message_per_driver_at_a_time_in_arrival_order(runtime):
+    a1, a2, b1 = push(runtime, "oDriverA"), push(runtime, "oDriverA"), push(runtime, "oDriverB")
+    assert inbox.claim_due(runtime, "w1", limit=10) == [a1, b1]  # a2 waits for a1
+    assert inbox.claim_due(runtime, "w2", limit=10) == []
+    assert inbox.process(runtime, a1, "w1", record_and_finish) == "done"
+    assert inbox.claim_due(runtime, "w2", limit=10) == [a2]  # b1 is still w1's
+
+
+def test_different_drivers_are_claimed_in_parallel(runtime):
+    a1, _a2, b1 = push(runtime, "oDriverA"), push(runtime, "oDriverA"), push(runtime, "oDriverB")
+    assert inbox.claim_due(runtime, "w1", limit=1) == [a1]
+    assert inbox.claim_due(runtime, "w2", limit=1) == [b1]  # not a2: a1 is in flight
+    assert inbox.claim_due(runtime, "w3", limit=1) == []
+
+
+def test_older_message_waiting_for_its_retry_still_blocks_the_newer(runtime, clock):
+    older, newer = push(runtime, "oDriverA"), push(runtime, "oDriverA")
+    inbox.claim_due(runtime, "w1")
+    assert inbox.process(runtime, older, "w1", failing_with(inbox.RetryLater("storage down"))) == "retry"
+    # The photo waits for storage; the text sent after it must not overtake it.
+    assert inbox.claim_due(runtime, "w2") == []
+    clock.set(load(runtime, older).next_attempt_at)
+    assert inbox.claim_due(runtime, "w2") == [older]
+    assert inbox.process(runtime, older, "w2", record_and_finish) == "done"
+    assert inbox.claim_due(runtime, "w2") == [newer]
+
+
+def test_older_message_with_an_expired_lease_blocks_the_newer(runtime, clock):
+    older, newer = push(runtime, "oDriverA"), push(runtime, "oDriverA")
+    assert inbox.claim_due(runtime, "w1", limit=1) == [older]
+    past_lease(clock)
+    assert inbox.claim_due(runtime, "w2", limit=10) == [older]  # recovered alone, not with the newer
+    assert load(runtime, newer).status is WorkStatus.PENDING
+
+
+def test_failed_message_does_not_block_the_driver_forever(runtime, clock):
+    poison, later = push(runtime, "oDriverA"), push(runtime, "oDriverA")
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        assert inbox.claim_due(runtime, f"w{attempt}", limit=1) == [poison]
+        inbox.process(runtime, poison, f"w{attempt}", failing_with(ValueError("bad payload")))
+        clock.advance(minutes=11)  # past any backoff
+    assert load(runtime, poison).status is WorkStatus.FAILED
+    assert inbox.claim_due(runtime, "w9") == [later]
+
+
+# --- failures, retries, poison ---------------------------------------------
+
+@pytest.mark.parametrize("error", [inbox.RetryLater("storage unavailable"), RuntimeError("bug in a handler")],
+                         ids=["retry_later", "unexpected"])
+def test_failures_back_off_then_end_visibly_failed(runtime, clock, error):
+    message_id = push(runtime)
+    delays = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        assert inbox.claim_due(runtime, "w1") == [message_id]
+        outcome = inbox.process(runtime, message_id, "w1", failing_with(error))
+        row = load(runtime, message_id)
+        assert row.attempts == attempt and row.lease_until is None
+        assert type(error).__name__ in row.last_error and str(error) in row.last_error
+        if attempt < MAX_ATTEMPTS:
+            assert (outcome, row.status) == ("retry", WorkStatus.PENDING)
+            delays.append(row.next_attempt_at - clock.now())
+            assert inbox.claim_due(runtime, "w2") == []  # not due yet
+            clock.advance(delays[-1])
+        else:
+            assert (outcome, row.status) == ("failed", WorkStatus.FAILED)
+    assert delays[0] > timedelta(0) and delays == sorted(delays) and delays[0] < delays[-1]
+    clock.advance(days=7)
+    assert inbox.claim_due(runtime, "w2") == []  # no loop
+
+
+def test_retry_later_keeps_the_cause_in_last_error(runtime):
+    message_id = push(runtime)
+    inbox.claim_due(runtime, "w1")
+
+    def storage_down(runtime, row, worker_id):
+        try:
+            raise ConnectionRefusedError("127.0.0.1:9000")
+        except ConnectionRefusedError as exc:
+            raise inbox.RetryLater("storage unavailable") from exc
+
+    assert inbox.process(runtime, message_id, "w1", storage_down) == "retry"
+    assert load(runtime, message_id).last_error == "ConnectionRefusedError: storage unavailable"
+
+
+def test_effects_of_a_failing_handler_roll_back(runtime):
+    message_id = push(runtime)
+    inbox.claim_due(runtime, "w1")
+
+    def write_then_crash(runtime, row, worker_id):
+        with runtime.unit_of_work() as session:
+            session.add(AuditEvent(at=runtime.clock.now(), actor_type="system", actor=worker_id, action="x"))
+            session.flush()
+            raise RuntimeError("crash after writing")
+
+    assert inbox.process(runtime, message_id, "w1", write_then_crash) == "retry"
+    assert audit_actors(runtime) == []
+
+
+def test_worker_dying_on_every_attempt_ends_failed_not_in_a_loop(runtime, clock):
+    """A message that kills its worker (or hangs past the lease) every time must still end visibly failed."""
+    message_id = push(runtime)
+    claims = 0
+    for attempt in range(1, MAX_ATTEMPTS + 3):
+        if inbox.claim_due(runtime, f"w{attempt}") == [message_id]:
+            claims += 1
+        past_lease(clock)  # ...and the worker dies without a word
+    inbox.claim_due(runtime, "sweeper")
+    row = load(runtime, message_id)
+    assert claims == MAX_ATTEMPTS
+    assert row.status is WorkStatus.FAILED and row.attempts == MAX_ATTEMPTS
+
+
+# --- real concurrency (PostgreSQL) ----------------------------------------
+
+def _claim_concurrently(runtime, workers: int, handle) -> tuple[dict[str, list[int]], list[BaseException]]:
+    claimed: dict[str, list[int]] = {f"worker-{n}": [] for n in range(workers)}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(workers, timeout=20)
+
+    def run(worker_id: str) -> None:
+        try:
+            barrier.wait()
+            for _ in range(200):  # bounded: 20 rows cannot need more rounds than this
+                ids = inbox.claim_due(runtime, worker_id, limit=2)
+                if not ids:
+                    break
+                claimed[worker_id].extend(ids)
+                for message_id in ids:
+                    handle(message_id, worker_id)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(worker_id,)) for worker_id in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    return claimed, errors
+
+
+@pytest.mark.postgres_only
+def test_concurrent_workers_claim_every_row_exactly_once(runtime):
+    ids = [push(runtime, f"oDriver{n:02d}") for n in range(20)]
+    claimed, errors = _claim_concurrently(runtime, 4, lambda message_id, worker_id: None)
+    assert errors == []
+    everything = sorted(i for worker_ids in claimed.values() for i in worker_ids)
+    assert everything == ids  # every row, none twice
+    for worker_id, worker_ids in claimed.items():
+        for message_id in worker_ids:
+            row = load(runtime, message_id)
+            assert (row.leased_by, row.attempts, row.status) == (worker_id, 1, WorkStatus.PROCESSING)
+
+
+@pytest.mark.postgres_only
+def test_concurrent_workers_keep_each_driver_in_order(runtime):
+    openids = [f"oDriver{n}" for n in range(5)]
+    ids = [push(runtime, openids[n % 5]) for n in range(20)]
+    in_flight: set[str] = set()
+    order: dict[str, list[int]] = {openid: [] for openid in openids}
+    lock = threading.Lock()
+
+    def finish_and_release(runtime, row, worker_id):
+        now = runtime.clock.now()
+        with runtime.unit_of_work() as session:
+            session.add(AuditEvent(at=now, actor_type="system", actor=worker_id, action=f"inbox.handled:{row.id}"))
+            inbox.finish(session, row, worker_id, now)
+            with lock:  # released before the commit: the driver's next message can only be claimed after it
+                in_flight.discard(row.openid)
+
+    def handle(message_id: int, worker_id: str) -> None:
+        row = load(runtime, message_id)
+        with lock:
+            assert row.openid not in in_flight, f"two messages of {row.openid} in flight"
+            in_flight.add(row.openid)
+            order[row.openid].append(message_id)
+        assert inbox.process(runtime, message_id, worker_id, finish_and_release) == "done"
+
+    claimed, errors = _claim_concurrently(runtime, 4, handle)
+    assert errors == []
+    assert sorted(i for worker_ids in claimed.values() for i in worker_ids) == ids
+    for openid, handled in order.items():
+        assert handled == sorted(handled) and len(handled) == 4, (openid, handled)
+    assert len(audit_actors(runtime)) == 20

@@ -1,0 +1,288 @@
+"""Driver text → intent: the conversation contract of DESIGN.md §5."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accident_service.wechat.parsing import (
+    PROVINCES,
+    Intent,
+    IntentKind,
+    classify,
+    normalise,
+    parse_join_code,
+    parse_phone,
+    parse_plate,
+)
+
+BOUNDED = settings(max_examples=200, deadline=None)
+
+SERIAL_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"  # GA 36: no I, no O
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+DIGITS = "0123456789"
+SEPARATORS = [" ", "·", "-", ".", "\u3000", "－", "．", " · "]
+
+
+def _chars(alphabet: str, n: int) -> st.SearchStrategy[str]:
+    return st.text(alphabet=alphabet, min_size=n, max_size=n)
+
+
+def _prefix() -> st.SearchStrategy[str]:
+    return st.tuples(st.sampled_from(PROVINCES), st.sampled_from(LETTERS)).map("".join)
+
+
+ORDINARY = st.tuples(_prefix(), _chars(SERIAL_CHARS, 5)).map("".join)
+SPECIAL = st.tuples(_prefix(), _chars(SERIAL_CHARS, 4), st.sampled_from("学警挂港澳")).map("".join)
+SMALL_NEW_ENERGY = st.tuples(
+    _prefix(), st.sampled_from("ABCDEFGHJK"), st.sampled_from(SERIAL_CHARS), _chars(DIGITS, 4)
+).map("".join)
+LARGE_NEW_ENERGY = st.tuples(_prefix(), _chars(DIGITS, 5), st.sampled_from("DF")).map("".join)
+CANONICAL_PLATES = st.one_of(ORDINARY, SPECIAL, SMALL_NEW_ENERGY, LARGE_NEW_ENERGY)
+
+
+def _full_width(char: str) -> str:
+    return chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char
+
+
+@st.composite
+def mangled(draw: st.DrawFn, canonical: str, separators: list[str]) -> str:
+    """``canonical`` as a driver might type it: odd case, full-width, separators."""
+    out = []
+    for index, char in enumerate(canonical):
+        if index and draw(st.booleans()):
+            out.append(draw(st.sampled_from(separators)))
+        if draw(st.booleans()):
+            char = char.lower()
+        if draw(st.booleans()):
+            char = _full_width(char)
+        out.append(char)
+    padding = st.sampled_from(["", " ", "\u3000", "\t"])
+    return draw(padding) + "".join(out) + draw(padding)
+
+
+# -- normalise ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ＡＢＣ１２３", "ABC123"),
+        ("  快处  ", "快处"),
+        ("a\u3000\u3000b\t\nc", "a b c"),
+        ("粤Ａ　１２３４５", "粤A 12345"),
+        ("\u200b1\ufeff", "1"),
+        ("", ""),
+    ],
+)
+def test_normalise(raw: str, expected: str) -> None:
+    assert normalise(raw) == expected
+
+
+# -- plates ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("粤A12345", "粤A12345"),
+        ("粤A·12345", "粤A12345"),
+        ("粤a 12345", "粤A12345"),
+        ("粤Ａ－１２３４５", "粤A12345"),
+        ("京B-A1C23", "京BA1C23"),
+        ("粤AD12345", "粤AD12345"),
+        ("粤AF12345", "粤AF12345"),
+        ("沪AD E1234", "沪ADE1234"),
+        ("粤A12345D", "粤A12345D"),
+        ("粤A12345f", "粤A12345F"),
+        ("粤A1234学", "粤A1234学"),
+        ("粤A1234警", "粤A1234警"),
+        ("粤Z1234港", "粤Z1234港"),
+        ("粤Z1234澳", "粤Z1234澳"),
+        ("粤A1234挂", "粤A1234挂"),
+    ],
+)
+def test_parse_plate_accepts(raw: str, expected: str) -> None:
+    assert parse_plate(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "粤A1234",  # too short
+        "粤A1234567",  # too long
+        "港A12345",  # not a province abbreviation
+        "粤112345",  # authority must be a letter
+        "粤A1234O",  # O is never a serial letter
+        "粤A12I45",  # nor I
+        "粤A123456",  # 8 chars but neither new-energy shape
+        "粤AZ12345",  # small new-energy letter is A-K
+        "粤A12345Z",  # large new-energy suffix is D or F
+        "粤A12345学",  # special suffix only on 7-char plates
+        "粤A12 345 我的车",
+        "my plate is 粤A12345",
+    ],
+)
+def test_parse_plate_rejects(raw: str) -> None:
+    assert parse_plate(raw) is None
+
+
+@BOUNDED
+@given(CANONICAL_PLATES.flatmap(lambda plate: st.tuples(st.just(plate), mangled(plate, SEPARATORS))))
+def test_generated_plates_parse_to_canonical(case: tuple[str, str]) -> None:
+    canonical, typed = case
+    assert parse_plate(typed) == canonical
+    assert classify(typed) == Intent(IntentKind.PLATE, canonical)
+
+
+# -- phones ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("13812345678", "13812345678"),
+        ("138 1234 5678", "13812345678"),
+        ("138-1234-5678", "13812345678"),
+        ("+86 138 1234 5678", "13812345678"),
+        ("+8613812345678", "13812345678"),
+        ("8613812345678", "13812345678"),
+        ("0086-138-1234-5678", "13812345678"),
+        ("１９９１２３４５６７８", "19912345678"),
+    ],
+)
+def test_parse_phone_accepts(raw: str, expected: str) -> None:
+    assert parse_phone(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "1381234567",
+        "138123456789",
+        "12812345678",
+        "23812345678",
+        "+87 13812345678",
+        "138/1234/5678",
+        "tel 13812345678",
+    ],
+)
+def test_parse_phone_rejects(raw: str) -> None:
+    assert parse_phone(raw) is None
+
+
+@st.composite
+def typed_phones(draw: st.DrawFn) -> tuple[str, str]:
+    digits = "1" + draw(st.sampled_from("3456789")) + draw(_chars(DIGITS, 9))
+    separator = st.sampled_from(["", " ", "-", "\u3000", "－"])
+    groups = [digits[:3], digits[3:7], digits[7:]]
+    typed = groups[0] + draw(separator) + groups[1] + draw(separator) + groups[2]
+    prefix = draw(st.sampled_from(["", "+86", "86", "0086"]))
+    typed = prefix + (draw(separator) if prefix else "") + typed
+    typed = "".join(_full_width(c) if draw(st.booleans()) else c for c in typed)
+    return digits, typed
+
+
+@BOUNDED
+@given(typed_phones())
+def test_generated_phones_parse_to_bare_digits(case: tuple[str, str]) -> None:
+    digits, typed = case
+    assert parse_phone(typed) == digits
+    assert classify(typed) == Intent(IntentKind.PHONE, digits)
+
+
+# 12 and 14 digits can be neither a bare mobile nor one with an 86/0086 prefix.
+@BOUNDED
+@given(st.sampled_from([1, 2, 5, 6, 7, 10, 12, 14, 16, 20]).flatmap(lambda n: _chars(DIGITS, n - 1)))
+def test_digit_strings_of_other_lengths_are_not_phones(rest: str) -> None:
+    assert parse_phone("1" + rest) is None
+
+
+# -- join codes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("123456", "123456"), (" ０１２３４５ ", "012345")])
+def test_parse_join_code_accepts(raw: str, expected: str) -> None:
+    assert parse_join_code(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["12345", "1234567", "123 456", "12345a", "١٢٣٤٥٦"])
+def test_parse_join_code_rejects(raw: str) -> None:
+    assert parse_join_code(raw) is None
+
+
+# -- classify ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("快处", Intent(IntentKind.REPORT)),
+        ("报案", Intent(IntentKind.REPORT)),
+        ("report", Intent(IntentKind.REPORT)),
+        ("ＲＥＰＯＲＴ", Intent(IntentKind.REPORT)),
+        ("状态", Intent(IntentKind.STATUS)),
+        ("Status", Intent(IntentKind.STATUS)),
+        ("状态。", Intent(IntentKind.STATUS)),
+        ("取消！", Intent(IntentKind.CANCEL)),
+        ("取消？", Intent(IntentKind.UNKNOWN, "取消?")),  # a question, not a command
+        ("改约", Intent(IntentKind.RESCHEDULE)),
+        ("RESCHEDULE", Intent(IntentKind.RESCHEDULE)),
+        ("取消", Intent(IntentKind.CANCEL)),
+        ("cancel", Intent(IntentKind.CANCEL)),
+        ("重拍 3", Intent(IntentKind.RETAKE, 3)),
+        ("重拍3", Intent(IntentKind.RETAKE, 3)),
+        ("重拍　１２", Intent(IntentKind.RETAKE, 12)),
+        ("Retake 2", Intent(IntentKind.RETAKE, 2)),
+        ("retake", Intent(IntentKind.RETAKE, None)),
+        ("帮助", Intent(IntentKind.HELP)),
+        ("HELP", Intent(IntentKind.HELP)),
+        ("?", Intent(IntentKind.HELP)),
+        ("？", Intent(IntentKind.HELP)),
+        ("English", Intent(IntentKind.LANGUAGE, "en")),
+        ("EN", Intent(IntentKind.LANGUAGE, "en")),
+        ("中文", Intent(IntentKind.LANGUAGE, "zh")),
+        ("chinese", Intent(IntentKind.LANGUAGE, "zh")),
+        ("1", Intent(IntentKind.CHOICE, 1)),
+        ("９", Intent(IntentKind.CHOICE, 9)),
+        (" 7 ", Intent(IntentKind.CHOICE, 7)),
+        ("0", Intent(IntentKind.UNKNOWN, "0")),
+        ("10", Intent(IntentKind.UNKNOWN, "10")),
+        ("654321", Intent(IntentKind.JOIN_CODE, "654321")),
+        ("１３８１２３４５６７８", Intent(IntentKind.PHONE, "13812345678")),
+        ("粤A·12345", Intent(IntentKind.PLATE, "粤A12345")),
+        ("粤AD12345", Intent(IntentKind.PLATE, "粤AD12345")),
+        ("你好　 世界", Intent(IntentKind.UNKNOWN, "你好 世界")),
+        ("reports", Intent(IntentKind.UNKNOWN, "reports")),
+        ("", Intent(IntentKind.UNKNOWN, "")),
+    ],
+)
+def test_classify_examples(raw: str, expected: Intent) -> None:
+    assert classify(raw) == expected
+
+
+def test_intent_is_frozen() -> None:
+    intent = classify("1")
+    with pytest.raises(AttributeError):
+        intent.value = 2  # type: ignore[misc]
+
+
+@BOUNDED
+@given(st.text())
+def test_parsers_never_raise_on_arbitrary_text(text: str) -> None:
+    assert isinstance(normalise(text), str)
+    for parse in (parse_plate, parse_phone, parse_join_code):
+        result = parse(text)
+        assert result is None or isinstance(result, str)
+
+
+@BOUNDED
+@given(st.text(alphabet=st.characters(exclude_categories=())))
+def test_classify_never_raises_on_arbitrary_unicode(text: str) -> None:
+    intent = classify(text)
+    assert isinstance(intent.kind, IntentKind)
+    if intent.kind is IntentKind.UNKNOWN:
+        assert intent.value == normalise(text)
