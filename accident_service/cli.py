@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -67,10 +68,69 @@ def serve(bind: str, workers: int) -> None:
     os.execv(sys.executable, args)
 
 
+@cli.command("scheduler")
+@click.option("--once", is_flag=True, help="Run every job once and exit.")
+def scheduler_command(once: bool) -> None:
+    """Run the periodic jobs (inbox, outbox, reminders, expiry, no-shows, slots)."""
+    import signal
+
+    from accident_service import jobs
+
+    runtime = _runtime()
+    if once:
+        jobs.generate_slots(runtime, jobs.worker_name())
+        click.echo(json.dumps(jobs.run_all_once(runtime, jobs.worker_name())))
+        return
+    scheduler = jobs.build_scheduler(runtime)
+
+    def stop(*_: object) -> None:
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        else:  # still starting (slot generation): shutdown() would raise SchedulerNotRunningError
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        jobs.generate_slots(runtime, jobs.worker_name())
+        click.echo(f"scheduler {jobs.worker_name()} running")
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        runtime.close()
+
+
+@cli.command("wechat-menu")
+def wechat_menu_command() -> None:
+    """Install the official account's menu (report an accident / my case)."""
+    from accident_service.wechat.menu import MENU
+
+    runtime = _runtime()
+    runtime.wechat.create_menu(MENU)
+    click.echo("menu installed")
+
+
+def _register_feature_commands() -> None:
+    from accident_service.booking.cli import generate_slots_command, import_stations_command
+
+    cli.add_command(import_stations_command)
+    cli.add_command(generate_slots_command)
+
+
+_register_feature_commands()
+
+
 def _runtime():
+    from accident_service.logs import configure_logging
     from accident_service.runtime import build_runtime
 
-    return build_runtime(load_settings())
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL)
+    if settings.AUTO_MIGRATE:
+        from accident_service.schema import upgrade_database
+
+        upgrade_database(settings.DATABASE_URL)
+    return build_runtime(settings)
 
 
 def main() -> None:

@@ -34,3 +34,5 @@ def configure_logging(level: str) -> None:
         handler.addFilter(PersonalDataFilter())
         root.addHandler(handler)
     root.setLevel(level.upper())
+    # Two lines per job run every few seconds drown the service's own lines.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))

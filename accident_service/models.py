@@ -103,6 +103,7 @@ class Station(Base):
     timezone: Mapped[str] = mapped_column(String(64), default="Asia/Shanghai")
     opening_hours: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     holidays: Mapped[list[str]] = mapped_column(JSON, default=list)
+    closures: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     slot_minutes: Mapped[int] = mapped_column(Integer, default=30)
     desks: Mapped[int] = mapped_column(Integer, default=1)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -227,11 +228,12 @@ class Appointment(Base):
 
 class InboundMessage(Base):
     __tablename__ = "inbound_message"
-    __table_args__ = (Index("ix_inbound_message_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_inbound_message_due", "status", "next_attempt_at"),
+                      Index("ix_inbound_message_sender", "openid", "status"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
-    openid: Mapped[str] = mapped_column(String(64), index=True)
+    openid: Mapped[str] = mapped_column(String(64))
     msg_type: Mapped[str] = mapped_column(String(32))
     payload: Mapped[str] = mapped_column(Text)  # the (decrypted) XML as received
     received_at: Mapped[datetime]
@@ -246,7 +248,8 @@ class InboundMessage(Base):
 
 class Notification(Base):
     __tablename__ = "notification"
-    __table_args__ = (Index("ix_notification_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_notification_due", "status", "next_attempt_at"),
+                      Index("ix_notification_recipient", "openid", "status"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)

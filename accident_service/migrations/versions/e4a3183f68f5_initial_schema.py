@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: d9315e1d42e8
+Revision ID: e4a3183f68f5
 Revises: 
-Create Date: 2026-11-25 18:46:36.442394
+Create Date: 2026-11-25 19:20:20.331768
 """
 from alembic import op
 import sqlalchemy as sa
 import accident_service.db
 
 
-revision = 'd9315e1d42e8'
+revision = 'e4a3183f68f5'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -62,7 +62,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('inbound_message', schema=None) as batch_op:
         batch_op.create_index('ix_inbound_message_due', ['status', 'next_attempt_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_inbound_message_openid'), ['openid'], unique=False)
+        batch_op.create_index('ix_inbound_message_sender', ['openid', 'status'], unique=False)
 
     op.create_table('station',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -74,6 +74,7 @@ def upgrade() -> None:
     sa.Column('timezone', sa.String(length=64), nullable=False),
     sa.Column('opening_hours', sa.JSON(), nullable=False),
     sa.Column('holidays', sa.JSON(), nullable=False),
+    sa.Column('closures', sa.JSON(), nullable=False),
     sa.Column('slot_minutes', sa.Integer(), nullable=False),
     sa.Column('desks', sa.Integer(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
@@ -127,6 +128,7 @@ def upgrade() -> None:
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notification_case_id'), ['case_id'], unique=False)
         batch_op.create_index('ix_notification_due', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_notification_recipient', ['openid', 'status'], unique=False)
 
     op.create_table('party',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -248,6 +250,7 @@ def downgrade() -> None:
 
     op.drop_table('party')
     with op.batch_alter_table('notification', schema=None) as batch_op:
+        batch_op.drop_index('ix_notification_recipient')
         batch_op.drop_index('ix_notification_due')
         batch_op.drop_index(batch_op.f('ix_notification_case_id'))
 
@@ -260,7 +263,7 @@ def downgrade() -> None:
     op.drop_table('wechat_token')
     op.drop_table('station')
     with op.batch_alter_table('inbound_message', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_inbound_message_openid'))
+        batch_op.drop_index('ix_inbound_message_sender')
         batch_op.drop_index('ix_inbound_message_due')
 
     op.drop_table('inbound_message')

@@ -1,0 +1,111 @@
+"""Time-driven changes the scheduler runs: reminders, no-shows, idle drafts, new slots.
+
+Each function is one unit of work over at most ``limit`` rows and returns how
+many it handled. Two schedulers may run them at once: on PostgreSQL the rows
+are claimed with ``FOR UPDATE ... SKIP LOCKED`` (a row another worker, or a
+driver's message, holds is left for the next run); SQLite's ``BEGIN
+IMMEDIATE`` serialises the whole transaction. The outbox's unique dedupe
+keys make a repeated run harmless in any case.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from accident_service.booking.appointments import visit_of
+from accident_service.booking.notices import notify_parties
+from accident_service.booking.slots import generate_slots
+from accident_service.cases import service as cases
+from accident_service.models import Appointment, AppointmentStatus, Case, CaseStatus, Slot
+from accident_service.runtime import Runtime
+
+WAITING = (AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED)  # not yet checked in
+# Case states an unattended appointment closes as a no-show.
+NO_SHOW_CLOSES = (CaseStatus.BOOKED, CaseStatus.CONFIRMED, CaseStatus.RETAKE_REQUESTED)
+
+
+def _with_parties_and_place():
+    return (selectinload(Appointment.case).selectinload(Case.parties),
+            selectinload(Appointment.slot).selectinload(Slot.station))
+
+
+def send_due_reminders(runtime: Runtime, *, limit: int = 100) -> int:
+    """Remind both parties of appointments starting within REMINDER_MINUTES; each appointment once.
+
+    Marks ``reminded_at`` and writes a "reminder" notice per party. Slots
+    already started get no reminder. Returns the number of appointments reminded.
+    """
+    now = runtime.clock.now()
+    horizon = now + timedelta(minutes=runtime.settings.REMINDER_MINUTES)
+    with runtime.unit_of_work() as session:
+        due = session.scalars(
+            select(Appointment).join(Slot, Slot.id == Appointment.slot_id)
+            .where(Appointment.status.in_(WAITING), Appointment.reminded_at.is_(None),
+                   Slot.starts_at > now, Slot.starts_at <= horizon)
+            .order_by(Slot.starts_at, Appointment.id).limit(limit)
+            .with_for_update(of=Appointment, skip_locked=True)
+            .options(*_with_parties_and_place())).all()
+        for appointment in due:
+            appointment.reminded_at = now
+            notify_parties(session, appointment.case, "reminder", ref=appointment.id, now=now,
+                           visit=visit_of(appointment))
+        return len(due)
+
+
+def mark_no_shows(runtime: Runtime, *, limit: int = 100) -> int:
+    """Close as no-show the appointments whose slot ended over NO_SHOW_GRACE_MINUTES ago without check-in.
+
+    The appointment and its case become ``no_show`` (join code released),
+    the change is audited and both parties are told. The seat is not
+    freed: the slot is in the past. Returns the number of appointments marked.
+    """
+    now = runtime.clock.now()
+    cutoff = now - timedelta(minutes=runtime.settings.NO_SHOW_GRACE_MINUTES)
+    with runtime.unit_of_work() as session:
+        overdue = session.scalars(
+            select(Appointment).join(Slot, Slot.id == Appointment.slot_id)
+            .join(Case, Case.id == Appointment.case_id)
+            .where(Appointment.status.in_(WAITING), Slot.ends_at < cutoff)
+            .order_by(Slot.ends_at, Appointment.id).limit(limit)
+            # The case row too: a driver's message holding it (say, a reschedule) wins this round.
+            .with_for_update(of=[Appointment, Case], skip_locked=True)
+            .options(*_with_parties_and_place())).all()
+        for appointment in overdue:
+            appointment.status = AppointmentStatus.NO_SHOW
+            appointment.updated_at = now
+            case = appointment.case
+            cases.record_audit(session, actor_type="system", actor=None, action="appointment.no_show",
+                               case_id=case.id, before={"slot_id": appointment.slot_id}, now=now)
+            if case.status in NO_SHOW_CLOSES:
+                cases.close_case(session, case, CaseStatus.NO_SHOW, actor_type="system", actor=None, now=now)
+            notify_parties(session, case, "no_show", ref=appointment.id, now=now, visit=visit_of(appointment))
+        return len(overdue)
+
+
+def expire_idle_drafts(runtime: Runtime, *, limit: int = 100) -> int:
+    """Close as expired the draft/ready cases whose ``expires_at`` has passed; both parties are told.
+
+    The join code is released and any slot offer dropped (cases.close_case).
+    Returns the number of cases expired.
+    """
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        idle = session.scalars(
+            select(Case).where(Case.status.in_(cases.COLLECTING_STATUSES), Case.expires_at < now)
+            .order_by(Case.expires_at, Case.id).limit(limit)
+            .with_for_update(skip_locked=True)
+            .options(selectinload(Case.parties))).all()
+        for case in idle:
+            cases.close_case(session, case, CaseStatus.EXPIRED, actor_type="system", actor=None, now=now)
+            notify_parties(session, case, "expired", ref=case.id, now=now)
+        return len(idle)
+
+
+def generate_upcoming_slots(runtime: Runtime) -> int:
+    """Create the missing slots for the next SLOT_GENERATION_DAYS local days; returns how many."""
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        return generate_slots(session, days=runtime.settings.SLOT_GENERATION_DAYS, now=now)

@@ -1,0 +1,99 @@
+"""The scheduler's periodic jobs and the ``accident-service scheduler`` process.
+
+Every job claims its rows atomically (leases, conditional UPDATEs, unique
+outbox keys), so any number of scheduler processes may run side by side and
+a crash loses nothing: unfinished work is picked up when its lease lapses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from accident_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"sched-{socket.gethostname()}-{os.getpid()}"
+
+
+def process_inbox(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.wechat.processing import run_inbox_once
+
+    return run_inbox_once(runtime, worker_id, limit=50)
+
+
+def dispatch_outbox(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.notify.dispatch import dispatch_due
+
+    return dispatch_due(runtime, worker_id, limit=100)
+
+
+def send_reminders(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.booking.lifecycle import send_due_reminders
+
+    return send_due_reminders(runtime)
+
+
+def expire_drafts(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.booking.lifecycle import expire_idle_drafts
+
+    return expire_idle_drafts(runtime)
+
+
+def mark_no_shows(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.booking.lifecycle import mark_no_shows as mark
+
+    return mark(runtime)
+
+
+def generate_slots(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.booking.lifecycle import generate_upcoming_slots
+
+    return generate_upcoming_slots(runtime)
+
+
+Job = Callable[[Runtime, str], int]
+# (job, seconds between runs); slot generation also runs nightly, see build_scheduler.
+PERIODIC_JOBS: tuple[tuple[Job, int], ...] = (
+    (process_inbox, 2),
+    (dispatch_outbox, 2),
+    (send_reminders, 30),
+    (expire_drafts, 60),
+    (mark_no_shows, 60),
+)
+
+
+def run_all_once(runtime: Runtime, worker_id: str) -> dict[str, int]:
+    """Run every job once, in order (tests and `scheduler --once`)."""
+    return {job.__name__: _guarded(job, runtime, worker_id) for job, _ in PERIODIC_JOBS}
+
+
+def _guarded(job: Job, runtime: Runtime, worker_id: str) -> int:
+    try:
+        return job(runtime, worker_id)
+    except Exception:  # one failing job must not stop the scheduler; the next run retries
+        log.exception("job %s failed", job.__name__)
+        return 0
+
+
+def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
+                    scheduler: BaseScheduler | None = None) -> BaseScheduler:
+    worker_id = worker_id or worker_name()
+    scheduler = scheduler or BlockingScheduler(timezone="UTC")
+    defaults = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+    for job, seconds in PERIODIC_JOBS:
+        scheduler.add_job(_guarded, "interval", seconds=seconds, args=(job, runtime, worker_id),
+                          id=job.__name__, name=job.__name__, **defaults)
+    scheduler.add_job(_guarded, CronTrigger(hour=2, minute=0, timezone="Asia/Shanghai"),
+                      args=(generate_slots, runtime, worker_id), id="generate_slots", name="generate_slots",
+                      **defaults)
+    return scheduler

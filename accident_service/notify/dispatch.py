@@ -1,0 +1,104 @@
+"""The outbox dispatcher: send due notifications, retry by error code, give up visibly.
+
+Each row is leased (see accident_service.leases) so several schedulers and the
+web pool can dispatch at once; a row is sent and marked sent only while its
+lease is ours, so each notification goes out once per dedupe key (a worker
+dying between the send and its commit means one re-send after the lease).
+Transient WeChat errors (busy, quota, network) retry with backoff; permanent
+ones (unsubscribed, outside the 48-hour window, invalid openid) end in FAILED
+with the reason. A kind with a configured template (and template data) goes as a
+template message, which the 48-hour customer-service window does not limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from accident_service import leases, messages, metrics
+from accident_service.models import Case, Notification, WorkStatus
+from accident_service.runtime import Runtime
+from accident_service.wechat.client import WeChatApiError
+
+log = logging.getLogger(__name__)
+
+
+def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
+    """Send up to ``limit`` due notifications; returns how many were attempted.
+
+    Delivery failures are recorded on the rows, never raised; database errors propagate.
+    """
+    attempted = 0
+    for _ in range(limit):
+        with runtime.unit_of_work() as session:
+            ids = leases.claim(session, Notification, worker_id, now=runtime.clock.now(),
+                               lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=1,
+                               max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS)
+        if not ids:
+            break
+        _dispatch_one(runtime, ids[0], worker_id)
+        attempted += 1
+    return attempted
+
+
+def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> None:
+    with runtime.unit_of_work() as session:
+        row = session.get(Notification, notification_id)
+        if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
+            return  # taken over (our lease lapsed) or gone: sending now could send it twice
+        session.expunge(row)
+    case_updates: dict[str, Any] = {}
+    try:
+        case_updates = _send(runtime, row)
+    except WeChatApiError as exc:
+        _after_failure(runtime, row, worker_id, exc)
+        return
+    except (KeyError, ValueError) as exc:  # a malformed payload will never send: give up visibly
+        _after_failure(runtime, row, worker_id, WeChatApiError(None, f"bad payload: {exc}", permanent=True))
+        return
+    except Exception as exc:  # a bug must not abort the batch nor leave the row leased until it lapses
+        log.exception("notification %s (%s) failed unexpectedly", row.id, row.kind)
+        _after_failure(runtime, row, worker_id, WeChatApiError(None, f"{type(exc).__name__}: {exc}"))
+        return
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        if leases.complete(session, Notification, row.id, worker_id, status=WorkStatus.DONE, sent_at=now,
+                           last_error=None) and case_updates and row.case_id:
+            case = session.get(Case, row.case_id)
+            for name, value in case_updates.items() if case is not None else ():
+                setattr(case, name, value)
+    metrics.NOTIFICATIONS.labels(row.kind, "sent").inc()
+
+
+def _send(runtime: Runtime, row: Notification) -> dict[str, Any]:
+    """Send one notification; returns case columns to record (the join QR code)."""
+    api = runtime.wechat
+    payload = row.payload or {}
+    if row.kind == "join_invite":
+        data = payload.get("template_data", {})
+        qr = api.create_join_qrcode(str(data["scene"]), int(data.get("expire_seconds", 86400)))
+        text = messages.text("conv.join_invite_qr", row.language, qr_url=qr.image_url,
+                             join_code=data.get("join_code", ""))
+        api.send_text(row.openid, text)
+        return {"join_qr_ticket": qr.ticket, "join_qr_url": qr.image_url}
+    template_id = runtime.settings.template_for(row.kind)
+    if template_id and payload.get("template_data"):
+        api.send_template(row.openid, template_id, payload["template_data"])
+        return {}
+    api.send_text(row.openid, str(payload.get("text", "")))
+    return {}
+
+
+def _after_failure(runtime: Runtime, row: Notification, worker_id: str, exc: WeChatApiError) -> None:
+    now = runtime.clock.now()
+    out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
+    give_up = exc.permanent or out_of_attempts
+    error = f"{exc.errcode}: {exc.errmsg}"[:500]
+    with runtime.unit_of_work() as session:
+        leases.complete(session, Notification, row.id, worker_id,
+                        status=WorkStatus.FAILED if give_up else WorkStatus.PENDING, last_error=error,
+                        next_attempt_at=now + leases.backoff(row.attempts))
+    outcome = "gave_up" if give_up else "retry"
+    metrics.NOTIFICATIONS.labels(row.kind, outcome).inc()
+    if give_up:
+        log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)

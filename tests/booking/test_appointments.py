@@ -1,0 +1,224 @@
+"""Book, reschedule, cancel through the conversation's interface (booking.api)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from accident_service.booking import api as booking
+from accident_service.booking.appointments import NoActiveAppointment
+from accident_service.cases.service import evidence_fingerprint
+from accident_service.models import (
+    Appointment,
+    AppointmentStatus,
+    AuditEvent,
+    Case,
+    CaseStatus,
+    Slot,
+)
+from tests.booking import factories as make
+from tests.conftest import T0
+
+H = timedelta(hours=1)
+STALE = booking.BookResult(False, None, "booking.stale_offer")
+
+
+@pytest.fixture
+def world(runtime):
+    """Two stations, three slots each (14:00, 14:30, 15:00 local), one ready case (A zh, B en)."""
+    with runtime.unit_of_work() as session:
+        tianhe = make.station(session, "GZ-TH", km_north=2.3, name="天河事故处理点", desks=2)
+        yuexiu = make.station(session, "GZ-YX", km_north=4.0, name="越秀事故处理点", desks=2)
+        slots = {(s.code, i): make.slot(session, s, T0 + 4 * H + i * timedelta(minutes=30), capacity=2).id
+                 for s in (tianhe, yuexiu) for i in range(3)}
+        case = make.ready_case(session, T0, languages=("zh", "en"))
+        return {"case": case.id, "slots": slots, "openids": [p.openid for p in case.parties]}
+
+
+def case_state(runtime, case_id):
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, case_id)
+        return case.status, case.offered_slot_ids, case.join_code
+
+
+def test_booking_a_choice(runtime, world):
+    make.offer(runtime, world["case"], now=T0)  # 1 = 天河 14:00, 2 = 越秀 14:00, 3 = 天河 14:30
+    result = make.choose(runtime, world["case"], 2, now=T0)
+    assert result.booked and result.reason_key is None
+    yuexiu_1400 = world["slots"][("GZ-YX", 0)]
+    assert make.appointments_of(runtime, world["case"]) == [(yuexiu_1400, "booked")]
+    assert make.booked_count(runtime, yuexiu_1400) == 1
+    status, offered, join_code = case_state(runtime, world["case"])
+    assert (status, offered) == (CaseStatus.BOOKED, None) and join_code is not None
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        assert case.evidence_fingerprint == evidence_fingerprint(case) and len(case.evidence_fingerprint) == 16
+        assert case.expires_at is None
+        assert booking.appointment_summary(case, "zh") == \
+            "预约：越秀事故处理点 11月25日 14:00-14:30，地址：广州市 GZ-YX 路 1 号"
+        assert booking.appointment_summary(case, "en").startswith("Appointment: 越秀事故处理点, 25 Nov 14:00-14:30")
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "appointment.booked")).one()
+        assert (audit.actor_type, audit.actor, audit.after["slot_id"]) == ("party", "A", yuexiu_1400)
+
+
+def test_both_parties_get_the_booking_notice_in_their_language(runtime, world):
+    make.offer(runtime, world["case"], now=T0)
+    appointment_id = make.choose(runtime, world["case"], 1, now=T0).appointment.id
+    sent = make.notices(runtime, "booked")
+    assert [(n.openid, n.language, n.dedupe_key) for n in sent] == [
+        (world["openids"][0], "zh", f"booked:{appointment_id}:A"),
+        (world["openids"][1], "en", f"booked:{appointment_id}:B"),
+    ]
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        case_no, fingerprint = case.case_no, case.evidence_fingerprint
+    zh, en = (n.payload["text"] for n in sent)
+    for fact in (case_no, "天河事故处理点", "广州市 GZ-TH 路 1 号", "11月25日 14:00-14:30", "驾驶证", "行驶证",
+                 "身份证", "保险单", "可以撤离现场", fingerprint):
+        assert fact in zh
+    for fact in (case_no, "25 Nov 14:00-14:30", "driving licence", "vehicle licence", "ID card", "insurance policy",
+                 "leave the scene", fingerprint):
+        assert fact in en
+    data = sent[0].payload["template_data"]
+    assert data["case_no"] == {"value": case_no} and data["fingerprint"] == {"value": fingerprint}
+    assert data["time"] == {"value": "11月25日 14:00-14:30"} and data["address"]["value"] == "广州市 GZ-TH 路 1 号"
+    assert all(set(v) == {"value"} and isinstance(v["value"], str) for v in data.values())
+
+
+def test_capacity_is_respected(runtime, world):
+    slot_id = world["slots"][("GZ-TH", 0)]
+    with runtime.unit_of_work() as session:
+        session.get(Slot, slot_id).capacity = 1
+        others = [make.ready_case(session, T0).id for _ in range(2)]
+    for case_id in (world["case"], *others):
+        with runtime.unit_of_work() as session:
+            case = session.get(Case, case_id)
+            case.offered_slot_ids, case.offered_at = [slot_id], T0
+    results = [make.choose(runtime, case_id, 1, now=T0) for case_id in (world["case"], *others)]
+    assert [r.booked for r in results] == [True, False, False]
+    assert results[1] == STALE
+    assert make.booked_count(runtime, slot_id) == 1
+    assert make.appointments_of(runtime, others[0]) == []
+    assert case_state(runtime, others[0])[0] is CaseStatus.READY
+
+
+def test_a_second_booking_moves_the_appointment(runtime, world):
+    make.offer(runtime, world["case"], now=T0)
+    first = make.choose(runtime, world["case"], 1, now=T0).appointment
+    text = make.offer(runtime, world["case"], now=T0, intro_key="booking.reschedule_offer")
+    assert "天河事故处理点 11月25日 14:00-14:30" not in text  # the current slot is not offered again
+    moved = make.choose(runtime, world["case"], 1, now=T0)  # now 越秀 14:00
+    assert moved.booked and moved.appointment.id != first.id
+    old_slot, new_slot = world["slots"][("GZ-TH", 0)], world["slots"][("GZ-YX", 0)]
+    assert make.appointments_of(runtime, world["case"]) == [(old_slot, "rescheduled"), (new_slot, "booked")]
+    assert (make.booked_count(runtime, old_slot), make.booked_count(runtime, new_slot)) == (0, 1)
+    assert case_state(runtime, world["case"])[0] is CaseStatus.BOOKED
+    sent = make.notices(runtime, "rescheduled")
+    assert [n.dedupe_key for n in sent] == [f"rescheduled:{moved.appointment.id}:A",
+                                            f"rescheduled:{moved.appointment.id}:B"]
+    assert "越秀事故处理点" in sent[0].payload["text"] and "25 Nov 14:00-14:30" in sent[1].payload["text"]
+
+
+@pytest.mark.parametrize("target", [("GZ-YX", 0), ("GZ-TH", 0)], ids=["new-slot-higher-id", "new-slot-lower-id"])
+def test_a_move_to_a_slot_that_filled_up_keeps_the_old_appointment(runtime, world, target):
+    start = ("GZ-TH", 1) if target == ("GZ-TH", 0) else ("GZ-TH", 0)
+    old_slot, new_slot = world["slots"][start], world["slots"][target]
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        case.offered_slot_ids, case.offered_at = [old_slot], T0
+    assert make.choose(runtime, world["case"], 1, now=T0).booked
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        case.offered_slot_ids, case.offered_at = [new_slot], T0
+        session.get(Slot, new_slot).booked = 2  # filled by others after the list was shown
+    assert make.choose(runtime, world["case"], 1, now=T0) == STALE
+    assert make.appointments_of(runtime, world["case"]) == [(old_slot, "booked")]
+    assert (make.booked_count(runtime, old_slot), make.booked_count(runtime, new_slot)) == (1, 2)
+    assert make.notices(runtime, "rescheduled") == []
+    # The conversation answers a stale choice with a fresh list.
+    fresh = make.offer(runtime, world["case"], now=T0, intro_key="booking.stale_offer")
+    assert fresh.startswith("该时段已满或选项已过期") and "回复 1-3 选择" in fresh
+
+
+@pytest.mark.parametrize("number", [0, 4, 9])
+def test_a_number_not_on_the_list_is_stale(runtime, world, number):
+    make.offer(runtime, world["case"], now=T0)
+    assert make.choose(runtime, world["case"], number, now=T0) == STALE
+    assert make.appointments_of(runtime, world["case"]) == []
+
+
+def test_an_old_list_is_stale(runtime, world):
+    make.offer(runtime, world["case"], now=T0)
+    assert make.choose(runtime, world["case"], 1, now=T0 + booking.OFFER_TTL + timedelta(seconds=1)) == STALE
+    assert make.appointments_of(runtime, world["case"]) == []
+    assert make.choose(runtime, world["case"], 1, now=T0 + booking.OFFER_TTL).booked
+
+
+def test_cancel_frees_the_seat_and_tells_both(runtime, world):
+    make.offer(runtime, world["case"], now=T0)
+    appointment_id = make.choose(runtime, world["case"], 1, now=T0).appointment.id
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"], with_for_update=True)
+        booking.cancel(session, runtime, case, actor_type="party", actor="B", now=T0)
+    assert make.booked_count(runtime, world["slots"][("GZ-TH", 0)]) == 0
+    assert make.appointments_of(runtime, world["case"]) == [(world["slots"][("GZ-TH", 0)], "cancelled")]
+    status, _, join_code = case_state(runtime, world["case"])
+    assert (status, join_code) == (CaseStatus.CANCELLED, None)
+    sent = make.notices(runtime, "cancelled")
+    assert [n.dedupe_key for n in sent] == [f"cancelled:{appointment_id}:A", f"cancelled:{appointment_id}:B"]
+    assert "11月25日 14:00-14:30" in sent[0].payload["text"]
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        assert booking.appointment_summary(case, "zh") is None
+        with pytest.raises(NoActiveAppointment):
+            booking.cancel(session, runtime, case, actor_type="party", actor="A", now=T0)
+
+
+def test_retake_and_confirmation_semantics(runtime, world):
+    make.offer(runtime, world["case"], now=T0)
+    make.choose(runtime, world["case"], 1, now=T0)
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        case.status = CaseStatus.RETAKE_REQUESTED
+    # Moving while a retake is pending keeps the retake pending.
+    make.offer(runtime, world["case"], now=T0, intro_key="booking.reschedule_offer")
+    assert make.choose(runtime, world["case"], 1, now=T0).booked
+    assert case_state(runtime, world["case"])[0] is CaseStatus.RETAKE_REQUESTED
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        booking.active_appointment(case).status = AppointmentStatus.CONFIRMED
+        case.photos[0].sha256 = "f" * 64  # the retaken photo
+        booking.retake_done(session, runtime, case, now=T0)
+        assert case.status is CaseStatus.CONFIRMED and case.evidence_fingerprint == evidence_fingerprint(case)
+        booking.retake_done(session, runtime, case, now=T0)  # not retake_requested: no change
+        assert case.status is CaseStatus.CONFIRMED
+    # A confirmed appointment that moves needs confirming again.
+    make.offer(runtime, world["case"], now=T0, intro_key="booking.reschedule_offer")
+    assert make.choose(runtime, world["case"], 1, now=T0).booked
+    assert case_state(runtime, world["case"])[0] is CaseStatus.BOOKED
+
+
+def test_retake_done_returns_a_booked_case_to_booked(runtime, world):
+    make.offer(runtime, world["case"], now=T0)
+    make.choose(runtime, world["case"], 1, now=T0)
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        case.status = CaseStatus.RETAKE_REQUESTED
+        booking.retake_done(session, runtime, case, now=T0)
+        assert case.status is CaseStatus.BOOKED
+
+
+def test_a_checked_in_appointment_cannot_move(runtime, world):
+    make.offer(runtime, world["case"], now=T0)
+    make.choose(runtime, world["case"], 1, now=T0)
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        booking.active_appointment(case).status = AppointmentStatus.CHECKED_IN
+        case.status = CaseStatus.CHECKED_IN
+        case.offered_slot_ids, case.offered_at = [world["slots"][("GZ-YX", 0)]], T0
+    assert make.choose(runtime, world["case"], 1, now=T0) == STALE
+    assert "不能预约或改约" in make.offer(runtime, world["case"], now=T0, intro_key="booking.reschedule_offer")
+    with runtime.unit_of_work() as session:
+        assert session.scalars(select(Appointment.status)).all() == [AppointmentStatus.CHECKED_IN]

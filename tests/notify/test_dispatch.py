@@ -1,0 +1,381 @@
+"""The outbox dispatcher against the WeChat emulator over HTTP.
+
+Sends (text, template, join QR), the retry policy by error code, per-recipient
+order, lease recovery after a crash, and at-most-once under concurrent workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from accident_service import leases
+from accident_service.cases.service import start_case
+from accident_service.messages import text as catalogue_text
+from accident_service.models import Case, Notification, WorkStatus
+from accident_service.notify.dispatch import dispatch_due
+from accident_service.notify.outbox import enqueue
+from accident_service.runtime import build_runtime
+from accident_service.settings import load_settings
+
+_keys = itertools.count(1)
+
+
+@pytest.fixture
+def make_runtime(wechat_settings_overrides, clock):
+    """Runtimes wired to the emulator with extra settings (all share the test clock)."""
+    built = []
+
+    def make(**overrides):
+        runtime = build_runtime(load_settings({**wechat_settings_overrides, **overrides}, environ={}), clock=clock)
+        built.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in built:
+        runtime.close()
+
+
+@pytest.fixture
+def rt(wechat_runtime):
+    return wechat_runtime
+
+
+def add(runtime, openid: str = "oDriverA", message: str = "hello", *, kind: str = "status", **extra) -> int:
+    with runtime.unit_of_work() as session:
+        row = enqueue(session, openid=openid, kind=kind, text=message, dedupe_key=f"test:{next(_keys)}",
+                      now=runtime.clock.now(), **extra)
+        session.flush()
+        return row.id
+
+
+def load(runtime, notification_id: int) -> Notification:
+    with runtime.unit_of_work() as session:
+        return session.get(Notification, notification_id)
+
+
+def custom_sends(wechat) -> int:
+    return sum(1 for entry in wechat.requests_log if entry["path"] == "message/custom/send")
+
+
+def unfinished(runtime) -> int:
+    with runtime.unit_of_work() as session:
+        return session.scalar(select(func.count()).select_from(Notification).where(
+            Notification.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
+
+
+# --- what goes out -----------------------------------------------------------
+
+def test_text_goes_out_as_customer_service_message(rt, wechat, clock):
+    notification_id = add(rt, "oDriverA", "您的预约已确认")
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert [(m["kind"], m["touser"], m["msgtype"], m["text"]) for m in wechat.sent] == [
+        ("custom", "oDriverA", "text", "您的预约已确认")]
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.DONE and row.sent_at == clock.now()
+    assert row.attempts == 1 and row.lease_until is None and row.last_error is None
+
+
+def test_kind_with_a_configured_template_goes_as_template_message(make_runtime, wechat):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    data = {"first": "预约成功", "keyword1": "天河事故处理点", "keyword2": {"value": "11-26 09:30", "color": "#173177"}}
+    add(rt, "oDriverA", "text fallback", kind="booked", template_data=data)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    [message] = wechat.sent
+    assert message["kind"] == "template" and message["touser"] == "oDriverA"
+    assert message["body"]["template_id"] == "tpl-booked"
+    assert message["body"]["data"] == {"first": {"value": "预约成功"}, "keyword1": {"value": "天河事故处理点"},
+                                       "keyword2": {"value": "11-26 09:30", "color": "#173177"}}
+
+
+def test_text_is_used_without_template_data_or_without_a_template(make_runtime, wechat):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    add(rt, "oDriverA", "booked, no data", kind="booked")
+    add(rt, "oDriverB", "cancelled, no template", kind="cancelled", template_data={"first": "x"})
+
+    assert dispatch_due(rt, "w1") == 2
+
+    assert sorted((m["kind"], m["text"]) for m in wechat.sent) == [
+        ("custom", "booked, no data"), ("custom", "cancelled, no template")]
+
+
+def test_join_invite_creates_the_qr_code_sends_it_and_records_it_on_the_case(rt, wechat, clock):
+    with rt.unit_of_work() as session:
+        case, _party, _created = start_case(session, openid="oDriverA", language="en", settings=rt.settings,
+                                            now=clock.now())
+        case_id, code = case.id, case.join_code
+    add(rt, "oDriverA", catalogue_text("conv.join_invite", "en", join_code=code), kind="join_invite",
+        case_id=case_id, language="en",
+        template_data={"scene": f"join:{code}", "join_code": code, "expire_seconds": 600})
+
+    assert dispatch_due(rt, "w1") == 1
+
+    ticket = wechat.qrcodes[f"join:{code}"]
+    assert wechat.scene_for_ticket(ticket) == f"join:{code}"
+    with rt.unit_of_work() as session:
+        case = session.get(Case, case_id)
+        assert case.join_qr_ticket == ticket
+        qr_url = case.join_qr_url
+    assert qr_url and qr_url.startswith(wechat.api_base_url + "showqrcode?ticket=")
+    [message] = wechat.messages_to("oDriverA")
+    assert message == catalogue_text("conv.join_invite_qr", "en", qr_url=qr_url, join_code=code)
+    image = requests.get(qr_url, timeout=5)
+    assert image.status_code == 200 and image.headers["Content-Type"] == "image/png"
+
+
+def test_join_invite_without_a_scene_fails_visibly(rt, wechat):
+    notification_id = add(rt, kind="join_invite", template_data={"join_code": "123456"})
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.FAILED and "bad payload" in row.last_error
+    assert wechat.sent == [] and wechat.qrcodes == {}
+
+
+def test_unexpected_error_is_retried_then_fails_without_stopping_the_batch(make_runtime, wechat, clock):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", OUTBOX_MAX_ATTEMPTS=2)
+    broken = add(rt, "oDriverA", "x", kind="booked", template_data=["not", "a", "mapping"])
+    add(rt, "oDriverB", "unaffected")
+
+    assert dispatch_due(rt, "w1") == 2
+
+    assert wechat.messages_to("oDriverB") == ["unaffected"]
+    row = load(rt, broken)
+    assert row.status is WorkStatus.PENDING and row.lease_until is None
+    assert row.last_error.startswith("None: AttributeError")
+    clock.advance(minutes=1)
+    dispatch_due(rt, "w1")
+    assert load(rt, broken).status is WorkStatus.FAILED
+
+
+# --- at most once ---------------------------------------------------------------
+
+def test_repeated_dispatch_sends_each_notification_once(rt, wechat):
+    for n in range(5):
+        add(rt, f"oDriver{n}", f"notice {n}")
+
+    assert dispatch_due(rt, "w1") == 5
+    assert dispatch_due(rt, "w1") == 0
+    assert dispatch_due(rt, "w2") == 0
+
+    assert sorted(m["text"] for m in wechat.sent) == [f"notice {n}" for n in range(5)]
+
+
+def test_limit_bounds_one_run(rt, wechat):
+    for n in range(4):
+        add(rt, f"oDriver{n}", f"notice {n}")
+
+    assert dispatch_due(rt, "w1", limit=3) == 3
+    assert dispatch_due(rt, "w1", limit=3) == 1
+    assert len(wechat.sent) == 4
+
+
+def test_two_concurrent_workers_send_each_notification_once_and_in_order(make_runtime, wechat):
+    runtimes = [make_runtime(), make_runtime()]  # separate engines, as two processes would have
+    expected = {f"oDriver{n}": [f"{n}-{i}" for i in range(4)] for n in range(5)}
+    for i in range(4):
+        for openid, texts in expected.items():
+            add(runtimes[0], openid, texts[i])
+    start = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def work(runtime, worker_id: str) -> None:
+        try:
+            start.wait()
+            deadline = time.monotonic() + 30
+            while unfinished(runtime) and time.monotonic() < deadline:
+                if dispatch_due(runtime, worker_id, limit=3) == 0:
+                    time.sleep(0.01)  # the other worker holds what is left
+        except BaseException as exc:  # reported below, in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(runtime, f"w{n}")) for n, runtime in enumerate(runtimes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=40)
+
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert len(wechat.sent) == 20
+    for openid, texts in expected.items():
+        assert wechat.messages_to(openid) == texts
+
+
+# --- retry policy ------------------------------------------------------------------
+
+@pytest.mark.parametrize("errcode", [-1, 45009])
+def test_busy_and_quota_errors_are_retried_after_a_backoff(rt, wechat, clock, errcode):
+    notification_id = add(rt, "oDriverA", "retry me")
+    wechat.inject_error("message/custom/send", errcode, times=1)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.PENDING and row.attempts == 1
+    assert row.last_error.startswith(str(errcode))
+    assert row.next_attempt_at == clock.now() + leases.backoff(1) > clock.now()
+    assert dispatch_due(rt, "w1") == 0  # not before the backoff
+    assert wechat.sent == []
+
+    clock.set(row.next_attempt_at)
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverA") == ["retry me"]
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.DONE and row.attempts == 2 and row.last_error is None
+
+
+def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
+    notification_id = add(rt, "oDriverA", "after the 502")
+    wechat.inject_http_status("message/custom/send", 502, times=1)
+
+    dispatch_due(rt, "w1")
+    assert load(rt, notification_id).status is WorkStatus.PENDING
+    clock.advance(minutes=1)
+    dispatch_due(rt, "w1")
+
+    assert wechat.messages_to("oDriverA") == ["after the 502"]
+
+
+def test_token_error_refreshes_the_token_once_and_sends(rt, wechat):
+    notification_id = add(rt, "oDriverA", "after a refresh")
+    wechat.inject_error("message/custom/send", 40001, times=1)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert wechat.token_requests == 2  # the first token, then exactly one refresh
+    assert custom_sends(wechat) == 2
+    assert wechat.messages_to("oDriverA") == ["after a refresh"]
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.DONE and row.attempts == 1
+
+
+def test_expired_token_is_refreshed_once(rt, wechat):
+    add(rt, "oDriverA", "first")
+    dispatch_due(rt, "w1")
+    wechat.expire_tokens()
+    add(rt, "oDriverA", "second")
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert wechat.token_requests == 2
+    assert wechat.messages_to("oDriverA") == ["first", "second"]
+
+
+@pytest.mark.parametrize("block, errcode", [
+    (lambda wechat: wechat.set_user_unsubscribed("oDriverA"), 43004),
+    (lambda wechat: wechat.close_window("oDriverA"), 45015),
+], ids=["unsubscribed", "window_closed"])
+def test_permanent_errors_fail_visibly_without_retry(rt, wechat, clock, block, errcode):
+    block(wechat)
+    notification_id = add(rt, "oDriverA", "never arrives")
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.FAILED and row.attempts == 1
+    assert row.last_error.startswith(str(errcode))
+    clock.advance(hours=1)
+    assert dispatch_due(rt, "w1") == 0
+    assert custom_sends(wechat) == 1 and wechat.sent == []
+
+
+def test_a_failed_notification_does_not_block_the_next_one(rt, wechat):
+    wechat.set_user_unsubscribed("oDriverA")
+    add(rt, "oDriverA", "while unsubscribed")
+    dispatch_due(rt, "w1")
+    wechat.set_user_unsubscribed("oDriverA", False)
+    add(rt, "oDriverA", "after subscribing again")
+
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverA") == ["after subscribing again"]
+
+
+def test_transient_errors_give_up_after_max_attempts(make_runtime, wechat, clock):
+    rt = make_runtime(OUTBOX_MAX_ATTEMPTS=3)
+    notification_id = add(rt, "oDriverA", "the platform stays busy")
+    wechat.inject_error("message/custom/send", -1, times=None)
+
+    for _ in range(5):
+        dispatch_due(rt, "w1")
+        clock.advance(minutes=11)  # past any backoff
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.FAILED and row.attempts == 3
+    assert row.last_error.startswith("-1")
+    assert custom_sends(wechat) == 3 and wechat.sent == []
+
+
+def test_order_per_recipient_survives_a_retry(rt, wechat, clock):
+    add(rt, "oDriverA", "first")
+    add(rt, "oDriverA", "second")
+    add(rt, "oDriverB", "other driver")
+    wechat.inject_error("message/custom/send", -1, times=1)  # hits "first"
+
+    assert dispatch_due(rt, "w1") == 2  # "first" failed, "second" waits behind it
+
+    assert wechat.messages_to("oDriverA") == []
+    assert wechat.messages_to("oDriverB") == ["other driver"]
+    clock.advance(minutes=1)
+    assert dispatch_due(rt, "w1") == 2
+    assert wechat.messages_to("oDriverA") == ["first", "second"]
+
+
+# --- leases -----------------------------------------------------------------------
+
+def claim_as(rt, worker_id: str, max_attempts: int | None = None) -> list[int]:
+    with rt.unit_of_work() as session:
+        return leases.claim(session, Notification, worker_id, now=rt.clock.now(), limit=10,
+                            lease_seconds=rt.settings.INBOX_LEASE_SECONDS, max_attempts=max_attempts)
+
+
+def test_crashed_workers_lease_is_recovered_and_its_late_completion_ignored(rt, wechat, clock):
+    notification_id = add(rt, "oDriverA", "rescued")
+    assert claim_as(rt, "crashed") == [notification_id]  # ...and the worker dies before sending
+
+    assert dispatch_due(rt, "w2") == 0  # the lease still holds
+    clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+    assert dispatch_due(rt, "w2") == 1
+
+    assert wechat.messages_to("oDriverA") == ["rescued"]
+    with rt.unit_of_work() as session:
+        assert not leases.complete(session, Notification, notification_id, "crashed",
+                                   status=WorkStatus.PENDING, last_error="late", next_attempt_at=clock.now())
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.DONE and row.leased_by == "w2" and row.last_error is None
+    assert row.attempts == 2
+    assert dispatch_due(rt, "w3") == 0 and len(wechat.sent) == 1
+
+
+def test_notification_that_kills_its_worker_every_time_ends_failed(make_runtime, wechat, clock):
+    rt = make_runtime(OUTBOX_MAX_ATTEMPTS=3)
+    notification_id = add(rt, "oDriverA", "poison")
+    for attempt in range(3):
+        assert claim_as(rt, f"dies{attempt}", max_attempts=3) == [notification_id]
+        clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+
+    assert dispatch_due(rt, "w9") == 0
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.FAILED and row.attempts == 3 and "lease expired" in row.last_error
+    assert wechat.sent == []
+
+
+def test_recipient_waits_while_an_older_notification_is_leased(rt, wechat, clock):
+    older = add(rt, "oDriverA", "older")
+    add(rt, "oDriverA", "newer")
+    assert claim_as(rt, "slow") == [older]
+
+    assert dispatch_due(rt, "w2") == 0
+    clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+    assert dispatch_due(rt, "w2") == 2
+    assert wechat.messages_to("oDriverA") == ["older", "newer"]

@@ -1,0 +1,221 @@
+"""The scheduler: its jobs in-process, and real `accident-service scheduler` processes side by side."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+
+from accident_service import jobs
+from accident_service.db import Base, make_engine, make_session_factory, unit_of_work
+from accident_service.models import Notification, WorkStatus
+from accident_service.notify.outbox import enqueue
+from tests.conftest import ON_POSTGRES, POSTGRES_URL, WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
+
+JOB_NAMES = {job.__name__ for job, _ in jobs.PERIODIC_JOBS}
+
+
+def add(runtime, openid: str, message: str, key: str) -> None:
+    with runtime.unit_of_work() as session:
+        enqueue(session, openid=openid, kind="status", text=message, dedupe_key=key, now=runtime.clock.now())
+
+
+# --- in-process --------------------------------------------------------------------
+
+def test_run_all_once_runs_every_job_and_dispatches(wechat_runtime, wechat):
+    add(wechat_runtime, "oDriverA", "from the outbox", "k1")
+
+    result = jobs.run_all_once(wechat_runtime, "w1")
+
+    assert set(result) == JOB_NAMES
+    assert result["dispatch_outbox"] == 1
+    assert wechat.messages_to("oDriverA") == ["from the outbox"]
+    assert jobs.run_all_once(wechat_runtime, "w1")["dispatch_outbox"] == 0
+
+
+def test_run_all_once_answers_a_stored_push(live_app, wechat_runtime, wechat):
+    assert wechat.post_text("oDriverA", "help").status_code == 200
+    assert wechat.messages_to("oDriverA") == []  # stored only: INBOX_PROCESS_INLINE is off
+
+    result = jobs.run_all_once(wechat_runtime, "w1")
+
+    assert result["process_inbox"] == 1 and result["dispatch_outbox"] >= 1  # inbox runs before the outbox
+    assert wechat.messages_to("oDriverA")
+
+
+def test_a_failing_job_does_not_stop_the_others(wechat_runtime, wechat, monkeypatch):
+    def broken(runtime, worker_id):
+        raise RuntimeError("bug in a job")
+
+    monkeypatch.setattr(jobs, "PERIODIC_JOBS", ((broken, 2), (jobs.dispatch_outbox, 2)))
+    add(wechat_runtime, "oDriverA", "still sent", "k1")
+
+    assert jobs.run_all_once(wechat_runtime, "w1") == {"broken": 0, "dispatch_outbox": 1}
+    assert wechat.messages_to("oDriverA") == ["still sent"]
+
+
+def test_build_scheduler_registers_every_job(wechat_runtime):
+    scheduler = jobs.build_scheduler(wechat_runtime, worker_id="w1", scheduler=BackgroundScheduler(timezone="UTC"))
+
+    registered = {job.id: job for job in scheduler.get_jobs()}
+    assert set(registered) == JOB_NAMES | {"generate_slots"}
+    for job, seconds in jobs.PERIODIC_JOBS:
+        trigger = registered[job.__name__].trigger
+        assert isinstance(trigger, IntervalTrigger) and trigger.interval == timedelta(seconds=seconds)
+        assert registered[job.__name__].max_instances == 1
+    nightly = registered["generate_slots"].trigger
+    assert isinstance(nightly, CronTrigger) and str(nightly.timezone) == "Asia/Shanghai"
+    assert {f.name: str(f) for f in nightly.fields}.items() >= {"hour": "2", "minute": "0"}.items()
+
+
+def test_started_scheduler_dispatches_the_outbox(wechat_runtime, wechat):
+    add(wechat_runtime, "oDriverA", "via the scheduler", "k1")
+    scheduler = jobs.build_scheduler(wechat_runtime, worker_id="w1", scheduler=BackgroundScheduler(timezone="UTC"))
+    scheduler.start()
+    try:
+        wechat.wait_for_sent(lambda m: m["touser"] == "oDriverA", timeout=15)
+    finally:
+        scheduler.shutdown(wait=True)
+    assert wechat.messages_to("oDriverA") == ["via the scheduler"]
+
+
+# --- real processes ------------------------------------------------------------------
+
+@pytest.fixture
+def private_database_url(tmp_path):
+    """A database of our own: scheduler processes work on every row they see.
+
+    On PostgreSQL a fresh database on the test server, so the schedulers neither
+    take other people's rows in the shared ``test`` database nor lose ours to
+    their truncations.
+    """
+    if not ON_POSTGRES:
+        url = f"sqlite:///{tmp_path}/schedulers.db"
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        yield url
+        return
+    name = f"sched_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def scheduler_env(private_database_url, wechat, tmp_path):
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("WECHAT_")}
+    return {**inherited, "DATABASE_URL": private_database_url, "APP_ENV": "test", "AUTO_MIGRATE": "false",
+            "DATA_DIR": str(tmp_path / "var"), "STORAGE_URL": f"file://{tmp_path}/objects",
+            "SECRET_KEY": "test-secret-key", "REDIS_URL": "", "LOG_LEVEL": "WARNING",
+            "WECHAT_API_BASE_URL": wechat.api_base_url, "WECHAT_APP_ID": WECHAT_APPID,
+            "WECHAT_APP_SECRET": WECHAT_SECRET, "WECHAT_TOKEN": WECHAT_TOKEN}
+
+
+CLI = [sys.executable, "-c", "from accident_service.cli import main; main()"]
+
+
+def enqueue_committed(database_url: str, items: list[tuple[str, str]]) -> None:
+    """(openid, text) pairs, due now by the wall clock the scheduler processes use."""
+    engine = make_engine(database_url)
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    with unit_of_work(make_session_factory(engine)) as session:
+        for n, (openid, message) in enumerate(items):
+            enqueue(session, openid=openid, kind="status", text=message, dedupe_key=f"sched:{n}", now=now)
+    engine.dispose()
+
+
+def statuses(database_url: str) -> collections.Counter[WorkStatus]:
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        rows = session.execute(select(Notification.status, func.count()).group_by(Notification.status)).all()
+    engine.dispose()
+    return collections.Counter({status: n for status, n in rows})
+
+
+def test_scheduler_once_runs_every_job_and_prints_json(scheduler_env, private_database_url, wechat):
+    enqueue_committed(private_database_url, [("oDriverA", "sent by --once")])
+
+    result = subprocess.run([*CLI, "scheduler", "--once"], env=scheduler_env, capture_output=True, text=True,
+                            timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report) == JOB_NAMES and report["dispatch_outbox"] == 1
+    assert wechat.messages_to("oDriverA") == ["sent by --once"]
+
+
+@pytest.fixture
+def start_scheduler(scheduler_env, tmp_path):
+    """Start `accident-service scheduler` processes; SIGTERM (then kill) them all at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(n: int) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"scheduler{n}.log", "wb") as log:
+            process = subprocess.Popen([*CLI, "scheduler"], env=scheduler_env, stdout=log, stderr=subprocess.STDOUT)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def logs(tmp_path, count: int) -> str:
+    return "\n".join((tmp_path / f"scheduler{n}.log").read_text(errors="replace")[-3000:] for n in range(count))
+
+
+@pytest.mark.slow
+def test_two_schedulers_send_each_notification_exactly_once(start_scheduler, private_database_url, wechat,
+                                                             tmp_path):
+    expected = {f"oDriver{n:02d}": [f"{n}-{i}" for i in range(3)] for n in range(10)}
+    enqueue_committed(private_database_url,
+                      [(openid, texts[i]) for i in range(3) for openid, texts in expected.items()])
+
+    processes = [start_scheduler(0), start_scheduler(1)]
+    deadline = time.monotonic() + 30
+    while statuses(private_database_url)[WorkStatus.DONE] < 30 and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in processes), logs(tmp_path, 2)
+        time.sleep(0.25)
+
+    assert statuses(private_database_url) == {WorkStatus.DONE: 30}, logs(tmp_path, 2)
+    sent = collections.Counter((m["touser"], m["text"]) for m in wechat.sent)
+    assert len(wechat.sent) == 30 and set(sent.values()) == {1}
+    for openid, texts in expected.items():
+        assert wechat.messages_to(openid) == texts  # per-driver order held across processes
+    assert wechat.token_requests == 1  # one token shared by both processes
+
+    for process in processes:  # SIGTERM is a clean shutdown
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=15) == 0, logs(tmp_path, 2)
