@@ -1,0 +1,99 @@
+"""Processing of leased inbox rows: network work first, then one unit of work.
+
+A photo is downloaded, checked and stored (content-addressed, so a retry
+rewrites identical bytes) before the transaction that records it, so no
+database lock is held during network calls. Transient failures become
+:class:`~accident_service.wechat.inbox.RetryLater`; the driver is told once
+that a photo is being saved when storage is down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+
+from accident_service import messages
+from accident_service.cases import service as cases
+from accident_service.models import InboundMessage, Notification
+from accident_service.notify.outbox import enqueue
+from accident_service.runtime import Runtime
+from accident_service.storage import StorageUnavailable
+from accident_service.wechat import inbox
+from accident_service.wechat.conversation import Conversation
+from accident_service.wechat.xml_gate import parse_inbound
+
+log = logging.getLogger(__name__)
+
+
+def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_id: int | None = None) -> int:
+    """Claim and process due messages; returns how many were processed."""
+    done = 0
+    if first_id is not None:
+        for message_id in inbox.claim_due(runtime, worker_id, limit=1, only_id=first_id):
+            inbox.process(runtime, message_id, worker_id, handle_inbound)
+            done += 1
+    for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
+        ids = inbox.claim_due(runtime, worker_id, limit=1)
+        if not ids:
+            break
+        inbox.process(runtime, ids[0], worker_id, handle_inbound)
+        done += 1
+    return done
+
+
+def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> None:
+    message = parse_inbound(row.payload)
+    prepared = None
+    if getattr(message, "type", "") == "image":
+        prepared = _prepare_photo(runtime, row, message)
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        told_saving = session.scalar(select(Notification.id).where(
+            Notification.dedupe_key == _saving_key(row))) is not None
+        Conversation(session, runtime, message, row, now).run(prepared, told_saving=told_saving)
+        inbox.finish(session, row, worker_id, now)
+
+
+def _prepare_photo(runtime: Runtime, row: InboundMessage, message):
+    from accident_service.photos.intake import TransientPhotoError, prepare_photo
+    from accident_service.wechat.client import WeChatApiError
+
+    case_no = _case_no_for_photo(runtime, row, message)
+    try:
+        return prepare_photo(runtime, media_id=str(message.media_id), case_no=case_no,
+                             received_at=row.received_at)
+    except StorageUnavailable as exc:
+        _tell_once_photo_is_saving(runtime, row, message)
+        raise inbox.RetryLater("storage unavailable") from exc
+    except TransientPhotoError as exc:
+        raise inbox.RetryLater(str(exc)) from exc
+    except WeChatApiError as exc:
+        if getattr(exc, "retryable", False):
+            raise inbox.RetryLater(f"wechat {exc.errcode}") from exc
+        raise
+
+
+def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
+    """The open case the photo belongs to; a photo with no case starts one (committed first)."""
+    with runtime.unit_of_work() as session:
+        found = cases.open_case_for(session, str(message.source))
+        if found:
+            return found[0].case_no
+        case, _party, _ = cases.start_case(session, openid=str(message.source),
+                                           language=messages.DEFAULT_LANGUAGE, settings=runtime.settings,
+                                           now=runtime.clock.now())
+        return case.case_no
+
+
+def _saving_key(row: InboundMessage) -> str:
+    return f"saving:{row.id}"
+
+
+def _tell_once_photo_is_saving(runtime: Runtime, row: InboundMessage, message) -> None:
+    with runtime.unit_of_work() as session:
+        found = cases.open_case_for(session, str(message.source))
+        language = found[1].language if found else messages.DEFAULT_LANGUAGE
+        enqueue(session, openid=str(message.source), kind="reply",
+                text=messages.text("conv.photo_saving", language), dedupe_key=_saving_key(row),
+                now=runtime.clock.now(), case_id=found[0].id if found else None, language=language)

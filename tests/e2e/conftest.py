@@ -1,0 +1,21 @@
+"""End-to-end: the app on a real loopback server, the WeChat emulator, stations from the example file."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from accident_service.booking.slots import generate_slots
+from accident_service.booking.station_file import load_station_file
+from accident_service.booking.stations import import_stations
+
+EXAMPLE_STATIONS = Path(__file__).resolve().parents[2] / "config" / "stations.example.yaml"
+
+
+@pytest.fixture
+def stations(wechat_runtime, clock):
+    with wechat_runtime.unit_of_work() as session:
+        import_stations(session, load_station_file(EXAMPLE_STATIONS))
+        generate_slots(session, start_date=date(2026, 11, 25), days=7, now=clock.now())

@@ -1,0 +1,145 @@
+"""Two drivers, from the menu click to both holding the booking notice — only signed XML and the emulator."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+
+from accident_service.models import (
+    Appointment,
+    AppointmentStatus,
+    Case,
+    CaseStatus,
+    InboundMessage,
+    Party,
+    PartyRole,
+    Photo,
+    PhotoStatus,
+    WorkStatus,
+)
+from accident_service.sandbox.images import make_jpeg
+from tests.support.flows import report_until_ready
+from tests.support.live import drain
+
+A, B = "oDriverA0000000000000000001", "oDriverB0000000000000000002"
+
+
+def test_two_drivers_from_menu_click_to_booking_notice(wechat, live_app, wechat_runtime, stations):
+    case = report_until_ready(wechat, wechat_runtime, A, B)
+    assert case.status is CaseStatus.READY
+
+    to_a = wechat.messages_to(A)
+    assert any("1/4" in m for m in to_a) and any("4/4" in m for m in to_a)
+    assert any("二维码" in m and "showqrcode" in m for m in to_a)  # the join QR went out
+    assert any("您已加入案件" in m for m in wechat.messages_to(B))
+    offer = to_a[-1]
+    assert re.search(r"^1\. ", offer, re.M), offer
+
+    wechat.post_text(A, "1")
+    drain(wechat_runtime)
+
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, case.id)
+        assert case.status is CaseStatus.BOOKED
+        appointment = session.scalar(select(Appointment).where(Appointment.case_id == case.id))
+        assert appointment.status is AppointmentStatus.BOOKED
+        fingerprint = case.evidence_fingerprint
+        assert fingerprint and len(fingerprint) == 16
+        station_name = appointment.slot.station.name
+        case_no = case.case_no
+    for driver in (A, B):
+        notice = wechat.messages_to(driver)[-1]
+        assert case_no in notice and station_name in notice and fingerprint in notice, notice
+        assert "撤离现场" in notice  # both may now leave the scene
+
+
+def test_english_driver_gets_english_replies(wechat, live_app, wechat_runtime):
+    wechat.post_text(A, "report")
+    wechat.post_text(A, "english")
+    wechat.post_text(A, "status")
+    drain(wechat_runtime)
+    last = wechat.messages_to(A)[-1]
+    assert last.startswith("Case "), last
+    assert "photo 1/4" in last
+
+
+def test_rejected_photo_gets_a_reason_and_changes_no_progress(wechat, live_app, wechat_runtime):
+    wechat.post_click(A, "REPORT_ACCIDENT")
+    drain(wechat_runtime)
+    media_id = wechat.add_media("blurred", make_jpeg("blurred", 1600, 1200, blur_radius=12))
+    wechat.post_image(A, media_id)
+    drain(wechat_runtime)
+    replies = wechat.messages_to(A)
+    assert any("模糊" in m for m in replies), replies
+    assert not any("1/4" in m and "已收到" in m for m in replies)
+    with wechat_runtime.unit_of_work() as session:
+        photo = session.scalar(select(Photo))
+        assert photo.status is PhotoStatus.REJECTED and photo.reject_code == "too_blurry"
+        assert photo.object_key  # kept for the record all the same
+
+
+def test_retake_replaces_the_item_and_keeps_the_old_photo(wechat, live_app, wechat_runtime):
+    wechat.post_click(A, "REPORT_ACCIDENT")
+    wechat.post_image(A, wechat.add_media("p1", make_jpeg("p1", 1600, 1200)))
+    wechat.post_image(A, wechat.add_media("p2", make_jpeg("p2", 1600, 1200)))
+    wechat.post_text(A, "重拍 1")
+    wechat.post_image(A, wechat.add_media("p1b", make_jpeg("p1b", 1600, 1200)))
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        rows = session.scalars(select(Photo).order_by(Photo.id)).all()
+        assert [(p.item, p.status) for p in rows] == [
+            (1, PhotoStatus.SUPERSEDED), (2, PhotoStatus.ACCEPTED), (1, PhotoStatus.ACCEPTED)]
+    assert any("第1张已重拍" in m for m in wechat.messages_to(A))
+
+
+def test_join_by_code_and_refusals(wechat, live_app, wechat_runtime):
+    wechat.post_text(A, "快处")
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        code = session.scalar(select(Case.join_code))
+    wechat.post_text(A, code)  # own case
+    wechat.post_text(B, "000000" if code != "000000" else "111111")  # unknown
+    wechat.post_text(B, code)
+    drain(wechat_runtime)
+    assert any("自己报的案件" in m for m in wechat.messages_to(A))
+    assert any("加入码无效" in m for m in wechat.messages_to(B))
+    assert any("您已加入案件" in m for m in wechat.messages_to(B))
+    with wechat_runtime.unit_of_work() as session:
+        roles = {p.openid: p.role for p in session.scalars(select(Party))}
+    assert roles == {A: PartyRole.A, B: PartyRole.B}
+
+
+def test_a_push_retried_three_times_has_one_effect(wechat, live_app, wechat_runtime):
+    """The platform re-sends a push it got no answer for; same MsgId, one case, one reply."""
+    for _ in range(3):
+        assert wechat.post_text(A, "快处", msg_id=424242).text == "success"
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        assert session.scalar(select(func.count()).select_from(Case)) == 1
+        assert session.scalar(select(func.count()).select_from(InboundMessage)) == 1
+    assert sum("已为您登记" in m for m in wechat.messages_to(A)) == 1
+
+
+def test_inline_processing_answers_without_the_scheduler(wechat, wechat_settings_overrides, clock):
+    """With INBOX_PROCESS_INLINE the web process answers by itself (the scheduler only sweeps)."""
+    from accident_service import create_app
+    from accident_service.runtime import build_runtime
+    from accident_service.settings import load_settings
+    from tests.support.live import LiveServer
+
+    runtime = build_runtime(load_settings({**wechat_settings_overrides, "INBOX_PROCESS_INLINE": True},
+                                          environ={}), clock=clock)
+    server = LiveServer(create_app(runtime=runtime)).start()
+    try:
+        wechat.callback_url = server.url + "/wechat"
+        wechat.post_text(A, "快处")
+        wechat.wait_for_sent(lambda m: m["touser"] == A and "已为您登记" in (m["text"] or ""), timeout=10)
+    finally:
+        server.stop()
+        from accident_service.wechat.worker_pool import shutdown_pools
+
+        shutdown_pools()
+        runtime.close()
+    with runtime.unit_of_work() as session:
+        assert session.scalar(select(InboundMessage.status)) is WorkStatus.DONE
