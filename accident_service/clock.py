@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -14,7 +14,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class ControlledClock:
@@ -23,7 +23,7 @@ class ControlledClock:
     def __init__(self, start: datetime) -> None:
         if start.tzinfo is None:
             raise ValueError("ControlledClock needs an aware datetime")
-        self._now = start.astimezone(timezone.utc)
+        self._now = start.astimezone(UTC)
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
@@ -32,7 +32,7 @@ class ControlledClock:
 
     def set(self, when: datetime) -> None:
         with self._lock:
-            self._now = when.astimezone(timezone.utc)
+            self._now = when.astimezone(UTC)
 
     def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
         with self._lock:

@@ -36,7 +36,7 @@ def _enum(cls: type[enum.Enum], length: int = 24) -> Enum:
                 validate_strings=True, create_constraint=False)
 
 
-class CaseStatus(str, enum.Enum):
+class CaseStatus(enum.StrEnum):
     DRAFT = "draft"
     READY = "ready"
     BOOKED = "booked"
@@ -53,18 +53,18 @@ OPEN_CASE_STATUSES = (CaseStatus.DRAFT, CaseStatus.READY, CaseStatus.BOOKED, Cas
                       CaseStatus.CHECKED_IN, CaseStatus.RETAKE_REQUESTED)
 
 
-class PartyRole(str, enum.Enum):
+class PartyRole(enum.StrEnum):
     A = "A"  # the reporter
     B = "B"  # the other party
 
 
-class PhotoStatus(str, enum.Enum):
+class PhotoStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     SUPERSEDED = "superseded"  # replaced by a retake; kept for the audit trail
 
 
-class AppointmentStatus(str, enum.Enum):
+class AppointmentStatus(enum.StrEnum):
     BOOKED = "booked"
     CONFIRMED = "confirmed"
     CHECKED_IN = "checked_in"
@@ -77,7 +77,7 @@ class AppointmentStatus(str, enum.Enum):
 ACTIVE_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED, AppointmentStatus.CHECKED_IN)
 
 
-class WorkStatus(str, enum.Enum):
+class WorkStatus(enum.StrEnum):
     """Lifecycle of a leased work item (inbound message, notification)."""
 
     PENDING = "pending"
@@ -86,7 +86,7 @@ class WorkStatus(str, enum.Enum):
     FAILED = "failed"  # gave up after the attempt limit or a permanent error
 
 
-class StaffRole(str, enum.Enum):
+class StaffRole(enum.StrEnum):
     OFFICER = "officer"
     SUPERVISOR = "supervisor"
 

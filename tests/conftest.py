@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -32,7 +32,7 @@ POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "")
 ON_POSTGRES = POSTGRES_URL.startswith("postgresql")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # A Wednesday, 10:00 in Guangzhou.
-T0 = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 
 
 def pytest_collection_modifyitems(config, items):

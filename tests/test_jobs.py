@@ -219,3 +219,52 @@ def test_two_schedulers_send_each_notification_exactly_once(start_scheduler, pri
         process.send_signal(signal.SIGTERM)
     for process in processes:
         assert process.wait(timeout=15) == 0, logs(tmp_path, 2)
+
+
+@pytest.mark.slow
+def test_scheduler_killed_mid_message_leaves_a_lease_that_another_worker_recovers(
+        start_scheduler, scheduler_env, private_database_url, wechat, wechat_settings_overrides, clock, tmp_path):
+    from accident_service import create_app
+    from accident_service.models import InboundMessage, Photo, PhotoStatus
+    from accident_service.runtime import build_runtime
+    from accident_service.sandbox.images import make_jpeg
+    from accident_service.settings import load_settings
+    from tests.support.live import LiveServer, drain, wait_until
+
+    clock.set(datetime.now(UTC))
+    runtime = build_runtime(load_settings({**wechat_settings_overrides, "DATABASE_URL": private_database_url,
+                                           "STORAGE_URL": scheduler_env["STORAGE_URL"]}, environ={}), clock=clock)
+    server = LiveServer(create_app(runtime=runtime)).start()
+    try:
+        wechat.callback_url = server.url + "/wechat"
+        wechat.set_delay("media/get", 60)  # the worker will be inside the download when it dies
+        wechat.post_click("oCrash", "REPORT_ACCIDENT")
+        wechat.post_image("oCrash", wechat.add_media("crash-1", make_jpeg("crash-1", 1600, 1200)))
+        scheduler_env["INBOX_LEASE_SECONDS"] = "5"
+        process = start_scheduler(0)
+
+        def image_leased():
+            with runtime.unit_of_work() as session:
+                row = session.scalar(select(InboundMessage).where(InboundMessage.msg_type == "image"))
+                return row if row.leased_by and row.leased_by.startswith("sched-") else None
+
+        leased = wait_until(image_leased, timeout=30)
+        process.kill()  # SIGKILL: no cleanup, the lease stays behind
+        process.wait(timeout=10)
+        with runtime.unit_of_work() as session:
+            row = session.get(InboundMessage, leased.id)
+            assert row.status is WorkStatus.PROCESSING and row.lease_until is not None
+
+        wechat.clear_faults()
+        clock.set(row.lease_until + timedelta(seconds=1))
+        drain(runtime, worker_id="rescuer")
+
+        with runtime.unit_of_work() as session:
+            row = session.get(InboundMessage, leased.id)
+            assert row.status is WorkStatus.DONE and row.attempts == 2
+            photos = session.scalars(select(Photo)).all()
+            assert [p.status for p in photos] == [PhotoStatus.ACCEPTED]
+        assert any("1/4" in m for m in wechat.messages_to("oCrash"))
+    finally:
+        server.stop()
+        runtime.close()

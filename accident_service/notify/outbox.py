@@ -2,8 +2,10 @@
 
 Rows are written in the same transaction as the change that causes them, so a
 committed booking always has its notices, and a rolled-back one has none.
-``dedupe_key`` is UNIQUE: writing the same notice twice (a retried job, a
-re-processed message) is a no-op, so each notice is sent at most once.
+``dedupe_key`` is UNIQUE and the row is written with ``INSERT … ON CONFLICT DO
+NOTHING``: writing the same notice twice (a retried job, a re-processed
+message, two schedulers at once) is a no-op, so each notice is sent at most
+once, and no transaction fails over it.
 """
 
 from __future__ import annotations
@@ -11,27 +13,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from accident_service.db import is_postgres
 from accident_service.models import Notification, WorkStatus
 
 
 def enqueue(session: Session, *, openid: str, kind: str, text: str, dedupe_key: str, now: datetime,
             case_id: int | None = None, language: str = "zh",
-            template_data: dict[str, Any] | None = None) -> Notification | None:
-    """Add a notice unless one with ``dedupe_key`` exists; returns the new row or None.
+            template_data: dict[str, Any] | None = None) -> int | None:
+    """Add a notice unless one with ``dedupe_key`` exists; returns the new row's id or None.
 
     ``text`` is the customer-service text (already in the recipient's language);
     ``template_data`` is used instead when a template id is configured for ``kind``.
     """
-    if session.scalar(select(Notification.id).where(Notification.dedupe_key == dedupe_key)) is not None:
-        return None
-    for pending in session.new:  # same transaction, not yet flushed
-        if isinstance(pending, Notification) and pending.dedupe_key == dedupe_key:
-            return None
-    row = Notification(dedupe_key=dedupe_key, case_id=case_id, openid=openid, kind=kind, language=language,
-                       payload={"text": text, "template_data": template_data or {}},
-                       status=WorkStatus.PENDING, attempts=0, next_attempt_at=now, created_at=now)
-    session.add(row)
-    return row
+    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    statement = (insert(Notification)
+                 .values(dedupe_key=dedupe_key, case_id=case_id, openid=openid, kind=kind, language=language,
+                         payload={"text": text, "template_data": template_data or {}},
+                         status=WorkStatus.PENDING, attempts=0, next_attempt_at=now, created_at=now)
+                 .on_conflict_do_nothing(index_elements=[Notification.dedupe_key])
+                 .returning(Notification.id))
+    return session.execute(statement).scalar_one_or_none()

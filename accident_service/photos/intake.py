@@ -128,7 +128,8 @@ def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party
                                existing=others)
     facts = prepared.facts
     photo = Photo(case_id=case.id, party_id=party.id, item=target if verdict.accepted else None,
-                  kind=_kind(settings, target), status=PhotoStatus.ACCEPTED if verdict.accepted else PhotoStatus.REJECTED,
+                  kind=_kind(settings, target),
+                  status=PhotoStatus.ACCEPTED if verdict.accepted else PhotoStatus.REJECTED,
                   reject_code=verdict.code, media_id=prepared.media_id, sha256=prepared.sha256 or None,
                   phash=_signed(facts.phash) if facts else None, object_key=prepared.object_key,
                   thumb_key=prepared.thumb_key, content_type=facts.content_type if facts else None,

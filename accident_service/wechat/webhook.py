@@ -13,7 +13,6 @@ import logging
 import time
 
 import xmltodict
-
 from flask import Blueprint, Response, abort, request
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException

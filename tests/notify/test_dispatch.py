@@ -48,10 +48,10 @@ def rt(wechat_runtime):
 
 def add(runtime, openid: str = "oDriverA", message: str = "hello", *, kind: str = "status", **extra) -> int:
     with runtime.unit_of_work() as session:
-        row = enqueue(session, openid=openid, kind=kind, text=message, dedupe_key=f"test:{next(_keys)}",
-                      now=runtime.clock.now(), **extra)
+        notification_id = enqueue(session, openid=openid, kind=kind, text=message,
+                                  dedupe_key=f"test:{next(_keys)}", now=runtime.clock.now(), **extra)
         session.flush()
-        return row.id
+        return notification_id
 
 
 def load(runtime, notification_id: int) -> Notification:
