@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -28,11 +29,45 @@ from accident_service.runtime import build_runtime  # noqa: E402
 from accident_service.settings import load_settings  # noqa: E402
 from tests.support.servers import MotoS3Server  # noqa: E402
 
-POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "")
-ON_POSTGRES = POSTGRES_URL.startswith("postgresql")
+BASE_POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "")
+ON_POSTGRES = BASE_POSTGRES_URL.startswith("postgresql")
+# The run's own database on the TEST_DATABASE_URL server, created in pytest_configure,
+# so runs on one server (developers, helpers, CI) never see each other's rows.
+POSTGRES_URL = ""
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # A Wednesday, 10:00 in Guangzhou.
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+
+
+def pytest_configure(config):
+    global POSTGRES_URL
+    if ON_POSTGRES and not POSTGRES_URL:
+        POSTGRES_URL = _create_run_database(BASE_POSTGRES_URL)
+
+
+def pytest_unconfigure(config):
+    if ON_POSTGRES and POSTGRES_URL:
+        _drop_database(POSTGRES_URL)
+
+
+def _admin_engine(url: str):
+    return make_engine(make_url(url).set(database="postgres").render_as_string(hide_password=False))
+
+
+def _create_run_database(base_url: str) -> str:
+    name = f"test_run_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine(base_url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(url: str) -> None:
+    admin = _admin_engine(url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -61,11 +96,8 @@ def _postgres_schema():
         return
     from accident_service.schema import upgrade_database
 
-    engine = make_engine(POSTGRES_URL)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
     upgrade_database(POSTGRES_URL)
+    engine = make_engine(POSTGRES_URL)
     yield engine
     engine.dispose()
 

@@ -121,8 +121,11 @@ class Conversation:
         if created:
             self.say("conv.case_started", case_no=case.case_no, total=len(self.settings.PHOTO_CHECKLIST))
             self._invite_partner()
-        else:
+        elif case.status in cases.COLLECTING_STATUSES:
             self.say("conv.case_resumed", case_no=case.case_no)
+        else:  # already booked: say where things stand rather than start over
+            self.status()
+            return
         self.next_step()
 
     def _invite_partner(self) -> None:
