@@ -182,9 +182,12 @@ def close_case(session: Session, case: Case, status: CaseStatus, *, actor_type: 
 
 
 def record_audit(session: Session, *, actor_type: str, actor: str | None, action: str, case_id: int | None,
-                 now: datetime, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None:
-    session.add(AuditEvent(at=now, actor_type=actor_type, actor=actor, action=action, case_id=case_id,
-                           before=before, after=after))
+                 now: datetime, before: dict[str, Any] | None = None,
+                 after: dict[str, Any] | None = None) -> AuditEvent:
+    event = AuditEvent(at=now, actor_type=actor_type, actor=actor, action=action, case_id=case_id,
+                       before=before, after=after)
+    session.add(event)
+    return event
 
 
 def _mask(field: str, value: str | None) -> str | None:

@@ -1,0 +1,72 @@
+"""Desk actions after booking: confirmation and a retake request, told to both drivers."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from accident_service.booking.staff import NotConfirmable, RetakeRefused, confirm_appointment, request_retake
+from accident_service.models import AuditEvent, Case, CaseStatus, Photo, PhotoStatus, Slot
+from accident_service.sandbox.images import make_jpeg
+from tests.support.flows import report_until_ready
+from tests.support.live import drain
+
+A, B = "oStaffFlowA00000000000000001", "oStaffFlowB00000000000000002"
+
+
+@pytest.fixture
+def booked_case(wechat, live_app, wechat_runtime, stations):
+    case = report_until_ready(wechat, wechat_runtime, A, B)
+    wechat.post_text(A, "1")
+    drain(wechat_runtime)
+    return case.id
+
+
+def test_confirmation_is_told_to_both_and_audited(wechat, wechat_runtime, booked_case):
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        confirm_appointment(session, case, staff="officer1", now=wechat_runtime.clock.now())
+    drain(wechat_runtime)
+    for driver in (A, B):
+        assert "已由民警确认" in wechat.messages_to(driver)[-1]
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        assert case.status is CaseStatus.CONFIRMED
+        assert session.scalar(select(AuditEvent.actor).where(AuditEvent.action == "appointment.confirmed")) \
+            == "officer1"
+        with pytest.raises(NotConfirmable):
+            confirm_appointment(session, case, staff="officer1", now=wechat_runtime.clock.now())
+
+
+def test_retake_request_keeps_the_slot_and_the_new_photo_replaces_the_item(wechat, wechat_runtime, booked_case):
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        slot_booked_before = session.scalar(select(Slot.booked).where(Slot.id == case.appointments[-1].slot_id))
+        old_fingerprint = case.evidence_fingerprint
+        request_retake(session, case, item=2, reason="碰撞部位看不清", staff="officer1",
+                       settings=wechat_runtime.settings, now=wechat_runtime.clock.now())
+    drain(wechat_runtime)
+    assert "重拍第2张" in wechat.messages_to(A)[-1] and "碰撞部位看不清" in wechat.messages_to(A)[-1]
+    assert "对方重拍第2张" in wechat.messages_to(B)[-1]
+
+    wechat.post_image(A, wechat.add_media("retake-2", make_jpeg("retake-2", 1600, 1200)))
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        assert case.status is CaseStatus.BOOKED
+        assert session.scalar(select(Slot.booked).where(Slot.id == case.appointments[-1].slot_id)) \
+            == slot_booked_before
+        item2 = session.scalars(select(Photo).where(Photo.case_id == case.id, Photo.item == 2)
+                                .order_by(Photo.id)).all()
+        assert [p.status for p in item2] == [PhotoStatus.SUPERSEDED, PhotoStatus.ACCEPTED]
+        assert case.evidence_fingerprint != old_fingerprint
+
+
+def test_bad_retake_requests_change_nothing(wechat_runtime, booked_case):
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        for item, reason in ((0, "x"), (9, "x"), (1, "  ")):
+            with pytest.raises(RetakeRefused):
+                request_retake(session, case, item=item, reason=reason, staff="officer1",
+                               settings=wechat_runtime.settings, now=wechat_runtime.clock.now())
+        assert case.status is CaseStatus.BOOKED
