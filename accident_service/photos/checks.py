@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # only for annotations: the core must not import the decoder
 #: Pillow warns about decompression bombs at 89.5 million pixels; we stop well
 #: below, so a rejected upload never costs more than ~150 MB of RGB pixels.
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Quick-look (500 px) sharpness above which no closer look is needed; see
+#: ``measures.sharpness`` for the calibration.
+DEFAULT_CLEARLY_SHARP = 100.0
 
 REJECTION_CODES = (
     "not_an_image",
@@ -66,17 +69,20 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class PhotoPolicy:
-    """Thresholds for accepting a photo; see ``inspect.sharpness`` for the calibration.
+    """Thresholds for accepting a photo; see ``measures.sharpness`` for the calibration.
 
-    ``min_sharpness`` 5.0 sits between the softest sharp 12 MP test photo
-    (10.3) and the sharpest one blurred by a phone-shake Gaussian of sigma 8 px
-    (3.0). ``near_duplicate_distance`` 10 (of 64 bits) catches re-encodes
-    (distance 0-2) and 2 % crops (2-10) of the same photo, while different
+    ``min_sharpness`` 5.0 (judged at 1000 px) sits between the softest sharp
+    12 MP test photo (10.3) and the sharpest one blurred by a phone-shake
+    Gaussian of sigma 8 px (3.0). ``clearly_sharp`` 100 (quick look at 500 px)
+    is 1.37x above every photo the judge rejects; the inspecting shell gets
+    it too, to know when the quick look suffices. ``near_duplicate_distance`` 10 (of 64 bits) catches re-encodes
+    (distance 0-2) and most 2 % crops (2-12) of the same photo, while different
     photographs measured 22 or more apart.
     """
 
     min_short_side: int = 720
     min_sharpness: float = 5.0
+    clearly_sharp: float = DEFAULT_CLEARLY_SHARP
     max_pixels: int = DEFAULT_MAX_PIXELS
     near_duplicate_distance: int = 10
     max_capture_age: timedelta = timedelta(hours=2)
@@ -190,12 +196,10 @@ def _rejection(facts: ImageFacts, policy: PhotoPolicy, existing: Sequence[Existi
     if min(facts.width, facts.height) < policy.min_short_side:
         return Verdict.reject("too_small", min_px=policy.min_short_side, width=facts.width, height=facts.height)
 
-    if facts.sharpness < policy.min_sharpness:
-        return Verdict.reject(
-            "too_blurry",
-            sharpness=round(facts.sharpness, 2),
-            min_sharpness=policy.min_sharpness,
-        )
+    # A quick-look value is on another scale; it only ever accepts.
+    min_sharpness = policy.clearly_sharp if facts.quick_look else policy.min_sharpness
+    if facts.sharpness < min_sharpness:
+        return Verdict.reject("too_blurry", sharpness=round(facts.sharpness, 2), min_sharpness=min_sharpness)
 
     nearest = _nearest(facts.phash, existing)
     if nearest is not None and nearest[0] <= policy.near_duplicate_distance:

@@ -1,13 +1,17 @@
 """Decode just enough of an uploaded photo to judge it (the thin Pillow shell).
 
-The intake path never decodes a JPEG at full resolution: ``Image.draft`` lets
-libjpeg decode at 1/2, 1/4 or 1/8 scale, aiming at a *preview* of about
-1000 px on the longer side. That preview feeds the sharpness measure, the
-perceptual hash and the 320 px thumbnail. PNG and WebP cannot draft, so they
-are bounded by the pixel cap, read from the header before any pixel is decoded.
+The intake path never decodes a JPEG at full resolution. ``Image.draft``
+lets libjpeg decode at 1/2, 1/4 or 1/8 scale; a *quick look* at the smallest
+scale that keeps >= 500 px (1/8 for 12 MP) settles most photos: clearly sharp
+ones are accepted, and the same preview feeds the perceptual hash and the
+320 px thumbnail. Only a photo that is not clearly sharp gets a *closer look*,
+decoded again at >= 1000 px (1/4 for 12 MP), where blur is judged. PNG and
+WebP cannot draft, so they are decoded once and bounded by the pixel cap,
+read from the header before any pixel is decoded.
 
 Everything the checks need ends up in the frozen :class:`ImageFacts`; the
-judging itself is pure and lives in :mod:`accident_service.photos.checks`.
+judging itself is pure and lives in :mod:`accident_service.photos.checks`,
+the measures in :mod:`accident_service.photos.measures`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,20 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from io import BytesIO
 from zoneinfo import ZoneInfo
 
-import numpy as np
 from PIL import ExifTags, Image
 
-from accident_service.photos.checks import ImageRejected
+from accident_service.photos.checks import DEFAULT_CLEARLY_SHARP, ImageRejected
+from accident_service.photos.measures import (
+    JUDGING_SIDE,
+    QUICK_SIDE,
+    STRUCTURE_FACTOR,
+    perceptual_hash,
+    sharpness,
+    working_gray,
+)
+
+__all__ = ["ImageFacts", "inspect_image", "inspect_image_with_preview", "open_image", "decode_preview",
+           "parse_exif_time", "perceptual_hash", "sharpness", "PREVIEW_SIDE", "QUICK_SIDE"]
 
 # Format as Pillow names it -> (content type, file extension). MPO is how
 # Pillow names a JPEG carrying extra pictures (some phones write them).
@@ -32,23 +46,19 @@ ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
     "PNG": ("image/png", "png"),
     "WEBP": ("image/webp", "webp"),
 }
+_DRAFTABLE = ("JPEG", "MPO")
 _JPEG_AND_PNG_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
-#: Longer side the preview aims at; the sharpness calibration is tied to it.
-PREVIEW_SIDE = 1000
-_ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+#: Longer side of the closer look; the blur threshold is calibrated at it.
+PREVIEW_SIDE = JUDGING_SIDE
 
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """What the checks know about one upload; ``taken_at`` is aware UTC or None."""
+    """What the checks know about one upload; ``taken_at`` is aware UTC or None.
+
+    ``sharpness`` comes from the quick look (500 px) when ``quick_look`` is
+    True (it then cleared ``clearly_sharp``), else from the 1000 px judge.
+    """
 
     format: str
     content_type: str
@@ -60,13 +70,15 @@ class ImageFacts:
     phash: int
     taken_at: datetime | None
     orientation: int
+    quick_look: bool = False
 
     @property
     def capture_time_known(self) -> bool:
         return self.taken_at is not None
 
 
-def inspect_image(data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Shanghai") -> ImageFacts:
+def inspect_image(data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Shanghai",
+                  clearly_sharp: float | None = DEFAULT_CLEARLY_SHARP) -> ImageFacts:
     """Decode ``data`` at reduced scale and return its facts.
 
     Raises ImageRejected with code ``not_an_image``, ``unsupported_format``,
@@ -75,23 +87,34 @@ def inspect_image(data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Sh
     and ZoneInfoNotFoundError for an unknown ``exif_timezone`` (both are
     configuration errors, not the driver's).
     """
-    return inspect_image_with_preview(data, max_pixels=max_pixels, exif_timezone=exif_timezone)[0]
+    return inspect_image_with_preview(data, max_pixels=max_pixels, exif_timezone=exif_timezone,
+                                      clearly_sharp=clearly_sharp)[0]
 
 
 def inspect_image_with_preview(
-    data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Shanghai"
+    data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Shanghai",
+    clearly_sharp: float | None = DEFAULT_CLEARLY_SHARP,
 ) -> tuple[ImageFacts, Image.Image]:
     """Like :func:`inspect_image`, also returning the reduced RGB preview.
 
-    The preview is not rotated; it keeps the EXIF block so that
-    ``thumbnails.make_thumbnail`` can apply the orientation. Raises as
-    :func:`inspect_image` does.
+    A quick-look sharpness of at least ``clearly_sharp`` ends the work at
+    the quick look (None: always take the closer look). The preview (>= 500
+    px, or >= 1000 px after a closer look) is not rotated; its EXIF
+    orientation is ``facts.orientation``. Raises as :func:`inspect_image`.
     """
+    zone = ZoneInfo(exif_timezone)
     image = open_image(data, max_pixels=max_pixels)
     width, height = image.size  # drafting below changes image.size to the preview's
-    preview = decode_preview(image)
-    orientation, taken_at = _read_exif(image, ZoneInfo(exif_timezone))
-    gray = _working_gray(preview)
+    draftable = image.format in _DRAFTABLE
+    preview = decode_preview(image, QUICK_SIDE if draftable else JUDGING_SIDE)
+    orientation, taken_at = _read_exif(image, zone)
+    gray = working_gray(preview, QUICK_SIDE)
+    value, quick = sharpness(gray, structure_factor=STRUCTURE_FACTOR[QUICK_SIDE]), True
+    phash = perceptual_hash(gray, orientation=orientation)
+    if clearly_sharp is None or value < clearly_sharp:
+        if max(preview.size) < min(JUDGING_SIDE, max(width, height)):
+            preview = decode_preview(open_image(data, max_pixels=max_pixels), JUDGING_SIDE)
+        value, quick = sharpness(working_gray(preview, JUDGING_SIDE)), False
     content_type, extension = ACCEPTED_FORMATS[image.format or ""]
     facts = ImageFacts(
         format="JPEG" if image.format == "MPO" else str(image.format),
@@ -100,10 +123,11 @@ def inspect_image_with_preview(
         width=width,
         height=height,
         sha256=hashlib.sha256(data).hexdigest(),
-        sharpness=sharpness(gray),
-        phash=perceptual_hash(gray, orientation=orientation),
+        sharpness=value,
+        phash=phash,
         taken_at=taken_at,
         orientation=orientation,
+        quick_look=quick,
     )
     return facts, preview
 
@@ -153,16 +177,19 @@ def _unreadable(data: bytes) -> ImageRejected:
     return ImageRejected("unsupported_format", format=other)
 
 
-def _draft_scale(width: int, height: int) -> int:
-    """Largest JPEG scale denominator that keeps the preview >= PREVIEW_SIDE."""
-    return next(s for s in (8, 4, 2, 1) if max(width, height) // s >= PREVIEW_SIDE or s == 1)
+def _draft_scale(width: int, height: int, side: int) -> int:
+    """Largest JPEG scale denominator that keeps the preview's longer side >= ``side``."""
+    return next(s for s in (8, 4, 2, 1) if max(width, height) // s >= side or s == 1)
 
 
-def decode_preview(image: Image.Image) -> Image.Image:
-    """Decode at reduced scale; raises ImageRejected("truncated") on damaged data."""
-    scale = _draft_scale(image.width, image.height)
+def decode_preview(image: Image.Image, side: int = JUDGING_SIDE) -> Image.Image:
+    """Decode at the reduced scale keeping >= ``side`` px, as RGB.
+
+    Raises ImageRejected("truncated") on damaged data.
+    """
+    scale = _draft_scale(image.width, image.height, side)
     try:
-        if image.format in ("JPEG", "MPO"):
+        if image.format in _DRAFTABLE:
             image.draft("RGB", (image.width // scale, image.height // scale))
             image.load()
             return _to_rgb(image)
@@ -247,131 +274,3 @@ def _offset_zone(offset: object) -> tzinfo | None:
         return None
     delta = timedelta(hours=int(hours), minutes=int(minutes))
     return timezone(-delta if sign == "-" else delta)
-
-
-def _working_gray(preview: Image.Image) -> Image.Image:
-    """Grayscale at <= PREVIEW_SIDE px so the measures see one scale for all inputs."""
-    gray = preview.convert("L")
-    longer = max(gray.size)
-    if longer > PREVIEW_SIDE:
-        ratio = PREVIEW_SIDE / longer
-        size = (max(1, round(gray.width * ratio)), max(1, round(gray.height * ratio)))
-        gray = gray.resize(size, Image.Resampling.BOX)
-    return gray
-
-
-def sharpness(gray: Image.Image) -> float:
-    """Fine-detail energy over coarse-structure energy (x1000); higher is sharper.
-
-    Works on the <= 1000 px grayscale working image, so a 12 MP photo (drafted
-    at 1/4) and a 1440 px chat-app photo are judged at one scale. Dividing by
-    the coarse band makes it a *ratio* that plain Laplacian variance is not:
-    on the photos below, Laplacian variance of sharp ones spread over 7-446
-    and overlapped the shaken ones; this measure separates them 3.4x.
-
-    Calibration (``python benchmarks/photo_check.py --calibrate``): scikit-image
-    sample photographs cropped to 4:3, upscaled to 4000x3000, JPEG q90, a
-    Gaussian blur of sigma px applied at 12 MP (a shaking hand at 1/15 s gives
-    sigma 8 or more), measured through ``inspect_image``::
-
-        photo        sharp  sigma4  sigma8  sigma12  sigma16
-        astronaut     20.6     5.6    0.71     0.13     0.04
-        coffee        56.0    10.9    0.90     0.13     0.03
-        chelsea       11.5     3.5    0.33     0.05     0.02
-        rocket       221.8    36.5    1.74     0.15     0.04
-        camera        48.9    10.4    1.22     0.25     0.06
-        motorcycle    82.2    15.8    1.53     0.24     0.06
-        coins         21.3     7.4    0.95     0.14     0.03
-        brick         10.3     3.9    0.85     0.24     0.08
-        gravel        74.0    22.2    2.99     0.51     0.13
-
-    ``PhotoPolicy.min_sharpness`` = 5.0: 2.1x below the softest sharp photo
-    (brick), 1.7x above the sharpest sigma-8 shake (gravel); sigma 4 is the
-    grey zone. The samples are 8-10x enlargements, so the "sharp" column is
-    the worst case; a real phone photo keeps more fine detail and scores higher.
-
-    Known limits: the measure is isotropic, so a straight one-way motion
-    streak keeps the detail across it (40 px streaks scored 3-74, i.e. often
-    passed); strong sensor noise in dark photos reads as detail beyond the
-    half-grey-level coring.
-    """
-    if min(gray.size) < 24:
-        return 0.0  # nothing to judge; such images fail the size check anyway
-    fine = _fine_detail_energy(gray)
-    return 1000.0 * fine / max(_structure_energy(gray), 1.0)
-
-
-def _fine_detail_energy(gray: Image.Image, strip_rows: int = 128) -> float:
-    """Mean square of what a 3x3 binomial blur removes, cored by half a grey level.
-
-    The coring drops rounding and JPEG noise, which would otherwise give a
-    blurred photo a floor of fake "detail". Worked in strips of rows: the
-    temporaries stay small and are reused, which on our VMs is 4x faster
-    than whole-image arrays (fresh memory pages are expensive there).
-    """
-    pixels = np.asarray(gray)
-    total, count = 0.0, 0
-    for top in range(0, pixels.shape[0] - 2, strip_rows):
-        strip = pixels[top : top + strip_rows + 2].astype(np.float32)
-        middle = strip[:, 1:-1]
-        rows = strip[:, :-2] + strip[:, 2:]
-        rows += middle
-        rows += middle
-        residual = rows[:-2] + rows[2:]
-        residual += rows[1:-1]
-        residual += rows[1:-1]
-        residual *= -1.0 / 16.0  # now minus the blurred strip
-        residual += strip[1:-1, 1:-1]
-        np.abs(residual, out=residual)
-        residual -= 0.5
-        np.maximum(residual, 0.0, out=residual)
-        flat = residual.ravel()
-        total += float(np.dot(flat, flat))
-        count += flat.size
-    return total / count
-
-
-def _structure_energy(gray: Image.Image) -> float:
-    """Energy of the band of ~16-32 px structures (at the 1000 px scale).
-
-    Blur of any plausible size leaves this band alone, so dividing by it
-    cancels most of the photo's own contrast and texture.
-    """
-    factor = max(1, min(8, min(gray.size) // 24))
-    coarse = np.asarray(gray.reduce(factor) if factor > 1 else gray, dtype=np.float32)
-    once = _binomial5(coarse)
-    four_times = _binomial5(_binomial5(_binomial5(once)))
-    band = once[6:-6, 6:-6] - four_times
-    return float(np.mean(band * band))
-
-
-def _binomial5(pixels: np.ndarray) -> np.ndarray:
-    """Separable [1 4 6 4 1]/16 blur (a Gaussian of sigma 1), valid part only."""
-    rows = pixels[:, :-4] + 4 * pixels[:, 1:-3] + 6 * pixels[:, 2:-2] + 4 * pixels[:, 3:-1] + pixels[:, 4:]
-    return (rows[:-4] + 4 * rows[1:-3] + 6 * rows[2:-2] + 4 * rows[3:-1] + rows[4:]) / 256.0
-
-
-def _dct_matrix(size: int) -> np.ndarray:
-    k = np.arange(size)
-    matrix = np.sqrt(2.0 / size) * np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * size))
-    matrix[0] /= np.sqrt(2.0)
-    return matrix
-
-
-_DCT32 = _dct_matrix(32)
-
-
-def perceptual_hash(gray: Image.Image, *, orientation: int = 1) -> int:
-    """64-bit pHash: signs of the lowest 8x8 DCT frequencies against their median.
-
-    Computed upright (EXIF orientation applied), so the same scene sent with
-    a different orientation tag still matches. Compare with
-    ``checks.hamming_distance``.
-    """
-    small = gray.resize((32, 32), Image.Resampling.BOX)
-    if orientation in _ORIENTATION_TRANSPOSE:
-        small = small.transpose(_ORIENTATION_TRANSPOSE[orientation])
-    pixels = np.asarray(small, dtype=np.float64)
-    low = (_DCT32 @ pixels @ _DCT32.T)[:8, :8].ravel()
-    bits = np.packbits(low > np.median(low))
-    return int.from_bytes(bits.tobytes(), "big")

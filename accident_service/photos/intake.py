@@ -1,11 +1,14 @@
 """Photo intake: download, check, store (network work), then record (one transaction).
 
 ``prepare_photo`` runs outside any database transaction: it streams the media
-from WeChat with a byte cap, inspects it at reduced scale and stores the
-original content-addressed (``cases/<yyyy>/<mm>/<case_no>/<sha256>.<ext>``)
-with a 320-px thumbnail beside it. A retry stores identical bytes under the
-same key, so it is harmless. ``record_photo`` then decides against the case's
-other photos (duplicates) and writes the Photo row.
+from WeChat with a byte cap and a timeout, inspects it at reduced scale and
+stores the original, byte for byte, content-addressed
+(``cases/<yyyy>/<mm>/<case_no>/<sha256>.<ext>``, with its content type and
+``sha256``/``case_no`` metadata) and a 320-px upright thumbnail beside it.
+A retry stores identical bytes under the same key, so it is harmless; a
+transient failure (WeChat busy, network, storage down) is raised for the
+inbox to retry with backoff. ``record_photo`` then decides against the
+case's other photos (duplicates, retakes) and writes the Photo row.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from accident_service.cases.service import accepted_photos
 from accident_service.models import Case, Party, Photo, PhotoStatus
 from accident_service.photos.checks import ExistingPhoto, ImageRejected, PhotoPolicy, Verdict, evaluate
 from accident_service.photos.inspect import ImageFacts, inspect_image_with_preview
-from accident_service.photos.thumbnails import make_thumbnail
+from accident_service.photos.thumbnails import THUMBNAIL_CONTENT_TYPE, make_thumbnail
 from accident_service.runtime import Runtime
 from accident_service.settings import Settings
 from accident_service.wechat.client import MediaTooLarge, WeChatApiError
 
-DOWNLOAD_TIMEOUT_SECONDS = 20.0
+#: A photo moves up to 10 MB where an API call moves a few hundred bytes, so
+#: its download gets this many API timeouts (20 s by default; the inbox lease is 60 s).
+DOWNLOAD_TIMEOUT_FACTOR = 4
 _INT64 = 1 << 64
 
 
@@ -65,6 +70,11 @@ def policy_from(settings: Settings) -> PhotoPolicy:
                        max_capture_age=timedelta(minutes=settings.PHOTO_MAX_CAPTURE_AGE_MINUTES))
 
 
+def download_timeout(settings: Settings) -> float:
+    """Bounds each socket wait and the whole download of one photo, in seconds."""
+    return DOWNLOAD_TIMEOUT_FACTOR * settings.WECHAT_API_TIMEOUT_SECONDS
+
+
 def evidence_key(case_no: str, received_at: datetime, sha256: str, extension: str) -> str:
     return f"cases/{received_at:%Y}/{received_at:%m}/{case_no}/{sha256}.{extension}"
 
@@ -72,36 +82,44 @@ def evidence_key(case_no: str, received_at: datetime, sha256: str, extension: st
 def prepare_photo(runtime: Runtime, *, media_id: str, case_no: str, received_at: datetime) -> PreparedPhoto:
     """Fetch, inspect and store one photo.
 
-    Raises StorageUnavailable (store down) or WeChatApiError with ``retryable``
-    (platform busy, network) for the caller to retry; every other problem is
-    a rejection inside the returned PreparedPhoto.
+    Raises StorageUnavailable (store down) and WeChatApiError unless it is
+    ``permanent`` (platform busy, network, timeout, configuration) for the
+    caller to retry; every problem of the photo itself is a rejection inside
+    the returned PreparedPhoto.
     """
     settings = runtime.settings
     try:
         media = runtime.wechat.download_media(media_id, max_bytes=settings.PHOTO_MAX_BYTES,
-                                              timeout=DOWNLOAD_TIMEOUT_SECONDS)
+                                              timeout=download_timeout(settings))
     except MediaTooLarge:
+        # The stream was cut at the cap: nothing of it is kept, so no object either.
         return PreparedPhoto(media_id, received_at, "", 0, None,
                              rejection=Verdict.reject("too_many_pixels", max_mb=settings.PHOTO_MAX_BYTES // 2**20))
     except WeChatApiError as exc:
-        if exc.retryable:
+        if not exc.permanent:
             raise
-        return PreparedPhoto(media_id, received_at, "", 0, None, rejection=Verdict.reject("not_an_image"))
+        # The platform has no file for this id (expired, or a link rather than a photo).
+        code = "truncated" if exc.errcode is not None else "not_an_image"
+        return PreparedPhoto(media_id, received_at, "", 0, None, rejection=Verdict.reject(code))
     data = media.data
-    digest = hashlib.sha256(data).hexdigest()
+    policy = policy_from(settings)
     try:
-        facts, preview = inspect_image_with_preview(data, max_pixels=settings.PHOTO_MAX_PIXELS)
+        facts, preview = inspect_image_with_preview(data, max_pixels=policy.max_pixels,
+                                                    clearly_sharp=policy.clearly_sharp)
     except ImageRejected as rejected:
         # Kept all the same: nothing a driver sent is lost, even what we cannot use.
+        digest = hashlib.sha256(data).hexdigest()
         key = evidence_key(case_no, received_at, digest, "bin")
         runtime.store.put(key, data, content_type="application/octet-stream",
                           metadata={"sha256": digest, "case_no": case_no, "rejected": rejected.code})
         return PreparedPhoto(media_id, received_at, digest, len(data), key, rejection=Verdict.from_rejection(rejected))
+    digest = facts.sha256
     key = evidence_key(case_no, received_at, digest, facts.extension)
     thumb_key = evidence_key(case_no, received_at, digest, "thumb.jpg")
+    # The original first: a thumbnail never exists without its evidence.
     runtime.store.put(key, data, content_type=facts.content_type, metadata={"sha256": digest, "case_no": case_no})
-    runtime.store.put(thumb_key, make_thumbnail(preview), content_type="image/jpeg",
-                      metadata={"sha256-of-original": digest, "case_no": case_no})
+    runtime.store.put(thumb_key, make_thumbnail(preview, orientation=facts.orientation),
+                      content_type=THUMBNAIL_CONTENT_TYPE, metadata={"sha256-of-original": digest, "case_no": case_no})
     return PreparedPhoto(media_id, received_at, digest, len(data), key, thumb_key, facts)
 
 
@@ -141,7 +159,7 @@ def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party
         for old in current:
             if old.item == target:
                 old.status = PhotoStatus.SUPERSEDED  # kept for the audit trail
-        if replacing:
+        if party.retake_item == target:
             party.retake_item = None
     case.photos.append(photo)
     session.flush()
@@ -152,10 +170,11 @@ def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party
 
 
 def _target_item(case: Case, party: Party, required: int) -> tuple[int, bool]:
-    """The checklist item this photo fills: a requested retake, the next missing one, or an extra."""
-    if party.retake_item and 1 <= party.retake_item <= required:
-        return party.retake_item, True
+    """(item, replacing): a requested retake, the next missing item, or an extra."""
     have = {p.item for p in accepted_photos(case)}
+    if party.retake_item and 1 <= party.retake_item <= required:
+        # "retake 3" before photo 3 was ever sent simply fills item 3.
+        return party.retake_item, party.retake_item in have
     for item in range(1, required + 1):
         if item not in have:
             return item, False

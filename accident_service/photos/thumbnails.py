@@ -7,7 +7,8 @@ from io import BytesIO
 from PIL import Image, ImageOps
 
 from accident_service.photos.checks import DEFAULT_MAX_PIXELS
-from accident_service.photos.inspect import decode_preview, open_image
+from accident_service.photos.inspect import QUICK_SIDE, decode_preview, open_image
+from accident_service.photos.measures import ORIENTATION_TRANSPOSE
 
 THUMBNAIL_MAX_SIDE = 320
 THUMBNAIL_CONTENT_TYPE = "image/jpeg"
@@ -19,17 +20,19 @@ def make_thumbnail(
     *,
     quality: int = 80,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    orientation: int | None = None,
 ) -> bytes:
     """Return JPEG bytes at most ``max_side`` px on the longer side, upright.
 
     ``source`` is either the preview from ``inspect.inspect_image_with_preview``
-    (cheap: no second decode) or the original bytes, which are then decoded at
+    (cheap: no second decode; pass ``orientation=facts.orientation`` to spare
+    a second EXIF parse) or the original bytes, which are then decoded at
     reduced scale under the same ``max_pixels`` cap. The EXIF orientation is
     applied to the thumbnail only; the thumbnail carries no EXIF (no GPS).
     Never enlarges. Raises ImageRejected when given bytes it cannot decode.
     """
     if isinstance(source, bytes):
-        source = decode_preview(open_image(source, max_pixels=max_pixels))
+        source = decode_preview(open_image(source, max_pixels=max_pixels), QUICK_SIDE)
     elif source.mode not in ("RGB", "L"):
         source = source.convert("RGB")  # reduce() refuses palette and 16-bit modes
     # Shrink by a whole factor first (a cheap box average), then resample the
@@ -43,12 +46,16 @@ def make_thumbnail(
     if ratio < 1:
         size = (max(1, round(small.width * ratio)), max(1, round(small.height * ratio)))
         small = small.resize(size, Image.Resampling.BILINEAR)
-    try:
-        thumbnail = ImageOps.exif_transpose(small)
-    except Exception:
-        # A corrupt EXIF block: show the pixels as stored, as inspect reads
-        # the orientation as 1 then too.
-        thumbnail = small
+    if orientation is not None:
+        transpose = ORIENTATION_TRANSPOSE.get(orientation)
+        thumbnail = small.transpose(transpose) if transpose is not None else small
+    else:
+        try:
+            thumbnail = ImageOps.exif_transpose(small)
+        except Exception:
+            # A corrupt EXIF block: show the pixels as stored, as inspect reads
+            # the orientation as 1 then too.
+            thumbnail = small
     if thumbnail.mode != "RGB":
         thumbnail = thumbnail.convert("RGB")
     output = BytesIO()

@@ -45,3 +45,30 @@ class PhotoFactory:
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> PhotoFactory:
     return PhotoFactory(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture
+def start_live(wechat, wechat_settings_overrides, clock):
+    """Start the app on a live server wired to the emulator, with extra settings; returns its runtime.
+
+    For tests that need settings the shared ``live_app`` fixture does not have
+    (a small byte cap, a short checklist, S3 storage).
+    """
+    from accident_service import create_app
+    from accident_service.runtime import build_runtime
+    from accident_service.settings import load_settings
+    from tests.support.live import LiveServer
+
+    started = []
+
+    def start(**overrides: object):
+        runtime = build_runtime(load_settings({**wechat_settings_overrides, **overrides}, environ={}), clock=clock)
+        server = LiveServer(create_app(runtime=runtime)).start()
+        started.append((server, runtime))
+        wechat.callback_url = server.url + "/wechat"
+        return runtime
+
+    yield start
+    for server, runtime in reversed(started):
+        server.stop()
+        runtime.close()

@@ -68,6 +68,15 @@ def test_blurred_photo_is_rejected():
     assert verdict.params == {"sharpness": 1.2, "min_sharpness": PhotoPolicy().min_sharpness}
 
 
+def test_a_quick_look_value_is_held_against_its_own_scale():
+    policy = PhotoPolicy()
+    assert judge(replace(GOOD, sharpness=policy.clearly_sharp, quick_look=True)).accepted
+    # 40 clears the 1000 px threshold but is no "clearly sharp" at 500 px.
+    verdict = judge(replace(GOOD, sharpness=40.0, quick_look=True))
+    assert verdict.code == "too_blurry"
+    assert verdict.params == {"sharpness": 40.0, "min_sharpness": policy.clearly_sharp}
+
+
 def test_policy_pixel_cap_also_applies_to_facts():
     verdict = judge(policy=PhotoPolicy(max_pixels=10_000_000))
     assert verdict.code == "too_many_pixels"

@@ -15,6 +15,7 @@ from PIL import Image, ImageFilter
 from accident_service.photos.checks import ImageRejected, PhotoPolicy, hamming_distance
 from accident_service.photos.inspect import (
     PREVIEW_SIDE,
+    QUICK_SIDE,
     inspect_image,
     inspect_image_with_preview,
     parse_exif_time,
@@ -38,15 +39,34 @@ def rejection_code(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
 
 @pytest.mark.parametrize("name", images.SHARPNESS_SOURCES)
 def test_sharp_12mp_photo_clears_the_blur_threshold_with_margin(photos, name):
-    facts = inspect_image(photos.phone_jpeg(name), max_pixels=MAX_PIXELS)
+    facts = inspect_image(photos.phone_jpeg(name), max_pixels=MAX_PIXELS, clearly_sharp=None)
+    assert not facts.quick_look
     assert facts.sharpness >= 1.5 * PhotoPolicy().min_sharpness
+
+
+@pytest.mark.parametrize("name", images.SHARPNESS_SOURCES)
+def test_sharp_12mp_photo_is_settled_by_the_quick_look(photos, name):
+    facts = inspect_image(photos.phone_jpeg(name), max_pixels=MAX_PIXELS)
+    assert facts.quick_look
+    assert facts.sharpness >= 1.1 * PhotoPolicy().clearly_sharp
 
 
 @pytest.mark.parametrize("name", images.SHARPNESS_SOURCES)
 def test_shaken_12mp_photo_falls_below_the_blur_threshold_with_margin(photos, name):
     data = photos.phone_jpeg(name, blur_sigma=images.SHAKE_SIGMA)
     facts = inspect_image(data, max_pixels=MAX_PIXELS)
+    assert not facts.quick_look  # judged at 1000 px after the quick look was unsure
     assert facts.sharpness <= PhotoPolicy().min_sharpness / 1.5
+
+
+@pytest.mark.parametrize("name", ["chelsea", "brick", "rocket"])
+def test_the_quick_look_never_accepts_what_the_judge_rejects(photos, name):
+    """Softly shaken (sigma 4: the grey zone) photos of the calibration's weakest subjects."""
+    data = photos.phone_jpeg(name, blur_sigma=4)
+    facts = inspect_image(data, max_pixels=MAX_PIXELS)
+    judged = inspect_image(data, max_pixels=MAX_PIXELS, clearly_sharp=None)
+    assert not facts.quick_look or judged.sharpness >= PhotoPolicy().min_sharpness
+    assert facts.quick_look or facts == judged
 
 
 def test_sharpness_falls_as_blur_grows(photos):
@@ -71,9 +91,16 @@ def test_12mp_jpeg_facts_come_from_a_reduced_decode(photos):
     assert (facts.width, facts.height) == images.PHONE_SIZE
     assert facts.sha256 == hashlib.sha256(data).hexdigest()
     assert 0 <= facts.phash < 2**64
-    # Drafted at 1/4: the intake path never holds the 12 MP pixels.
-    assert preview.size == (1000, 750)
+    # Drafted at 1/8 (a quick look was enough): the intake path never holds the 12 MP pixels.
+    assert preview.size == (500, 375)
     assert preview.mode == "RGB"
+
+
+def test_12mp_jpeg_that_is_not_clearly_sharp_gets_a_closer_look_at_quarter_scale(photos):
+    facts, preview = inspect_image_with_preview(photos.phone_jpeg("astronaut", blur_sigma=images.SHAKE_SIGMA),
+                                                max_pixels=MAX_PIXELS)
+    assert not facts.quick_look
+    assert preview.size == (1000, 750)
 
 
 FAST_ENCODING: dict[str, dict[str, object]] = {"PNG": {"compress_level": 1}, "WEBP": {"method": 0}}
@@ -95,15 +122,17 @@ def test_png_and_webp_are_accepted_and_reduced(fmt, content_type, extension):
 @pytest.mark.parametrize("mode", ["L", "CMYK"])
 def test_grayscale_and_cmyk_jpegs_get_an_rgb_preview(mode):
     data = images.encode(images.phone_photo("camera", (2400, 1800)).convert(mode))
-    facts, preview = inspect_image_with_preview(data, max_pixels=MAX_PIXELS)
+    facts, preview = inspect_image_with_preview(data, max_pixels=MAX_PIXELS, clearly_sharp=None)
     assert (facts.format, preview.mode, preview.size) == ("JPEG", "RGB", (1200, 900))
+    facts, preview = inspect_image_with_preview(data, max_pixels=MAX_PIXELS)
+    assert (facts.quick_look, preview.mode, preview.size) == (True, "RGB", (600, 450))
 
 
 def test_multi_picture_jpeg_is_a_jpeg():
     first, second = (images.phone_photo(name, (2400, 1800)) for name in ("coins", "coffee"))
     data = images.encode(first, "MPO", save_all=True, append_images=[second])
     assert Image.open(BytesIO(data)).format == "MPO"
-    facts, preview = inspect_image_with_preview(data, max_pixels=MAX_PIXELS)
+    facts, preview = inspect_image_with_preview(data, max_pixels=MAX_PIXELS, clearly_sharp=None)
     assert (facts.format, facts.content_type, facts.extension) == ("JPEG", "image/jpeg", "jpg")
     assert preview.size == (1200, 900)
 
@@ -309,4 +338,6 @@ def test_hash_is_taken_upright(photos):
 
 def test_preview_keeps_a_longer_side_of_at_least_the_working_size(photos):
     preview = inspect_image_with_preview(photos.medium_jpeg("coffee"), max_pixels=MAX_PIXELS)[1]
-    assert max(preview.size) >= PREVIEW_SIDE
+    assert max(preview.size) >= QUICK_SIDE
+    closer = inspect_image_with_preview(photos.medium_jpeg("coffee"), max_pixels=MAX_PIXELS, clearly_sharp=None)[1]
+    assert max(closer.size) >= PREVIEW_SIDE

@@ -1,0 +1,132 @@
+"""Evidence storage through the whole path: content-addressed originals, thumbnails, retries, storage outages."""
+
+from __future__ import annotations
+
+import hashlib
+from io import BytesIO
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image, ImageDraw
+
+from accident_service.models import PhotoStatus, WorkStatus
+from accident_service.photos.intake import prepare_photo
+from accident_service.wechat import inbox
+from tests.photos import images
+from tests.photos.driver import DRIVER, case_no_of, image_messages, photos_of, reply, send_photo, start_case
+from tests.support.live import drain
+from tests.support.servers import MotoS3Server
+
+
+def sideways_marked_jpeg() -> bytes:
+    """A landscape sensor image with a red block top-left, tagged orientation 6 (phone held upright)."""
+    picture = images.phone_photo("camera", (1600, 1200))
+    ImageDraw.Draw(picture).rectangle((0, 0, 300, 300), fill=(255, 0, 0))
+    return images.encode(picture, exif=images.exif_block(orientation=6))
+
+
+def test_original_is_stored_byte_identical_under_its_content_address(wechat, live_app, wechat_runtime):
+    data = sideways_marked_jpeg()
+    digest = hashlib.sha256(data).hexdigest()
+    start_case(wechat, wechat_runtime)
+    send_photo(wechat, wechat_runtime, data)
+
+    [photo] = photos_of(wechat_runtime)
+    case_no = case_no_of(wechat_runtime)
+    assert photo.status is PhotoStatus.ACCEPTED
+    assert photo.object_key == f"cases/2026/11/{case_no}/{digest}.jpg"
+    assert photo.thumb_key == f"cases/2026/11/{case_no}/{digest}.thumb.jpg"
+    assert (photo.sha256, photo.size_bytes, photo.content_type) == (digest, len(data), "image/jpeg")
+
+    original = wechat_runtime.store.get(photo.object_key)
+    assert original.data == data  # never re-encoded, EXIF and orientation tag included
+    assert original.content_type == "image/jpeg"
+    assert original.metadata == {"sha256": digest, "case_no": case_no}
+    assert Image.open(BytesIO(original.data)).getexif()[0x0112] == 6
+
+    stored = wechat_runtime.store.get(photo.thumb_key)
+    assert stored.content_type == "image/jpeg" and stored.metadata["sha256-of-original"] == digest
+    thumbnail = Image.open(BytesIO(stored.data))
+    # Upright: orientation 6 turns the sensor image 90 degrees clockwise, top-left lands top-right.
+    assert thumbnail.size == (240, 320)
+    red, green, blue = thumbnail.convert("RGB").getpixel((thumbnail.width - 10, 10))
+    assert red > 200 and green < 60 and blue < 60
+    assert thumbnail.getexif().get(0x0112, 1) == 1
+
+
+def test_a_retried_upload_after_a_worker_crash_is_harmless(wechat, live_app, wechat_runtime, clock, photos):
+    data = photos.medium_jpeg("astronaut")
+    start_case(wechat, wechat_runtime)
+    media_id = send_photo(wechat, wechat_runtime, data, process=False)
+    # A worker claims the message, stores the photo, then dies before recording it.
+    [message_id] = inbox.claim_due(wechat_runtime, "crashed-worker", limit=1)
+    [message] = image_messages(wechat_runtime)
+    assert message.id == message_id
+    prepared = prepare_photo(wechat_runtime, media_id=media_id, case_no=case_no_of(wechat_runtime),
+                             received_at=message.received_at)
+    drain(wechat_runtime)  # still leased: nobody else may touch it
+    assert photos_of(wechat_runtime) == []
+
+    clock.advance(seconds=wechat_runtime.settings.INBOX_LEASE_SECONDS + 1)
+    drain(wechat_runtime)
+
+    [photo] = photos_of(wechat_runtime)
+    assert (photo.status, photo.object_key, photo.thumb_key) == (
+        PhotoStatus.ACCEPTED, prepared.object_key, prepared.thumb_key)
+    assert wechat_runtime.store.get(photo.object_key).data == data
+    root = Path(wechat_runtime.store.root)
+    stored = sorted(p.name for p in root.rglob("*") if p.is_file() and not p.name.endswith(".meta.json"))
+    assert stored == sorted([f"{photo.sha256}.jpg", f"{photo.sha256}.thumb.jpg"])
+    [message] = image_messages(wechat_runtime)
+    assert (message.status, message.attempts) == (WorkStatus.DONE, 2)
+    assert wechat.messages_to(DRIVER).count(reply("conv.photo_received", received=1, total=4)) == 1
+
+
+@pytest.fixture
+def own_s3():
+    """A moto S3 server of this test's own, so stopping it disturbs no one else."""
+    server = MotoS3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, start_live, own_s3, clock, photos):
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    data = photos.medium_jpeg("coffee")
+    saving, saved = reply("conv.photo_saving"), reply("conv.photo_saved_late")
+    start_case(wechat, runtime)
+    own_s3.stop()
+
+    send_photo(wechat, runtime, data)
+    assert wechat.messages_to(DRIVER).count(saving) == 1
+    [message] = image_messages(runtime)
+    assert (message.status, message.attempts) == (WorkStatus.PENDING, 1)
+    assert message.next_attempt_at > clock.now() and "StorageUnavailable" in message.last_error
+    assert photos_of(runtime) == []
+
+    clock.advance(seconds=6)  # past the first backoff (5 s): tried again, storage still down
+    drain(runtime)
+    [message] = image_messages(runtime)
+    assert (message.status, message.attempts) == (WorkStatus.PENDING, 2)
+    assert wechat.messages_to(DRIVER).count(saving) == 1  # told once only
+
+    own_s3.start()
+    clock.advance(seconds=11)  # past the second backoff (10 s)
+    drain(runtime)
+
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.DONE
+    [photo] = photos_of(runtime)
+    assert photo.status is PhotoStatus.ACCEPTED
+    s3 = boto3.client("s3", endpoint_url=own_s3.url, region_name="us-east-1")
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket="evidence")["Contents"]]
+    assert sorted(keys) == sorted([photo.object_key, photo.thumb_key])
+    head = s3.head_object(Bucket="evidence", Key=photo.object_key)
+    assert head["ContentType"] == "image/jpeg" and head["Metadata"]["sha256"] == photo.sha256
+    assert s3.get_object(Bucket="evidence", Key=photo.object_key)["Body"].read() == data
+
+    seen = wechat.messages_to(DRIVER)
+    assert seen.count(saving) == 1 and seen.count(saved) == 1
+    assert seen.index(saving) < seen.index(saved) < seen.index(reply("conv.photo_received", received=1, total=4))
