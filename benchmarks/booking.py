@@ -9,12 +9,19 @@ the same number of attempts, on rows of its own:
 * floor: one transaction per attempt with the conditional
   ``UPDATE slot SET booked = booked + 1 WHERE id = :id AND booked < capacity``
   and, when it wins, an INSERT into appointment (SQLAlchemy Core);
-* service: one unit of work per attempt as the conversation runs it: load
-  the case FOR UPDATE, ``booking.api.book_choice`` (seat, appointment, case
-  status, fingerprint, audit, notices for both parties in the outbox);
-* same_work_core (reference): the statements the service needs, hand-written
-  in Core (load case, parties, photos; seat; appointment; case; audit; both
-  notices), to tell the cost of the work itself from the cost of the ORM.
+* service: one unit of work per attempt as the conversation's ``choose``
+  runs it: ``cases.open_case_for(openid, for_update=True)`` (the case row
+  locked, the sender's party), then ``booking.api.book_choice`` (seat,
+  appointment, case status, fingerprint, audit, notices for both parties in
+  the outbox);
+* same_work_core (reference): the statements a booking needs written one by
+  one in Core (load case, parties, photos; seat; appointment; case; audit;
+  both notices), to tell round trips from the cost of the work itself.
+
+The paths take turns in ``--rounds`` slices so that drift in the load of a
+shared machine hits them alike; compare the ratio, measured in one run.
+``client_cpu_ms_per_booking`` (threads) is the benchmark process's CPU time
+per booking: with the GIL, Python work per booking bounds the throughput.
 
 Tables live in a schema of their own (``bench_booking``), dropped at the end.
 Prints one JSON object. Usage::
@@ -44,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text, update  # noqa: E402
 
 from accident_service.booking import api as booking  # noqa: E402
+from accident_service.cases import service as cases  # noqa: E402
 from accident_service.clock import SystemClock  # noqa: E402
 from accident_service.db import Base, make_session_factory  # noqa: E402
 from accident_service.models import (  # noqa: E402
@@ -74,6 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--attempts", type=int, default=2000, help="per path")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="the paths take turns, each round a slice of every plan, so drift in the shared "
+                             "machine's load hits all paths alike")
     parser.add_argument("--mode", choices=("threads", "processes"), default="threads",
                         help="threads: one interpreter, like a worker's pool; processes: forked clients")
     args = parser.parse_args()
@@ -84,7 +95,8 @@ def main() -> None:
                            pool_size=args.clients + 2, max_overflow=0)
     try:
         Base.metadata.create_all(engine)
-        print(json.dumps(run(engine, url, clients=args.clients, attempts=args.attempts, mode=args.mode), indent=2))
+        print(json.dumps(run(engine, url, clients=args.clients, attempts=args.attempts, mode=args.mode,
+                                    rounds=args.rounds), indent=2))
     finally:
         engine.dispose()
         with admin.begin() as connection:
@@ -98,7 +110,7 @@ def _reset_schema(admin: Engine) -> None:
         connection.execute(text(f"CREATE SCHEMA {SCHEMA}"))
 
 
-def run(engine: Engine, url: str, *, clients: int, attempts: int, mode: str) -> dict:
+def run(engine: Engine, url: str, *, clients: int, attempts: int, mode: str, rounds: int) -> dict:
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as data_dir:
         settings = load_settings({"APP_ENV": "test", "DATA_DIR": data_dir, "DATABASE_URL": url,
@@ -114,13 +126,14 @@ def run(engine: Engine, url: str, *, clients: int, attempts: int, mode: str) -> 
         plans = {name: _prepare(engine, now, attempts, name.upper().replace("_", "-"),
                                 with_parties=name != "floor") for name in paths}
         statements = _warm_up(engine, runtime, now, paths)
-        measured = {name: _measure(clients, plans[name], attempt, mode=mode, engine=engine)
-                    for name, attempt in paths.items()}
+        measured = _measure_interleaved(clients, plans, paths, rounds=rounds, mode=mode, engine=engine)
     rates = {name: result["booked"] / result["seconds"] for name, result in measured.items()}
+    cpu = {name: result.pop("client_cpu_seconds") for name, result in measured.items()}
     return {
         "clients": clients,
         "client_mode": mode,
         "attempts_per_path": attempts,
+        "rounds": rounds,
         "slot_capacity": CAPACITY,
         "attempts_per_slot": ATTEMPTS_PER_SLOT,
         "service_bookings_per_s": round(rates["service"], 1),
@@ -129,6 +142,8 @@ def run(engine: Engine, url: str, *, clients: int, attempts: int, mode: str) -> 
         "same_work_core_bookings_per_s": round(rates["same_work_core"], 1),
         "service_vs_same_work_core": round(rates["service"] / rates["same_work_core"], 3),
         "statements_per_booking": statements,
+        **({"client_cpu_ms_per_booking": {name: round(1000 * cpu[name] / measured[name]["booked"], 2)
+                                          for name in measured}} if mode == "threads" else {}),
         "outcomes": {name: {k: v for k, v in result.items() if k != "seconds"} for name, result in measured.items()},
         **_check(engine),
     }
@@ -155,7 +170,7 @@ def _prepare(engine: Engine, now: datetime, attempts: int, code: str, *, with_pa
             for k in range(attempts)]).scalars().all()
         if with_parties:
             connection.execute(insert(Party), [
-                {"case_id": case_id, "role": role, "openid": f"o{case_id}{role.value}", "plate": "粤A12345",
+                {"case_id": case_id, "role": role, "openid": _openid(case_id, role), "plate": "粤A12345",
                  "phone": "13800000000", "language": "zh", "joined_at": now}
                 for case_id in case_ids for role in (PartyRole.A, PartyRole.B)])
             connection.execute(insert(Photo), [
@@ -205,10 +220,15 @@ def _floor_attempt(engine: Engine, case_id: int, slot_id: int) -> bool:
 
 
 def _service_attempt(runtime: Runtime, case_id: int) -> bool:
+    """As the conversation's ``choose``: the sender's case and party, the case locked, then book_choice."""
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
-        case = session.get(Case, case_id, with_for_update=True)
-        return booking.book_choice(session, runtime, case, case.party(PartyRole.A), 1, now=now).booked
+        case, party = cases.open_case_for(session, _openid(case_id, PartyRole.A), for_update=True)
+        return booking.book_choice(session, runtime, case, party, 1, now=now).booked
+
+
+def _openid(case_id: int, role: PartyRole) -> str:
+    return f"o{case_id}{role.value}"
 
 
 _TABLES = {model.__name__: model.__table__ for model in (Case, Party, Photo, Slot, Appointment, AuditEvent,
@@ -242,6 +262,32 @@ def _same_work_core_attempt(engine: Engine, case_id: int, slot_id: int) -> bool:
              "kind": "booked", "language": "zh", "payload": {"text": "预约成功" * 40, "template_data": {}},
              "status": "pending", "attempts": 0, "next_attempt_at": at, "created_at": at} for p in parties])
         return True
+
+
+def _measure_interleaved(clients: int, plans: dict[str, list[tuple[int, int]]],
+                         paths: dict[str, Callable[[int, int], bool]], *, rounds: int, mode: str,
+                         engine: Engine) -> dict[str, dict]:
+    """Run every plan in ``rounds`` slices, the paths taking turns (the order rotating each round).
+
+    Slices end on slot boundaries, so a slot's five attempts always compete
+    with each other within one round. Returns the summed outcomes and times.
+    """
+    names = list(paths)
+    totals = {name: {"booked": 0, "full": 0, "errors": 0, "seconds": 0.0, "client_cpu_seconds": 0.0}
+              for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            plan = plans[name]
+            slots_in_plan = -(-len(plan) // ATTEMPTS_PER_SLOT)
+            first, last = (slots_in_plan * k // rounds * ATTEMPTS_PER_SLOT for k in (r, r + 1))
+            if first >= min(last, len(plan)):
+                continue
+            cpu_before = time.process_time()
+            result = _measure(clients, plan[first:last], paths[name], mode=mode, engine=engine)
+            totals[name]["client_cpu_seconds"] += time.process_time() - cpu_before
+            for key, value in result.items():
+                totals[name][key] += value
+    return totals
 
 
 def _measure(clients: int, plan: list[tuple[int, int]], attempt: Callable[[int, int], bool], *, mode: str,

@@ -2,20 +2,27 @@
 
 The caller holds the case row lock (the conversation loads the case with
 ``cases.open_case_for(..., for_update=True)``); capacity is enforced by the
-conditional UPDATE in :mod:`accident_service.booking.slots`. A reschedule
-books the new seat before it lets the old one go, so a driver who cannot get
-the new slot keeps the old appointment untouched.
+conditional UPDATE on the slot row (:mod:`accident_service.booking.writes`).
+A booking decides and renders everything first and then writes with Core
+statements (on PostgreSQL a first booking is one statement), keeping the
+slot row locked as briefly as possible; the loaded ORM objects are then
+brought in line without a second write. A reschedule books the new seat
+before it lets the old one go, so a driver who cannot get the new slot
+keeps the old appointment untouched.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
+from typing import cast
 
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
-from accident_service.booking import slots
-from accident_service.booking.notices import Visit, notify_parties
+from accident_service.booking import slots, writes
+from accident_service.booking.notices import Visit, notify_parties, render_notices
 from accident_service.cases import service as cases
 from accident_service.errors import Conflict
 from accident_service.models import (
@@ -24,6 +31,7 @@ from accident_service.models import (
     AppointmentStatus,
     Case,
     CaseStatus,
+    PhotoStatus,
 )
 
 # A case in these states may take a (first) appointment or move its current one.
@@ -58,46 +66,67 @@ def book_slot(session: Session, case: Case, slot_id: int, *, actor_type: str, ac
     slot, or the case cannot book (see :func:`can_book`); nothing was changed
     then. On success the old appointment (if any) is ``rescheduled`` and its
     seat freed, the case is BOOKED (a pending retake stays RETAKE_REQUESTED),
-    the change is audited and both parties get a "booked" or "rescheduled"
-    notice. Raises sqlalchemy errors only.
+    its offers are cleared and its evidence fingerprint stored, the change is
+    audited and both parties get a "booked" or "rescheduled" notice, all in
+    the caller's transaction. Raises sqlalchemy errors only.
     """
     if not can_book(case):
         return None
-    # Read everything the notices need before the seat is taken: the slot row
-    # stays locked until commit, so the work after the UPDATE is kept short.
     current = _current_appointment(case)
     if current is not None and current.slot_id == slot_id:
         return None
-    fingerprint = cases.evidence_fingerprint(case)
-    parties = list(case.parties)  # loaded now, not while the slot row is locked
-    seat = _take_seat_for(session, slot_id, freeing=current.slot_id if current else None, now=now)
-    if seat is None:
+    # Pending changes go first, so the read below sees them and nothing stale
+    # is flushed over the booking's own writes at commit.
+    session.flush()
+    facts = writes.read_facts(session, case.id, slot_id, now=now)
+    if facts is None:
         return None
-    before = {"status": case.status.value, "slot_id": current.slot_id if current else None}
-    appointment = Appointment(case_id=case.id, slot_id=slot_id, status=AppointmentStatus.BOOKED, created_at=now,
-                              updated_at=now)
-    if current is not None:
-        current.status = AppointmentStatus.RESCHEDULED
-        current.updated_at = now
-        session.flush()  # leave the one-active-appointment index before the new row enters it
-        case.appointments.append(appointment)
-    else:
-        session.add(appointment)
-    if case.status is not CaseStatus.RETAKE_REQUESTED:
-        case.status = CaseStatus.BOOKED
-    case.offered_slot_ids = None
-    case.offered_at = None
-    case.expires_at = None  # a booked case is no longer an idle draft
-    case.updated_at = now
-    case.evidence_fingerprint = fingerprint
-    session.flush()  # the appointment id names the notices
     kind = "rescheduled" if current is not None else "booked"
-    visit = Visit(seat.station_name, seat.station_address, seat.station_timezone, seat.starts_at, seat.ends_at)
-    with session.no_autoflush:  # audit and notices go out in one flush at commit
-        cases.record_audit(session, actor_type=actor_type, actor=actor, action=f"appointment.{kind}",
-                           case_id=case.id, before=before, now=now,
-                           after={"status": case.status.value, "slot_id": slot_id, "appointment_id": appointment.id})
-        notify_parties(session, case, kind, ref=appointment.id, now=now, visit=visit, parties=parties)
+    fingerprint = _fingerprint(facts.photo_hashes)
+    status = CaseStatus.RETAKE_REQUESTED if case.status is CaseStatus.RETAKE_REQUESTED else CaseStatus.BOOKED
+    plan = writes.BookingPlan(
+        case_id=case.id, slot_id=slot_id, moving=(current.id, current.slot_id) if current is not None else None,
+        case_values={"status": status, "offered_slot_ids": None, "offered_at": None,
+                     "expires_at": None,  # a booked case is no longer an idle draft
+                     "updated_at": now, "evidence_fingerprint": fingerprint},
+        kind=kind, actor_type=actor_type, actor=actor,
+        audit_before={"status": case.status.value, "slot_id": current.slot_id if current is not None else None},
+        audit_after={"status": status.value, "slot_id": slot_id},
+        notices=render_notices(kind, case_no=case.case_no, fingerprint=fingerprint, visit=facts.visit,
+                               recipients=facts.recipients),
+        now=now)
+    appointment_id = writes.write_booking(session, plan)
+    if appointment_id is None:
+        return None
+    return _mirror_in_session(session, case, current, plan, appointment_id)
+
+
+def _fingerprint(photo_hashes: list[tuple[int | None, str | None]]) -> str:
+    """cases.evidence_fingerprint over the rows read, so the hash keeps its one definition.
+
+    It reads only ``case.photos`` and each photo's item, sha256 and status.
+    """
+    photos = [SimpleNamespace(item=item, sha256=sha256, status=PhotoStatus.ACCEPTED) for item, sha256 in photo_hashes]
+    return cases.evidence_fingerprint(cast(Case, SimpleNamespace(photos=photos)))
+
+
+def _mirror_in_session(session: Session, case: Case, current: Appointment | None, plan: writes.BookingPlan,
+                       appointment_id: int) -> Appointment:
+    """Make the loaded objects show what was just written, without writing it again at flush."""
+    for key, value in plan.case_values.items():
+        set_committed_value(case, key, value)
+    slots.forget_booked_count(session, plan.slot_id)
+    if current is not None:
+        set_committed_value(current, "status", AppointmentStatus.RESCHEDULED)
+        set_committed_value(current, "updated_at", plan.now)
+    appointment = Appointment(id=appointment_id, case_id=case.id, slot_id=plan.slot_id,
+                              status=AppointmentStatus.BOOKED, created_at=plan.now, updated_at=plan.now,
+                              reminded_at=None)
+    make_transient_to_detached(appointment)
+    session.add(appointment)  # persistent and clean: the row exists
+    set_committed_value(appointment, "case", case)
+    if "appointments" not in sa_inspect(case).unloaded:
+        set_committed_value(case, "appointments", [*case.appointments, appointment])
     return appointment
 
 
@@ -109,28 +138,6 @@ def _current_appointment(case: Case) -> Appointment | None:
     if case.status is CaseStatus.READY and "appointments" in sa_inspect(case).unloaded:
         return None
     return active_appointment(case)
-
-
-def _take_seat_for(session: Session, slot_id: int, *, freeing: int | None, now: datetime) -> slots.TakenSeat | None:
-    """Take a seat in ``slot_id`` and, when moving, free one in ``freeing``.
-
-    The two slot rows are locked in id order, so two drivers swapping slots
-    in opposite directions cannot deadlock. When the old slot comes first
-    its seat is freed before the new one is tried, and given back if the new
-    one is full (we still hold its lock, so nobody took it meanwhile).
-    """
-    if freeing is None:
-        return slots.take_seat(session, slot_id, now=now)
-    if freeing < slot_id:
-        freed = slots.free_seat(session, freeing)
-        seat = slots.take_seat(session, slot_id, now=now)
-        if seat is None and freed:
-            slots.restore_seat(session, freeing)
-        return seat
-    seat = slots.take_seat(session, slot_id, now=now)
-    if seat is not None:
-        slots.free_seat(session, freeing)
-    return seat
 
 
 def cancel_appointment(session: Session, case: Case, *, actor_type: str, actor: str | None,

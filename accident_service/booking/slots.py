@@ -101,7 +101,7 @@ def take_seat(session: Session, slot_id: int, *, now: datetime) -> TakenSeat | N
         .values(booked=_SLOT.c.booked + 1)
         .returning(_SLOT.c.id, _SLOT.c.station_id, _SLOT.c.starts_at, _SLOT.c.ends_at, *_STATION_FIELDS)
     ).first()
-    _forget_booked_count(session, slot_id)
+    forget_booked_count(session, slot_id)
     return TakenSeat(*row) if row is not None else None
 
 
@@ -109,17 +109,17 @@ def free_seat(session: Session, slot_id: int) -> bool:
     """Give one seat back; False if the slot had none booked (never goes below zero)."""
     result = session.connection().execute(
         update(_SLOT).where(_SLOT.c.id == slot_id, _SLOT.c.booked > 0).values(booked=_SLOT.c.booked - 1))
-    _forget_booked_count(session, slot_id)
+    forget_booked_count(session, slot_id)
     return result.rowcount == 1
 
 
 def restore_seat(session: Session, slot_id: int) -> None:
     """Undo :func:`free_seat` in the same transaction (the row is still locked by us)."""
     session.connection().execute(update(_SLOT).where(_SLOT.c.id == slot_id).values(booked=_SLOT.c.booked + 1))
-    _forget_booked_count(session, slot_id)
+    forget_booked_count(session, slot_id)
 
 
-def _forget_booked_count(session: Session, slot_id: int) -> None:
+def forget_booked_count(session: Session, slot_id: int) -> None:
     """A Slot already loaded in this session now holds a stale count: reload it on next access."""
     loaded = session.identity_map.get(identity_key(Slot, slot_id))
     if loaded is not None:
