@@ -44,6 +44,8 @@ class S3ObjectStore:
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
                                     ContentType=content_type, Metadata=metadata or {})
         except (BotoCoreError, ClientError) as exc:
+            if isinstance(exc, ClientError) and _code(exc) == "NoSuchBucket" and self._create_bucket:
+                self._bucket_checked = False  # the bucket went away (a wiped store): make it again next time
             raise StorageUnavailable(f"s3: cannot store {key}: {exc}") from exc
 
     def get(self, key: str) -> StoredObject:
