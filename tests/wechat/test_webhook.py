@@ -336,6 +336,41 @@ def test_official_aes_samples_are_accepted_and_stored(client, runtime, sample_na
     assert parse_inbound(row.payload).content == expected["Content"]
 
 
+def _with_default_tolerance():
+    return [pytest.param(name, {**settings, "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, id=name)
+            for name, settings in ((p.id, p.values[1]) for p in _official_sample_cases())]
+
+
+@pytest.mark.parametrize(("sample_name", "extra_settings"), _with_default_tolerance())
+@pytest.mark.parametrize("with_plain_signature", [True, False], ids=["both_signatures", "msg_signature_only"])
+def test_official_aes_samples_are_accepted_verbatim_under_the_default_tolerance(client, runtime, sample_name,
+                                                                                 with_plain_signature):
+    """Their 2014 timestamps pass: msg_signature covers the body, so an old push can only be a duplicate."""
+    sample = AES_SAMPLES[sample_name]
+    query = {"timestamp": sample["timestamp"], "nonce": sample["nonce"], "encrypt_type": "aes",
+             "msg_signature": sample["msg_signature"]}
+    if with_plain_signature:
+        query["signature"] = sha1_sorted(sample["token"], sample["timestamp"], sample["nonce"])
+    assert_success(post(client, fixture_text(sample["file"]), query))
+    assert_success(post(client, fixture_text(sample["file"]), query))  # replayed: still one row
+    [row] = stored(runtime)
+    assert row.dedupe_key == f"msg:{sample['expected']['MsgId']}"
+
+
+@pytest.mark.parametrize(("sample_name", "extra_settings"), _official_sample_cases())
+@pytest.mark.parametrize("broken", ["wrong_plain_signature", "no_msg_signature"])
+def test_encrypted_push_with_a_bad_or_missing_signature_is_403(client, runtime, sample_name, broken):
+    sample = AES_SAMPLES[sample_name]
+    query = {"timestamp": sample["timestamp"], "nonce": sample["nonce"], "encrypt_type": "aes",
+             "msg_signature": sample["msg_signature"],
+             "signature": sha1_sorted(sample["token"], sample["timestamp"], sample["nonce"])}
+    if broken == "wrong_plain_signature":
+        query["signature"] = sha1_sorted("another-token", sample["timestamp"], sample["nonce"])
+    else:
+        del query["msg_signature"]
+    assert_refused(post(client, fixture_text(sample["file"]), query), runtime, (403,))
+
+
 @pytest.mark.parametrize(("sample_name", "extra_settings"), _official_sample_cases())
 def test_official_aes_sample_with_altered_signature_is_403(client, runtime, sample_name):
     sample = AES_SAMPLES[sample_name]
