@@ -36,3 +36,5 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     # Two lines per job run every few seconds drown the service's own lines.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # Alembic narrates every plugin it loads; an upgrade is reported by the command itself.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
