@@ -61,6 +61,14 @@ def generate_slots(runtime: Runtime, worker_id: str) -> int:
     return generate_upcoming_slots(runtime)
 
 
+def forget_push_signatures(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.wechat.replay import forget_signatures, retention
+
+    with runtime.unit_of_work() as session:
+        keep = retention(runtime.settings.WECHAT_TIMESTAMP_TOLERANCE_SECONDS)
+        return forget_signatures(session, seen_before=runtime.clock.now() - keep)
+
+
 Job = Callable[[Runtime, str], int]
 # (job, seconds between runs); slot generation also runs nightly, see build_scheduler.
 PERIODIC_JOBS: tuple[tuple[Job, int], ...] = (
@@ -69,6 +77,7 @@ PERIODIC_JOBS: tuple[tuple[Job, int], ...] = (
     (send_reminders, 30),
     (expire_drafts, 60),
     (mark_no_shows, 60),
+    (forget_push_signatures, 300),
 )
 
 

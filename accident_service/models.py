@@ -301,3 +301,19 @@ class WechatToken(Base):
     expires_at: Mapped[datetime | None]
     refreshed_at: Mapped[datetime | None]
     refresh_lock_until: Mapped[datetime | None]
+
+
+class PushSignature(Base):
+    """A (timestamp, nonce) a plain-mode push was signed with, and the body it came with.
+
+    The plain signature covers only token, timestamp and nonce: without this
+    record anyone who saw one signed push could post other bodies under it
+    until the timestamp grows too old.
+    """
+
+    __tablename__ = "push_signature"
+
+    timestamp: Mapped[str] = mapped_column(String(20), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    seen_at: Mapped[datetime] = mapped_column(index=True)

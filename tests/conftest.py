@@ -197,7 +197,8 @@ def wechat():
 def wechat_settings_overrides(settings_overrides, wechat):
     return {**settings_overrides, "WECHAT_APP_ID": WECHAT_APPID, "WECHAT_APP_SECRET": WECHAT_SECRET,
             "WECHAT_TOKEN": WECHAT_TOKEN, "WECHAT_ENCODING_AES_KEY": WECHAT_AES_KEY,
-            "WECHAT_API_BASE_URL": wechat.api_base_url}
+            "WECHAT_API_BASE_URL": wechat.api_base_url,
+            "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}  # the emulator signs as the platform does: now
 
 
 @pytest.fixture

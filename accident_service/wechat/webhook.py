@@ -21,7 +21,7 @@ from wechatpy.messages import UnknownMessage
 from accident_service import metrics
 from accident_service.settings import Settings
 from accident_service.web import current_runtime
-from accident_service.wechat import inbox
+from accident_service.wechat import inbox, replay
 from accident_service.wechat.worker_pool import submit_after_response
 from accident_service.wechat.xml_gate import UnsafeXml, check_body, parse_inbound
 
@@ -49,6 +49,8 @@ def receive():
         # plain signature sent beside it must still be right.
         _require_signature(settings, check_age=False)
     body = _read_capped_body(settings.WECHAT_MAX_BODY_BYTES)
+    if not _is_encrypted_push() and settings.WECHAT_TIMESTAMP_TOLERANCE_SECONDS:
+        _refuse_a_second_body_under_the_same_signature(runtime, body)
     try:
         check_body(body, max_bytes=settings.WECHAT_MAX_BODY_BYTES)
         xml_text = _decrypt_if_needed(settings, body)
@@ -97,6 +99,20 @@ def _require_signature(settings: Settings, *, check_age: bool = True) -> None:
             abort(403)
         if skew > tolerance:
             abort(403)
+
+
+def _refuse_a_second_body_under_the_same_signature(runtime, body: bytes) -> None:
+    try:
+        with runtime.unit_of_work() as session:
+            first = replay.first_body_for_signature(session, timestamp=request.args.get("timestamp", ""),
+                                                    nonce=request.args.get("nonce", ""), body=body,
+                                                    now=runtime.clock.now())
+    except ValueError:
+        abort(400)
+    if not first:
+        log.warning("wechat push refused: another body under a signature already used")
+        metrics.INBOUND_MESSAGES.labels("invalid", "replayed_signature").inc()
+        abort(403)
 
 
 def signature_matches(signature: str, *parts: str) -> bool:

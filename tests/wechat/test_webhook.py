@@ -14,6 +14,7 @@ import http.server
 import io
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -68,8 +69,10 @@ def sha1_sorted(*parts: str) -> str:
     return hashlib.sha1("".join(sorted(parts)).encode("utf-8")).hexdigest()
 
 
-def plain_query(token: str = TOKEN, *, timestamp: str | None = None, nonce: str = NONCE) -> dict[str, str]:
+def plain_query(token: str = TOKEN, *, timestamp: str | None = None, nonce: str | None = None) -> dict[str, str]:
+    """A fresh query as the platform signs one: now, and a nonce of its own."""
     timestamp = timestamp or str(int(time.time()))
+    nonce = nonce or str(secrets.randbelow(10**10))
     return {"signature": sha1_sorted(token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce,
             "openid": "fromUser"}
 
@@ -258,6 +261,43 @@ def test_forged_or_missing_signature_is_403_and_stores_nothing(client, runtime, 
 def test_stale_timestamp_is_403_when_a_tolerance_is_set(client, runtime, timestamp):
     assert_refused(post(client, fixture_text("text.xml"), plain_query(timestamp=timestamp)), runtime, (403,))
     assert_success(post(client, fixture_text("text.xml"), plain_query()))
+
+
+TOLERANCE = {"WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}
+
+
+@pytest.mark.parametrize("extra_settings", [TOLERANCE], ids=["tolerance"])
+def test_another_body_under_a_used_plain_signature_is_403_and_stores_nothing_more(client, runtime):
+    """The plain signature does not cover the body: a seen query must not carry a forged one."""
+    query = plain_query(nonce="8723461203")
+    assert_success(post(client, text_message(msg_id=1, content="real"), query))
+    forged = post(client, text_message(msg_id=2, content="forged"), query)
+    assert forged.status_code == 403
+    [row] = stored(runtime)
+    assert parse_inbound(row.payload).content == "real"
+
+
+@pytest.mark.parametrize("extra_settings", [TOLERANCE], ids=["tolerance"])
+def test_the_platforms_retry_of_the_same_push_still_passes(client, runtime):
+    query = plain_query(nonce="5531907712")
+    for _ in range(3):
+        assert_success(post(client, text_message(msg_id=7), query))
+    assert stored_count(runtime) == 1
+
+
+@pytest.mark.parametrize("extra_settings", [TOLERANCE], ids=["tolerance"])
+def test_an_overlong_nonce_is_refused(client, runtime):
+    assert_refused(post(client, text_message(), plain_query(nonce="9" * 65)), runtime, (400,))
+
+
+@pytest.mark.parametrize("extra_settings", [TOLERANCE], ids=["tolerance"])
+def test_old_signature_records_are_forgotten_by_the_scheduler_job(client, runtime, clock):
+    from accident_service.jobs import forget_push_signatures
+
+    assert_success(post(client, text_message(msg_id=1), plain_query(nonce="1111")))
+    assert forget_push_signatures(runtime, "test") == 0
+    clock.advance(minutes=12)  # 2 x 300 s + a margin
+    assert forget_push_signatures(runtime, "test") == 1
 
 
 BILLION_LAUGHS = """<?xml version="1.0"?>
