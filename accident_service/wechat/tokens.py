@@ -90,7 +90,48 @@ class LocalTokenStore:
             return token
 
 
-class DatabaseTokenStore:
+class _SharedTokenStore:
+    """The wait loop of a store shared by processes; subclasses read, lock and refresh.
+
+    ``_try_lock(now)`` returns an ownership mark or None when another process
+    holds the lock; ``_refresh_holding(mark, fetch, stale)`` fetches (unless
+    the token was refreshed meanwhile), stores, and releases the lock.
+    """
+
+    _appid: str
+    _clock: Clock
+    _margin: timedelta
+    _wait_seconds: float
+    _poll_seconds: float
+
+    def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            now = self._clock.now()
+            cached = self._read()
+            if cached and cached.usable(now, stale, self._margin):
+                return cached.token
+            lock = self._try_lock(now)
+            if lock is not None:
+                return self._refresh_holding(lock, fetch, stale)
+            # Someone else is refreshing: a token that is merely close to expiry still works meanwhile.
+            if cached and cached.still_valid(now, stale):
+                return cached.token
+            if time.monotonic() >= deadline:
+                raise TokenUnavailable(f"access token for {self._appid} is being refreshed elsewhere; gave up waiting")
+            time.sleep(self._poll_seconds)
+
+    def _read(self) -> _Cached | None:
+        raise NotImplementedError
+
+    def _try_lock(self, now: datetime) -> Any:
+        raise NotImplementedError
+
+    def _refresh_holding(self, lock: Any, fetch: Fetch, stale: str | None) -> str:
+        raise NotImplementedError
+
+
+class DatabaseTokenStore(_SharedTokenStore):
     """The token in table ``wechat_token``, refresh lock in ``refresh_lock_until``.
 
     The lock is taken with a conditional UPDATE (or the INSERT of the first
@@ -109,23 +150,6 @@ class DatabaseTokenStore:
         self._lock_ttl = timedelta(seconds=lock_seconds)
         self._wait_seconds = wait_seconds
         self._poll_seconds = poll_seconds
-
-    def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
-        deadline = time.monotonic() + self._wait_seconds
-        while True:
-            now = self._clock.now()
-            cached = self._read()
-            if cached and cached.usable(now, stale, self._margin):
-                return cached.token
-            lock = self._try_lock(now)
-            if lock is not None:
-                return self._refresh_holding(lock, fetch, stale)
-            # Someone else is refreshing: a token that is merely close to expiry still works meanwhile.
-            if cached and cached.still_valid(now, stale):
-                return cached.token
-            if time.monotonic() >= deadline:
-                raise TokenUnavailable(f"access token for {self._appid} is being refreshed elsewhere; gave up waiting")
-            time.sleep(self._poll_seconds)
 
     def _model(self) -> Any:
         from accident_service.models import WechatToken  # the models module imports much; load it on use
@@ -217,7 +241,7 @@ return 0
 """
 
 
-class RedisTokenStore:
+class RedisTokenStore(_SharedTokenStore):
     """The token in Redis (``<prefix><appid>:token``), lock with SET NX EX.
 
     The lock value is random and released only by its owner (compare-and-delete
@@ -239,24 +263,10 @@ class RedisTokenStore:
         self._wait_seconds = wait_seconds
         self._poll_seconds = poll_seconds
 
-    def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
-        deadline = time.monotonic() + self._wait_seconds
-        while True:
-            now = self._clock.now()
-            cached = self._read()
-            if cached and cached.usable(now, stale, self._margin):
-                return cached.token
-            owner = secrets.token_hex(16)
-            if self._redis.set(self._lock_key, owner, nx=True, ex=self._lock_seconds):
-                try:
-                    return self._refresh_holding(fetch, stale)
-                finally:
-                    self._redis.eval(_RELEASE_SCRIPT, 1, self._lock_key, owner)
-            if cached and cached.still_valid(now, stale):
-                return cached.token
-            if time.monotonic() >= deadline:
-                raise TokenUnavailable(f"access token for {self._appid} is being refreshed elsewhere; gave up waiting")
-            time.sleep(self._poll_seconds)
+    def _try_lock(self, now: datetime) -> str | None:
+        """Take the refresh lock; return its random value (our ownership mark) or None if taken."""
+        owner = secrets.token_hex(16)
+        return owner if self._redis.set(self._lock_key, owner, nx=True, ex=self._lock_seconds) else None
 
     def _read(self) -> _Cached | None:
         raw = self._redis.get(self._token_key)
@@ -265,14 +275,17 @@ class RedisTokenStore:
         data = json.loads(raw)
         return _Cached(data["access_token"], datetime.fromtimestamp(data["expires_at"], UTC))
 
-    def _refresh_holding(self, fetch: Fetch, stale: str | None) -> str:
-        now = self._clock.now()
-        cached = self._read()
-        if cached and cached.usable(now, stale, self._margin):
-            return cached.token
-        token, expires_in = fetch()
-        expires_at = _expiry(now, expires_in)
-        payload = json.dumps({"access_token": token, "expires_at": expires_at.timestamp(),
-                              "refreshed_at": now.timestamp()})
-        self._redis.set(self._token_key, payload, ex=max(int(expires_in), 1))
-        return token
+    def _refresh_holding(self, owner: str, fetch: Fetch, stale: str | None) -> str:
+        try:
+            now = self._clock.now()
+            cached = self._read()
+            if cached and cached.usable(now, stale, self._margin):
+                return cached.token
+            token, expires_in = fetch()
+            expires_at = _expiry(now, expires_in)
+            payload = json.dumps({"access_token": token, "expires_at": expires_at.timestamp(),
+                                  "refreshed_at": now.timestamp()})
+            self._redis.set(self._token_key, payload, ex=max(int(expires_in), 1))
+            return token
+        finally:
+            self._redis.eval(_RELEASE_SCRIPT, 1, self._lock_key, owner)
