@@ -76,6 +76,21 @@ def test_bucket_is_private(moto_s3, s3_bucket_name):
     assert all(g["Grantee"].get("URI", "").endswith("AllUsers") is False for g in acl["Grants"])
 
 
+def test_a_vanished_bucket_is_made_again_on_the_next_attempt(moto_s3, s3_bucket_name):
+    """A wiped store (a fresh MinIO volume) costs one failed attempt, which the caller retries."""
+    import boto3
+
+    store = S3ObjectStore(bucket=s3_bucket_name, endpoint_url=moto_s3.url, create_bucket=True)
+    store.put("first.jpg", b"1", content_type="image/jpeg")
+    admin = boto3.client("s3", endpoint_url=moto_s3.url, region_name="us-east-1")
+    admin.delete_object(Bucket=s3_bucket_name, Key="first.jpg")
+    admin.delete_bucket(Bucket=s3_bucket_name)
+    with pytest.raises(StorageUnavailable):
+        store.put("second.jpg", b"2", content_type="image/jpeg")
+    store.put("second.jpg", b"2", content_type="image/jpeg")
+    assert store.get("second.jpg").data == b"2"
+
+
 def test_unreachable_s3_raises_storage_unavailable():
     from tests.support.servers import free_port
 
