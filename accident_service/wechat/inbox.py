@@ -15,11 +15,11 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from accident_service import leases, metrics
+from accident_service.db import is_postgres
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import Runtime
 
@@ -42,20 +42,19 @@ def dedupe_key_for(message) -> str:
     return f"evt:{message.source}:{message.time}:{event}"
 
 
-def store_inbound(session: Session, message, xml_text: str, now: datetime) -> InboundMessage | None:
-    """Insert the push; None when it is a retry of one already stored."""
-    key = dedupe_key_for(message)
-    if session.scalar(select(InboundMessage.id).where(InboundMessage.dedupe_key == key)) is not None:
-        return None
-    row = InboundMessage(dedupe_key=key, openid=str(message.source)[:64], msg_type=_msg_type(message)[:32],
-                         payload=xml_text, received_at=now, status=WorkStatus.PENDING, attempts=0,
-                         next_attempt_at=now)
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:  # a concurrent retry of the same push won the race
-        return None
-    return row
+def store_inbound(session: Session, message, xml_text: str, now: datetime) -> int | None:
+    """Insert the push and return its row id; None when it is a retry of one already stored.
+
+    One statement: the UNIQUE dedupe key settles concurrent retries (ON CONFLICT DO NOTHING).
+    """
+    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    return session.execute(
+        insert(InboundMessage)
+        .values(dedupe_key=dedupe_key_for(message), openid=str(message.source)[:64],
+                msg_type=_msg_type(message)[:32], payload=xml_text, received_at=now, status=WorkStatus.PENDING,
+                attempts=0, next_attempt_at=now)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(InboundMessage.id)).scalar()
 
 
 def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None) -> list[int]:

@@ -49,22 +49,27 @@ def receive():
         # plain signature sent beside it must still be right.
         _require_signature(settings, check_age=False)
     body = _read_capped_body(settings.WECHAT_MAX_BODY_BYTES)
-    if not _is_encrypted_push() and settings.WECHAT_TIMESTAMP_TOLERANCE_SECONDS:
-        _refuse_a_second_body_under_the_same_signature(runtime, body)
+    # The plain signature does not cover the body: each signed query may carry one body only.
+    one_body_per_signature = not _is_encrypted_push() and settings.WECHAT_TIMESTAMP_TOLERANCE_SECONDS > 0
     try:
         check_body(body, max_bytes=settings.WECHAT_MAX_BODY_BYTES)
         xml_text = _decrypt_if_needed(settings, body)
         message = parse_inbound(xml_text)
     except UnsafeXml as exc:
+        if one_body_per_signature:
+            _record_signature_alone(runtime, body)
         log.warning("wechat push refused: %s", exc.reason)
         metrics.INBOUND_MESSAGES.labels("invalid", exc.reason).inc()
         return Response(exc.reason, status=exc.http_status, mimetype="text/plain")
     if isinstance(message, UnknownMessage):
+        if one_body_per_signature:
+            _record_signature_alone(runtime, body)
         metrics.INBOUND_MESSAGES.labels("unknown", "ignored").inc()
         return _success()
     with runtime.unit_of_work() as session:
-        row = inbox.store_inbound(session, message, xml_text, runtime.clock.now())
-        row_id = row.id if row is not None else None
+        if one_body_per_signature:
+            _require_first_body_for_signature(session, runtime, body)  # a refusal rolls back: nothing stored
+        row_id = inbox.store_inbound(session, message, xml_text, runtime.clock.now())
     outcome = "stored" if row_id else "duplicate"
     metrics.INBOUND_MESSAGES.labels(inbox._msg_type(message), outcome).inc()
     if row_id and settings.INBOX_PROCESS_INLINE:
@@ -101,12 +106,17 @@ def _require_signature(settings: Settings, *, check_age: bool = True) -> None:
             abort(403)
 
 
-def _refuse_a_second_body_under_the_same_signature(runtime, body: bytes) -> None:
+def _record_signature_alone(runtime, body: bytes) -> None:
+    with runtime.unit_of_work() as session:
+        _require_first_body_for_signature(session, runtime, body)
+
+
+def _require_first_body_for_signature(session, runtime, body: bytes) -> None:
+    """403 when another body came under this (timestamp, nonce) before; 400 for oversized values."""
     try:
-        with runtime.unit_of_work() as session:
-            first = replay.first_body_for_signature(session, timestamp=request.args.get("timestamp", ""),
-                                                    nonce=request.args.get("nonce", ""), body=body,
-                                                    now=runtime.clock.now())
+        first = replay.first_body_for_signature(session, timestamp=request.args.get("timestamp", ""),
+                                                nonce=request.args.get("nonce", ""), body=body,
+                                                now=runtime.clock.now())
     except ValueError:
         abort(400)
     if not first:

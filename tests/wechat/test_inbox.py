@@ -38,9 +38,9 @@ def push(runtime, openid: str = "oDriverA", *, msg_id: int | None = None) -> int
            f"</FromUserName><CreateTime>1764036000</CreateTime><MsgType><![CDATA[text]]></MsgType>"
            f"<Content><![CDATA[message {msg_id}]]></Content><MsgId>{msg_id}</MsgId></xml>")
     with runtime.unit_of_work() as session:
-        row = inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now())
-        assert row is not None
-        return row.id
+        row_id = inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now())
+        assert row_id is not None
+        return row_id
 
 
 def load(runtime, message_id: int) -> InboundMessage:
