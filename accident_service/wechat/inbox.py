@@ -11,6 +11,7 @@ only while the lease is still ours: one effect per message.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -47,14 +48,18 @@ def store_inbound(session: Session, message, xml_text: str, now: datetime) -> in
 
     One statement: the UNIQUE dedupe key settles concurrent retries (ON CONFLICT DO NOTHING).
     """
-    insert = postgresql.insert if is_postgres(session) else sqlite.insert
-    return session.execute(
-        insert(InboundMessage)
-        .values(dedupe_key=dedupe_key_for(message), openid=str(message.source)[:64],
-                msg_type=_msg_type(message)[:32], payload=xml_text, received_at=now, status=WorkStatus.PENDING,
-                attempts=0, next_attempt_at=now)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(InboundMessage.id)).scalar()
+    return session.connection().execute(_insert_inbound(is_postgres(session)), {
+        "dedupe_key": dedupe_key_for(message), "openid": str(message.source)[:64],
+        "msg_type": _msg_type(message)[:32], "payload": xml_text, "received_at": now,
+        "status": WorkStatus.PENDING, "attempts": 0, "next_attempt_at": now}).scalar()
+
+
+@functools.cache
+def _insert_inbound(postgres: bool):
+    """Built once: every push runs it, and building a statement costs more than running it."""
+    table = InboundMessage.__table__
+    insert = postgresql.insert if postgres else sqlite.insert
+    return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
 
 
 def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None) -> list[int]:

@@ -9,10 +9,11 @@ refuses the query anyway.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,15 +32,27 @@ def first_body_for_signature(session: Session, *, timestamp: str, nonce: str, bo
     if len(timestamp) > MAX_TIMESTAMP_LENGTH or len(nonce) > MAX_NONCE_LENGTH:
         raise ValueError("timestamp or nonce too long")
     digest = hashlib.sha256(body).hexdigest()
-    insert = postgresql.insert if is_postgres(session) else sqlite.insert
-    inserted = session.execute(
-        insert(PushSignature).values(timestamp=timestamp, nonce=nonce, body_sha256=digest, seen_at=now)
-        .on_conflict_do_nothing().returning(PushSignature.body_sha256)).first()
-    if inserted is not None:
+    connection = session.connection()
+    key = {"timestamp": timestamp, "nonce": nonce}
+    if connection.execute(_insert_signature(is_postgres(session)), {**key, "body_sha256": digest,
+                                                                    "seen_at": now}).first() is not None:
         return True
-    seen = session.scalar(select(PushSignature.body_sha256).where(PushSignature.timestamp == timestamp,
-                                                                   PushSignature.nonce == nonce))
-    return seen == digest
+    return connection.execute(_body_seen_under_signature(), key).scalar() == digest
+
+
+@functools.cache
+def _insert_signature(postgres: bool):
+    """Built once: every plain-mode push runs it."""
+    table = PushSignature.__table__
+    insert = postgresql.insert if postgres else sqlite.insert
+    return insert(table).on_conflict_do_nothing().returning(table.c.body_sha256)
+
+
+@functools.cache
+def _body_seen_under_signature():
+    table = PushSignature.__table__
+    return select(table.c.body_sha256).where(table.c.timestamp == bindparam("timestamp"),
+                                             table.c.nonce == bindparam("nonce"))
 
 
 def forget_signatures(session: Session, *, seen_before: datetime) -> int:
