@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from accident_service import metrics as _metrics  # noqa: F401  (registers the service metrics)
+from accident_service import metrics as service_metrics
 from accident_service.runtime import Runtime
 from accident_service.web import current_runtime
 
@@ -31,7 +31,7 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(service_metrics.exposition(current_runtime().session_factory), mimetype=CONTENT_TYPE_LATEST)
 
 
 def readiness_failures(runtime: Runtime) -> dict[str, str]:

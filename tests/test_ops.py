@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
 from accident_service import create_app
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
-from tests.support.servers import MotoS3Server
+from tests.support.live import wait_until
+from tests.support.servers import MotoS3Server, free_port
 
 
 def test_healthz_and_readyz_ok(client):
@@ -51,3 +62,60 @@ def test_readyz_names_database_when_unreachable(settings_overrides, clock):
     assert response.status_code == 503
     assert list(response.json["failing"]) == ["database"]
     runtime.close()
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of ``name`` whose label set contains ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and labels in line or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.slow
+def test_metrics_add_up_every_gunicorn_worker_and_show_queue_depths(tmp_path):
+    """`accident-service serve` (the production gunicorn config) with two workers: /metrics
+    counts every push whichever worker took it, and the inbox depth comes from the database."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/ops.db", "STORAGE_URL": f"file://{tmp_path}/objects",
+           "DATA_DIR": str(tmp_path / "var"), "WECHAT_TOKEN": "ops-token", "INBOX_PROCESS_INLINE": "false",
+           "SECRET_KEY": "x", "APP_ENV": "test", "LOG_LEVEL": "WARNING"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen([str(Path(sys.executable).with_name("accident-service")), "serve", "--bind",
+                                f"127.0.0.1:{port}", "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url + "/healthz"), timeout=60)
+        pushes = 24
+        for msg_id in range(1, pushes + 1):
+            timestamp, nonce = str(int(time.time())), str(msg_id)
+            signature = hashlib.sha1("".join(sorted(["ops-token", timestamp, nonce])).encode()).hexdigest()
+            body = (f"<xml><ToUserName>gh_ops</ToUserName><FromUserName>oOps{msg_id}</FromUserName>"
+                    f"<CreateTime>{timestamp}</CreateTime><MsgType>text</MsgType><Content>hi</Content>"
+                    f"<MsgId>{msg_id}</MsgId></xml>")
+            response = requests.post(url + "/wechat", params={"signature": signature, "timestamp": timestamp,
+                                                              "nonce": nonce}, data=body.encode(), timeout=10,
+                                     headers={"Connection": "close"})  # a new connection each: both workers serve
+            assert response.text == "success"
+        for _ in range(6):  # each scrape lands on either worker
+            text = requests.get(url + "/metrics", timeout=10, headers={"Connection": "close"}).text
+            assert _sample(text, "accident_inbound_messages_total", 'outcome="stored"') == pushes
+            assert _sample(text, "accident_inbox_messages", 'status="pending"') == pushes
+            assert _sample(text, "accident_inbox_messages", 'status="failed"') == 0
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
