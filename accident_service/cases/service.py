@@ -5,13 +5,14 @@ Plain functions over a session; callers own the transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from accident_service.errors import ServiceError
@@ -59,13 +60,17 @@ class Missing:
 
 def open_case_for(session: Session, openid: str, *, for_update: bool = False) -> tuple[Case, Party] | None:
     """The caller's newest open case and their party in it, or None."""
-    stmt = (select(Case, Party).join(Party, Party.case_id == Case.id)
-            .where(Party.openid == openid, Case.status.in_(OPEN_CASE_STATUSES))
-            .order_by(Case.id.desc()).limit(1))
-    if for_update:
-        stmt = stmt.with_for_update(of=Case)
-    row = session.execute(stmt).first()
+    row = session.execute(_open_case_query(for_update), {"openid": openid}).first()
     return (row[0], row[1]) if row else None
+
+
+@functools.cache
+def _open_case_query(for_update: bool) -> Select:
+    """Built once: every inbound message runs it, and building an ORM select costs more than running it."""
+    stmt = (select(Case, Party).join(Party, Party.case_id == Case.id)
+            .where(Party.openid == bindparam("openid"), Case.status.in_(OPEN_CASE_STATUSES))
+            .order_by(Case.id.desc()).limit(1))
+    return stmt.with_for_update(of=Case) if for_update else stmt
 
 
 def start_case(session: Session, *, openid: str, language: str, settings: Settings,
