@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, Text, bindparam, literal_column, select
+from sqlalchemy.orm import Session, with_expression
 
+from accident_service.booking.writes import CASE_FACTS_SQL
+from accident_service.db import is_postgres
 from accident_service.errors import ServiceError
 from accident_service.models import (
     OPEN_CASE_STATUSES,
@@ -60,16 +62,24 @@ class Missing:
 
 def open_case_for(session: Session, openid: str, *, for_update: bool = False) -> tuple[Case, Party] | None:
     """The caller's newest open case and their party in it, or None."""
-    row = session.execute(_open_case_query(for_update), {"openid": openid}).first()
+    row = session.execute(_open_case_query(for_update, for_update and is_postgres(session)),
+                          {"openid": openid}).first()
     return (row[0], row[1]) if row else None
 
 
 @functools.cache
-def _open_case_query(for_update: bool) -> Select:
-    """Built once: every inbound message runs it, and building an ORM select costs more than running it."""
+def _open_case_query(for_update: bool, with_booking_facts: bool) -> Select:
+    """Built once: every inbound message runs it, and building an ORM select costs more than running it.
+
+    ``with_booking_facts`` loads ``Case.booking_facts`` too, so that choosing
+    an offered slot needs no read of its own after this one (the booking
+    checks them again when it writes; see booking.writes).
+    """
     stmt = (select(Case, Party).join(Party, Party.case_id == Case.id)
             .where(Party.openid == bindparam("openid"), Case.status.in_(OPEN_CASE_STATUSES))
             .order_by(Case.id.desc()).limit(1))
+    if with_booking_facts:
+        stmt = stmt.options(with_expression(Case.booking_facts, literal_column(CASE_FACTS_SQL, Text)))
     return stmt.with_for_update(of=Case) if for_update else stmt
 
 
