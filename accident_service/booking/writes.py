@@ -78,6 +78,8 @@ class FactsChanged(Exception):
 # ends_at, station name, address, timezone], ...]]. Correlated to
 # ``accident_case``: the locked SELECT of the case loads it, and the booking
 # statement computes it again and compares the text (PostgreSQL only).
+# ``slot.id = ANY (ARRAY(...))`` keeps the slot lookup on the primary key
+# whatever the planner guesses about the offered list.
 CASE_FACTS_SQL = f"""CAST(json_build_array(
     (SELECT json_agg(json_build_array(party.role, party.openid, party.language) ORDER BY party.role)
      FROM party WHERE party.case_id = accident_case.id),
@@ -86,9 +88,10 @@ CASE_FACTS_SQL = f"""CAST(json_build_array(
     (SELECT json_agg(json_build_array(slot.id, slot.starts_at, slot.ends_at, station.name, station.address,
                                       station.timezone) ORDER BY slot.id)
      FROM slot JOIN station ON station.id = slot.station_id
-     WHERE slot.id IN (SELECT CAST(offered.id AS integer)
-                       FROM json_array_elements_text(CASE WHEN json_typeof(accident_case.offered_slot_ids) = 'array'
-                                                          THEN accident_case.offered_slot_ids END) AS offered (id)))
+     WHERE slot.id = ANY (ARRAY(
+         SELECT CAST(offered.id AS integer)
+         FROM json_array_elements_text(CASE WHEN json_typeof(accident_case.offered_slot_ids) = 'array'
+                                            THEN accident_case.offered_slot_ids END) AS offered (id))))
 ) AS text)"""
 
 
