@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, bindparam, literal_column, select
+from sqlalchemy import Select, Text, bindparam, literal, literal_column, select
 from sqlalchemy.orm import Session, with_expression
 
 from accident_service.booking.writes import CASE_FACTS_SQL
@@ -75,8 +75,10 @@ def _open_case_query(for_update: bool, with_booking_facts: bool) -> Select:
     an offered slot needs no read of its own after this one (the booking
     checks them again when it writes; see booking.writes).
     """
+    # The statuses as one bound value each, not an "expanding" IN list, which is rendered again at every run.
+    open_statuses = [literal(status, Case.status.type) for status in OPEN_CASE_STATUSES]
     stmt = (select(Case, Party).join(Party, Party.case_id == Case.id)
-            .where(Party.openid == bindparam("openid"), Case.status.in_(OPEN_CASE_STATUSES))
+            .where(Party.openid == bindparam("openid"), Case.status.in_(open_statuses))
             .order_by(Case.id.desc()).limit(1))
     if with_booking_facts:
         stmt = stmt.options(with_expression(Case.booking_facts, literal_column(CASE_FACTS_SQL, Text)))
