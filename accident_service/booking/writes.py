@@ -193,11 +193,16 @@ def _write_in_one_statement(session: Session, plan: BookingPlan) -> int | None:
     }
     for n, notice in enumerate(plan.notices):
         params |= {f"role_{n}": notice.role, f"openid_{n}": notice.openid, f"language_{n}": notice.language,
-                   f"payload_{n}": {"text": notice.text, "template_data": notice.template_data}}
+                   f"payload_{n}": _compact_json({"text": notice.text, "template_data": notice.template_data})}
     appointment_id, facts_unchanged = session.connection().execute(_one_statement(len(plan.notices)), params).one()
     if not facts_unchanged:
         raise FactsChanged(f"case {plan.case_id}: parties, photos or station changed since the case was loaded")
     return appointment_id
+
+
+def _compact_json(value: Any) -> str:
+    """JSON text with Chinese as UTF-8, not \\uXXXX escapes: half the bytes to send, parse and log to WAL."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @functools.cache
@@ -253,7 +258,6 @@ def _one_statement(notice_count: int) -> TextClause:
     """)
     typed = [bindparam("now", type_=UTCDateTime()), bindparam("offered", type_=JSON),
              bindparam("before", type_=JSON), bindparam("after", type_=JSON)]
-    typed += [bindparam(f"payload_{n}", type_=JSON) for n in range(notice_count)]
     return statement.bindparams(*typed).columns(id=Integer, current_facts=Boolean)
 
 
