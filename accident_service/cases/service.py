@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, Text, bindparam, literal, literal_column, select
-from sqlalchemy.orm import Session, with_expression
+from sqlalchemy.orm import Session, defer, with_expression
 
 from accident_service.booking.writes import CASE_FACTS_SQL
 from accident_service.db import is_postgres
@@ -82,6 +82,12 @@ def _open_case_query(for_update: bool, with_booking_facts: bool) -> Select:
             .order_by(Case.id.desc()).limit(1))
     if with_booking_facts:
         stmt = stmt.options(with_expression(Case.booking_facts, literal_column(CASE_FACTS_SQL, Text)))
+    if for_update:
+        # A conversation writes these columns at most (closing, touching, locating a case) and never reads
+        # them: leave them out of the row (fewer values to convert); reading one loads it.
+        stmt = stmt.options(defer(Case.join_qr_ticket), defer(Case.join_qr_url), defer(Case.location_label),
+                            defer(Case.created_at), defer(Case.last_activity_at), defer(Case.closed_at),
+                            defer(Party.joined_at))
     return stmt.with_for_update(of=Case) if for_update else stmt
 
 
