@@ -79,17 +79,19 @@ def book_slot(session: Session, case: Case, slot_id: int, *, actor_type: str, ac
     # writes.py) with them and nothing stale is flushed over the booking's own
     # writes at commit.
     session.flush()
+    # Facts loaded with the case serve a first booking only: a move is written
+    # step by step, which does not check them.
     loaded = writes.facts_loaded_with(case, slot_id) if current is None else None
     set_committed_value(case, "booking_facts", None)  # used once: the booking changes them
-    try:
-        if loaded is not None:
-            facts, facts_text = loaded
-            if facts.visit.starts_at <= now:
-                return None
+    if loaded is not None:
+        facts, facts_text = loaded
+        if facts.visit.starts_at <= now:
+            return None
+        try:
             return _book(session, case, current, slot_id, facts, facts_text, actor_type=actor_type, actor=actor,
                          now=now)
-    except writes.FactsChanged:
-        pass  # changed while this transaction waited for the case lock: read them again, now that we hold it
+        except writes.FactsChanged:
+            pass  # they changed while this transaction waited for the case lock: read them, now that we hold it
     facts = writes.read_facts(session, case.id, slot_id, now=now)
     if facts is None:
         return None
