@@ -75,12 +75,35 @@ def book_slot(session: Session, case: Case, slot_id: int, *, actor_type: str, ac
     current = _current_appointment(case)
     if current is not None and current.slot_id == slot_id:
         return None
-    # Pending changes go first, so the read below sees them and nothing stale
-    # is flushed over the booking's own writes at commit.
+    # Pending changes go first, so the facts are read (or checked, see
+    # writes.py) with them and nothing stale is flushed over the booking's own
+    # writes at commit.
     session.flush()
+    # Facts loaded with the case serve a first booking only: a move is written
+    # step by step, which does not check them.
+    loaded = writes.facts_loaded_with(case, slot_id) if current is None else None
+    set_committed_value(case, "booking_facts", None)  # used once: the booking changes them
+    if loaded is not None:
+        facts, facts_text = loaded
+        if facts.visit.starts_at <= now:
+            return None
+        try:
+            return _book(session, case, current, slot_id, facts, facts_text, actor_type=actor_type, actor=actor,
+                         now=now)
+        except writes.FactsChanged:
+            pass  # they changed while this transaction waited for the case lock: read them, now that we hold it
     facts = writes.read_facts(session, case.id, slot_id, now=now)
     if facts is None:
         return None
+    return _book(session, case, current, slot_id, facts, None, actor_type=actor_type, actor=actor, now=now)
+
+
+def _book(session: Session, case: Case, current: Appointment | None, slot_id: int, facts: writes.BookingFacts,
+          facts_as_loaded: str | None, *, actor_type: str, actor: str | None, now: datetime) -> Appointment | None:
+    """Render and write the booking from ``facts``; see :func:`book_slot`.
+
+    Raises writes.FactsChanged (nothing written) when ``facts_as_loaded`` no longer holds.
+    """
     kind = "rescheduled" if current is not None else "booked"
     fingerprint = _fingerprint(facts.photo_hashes)
     status = CaseStatus.RETAKE_REQUESTED if case.status is CaseStatus.RETAKE_REQUESTED else CaseStatus.BOOKED
@@ -94,7 +117,7 @@ def book_slot(session: Session, case: Case, slot_id: int, *, actor_type: str, ac
         audit_after={"status": status.value, "slot_id": slot_id},
         notices=render_notices(kind, case_no=case.case_no, fingerprint=fingerprint, visit=facts.visit,
                                recipients=facts.recipients),
-        now=now)
+        now=now, facts_as_loaded=facts_as_loaded)
     appointment_id = writes.write_booking(session, plan)
     if appointment_id is None:
         return None

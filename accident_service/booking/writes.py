@@ -1,14 +1,24 @@
-"""The database side of a booking: one read before the seat, then every write.
+"""The database side of a booking: the facts its notices need, then every write.
 
-A booking reads what its notices need (the slot's station and time, the
-parties, the accepted photos) in one SELECT that locks nothing, renders the
-notices, and only then takes the seat. From the seat's conditional UPDATE to
+A booking needs what its notices show and hash (the slot's station and time,
+the parties, the accepted photos) before it takes the seat, so the notices
+are rendered while no slot is locked. On PostgreSQL these facts come with the
+case itself: ``cases.open_case_for(..., for_update=True)`` loads them in its
+locked SELECT (:data:`CASE_FACTS_SQL`, for every slot the case was offered),
+and the write checks that they still hold (see below). Otherwise they are
+read in one SELECT that locks nothing (:func:`read_facts`). Then the notices
+are rendered, and only then is the seat taken. From the seat's conditional UPDATE to
 COMMIT the slot row is locked and every competing driver waits, so that
 stretch holds no Python work and as few round trips as possible:
 
 * PostgreSQL, first booking: one statement of data-modifying CTEs (seat,
   appointment, case, audit event, both notices), each step fed by the row of
-  the one before, so a full slot writes nothing at all;
+  the one before, so a full slot writes nothing at all. With facts loaded
+  along with the case, the statement first computes them again and takes the
+  seat only if they are unchanged: the locked SELECT may have waited for the
+  case lock, and READ COMMITTED evaluates its subqueries in the snapshot from
+  before that wait, whereas this statement's snapshot is taken with the lock
+  held. Changed facts raise :class:`FactsChanged` and nothing is written;
 * otherwise (SQLite, or moving an appointment, where the two slot rows must
   be locked in id order): the same writes as separate Core statements.
 
@@ -19,12 +29,13 @@ or None when the seat was not taken (nothing was written then).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, TextClause, bindparam, func, insert, select, text, update
+from sqlalchemy import JSON, Boolean, Integer, TextClause, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from accident_service.booking import slots
@@ -57,6 +68,52 @@ class BookingFacts:
     photo_hashes: list[tuple[int | None, str | None]]  # (item, sha256) of the accepted photos
 
 
+class FactsChanged(Exception):
+    """The facts loaded with the case changed before the write; nothing was written."""
+
+
+# What a booking shows and hashes, for every slot the case was offered, as
+# one JSON text: [[[role, openid, language], ...] ordered by role,
+# [[item, sha256], ...] of the accepted photos, [[slot id, starts_at,
+# ends_at, station name, address, timezone], ...]]. Correlated to
+# ``accident_case``: the locked SELECT of the case loads it, and the booking
+# statement computes it again and compares the text (PostgreSQL only).
+# ``slot.id = ANY (ARRAY(...))`` keeps the slot lookup on the primary key
+# whatever the planner guesses about the offered list.
+CASE_FACTS_SQL = f"""CAST(json_build_array(
+    (SELECT json_agg(json_build_array(party.role, party.openid, party.language) ORDER BY party.role)
+     FROM party WHERE party.case_id = accident_case.id),
+    (SELECT json_agg(json_build_array(photo.item, photo.sha256) ORDER BY photo.id)
+     FROM photo WHERE photo.case_id = accident_case.id AND photo.status = '{PhotoStatus.ACCEPTED.value}'),
+    (SELECT json_agg(json_build_array(slot.id, slot.starts_at, slot.ends_at, station.name, station.address,
+                                      station.timezone) ORDER BY slot.id)
+     FROM slot JOIN station ON station.id = slot.station_id
+     WHERE slot.id = ANY (ARRAY(
+         SELECT CAST(offered.id AS integer)
+         FROM json_array_elements_text(CASE WHEN json_typeof(accident_case.offered_slot_ids) = 'array'
+                                            THEN accident_case.offered_slot_ids END) AS offered (id))))
+) AS text)"""
+
+
+def facts_loaded_with(case: Case, slot_id: int) -> tuple[BookingFacts, str] | None:
+    """The facts for ``slot_id`` that came with the case, and their text for the write to check; else None.
+
+    None when the case was loaded without them (SQLite, ``session.get``) or
+    ``slot_id`` is not among its offered slots.
+    """
+    loaded = case.booking_facts
+    if loaded is None:
+        return None
+    parties, photos, offered = json.loads(loaded)
+    slot = next((row for row in offered or () if row[0] == slot_id), None)
+    if slot is None:
+        return None
+    _, starts_at, ends_at, name, address, timezone = slot
+    recipients = [Recipient(role, openid, language) for role, openid, language in parties or ()]
+    visit = Visit(name, address, timezone, datetime.fromisoformat(starts_at), datetime.fromisoformat(ends_at))
+    return BookingFacts(visit, recipients, [(item, sha256) for item, sha256 in photos or ()]), loaded
+
+
 @dataclass(frozen=True)
 class BookingPlan:
     """Every write of one booking, decided before the seat is taken."""
@@ -72,6 +129,9 @@ class BookingPlan:
     audit_after: dict[str, Any]  # "appointment_id" is added once the row exists
     notices: Sequence[Notice]
     now: datetime
+    # CASE_FACTS_SQL as loaded with the case, when the notices were rendered from it: the seat is taken
+    # only if the case's facts still read the same (PostgreSQL, first booking).
+    facts_as_loaded: str | None = None
 
 
 def read_facts(session: Session, case_id: int, slot_id: int, *, now: datetime) -> BookingFacts | None:
@@ -111,11 +171,14 @@ def _facts_query(postgres: bool):
 def write_booking(session: Session, plan: BookingPlan) -> int | None:
     """Take the seat and write everything else of ``plan``; the new appointment id, or None when full.
 
-    Raises sqlalchemy errors only (an IntegrityError if the case somehow
-    already has an active appointment that is not ``plan.moving``).
+    Raises FactsChanged (nothing written) when ``plan.facts_as_loaded`` no
+    longer holds, sqlalchemy errors otherwise (an IntegrityError if the case
+    somehow already has an active appointment that is not ``plan.moving``).
     """
     if plan.moving is None and is_postgres(session):
         return _write_in_one_statement(session, plan)
+    if plan.facts_as_loaded is not None:
+        raise ValueError("facts loaded with the case are checked by the one-statement write only")
     return _write_step_by_step(session, plan)
 
 
@@ -126,17 +189,30 @@ def _write_in_one_statement(session: Session, plan: BookingPlan) -> int | None:
         "fingerprint": plan.case_values["evidence_fingerprint"], "offered": None,
         "actor_type": plan.actor_type, "actor": plan.actor, "action": f"appointment.{plan.kind}",
         "before": plan.audit_before, "after": plan.audit_after, "kind": plan.kind,
-        "pending": WorkStatus.PENDING.value,
+        "pending": WorkStatus.PENDING.value, "facts_as_loaded": plan.facts_as_loaded,
     }
     for n, notice in enumerate(plan.notices):
         params |= {f"role_{n}": notice.role, f"openid_{n}": notice.openid, f"language_{n}": notice.language,
-                   f"payload_{n}": {"text": notice.text, "template_data": notice.template_data}}
-    return session.connection().execute(_one_statement(len(plan.notices)), params).scalar_one_or_none()
+                   f"payload_{n}": _compact_json({"text": notice.text, "template_data": notice.template_data})}
+    appointment_id, facts_unchanged = session.connection().execute(_one_statement(len(plan.notices)), params).one()
+    if not facts_unchanged:
+        raise FactsChanged(f"case {plan.case_id}: parties, photos or station changed since the case was loaded")
+    return appointment_id
+
+
+def _compact_json(value: Any) -> str:
+    """JSON text with Chinese as UTF-8, not \\uXXXX escapes: half the bytes to send, parse and log to WAL."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @functools.cache
 def _one_statement(notice_count: int) -> TextClause:
-    """The booking as one PostgreSQL statement; every CTE after ``seat`` runs once per seat taken."""
+    """The booking as one PostgreSQL statement; every CTE after ``seat`` runs once per seat taken.
+
+    Returns one row: the new appointment's id (NULL when no seat was taken)
+    and whether the facts the notices were rendered from still hold (always
+    true when ``facts_as_loaded`` is NULL: they were read after the lock).
+    """
     rows = ", ".join(f"(CAST(:role_{n} AS text), CAST(:openid_{n} AS text), CAST(:language_{n} AS text), "
                      f"CAST(:payload_{n} AS json))" for n in range(notice_count))
     notices = f"""
@@ -150,10 +226,15 @@ def _one_statement(notice_count: int) -> TextClause:
         ON CONFLICT (dedupe_key) DO NOTHING
     )""" if notice_count else ""
     statement = text(f"""
-    WITH seat AS (
+    WITH rendered_from AS (
+        SELECT CAST(:facts_as_loaded AS text) IS NULL
+               OR (SELECT {CASE_FACTS_SQL} FROM accident_case WHERE accident_case.id = :case_id)
+                  = CAST(:facts_as_loaded AS text) AS current_facts
+    ), seat AS (
         UPDATE slot SET booked = booked + 1
-        WHERE id = :slot_id AND booked < capacity AND starts_at > :now
-        RETURNING id
+        FROM rendered_from
+        WHERE slot.id = :slot_id AND booked < capacity AND starts_at > :now AND rendered_from.current_facts
+        RETURNING slot.id
     ), new_appointment AS (
         INSERT INTO appointment (case_id, slot_id, status, created_at, updated_at)
         SELECT CAST(:case_id AS integer), seat.id, CAST(:appointment_status AS text), CAST(:now AS timestamptz),
@@ -173,12 +254,11 @@ def _one_statement(notice_count: int) -> TextClause:
                CAST(CAST(:after AS jsonb) || jsonb_build_object('appointment_id', new_appointment.id) AS json)
         FROM new_appointment
     ){notices}
-    SELECT id FROM new_appointment
+    SELECT (SELECT id FROM new_appointment) AS id, current_facts FROM rendered_from
     """)
     typed = [bindparam("now", type_=UTCDateTime()), bindparam("offered", type_=JSON),
              bindparam("before", type_=JSON), bindparam("after", type_=JSON)]
-    typed += [bindparam(f"payload_{n}", type_=JSON) for n in range(notice_count)]
-    return statement.bindparams(*typed).columns(id=Integer)
+    return statement.bindparams(*typed).columns(id=Integer, current_facts=Boolean)
 
 
 def _write_step_by_step(session: Session, plan: BookingPlan) -> int | None:

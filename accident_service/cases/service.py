@@ -5,15 +5,18 @@ Plain functions over a session; callers own the transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, Text, bindparam, literal, literal_column, select
+from sqlalchemy.orm import Session, defer, with_expression
 
+from accident_service.booking.writes import CASE_FACTS_SQL
+from accident_service.db import is_postgres
 from accident_service.errors import ServiceError
 from accident_service.models import (
     OPEN_CASE_STATUSES,
@@ -59,13 +62,33 @@ class Missing:
 
 def open_case_for(session: Session, openid: str, *, for_update: bool = False) -> tuple[Case, Party] | None:
     """The caller's newest open case and their party in it, or None."""
-    stmt = (select(Case, Party).join(Party, Party.case_id == Case.id)
-            .where(Party.openid == openid, Case.status.in_(OPEN_CASE_STATUSES))
-            .order_by(Case.id.desc()).limit(1))
-    if for_update:
-        stmt = stmt.with_for_update(of=Case)
-    row = session.execute(stmt).first()
+    row = session.execute(_open_case_query(for_update, for_update and is_postgres(session)),
+                          {"openid": openid}).first()
     return (row[0], row[1]) if row else None
+
+
+@functools.cache
+def _open_case_query(for_update: bool, with_booking_facts: bool) -> Select:
+    """Built once: every inbound message runs it, and building an ORM select costs more than running it.
+
+    ``with_booking_facts`` loads ``Case.booking_facts`` too, so that choosing
+    an offered slot needs no read of its own after this one (the booking
+    checks them again when it writes; see booking.writes).
+    """
+    # The statuses as one bound value each, not an "expanding" IN list, which is rendered again at every run.
+    open_statuses = [literal(status, Case.status.type) for status in OPEN_CASE_STATUSES]
+    stmt = (select(Case, Party).join(Party, Party.case_id == Case.id)
+            .where(Party.openid == bindparam("openid"), Case.status.in_(open_statuses))
+            .order_by(Case.id.desc()).limit(1))
+    if with_booking_facts:
+        stmt = stmt.options(with_expression(Case.booking_facts, literal_column(CASE_FACTS_SQL, Text)))
+    if for_update:
+        # A conversation writes these columns at most (closing, touching, locating a case) and never reads
+        # them: leave them out of the row (fewer values to convert); reading one loads it.
+        stmt = stmt.options(defer(Case.join_qr_ticket), defer(Case.join_qr_url), defer(Case.location_label),
+                            defer(Case.created_at), defer(Case.last_activity_at), defer(Case.closed_at),
+                            defer(Party.joined_at))
+    return stmt.with_for_update(of=Case) if for_update else stmt
 
 
 def start_case(session: Session, *, openid: str, language: str, settings: Settings,

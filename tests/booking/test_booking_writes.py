@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text, update
 
 from accident_service.booking import api as booking
 from accident_service.booking import writes
@@ -18,8 +20,10 @@ from accident_service.models import (
     Case,
     CaseStatus,
     Notification,
+    Party,
     PartyRole,
     Slot,
+    Station,
     WorkStatus,
 )
 from tests.booking import factories as make
@@ -161,22 +165,91 @@ def test_a_move_that_loses_the_race_for_the_new_seat_gives_the_old_one_back(runt
     assert make.notices(runtime, "rescheduled") == []
 
 
+def _statements_of_a_booking(runtime, session, case, party) -> list[str]:
+    emitted: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        emitted.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", count)
+    try:
+        assert booking.book_choice(session, runtime, case, party, 1, now=T0).booked
+        session.flush()
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", count)
+    return emitted
+
+
 @pytest.mark.postgres_only
 def test_a_first_booking_on_postgres_is_one_read_and_one_write(runtime, world):
-    """The slot row stays locked from the seat's UPDATE to COMMIT: nothing else may run in between."""
+    """The slot row stays locked from the seat's UPDATE to COMMIT: nothing else may run in between.
+
+    A case loaded without its booking facts (here by ``session.get``) reads them first.
+    """
     with runtime.unit_of_work() as session:
-        case, party = cases.open_case_for(session, world["openids"][0], for_update=True)
-        emitted: list[str] = []
-
-        def count(_conn, _cursor, statement, *_args) -> None:
-            emitted.append(statement)
-
-        event.listen(runtime.engine, "before_cursor_execute", count)
-        try:
-            assert booking.book_choice(session, runtime, case, party, 1, now=T0).booked
-            session.flush()
-        finally:
-            event.remove(runtime.engine, "before_cursor_execute", count)
+        case = session.get(Case, world["case"], with_for_update=True)
+        emitted = _statements_of_a_booking(runtime, session, case, case.party(PartyRole.A))
     assert len(emitted) == 2
     assert emitted[0].lstrip().startswith("SELECT") and "UPDATE slot" in emitted[1]
     assert make.count(runtime, Notification) == 2 and make.count(runtime, AuditEvent) == 1
+
+
+@pytest.mark.postgres_only
+def test_a_first_booking_of_a_case_loaded_by_open_case_for_is_one_write(runtime, world):
+    """The conversation's locked SELECT brings the facts along: no read between it and the write."""
+    with runtime.unit_of_work() as session:
+        case, party = cases.open_case_for(session, world["openids"][0], for_update=True)
+        emitted = _statements_of_a_booking(runtime, session, case, party)
+    assert len(emitted) == 1
+    assert emitted[0].lstrip().startswith("WITH") and "UPDATE slot" in emitted[0]
+    assert make.count(runtime, Notification) == 2 and make.count(runtime, AuditEvent) == 1
+
+
+@pytest.mark.postgres_only
+def test_facts_loaded_with_the_case_are_the_facts_a_read_finds(runtime, world):
+    with runtime.unit_of_work() as session:
+        case, _ = cases.open_case_for(session, world["openids"][0], for_update=True)
+        for slot_id in world["slots"]:
+            loaded, _ = writes.facts_loaded_with(case, slot_id)
+            read = writes.read_facts(session, case.id, slot_id, now=T0)
+            assert (loaded.visit, loaded.recipients) == (read.visit, read.recipients)
+            assert sorted(loaded.photo_hashes) == sorted(read.photo_hashes) and len(loaded.photo_hashes) == 4
+        assert writes.facts_loaded_with(case, world["slots"][1] + 1000) is None  # not offered
+
+
+@pytest.mark.postgres_only
+def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones_written(runtime, world):
+    """The locked SELECT's subqueries see the snapshot from before the wait; the write must not trust it."""
+    holder = runtime.session_factory()
+    try:
+        holder.get(Case, world["case"], with_for_update=True)
+        holder.execute(update(Station).where(Station.code == "GZ-TH").values(name="天河新址"))
+        holder.execute(update(Party).where(Party.case_id == world["case"], Party.role == PartyRole.B)
+                       .values(language="zh"))
+        outcome: dict[str, object] = {}
+
+        def choose() -> None:
+            with runtime.unit_of_work() as session:
+                case, party = cases.open_case_for(session, world["openids"][0], for_update=True)
+                outcome["result"] = booking.book_choice(session, runtime, case, party, 1, now=T0)
+
+        chooser = threading.Thread(target=choose)
+        chooser.start()
+        _wait_until_a_backend_waits_for_a_lock(runtime)
+        holder.commit()
+        chooser.join(timeout=30)
+    finally:
+        holder.close()
+    assert outcome["result"].booked
+    sent = make.notices(runtime, "booked")
+    assert [n.language for n in sent] == ["zh", "zh"]
+    assert all("天河新址" in n.payload["text"] for n in sent)
+
+
+def _wait_until_a_backend_waits_for_a_lock(runtime) -> None:
+    deadline = time.monotonic() + 10
+    with runtime.engine.connect() as connection:
+        while connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")) == 0:
+            assert time.monotonic() < deadline, "the booking never waited for the case lock"
+            time.sleep(0.01)
+            connection.rollback()
