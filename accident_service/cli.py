@@ -64,7 +64,9 @@ def serve(bind: str, workers: int) -> None:
     create_app()  # fail fast, with a readable message, before gunicorn forks
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
     args = [sys.executable, "-m", "gunicorn", "--config", os.path.join(root, "config", "gunicorn.conf.py"),
-            "--chdir", root, "--bind", bind, "--workers", str(workers), "wsgi:app"]
+            # The project on the import path, but the caller's working directory kept: relative
+            # paths (DATA_DIR, a SQLite file, file:// storage) mean what they mean to every other command.
+            "--pythonpath", root, "--bind", bind, "--workers", str(workers), "wsgi:app"]
     os.execv(sys.executable, args)
 
 

@@ -61,4 +61,15 @@ def make_store(settings: Settings) -> ObjectStore:
         )
     from accident_service.storage.local import LocalObjectStore
 
-    return LocalObjectStore(root=parsed.path or parsed.netloc, secret_key=settings.SECRET_KEY)
+    return LocalObjectStore(root=local_path(settings.STORAGE_URL), secret_key=settings.SECRET_KEY)
+
+
+def local_path(storage_url: str) -> str:
+    """The directory of a ``file:`` URL: ``file:///srv/x`` is absolute, ``file://./var/x`` relative.
+
+    urlparse reads the first part of a relative path as a host name, so it is put back in front.
+    """
+    parsed = urlparse(storage_url)
+    if parsed.netloc in ("", "localhost"):
+        return parsed.path
+    return parsed.netloc + parsed.path

@@ -1,0 +1,29 @@
+"""Where a file: STORAGE_URL puts the evidence."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("file:///srv/evidence", "/srv/evidence"),
+    ("file://localhost/srv/evidence", "/srv/evidence"),
+    ("file://./var/objects", "./var/objects"),
+    ("file://var/objects", "var/objects"),
+    ("file://../shared/objects", "../shared/objects"),
+])
+def test_file_urls_keep_relative_paths_relative(url, expected):
+    from accident_service.storage import local_path
+
+    assert local_path(url) == expected
+
+
+def test_the_embedded_default_stores_under_the_working_directory(tmp_path, monkeypatch):
+    """The quick start's ``file://./var/objects`` must not become ``/var/objects``."""
+    from accident_service.settings import load_settings
+    from accident_service.storage import make_store
+
+    monkeypatch.chdir(tmp_path)
+    store = make_store(load_settings({"STORAGE_URL": "file://./var/objects", "DATA_DIR": "./var"}, environ={}))
+    store.put("probe.txt", b"x", content_type="text/plain")
+    assert (tmp_path / "var" / "objects" / "probe.txt").read_bytes() == b"x"
