@@ -28,7 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class RetryLater(Exception):
-    """Processing hit a transient failure (storage down, WeChat busy); try again later."""
+    """Processing hit a transient failure (storage down, WeChat busy); try again later.
+
+    ``keep_trying_until``: an outage the message can wait out (its media stays
+    on the platform for days) is retried past the attempt limit until then.
+    """
+
+    def __init__(self, reason: str, *, keep_trying_until: datetime | None = None) -> None:
+        super().__init__(reason)
+        self.keep_trying_until = keep_trying_until
 
 
 class LeaseLost(Exception):
@@ -71,13 +79,17 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
 
 
 Handler = Callable[[Runtime, InboundMessage, str], None]
+GiveUpHook = Callable[[Session, InboundMessage, datetime], None]
 
 
-def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler) -> str:
+def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
+            on_give_up: GiveUpHook | None = None) -> str:
     """Run ``handler`` for one leased message; returns "done", "retry", "failed" or "lost".
 
     ``handler(runtime, row, worker_id)`` does its own network work first and
-    then calls :func:`finish` inside its final unit of work.
+    then calls :func:`finish` inside its final unit of work. ``on_give_up``
+    runs in the transaction that marks the message failed for good (to tell
+    the sender), never otherwise.
     """
     with runtime.unit_of_work() as session:
         row = session.get(InboundMessage, message_id)
@@ -90,10 +102,12 @@ def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler)
     except LeaseLost:
         outcome = "lost"
     except RetryLater as exc:
-        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc.__cause__ or exc).__name__}: {exc}"[:500])
+        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc.__cause__ or exc).__name__}: {exc}"[:500],
+                                  keep_trying_until=exc.keep_trying_until, on_give_up=on_give_up)
     except Exception as exc:  # a bug or poison message must not loop forever
         log.exception("inbox message %s failed", message_id)
-        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc).__name__}: {exc}"[:500])
+        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc).__name__}: {exc}"[:500],
+                                  on_give_up=on_give_up)
     metrics.INBOX_PROCESSED.labels(outcome).inc()
     return outcome
 
@@ -105,13 +119,17 @@ def finish(session: Session, row: InboundMessage, worker_id: str, now: datetime)
         raise LeaseLost(row.id)
 
 
-def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error: str) -> str:
+def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error: str, *,
+                    keep_trying_until: datetime | None = None, on_give_up: GiveUpHook | None = None) -> str:
     now = runtime.clock.now()
-    give_up = row.attempts >= runtime.settings.INBOX_MAX_ATTEMPTS
+    give_up = row.attempts >= runtime.settings.INBOX_MAX_ATTEMPTS and not (
+        keep_trying_until is not None and now < keep_trying_until)
     with runtime.unit_of_work() as session:
         still_ours = leases.complete(session, InboundMessage, row.id, worker_id,
                                      status=WorkStatus.FAILED if give_up else WorkStatus.PENDING, last_error=error,
                                      next_attempt_at=now + leases.backoff(row.attempts))
+        if still_ours and give_up and on_give_up is not None:
+            on_give_up(session, row, now)
     if not still_ours:
         return "lost"
     if give_up:

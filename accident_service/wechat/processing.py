@@ -10,6 +10,7 @@ that a photo is being saved when storage is down.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -24,6 +25,10 @@ from accident_service.wechat.conversation import Conversation
 from accident_service.wechat.xml_gate import parse_inbound
 
 log = logging.getLogger(__name__)
+#: The driver was told "no need to resend": a photo waits out a storage
+#: outage this long, past the attempt limit (the platform keeps temporary
+#: media for 3 days). After that the driver is asked to send it again.
+STORAGE_OUTAGE_PATIENCE = timedelta(hours=24)
 
 
 def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_id: int | None = None) -> int:
@@ -31,13 +36,13 @@ def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_i
     done = 0
     if first_id is not None:
         for message_id in inbox.claim_due(runtime, worker_id, limit=1, only_id=first_id):
-            inbox.process(runtime, message_id, worker_id, handle_inbound)
+            inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
             done += 1
     for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
         ids = inbox.claim_due(runtime, worker_id, limit=1)
         if not ids:
             break
-        inbox.process(runtime, ids[0], worker_id, handle_inbound)
+        inbox.process(runtime, ids[0], worker_id, handle_inbound, tell_sender_it_was_lost)
         done += 1
     return done
 
@@ -65,7 +70,8 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message):
                              received_at=row.received_at)
     except StorageUnavailable as exc:
         _tell_once_photo_is_saving(runtime, row, message)
-        raise inbox.RetryLater("storage unavailable") from exc
+        raise inbox.RetryLater("storage unavailable",
+                               keep_trying_until=row.received_at + STORAGE_OUTAGE_PATIENCE) from exc
     except TransientPhotoError as exc:
         raise inbox.RetryLater(str(exc)) from exc
     except WeChatApiError as exc:
@@ -84,6 +90,17 @@ def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
                                            language=messages.DEFAULT_LANGUAGE, settings=runtime.settings,
                                            now=runtime.clock.now())
         return case.case_no
+
+
+def tell_sender_it_was_lost(session, row: InboundMessage, now: datetime) -> None:
+    """The message failed for good: ask the driver to send it again rather than leave them waiting."""
+    message = parse_inbound(row.payload)
+    found = cases.open_case_for(session, str(message.source))
+    language = found[1].language if found else messages.DEFAULT_LANGUAGE
+    key = "conv.photo_lost" if getattr(message, "type", "") == "image" else "conv.message_lost"
+    enqueue(session, openid=str(message.source), kind="reply", text=messages.text(key, language),
+            dedupe_key=f"lost:{row.id}", now=now,
+            case_id=found[0].id if found else None, language=language)
 
 
 def _saving_key(row: InboundMessage) -> str:

@@ -130,3 +130,46 @@ def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, 
     seen = wechat.messages_to(DRIVER)
     assert seen.count(saving) == 1 and seen.count(saved) == 1
     assert seen.index(saving) < seen.index(saved) < seen.index(reply("conv.photo_received", received=1, total=4))
+
+
+def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_live, own_s3, clock, photos):
+    """The driver was told "no need to resend": the photo waits the outage out, past INBOX_MAX_ATTEMPTS."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
+                         INBOX_MAX_ATTEMPTS=2)
+    start_case(wechat, runtime)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    for _ in range(6):  # an hour down: six attempts, three times the limit
+        clock.advance(minutes=10)
+        drain(runtime)
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.PENDING and message.attempts >= 6
+
+    own_s3.start()
+    clock.advance(minutes=11)
+    drain(runtime)
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.DONE
+    assert [photo.status for photo in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+    seen = wechat.messages_to(DRIVER)
+    assert seen.count(reply("conv.photo_saving")) == 1 and seen.count(reply("conv.photo_saved_late")) == 1
+    assert reply("conv.photo_lost") not in seen
+
+
+def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wechat, start_live, own_s3, clock,
+                                                                              photos):
+    from accident_service.wechat.processing import STORAGE_OUTAGE_PATIENCE
+
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
+                         INBOX_MAX_ATTEMPTS=2)
+    start_case(wechat, runtime)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    clock.advance(STORAGE_OUTAGE_PATIENCE)
+    drain(runtime)
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.FAILED
+    assert wechat.messages_to(DRIVER).count(reply("conv.photo_lost")) == 1
+    clock.advance(hours=1)
+    drain(runtime)  # failed for good: asked once, not again
+    assert wechat.messages_to(DRIVER).count(reply("conv.photo_lost")) == 1

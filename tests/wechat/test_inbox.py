@@ -228,6 +228,30 @@ def test_failures_back_off_then_end_visibly_failed(runtime, clock, error):
     assert inbox.claim_due(runtime, "w2") == []  # no loop
 
 
+def test_the_give_up_hook_runs_once_in_the_failing_transaction(runtime, clock):
+    message_id = push(runtime)
+    told: list[int] = []
+    for _ in range(MAX_ATTEMPTS):
+        clock.advance(days=1)
+        assert inbox.claim_due(runtime, "w1") == [message_id]
+        inbox.process(runtime, message_id, "w1", failing_with(RuntimeError("bug")),
+                      on_give_up=lambda session, row, now: told.append(row.id))
+    assert told == [message_id] and load(runtime, message_id).status is WorkStatus.FAILED
+
+
+def test_retry_later_with_patience_outlives_the_attempt_limit_until_its_deadline(runtime, clock):
+    message_id = push(runtime)
+    deadline = clock.now() + timedelta(hours=2)
+    error = inbox.RetryLater("storage unavailable", keep_trying_until=deadline)
+    for _ in range(MAX_ATTEMPTS * 3):
+        clock.advance(minutes=10)
+        assert inbox.claim_due(runtime, "w1") == [message_id]
+        assert inbox.process(runtime, message_id, "w1", failing_with(error)) == "retry"
+    clock.advance(deadline - clock.now())
+    assert inbox.claim_due(runtime, "w1") == [message_id]
+    assert inbox.process(runtime, message_id, "w1", failing_with(error)) == "failed"
+
+
 def test_retry_later_keeps_the_cause_in_last_error(runtime):
     message_id = push(runtime)
     inbox.claim_due(runtime, "w1")
