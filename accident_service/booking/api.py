@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from accident_service import messages
 from accident_service.booking import appointments
 from accident_service.booking.availability import Offer, find_offers
-from accident_service.booking.notices import time_window, visit_window
+from accident_service.booking.notices import notify_parties, time_window, visit_window
 from accident_service.cases import service as cases
 from accident_service.metrics import BOOKINGS
 from accident_service.models import Appointment, AppointmentStatus, Case, CaseStatus, Party
@@ -121,9 +121,10 @@ def appointment_summary(case: Case, language: str) -> str | None:
                          time=visit_window(visit, language))
 
 
-def retake_done(session: Session, runtime: Runtime, case: Case, *, now: datetime) -> None:
+def retake_done(session: Session, runtime: Runtime, case: Case, *, now: datetime, photo_id: int | None = None) -> None:
     """A retaken photo came in: a RETAKE_REQUESTED case returns to BOOKED (CONFIRMED if its
-    appointment is confirmed; READY if it has none) and its evidence fingerprint is renewed.
+    appointment is confirmed; READY if it has none), its evidence fingerprint is renewed and
+    both parties are told the new one (``photo_id``, the new photo, names the notice).
     Other states are left alone.
     """
     if case.status is not CaseStatus.RETAKE_REQUESTED:
@@ -142,3 +143,4 @@ def retake_done(session: Session, runtime: Runtime, case: Case, *, now: datetime
     cases.record_audit(session, actor_type="system", actor=None, action="case.retake_done", case_id=case.id,
                        before=before, after={"status": status.value, "fingerprint": case.evidence_fingerprint},
                        now=now)
+    notify_parties(session, case, "evidence_updated", ref=photo_id or 0, now=now)

@@ -21,7 +21,7 @@ from accident_service import messages
 from accident_service.models import Case, Party, Station
 from accident_service.notify.outbox import enqueue
 
-KINDS = ("booked", "rescheduled", "cancelled", "reminder", "no_show", "expired")
+KINDS = ("booked", "rescheduled", "cancelled", "reminder", "no_show", "expired", "evidence_updated")
 _EN_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 

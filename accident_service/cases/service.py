@@ -185,6 +185,17 @@ def missing(case: Case, settings: Settings) -> Missing:
                    details=tuple(details))
 
 
+#: Once booked, the evidence the notices' fingerprint vouches for is sealed.
+SEALED_STATUSES = (CaseStatus.BOOKED, CaseStatus.CONFIRMED, CaseStatus.CHECKED_IN, CaseStatus.RETAKE_REQUESTED)
+
+
+def evidence_sealed(case: Case, party: Party) -> bool:
+    """Whether ``party`` may not add or replace photos: the case is booked and the desk asked them for none."""
+    if case.status not in SEALED_STATUSES:
+        return False
+    return not (case.status is CaseStatus.RETAKE_REQUESTED and party.retake_item)
+
+
 def evidence_fingerprint(case: Case) -> str:
     """A short hash over the accepted photos' hashes: lets anyone tell the evidence did not change."""
     digests = sorted(f"{p.item}:{p.sha256}" for p in accepted_photos(case))

@@ -38,8 +38,12 @@ REJECTION_CODES = (
     "too_blurry",
     "duplicate",
     "near_duplicate",
+    "evidence_locked",  # the case is booked: its evidence is sealed unless the desk asks for a retake
 )
-WARNING_CODES = ("capture_time_old", "capture_time_unknown")
+WARNING_CODES = ("capture_time_old", "capture_time_future", "capture_time_unknown")
+#: Camera clocks drift and EXIF times carry no zone unless the phone wrote one:
+#: only a capture time later than the receipt by more than this is flagged.
+CAPTURE_CLOCK_SLACK = timedelta(hours=1)
 
 
 class ImageRejected(Exception):
@@ -152,7 +156,8 @@ def evaluate(
     An exact copy is named first because it tells the driver the most.
 
     A capture time older than ``policy.max_capture_age`` only adds the
-    ``capture_time_old`` warning for the desk; a photo without one gets
+    ``capture_time_old`` warning for the desk (``capture_time_future`` for
+    one later than the receipt: a wrong camera clock); a photo without one gets
     ``capture_time_unknown``. Neither rejects: stripped EXIF is normal for
     photos forwarded through chat apps.
 
@@ -171,6 +176,8 @@ def evaluate(
         warnings.append("capture_time_unknown")
     elif received_at - facts.taken_at > policy.max_capture_age:
         warnings.append("capture_time_old")
+    elif facts.taken_at - received_at > CAPTURE_CLOCK_SLACK:
+        warnings.append("capture_time_future")
     return Verdict(
         accepted=True,
         warnings=warnings,

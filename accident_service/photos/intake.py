@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accident_service import metrics
-from accident_service.cases.service import accepted_photos
+from accident_service.cases.service import accepted_photos, evidence_sealed
 from accident_service.models import Case, Party, Photo, PhotoStatus
 from accident_service.photos.checks import ExistingPhoto, ImageRejected, PhotoPolicy, Verdict, evaluate
 from accident_service.photos.inspect import ImageFacts, inspect_image_with_preview
@@ -63,6 +63,7 @@ class PhotoOutcome:
     required: int = 0
     replaced: bool = False
     extra: bool = False
+    photo_id: int | None = None
 
 
 def policy_from(settings: Settings) -> PhotoPolicy:
@@ -134,6 +135,8 @@ def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party
     target, replacing = _target_item(case, party, required)
     current = accepted_photos(case)
     verdict = prepared.rejection
+    if verdict is None and evidence_sealed(case, party):
+        verdict = Verdict.reject("evidence_locked")  # kept all the same, as every photo a driver sends
     if verdict is None:
         assert prepared.facts is not None
         same_item = [p for p in current if p.item == target]
@@ -187,7 +190,8 @@ def _outcome_of(photo: Photo, case: Case, required: int, *, replaced: bool = Fal
     accepted = photo.status is not PhotoStatus.REJECTED
     return PhotoOutcome(accepted=accepted, item=photo.item, code=photo.reject_code,
                         params=params or {}, warnings=list(photo.warnings or []), received=len(items),
-                        required=required, replaced=replaced, extra=bool(photo.item and photo.item > required))
+                        required=required, replaced=replaced, extra=bool(photo.item and photo.item > required),
+                        photo_id=photo.id)
 
 
 def _kind(settings: Settings, item: int) -> str:

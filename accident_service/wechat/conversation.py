@@ -186,7 +186,7 @@ class Conversation:
         else:
             self.say("conv.photo_received", received=outcome.received, total=outcome.required)
         if outcome.replaced and self.case.status is CaseStatus.RETAKE_REQUESTED:
-            booking.retake_done(self.session, self.runtime, self.case, now=self.now)
+            booking.retake_done(self.session, self.runtime, self.case, now=self.now, photo_id=outcome.photo_id)
         self.next_step()
 
     def on_location(self, lat: float, lng: float, label: str) -> None:
@@ -218,6 +218,11 @@ class Conversation:
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
+        if cases.evidence_sealed(self.case, self.party):
+            self.say("photos.reject.evidence_locked")
+            return
+        if self.case.status is CaseStatus.RETAKE_REQUESTED:
+            item = self.party.retake_item  # the one the desk asked for, whatever number was sent
         if not isinstance(item, int) or not 1 <= item <= total:
             self.say("conv.retake_which", total=total)
             return

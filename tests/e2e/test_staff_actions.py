@@ -6,6 +6,8 @@ import pytest
 from sqlalchemy import select
 
 from accident_service.booking.staff import NotConfirmable, RetakeRefused, confirm_appointment, request_retake
+from accident_service.cases.service import evidence_fingerprint
+from accident_service.messages import text
 from accident_service.models import AuditEvent, Case, CaseStatus, Photo, PhotoStatus, Slot
 from accident_service.sandbox.images import make_jpeg
 from tests.support.flows import report_until_ready
@@ -60,6 +62,33 @@ def test_retake_request_keeps_the_slot_and_the_new_photo_replaces_the_item(wecha
                                 .order_by(Photo.id)).all()
         assert [p.status for p in item2] == [PhotoStatus.SUPERSEDED, PhotoStatus.ACCEPTED]
         assert case.evidence_fingerprint != old_fingerprint
+        new_fingerprint = case.evidence_fingerprint
+        assert new_fingerprint == evidence_fingerprint(case)
+    for driver in (A, B):  # both can check the evidence against the new fingerprint
+        assert new_fingerprint in wechat.messages_to(driver)[-1]
+
+
+@pytest.mark.parametrize("driver", [A, B])
+def test_after_booking_a_driver_cannot_change_the_evidence(wechat, wechat_runtime, booked_case, driver):
+    """The booking notice's fingerprint vouches for the photos: without a desk request they are sealed."""
+    with wechat_runtime.unit_of_work() as session:
+        fingerprint = session.get(Case, booked_case).evidence_fingerprint
+        accepted_before = session.scalars(select(Photo.id).where(Photo.case_id == booked_case,
+                                                                 Photo.status == PhotoStatus.ACCEPTED)).all()
+    wechat.post_text(driver, "重拍 2")
+    drain(wechat_runtime)
+    assert wechat.messages_to(driver)[-1] == text("photos.reject.evidence_locked", "zh")
+    wechat.post_image(driver, wechat.add_media(f"late-{driver}", make_jpeg(f"late-{driver}", 1600, 1200)))
+    drain(wechat_runtime)
+    assert wechat.messages_to(driver)[-1] == text("photos.reject.evidence_locked", "zh")
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        assert case.evidence_fingerprint == fingerprint == evidence_fingerprint(case)
+        assert session.scalars(select(Photo.id).where(Photo.case_id == booked_case,
+                                                      Photo.status == PhotoStatus.ACCEPTED)).all() == accepted_before
+        late = session.scalars(select(Photo).where(Photo.case_id == booked_case).order_by(Photo.id.desc())).first()
+        assert (late.status, late.reject_code) == (PhotoStatus.REJECTED, "evidence_locked")
+        assert wechat_runtime.store.exists(late.object_key)  # kept all the same: nothing a driver sent is lost
 
 
 def test_bad_retake_requests_change_nothing(wechat_runtime, booked_case):

@@ -118,6 +118,16 @@ def test_photo_taken_three_hours_ago_is_accepted_with_a_desk_warning():
     assert verdict.warning_keys == ["photos.warning.capture_time_old"]
 
 
+@pytest.mark.parametrize(("ahead", "warnings"), [
+    (timedelta(minutes=30), []),  # a camera clock a little fast, or a zone-less EXIF time
+    (timedelta(hours=2), ["capture_time_future"]),
+    (timedelta(days=400), ["capture_time_future"]),
+])
+def test_a_capture_time_after_the_receipt_is_accepted_with_a_desk_warning(ahead, warnings):
+    verdict = judge(replace(GOOD, taken_at=RECEIVED_AT + ahead))
+    assert verdict.accepted and verdict.warnings == warnings
+
+
 def test_capture_age_window_is_inclusive_and_configurable():
     two_hours = replace(GOOD, taken_at=RECEIVED_AT - timedelta(hours=2))
     assert judge(two_hours).warnings == []
