@@ -320,3 +320,13 @@ class PushSignature(Base):
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     body_sha256: Mapped[str] = mapped_column(String(64))
     seen_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class DriverPreference(Base):
+    """What a driver chose that outlives their cases: the language of every reply."""
+
+    __tablename__ = "driver_preference"
+
+    openid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    language: Mapped[str] = mapped_column(String(8))
+    updated_at: Mapped[datetime]

@@ -19,6 +19,7 @@ from accident_service.cases import service as cases
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
 from accident_service.notify.outbox import enqueue
 from accident_service.runtime import Runtime
+from accident_service.wechat import preferences
 from accident_service.wechat.parsing import IntentKind, classify
 
 REPORT_KEYS = {"REPORT_ACCIDENT"}
@@ -39,7 +40,7 @@ class Conversation:
         found = cases.open_case_for(session, self.openid, for_update=True)
         self.case: Case | None = found[0] if found else None
         self.party: Party | None = found[1] if found else None
-        self.language = self.party.language if self.party else messages.DEFAULT_LANGUAGE
+        self.language = self.party.language if self.party else preferences.language_of(session, self.openid)
 
     # -- replies ---------------------------------------------------------
     def say(self, key: str, **params: object) -> None:
@@ -211,6 +212,7 @@ class Conversation:
         self.language = messages.normalise_language(language)
         if self.party is not None:
             self.party.language = self.language
+        preferences.remember_language(self.session, self.openid, self.language, self.now)
         self.say("conv.language_set")
 
     def retake(self, item: int | None) -> None:

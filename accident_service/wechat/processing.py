@@ -20,7 +20,7 @@ from accident_service.models import InboundMessage, Notification
 from accident_service.notify.outbox import enqueue
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
-from accident_service.wechat import inbox
+from accident_service.wechat import inbox, preferences
 from accident_service.wechat.conversation import Conversation
 from accident_service.wechat.xml_gate import parse_inbound
 
@@ -87,7 +87,8 @@ def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
         if found:
             return found[0].case_no
         case, _party, _ = cases.start_case(session, openid=str(message.source),
-                                           language=messages.DEFAULT_LANGUAGE, settings=runtime.settings,
+                                           language=preferences.language_of(session, str(message.source)),
+                                           settings=runtime.settings,
                                            now=runtime.clock.now())
         return case.case_no
 
@@ -96,7 +97,7 @@ def tell_sender_it_was_lost(session, row: InboundMessage, now: datetime) -> None
     """The message failed for good: ask the driver to send it again rather than leave them waiting."""
     message = parse_inbound(row.payload)
     found = cases.open_case_for(session, str(message.source))
-    language = found[1].language if found else messages.DEFAULT_LANGUAGE
+    language = found[1].language if found else preferences.language_of(session, str(message.source))
     key = "conv.photo_lost" if getattr(message, "type", "") == "image" else "conv.message_lost"
     enqueue(session, openid=str(message.source), kind="reply", text=messages.text(key, language),
             dedupe_key=f"lost:{row.id}", now=now,
@@ -110,7 +111,7 @@ def _saving_key(row: InboundMessage) -> str:
 def _tell_once_photo_is_saving(runtime: Runtime, row: InboundMessage, message) -> None:
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source))
-        language = found[1].language if found else messages.DEFAULT_LANGUAGE
+        language = found[1].language if found else preferences.language_of(session, str(message.source))
         enqueue(session, openid=str(message.source), kind="reply",
                 text=messages.text("conv.photo_saving", language), dedupe_key=_saving_key(row),
                 now=runtime.clock.now(), case_id=found[0].id if found else None, language=language)

@@ -64,6 +64,21 @@ def test_english_driver_gets_english_replies(wechat, live_app, wechat_runtime):
     assert "photo 1/4" in last
 
 
+def test_a_chosen_language_outlives_the_case(wechat, live_app, wechat_runtime):
+    wechat.post_text(A, "English")  # before any case
+    wechat.post_text(A, "report")
+    drain(wechat_runtime)
+    assert wechat.messages_to(A)[-1].startswith("Please send photo 1/4"), wechat.messages_to(A)
+    wechat.post_text(A, "cancel")
+    wechat.post_text(A, "status")  # no case now
+    drain(wechat_runtime)
+    assert wechat.messages_to(A)[-1] == 'You have no open case. Send "report" to start one.'
+    wechat.post_text(A, "中文")
+    wechat.post_text(A, "report")
+    drain(wechat_runtime)
+    assert wechat.messages_to(A)[-1].startswith("请拍第1/4张")
+
+
 def test_rejected_photo_gets_a_reason_and_changes_no_progress(wechat, live_app, wechat_runtime):
     wechat.post_click(A, "REPORT_ACCIDENT")
     drain(wechat_runtime)
