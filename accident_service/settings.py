@@ -8,9 +8,12 @@ naming the variable, never a stack trace deep inside a request.
 
 from __future__ import annotations
 
+import binascii
+import math
 import os
 import secrets
 import tomllib
+from base64 import b64decode
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -138,6 +141,106 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
 def _validate(values: dict[str, Any]) -> None:
     if values["APP_ENV"] not in {"development", "production", "test"}:
         raise SettingsError(f"APP_ENV: expected development, production or test, got {values['APP_ENV']!r}")
+    _check_numbers(values)
+    _check_urls(values)
+    values["LOG_LEVEL"] = values["LOG_LEVEL"].strip().upper()  # "info" works too; kept as logging spells it
+    if values["LOG_LEVEL"] not in LOG_LEVELS:
+        raise SettingsError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {values['LOG_LEVEL']!r}")
+    _check_aes_key(values["WECHAT_ENCODING_AES_KEY"])
+    # Every push and the URL check (GET echostr) are signed with the token; an
+    # empty one is a signature anybody can compute, in any environment.
+    if not values["WECHAT_TOKEN"].strip():
+        raise SettingsError("WECHAT_TOKEN: must not be empty (the token set on the official account's "
+                            "server configuration page)")
+    if values["APP_ENV"] == "production":
+        for name in ("SECRET_KEY", "WECHAT_APP_ID", "WECHAT_APP_SECRET", "WECHAT_TOKEN"):
+            if not values[name] or values[name].startswith("dev-") or values[name] == "wx-dev-app":
+                raise SettingsError(f"{name}: must be set to a real value when APP_ENV=production")
+    for name in ("PHOTO_CHECKLIST",):
+        if not values[name]:
+            raise SettingsError(f"{name}: needs at least one item")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """The values a numeric setting accepts: ``minimum`` and ``maximum`` included.
+
+    ``above`` instead of ``minimum`` excludes the bound (a float timeout must be
+    more than 0, however little). ``why`` is shown to the operator.
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    why: str = ""
+
+    def refuses(self, value: float) -> bool:
+        return not (math.isfinite(value)
+                    and (self.minimum is None or value >= self.minimum)
+                    and (self.above is None or value > self.above)
+                    and (self.maximum is None or value <= self.maximum))
+
+    def describe(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            text = f"between {self.minimum} and {self.maximum}"
+        elif self.maximum is not None:
+            text = f"at most {self.maximum}"
+        elif self.above is not None:
+            text = f"more than {self.above}"
+        else:
+            text = f"at least {self.minimum}"
+        return f"{text} ({self.why})" if self.why else text
+
+
+def number_ranges() -> dict[str, NumberRange]:
+    """The accepted range of every numeric setting (a test checks none is missing)."""
+    positive = NumberRange(minimum=1)
+    return {
+        "PRESIGNED_URL_SECONDS": NumberRange(1, 7 * 24 * 3600, why="S3 refuses links valid for over 7 days"),
+        "WECHAT_API_TIMEOUT_SECONDS": NumberRange(above=0),
+        "WECHAT_MAX_BODY_BYTES": positive,
+        "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": NumberRange(0, why="0 turns the check off"),
+        "INBOX_LEASE_SECONDS": positive,
+        "INBOX_MAX_ATTEMPTS": positive,
+        "OUTBOX_MAX_ATTEMPTS": positive,
+        "PHOTO_MAX_BYTES": positive,
+        "PHOTO_MIN_SHORT_SIDE": positive,
+        "PHOTO_MAX_PIXELS": NumberRange(1, _pillow_pixel_limit(),
+                                        why="above it Pillow treats every photo as a decompression bomb"),
+        "PHOTO_MAX_CAPTURE_AGE_MINUTES": positive,
+        "BOOKING_LEAD_MINUTES": NumberRange(0, why="0 offers slots starting now"),
+        "BOOKING_OFFER_COUNT": NumberRange(1, 9, why="drivers choose an offer with one digit"),
+        "BOOKING_NEAREST_STATIONS": positive,
+        "BOOKING_SEARCH_DAYS": positive,
+        "REMINDER_MINUTES": positive,
+        "DRAFT_EXPIRY_MINUTES": positive,
+        "NO_SHOW_GRACE_MINUTES": NumberRange(0, why="0 closes a no-show as soon as the slot ends"),
+        "SLOT_GENERATION_DAYS": positive,
+        "JOIN_QR_EXPIRE_SECONDS": NumberRange(1, 30 * 24 * 3600, why="WeChat's temporary QR codes last 30 days"),
+    }
+
+
+def _pillow_pixel_limit() -> int | None:
+    """Pillow's decompression-bomb warning level, which photo intake refuses to go above."""
+    from PIL import Image  # imported here: only settings validation needs it, not every importer
+
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _check_numbers(values: dict[str, Any]) -> None:
+    for name, accepted in number_ranges().items():
+        if accepted.refuses(values[name]):
+            raise SettingsError(f"{name}: must be {accepted.describe()}, got {values[name]!r}")
+    # A photo's pixel count is at least its short side squared: above the cap, every photo is refused.
+    if values["PHOTO_MIN_SHORT_SIDE"] ** 2 > values["PHOTO_MAX_PIXELS"]:
+        raise SettingsError(f"PHOTO_MIN_SHORT_SIDE: {values['PHOTO_MIN_SHORT_SIDE']} squared is above "
+                            f"PHOTO_MAX_PIXELS ({values['PHOTO_MAX_PIXELS']}), so no photo could pass")
+
+
+def _check_urls(values: dict[str, Any]) -> None:
     try:
         url = make_url(values["DATABASE_URL"])
     except ArgumentError as exc:
@@ -150,18 +253,65 @@ def _validate(values: dict[str, Any]) -> None:
                             "use file:///path or s3://bucket")
     if storage.scheme == "s3" and not storage.netloc:
         raise SettingsError(f"STORAGE_URL: no bucket in {values['STORAGE_URL']!r}; use s3://bucket[/prefix]")
-    aes_key = values["WECHAT_ENCODING_AES_KEY"]
-    if aes_key and len(aes_key) != 43:
-        raise SettingsError("WECHAT_ENCODING_AES_KEY: must be 43 characters long")
+    # file://./var is relative (urlparse reads "." as the host); file:// and file://localhost name no directory.
+    if storage.scheme == "file" and not storage.path.strip("/") and storage.netloc in {"", "localhost"}:
+        raise SettingsError(f"STORAGE_URL: no directory in {values['STORAGE_URL']!r}; use file:///path")
+    if values["S3_ENDPOINT_URL"]:
+        _check_http_url("S3_ENDPOINT_URL", values["S3_ENDPOINT_URL"], example="http://minio:9000", path_allowed=False)
+    _check_http_url("WECHAT_API_BASE_URL", values["WECHAT_API_BASE_URL"],
+                    example="https://api.weixin.qq.com/cgi-bin/", path_allowed=True)
     if not values["WECHAT_API_BASE_URL"].endswith("/"):
         raise SettingsError("WECHAT_API_BASE_URL: must end with '/' (like https://api.weixin.qq.com/cgi-bin/)")
-    if values["APP_ENV"] == "production":
-        for name in ("SECRET_KEY", "WECHAT_APP_ID", "WECHAT_APP_SECRET", "WECHAT_TOKEN"):
-            if not values[name] or values[name].startswith("dev-") or values[name] == "wx-dev-app":
-                raise SettingsError(f"{name}: must be set to a real value when APP_ENV=production")
-    for name in ("PHOTO_CHECKLIST",):
-        if not values[name]:
-            raise SettingsError(f"{name}: needs at least one item")
+    if values["REDIS_URL"]:
+        _check_redis_url(values["REDIS_URL"])
+
+
+def _check_http_url(name: str, value: str, *, example: str, path_allowed: bool) -> None:
+    parsed = urlparse(value)
+    try:
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: bad port in {value!r} ({exc}); expected a URL like {example}") from exc
+    extra = (parsed.path not in {"", "/"} and not path_allowed) or parsed.query or parsed.fragment
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname or extra:
+        shape = "http(s)://host[:port]/path/" if path_allowed else "http(s)://host[:port]"
+        raise SettingsError(f"{name}: expected {shape} (like {example}), got {value!r}")
+
+
+def _check_redis_url(value: str) -> None:
+    """The shapes redis.Redis.from_url accepts; parsed only, Redis is not contacted at startup."""
+    parsed = urlparse(value)
+    example = "redis://host:6379/0, rediss://host:6380/0 or unix:///run/redis.sock"
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            raise SettingsError(f"REDIS_URL: no socket path in {value!r}; expected {example}")
+        return
+    if parsed.scheme not in {"redis", "rediss"}:
+        raise SettingsError(f"REDIS_URL: expected {example}, got {value!r}")
+    try:
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL: bad port in {value!r} ({exc}); expected {example}") from exc
+    if not parsed.hostname:
+        raise SettingsError(f"REDIS_URL: no host in {value!r}; expected {example}")
+    database = parsed.path.strip("/")
+    if database and not database.isdigit():
+        raise SettingsError(f"REDIS_URL: the database after the host must be a number, got {database!r}")
+
+
+def _check_aes_key(key: str) -> None:
+    """EncodingAESKey: 43 base64 characters, the 32-byte AES key without its trailing '='."""
+    if not key:
+        return  # plain mode only
+    if len(key) != 43:
+        raise SettingsError(f"WECHAT_ENCODING_AES_KEY: must be 43 characters long, got {len(key)}")
+    try:
+        decoded = b64decode(key + "=", validate=True)
+    except binascii.Error as exc:
+        raise SettingsError("WECHAT_ENCODING_AES_KEY: not base64 (letters, digits, '+' and '/'); "
+                            "copy it again from the official account's server configuration page") from exc
+    if len(decoded) != 32:
+        raise SettingsError(f"WECHAT_ENCODING_AES_KEY: decodes to {len(decoded)} bytes, expected 32")
 
 
 def _development_secret(data_dir: Path) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +51,65 @@ def test_readyz_names_storage_when_s3_is_stopped(settings_overrides, clock):
         runtime.close()
     finally:
         server.stop()
+
+
+class SilentServer:
+    """A loopback TCP server that accepts connections and never answers (a wedged S3 endpoint)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)  # so the accept loop notices stop()
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._held: list[socket.socket] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._held.append(connection)  # kept open, never read, never answered
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        for connection in self._held:
+            connection.close()
+        self._listener.close()
+
+
+def test_readyz_answers_quickly_when_s3_accepts_but_never_answers(settings_overrides, clock):
+    """Concurrent probes each give up on the silent store within seconds (no 10 s read timeout, no retries)."""
+    with SilentServer() as silent:
+        settings = load_settings({**settings_overrides, "STORAGE_URL": "s3://evidence",
+                                  "S3_ENDPOINT_URL": silent.url}, environ={})
+        runtime = build_runtime(settings, clock=clock)
+        app = create_app(runtime=runtime)
+        responses = []
+
+        def probe() -> None:
+            responses.append(app.test_client().get("/readyz"))
+
+        try:
+            started = time.monotonic()
+            probes = [threading.Thread(target=probe, daemon=True) for _ in range(4)]
+            for thread in probes:
+                thread.start()
+            for thread in probes:
+                thread.join(timeout=max(0.0, started + 8 - time.monotonic()))
+            elapsed = time.monotonic() - started
+            assert not any(thread.is_alive() for thread in probes), f"/readyz still waiting after {elapsed:.1f} s"
+        finally:
+            runtime.close()
+    assert [response.status_code for response in responses] == [503] * 4
+    for response in responses:
+        assert list(response.json["failing"]) == ["storage"]
 
 
 def test_readyz_names_database_when_unreachable(settings_overrides, clock):

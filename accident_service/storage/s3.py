@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -16,26 +18,32 @@ class S3ObjectStore:
                  region: str = "us-east-1", create_bucket: bool = False) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
+        addressing = Config(signature_version="s3v4", s3={"addressing_style": "path"})
         # Short timeouts and few retries: a stopped store must surface quickly
-        # (readiness probe, photo intake retries with its own backoff).
-        config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"},
-                        signature_version="s3v4", s3={"addressing_style": "path"})
-        self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        # (photo intake retries with its own backoff).
+        self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=addressing.merge(
+            Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})))
+        # The readiness probe has its own client: one try, 2 s to connect, 2 s to answer. Through
+        # the client above, a store that accepts connections but never answers held /readyz for
+        # 30 s (3 tries of 10 s) and the orchestrator's probes piled up behind it.
+        self._probe_client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=addressing.merge(
+            Config(connect_timeout=2, read_timeout=2, retries={"total_max_attempts": 1, "mode": "standard"})))
         self._bucket_checked = not create_bucket
         self._create_bucket = create_bucket
 
     def _key(self, key: str) -> str:
         return self.prefix + key
 
-    def _ensure_bucket(self) -> None:
+    def _ensure_bucket(self, client: Any = None) -> None:
         if self._bucket_checked:
             return
+        client = client or self._client
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if _code(exc) not in _MISSING_CODES:
                 raise
-            self._client.create_bucket(Bucket=self.bucket)
+            client.create_bucket(Bucket=self.bucket)
         self._bucket_checked = True
 
     def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
@@ -86,8 +94,8 @@ class S3ObjectStore:
 
     def check(self) -> None:
         try:
-            self._ensure_bucket()
-            self._client.head_bucket(Bucket=self.bucket)
+            self._ensure_bucket(self._probe_client)
+            self._probe_client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"s3 bucket {self.bucket!r} not reachable: {exc}") from exc
 
