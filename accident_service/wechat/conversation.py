@@ -8,6 +8,7 @@ Network work (downloading a photo) happens before, in ``processing.py``.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from sqlalchemy import select
@@ -71,8 +72,11 @@ class Conversation:
         elif kind == "image":
             self.on_image(prepared_photo)
         elif kind == "location":
-            self.on_location(float(self.message.location_x), float(self.message.location_y),
-                             str(self.message.label or ""))
+            point = _coordinates(self.message)
+            if point is None:
+                self.say("conv.location_invalid")
+            else:
+                self.on_location(*point, str(self.message.label or ""))
         elif kind == "event":
             self.on_event(self.message.event)
         else:
@@ -90,7 +94,7 @@ class Conversation:
         elif event in ("scan", "subscribe_scan"):
             scene = str(getattr(self.message, "scene_id", "") or "")
             if scene.startswith(JOIN_SCENE_PREFIX):
-                self.join(scene[len(JOIN_SCENE_PREFIX):])
+                self.join(scene[len(JOIN_SCENE_PREFIX):], by_qr=True)
             elif event == "subscribe_scan":
                 self.say("conv.help")
         elif event == "subscribe":
@@ -112,7 +116,17 @@ class Conversation:
             IntentKind.RESCHEDULE: lambda: self.reschedule(),
             IntentKind.CANCEL: lambda: self.cancel(),
         }
-        handlers.get(intent.kind, lambda: self.say("conv.help"))()
+        handlers.get(intent.kind, self.not_understood)()
+
+    def not_understood(self) -> None:
+        """Mid-case, say what is expected now rather than the general help."""
+        step = self._next_step_text() if self.case is not None and self.party is not None \
+            and self.case.status in cases.COLLECTING_STATUSES else ""
+        if step:
+            self.say("conv.not_understood")
+            self.say_text(step)
+        else:
+            self.say("conv.help")
 
     # -- actions ---------------------------------------------------------
     def start(self) -> None:
@@ -146,12 +160,14 @@ class Conversation:
         return self.session.scalar(select(Notification.id).where(
             Notification.case_id == self.case.id, Notification.kind == "join_invite").limit(1)) is not None
 
-    def join(self, code: str) -> None:
+    def join(self, code: str, *, by_qr: bool = False) -> None:
         try:
             case, party, newly = cases.join_case(self.session, code=code, openid=self.openid,
                                                  language=self.language, settings=self.settings, now=self.now)
         except cases.JoinRefused as refused:
-            self.say(f"conv.join_refused.{refused.code}")
+            # A scanned code was never typed: do not ask to check and resend it.
+            reason = "unknown_qr" if by_qr and refused.code == "unknown_code" else refused.code
+            self.say(f"conv.join_refused.{reason}")
             return
         self.case, self.party = case, party
         self.say("conv.joined", case_no=case.case_no)
@@ -344,3 +360,13 @@ class Conversation:
                 dedupe_key=f"reply:{self.row.id}:{self._reply_count}", now=self.now,
                 case_id=self.case.id if self.case else None, language=self.language)
 
+
+def _coordinates(message) -> tuple[float, float] | None:
+    """(lat, lng) of a location push, or None when they are missing, not numbers or off the globe."""
+    try:
+        lat, lng = float(message.location_x), float(message.location_y)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(lat) and math.isfinite(lng) and -90 <= lat <= 90 and -180 <= lng <= 180):
+        return None
+    return lat, lng

@@ -36,7 +36,14 @@ _DASHES_AND_SPACES = re.compile(r"[\s\-‐‑–—]+")
 _PHONE_RE = re.compile(r"(?:\+86|0086|86)?(1[3-9][0-9]{9})")
 _JOIN_CODE_RE = re.compile(r"[0-9]{6}")
 _CHOICE_RE = re.compile(r"[1-9]")
-_RETAKE_RE = re.compile(r"(?:重拍|retake)\s*([0-9]{1,2})?")
+_RETAKE_RE = re.compile(r"(?:重拍|retake)\s*(?:第\s*)?([0-9]{1,2})?\s*(?:张)?")
+# What drivers type around a plate, a phone number or a code ("我的车牌：粤A12345。",
+# "手机13800138000", "(+86)138..."): a leading label, brackets round the country
+# code, and closing punctuation are dropped before the value is parsed.
+_VALUE_LABEL = re.compile(r"^(?:我的|本人|对方)?(?:车牌号码|车牌号|车牌|手机号码|手机号|手机|电话号码|电话|联系电话"
+                          r"|加入码|plate(?: number)?|mobile(?: number)?|phone(?: number)?|code"
+                          r"|my plate is|my number is)\s*(?:是|为|is)?\s*[:：]?\s*", re.IGNORECASE)
+_VALUE_PUNCTUATION = "。.!！,，;；~～ "
 # Zero-width characters survive NFKC and are invisible to the driver, but
 # would make "1\u200b" fail to match; they are dropped.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -150,6 +157,9 @@ def classify(text: str) -> Intent:
     6. PLATE: a mainland plate;
     7. UNKNOWN, carrying the normalised text.
 
+    For 4-6 a leading label ("车牌：", "手机", "my plate is"), closing
+    punctuation and brackets round "+86" are dropped first.
+
     Digit strings differ in length, so a 6-digit number is always a join
     code, never part of a phone number, and a lone digit is a slot choice.
     """
@@ -164,12 +174,14 @@ def classify(text: str) -> Intent:
         return Intent(IntentKind.RETAKE, int(number) if number else None)
     if _CHOICE_RE.fullmatch(clean):
         return Intent(IntentKind.CHOICE, int(clean))
+    value_text = _VALUE_LABEL.sub("", clean).strip(_VALUE_PUNCTUATION)
+    value_text = re.sub(r"^[(（]\s*(\+?86)\s*[)）]", r"\1", value_text)
     for kind, parse in (
         (IntentKind.JOIN_CODE, parse_join_code),
         (IntentKind.PHONE, parse_phone),
         (IntentKind.PLATE, parse_plate),
     ):
-        value = parse(clean)
+        value = parse(value_text)
         if value is not None:
             return Intent(kind, value)
     return Intent(IntentKind.UNKNOWN, clean)

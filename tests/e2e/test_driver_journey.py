@@ -6,6 +6,7 @@ import re
 
 from sqlalchemy import func, select
 
+from accident_service.messages import text
 from accident_service.models import (
     Appointment,
     AppointmentStatus,
@@ -77,6 +78,38 @@ def test_a_chosen_language_outlives_the_case(wechat, live_app, wechat_runtime):
     wechat.post_text(A, "report")
     drain(wechat_runtime)
     assert wechat.messages_to(A)[-1].startswith("请拍第1/4张")
+
+
+def test_unclear_text_mid_case_gets_the_next_step_not_the_general_help(wechat, live_app, wechat_runtime):
+    wechat.post_text(A, "快处")
+    wechat.post_text(A, "hello")
+    drain(wechat_runtime)
+    assert wechat.messages_to(A)[-2:] == [text("conv.not_understood", "zh"),
+                                          text("conv.ask_photo", "zh", n=1, total=4,
+                                               item=text("checklist.scene", "zh"))]
+
+
+def test_an_unreadable_location_is_refused_and_changes_nothing(wechat, live_app, wechat_runtime):
+    wechat.post_text(A, "快处")
+    odd = (("nan", "113.3"), ("23.1", "inf"), ("123.4", "113.3"), ("23.1", "500.1"), ("abc", ""))
+    for msg_id, (lat, lng) in enumerate(odd, start=880001):
+        wechat.post_raw(
+            "<xml><ToUserName>gh_x</ToUserName><FromUserName>" + A + "</FromUserName><CreateTime>1764036000"
+            f"</CreateTime><MsgType>location</MsgType><Location_X>{lat}</Location_X><Location_Y>{lng}</Location_Y>"
+            f"<Scale>15</Scale><Label>x</Label><MsgId>{msg_id}</MsgId></xml>")
+    drain(wechat_runtime)
+    assert wechat.messages_to(A)[-5:] == [text("conv.location_invalid", "zh")] * 5
+    with wechat_runtime.unit_of_work() as session:
+        case = session.scalars(select(Case)).one()
+        assert case.location_lat is None and case.location_lng is None
+        assert session.scalar(select(func.count()).select_from(InboundMessage)
+                              .where(InboundMessage.status == WorkStatus.FAILED)) == 0
+
+
+def test_scanning_an_unknown_case_qr_says_the_code_is_stale(wechat, live_app, wechat_runtime):
+    wechat.post_scan(B, "join:000000")
+    drain(wechat_runtime)
+    assert wechat.messages_to(B)[-1] == text("conv.join_refused.unknown_qr", "zh")
 
 
 def test_rejected_photo_gets_a_reason_and_changes_no_progress(wechat, live_app, wechat_runtime):

@@ -286,3 +286,25 @@ def test_classify_never_raises_on_arbitrary_unicode(text: str) -> None:
     assert isinstance(intent.kind, IntentKind)
     if intent.kind is IntentKind.UNKNOWN:
         assert intent.value == normalise(text)
+
+
+@pytest.mark.parametrize(("typed", "kind", "value"), [
+    ("粤A12345。", IntentKind.PLATE, "粤A12345"),
+    ("我的车牌粤A12345", IntentKind.PLATE, "粤A12345"),
+    ("车牌号：粤AD12345", IntentKind.PLATE, "粤AD12345"),
+    ("my plate is 粤B12345", IntentKind.PLATE, "粤B12345"),
+    ("手机13800138000", IntentKind.PHONE, "13800138000"),
+    ("手机号是 138-0013-8000。", IntentKind.PHONE, "13800138000"),
+    ("(+86)13800138000", IntentKind.PHONE, "13800138000"),
+    ("（+86）138 0013 8000", IntentKind.PHONE, "13800138000"),
+    ("加入码 123456", IntentKind.JOIN_CODE, "123456"),
+    ("重拍第2张", IntentKind.RETAKE, 2),
+    ("重拍 第 3 张", IntentKind.RETAKE, 3),
+])
+def test_labels_and_punctuation_drivers_add_are_understood(typed, kind, value):
+    assert classify(typed) == Intent(kind, value)
+
+
+@pytest.mark.parametrize("typed", ["车牌", "手机", "我的车牌是", "code", "手机1380013800"])
+def test_a_label_without_a_valid_value_stays_unknown(typed):
+    assert classify(typed).kind is IntentKind.UNKNOWN
