@@ -71,13 +71,14 @@ def forget_push_signatures(runtime: Runtime, worker_id: str) -> int:
 
 Job = Callable[[Runtime, str], int]
 # (job, seconds between runs); slot generation also runs nightly, see build_scheduler.
+# The outbox comes last, so that `scheduler --once` sends what the other jobs wrote.
 PERIODIC_JOBS: tuple[tuple[Job, int], ...] = (
     (process_inbox, 2),
-    (dispatch_outbox, 2),
     (send_reminders, 30),
     (expire_drafts, 60),
     (mark_no_shows, 60),
     (forget_push_signatures, 300),
+    (dispatch_outbox, 2),
 )
 
 

@@ -56,6 +56,20 @@ def test_run_all_once_answers_a_stored_push(live_app, wechat_runtime, wechat):
     assert wechat.messages_to("oDriverA")
 
 
+def test_run_all_once_sends_what_the_other_jobs_wrote_in_the_same_run(wechat_runtime, wechat, clock):
+    from accident_service.cases import service as cases
+
+    with wechat_runtime.unit_of_work() as session:
+        cases.start_case(session, openid="oIdleDriver", language="en", settings=wechat_runtime.settings,
+                         now=clock.now())
+    clock.advance(minutes=wechat_runtime.settings.DRAFT_EXPIRY_MINUTES + 1)
+
+    result = jobs.run_all_once(wechat_runtime, "w1")
+
+    assert result["expire_drafts"] == 1 and result["dispatch_outbox"] == 1
+    assert len(wechat.messages_to("oIdleDriver")) == 1
+
+
 def test_a_failing_job_does_not_stop_the_others(wechat_runtime, wechat, monkeypatch):
     def broken(runtime, worker_id):
         raise RuntimeError("bug in a job")
