@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, bindparam, literal, literal_column, select
+from sqlalchemy import Select, Text, bindparam, func, literal, literal_column, select
 from sqlalchemy.orm import Session, defer, with_expression
 
 from accident_service.booking.writes import CASE_FACTS_SQL
@@ -32,6 +32,8 @@ from accident_service.settings import Settings
 
 _CASE_NO_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read over the phone
 COLLECTING_STATUSES = (CaseStatus.DRAFT, CaseStatus.READY)
+JOIN_GUESS_LIMIT = 5
+JOIN_GUESS_WINDOW = timedelta(minutes=15)
 
 
 class JoinRefused(ServiceError):
@@ -113,10 +115,19 @@ def join_case(session: Session, *, code: str, openid: str, language: str, settin
               now: datetime) -> tuple[Case, Party, bool]:
     """Join the case with ``code`` as party B. Returns (case, party, newly_joined).
 
-    Raises JoinRefused: unknown_code, own_case, taken (another B joined), closed.
+    Raises JoinRefused: unknown_code, own_case, taken (another B joined), closed,
+    too_many_attempts (JOIN_GUESS_LIMIT unknown codes within JOIN_GUESS_WINDOW:
+    six digits must not be guessable by trying them).
     """
+    since = now - JOIN_GUESS_WINDOW
+    wrong = session.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.action == "case.join_unknown_code", AuditEvent.actor == openid[:64], AuditEvent.at > since))
+    if wrong >= JOIN_GUESS_LIMIT:
+        raise JoinRefused("too_many_attempts")
     case = session.scalar(select(Case).where(Case.join_code == code).with_for_update())
     if case is None:
+        record_audit(session, actor_type="wechat", actor=openid[:64], action="case.join_unknown_code", case_id=None,
+                     now=now)
         raise JoinRefused("unknown_code")
     if case.status not in OPEN_CASE_STATUSES:
         raise JoinRefused("closed")

@@ -19,10 +19,14 @@ def _start(runtime, openid="oA", language="zh"):
         return case.id, case.case_no, case.join_code, party.role, created
 
 
-def _join(runtime, code, openid="oB"):
+def _join(runtime, code, openid="oB", now=T0):
     with runtime.unit_of_work() as session:
-        case, party, joined = cases.join_case(session, code=code, openid=openid, language="en",
-                                              settings=runtime.settings, now=T0)
+        try:
+            case, party, joined = cases.join_case(session, code=code, openid=openid, language="en",
+                                                  settings=runtime.settings, now=now)
+        except cases.JoinRefused:
+            session.commit()  # as the conversation does: a refusal is answered, its record kept
+            raise
         return case.id, party.role, joined
 
 
@@ -130,3 +134,26 @@ def test_close_case_releases_the_join_code_and_audits(runtime):
         assert case.status is CaseStatus.EXPIRED and case.join_code is None and case.closed_at == T0
         assert cases.open_case_for(session, "oA") is None
         assert "case.expired" in session.scalars(select(AuditEvent.action).where(AuditEvent.case_id == case_id)).all()
+
+
+def test_guessing_join_codes_is_stopped_after_a_few_wrong_ones(runtime):
+    _, _, code, _, _ = _start(runtime)
+    wrong = "000000" if code != "000000" else "111111"
+    for _ in range(cases.JOIN_GUESS_LIMIT):
+        with pytest.raises(cases.JoinRefused) as refused:
+            _join(runtime, wrong, openid="oGuesser")
+        assert refused.value.code == "unknown_code"
+    with pytest.raises(cases.JoinRefused) as refused:
+        _join(runtime, code, openid="oGuesser")  # even the right code, for now
+    assert refused.value.code == "too_many_attempts"
+    assert _join(runtime, code, openid="oRealB")[2] is True  # others are not affected
+
+
+def test_the_guess_limit_lifts_after_its_window(runtime, clock):
+    _, _, code, _, _ = _start(runtime)
+    wrong = "000000" if code != "000000" else "111111"
+    for _ in range(cases.JOIN_GUESS_LIMIT):
+        with pytest.raises(cases.JoinRefused):
+            _join(runtime, wrong, openid="oB", now=clock.now())
+    clock.advance(cases.JOIN_GUESS_WINDOW)
+    assert _join(runtime, code, openid="oB", now=clock.now())[2] is True
