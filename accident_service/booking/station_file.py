@@ -113,7 +113,7 @@ def load_station_file(path: str | Path) -> list[StationSpec]:
     except (OSError, UnicodeDecodeError) as exc:
         raise StationFileError(f"{path}: cannot read: {exc}", path=str(path)) from exc
     try:
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if suffix == ".json" else yaml.load(text, Loader=_StationFileLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise StationFileError(f"{path}: not valid {suffix[1:].upper()}: {exc}", path=str(path)) from exc
     try:
@@ -121,6 +121,24 @@ def load_station_file(path: str | Path) -> list[StationSpec]:
     except StationFileError as exc:
         exc.details["path"] = str(path)
         raise
+
+
+class _StationFileLoader(yaml.SafeLoader):
+    """SafeLoader, except that an unquoted timestamp that is no real date stays a string.
+
+    PyYAML would raise a bare ValueError ("day is out of range") for
+    ``2026-02-30`` while loading; as a string it reaches the field check, which
+    refuses it naming the station and the field, like any other bad value.
+    """
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_StationFileLoader.add_constructor("tag:yaml.org,2002:timestamp", _StationFileLoader.construct_yaml_timestamp)
 
 
 def parse_stations(data: Any) -> list[StationSpec]:

@@ -28,9 +28,10 @@ def import_stations(session: Session, specs: Iterable[StationSpec]) -> ImportCou
     """Insert or update stations by code; running it twice with one file changes nothing.
 
     Stations missing from ``specs`` are left as they are (deactivate them with
-    ``active: false`` in the file: their slots and history stay). Existing
-    slots keep their capacity; a changed ``desks`` applies to slots generated
-    afterwards. Raises sqlalchemy errors only (the specs are already valid).
+    ``active: false`` in the file: their history stays). Slots are not
+    touched here: run :func:`accident_service.booking.slots.reconcile_slots`
+    afterwards (``import-stations`` does) so future slots follow the new
+    definition. Raises sqlalchemy errors only (the specs are already valid).
     """
     specs = list(specs)
     existing = {station.code: station for station in session.scalars(

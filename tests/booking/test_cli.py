@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
@@ -36,7 +38,15 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture
 def cli_env(tmp_path, database_url):
-    return {"DATA_DIR": str(tmp_path), "DATABASE_URL": database_url, "APP_ENV": "test"}
+    # The test database is already at head (SQLite: create_all, which Alembic would not recognise).
+    return {"DATA_DIR": str(tmp_path), "DATABASE_URL": database_url, "APP_ENV": "test", "AUTO_MIGRATE": "false",
+            "SLOT_GENERATION_DAYS": "1"}
+
+
+def coming_tuesday(weeks_ahead: int = 3) -> date:
+    """A Tuesday after the import's own generation horizon: the command is run against the real clock."""
+    later = datetime.now(UTC).date() + timedelta(weeks=weeks_ahead)
+    return later + timedelta(days=(1 - later.weekday()) % 7)
 
 
 def test_import_and_generate_are_idempotent(cli_env, runtime, tmp_path):
@@ -52,17 +62,19 @@ def test_import_and_generate_are_idempotent(cli_env, runtime, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "0 created, 0 updated, 4 unchanged" in again.stdout
 
-    generated = run_cli("generate-slots", "--days", "3", "--start-date", "2026-12-01", env=cli_env)
+    tuesday = coming_tuesday()
+    in_range = Slot.starts_at >= datetime.combine(tuesday, time(), ZoneInfo("Asia/Shanghai"))
+    generated = run_cli("generate-slots", "--days", "3", "--start-date", tuesday.isoformat(), env=cli_env)
     assert generated.returncode == 0, generated.stderr
     # Tue-Thu, 14 half-hour windows a day, at each of the 4 stations.
-    assert "slots: 168 created" in generated.stdout
+    assert "slots: 168 created, 0 updated, 0 removed" in generated.stdout
     with runtime.unit_of_work() as session:
-        first_slot = session.scalars(select(Slot).order_by(Slot.id)).first()
+        first_slot = session.scalars(select(Slot).where(in_range).order_by(Slot.id)).first()
         first_slot.booked = 1
-    repeat = run_cli("generate-slots", "--days", "3", "--start-date", "2026-12-01", env=cli_env)
-    assert repeat.returncode == 0 and "slots: 0 created" in repeat.stdout
+    repeat = run_cli("generate-slots", "--days", "3", "--start-date", tuesday.isoformat(), env=cli_env)
+    assert repeat.returncode == 0 and "slots: 0 created, 0 updated, 0 removed" in repeat.stdout
     with runtime.unit_of_work() as session:
-        assert session.scalar(select(func.count()).select_from(Slot)) == 168
+        assert session.scalar(select(func.count()).select_from(Slot).where(in_range)) == 168
         assert session.scalar(select(func.sum(Slot.booked))) == 1
         desks = dict(session.execute(select(Station.code, Station.desks)).all())
         capacity = dict(session.execute(select(Station.code, func.max(Slot.capacity)).join(Slot).group_by(Station.code))
