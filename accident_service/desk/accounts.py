@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
@@ -13,6 +15,7 @@ from accident_service.models import StaffRole, StaffUser, Station
 
 _hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 10
+USERNAME = re.compile(r"[a-z0-9._-]{1,64}")
 
 
 class InvalidStaffInput(ServiceError):
@@ -22,9 +25,9 @@ class InvalidStaffInput(ServiceError):
 def create_staff(session: Session, *, username: str, password: str, role: str, station_code: str | None,
                  clock: Clock) -> StaffUser:
     """Create a staff account. Raises InvalidStaffInput or Conflict (username taken)."""
-    username = username.strip()
-    if not username or len(username) > 64:
-        raise InvalidStaffInput("username must be 1-64 characters")
+    username = username.strip().lower()  # "SUP1" and "sup1" are one officer at the login prompt
+    if not USERNAME.fullmatch(username):
+        raise InvalidStaffInput("username must be 1-64 letters, digits, '.', '_' or '-'")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidStaffInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
     try:
