@@ -50,38 +50,16 @@ def test_malformed_database_url_fails_naming_it(tmp_path):
 @pytest.mark.slow
 def test_serve_keeps_the_callers_directory_for_relative_paths(tmp_path):
     """The quick start's relative defaults (./var) mean the same to `serve` as to every other command."""
-    import time
     from pathlib import Path
 
-    import requests
-
-    from tests.support.servers import free_port
+    from tests.support.servers import free_port, serving
 
     port = free_port()
     env = {key: value for key, value in os.environ.items()
            if key not in {"DATA_DIR", "DATABASE_URL", "STORAGE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
     env |= {"APP_ENV": "development", "LOG_LEVEL": "WARNING"}
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen([str(Path(sys.executable).with_name("accident-service")), "serve", "--bind",
-                                f"127.0.0.1:{port}", "--workers", "1"], cwd=tmp_path, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.2)
+    with serving([str(Path(sys.executable).with_name("accident-service")), "serve", "--bind", f"127.0.0.1:{port}",
+                  "--workers", "1"], env=env, port=port, log_path=tmp_path / "serve.log", cwd=tmp_path,
+                 ready_path="/readyz"):
         assert (tmp_path / "var" / "accident.db").exists()
         assert (tmp_path / "var" / "objects").is_dir()  # the readiness probe wrote its object here
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -17,8 +16,7 @@ import requests
 from accident_service import create_app
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
-from tests.support.live import wait_until
-from tests.support.servers import MotoS3Server, free_port
+from tests.support.servers import MotoS3Server, free_port, serving
 
 
 def test_healthz_and_readyz_ok(client):
@@ -143,12 +141,8 @@ def test_metrics_add_up_every_gunicorn_worker_and_show_queue_depths(tmp_path):
            "DATA_DIR": str(tmp_path / "var"), "WECHAT_TOKEN": "ops-token", "INBOX_PROCESS_INLINE": "false",
            "SECRET_KEY": "x", "APP_ENV": "test", "LOG_LEVEL": "WARNING"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen([str(Path(sys.executable).with_name("accident-service")), "serve", "--bind",
-                                f"127.0.0.1:{port}", "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(url + "/healthz"), timeout=60)
+    with serving([str(Path(sys.executable).with_name("accident-service")), "serve", "--bind", f"127.0.0.1:{port}",
+                  "--workers", "2"], env=env, port=port, log_path=tmp_path / "serve.log") as url:
         pushes = 24
         for msg_id in range(1, pushes + 1):
             timestamp, nonce = str(int(time.time())), str(msg_id)
@@ -165,18 +159,3 @@ def test_metrics_add_up_every_gunicorn_worker_and_show_queue_depths(tmp_path):
             assert _sample(text, "accident_inbound_messages_total", 'outcome="stored"') == pushes
             assert _sample(text, "accident_inbox_messages", 'status="pending"') == pushes
             assert _sample(text, "accident_inbox_messages", 'status="failed"') == 0
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False

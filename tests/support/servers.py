@@ -1,4 +1,4 @@
-"""Real servers on loopback for tests: moto's S3 server in a subprocess."""
+"""Real servers on loopback for tests: moto's S3 server, and any web server process."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import requests
 
@@ -62,3 +65,36 @@ class MotoS3Server:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+
+@contextmanager
+def serving(args: list[str], *, env: dict[str, str], port: int, log_path: Path, cwd: Path | None = None,
+            ready_path: str = "/healthz", timeout: float = 60.0) -> Iterator[str]:
+    """Run a web server process until ``ready_path`` answers 200; yields its URL, stops it after.
+
+    The process's output goes to ``log_path``, quoted when it fails to start.
+    """
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{args[0]} exited at startup:\n{log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                if requests.get(url + ready_path, timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no answer on {url}{ready_path}:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from accident_service.wechat.xml_gate import parse_inbound
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serving
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -538,35 +537,11 @@ def gunicorn_url(tmp_path, database_url) -> Iterator[str]:
            "WECHAT_APP_ID": APP_ID, "WECHAT_ENCODING_AES_KEY": "", "INBOX_PROCESS_INLINE": "false",
            "SECRET_KEY": "x", "APP_ENV": "test", "WECHAT_API_BASE_URL": "http://127.0.0.1:9/cgi-bin/",
            "LOG_LEVEL": "WARNING"}
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--chdir", str(REPO_ROOT), "--bind", f"127.0.0.1:{port}",
-             "--workers", "3", "--worker-class", "gthread", "--threads", "2", "--timeout", "30",
-             "--graceful-timeout", "5", "wsgi:app"],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited at startup:\n{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not answer /healthz:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
+    with serving([sys.executable, "-m", "gunicorn", "--chdir", str(REPO_ROOT), "--bind", f"127.0.0.1:{port}",
+                  "--workers", "3", "--worker-class", "gthread", "--threads", "2", "--timeout", "30",
+                  "--graceful-timeout", "5", "wsgi:app"], env=env, port=port,
+                 log_path=tmp_path / "gunicorn.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def _post_concurrently(url: str, body: bytes, senders: int) -> list[object]:
