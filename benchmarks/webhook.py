@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,10 @@ import requests
 from flask import Flask
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.servers import free_port, serving  # noqa: E402
+
 TOKEN = "bench-token"
 
 bare_app = Flask("bare")
@@ -72,8 +75,8 @@ def main() -> None:
                "WEB_CONCURRENCY": str(args.workers)}
         subprocess.run([str(Path(sys.executable).with_name("accident-service")), "db", "upgrade"], env=env,
                        check=True, cwd=REPO, capture_output=True, timeout=120)
-        servers = {"service": stack.enter_context(_gunicorn("wsgi:app", env)),
-                   "bare": stack.enter_context(_gunicorn("webhook:bare_app", env))}
+        servers = {"service": stack.enter_context(_gunicorn("wsgi:app", env, data_dir)),
+                   "bare": stack.enter_context(_gunicorn("webhook:bare_app", env, data_dir))}
         msg_ids = itertools.count(int(time.time()) * 1000)
         for url in servers.values():  # warm up: connections, imports, prepared statements
             _drive(url, 200, args.clients, msg_ids)
@@ -171,42 +174,12 @@ def _database(data_dir: Path):
         admin.dispose()
 
 
-@contextmanager
-def _gunicorn(app: str, env: dict[str, str]):
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "config" / "gunicorn.conf.py"), "--bind",
-         f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "--chdir", str(REPO),
-         "--pythonpath", str(REPO / "benchmarks"), app],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"gunicorn {app} exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"gunicorn {app} did not answer on {url}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _gunicorn(app: str, env: dict[str, str], log_dir: Path):
+    port = free_port()
+    return serving([sys.executable, "-m", "gunicorn", "-c", str(REPO / "config" / "gunicorn.conf.py"), "--bind",
+                    f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "--chdir", str(REPO),
+                    "--pythonpath", str(REPO / "benchmarks"), app],
+                   env=env, port=port, log_path=log_dir / f"{app.split(':')[0]}.log")
 
 
 def _count_stored(database_url: str) -> int:
