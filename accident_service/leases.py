@@ -9,9 +9,11 @@ are applied, and answered, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from accident_service.db import is_postgres
@@ -21,15 +23,24 @@ LeasedModel = type[InboundMessage] | type[Notification]
 MAX_BACKOFF = timedelta(minutes=10)
 
 
+Overtake = Callable[[Any, Any], ColumnElement[bool]]
+
+
 def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
-          limit: int, only_id: int | None = None, max_attempts: int | None = None) -> list[int]:
+          limit: int, only_id: int | None = None, max_attempts: int | None = None,
+          may_overtake: Overtake | None = None, on_failed: Callable[[list[int]], None] | None = None) -> list[int]:
     """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids.
 
     With ``max_attempts``, a row whose lease lapsed after its last allowed attempt
-    (its worker died or hung every time) is marked FAILED instead of claimed again.
+    (its worker died or hung every time) is marked FAILED instead of claimed again,
+    and ``on_failed`` gets their ids in this transaction. ``may_overtake(earlier,
+    row)``: when an unfinished older row of the same recipient does not hold a
+    row back.
     """
     if max_attempts is not None:
-        _fail_exhausted(session, model, now=now, max_attempts=max_attempts)
+        failed = _fail_exhausted(session, model, now=now, max_attempts=max_attempts)
+        if failed and on_failed is not None:
+            on_failed(failed)
     earlier = aliased(model)
     due = or_(and_(model.status == WorkStatus.PENDING, model.next_attempt_at <= now),
               and_(model.status == WorkStatus.PROCESSING, model.lease_until < now))
@@ -37,7 +48,8 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
     # (backoff) or held by a crashed worker must go first, not be overtaken.
     blocked = exists().where(
         earlier.openid == model.openid, earlier.id < model.id,
-        earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)))
+        earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
+        *([~may_overtake(earlier, model)] if may_overtake is not None else []))
     candidates = select(model.id).where(due, ~blocked).order_by(model.id).limit(limit)
     if only_id is not None:
         candidates = candidates.where(model.id == only_id)
@@ -52,9 +64,12 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
     return ids
 
 
-def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int) -> None:
+def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int) -> list[int]:
     # Without this a message that kills its worker would be claimed (and maybe re-sent) forever.
     exhausted = and_(model.status == WorkStatus.PROCESSING, model.lease_until < now, model.attempts >= max_attempts)
+    waiting_until = getattr(model, "waiting_until", None)
+    if waiting_until is not None:  # one waiting out an outage has attempts to spare until then
+        exhausted = and_(exhausted, or_(waiting_until.is_(None), waiting_until < now))
     stuck = select(model.id).where(exhausted).order_by(model.id)
     if is_postgres(session):
         stuck = stuck.with_for_update(skip_locked=True)
@@ -64,6 +79,7 @@ def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_
                         .values(status=WorkStatus.FAILED, lease_until=None,
                                 last_error=f"lease expired on each of {max_attempts} attempts (worker died or hung)")
                         .execution_options(synchronize_session=False))
+    return ids
 
 
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:

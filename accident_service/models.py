@@ -247,6 +247,9 @@ class InboundMessage(Base):
     leased_by: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None]
+    # Set while the message waits out an outage past the attempt limit (a photo while storage
+    # is down): the sender's later texts may go ahead of it, and it fails only after this.
+    waiting_until: Mapped[datetime | None]
 
 
 class Notification(Base):

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from sqlalchemy import and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -70,16 +71,43 @@ def _insert_inbound(postgres: bool):
     return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
 
 
-def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None) -> list[int]:
-    """Lease up to ``limit`` due messages for ``worker_id`` and return their ids (committed)."""
-    with runtime.unit_of_work() as session:
-        return leases.claim(session, InboundMessage, worker_id, now=runtime.clock.now(),
-                            lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id,
-                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS)
-
-
 Handler = Callable[[Runtime, InboundMessage, str], None]
 GiveUpHook = Callable[[Session, InboundMessage, datetime], None]
+
+
+def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None,
+              on_give_up: GiveUpHook | None = None) -> list[int]:
+    """Lease up to ``limit`` due messages for ``worker_id`` and return their ids (committed).
+
+    ``on_give_up`` runs for each message whose worker died on its last allowed attempt.
+    """
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        def failed(ids: list[int]) -> None:
+            for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(ids))):
+                _run_give_up_hook(on_give_up, session, row, now)
+
+        return leases.claim(session, InboundMessage, worker_id, now=now,
+                            lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id,
+                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS, may_overtake=_text_past_a_waiting_photo,
+                            on_failed=failed if on_give_up is not None else None)
+
+
+def _text_past_a_waiting_photo(earlier, row):
+    """A driver's texts and events need not wait behind a photo that waits out an outage; photos do
+    (they fill the checklist in the order they were sent)."""
+    return and_(earlier.waiting_until.is_not(None), row.msg_type != "image")
+
+
+def _run_give_up_hook(hook: GiveUpHook | None, session: Session, row: InboundMessage, now: datetime) -> None:
+    """The hook's writes or nothing; a failing hook never undoes the FAILED mark."""
+    if hook is None:
+        return
+    try:
+        with session.begin_nested():
+            hook(session, row, now)
+    except Exception:
+        log.exception("telling the sender of inbox message %s failed", row.id)
 
 
 def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
@@ -115,21 +143,22 @@ def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
 def finish(session: Session, row: InboundMessage, worker_id: str, now: datetime) -> None:
     """Mark the message done in the caller's transaction; raises LeaseLost if it is no longer ours."""
     if not leases.complete(session, InboundMessage, row.id, worker_id, status=WorkStatus.DONE, processed_at=now,
-                           last_error=None):
+                           last_error=None, waiting_until=None):
         raise LeaseLost(row.id)
 
 
 def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error: str, *,
                     keep_trying_until: datetime | None = None, on_give_up: GiveUpHook | None = None) -> str:
     now = runtime.clock.now()
-    give_up = row.attempts >= runtime.settings.INBOX_MAX_ATTEMPTS and not (
-        keep_trying_until is not None and now < keep_trying_until)
+    waiting = keep_trying_until is not None and now < keep_trying_until
+    give_up = row.attempts >= runtime.settings.INBOX_MAX_ATTEMPTS and not waiting
     with runtime.unit_of_work() as session:
         still_ours = leases.complete(session, InboundMessage, row.id, worker_id,
                                      status=WorkStatus.FAILED if give_up else WorkStatus.PENDING, last_error=error,
-                                     next_attempt_at=now + leases.backoff(row.attempts))
-        if still_ours and give_up and on_give_up is not None:
-            on_give_up(session, row, now)
+                                     next_attempt_at=now + leases.backoff(row.attempts),
+                                     waiting_until=keep_trying_until if waiting else None)
+        if still_ours and give_up:
+            _run_give_up_hook(on_give_up, session, row, now)
     if not still_ours:
         return "lost"
     if give_up:

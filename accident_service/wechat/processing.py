@@ -25,21 +25,18 @@ from accident_service.wechat.conversation import Conversation
 from accident_service.wechat.xml_gate import parse_inbound
 
 log = logging.getLogger(__name__)
-#: The driver was told "no need to resend": a photo waits out a storage
-#: outage this long, past the attempt limit (the platform keeps temporary
-#: media for 3 days). After that the driver is asked to send it again.
-STORAGE_OUTAGE_PATIENCE = timedelta(hours=24)
 
 
 def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_id: int | None = None) -> int:
     """Claim and process due messages; returns how many were processed."""
     done = 0
     if first_id is not None:
-        for message_id in inbox.claim_due(runtime, worker_id, limit=1, only_id=first_id):
+        for message_id in inbox.claim_due(runtime, worker_id, limit=1, only_id=first_id,
+                                          on_give_up=tell_sender_it_was_lost):
             inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
             done += 1
     for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
-        ids = inbox.claim_due(runtime, worker_id, limit=1)
+        ids = inbox.claim_due(runtime, worker_id, limit=1, on_give_up=tell_sender_it_was_lost)
         if not ids:
             break
         inbox.process(runtime, ids[0], worker_id, handle_inbound, tell_sender_it_was_lost)
@@ -70,8 +67,8 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message):
                              received_at=row.received_at)
     except StorageUnavailable as exc:
         _tell_once_photo_is_saving(runtime, row, message)
-        raise inbox.RetryLater("storage unavailable",
-                               keep_trying_until=row.received_at + STORAGE_OUTAGE_PATIENCE) from exc
+        patience = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)
+        raise inbox.RetryLater("storage unavailable", keep_trying_until=row.received_at + patience) from exc
     except TransientPhotoError as exc:
         raise inbox.RetryLater(str(exc)) from exc
     except WeChatApiError as exc:
@@ -109,9 +106,13 @@ def _saving_key(row: InboundMessage) -> str:
 
 
 def _tell_once_photo_is_saving(runtime: Runtime, row: InboundMessage, message) -> None:
+    """Tell the driver once; their draft counts the photo as activity, so it outlives the wait."""
+    now = runtime.clock.now()
     with runtime.unit_of_work() as session:
-        found = cases.open_case_for(session, str(message.source))
+        found = cases.open_case_for(session, str(message.source), for_update=True)
         language = found[1].language if found else preferences.language_of(session, str(message.source))
-        enqueue(session, openid=str(message.source), kind="reply",
-                text=messages.text("conv.photo_saving", language), dedupe_key=_saving_key(row),
-                now=runtime.clock.now(), case_id=found[0].id if found else None, language=language)
+        first_time = enqueue(session, openid=str(message.source), kind="reply",
+                             text=messages.text("conv.photo_saving", language), dedupe_key=_saving_key(row),
+                             now=now, case_id=found[0].id if found else None, language=language)
+        if first_time is not None and found is not None:
+            cases.touch(found[0], runtime.settings, now)

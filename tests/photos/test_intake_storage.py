@@ -133,7 +133,8 @@ def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, 
 
 
 def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_live, own_s3, clock, photos):
-    """The driver was told "no need to resend": the photo waits the outage out, past INBOX_MAX_ATTEMPTS."""
+    """The driver was told "no need to resend": the photo waits the outage out, past INBOX_MAX_ATTEMPTS,
+    and the driver's texts meanwhile are answered rather than held behind it."""
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
                          INBOX_MAX_ATTEMPTS=2)
     start_case(wechat, runtime)
@@ -144,13 +145,22 @@ def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_li
         drain(runtime)
     [message] = image_messages(runtime)
     assert message.status is WorkStatus.PENDING and message.attempts >= 6
+    wechat.post_text(DRIVER, "状态")
+    drain(runtime)
+    assert wechat.messages_to(DRIVER)[-1].startswith("案件")  # answered while the photo still waits
+    wechat.post_text(DRIVER, "粤A12345")
+    drain(runtime)
+    assert wechat.messages_to(DRIVER)[-2] == reply("conv.plate_saved", plate="粤A12345")
+    second = send_photo(wechat, runtime, photos.medium_jpeg("astronaut"), process=False)
+    drain(runtime)  # a later photo waits behind the first: the checklist keeps the order they were sent in
+    assert [m.status for m in image_messages(runtime)] == [WorkStatus.PENDING, WorkStatus.PENDING]
 
     own_s3.start()
     clock.advance(minutes=11)
     drain(runtime)
-    [message] = image_messages(runtime)
-    assert message.status is WorkStatus.DONE
-    assert [photo.status for photo in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+    assert [m.status for m in image_messages(runtime)] == [WorkStatus.DONE, WorkStatus.DONE]
+    assert [(p.item, p.media_id) for p in photos_of(runtime)][1] == (2, second)
+    assert [photo.status for photo in photos_of(runtime)] == [PhotoStatus.ACCEPTED, PhotoStatus.ACCEPTED]
     seen = wechat.messages_to(DRIVER)
     assert seen.count(reply("conv.photo_saving")) == 1 and seen.count(reply("conv.photo_saved_late")) == 1
     assert reply("conv.photo_lost") not in seen
@@ -158,14 +168,12 @@ def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_li
 
 def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wechat, start_live, own_s3, clock,
                                                                               photos):
-    from accident_service.wechat.processing import STORAGE_OUTAGE_PATIENCE
-
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
                          INBOX_MAX_ATTEMPTS=2)
     start_case(wechat, runtime)
     own_s3.stop()
     send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
-    clock.advance(STORAGE_OUTAGE_PATIENCE)
+    clock.advance(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)  # as long as a quiet draft lives
     drain(runtime)
     [message] = image_messages(runtime)
     assert message.status is WorkStatus.FAILED

@@ -294,6 +294,45 @@ def test_worker_dying_on_every_attempt_ends_failed_not_in_a_loop(runtime, clock)
     assert row.status is WorkStatus.FAILED and row.attempts == MAX_ATTEMPTS
 
 
+def test_a_message_whose_worker_died_on_its_last_attempt_tells_the_sender(runtime, clock):
+    message_id = push(runtime)
+    told: list[int] = []
+    for attempt in range(MAX_ATTEMPTS + 1):
+        inbox.claim_due(runtime, f"w{attempt}", on_give_up=lambda session, row, now: told.append(row.id))
+        past_lease(clock)
+    assert load(runtime, message_id).status is WorkStatus.FAILED and told == [message_id]
+
+
+def test_a_message_waiting_out_an_outage_survives_dying_workers_until_its_deadline(runtime, clock):
+    message_id = push(runtime)
+    deadline = clock.now() + timedelta(hours=2)
+    outage = inbox.RetryLater("storage unavailable", keep_trying_until=deadline)
+    for _ in range(MAX_ATTEMPTS):  # attempts used up while waiting
+        clock.advance(minutes=10)
+        assert inbox.claim_due(runtime, "w1") == [message_id]
+        inbox.process(runtime, message_id, "w1", failing_with(outage))
+    clock.advance(minutes=10)
+    assert inbox.claim_due(runtime, "w2") == [message_id]  # ...and this worker dies
+    past_lease(clock)
+    assert inbox.claim_due(runtime, "w3") == [message_id]  # still waiting, not failed
+    clock.advance(deadline - clock.now() + timedelta(minutes=1))
+    inbox.claim_due(runtime, "sweeper")
+    assert load(runtime, message_id).status is WorkStatus.FAILED
+
+
+def test_a_failing_give_up_hook_does_not_undo_the_failure(runtime, clock):
+    message_id = push(runtime)
+
+    def broken_hook(session, row, now):
+        raise RuntimeError("cannot tell the sender")
+
+    for _ in range(MAX_ATTEMPTS):
+        clock.advance(days=1)
+        inbox.claim_due(runtime, "w1")
+        inbox.process(runtime, message_id, "w1", failing_with(RuntimeError("bug")), on_give_up=broken_hook)
+    assert load(runtime, message_id).status is WorkStatus.FAILED
+
+
 # --- real concurrency (PostgreSQL) ----------------------------------------
 
 def _claim_concurrently(runtime, workers: int, handle) -> tuple[dict[str, list[int]], list[BaseException]]:
