@@ -122,13 +122,15 @@ def appointment_summary(case: Case, language: str) -> str | None:
 
 
 def retake_done(session: Session, runtime: Runtime, case: Case, *, now: datetime, photo_id: int | None = None) -> None:
-    """A retaken photo came in: a RETAKE_REQUESTED case returns to BOOKED (CONFIRMED if its
-    appointment is confirmed; READY if it has none), its evidence fingerprint is renewed and
-    both parties are told the new one (``photo_id``, the new photo, names the notice).
-    Other states are left alone.
+    """A retaken photo came in: once no party owes a requested photo, a RETAKE_REQUESTED case
+    returns to BOOKED (CONFIRMED if its appointment is confirmed; READY if it has none), its
+    evidence fingerprint is renewed and both parties are told the new one (``photo_id``, the
+    last new photo, names the notice). Other states are left alone.
     """
     if case.status is not CaseStatus.RETAKE_REQUESTED:
         return
+    if any(party.retake_item for party in case.parties):
+        return  # the other party's requested photo is still to come
     appointment = active_appointment(case)
     if appointment is None:
         status = CaseStatus.READY

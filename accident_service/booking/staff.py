@@ -62,10 +62,13 @@ def request_retake(session: Session, case: Case, *, item: int, reason: str, staf
     reason = reason.strip()[:200]
     if not reason:
         raise RetakeRefused("say why the photo must be retaken")
+    taker = _who_took(case, item)
+    if taker.retake_item:
+        # One photo at a time per driver: their next photo answers the pending request.
+        raise RetakeRefused(f"party {taker.role.value} has yet to retake photo {taker.retake_item}")
     before = case.status.value
     case.status = CaseStatus.RETAKE_REQUESTED
     case.updated_at = now
-    taker = _who_took(case, item)
     taker.retake_item = item
     request = cases.record_audit(session, actor_type="staff", actor=staff, action="photo.retake_requested",
                                  case_id=case.id, before={"status": before}, after={"item": item, "reason": reason},

@@ -99,3 +99,32 @@ def test_bad_retake_requests_change_nothing(wechat_runtime, booked_case):
                 request_retake(session, case, item=item, reason=reason, staff="officer1",
                                settings=wechat_runtime.settings, now=wechat_runtime.clock.now())
         assert case.status is CaseStatus.BOOKED
+
+
+def test_retakes_asked_of_both_drivers_keep_the_case_open_until_both_are_in(wechat, wechat_runtime, booked_case):
+    now = wechat_runtime.clock.now()
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        party_b = next(party for party in case.parties if party.role.value == "B")
+        photo_4 = next(p for p in case.photos if p.item == 4 and p.status is PhotoStatus.ACCEPTED)
+        photo_4.party_id = party_b.id  # as if B had sent the other car's plate
+        item_of = {"A": 2, "B": 4}
+        for role in ("A", "B"):
+            request_retake(session, case, item=item_of[role], reason="看不清", staff="officer1",
+                           settings=wechat_runtime.settings, now=now)
+        with pytest.raises(RetakeRefused):  # one pending photo per driver
+            request_retake(session, case, item=item_of["A"], reason="again", staff="officer1",
+                           settings=wechat_runtime.settings, now=now)
+    drain(wechat_runtime)
+    wechat.post_image(A, wechat.add_media("retake-a", make_jpeg("retake-a", 1600, 1200)))
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        assert session.get(Case, booked_case).status is CaseStatus.RETAKE_REQUESTED  # B's photo still to come
+    wechat.post_image(B, wechat.add_media("retake-b", make_jpeg("retake-b", 1600, 1200)))
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        case = session.get(Case, booked_case)
+        assert case.status is CaseStatus.BOOKED
+        assert case.evidence_fingerprint == evidence_fingerprint(case)
+        latest = {p.item: p for p in case.photos if p.status is PhotoStatus.ACCEPTED}
+        assert all(latest[item].media_id in ("retake-a", "retake-b") for item in item_of.values())
