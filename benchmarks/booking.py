@@ -10,7 +10,7 @@ the same number of attempts, on rows of its own:
   ``UPDATE slot SET booked = booked + 1 WHERE id = :id AND booked < capacity``
   and, when it wins, an INSERT into appointment (SQLAlchemy Core);
 * service: one unit of work per attempt as the conversation's ``choose``
-  runs it: ``cases.open_case_for(openid, for_update=True)`` (the case row
+  runs it: ``cases.open_case_for(openid, for_update=True, for_booking=True)`` (the case row
   locked, the sender's party), then ``booking.api.book_choice`` (seat,
   appointment, case status, fingerprint, audit, notices for both parties in
   the outbox);
@@ -240,7 +240,8 @@ def _service_attempt(runtime: Runtime, case_id: int) -> bool:
     """As the conversation's ``choose``: the sender's case and party, the case locked, then book_choice."""
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
-        case, party = cases.open_case_for(session, _openid(case_id, PartyRole.A), for_update=True)
+        case, party = cases.open_case_for(session, _openid(case_id, PartyRole.A), for_update=True,
+                                            for_booking=True)
         return booking.book_choice(session, runtime, case, party, 1, now=now).booked
 
 

@@ -3,7 +3,7 @@
 A booking needs what its notices show and hash (the slot's station and time,
 the parties, the accepted photos) before it takes the seat, so the notices
 are rendered while no slot is locked. On PostgreSQL these facts come with the
-case itself: ``cases.open_case_for(..., for_update=True)`` loads them in its
+case itself: ``cases.open_case_for(..., for_update=True, for_booking=True)`` loads them in its
 locked SELECT (:data:`CASE_FACTS_SQL`, for every slot the case was offered),
 and the write checks that they still hold (see below). Otherwise they are
 read in one SELECT that locks nothing (:func:`read_facts`). Then the notices

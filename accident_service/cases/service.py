@@ -62,10 +62,16 @@ class Missing:
                 and not self.details)
 
 
-def open_case_for(session: Session, openid: str, *, for_update: bool = False) -> tuple[Case, Party] | None:
-    """The caller's newest open case and their party in it, or None."""
-    row = session.execute(_open_case_query(for_update, for_update and is_postgres(session)),
-                          {"openid": openid}).first()
+def open_case_for(session: Session, openid: str, *, for_update: bool = False,
+                  for_booking: bool = False) -> tuple[Case, Party] | None:
+    """The caller's newest open case and their party in it, or None.
+
+    ``for_booking`` (with ``for_update``): the caller is about to book an offered slot, so
+    on PostgreSQL the booking's facts come along (see ``booking.writes``); other messages
+    do not pay for them.
+    """
+    facts = for_booking and for_update and is_postgres(session)
+    row = session.execute(_open_case_query(for_update, facts), {"openid": openid}).first()
     return (row[0], row[1]) if row else None
 
 
@@ -112,22 +118,25 @@ def start_case(session: Session, *, openid: str, language: str, settings: Settin
 
 
 def join_case(session: Session, *, code: str, openid: str, language: str, settings: Settings,
-              now: datetime) -> tuple[Case, Party, bool]:
+              now: datetime, typed: bool = True) -> tuple[Case, Party, bool]:
     """Join the case with ``code`` as party B. Returns (case, party, newly_joined).
 
     Raises JoinRefused: unknown_code, own_case, taken (another B joined), closed,
     too_many_attempts (JOIN_GUESS_LIMIT unknown codes within JOIN_GUESS_WINDOW:
-    six digits must not be guessable by trying them).
+    six digits must not be guessable by trying them). A scanned QR code (``typed=False``)
+    is neither limited nor counted: its scene cannot be guessed.
     """
-    since = now - JOIN_GUESS_WINDOW
-    wrong = session.scalar(select(func.count()).select_from(AuditEvent).where(
-        AuditEvent.action == "case.join_unknown_code", AuditEvent.actor == openid[:64], AuditEvent.at > since))
-    if wrong >= JOIN_GUESS_LIMIT:
-        raise JoinRefused("too_many_attempts")
+    if typed:
+        since = now - JOIN_GUESS_WINDOW
+        wrong = session.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.action == "case.join_unknown_code", AuditEvent.actor == openid[:64], AuditEvent.at > since))
+        if wrong >= JOIN_GUESS_LIMIT:
+            raise JoinRefused("too_many_attempts")
     case = session.scalar(select(Case).where(Case.join_code == code).with_for_update())
     if case is None:
-        record_audit(session, actor_type="wechat", actor=openid[:64], action="case.join_unknown_code", case_id=None,
-                     now=now)
+        if typed:
+            record_audit(session, actor_type="wechat", actor=openid[:64], action="case.join_unknown_code",
+                         case_id=None, now=now)
         raise JoinRefused("unknown_code")
     if case.status not in OPEN_CASE_STATUSES:
         raise JoinRefused("closed")

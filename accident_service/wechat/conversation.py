@@ -38,7 +38,9 @@ class Conversation:
         self.now = now
         self.openid = str(message.source)
         self._reply_count = 0
-        found = cases.open_case_for(session, self.openid, for_update=True)
+        self.intent = classify(str(message.content or "")) if getattr(message, "type", "") == "text" else None
+        found = cases.open_case_for(session, self.openid, for_update=True,
+                                    for_booking=self.intent is not None and self.intent.kind is IntentKind.CHOICE)
         self.case: Case | None = found[0] if found else None
         self.party: Party | None = found[1] if found else None
         self.language = self.party.language if self.party else preferences.language_of(session, self.openid)
@@ -102,7 +104,7 @@ class Conversation:
         # unsubscribe, location reports, template results: nothing to say
 
     def on_text(self, content: str) -> None:
-        intent = classify(content)
+        intent = self.intent or classify(content)
         handlers = {
             IntentKind.REPORT: lambda: self.start(),
             IntentKind.STATUS: lambda: self.status(),
@@ -163,7 +165,8 @@ class Conversation:
     def join(self, code: str, *, by_qr: bool = False) -> None:
         try:
             case, party, newly = cases.join_case(self.session, code=code, openid=self.openid,
-                                                 language=self.language, settings=self.settings, now=self.now)
+                                                 language=self.language, settings=self.settings, now=self.now,
+                                                 typed=not by_qr)
         except cases.JoinRefused as refused:
             # A scanned code was never typed: do not ask to check and resend it.
             reason = "unknown_qr" if by_qr and refused.code == "unknown_code" else refused.code

@@ -59,7 +59,7 @@ def store_inbound(session: Session, message, xml_text: str, now: datetime) -> in
     """
     return session.connection().execute(_insert_inbound(is_postgres(session)), {
         "dedupe_key": dedupe_key_for(message), "openid": str(message.source)[:64],
-        "msg_type": _msg_type(message)[:32], "payload": xml_text, "received_at": now,
+        "msg_type": msg_type_of(message)[:32], "payload": xml_text, "received_at": now,
         "status": WorkStatus.PENDING, "attempts": 0, "next_attempt_at": now}).scalar()
 
 
@@ -167,6 +167,6 @@ def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error
     return "retry"
 
 
-def _msg_type(message) -> str:
+def msg_type_of(message) -> str:
     kind = getattr(message, "type", "unknown")
     return f"event:{message.event}" if kind == "event" else kind

@@ -40,9 +40,11 @@ _RETAKE_RE = re.compile(r"(?:重拍|retake)\s*(?:第\s*)?([0-9]{1,2})?\s*(?:张)
 # What drivers type around a plate, a phone number or a code ("我的车牌：粤A12345。",
 # "手机13800138000", "(+86)138..."): a leading label, brackets round the country
 # code, and closing punctuation are dropped before the value is parsed.
-_VALUE_LABEL = re.compile(r"^(?:我的|本人|对方)?(?:车牌号码|车牌号|车牌|手机号码|手机号|手机|电话号码|电话|联系电话"
-                          r"|加入码|plate(?: number)?|mobile(?: number)?|phone(?: number)?|code"
-                          r"|my plate is|my number is)\s*(?:是|为|is)?\s*[:：]?\s*", re.IGNORECASE)
+# "对方…" (the other party's) is not a label: a driver sets only their own details.
+_VALUE_LABEL = re.compile(r"^(?:(?:我的|本人)?"
+                          r"(?:车牌号码|车牌号|车牌|手机号码|手机号|手机|电话号码|电话|联系电话|加入码)"
+                          r"|(?:my\s+)?(?:plate|car|mobile|phone|number|tel|code)(?:\s+number)?)"
+                          r"\s*(?:是|为|is)?\s*[:：]?\s*", re.IGNORECASE)
 _VALUE_PUNCTUATION = "。.!！,，;；~～ "
 # Zero-width characters survive NFKC and are invisible to the driver, but
 # would make "1\u200b" fail to match; they are dropped.
@@ -172,8 +174,9 @@ def classify(text: str) -> Intent:
     if retake is not None:
         number = retake.group(1)
         return Intent(IntentKind.RETAKE, int(number) if number else None)
-    if _CHOICE_RE.fullmatch(clean):
-        return Intent(IntentKind.CHOICE, int(clean))
+    choice = clean.strip(_KEYWORD_PUNCTUATION)  # "2。" picks slot 2 as well
+    if _CHOICE_RE.fullmatch(choice):
+        return Intent(IntentKind.CHOICE, int(choice))
     value_text = _VALUE_LABEL.sub("", clean).strip(_VALUE_PUNCTUATION)
     value_text = re.sub(r"^[(（]\s*(\+?86)\s*[)）]", r"\1", value_text)
     for kind, parse in (

@@ -90,9 +90,15 @@ def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
         return case.case_no
 
 
+#: Events a driver causes and can repeat (a menu click, a QR scan).
+DRIVER_ACTIONS = ("click", "scan", "subscribe_scan")
+
+
 def tell_sender_it_was_lost(session, row: InboundMessage, now: datetime) -> None:
     """The message failed for good: ask the driver to send it again rather than leave them waiting."""
     message = parse_inbound(row.payload)
+    if getattr(message, "type", "") == "event" and getattr(message, "event", "") not in DRIVER_ACTIONS:
+        return  # a follow, a location report, a delivery receipt: nothing the driver could redo
     found = cases.open_case_for(session, str(message.source))
     language = found[1].language if found else preferences.language_of(session, str(message.source))
     key = "conv.photo_lost" if getattr(message, "type", "") == "image" else "conv.message_lost"

@@ -71,7 +71,7 @@ def receive():
             _require_first_body_for_signature(session, runtime, body)  # a refusal rolls back: nothing stored
         row_id = inbox.store_inbound(session, message, xml_text, runtime.clock.now())
     outcome = "stored" if row_id else "duplicate"
-    metrics.INBOUND_MESSAGES.labels(inbox._msg_type(message), outcome).inc()
+    metrics.INBOUND_MESSAGES.labels(inbox.msg_type_of(message), outcome).inc()
     if row_id and settings.INBOX_PROCESS_INLINE:
         submit_after_response(runtime, row_id)
     metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)

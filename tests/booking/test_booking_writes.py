@@ -198,7 +198,7 @@ def test_a_first_booking_on_postgres_is_one_read_and_one_write(runtime, world):
 def test_a_first_booking_of_a_case_loaded_by_open_case_for_is_one_write(runtime, world):
     """The conversation's locked SELECT brings the facts along: no read between it and the write."""
     with runtime.unit_of_work() as session:
-        case, party = cases.open_case_for(session, world["openids"][0], for_update=True)
+        case, party = cases.open_case_for(session, world["openids"][0], for_update=True, for_booking=True)
         emitted = _statements_of_a_booking(runtime, session, case, party)
     assert len(emitted) == 1
     assert emitted[0].lstrip().startswith("WITH") and "UPDATE slot" in emitted[0]
@@ -208,7 +208,7 @@ def test_a_first_booking_of_a_case_loaded_by_open_case_for_is_one_write(runtime,
 @pytest.mark.postgres_only
 def test_facts_loaded_with_the_case_are_the_facts_a_read_finds(runtime, world):
     with runtime.unit_of_work() as session:
-        case, _ = cases.open_case_for(session, world["openids"][0], for_update=True)
+        case, _ = cases.open_case_for(session, world["openids"][0], for_update=True, for_booking=True)
         for slot_id in world["slots"]:
             loaded, _ = writes.facts_loaded_with(case, slot_id)
             read = writes.read_facts(session, case.id, slot_id, now=T0)
@@ -230,7 +230,7 @@ def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones
 
         def choose() -> None:
             with runtime.unit_of_work() as session:
-                case, party = cases.open_case_for(session, world["openids"][0], for_update=True)
+                case, party = cases.open_case_for(session, world["openids"][0], for_update=True, for_booking=True)
                 outcome["result"] = booking.book_choice(session, runtime, case, party, 1, now=T0)
 
         chooser = threading.Thread(target=choose)

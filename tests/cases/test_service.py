@@ -19,11 +19,11 @@ def _start(runtime, openid="oA", language="zh"):
         return case.id, case.case_no, case.join_code, party.role, created
 
 
-def _join(runtime, code, openid="oB", now=T0):
+def _join(runtime, code, openid="oB", now=T0, typed=True):
     with runtime.unit_of_work() as session:
         try:
             case, party, joined = cases.join_case(session, code=code, openid=openid, language="en",
-                                                  settings=runtime.settings, now=now)
+                                                  settings=runtime.settings, now=now, typed=typed)
         except cases.JoinRefused:
             session.commit()  # as the conversation does: a refusal is answered, its record kept
             raise
@@ -157,3 +157,12 @@ def test_the_guess_limit_lifts_after_its_window(runtime, clock):
             _join(runtime, wrong, openid="oB", now=clock.now())
     clock.advance(cases.JOIN_GUESS_WINDOW)
     assert _join(runtime, code, openid="oB", now=clock.now())[2] is True
+
+
+def test_a_scanned_qr_code_is_not_held_back_by_wrong_typed_codes(runtime):
+    _, _, code, _, _ = _start(runtime)
+    wrong = "000000" if code != "000000" else "111111"
+    for _ in range(cases.JOIN_GUESS_LIMIT):
+        with pytest.raises(cases.JoinRefused):
+            _join(runtime, wrong, openid="oB")
+    assert _join(runtime, code, openid="oB", typed=False)[2] is True

@@ -300,11 +300,18 @@ def test_classify_never_raises_on_arbitrary_unicode(text: str) -> None:
     ("加入码 123456", IntentKind.JOIN_CODE, "123456"),
     ("重拍第2张", IntentKind.RETAKE, 2),
     ("重拍 第 3 张", IntentKind.RETAKE, 3),
+    ("2。", IntentKind.CHOICE, 2),
+    ("３。", IntentKind.CHOICE, 3),
+    ("My plate: 粤A12345", IntentKind.PLATE, "粤A12345"),
+    ("my phone is 13800138000", IntentKind.PHONE, "13800138000"),
+    ("my mobile is 138 0013 8000", IntentKind.PHONE, "13800138000"),
+    ("tel:13800138000", IntentKind.PHONE, "13800138000"),
 ])
 def test_labels_and_punctuation_drivers_add_are_understood(typed, kind, value):
     assert classify(typed) == Intent(kind, value)
 
 
-@pytest.mark.parametrize("typed", ["车牌", "手机", "我的车牌是", "code", "手机1380013800"])
+@pytest.mark.parametrize("typed", ["车牌", "手机", "我的车牌是", "code", "手机1380013800",
+                                   "对方车牌：粤B99999", "对方手机13900139000", "对方电话：13900139000"])
 def test_a_label_without_a_valid_value_stays_unknown(typed):
     assert classify(typed).kind is IntentKind.UNKNOWN
