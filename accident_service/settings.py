@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import math
 import os
+import re
 import secrets
 import tomllib
 from base64 import b64decode
@@ -120,6 +121,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
     merged: dict[str, Any] = dict(defaults)
     merged.update({k: v for k, v in environ.items() if k in defaults or k.startswith(TEMPLATE_PREFIX)})
     merged.update(overrides or {})
+    given = {k for k in (*environ, *(overrides or {})) if k in defaults}  # set by the operator, not defaults
     values: dict[str, Any] = {}
     for f in fields(Settings):
         if f.name == "templates":
@@ -127,26 +129,58 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
         if f.name not in merged:
             raise SettingsError(f"{f.name}: not set and no default in {CONFIG_DIR / 'defaults.toml'}")
         values[f.name] = _convert(f.name, str(f.type), merged[f.name])
-    data_dir = values["DATA_DIR"]
+    data_dir = _check_data_dir(values["DATA_DIR"])
     for key in ("DATABASE_URL", "STORAGE_URL"):
         values[key] = values[key].replace("{data_dir}", data_dir)
     values["templates"] = {k[len(TEMPLATE_PREFIX):].lower(): str(v) for k, v in merged.items()
                            if k.startswith(TEMPLATE_PREFIX) and str(v).strip()}
-    _validate(values)
+    _validate(values, given)
     if not values["SECRET_KEY"]:
         values["SECRET_KEY"] = _development_secret(Path(data_dir))
     return Settings(**values)
 
 
-def _validate(values: dict[str, Any]) -> None:
+def _check_data_dir(value: str) -> str:
+    """DATA_DIR exists (created if missing) and is a directory; the OS's reason otherwise.
+
+    Checked even when nothing is kept there yet, so a typo stops startup here,
+    not at the first photo or the first SQLite connection.
+    """
+    if not value.strip():
+        # An empty DATA_DIR would put sqlite:///{data_dir}/... and file://{data_dir}/... at the filesystem root.
+        raise SettingsError("DATA_DIR: must not be empty (a directory for the SQLite file, photos and the "
+                            "development secret key, like ./var)")
+    if "\x00" in value:
+        raise SettingsError(f"DATA_DIR: contains a NUL character: {value!r}")
+    shown = value if len(value) <= 200 else value[:200] + "..."
+    try:
+        Path(value).mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise SettingsError(f"DATA_DIR: {shown!r} exists and is not a directory") from exc
+    except OSError as exc:  # a file on the way (Not a directory), permissions, a name too long, ...
+        raise SettingsError(f"DATA_DIR: cannot create the directory {shown!r}: "
+                            f"{exc.strerror or type(exc).__name__}") from exc
+    return value
+
+
+def _validate(values: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
+    """Check every value; ``given`` names the settings the operator set (for blaming the right one)."""
     if values["APP_ENV"] not in {"development", "production", "test"}:
         raise SettingsError(f"APP_ENV: expected development, production or test, got {values['APP_ENV']!r}")
-    _check_numbers(values)
+    _check_numbers(values, given)
     _check_urls(values)
-    values["LOG_LEVEL"] = values["LOG_LEVEL"].strip().upper()  # "info" works too; kept as logging spells it
+    _check_s3_region(values["S3_REGION"])
+    given_level, values["LOG_LEVEL"] = values["LOG_LEVEL"], values["LOG_LEVEL"].strip().upper()  # "info" works too
     if values["LOG_LEVEL"] not in LOG_LEVELS:
-        raise SettingsError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {values['LOG_LEVEL']!r}")
+        raise SettingsError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {given_level!r}")
     _check_aes_key(values["WECHAT_ENCODING_AES_KEY"])
+    # Encrypted pushes carry the AppID, which decryption checks: without it every one of them fails.
+    if values["WECHAT_ENCODING_AES_KEY"] and not values["WECHAT_APP_ID"].strip():
+        raise SettingsError("WECHAT_APP_ID: required when WECHAT_ENCODING_AES_KEY is set (encrypted pushes "
+                            "are checked against the official account's AppID)")
+    # Empty means "generate one" (development); blanks would be used as the key itself.
+    if values["SECRET_KEY"] and not values["SECRET_KEY"].strip():
+        raise SettingsError("SECRET_KEY: only whitespace; leave it empty (development only) or set a real key")
     # Every push and the URL check (GET echostr) are signed with the token; an
     # empty one is a signature anybody can compute, in any environment.
     if not values["WECHAT_TOKEN"].strip():
@@ -154,7 +188,7 @@ def _validate(values: dict[str, Any]) -> None:
                             "server configuration page)")
     if values["APP_ENV"] == "production":
         for name in ("SECRET_KEY", "WECHAT_APP_ID", "WECHAT_APP_SECRET", "WECHAT_TOKEN"):
-            if not values[name] or values[name].startswith("dev-") or values[name] == "wx-dev-app":
+            if not values[name].strip() or values[name].startswith("dev-") or values[name] == "wx-dev-app":
                 raise SettingsError(f"{name}: must be set to a real value when APP_ENV=production")
     for name in ("PHOTO_CHECKLIST",):
         if not values[name]:
@@ -186,6 +220,8 @@ class NumberRange:
     def describe(self) -> str:
         if self.minimum is not None and self.maximum is not None:
             text = f"between {self.minimum} and {self.maximum}"
+        elif self.above is not None and self.maximum is not None:
+            text = f"more than {self.above} and at most {self.maximum}"
         elif self.maximum is not None:
             text = f"at most {self.maximum}"
         elif self.above is not None:
@@ -196,48 +232,62 @@ class NumberRange:
 
 
 def number_ranges() -> dict[str, NumberRange]:
-    """The accepted range of every numeric setting (a test checks none is missing)."""
-    positive = NumberRange(minimum=1)
+    """The accepted range of every numeric setting (a test checks none is missing or unbounded).
+
+    Upper bounds keep a typo (an extra zero, a paste of the wrong value) from
+    overflowing a date computation in a job that then fails on every run.
+    """
+    day = 24 * 3600
+    week_minutes = 7 * 24 * 60
+    mib = 2**20
     return {
-        "PRESIGNED_URL_SECONDS": NumberRange(1, 7 * 24 * 3600, why="S3 refuses links valid for over 7 days"),
-        "WECHAT_API_TIMEOUT_SECONDS": NumberRange(above=0),
-        "WECHAT_MAX_BODY_BYTES": positive,
-        "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": NumberRange(0, why="0 turns the check off"),
-        "INBOX_LEASE_SECONDS": positive,
-        "INBOX_MAX_ATTEMPTS": positive,
-        "OUTBOX_MAX_ATTEMPTS": positive,
-        "PHOTO_MAX_BYTES": positive,
-        "PHOTO_MIN_SHORT_SIDE": positive,
+        "PRESIGNED_URL_SECONDS": NumberRange(1, 7 * day, why="S3 refuses links valid for over 7 days"),
+        "WECHAT_API_TIMEOUT_SECONDS": NumberRange(above=0, maximum=300),
+        "WECHAT_MAX_BODY_BYTES": NumberRange(1, 16 * mib, why="WeChat pushes are a few kilobytes"),
+        "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": NumberRange(0, day, why="0 turns the check off"),
+        "INBOX_LEASE_SECONDS": NumberRange(1, day),
+        # Retries wait 5 s * 2^(attempt-1) (capped); far above 30 that doubling overflows a timedelta.
+        "INBOX_MAX_ATTEMPTS": NumberRange(1, 30),
+        "OUTBOX_MAX_ATTEMPTS": NumberRange(1, 30),
+        "PHOTO_MAX_BYTES": NumberRange(1, 200 * mib),
+        "PHOTO_MIN_SHORT_SIDE": NumberRange(1, 20000),
         "PHOTO_MAX_PIXELS": NumberRange(1, _pillow_pixel_limit(),
                                         why="above it Pillow treats every photo as a decompression bomb"),
-        "PHOTO_MAX_CAPTURE_AGE_MINUTES": positive,
-        "BOOKING_LEAD_MINUTES": NumberRange(0, why="0 offers slots starting now"),
+        "PHOTO_MAX_CAPTURE_AGE_MINUTES": NumberRange(1, week_minutes, why="7 days"),
+        "BOOKING_LEAD_MINUTES": NumberRange(0, week_minutes, why="0 offers slots starting now; at most 7 days"),
         "BOOKING_OFFER_COUNT": NumberRange(1, 9, why="drivers choose an offer with one digit"),
-        "BOOKING_NEAREST_STATIONS": positive,
-        "BOOKING_SEARCH_DAYS": positive,
-        "REMINDER_MINUTES": positive,
-        "DRAFT_EXPIRY_MINUTES": positive,
-        "NO_SHOW_GRACE_MINUTES": NumberRange(0, why="0 closes a no-show as soon as the slot ends"),
-        "SLOT_GENERATION_DAYS": positive,
-        "JOIN_QR_EXPIRE_SECONDS": NumberRange(1, 30 * 24 * 3600, why="WeChat's temporary QR codes last 30 days"),
+        "BOOKING_NEAREST_STATIONS": NumberRange(1, 100),
+        "BOOKING_SEARCH_DAYS": NumberRange(1, 366),
+        "REMINDER_MINUTES": NumberRange(1, week_minutes, why="7 days"),
+        "DRAFT_EXPIRY_MINUTES": NumberRange(1, week_minutes, why="7 days"),
+        "NO_SHOW_GRACE_MINUTES": NumberRange(0, week_minutes, why="0 closes a no-show as soon as the slot ends; "
+                                                                  "at most 7 days"),
+        "SLOT_GENERATION_DAYS": NumberRange(1, 366),
+        "JOIN_QR_EXPIRE_SECONDS": NumberRange(1, 30 * day, why="WeChat's temporary QR codes last 30 days"),
     }
 
 
-def _pillow_pixel_limit() -> int | None:
+def _pillow_pixel_limit() -> int:
     """Pillow's decompression-bomb warning level, which photo intake refuses to go above."""
     from PIL import Image  # imported here: only settings validation needs it, not every importer
 
-    return Image.MAX_IMAGE_PIXELS
+    return Image.MAX_IMAGE_PIXELS or 89_478_485  # None (check disabled by an importer): Pillow's default
 
 
-def _check_numbers(values: dict[str, Any]) -> None:
+def _check_numbers(values: dict[str, Any], given: set[str] | frozenset[str] = frozenset()) -> None:
     for name, accepted in number_ranges().items():
         if accepted.refuses(values[name]):
             raise SettingsError(f"{name}: must be {accepted.describe()}, got {values[name]!r}")
     # A photo's pixel count is at least its short side squared: above the cap, every photo is refused.
-    if values["PHOTO_MIN_SHORT_SIDE"] ** 2 > values["PHOTO_MAX_PIXELS"]:
-        raise SettingsError(f"PHOTO_MIN_SHORT_SIDE: {values['PHOTO_MIN_SHORT_SIDE']} squared is above "
-                            f"PHOTO_MAX_PIXELS ({values['PHOTO_MAX_PIXELS']}), so no photo could pass")
+    side, cap = values["PHOTO_MIN_SHORT_SIDE"], values["PHOTO_MAX_PIXELS"]
+    if side**2 > cap:
+        # Named after the one the operator changed (PHOTO_MIN_SHORT_SIDE when both or neither were).
+        if "PHOTO_MAX_PIXELS" in given and "PHOTO_MIN_SHORT_SIDE" not in given:
+            raise SettingsError(f"PHOTO_MAX_PIXELS: {cap} is below PHOTO_MIN_SHORT_SIDE squared ({side}² = "
+                                f"{side**2}), so no photo could pass; raise PHOTO_MAX_PIXELS or lower "
+                                "PHOTO_MIN_SHORT_SIDE")
+        raise SettingsError(f"PHOTO_MIN_SHORT_SIDE: {side} squared ({side**2}) is above PHOTO_MAX_PIXELS ({cap}), "
+                            "so no photo could pass; lower PHOTO_MIN_SHORT_SIDE or raise PHOTO_MAX_PIXELS")
 
 
 def _check_urls(values: dict[str, Any]) -> None:
@@ -247,6 +297,10 @@ def _check_urls(values: dict[str, Any]) -> None:
         raise SettingsError(f"DATABASE_URL: not a database URL ({values['DATABASE_URL']!r}): {exc}") from exc
     if url.get_backend_name() not in {"sqlite", "postgresql"}:
         raise SettingsError(f"DATABASE_URL: unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
+    # Only the drivers installed with the service; SQLAlchemy maps a bare postgresql:// to psycopg (3).
+    if (url.get_backend_name(), url.get_driver_name()) not in SUPPORTED_DRIVERS:
+        raise SettingsError(f"DATABASE_URL: unsupported driver {url.drivername!r}; use sqlite:///path or "
+                            "postgresql://user@host/db (postgresql+psycopg://)")
     storage = urlparse(values["STORAGE_URL"])
     if storage.scheme not in {"file", "s3"}:
         raise SettingsError(f"STORAGE_URL: unknown scheme {storage.scheme!r} in {values['STORAGE_URL']!r}; "
@@ -264,6 +318,18 @@ def _check_urls(values: dict[str, Any]) -> None:
         raise SettingsError("WECHAT_API_BASE_URL: must end with '/' (like https://api.weixin.qq.com/cgi-bin/)")
     if values["REDIS_URL"]:
         _check_redis_url(values["REDIS_URL"])
+
+
+SUPPORTED_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
+# botocore's own rule (a DNS label: letters, digits and '-', not all digits), which every AWS
+# region (us-east-1, cn-north-1) and every S3-compatible server's region name (MinIO: us-east-1) meets.
+S3_REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
+
+
+def _check_s3_region(value: str) -> None:
+    if not S3_REGION_PATTERN.fullmatch(value):
+        raise SettingsError(f"S3_REGION: expected a region name like us-east-1 (letters, digits and '-'; "
+                            f"MinIO's default is us-east-1), got {value!r}")
 
 
 def _check_http_url(name: str, value: str, *, example: str, path_allowed: bool) -> None:
@@ -316,9 +382,17 @@ def _check_aes_key(key: str) -> None:
 
 def _development_secret(data_dir: Path) -> str:
     """A random key kept in the data directory so sessions survive restarts."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_hex(32), encoding="utf-8")
-        path.chmod(0o600)
-    return path.read_text(encoding="utf-8").strip()
+    try:
+        if not path.exists():
+            path.write_text(secrets.token_hex(32), encoding="utf-8")
+            path.chmod(0o600)
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SettingsError(f"DATA_DIR: cannot keep the development secret key in {str(path)!r}: {reason}; "
+                            "make the directory writable or set SECRET_KEY") from exc
+    if not key:
+        raise SettingsError(f"DATA_DIR: the development secret key file {str(path)!r} is empty; "
+                            "delete it (a new key is made) or set SECRET_KEY")
+    return key

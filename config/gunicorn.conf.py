@@ -1,9 +1,25 @@
 # gunicorn settings for `accident-service serve` and the Docker image.
 import os
+import sys
+
+
+def _whole_number(name, default):
+    """A positive whole number from the environment, or `configuration error: NAME: ...` and exit 2."""
+    raw = os.environ.get(name, default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        print(f"configuration error: {name}: expected a whole number of at least 1, got {raw!r}",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+    return value
+
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+workers = _whole_number("WEB_CONCURRENCY", "2")
+threads = _whole_number("GUNICORN_THREADS", "4")
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20
@@ -12,10 +28,42 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 
 # Workers count into files here, so /metrics adds them all up (prometheus_client multiprocess mode).
+# A directory made here is removed on exit; one the operator set is theirs and kept. The marker
+# is an environment variable, not a global, so it survives a reload (HUP re-reads this file).
+_CREATED_METRICS_DIR = "ACCIDENT_SERVICE_CREATED_METRICS_DIR"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     import tempfile
 
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="accident-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = tempfile.mkdtemp(
+        prefix="accident-metrics-")
+
+
+def _remove_created_metrics_dir():
+    import shutil
+
+    created = os.environ.get(_CREATED_METRICS_DIR)
+    if created and created == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(created, ignore_errors=True)
+
+
+def on_starting(server):
+    """Check the settings before any worker starts: a bad one is one line and exit 2, as with the CLI."""
+    from accident_service.settings import SettingsError, load_settings
+
+    try:
+        load_settings()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        _remove_created_metrics_dir()
+        sys.exit(2)
+
+
+def on_exit(server):
+    # After a binary upgrade (USR2) the new master inherited the directory: it removes it when it exits.
+    if not server.reexec_pid:
+        _remove_created_metrics_dir()
 
 
 def child_exit(server, worker):

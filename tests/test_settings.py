@@ -72,6 +72,39 @@ def test_environment_overrides_defaults(tmp_path):
     ("STORAGE_URL", "file://localhost"),
     ("WECHAT_TOKEN", ""),
     ("WECHAT_TOKEN", "  "),
+    # Only the drivers the service installs (sqlite, psycopg 3): others fail later with ModuleNotFoundError.
+    ("DATABASE_URL", "postgresql+asyncpg://u@127.0.0.1/db"),
+    ("DATABASE_URL", "postgresql+psycopg2://u@127.0.0.1/db"),
+    ("DATABASE_URL", "postgresql+psycopg_async://u@127.0.0.1/db"),
+    ("DATABASE_URL", "sqlite+aiosqlite:///x.db"),
+    ("S3_REGION", "bad region"),
+    ("S3_REGION", ""),
+    ("S3_REGION", "-us-east-1"),
+    ("S3_REGION", "12345"),
+    ("S3_REGION", "x" * 64),
+    ("SECRET_KEY", " "),
+    ("SECRET_KEY", "\t\n"),
+    # No typo with extra digits may reach a job that overflows a date every run.
+    ("SLOT_GENERATION_DAYS", "99999999999999999999"),
+    ("SLOT_GENERATION_DAYS", "367"),
+    ("BOOKING_SEARCH_DAYS", "367"),
+    ("REMINDER_MINUTES", "99999999999999999999"),
+    ("REMINDER_MINUTES", str(7 * 24 * 60 + 1)),
+    ("DRAFT_EXPIRY_MINUTES", str(7 * 24 * 60 + 1)),
+    ("NO_SHOW_GRACE_MINUTES", str(7 * 24 * 60 + 1)),
+    ("BOOKING_LEAD_MINUTES", str(7 * 24 * 60 + 1)),
+    ("PHOTO_MAX_CAPTURE_AGE_MINUTES", str(7 * 24 * 60 + 1)),
+    ("INBOX_LEASE_SECONDS", "99999999999999999999"),
+    ("INBOX_LEASE_SECONDS", "86401"),
+    ("WECHAT_TIMESTAMP_TOLERANCE_SECONDS", "86401"),
+    ("WECHAT_API_TIMEOUT_SECONDS", "301"),
+    ("WECHAT_API_TIMEOUT_SECONDS", "inf"),
+    ("INBOX_MAX_ATTEMPTS", "31"),
+    ("OUTBOX_MAX_ATTEMPTS", "1000"),
+    ("PHOTO_MAX_BYTES", str(201 * 2**20)),
+    ("WECHAT_MAX_BODY_BYTES", str(17 * 2**20)),
+    ("BOOKING_NEAREST_STATIONS", "101"),
+    ("PHOTO_MIN_SHORT_SIDE", "20001"),
 ])
 def test_malformed_setting_names_the_variable(tmp_path, name, value):
     with pytest.raises(SettingsError) as excinfo:
@@ -106,6 +139,19 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("WECHAT_API_TIMEOUT_SECONDS", "0.5", 0.5),
     ("STORAGE_URL", "file://./var/objects", "file://./var/objects"),
     ("STORAGE_URL", "file:///srv/evidence", "file:///srv/evidence"),
+    ("DATABASE_URL", "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db"),  # psycopg 3 in SQLAlchemy 2.1
+    ("DATABASE_URL", "postgresql+psycopg://u@127.0.0.1/db", "postgresql+psycopg://u@127.0.0.1/db"),
+    ("DATABASE_URL", "sqlite+pysqlite:///x.db", "sqlite+pysqlite:///x.db"),
+    ("S3_REGION", "us-east-1", "us-east-1"),
+    ("S3_REGION", "cn-north-1", "cn-north-1"),
+    ("S3_REGION", "ap-southeast-2", "ap-southeast-2"),
+    ("S3_REGION", "us-gov-west-1", "us-gov-west-1"),
+    ("S3_REGION", "garage", "garage"),  # S3-compatible servers name their own regions; botocore accepts them
+    ("SLOT_GENERATION_DAYS", "366", 366),
+    ("REMINDER_MINUTES", str(7 * 24 * 60), 7 * 24 * 60),
+    ("INBOX_LEASE_SECONDS", "86400", 86400),
+    ("INBOX_MAX_ATTEMPTS", "30", 30),
+    ("PHOTO_MAX_BYTES", str(200 * 2**20), 200 * 2**20),
 ])
 def test_well_formed_values_are_accepted(tmp_path, name, value, expected):
     settings = load_settings(environ={"DATA_DIR": str(tmp_path), name: value})
@@ -116,6 +162,102 @@ def test_every_numeric_setting_has_a_range():
     """A new numeric setting needs a bound in number_ranges(), or 0 and negatives slip through."""
     numeric = {f.name for f in fields(Settings) if str(f.type) in {"int", "float"}}
     assert numeric == set(number_ranges())
+
+
+def test_every_numeric_setting_has_an_upper_bound():
+    """Without one, 99999999999999999999 days or minutes overflows a datetime in a job, every run."""
+    assert [name for name, accepted in number_ranges().items() if accepted.maximum is None] == []
+
+
+def test_every_default_is_inside_its_range(tmp_path):
+    settings = load_settings(environ={"DATA_DIR": str(tmp_path)})
+    for name, accepted in number_ranges().items():
+        assert not accepted.refuses(getattr(settings, name)), name
+
+
+def test_a_timeout_range_says_both_bounds(tmp_path):
+    with pytest.raises(SettingsError, match=r"^WECHAT_API_TIMEOUT_SECONDS: must be more than 0 and at most 300"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), "WECHAT_API_TIMEOUT_SECONDS": "301"})
+
+
+@pytest.mark.parametrize("value", ["/etc/passwd/x", "", "   ", "a\x00b", "x" * 5000])
+def test_an_unusable_data_dir_is_a_named_error(tmp_path, monkeypatch, value):
+    """A file on the way, an empty value (the filesystem root), a NUL or an over-long name: never a traceback."""
+    monkeypatch.chdir(tmp_path)  # nothing is created in the checkout, whatever happens
+    with pytest.raises(SettingsError, match="^DATA_DIR: "):
+        load_settings(environ={"DATA_DIR": value})
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(SettingsError, match="^DATA_DIR: .*not a directory"):
+        load_settings(environ={"DATA_DIR": str(a_file)})
+    with pytest.raises(SettingsError, match="^DATA_DIR: .*Not a directory"):
+        load_settings(environ={"DATA_DIR": str(a_file / "below")})
+
+
+def test_a_data_dir_that_cannot_be_created_gives_the_os_reason(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root may create directories anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(SettingsError, match="^DATA_DIR: .*Permission denied"):
+        load_settings(environ={"DATA_DIR": str(locked / "data")})
+
+
+def test_a_missing_data_dir_is_created(tmp_path):
+    settings = load_settings(environ={"DATA_DIR": str(tmp_path / "a" / "b"), "SECRET_KEY": "real"})
+    assert (tmp_path / "a" / "b").is_dir()
+    assert settings.DATABASE_URL == f"sqlite:///{tmp_path}/a/b/accident.db"
+
+
+def test_an_unreadable_development_secret_is_a_named_error(tmp_path):
+    (tmp_path / "secret_key").mkdir()  # a directory where the key file should be
+    with pytest.raises(SettingsError, match="^DATA_DIR: cannot keep the development secret key"):
+        load_settings(environ={"DATA_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "WECHAT_APP_ID", "WECHAT_APP_SECRET", "WECHAT_TOKEN"])
+@pytest.mark.parametrize("blank", [" ", "\t \n"])
+def test_production_refuses_blank_secrets(tmp_path, name, blank):
+    real = {"SECRET_KEY": "real-secret", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok"}
+    with pytest.raises(SettingsError, match=f"^{name}: "):
+        load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production", **real, name: blank})
+
+
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789+/ABCDE"
+
+
+@pytest.mark.parametrize("app_id", ["", "  "])
+def test_an_aes_key_needs_an_app_id(tmp_path, app_id):
+    """Encrypted pushes are checked against the AppID: without one, every one of them would fail."""
+    with pytest.raises(SettingsError, match="^WECHAT_APP_ID: required when WECHAT_ENCODING_AES_KEY is set"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), "WECHAT_ENCODING_AES_KEY": AES_KEY, "WECHAT_APP_ID": app_id})
+
+
+def test_plain_mode_needs_no_app_id(tmp_path):
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), "WECHAT_APP_ID": ""}).WECHAT_APP_ID == ""
+
+
+@pytest.mark.parametrize("environ,blamed", [
+    ({"PHOTO_MAX_PIXELS": "1_000"}, "PHOTO_MAX_PIXELS"),  # the one changed is the one named
+    ({"PHOTO_MIN_SHORT_SIDE": "10000"}, "PHOTO_MIN_SHORT_SIDE"),
+    ({"PHOTO_MAX_PIXELS": "1000", "PHOTO_MIN_SHORT_SIDE": "720"}, "PHOTO_MIN_SHORT_SIDE"),
+])
+def test_photo_size_cross_check_names_the_setting_changed(tmp_path, environ, blamed):
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings(environ={"DATA_DIR": str(tmp_path), **environ})
+    message = str(excinfo.value)
+    assert message.startswith(f"{blamed}: ")
+    assert "PHOTO_MAX_PIXELS" in message and "PHOTO_MIN_SHORT_SIDE" in message
+
+
+def test_photo_size_cross_check_blames_an_override_too(tmp_path):
+    with pytest.raises(SettingsError, match="^PHOTO_MAX_PIXELS: "):
+        load_settings({"DATA_DIR": str(tmp_path), "PHOTO_MAX_PIXELS": 1000}, environ={})
 
 
 def test_the_test_suites_settings_load(settings):

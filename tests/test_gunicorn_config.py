@@ -1,0 +1,73 @@
+"""config/gunicorn.conf.py, as the Docker image runs it: `gunicorn --config config/gunicorn.conf.py wsgi:app`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import free_port, serving
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def gunicorn_args(port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.conf.py",
+            "--bind", f"127.0.0.1:{port}", "--workers", "1", "wsgi:app"]
+
+
+@pytest.fixture
+def gunicorn_env(tmp_path) -> dict[str, str]:
+    """A working configuration; temporary directories (the metrics one) are made under tmp_path/tmp."""
+    (tmp_path / "tmp").mkdir()
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"PROMETHEUS_MULTIPROC_DIR", "ACCIDENT_SERVICE_CREATED_METRICS_DIR"}}
+    return env | {"TMPDIR": str(tmp_path / "tmp"), "DATA_DIR": str(tmp_path / "var"), "APP_ENV": "test",
+                  "DATABASE_URL": f"sqlite:///{tmp_path}/gunicorn.db", "STORAGE_URL": f"file://{tmp_path}/objects",
+                  "LOG_LEVEL": "WARNING", "SECRET_KEY": "x"}
+
+
+def metrics_dirs(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "tmp").glob("accident-metrics-*"))
+
+
+def test_a_bad_setting_is_one_line_and_exit_2_before_any_worker(tmp_path, gunicorn_env):
+    result = subprocess.run(gunicorn_args(free_port()), cwd=REPO_ROOT, env=gunicorn_env | {"LOG_LEVEL": "loud"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: LOG_LEVEL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Booting worker" not in result.stderr
+    assert metrics_dirs(tmp_path) == []  # the directory made for this start went with it
+
+
+@pytest.mark.parametrize("name,value", [("DATA_DIR", "/etc/passwd/x"), ("S3_REGION", "bad region")])
+def test_other_bad_settings_name_their_variable(tmp_path, gunicorn_env, name, value):
+    result = subprocess.run(gunicorn_args(free_port()), cwd=REPO_ROOT, env=gunicorn_env | {name: value},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"configuration error: {name}: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_metrics_directory_made_for_a_run_is_removed_on_exit(tmp_path, gunicorn_env):
+    port = free_port()
+    with serving(gunicorn_args(port), env=gunicorn_env, port=port, log_path=tmp_path / "gunicorn.log",
+                 cwd=REPO_ROOT):
+        assert len(metrics_dirs(tmp_path)) == 1
+    assert metrics_dirs(tmp_path) == [], (tmp_path / "gunicorn.log").read_text(errors="replace")
+
+
+def test_an_operators_metrics_directory_is_kept(tmp_path, gunicorn_env):
+    operators = tmp_path / "metrics"
+    operators.mkdir()
+    port = free_port()
+    with serving(gunicorn_args(port), env=gunicorn_env | {"PROMETHEUS_MULTIPROC_DIR": str(operators)}, port=port,
+                 log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT):
+        pass
+    assert operators.is_dir()
+    assert metrics_dirs(tmp_path) == []  # and none made besides it
