@@ -28,17 +28,19 @@ Overtake = Callable[[Any, Any], ColumnElement[bool]]
 
 def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
           limit: int, only_id: int | None = None, max_attempts: int | None = None,
-          may_overtake: Overtake | None = None, on_failed: Callable[[list[int]], None] | None = None) -> list[int]:
+          may_overtake: Overtake | None = None, on_failed: Callable[[list[int]], None] | None = None,
+          waiting_until: Any = None) -> list[int]:
     """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids.
 
     With ``max_attempts``, a row whose lease lapsed after its last allowed attempt
     (its worker died or hung every time) is marked FAILED instead of claimed again,
-    and ``on_failed`` gets their ids in this transaction. ``may_overtake(earlier,
-    row)``: when an unfinished older row of the same recipient does not hold a
-    row back.
+    and ``on_failed`` gets their ids in this transaction — unless the row's
+    ``waiting_until`` column (a row waiting out an outage) is still ahead.
+    ``may_overtake(earlier, row)``: when an unfinished older row of the same
+    recipient does not hold a row back.
     """
     if max_attempts is not None:
-        failed = _fail_exhausted(session, model, now=now, max_attempts=max_attempts)
+        failed = _fail_exhausted(session, model, now=now, max_attempts=max_attempts, waiting_until=waiting_until)
         if failed and on_failed is not None:
             on_failed(failed)
     earlier = aliased(model)
@@ -64,10 +66,10 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
     return ids
 
 
-def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int) -> list[int]:
+def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int,
+                    waiting_until: Any = None) -> list[int]:
     # Without this a message that kills its worker would be claimed (and maybe re-sent) forever.
     exhausted = and_(model.status == WorkStatus.PROCESSING, model.lease_until < now, model.attempts >= max_attempts)
-    waiting_until = getattr(model, "waiting_until", None)
     if waiting_until is not None:  # one waiting out an outage has attempts to spare until then
         exhausted = and_(exhausted, or_(waiting_until.is_(None), waiting_until < now))
     stuck = select(model.id).where(exhausted).order_by(model.id)

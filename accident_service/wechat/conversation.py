@@ -43,7 +43,7 @@ class Conversation:
                                     for_booking=self.intent is not None and self.intent.kind is IntentKind.CHOICE)
         self.case: Case | None = found[0] if found else None
         self.party: Party | None = found[1] if found else None
-        self.language = self.party.language if self.party else preferences.language_of(session, self.openid)
+        self.language = preferences.language_for(session, self.openid, self.party)
 
     # -- replies ---------------------------------------------------------
     def say(self, key: str, **params: object) -> None:

@@ -90,7 +90,8 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
         return leases.claim(session, InboundMessage, worker_id, now=now,
                             lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id,
                             max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS, may_overtake=_text_past_a_waiting_photo,
-                            on_failed=failed if on_give_up is not None else None)
+                            on_failed=failed if on_give_up is not None else None,
+                            waiting_until=InboundMessage.waiting_until)
 
 
 def _text_past_a_waiting_photo(earlier, row):

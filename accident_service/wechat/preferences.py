@@ -10,13 +10,18 @@ from sqlalchemy.orm import Session
 
 from accident_service import messages
 from accident_service.db import is_postgres
-from accident_service.models import DriverPreference
+from accident_service.models import DriverPreference, Party
 
 
 def language_of(session: Session, openid: str) -> str:
     """The language the driver last chose, else the default."""
     chosen = session.scalar(select(DriverPreference.language).where(DriverPreference.openid == openid))
     return messages.normalise_language(chosen) if chosen else messages.DEFAULT_LANGUAGE
+
+
+def language_for(session: Session, openid: str, party: Party | None) -> str:
+    """The language to answer in: the driver's party in their open case, else what they last chose."""
+    return party.language if party is not None else language_of(session, openid)
 
 
 def remember_language(session: Session, openid: str, language: str, now: datetime) -> None:

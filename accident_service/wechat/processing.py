@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from accident_service import messages
 from accident_service.cases import service as cases
-from accident_service.models import InboundMessage, Notification
+from accident_service.models import Case, InboundMessage, Notification, Party
 from accident_service.notify.outbox import enqueue
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
@@ -99,16 +99,9 @@ def tell_sender_it_was_lost(session, row: InboundMessage, now: datetime) -> None
     message = parse_inbound(row.payload)
     if getattr(message, "type", "") == "event" and getattr(message, "event", "") not in DRIVER_ACTIONS:
         return  # a follow, a location report, a delivery receipt: nothing the driver could redo
-    found = cases.open_case_for(session, str(message.source))
-    language = found[1].language if found else preferences.language_of(session, str(message.source))
     key = "conv.photo_lost" if getattr(message, "type", "") == "image" else "conv.message_lost"
-    enqueue(session, openid=str(message.source), kind="reply", text=messages.text(key, language),
-            dedupe_key=f"lost:{row.id}", now=now,
-            case_id=found[0].id if found else None, language=language)
-
-
-def _saving_key(row: InboundMessage) -> str:
-    return f"saving:{row.id}"
+    _reply(session, str(message.source), cases.open_case_for(session, str(message.source)), key,
+           dedupe_key=f"lost:{row.id}", now=now)
 
 
 def _tell_once_photo_is_saving(runtime: Runtime, row: InboundMessage, message) -> None:
@@ -116,9 +109,19 @@ def _tell_once_photo_is_saving(runtime: Runtime, row: InboundMessage, message) -
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source), for_update=True)
-        language = found[1].language if found else preferences.language_of(session, str(message.source))
-        first_time = enqueue(session, openid=str(message.source), kind="reply",
-                             text=messages.text("conv.photo_saving", language), dedupe_key=_saving_key(row),
-                             now=now, case_id=found[0].id if found else None, language=language)
+        first_time = _reply(session, str(message.source), found, "conv.photo_saving", dedupe_key=_saving_key(row),
+                            now=now)
         if first_time is not None and found is not None:
             cases.touch(found[0], runtime.settings, now)
+
+
+def _reply(session, openid: str, found: tuple[Case, Party] | None, key: str, *, dedupe_key: str,
+           now: datetime) -> int | None:
+    """A reply outside a conversation, in the driver's language; the outbox id, or None if already written."""
+    language = preferences.language_for(session, openid, found[1] if found else None)
+    return enqueue(session, openid=openid, kind="reply", text=messages.text(key, language), dedupe_key=dedupe_key,
+                   now=now, case_id=found[0].id if found else None, language=language)
+
+
+def _saving_key(row: InboundMessage) -> str:
+    return f"saving:{row.id}"
