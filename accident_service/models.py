@@ -26,7 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column, query_expression, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from accident_service.db import Base
 
@@ -153,9 +153,6 @@ class Case(Base):
     parties: Mapped[list[Party]] = relationship(back_populates="case", order_by="Party.role")
     photos: Mapped[list[Photo]] = relationship(back_populates="case", order_by="Photo.id")
     appointments: Mapped[list[Appointment]] = relationship(back_populates="case", order_by="Appointment.id")
-    # Not a column: what a booking of an offered slot shows and hashes, loaded along with the locked case by
-    # cases.open_case_for on PostgreSQL (booking.writes.CASE_FACTS_SQL); None when loaded otherwise.
-    booking_facts: Mapped[str | None] = query_expression()
 
     def party(self, role: PartyRole) -> Party | None:
         return next((p for p in self.parties if p.role == role), None)

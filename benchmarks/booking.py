@@ -240,8 +240,7 @@ def _service_attempt(runtime: Runtime, case_id: int) -> bool:
     """As the conversation's ``choose``: the sender's case and party, the case locked, then book_choice."""
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
-        case, party = cases.open_case_for(session, _openid(case_id, PartyRole.A), for_update=True,
-                                            for_booking=True)
+        case, party = cases.open_case_for(session, _openid(case_id, PartyRole.A), for_update=True)
         return booking.book_choice(session, runtime, case, party, 1, now=now).booked
 
 

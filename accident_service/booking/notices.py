@@ -3,8 +3,10 @@
 Every notice goes to both parties, each in their own language, in the
 transaction of the change that causes it. Dedupe keys name the kind, the
 row and the role (``booked:{appointment.id}:A``), so a retried job or
-message never sends a notice twice. :func:`render_notices` needs no
-database, so a booking renders its notices before it takes the seat.
+message never sends a notice twice. A notice is stored as its facts (case
+number, fingerprint, station, time) and rendered by :func:`render` when the
+dispatcher sends it: a booking has no text to prepare while it holds a seat,
+and the facts stay what they were when the change was made.
 """
 
 from __future__ import annotations
@@ -52,48 +54,6 @@ def visit_window(visit: Visit, language: str) -> str:
     return time_window(visit.starts_at, visit.ends_at, visit.timezone, language)
 
 
-@dataclass(frozen=True)
-class Recipient:
-    """A party as a notice needs it: role (the dedupe key's last part), openid and language."""
-
-    role: str
-    openid: str
-    language: str
-
-
-@dataclass(frozen=True)
-class Notice:
-    """One rendered notice for one party, ready for the outbox."""
-
-    role: str
-    openid: str
-    language: str
-    text: str
-    template_data: dict[str, Any]
-
-
-def recipients_of(parties: Sequence[Party]) -> list[Recipient]:
-    return [Recipient(party.role.value, party.openid, party.language) for party in parties]
-
-
-def render_notices(kind: str, *, case_no: str, fingerprint: str | None, visit: Visit | None,
-                   recipients: Sequence[Recipient]) -> list[Notice]:
-    """The ``kind`` notice for each recipient in their language; no database access.
-
-    Raises ValueError for an unknown kind.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown notice kind {kind!r}")
-    rendered: list[Notice] = []
-    for recipient in recipients:
-        language = messages.normalise_language(recipient.language)
-        params = notice_params(case_no, fingerprint, visit, language)
-        rendered.append(Notice(recipient.role, recipient.openid, language,
-                               messages.text(f"booking.notice.{kind}", language, **params),
-                               template_data(kind, params, language)))
-    return rendered
-
-
 def dedupe_key(kind: str, ref: int, role: str) -> str:
     """``booked:{appointment.id}:A``: one notice per kind, row and party, however often it is written."""
     return f"{kind}:{ref}:{role}"
@@ -103,21 +63,47 @@ def notify_parties(session: Session, case: Case, kind: str, *, ref: int, now: da
                    visit: Visit | None = None, parties: Sequence[Party] | None = None) -> None:
     """Write the ``kind`` notice for both parties (``ref`` is the appointment or case id in the key).
 
-    ``parties`` defaults to ``case.parties``. Raises ValueError for an unknown kind.
+    The notice is stored as its facts (:func:`notice_facts`, with the case's
+    current evidence fingerprint) and rendered in each party's language when
+    sent. ``parties`` defaults to ``case.parties``. Raises ValueError for an unknown kind.
     """
-    rendered = render_notices(kind, case_no=case.case_no, fingerprint=case.evidence_fingerprint, visit=visit,
-                              recipients=recipients_of(case.parties if parties is None else parties))
-    for notice in rendered:
-        enqueue(session, openid=notice.openid, kind=kind, text=notice.text,
-                dedupe_key=dedupe_key(kind, ref, notice.role), now=now, case_id=case.id, language=notice.language,
-                template_data=notice.template_data)
+    if kind not in KINDS:
+        raise ValueError(f"unknown notice kind {kind!r}")
+    facts = notice_facts(case.case_no, case.evidence_fingerprint, visit)
+    for party in case.parties if parties is None else parties:
+        enqueue(session, openid=party.openid, kind=kind, notice=facts,
+                dedupe_key=dedupe_key(kind, ref, party.role.value), now=now, case_id=case.id,
+                language=messages.normalise_language(party.language))
 
 
-def notice_params(case_no: str, fingerprint: str | None, visit: Visit | None, language: str) -> dict[str, str]:
-    params = {"case_no": case_no, "fingerprint": fingerprint or "-"}
+def notice_facts(case_no: str, fingerprint: str | None, visit: Visit | None) -> dict[str, str | None]:
+    """What a notice about a case shows, in no language: the outbox row keeps these (JSON) until it is sent.
+
+    Times are ISO 8601 with their offset; the booking statement on
+    PostgreSQL (booking.writes) builds the same keys in SQL.
+    """
+    facts: dict[str, str | None] = {"case_no": case_no, "fingerprint": fingerprint}
     if visit is not None:
+        facts |= {"station": visit.station_name, "address": visit.address, "timezone": visit.timezone,
+                  "starts_at": visit.starts_at.isoformat(), "ends_at": visit.ends_at.isoformat()}
+    return facts
+
+
+def render(kind: str, language: str, facts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The ``kind`` notice from its stored facts in ``language``: (customer-service text, template data).
+
+    Raises ValueError for an unknown kind or an unreadable time, KeyError for a fact the text needs but the
+    facts lack (the dispatcher gives such a row up as a bad payload).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown notice kind {kind!r}")
+    language = messages.normalise_language(language)
+    params = {"case_no": str(facts["case_no"]), "fingerprint": facts.get("fingerprint") or "-"}
+    if facts.get("starts_at") is not None:
+        visit = Visit(facts["station"], facts["address"], facts["timezone"],
+                      datetime.fromisoformat(facts["starts_at"]), datetime.fromisoformat(facts["ends_at"]))
         params |= {"station": visit.station_name, "address": visit.address, "time": visit_window(visit, language)}
-    return params
+    return messages.text(f"booking.notice.{kind}", language, **params), template_data(kind, params, language)
 
 
 def template_data(kind: str, params: dict[str, str], language: str) -> dict[str, Any]:

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, bindparam, func, literal, literal_column, select
-from sqlalchemy.orm import Session, defer, with_expression
+from sqlalchemy import Select, bindparam, func, literal, select
+from sqlalchemy.orm import Session, defer
 
-from accident_service.booking.writes import CASE_FACTS_SQL
-from accident_service.db import is_postgres
 from accident_service.errors import ServiceError
 from accident_service.models import (
     OPEN_CASE_STATUSES,
@@ -62,34 +60,20 @@ class Missing:
                 and not self.details)
 
 
-def open_case_for(session: Session, openid: str, *, for_update: bool = False,
-                  for_booking: bool = False) -> tuple[Case, Party] | None:
-    """The caller's newest open case and their party in it, or None.
-
-    ``for_booking`` (with ``for_update``): the caller is about to book an offered slot, so
-    on PostgreSQL the booking's facts come along (see ``booking.writes``); other messages
-    do not pay for them.
-    """
-    facts = for_booking and for_update and is_postgres(session)
-    row = session.execute(_open_case_query(for_update, facts), {"openid": openid}).first()
+def open_case_for(session: Session, openid: str, *, for_update: bool = False) -> tuple[Case, Party] | None:
+    """The caller's newest open case and their party in it, or None."""
+    row = session.execute(_open_case_query(for_update), {"openid": openid}).first()
     return (row[0], row[1]) if row else None
 
 
 @functools.cache
-def _open_case_query(for_update: bool, with_booking_facts: bool) -> Select:
-    """Built once: every inbound message runs it, and building an ORM select costs more than running it.
-
-    ``with_booking_facts`` loads ``Case.booking_facts`` too, so that choosing
-    an offered slot needs no read of its own after this one (the booking
-    checks them again when it writes; see booking.writes).
-    """
+def _open_case_query(for_update: bool) -> Select:
+    """Built once: every inbound message runs it, and building an ORM select costs more than running it."""
     # The statuses as one bound value each, not an "expanding" IN list, which is rendered again at every run.
     open_statuses = [literal(status, Case.status.type) for status in OPEN_CASE_STATUSES]
     stmt = (select(Case, Party).join(Party, Party.case_id == Case.id)
             .where(Party.openid == bindparam("openid"), Case.status.in_(open_statuses))
             .order_by(Case.id.desc()).limit(1))
-    if with_booking_facts:
-        stmt = stmt.options(with_expression(Case.booking_facts, literal_column(CASE_FACTS_SQL, Text)))
     if for_update:
         # A conversation writes these columns at most (closing, touching, locating a case) and never reads
         # them: leave them out of the row (fewer values to convert); reading one loads it.

@@ -8,6 +8,8 @@ Transient WeChat errors (busy, quota, network) retry with backoff; permanent
 ones (unsubscribed, outside the 48-hour window, invalid openid) end in FAILED
 with the reason. A kind with a configured template (and template data) goes as a
 template message, which the 48-hour customer-service window does not limit.
+Notices about a case are stored as facts and rendered here, when sent
+(booking.notices.render).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 from typing import Any
 
 from accident_service import leases, messages, metrics
+from accident_service.booking import notices
 from accident_service.models import Case, Notification, WorkStatus
 from accident_service.runtime import Runtime
 from accident_service.wechat.client import WeChatApiError
@@ -81,12 +84,25 @@ def _send(runtime: Runtime, row: Notification) -> dict[str, Any]:
                              join_code=data.get("join_code", ""))
         api.send_text(row.openid, text)
         return {"join_qr_ticket": qr.ticket, "join_qr_url": qr.image_url}
+    text, template_data = message_of(row)
     template_id = runtime.settings.template_for(row.kind)
-    if template_id and payload.get("template_data"):
-        api.send_template(row.openid, template_id, payload["template_data"])
+    if template_id and template_data:
+        api.send_template(row.openid, template_id, template_data)
         return {}
-    api.send_text(row.openid, str(payload.get("text", "")))
+    api.send_text(row.openid, text)
     return {}
+
+
+def message_of(row: Notification) -> tuple[str, Any]:
+    """What a row sends: its customer-service text and its template data.
+
+    A notice stored as facts is rendered here, in the row's language. Raises
+    KeyError or ValueError for a payload that cannot be rendered.
+    """
+    payload = row.payload or {}
+    if isinstance(payload, dict) and "notice" in payload:
+        return notices.render(row.kind, row.language, payload["notice"])
+    return str(payload.get("text", "")), payload.get("template_data")
 
 
 def _after_failure(runtime: Runtime, row: Notification, worker_id: str, exc: WeChatApiError) -> None:

@@ -20,19 +20,25 @@ from accident_service.db import is_postgres
 from accident_service.models import Notification, WorkStatus
 
 
-def enqueue(session: Session, *, openid: str, kind: str, text: str, dedupe_key: str, now: datetime,
-            case_id: int | None = None, language: str = "zh",
-            template_data: dict[str, Any] | None = None) -> int | None:
-    """Add a notice unless one with ``dedupe_key`` exists; returns the new row's id or None.
+def enqueue(session: Session, *, openid: str, kind: str, dedupe_key: str, now: datetime,
+            case_id: int | None = None, language: str = "zh", text: str | None = None,
+            template_data: dict[str, Any] | None = None, notice: dict[str, Any] | None = None) -> int | None:
+    """Add a message unless one with ``dedupe_key`` exists; returns the new row's id or None.
 
-    ``text`` is the customer-service text (already in the recipient's language);
-    ``template_data`` is used instead when a template id is configured for ``kind``.
+    Either ``text``, the customer-service text already in the recipient's
+    language (``template_data`` is sent instead where a template id is
+    configured for ``kind``), or ``notice``: the facts of a notice about a case,
+    which the dispatcher renders in ``language`` when it sends (booking.notices).
+    Raises ValueError unless exactly one of the two is given.
     """
+    if (text is None) == (notice is None):
+        raise ValueError("give the text of the message or the facts of a notice, not both")
+    payload = {"notice": notice} if notice is not None else {"text": text, "template_data": template_data or {}}
     insert = postgresql.insert if is_postgres(session) else sqlite.insert
     statement = (insert(Notification)
                  .values(dedupe_key=dedupe_key, case_id=case_id, openid=openid, kind=kind, language=language,
-                         payload={"text": text, "template_data": template_data or {}},
-                         status=WorkStatus.PENDING, attempts=0, next_attempt_at=now, created_at=now)
+                         payload=payload, status=WorkStatus.PENDING, attempts=0, next_attempt_at=now,
+                         created_at=now)
                  .on_conflict_do_nothing(index_elements=[Notification.dedupe_key])
                  .returning(Notification.id))
     return session.execute(statement).scalar_one_or_none()

@@ -39,8 +39,7 @@ class Conversation:
         self.openid = str(message.source)
         self._reply_count = 0
         self.intent = classify(str(message.content or "")) if getattr(message, "type", "") == "text" else None
-        found = cases.open_case_for(session, self.openid, for_update=True,
-                                    for_booking=self.intent is not None and self.intent.kind is IntentKind.CHOICE)
+        found = cases.open_case_for(session, self.openid, for_update=True)
         self.case: Case | None = found[0] if found else None
         self.party: Party | None = found[1] if found else None
         self.language = preferences.language_for(session, self.openid, self.party)

@@ -22,6 +22,7 @@ from accident_service.models import (
     Slot,
     Station,
 )
+from accident_service.notify import dispatch
 from accident_service.runtime import Runtime
 
 # Tianhe, Guangzhou; the stations below are placed at known distances from it.
@@ -103,6 +104,16 @@ def notices(runtime: Runtime, kind: str | None = None) -> list[Notification]:
         if kind is not None:
             query = query.where(Notification.kind == kind)
         return list(session.scalars(query))
+
+
+def text_of(notification: Notification) -> str:
+    """The customer-service text the dispatcher sends for this outbox row."""
+    return dispatch.message_of(notification)[0]
+
+
+def template_of(notification: Notification) -> dict:
+    """The template data the dispatcher sends for this outbox row (where a template is configured)."""
+    return dispatch.message_of(notification)[1]
 
 
 def count(runtime: Runtime, model) -> int:

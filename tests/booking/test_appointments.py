@@ -74,14 +74,14 @@ def test_both_parties_get_the_booking_notice_in_their_language(runtime, world):
     with runtime.unit_of_work() as session:
         case = session.get(Case, world["case"])
         case_no, fingerprint = case.case_no, case.evidence_fingerprint
-    zh, en = (n.payload["text"] for n in sent)
+    zh, en = (make.text_of(n) for n in sent)
     for fact in (case_no, "天河事故处理点", "广州市 GZ-TH 路 1 号", "11月25日 14:00-14:30", "驾驶证", "行驶证",
                  "身份证", "保险单", "可以撤离现场", fingerprint):
         assert fact in zh
     for fact in (case_no, "25 Nov 14:00-14:30", "driving licence", "vehicle licence", "ID card", "insurance policy",
                  "leave the scene", fingerprint):
         assert fact in en
-    data = sent[0].payload["template_data"]
+    data = make.template_of(sent[0])
     assert data["case_no"] == {"value": case_no} and data["fingerprint"] == {"value": fingerprint}
     assert data["time"] == {"value": "11月25日 14:00-14:30"} and data["address"]["value"] == "广州市 GZ-TH 路 1 号"
     assert all(set(v) == {"value"} and isinstance(v["value"], str) for v in data.values())
@@ -118,7 +118,7 @@ def test_a_second_booking_moves_the_appointment(runtime, world):
     sent = make.notices(runtime, "rescheduled")
     assert [n.dedupe_key for n in sent] == [f"rescheduled:{moved.appointment.id}:A",
                                             f"rescheduled:{moved.appointment.id}:B"]
-    assert "越秀事故处理点" in sent[0].payload["text"] and "25 Nov 14:00-14:30" in sent[1].payload["text"]
+    assert "越秀事故处理点" in make.text_of(sent[0]) and "25 Nov 14:00-14:30" in make.text_of(sent[1])
 
 
 @pytest.mark.parametrize("target", [("GZ-YX", 0), ("GZ-TH", 0)], ids=["new-slot-higher-id", "new-slot-lower-id"])
@@ -168,7 +168,7 @@ def test_cancel_frees_the_seat_and_tells_both(runtime, world):
     assert (status, join_code) == (CaseStatus.CANCELLED, None)
     sent = make.notices(runtime, "cancelled")
     assert [n.dedupe_key for n in sent] == [f"cancelled:{appointment_id}:A", f"cancelled:{appointment_id}:B"]
-    assert "11月25日 14:00-14:30" in sent[0].payload["text"]
+    assert "11月25日 14:00-14:30" in make.text_of(sent[0])
     with runtime.unit_of_work() as session:
         case = session.get(Case, world["case"])
         assert booking.appointment_summary(case, "zh") is None

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event, select, text, update
 
 from accident_service.booking import api as booking
 from accident_service.booking import writes
-from accident_service.booking.notices import render_notices
+from accident_service.booking.notices import Visit, notice_facts
 from accident_service.cases import service as cases
 from accident_service.models import (
     Appointment,
@@ -22,6 +24,8 @@ from accident_service.models import (
     Notification,
     Party,
     PartyRole,
+    Photo,
+    PhotoStatus,
     Slot,
     Station,
     WorkStatus,
@@ -69,8 +73,20 @@ def test_a_booking_writes_every_effect_in_its_transaction(runtime, world):
             (world["openids"][1], "booked", "en", f"booked:{appointment_id}:B", world["case"], WorkStatus.PENDING, 0,
              T0, T0),
         ]
-        assert "天河事故处理点" in sent[0].payload["text"] and case.evidence_fingerprint in sent[1].payload["text"]
-        assert sent[1].payload["template_data"]["time"] == {"value": "25 Nov 14:00-14:30"}
+        # Stored as facts, in no language (built in SQL on PostgreSQL, in Python on SQLite: the same facts).
+        slot = session.get(Slot, slot_id)
+        expected = notice_facts(case.case_no, case.evidence_fingerprint, Visit.at(slot.station, slot.starts_at,
+                                                                                  slot.ends_at))
+        for notice in sent:
+            facts = notice.payload["notice"]
+            assert {key: facts[key] for key in facts if not key.endswith("_at")} == \
+                {key: expected[key] for key in expected if not key.endswith("_at")}
+            assert [datetime.fromisoformat(facts[key]) for key in ("starts_at", "ends_at")] == \
+                [slot.starts_at, slot.ends_at]
+        # Rendered when sent, each in the party's language.
+        assert "天河事故处理点" in make.text_of(sent[0]) and "11月25日 14:00-14:30" in make.text_of(sent[0])
+        assert case.evidence_fingerprint in make.text_of(sent[1]) and "Booked." in make.text_of(sent[1])
+        assert make.template_of(sent[1])["time"] == {"value": "25 Nov 14:00-14:30"}
 
 
 def test_the_session_shows_the_booking_without_writing_it_again(runtime, world):
@@ -139,7 +155,7 @@ def test_a_slot_that_cannot_be_booked_changes_nothing(runtime, world, case_fix):
 
 @pytest.mark.parametrize("old_index", [0, 1], ids=["old-slot-lower-id", "old-slot-higher-id"])
 def test_a_move_that_loses_the_race_for_the_new_seat_gives_the_old_one_back(runtime, world, old_index):
-    """The read saw a free seat, but the slot filled before the UPDATE: nothing may change."""
+    """The offer showed a free seat, but the slot filled before the UPDATE: nothing may change."""
     old_slot, new_slot = world["slots"][old_index], world["slots"][1 - old_index]
     with runtime.unit_of_work() as session:
         case = session.get(Case, world["case"])
@@ -147,19 +163,12 @@ def test_a_move_that_loses_the_race_for_the_new_seat_gives_the_old_one_back(runt
     current = make.choose(runtime, world["case"], 1, now=T0).appointment
     with runtime.unit_of_work() as session:
         case = session.get(Case, world["case"], with_for_update=True)
-        facts = writes.read_facts(session, case.id, new_slot, now=T0)
-        assert facts is not None
+        moving = booking.active_appointment(case)
+        assert moving.id == current.id
         session.get(Slot, new_slot).booked = 2  # another driver was faster
         session.flush()
-        plan = writes.BookingPlan(
-            case_id=case.id, slot_id=new_slot, moving=(current.id, old_slot),
-            case_values={"status": CaseStatus.BOOKED, "offered_slot_ids": None, "offered_at": None,
-                         "expires_at": None, "updated_at": T0, "evidence_fingerprint": case.evidence_fingerprint},
-            kind="rescheduled", actor_type="party", actor="A", audit_before={}, audit_after={},
-            notices=render_notices("rescheduled", case_no=case.case_no, fingerprint=case.evidence_fingerprint,
-                                   visit=facts.visit, recipients=facts.recipients),
-            now=T0)
-        assert writes.write_booking(session, plan) is None
+        assert writes.write_booking(session, case, new_slot, moving=moving, status=CaseStatus.BOOKED,
+                                    actor_type="party", actor="A", now=T0) is None
     assert (make.booked_count(runtime, old_slot), make.booked_count(runtime, new_slot)) == (1, 2)
     assert make.appointments_of(runtime, world["case"]) == [(old_slot, "booked")]
     assert make.notices(runtime, "rescheduled") == []
@@ -181,24 +190,18 @@ def _statements_of_a_booking(runtime, session, case, party) -> list[str]:
 
 
 @pytest.mark.postgres_only
-def test_a_first_booking_on_postgres_is_one_read_and_one_write(runtime, world):
+@pytest.mark.parametrize("loaded_by", ["session.get", "open_case_for"])
+def test_a_first_booking_on_postgres_is_one_statement(runtime, world, loaded_by):
     """The slot row stays locked from the seat's UPDATE to COMMIT: nothing else may run in between.
 
-    A case loaded without its booking facts (here by ``session.get``) reads them first.
+    Nothing is read for it either, however the case was loaded: the statement reads what it needs itself.
     """
     with runtime.unit_of_work() as session:
-        case = session.get(Case, world["case"], with_for_update=True)
-        emitted = _statements_of_a_booking(runtime, session, case, case.party(PartyRole.A))
-    assert len(emitted) == 2
-    assert emitted[0].lstrip().startswith("SELECT") and "UPDATE slot" in emitted[1]
-    assert make.count(runtime, Notification) == 2 and make.count(runtime, AuditEvent) == 1
-
-
-@pytest.mark.postgres_only
-def test_a_first_booking_of_a_case_loaded_by_open_case_for_is_one_write(runtime, world):
-    """The conversation's locked SELECT brings the facts along: no read between it and the write."""
-    with runtime.unit_of_work() as session:
-        case, party = cases.open_case_for(session, world["openids"][0], for_update=True, for_booking=True)
+        if loaded_by == "session.get":
+            case = session.get(Case, world["case"], with_for_update=True)
+            party = case.party(PartyRole.A)
+        else:
+            case, party = cases.open_case_for(session, world["openids"][0], for_update=True)
         emitted = _statements_of_a_booking(runtime, session, case, party)
     assert len(emitted) == 1
     assert emitted[0].lstrip().startswith("WITH") and "UPDATE slot" in emitted[0]
@@ -206,20 +209,8 @@ def test_a_first_booking_of_a_case_loaded_by_open_case_for_is_one_write(runtime,
 
 
 @pytest.mark.postgres_only
-def test_facts_loaded_with_the_case_are_the_facts_a_read_finds(runtime, world):
-    with runtime.unit_of_work() as session:
-        case, _ = cases.open_case_for(session, world["openids"][0], for_update=True, for_booking=True)
-        for slot_id in world["slots"]:
-            loaded, _ = writes.facts_loaded_with(case, slot_id)
-            read = writes.read_facts(session, case.id, slot_id, now=T0)
-            assert (loaded.visit, loaded.recipients) == (read.visit, read.recipients)
-            assert sorted(loaded.photo_hashes) == sorted(read.photo_hashes) and len(loaded.photo_hashes) == 4
-        assert writes.facts_loaded_with(case, world["slots"][1] + 1000) is None  # not offered
-
-
-@pytest.mark.postgres_only
 def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones_written(runtime, world):
-    """The locked SELECT's subqueries see the snapshot from before the wait; the write must not trust it."""
+    """The locked SELECT's joined rows come from the snapshot before the wait; the notices must not use them."""
     holder = runtime.session_factory()
     try:
         holder.get(Case, world["case"], with_for_update=True)
@@ -230,7 +221,7 @@ def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones
 
         def choose() -> None:
             with runtime.unit_of_work() as session:
-                case, party = cases.open_case_for(session, world["openids"][0], for_update=True, for_booking=True)
+                case, party = cases.open_case_for(session, world["openids"][0], for_update=True)
                 outcome["result"] = booking.book_choice(session, runtime, case, party, 1, now=T0)
 
         chooser = threading.Thread(target=choose)
@@ -243,7 +234,7 @@ def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones
     assert outcome["result"].booked
     sent = make.notices(runtime, "booked")
     assert [n.language for n in sent] == ["zh", "zh"]
-    assert all("天河新址" in n.payload["text"] for n in sent)
+    assert all("天河新址" in make.text_of(n) for n in sent)
 
 
 def _wait_until_a_backend_waits_for_a_lock(runtime) -> None:
@@ -253,3 +244,28 @@ def _wait_until_a_backend_waits_for_a_lock(runtime) -> None:
             assert time.monotonic() < deadline, "the booking never waited for the case lock"
             time.sleep(0.01)
             connection.rollback()
+
+
+_PHOTO_ROWS = st.lists(st.tuples(
+    st.one_of(st.none(), st.integers(-3, 30)),
+    st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                                 max_size=64)),
+    st.sampled_from(list(PhotoStatus))), max_size=8)
+
+
+@pytest.mark.postgres_only
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_PHOTO_ROWS)
+def test_the_fingerprint_in_sql_is_the_fingerprint_in_python(runtime, world, rows):
+    """The one-statement booking computes cases.evidence_fingerprint in SQL: the two must never differ."""
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, world["case"])
+        for photo in list(case.photos):
+            case.photos.remove(photo)
+            session.delete(photo)
+        for item, sha256, status in rows:
+            case.photos.append(Photo(item=item, sha256=sha256, status=status, received_at=T0))
+        session.flush()
+        in_sql = session.scalar(text(f"SELECT {writes.FINGERPRINT_SQL}"), {"case_id": case.id})
+        assert in_sql == cases.evidence_fingerprint(case)
+        session.rollback()

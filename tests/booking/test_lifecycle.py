@@ -40,7 +40,7 @@ def test_reminder_once_within_the_reminder_window(runtime, clock, booked):
     assert lifecycle.send_due_reminders(runtime) == 0
     sent = make.notices(runtime, "reminder")
     assert [n.dedupe_key for n in sent] == [f"reminder:{appointment_id}:A", f"reminder:{appointment_id}:B"]
-    zh, en = (n.payload["text"] for n in sent)
+    zh, en = (make.text_of(n) for n in sent)
     assert "改约" in zh and "11月25日 14:00-14:30" in zh and "天河事故处理点" in zh
     assert "reschedule" in en and "25 Nov 14:00-14:30" in en
     with runtime.unit_of_work() as session:
@@ -130,7 +130,7 @@ def test_idle_drafts_expire_and_both_parties_are_told(runtime, clock):
     assert states[2][0] is CaseStatus.BOOKED
     sent = make.notices(runtime, "expired")
     assert [n.dedupe_key for n in sent] == [f"expired:{ids[0]}:A", f"expired:{ids[0]}:B", f"expired:{ids[1]}:A"]
-    assert "已自动关闭" in sent[0].payload["text"]
+    assert "已自动关闭" in make.text_of(sent[0])
 
 
 def test_limit_bounds_one_run(runtime, clock):

@@ -108,6 +108,58 @@ def test_text_is_used_without_template_data_or_without_a_template(make_runtime, 
         ("custom", "booked, no data"), ("custom", "cancelled, no template")]
 
 
+BOOKED_FACTS = {"case_no": "20261125-ABCDE", "fingerprint": "0123456789abcdef", "station": "天河事故处理点",
+                "address": "广州市天河路 1 号", "timezone": "Asia/Shanghai",
+                "starts_at": "2026-11-25T06:00:00+00:00", "ends_at": "2026-11-25T14:30:00+08:00"}
+
+
+def add_notice(runtime, openid: str, kind: str, facts: dict, *, language: str) -> int:
+    with runtime.unit_of_work() as session:
+        return enqueue(session, openid=openid, kind=kind, notice=facts, dedupe_key=f"test:{next(_keys)}",
+                       now=runtime.clock.now(), language=language)
+
+
+def test_a_notice_stored_as_facts_is_rendered_when_sent_in_the_recipient_s_language(rt, wechat):
+    add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    add_notice(rt, "oDriverB", "booked", BOOKED_FACTS, language="en")
+
+    assert dispatch_due(rt, "w1") == 2
+
+    [zh] = wechat.messages_to("oDriverA")
+    [en] = wechat.messages_to("oDriverB")
+    assert zh.startswith("预约成功，案件号 20261125-ABCDE") and "时间：11月25日 14:00-14:30" in zh
+    assert "天河事故处理点" in zh and "广州市天河路 1 号" in zh and "0123456789abcdef" in zh
+    assert en.startswith("Booked. Case 20261125-ABCDE") and "Time: 25 Nov 14:00-14:30" in en
+
+
+def test_a_notice_stored_as_facts_goes_as_template_message_where_one_is_configured(make_runtime, wechat):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="en")
+
+    assert dispatch_due(rt, "w1") == 1
+
+    [message] = wechat.sent
+    assert message["kind"] == "template" and message["body"]["template_id"] == "tpl-booked"
+    data = message["body"]["data"]
+    assert data["first"] == {"value": "Appointment booked"} and data["time"] == {"value": "25 Nov 14:00-14:30"}
+    assert data["case_no"] == {"value": "20261125-ABCDE"} and data["station"] == {"value": "天河事故处理点"}
+
+
+@pytest.mark.parametrize("facts", [
+    {key: value for key, value in BOOKED_FACTS.items() if key != "station"},
+    BOOKED_FACTS | {"starts_at": "tomorrow"},
+    BOOKED_FACTS | {"timezone": "Mars/Olympus_Mons"},
+], ids=["missing-fact", "unreadable-time", "unknown-zone"])
+def test_a_notice_whose_facts_cannot_be_rendered_fails_visibly(rt, wechat, facts):
+    notification_id = add_notice(rt, "oDriverA", "booked", facts, language="zh")
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.FAILED and "bad payload" in row.last_error
+    assert wechat.sent == []
+
+
 def test_join_invite_creates_the_qr_code_sends_it_and_records_it_on_the_case(rt, wechat, clock):
     with rt.unit_of_work() as session:
         case, _party, _created = start_case(session, openid="oDriverA", language="en", settings=rt.settings,

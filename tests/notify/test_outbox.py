@@ -85,3 +85,20 @@ def test_rolled_back_change_leaves_no_notice(runtime, clock):
     assert count(runtime) == 0
     with runtime.unit_of_work() as session:  # the key is free again
         assert add(session, clock.now()) is not None
+
+
+def test_a_notice_about_a_case_is_stored_as_its_facts(runtime, clock):
+    facts = {"case_no": "20261125-ABCDE", "fingerprint": "0123456789abcdef"}
+    with runtime.unit_of_work() as session:
+        assert enqueue(session, openid="oDriverA", kind="expired", notice=facts, dedupe_key="expired:1:A",
+                       now=clock.now(), language="en") is not None
+    with runtime.unit_of_work() as session:
+        assert session.scalar(select(Notification.payload)) == {"notice": facts}
+
+
+@pytest.mark.parametrize("content", [{}, {"text": "已预约", "notice": {"case_no": "X"}}], ids=["neither", "both"])
+def test_a_message_is_its_text_or_a_notice_s_facts_not_both(runtime, clock, content):
+    with runtime.unit_of_work() as session:
+        with pytest.raises(ValueError):
+            enqueue(session, openid="oDriverA", kind="booked", dedupe_key="booked:1:A", now=clock.now(), **content)
+    assert count(runtime) == 0
