@@ -10,13 +10,10 @@ the same number of attempts, on rows of its own:
   ``UPDATE slot SET booked = booked + 1 WHERE id = :id AND booked < capacity``
   and, when it wins, an INSERT into appointment (SQLAlchemy Core);
 * service: one unit of work per attempt as the conversation's ``choose``
-  runs it: ``cases.open_case_for(openid, for_update=True, for_booking=True)`` (the case row
+  runs it: ``cases.open_case_for(openid, for_update=True)`` (the case row
   locked, the sender's party), then ``booking.api.book_choice`` (seat,
   appointment, case status, fingerprint, audit, notices for both parties in
-  the outbox);
-* same_work_core (reference): the statements a booking needs written one by
-  one in Core (load case, parties, photos; seat; appointment; case; audit;
-  both notices), to tell round trips from the cost of the work itself.
+  the outbox).
 
 The paths take turns in ``--rounds`` slices so that drift in the load of a
 shared machine hits them alike; compare the ratio, measured in one run.
@@ -58,7 +55,6 @@ from accident_service.db import Base, make_session_factory  # noqa: E402
 from accident_service.models import (  # noqa: E402
     Appointment,
     AppointmentStatus,
-    AuditEvent,
     Case,
     CaseStatus,
     Notification,
@@ -121,7 +117,6 @@ def run(engine: Engine, url: str, *, clients: int, attempts: int, mode: str, rou
                           store=make_store(settings), clock=SystemClock())
         paths: dict[str, Callable[[int, int], bool]] = {
             "floor": lambda case_id, slot_id: _floor_attempt(engine, case_id, slot_id),
-            "same_work_core": lambda case_id, slot_id: _same_work_core_attempt(engine, case_id, slot_id),
             "service": lambda case_id, _slot_id: _service_attempt(runtime, case_id),
         }
         plans = {name: _prepare(engine, now, attempts, name.upper().replace("_", "-"),
@@ -141,8 +136,6 @@ def run(engine: Engine, url: str, *, clients: int, attempts: int, mode: str, rou
         "service_bookings_per_s": round(rates["service"], 1),
         "floor_bookings_per_s": round(rates["floor"], 1),
         "ratio": round(rates["service"] / rates["floor"], 3),
-        "same_work_core_bookings_per_s": round(rates["same_work_core"], 1),
-        "service_vs_same_work_core": round(rates["service"] / rates["same_work_core"], 3),
         "statements_per_booking": statements,
         **({"client_cpu_ms_per_booking": {name: round(1000 * cpu[name] / measured[name]["booked"], 2)
                                           for name in measured}} if mode == "threads" else {}),
@@ -246,39 +239,6 @@ def _service_attempt(runtime: Runtime, case_id: int) -> bool:
 
 def _openid(case_id: int, role: PartyRole) -> str:
     return f"o{case_id}{role.value}"
-
-
-_TABLES = {model.__name__: model.__table__ for model in (Case, Party, Photo, Slot, Appointment, AuditEvent,
-                                                         Notification)}
-
-
-def _same_work_core_attempt(engine: Engine, case_id: int, slot_id: int) -> bool:
-    """What book_choice writes and reads, in hand-written Core (no ORM, no dedupe SELECTs)."""
-    t = _TABLES
-    with engine.begin() as connection:
-        at = datetime.now(UTC)
-        connection.execute(select(t["Case"]).where(t["Case"].c.id == case_id).with_for_update()).one()
-        parties = connection.execute(select(t["Party"]).where(t["Party"].c.case_id == case_id)).all()
-        connection.execute(select(t["Photo"]).where(t["Photo"].c.case_id == case_id)).all()
-        slot = t["Slot"]
-        if connection.execute(update(slot).where(slot.c.id == slot_id, slot.c.booked < slot.c.capacity,
-                                                 slot.c.starts_at > at)
-                              .values(booked=slot.c.booked + 1).returning(slot.c.starts_at)).first() is None:
-            return False
-        appointment_id = connection.execute(insert(t["Appointment"]).values(
-            case_id=case_id, slot_id=slot_id, status=AppointmentStatus.BOOKED, created_at=at, updated_at=at)
-            .returning(t["Appointment"].c.id)).scalar_one()
-        connection.execute(update(t["Case"]).where(t["Case"].c.id == case_id).values(
-            status=CaseStatus.BOOKED, offered_slot_ids=None, offered_at=None, expires_at=None, updated_at=at,
-            evidence_fingerprint="0" * 16))
-        connection.execute(insert(t["AuditEvent"]).values(at=at, actor_type="party", actor="A",
-                                                          action="appointment.booked", case_id=case_id,
-                                                          after={"appointment_id": appointment_id}))
-        connection.execute(insert(t["Notification"]), [
-            {"dedupe_key": f"core:{appointment_id}:{p.role}", "case_id": case_id, "openid": p.openid,
-             "kind": "booked", "language": "zh", "payload": {"text": "预约成功" * 40, "template_data": {}},
-             "status": "pending", "attempts": 0, "next_attempt_at": at, "created_at": at} for p in parties])
-        return True
 
 
 def _measure_interleaved(clients: int, plans: dict[str, list[tuple[int, int]]],
