@@ -119,7 +119,7 @@ def run(engine: Engine, url: str, *, clients: int, attempts: int, mode: str, rou
             "floor": lambda case_id, slot_id: _floor_attempt(engine, case_id, slot_id),
             "service": lambda case_id, _slot_id: _service_attempt(runtime, case_id),
         }
-        plans = {name: _prepare(engine, now, attempts, name.upper().replace("_", "-"),
+        plans = {name: _prepare(engine, now, attempts, name.upper(),
                                 with_parties=name != "floor") for name in paths}
         _analyze(engine)
         statements = _warm_up(engine, runtime, now, paths)

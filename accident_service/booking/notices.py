@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -79,29 +79,45 @@ def notify_parties(session: Session, case: Case, kind: str, *, ref: int, now: da
 def notice_facts(case_no: str, fingerprint: str | None, visit: Visit | None) -> dict[str, str | None]:
     """What a notice about a case shows, in no language: the outbox row keeps these (JSON) until it is sent.
 
-    Times are ISO 8601 with their offset; the booking statement on
-    PostgreSQL (booking.writes) builds the same keys in SQL.
+    Times are :func:`utc_text`; the booking statement on PostgreSQL
+    (booking.writes) builds the same facts in SQL.
     """
     facts: dict[str, str | None] = {"case_no": case_no, "fingerprint": fingerprint}
     if visit is not None:
         facts |= {"station": visit.station_name, "address": visit.address, "timezone": visit.timezone,
-                  "starts_at": visit.starts_at.isoformat(), "ends_at": visit.ends_at.isoformat()}
+                  "starts_at": utc_text(visit.starts_at), "ends_at": utc_text(visit.ends_at)}
     return facts
+
+
+def utc_text(moment: datetime) -> str:
+    """An aware time as stored in facts: ISO 8601 in UTC with microseconds ("2026-11-25T06:00:00.000000+00:00")."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _stored_time(value: Any) -> datetime:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(f"not a time with an offset: {value!r}")
+    return moment
 
 
 def render(kind: str, language: str, facts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The ``kind`` notice from its stored facts in ``language``: (customer-service text, template data).
 
-    Raises ValueError for an unknown kind or an unreadable time, KeyError for a fact the text needs but the
-    facts lack (the dispatcher gives such a row up as a bad payload).
+    Raises ValueError for an unknown kind, facts that are not an object or an unreadable time or zone, and
+    KeyError for a fact the text needs but the facts lack (the dispatcher gives such a row up as a bad payload).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown notice kind {kind!r}")
+    if not isinstance(facts, dict):
+        raise ValueError(f"the facts of a notice are an object, not {type(facts).__name__}")
     language = messages.normalise_language(language)
-    params = {"case_no": str(facts["case_no"]), "fingerprint": facts.get("fingerprint") or "-"}
+    params = {"case_no": str(facts["case_no"]), "fingerprint": str(facts.get("fingerprint") or "-")}
     if facts.get("starts_at") is not None:
-        visit = Visit(facts["station"], facts["address"], facts["timezone"],
-                      datetime.fromisoformat(facts["starts_at"]), datetime.fromisoformat(facts["ends_at"]))
+        if not isinstance(facts["timezone"], str):
+            raise ValueError(f"not a time zone: {facts['timezone']!r}")
+        visit = Visit(str(facts["station"]), str(facts["address"]), facts["timezone"],
+                      _stored_time(facts["starts_at"]), _stored_time(facts["ends_at"]))
         params |= {"station": visit.station_name, "address": visit.address, "time": visit_window(visit, language)}
     return messages.text(f"booking.notice.{kind}", language, **params), template_data(kind, params, language)
 

@@ -1,20 +1,21 @@
 """The database side of a booking: take the seat, write everything else, show it in the session.
 
-A booking reads nothing before its seat is taken. Its notices are stored as
-facts (case number, evidence fingerprint, station and time; see
-``booking.notices``) and rendered in each party's language when they are
-sent, so there is no text to prepare. From the seat's conditional UPDATE to
-COMMIT the slot row is locked and every competing driver waits, so that
-stretch holds as little as possible:
+Its notices are stored as facts (case number, evidence fingerprint, station
+and time; see ``booking.notices``) and rendered in each party's language when
+they are sent, so a booking has no text to prepare. From the seat's
+conditional UPDATE to COMMIT the slot row is locked and every competing
+driver waits, so that stretch holds as little as possible:
 
 * PostgreSQL, first booking: one statement of data-modifying CTEs (seat,
   appointment, case with the fingerprint of its accepted photos, audit event,
   one notice per party), each step fed by the row of the one before, so a
-  full slot writes nothing at all. The statement reads the parties, photos
-  and station itself, in a snapshot taken after the caller locked the case:
-  what the notices say is current even when that lock was waited for;
+  full slot writes nothing at all, and nothing is read before it. The
+  statement reads the parties, photos and station itself, in a snapshot
+  taken after the caller locked the case: what the notices say is current
+  even when that lock was waited for;
 * otherwise (SQLite, or moving an appointment, where the two slot rows must
-  be locked in id order): the same writes as separate Core statements.
+  be locked in id order): the parties and photos are read first (afresh,
+  for the same reason), then the same writes as separate Core statements.
 
 Both run in the caller's transaction. The loaded ORM objects are then
 brought in line with what was written, without a second write at flush.
@@ -25,11 +26,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, TextClause, bindparam, insert, text, update
+from sqlalchemy import JSON, Integer, String, TextClause, bindparam, insert, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
+from accident_service import messages
 from accident_service.booking import slots
 from accident_service.booking.notices import Visit, notify_parties
 from accident_service.cases import service as cases
@@ -40,6 +42,7 @@ from accident_service.models import (
     AuditEvent,
     Case,
     CaseStatus,
+    Party,
     PhotoStatus,
     WorkStatus,
 )
@@ -92,13 +95,25 @@ def _write_in_one_statement(session: Session, case: Case, slot_id: int, *, statu
 
 # A case's evidence fingerprint in SQL: cases.evidence_fingerprint spelled for PostgreSQL (the first 16 hex
 # digits of the SHA-256 of the sorted "item:sha256" lines of the accepted photos; Python's "None" for a
-# missing value, code point order, which COLLATE "C" gives for UTF-8). Tests hold the two to the same results.
+# missing value; code point order, which COLLATE "C" gives for UTF-8 whatever the database's collation).
+# A property test compares the two.
 _PHOTO_LINE = "coalesce(CAST(photo.item AS text), 'None') || ':' || coalesce(photo.sha256, 'None')"
 FINGERPRINT_SQL = f"""(
     SELECT left(encode(sha256(convert_to(coalesce(
                string_agg({_PHOTO_LINE}, E'\\n' ORDER BY {_PHOTO_LINE} COLLATE "C"), ''), 'UTF8')), 'hex'), 16)
     FROM photo WHERE photo.case_id = CAST(:case_id AS integer) AND photo.status = '{PhotoStatus.ACCEPTED.value}'
 )"""
+
+
+def _utc_text(column: str) -> str:
+    """A timestamptz as booking.notices.utc_text writes it, whatever the session's TimeZone."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
+
+def _language_sql(column: str) -> str:
+    """messages.normalise_language in SQL."""
+    known = ", ".join(f"'{language}'" for language in messages.LANGUAGES)
+    return f"CASE WHEN {column} IN ({known}) THEN {column} ELSE '{messages.DEFAULT_LANGUAGE}' END"
 
 
 def _one_statement() -> TextClause:
@@ -136,11 +151,11 @@ def _one_statement() -> TextClause:
         INSERT INTO notification (dedupe_key, case_id, openid, kind, language, payload, status, attempts,
                                   next_attempt_at, created_at)
         SELECT 'booked:' || new_appointment.id || ':' || party.role, CAST(:case_id AS integer), party.openid,
-               'booked', party.language,
+               'booked', {_language_sql('party.language')},
                json_build_object('notice', json_build_object(
                    'case_no', booked_case.case_no, 'fingerprint', booked_case.evidence_fingerprint,
                    'station', station.name, 'address', station.address, 'timezone', station.timezone,
-                   'starts_at', seat.starts_at, 'ends_at', seat.ends_at)),
+                   'starts_at', {_utc_text('seat.starts_at')}, 'ends_at', {_utc_text('seat.ends_at')})),
                '{WorkStatus.PENDING.value}', 0, :now, :now
         FROM seat
         JOIN station ON station.id = seat.station_id
@@ -161,8 +176,11 @@ _ONE_STATEMENT = _one_statement()
 def _write_step_by_step(session: Session, case: Case, slot_id: int, *, moving: Appointment | None,
                         status: CaseStatus, before: dict[str, Any], actor_type: str, actor: str | None,
                         now: datetime) -> tuple[int, str] | None:
-    fingerprint = cases.evidence_fingerprint(case)  # photos and parties load before the slot row is locked
-    parties = case.parties
+    # Read before the slot row is locked, and afresh: rows the caller's SELECT joined to the locked case come
+    # from its snapshot, taken before any wait for that lock.
+    parties = session.scalars(select(Party).where(Party.case_id == case.id).order_by(Party.role)
+                              .execution_options(populate_existing=True)).all()
+    fingerprint = cases.evidence_fingerprint(case)
     seat = _take_seat_for(session, slot_id, freeing=moving.slot_id if moving is not None else None, now=now)
     if seat is None:
         return None

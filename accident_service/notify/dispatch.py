@@ -8,8 +8,9 @@ Transient WeChat errors (busy, quota, network) retry with backoff; permanent
 ones (unsubscribed, outside the 48-hour window, invalid openid) end in FAILED
 with the reason. A kind with a configured template (and template data) goes as a
 template message, which the 48-hour customer-service window does not limit.
-Notices about a case are stored as facts and rendered here, when sent
-(booking.notices.render).
+The notices of booking.notices (booked, rescheduled, cancelled, reminder,
+no-show, expired, evidence updated) are stored as facts and rendered here,
+when sent; other messages are stored as their text.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ def message_of(row: Notification) -> tuple[str, Any]:
     A notice stored as facts is rendered here, in the row's language. Raises
     KeyError or ValueError for a payload that cannot be rendered.
     """
-    payload = row.payload or {}
-    if isinstance(payload, dict) and "notice" in payload:
+    payload = row.payload
+    if not isinstance(payload, dict):
+        raise ValueError(f"the payload is an object, not {type(payload).__name__}")
+    if "notice" in payload:
         return notices.render(row.kind, row.language, payload["notice"])
     return str(payload.get("text", "")), payload.get("template_data")
 

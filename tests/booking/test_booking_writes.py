@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -73,16 +73,11 @@ def test_a_booking_writes_every_effect_in_its_transaction(runtime, world):
             (world["openids"][1], "booked", "en", f"booked:{appointment_id}:B", world["case"], WorkStatus.PENDING, 0,
              T0, T0),
         ]
-        # Stored as facts, in no language (built in SQL on PostgreSQL, in Python on SQLite: the same facts).
+        # Stored as facts, in no language: built in SQL on PostgreSQL, in Python on SQLite, the same facts.
         slot = session.get(Slot, slot_id)
-        expected = notice_facts(case.case_no, case.evidence_fingerprint, Visit.at(slot.station, slot.starts_at,
-                                                                                  slot.ends_at))
-        for notice in sent:
-            facts = notice.payload["notice"]
-            assert {key: facts[key] for key in facts if not key.endswith("_at")} == \
-                {key: expected[key] for key in expected if not key.endswith("_at")}
-            assert [datetime.fromisoformat(facts[key]) for key in ("starts_at", "ends_at")] == \
-                [slot.starts_at, slot.ends_at]
+        visit = Visit.at(slot.station, slot.starts_at, slot.ends_at)
+        assert [n.payload for n in sent] == [{"notice": notice_facts(case.case_no, case.evidence_fingerprint,
+                                                                     visit)}] * 2
         # Rendered when sent, each in the party's language.
         assert "天河事故处理点" in make.text_of(sent[0]) and "11月25日 14:00-14:30" in make.text_of(sent[0])
         assert case.evidence_fingerprint in make.text_of(sent[1]) and "Booked." in make.text_of(sent[1])
@@ -209,14 +204,24 @@ def test_a_first_booking_on_postgres_is_one_statement(runtime, world, loaded_by)
 
 
 @pytest.mark.postgres_only
-def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones_written(runtime, world):
-    """The locked SELECT's joined rows come from the snapshot before the wait; the notices must not use them."""
+@pytest.mark.parametrize("kind", ["booked", "rescheduled"])
+def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones_written(runtime, world, kind):
+    """The locked SELECT's joined rows come from the snapshot before the wait; the notices must not use them.
+
+    A first booking is one statement that reads the parties itself; a move reads them afresh.
+    """
+    if kind == "rescheduled":
+        assert make.choose(runtime, world["case"], 1, now=T0).booked
+        with runtime.unit_of_work() as session:
+            case = session.get(Case, world["case"])
+            case.offered_slot_ids, case.offered_at = [world["slots"][1]], T0
     holder = runtime.session_factory()
     try:
         holder.get(Case, world["case"], with_for_update=True)
         holder.execute(update(Station).where(Station.code == "GZ-TH").values(name="天河新址"))
-        holder.execute(update(Party).where(Party.case_id == world["case"], Party.role == PartyRole.B)
-                       .values(language="zh"))
+        for role, language in ((PartyRole.A, "en"), (PartyRole.B, "zh")):  # the world has them the other way
+            holder.execute(update(Party).where(Party.case_id == world["case"], Party.role == role)
+                           .values(language=language))
         outcome: dict[str, object] = {}
 
         def choose() -> None:
@@ -232,9 +237,17 @@ def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones
     finally:
         holder.close()
     assert outcome["result"].booked
-    sent = make.notices(runtime, "booked")
-    assert [n.language for n in sent] == ["zh", "zh"]
+    sent = make.notices(runtime, kind)
+    assert [n.language for n in sent] == ["en", "zh"]
     assert all("天河新址" in make.text_of(n) for n in sent)
+
+
+def test_a_language_the_service_does_not_speak_gets_the_default(runtime, world):
+    with runtime.unit_of_work() as session:
+        for party in session.get(Case, world["case"]).parties:
+            party.language = "EN" if party.role is PartyRole.A else "fr"
+    assert make.choose(runtime, world["case"], 1, now=T0).booked
+    assert [n.language for n in make.notices(runtime, "booked")] == ["zh", "zh"]
 
 
 def _wait_until_a_backend_waits_for_a_lock(runtime) -> None:

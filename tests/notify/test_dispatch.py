@@ -148,8 +148,13 @@ def test_a_notice_stored_as_facts_goes_as_template_message_where_one_is_configur
 @pytest.mark.parametrize("facts", [
     {key: value for key, value in BOOKED_FACTS.items() if key != "station"},
     BOOKED_FACTS | {"starts_at": "tomorrow"},
+    BOOKED_FACTS | {"starts_at": 1764050400},
+    BOOKED_FACTS | {"starts_at": "2026-11-25T14:00:00"},
     BOOKED_FACTS | {"timezone": "Mars/Olympus_Mons"},
-], ids=["missing-fact", "unreadable-time", "unknown-zone"])
+    BOOKED_FACTS | {"timezone": None},
+    ["not", "an", "object"],
+], ids=["missing-fact", "unreadable-time", "number-time", "time-without-offset", "unknown-zone", "no-zone",
+        "not-an-object"])
 def test_a_notice_whose_facts_cannot_be_rendered_fails_visibly(rt, wechat, facts):
     notification_id = add_notice(rt, "oDriverA", "booked", facts, language="zh")
 
@@ -192,6 +197,19 @@ def test_join_invite_without_a_scene_fails_visibly(rt, wechat):
     row = load(rt, notification_id)
     assert row.status is WorkStatus.FAILED and "bad payload" in row.last_error
     assert wechat.sent == [] and wechat.qrcodes == {}
+
+
+@pytest.mark.parametrize("payload", [["text", "hello"], "hello", None], ids=["list", "string", "null"])
+def test_a_payload_that_is_not_an_object_fails_visibly(rt, wechat, payload):
+    notification_id = add(rt, "oDriverA", "x")
+    with rt.unit_of_work() as session:
+        session.get(Notification, notification_id).payload = payload
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.FAILED and "bad payload" in row.last_error and row.attempts == 1
+    assert wechat.sent == []
 
 
 def test_unexpected_error_is_retried_then_fails_without_stopping_the_batch(make_runtime, wechat, clock):
