@@ -23,7 +23,8 @@ from accident_service import messages
 from accident_service.models import Case, Party, Station
 from accident_service.notify.outbox import enqueue
 
-KINDS = ("booked", "rescheduled", "cancelled", "reminder", "no_show", "expired", "evidence_updated")
+KINDS = ("booked", "rescheduled", "cancelled", "confirmed", "retake", "reminder", "no_show", "expired",
+         "evidence_updated")
 _EN_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -67,13 +68,21 @@ def notify_parties(session: Session, case: Case, kind: str, *, ref: int, now: da
     current evidence fingerprint) and rendered in each party's language when
     sent. ``parties`` defaults to ``case.parties``. Raises ValueError for an unknown kind.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown notice kind {kind!r}")
     facts = notice_facts(case.case_no, case.evidence_fingerprint, visit)
     for party in case.parties if parties is None else parties:
-        enqueue(session, openid=party.openid, kind=kind, notice=facts,
-                dedupe_key=dedupe_key(kind, ref, party.role.value), now=now, case_id=case.id,
-                language=messages.normalise_language(party.language))
+        notify_party(session, case, party, kind, ref=ref, now=now, facts=facts)
+
+
+def notify_party(session: Session, case: Case, party: Party, kind: str, *, ref: int, now: datetime,
+                 facts: dict[str, Any]) -> None:
+    """Write one party's ``kind`` notice with ``facts`` (:func:`notice_facts` and what the kind adds).
+
+    Raises ValueError for an unknown kind.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown notice kind {kind!r}")
+    enqueue(session, openid=party.openid, kind=kind, notice=facts, dedupe_key=dedupe_key(kind, ref, party.role.value),
+            now=now, case_id=case.id, language=messages.normalise_language(party.language))
 
 
 def notice_facts(case_no: str, fingerprint: str | None, visit: Visit | None) -> dict[str, str | None]:
@@ -104,8 +113,11 @@ def _stored_time(value: Any) -> datetime:
 def render(kind: str, language: str, facts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The ``kind`` notice from its stored facts in ``language``: (customer-service text, template data).
 
-    Raises ValueError for an unknown kind, facts that are not an object or an unreadable time or zone, and
-    KeyError for a fact the text needs but the facts lack (the dispatcher gives such a row up as a bad payload).
+    Besides :func:`notice_facts`, a retake request has ``item`` and
+    ``reason``, and ``variant`` "other" where it tells the party who is not
+    asked. Raises ValueError for an unknown kind, facts that are not an object
+    or an unreadable time or zone, and KeyError for a fact or text the notice
+    needs but lacks (the dispatcher gives such a row up as a bad payload).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown notice kind {kind!r}")
@@ -119,11 +131,14 @@ def render(kind: str, language: str, facts: dict[str, Any]) -> tuple[str, dict[s
         visit = Visit(str(facts["station"]), str(facts["address"]), facts["timezone"],
                       _stored_time(facts["starts_at"]), _stored_time(facts["ends_at"]))
         params |= {"station": visit.station_name, "address": visit.address, "time": visit_window(visit, language)}
-    return messages.text(f"booking.notice.{kind}", language, **params), template_data(kind, params, language)
+    params |= {name: str(facts[name]) for name in ("item", "reason") if name in facts}
+    variant = f".{facts['variant']}" if facts.get("variant") else ""
+    text = messages.text(f"booking.notice.{kind}{variant}", language, **params)
+    return text, template_data(kind, params, language, variant=variant)
 
 
-def template_data(kind: str, params: dict[str, str], language: str) -> dict[str, Any]:
+def template_data(kind: str, params: dict[str, str], language: str, *, variant: str = "") -> dict[str, Any]:
     """Fields for a template message: a title ("first"), the facts, and a remark, each {"value": str}."""
     data = {"first": messages.text(f"booking.title.{kind}", language)} | params
-    data["remark"] = messages.text(f"booking.remark.{kind}", language)
+    data["remark"] = messages.text(f"booking.remark.{kind}{variant}", language)
     return {key: {"value": value} for key, value in data.items()}

@@ -12,13 +12,11 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from accident_service import messages
 from accident_service.booking.appointments import active_appointment, visit_of
-from accident_service.booking.notices import visit_window
+from accident_service.booking.notices import notice_facts, notify_parties, notify_party
 from accident_service.cases import service as cases
 from accident_service.errors import Conflict
 from accident_service.models import AppointmentStatus, Case, CaseStatus, PhotoStatus
-from accident_service.notify.outbox import enqueue
 from accident_service.settings import Settings
 
 
@@ -41,15 +39,7 @@ def confirm_appointment(session: Session, case: Case, *, staff: str, now: dateti
     case.status = CaseStatus.CONFIRMED
     cases.record_audit(session, actor_type="staff", actor=staff, action="appointment.confirmed", case_id=case.id,
                        before={"status": "booked"}, after={"status": "confirmed"}, now=now)
-    visit = visit_of(appointment)
-    for party in case.parties:
-        language = messages.normalise_language(party.language)
-        enqueue(session, openid=party.openid, kind="confirmed", case_id=case.id, language=language, now=now,
-                dedupe_key=f"confirmed:{appointment.id}:{party.role.value}",
-                text=messages.text("staff.notice.confirmed", language, case_no=case.case_no,
-                                   station=visit.station_name, time=visit_window(visit, language)),
-                template_data={"case_no": {"value": case.case_no}, "station": {"value": visit.station_name},
-                               "time": {"value": visit_window(visit, language)}})
+    notify_parties(session, case, "confirmed", ref=appointment.id, now=now, visit=visit_of(appointment))
 
 
 def request_retake(session: Session, case: Case, *, item: int, reason: str, staff: str, settings: Settings,
@@ -74,14 +64,10 @@ def request_retake(session: Session, case: Case, *, item: int, reason: str, staf
                                  case_id=case.id, before={"status": before}, after={"item": item, "reason": reason},
                                  now=now)
     session.flush()  # the audit row's id names this request in the notices' dedupe keys
+    request_facts = notice_facts(case.case_no, case.evidence_fingerprint, None) | {"item": item, "reason": reason}
     for party in case.parties:
-        language = messages.normalise_language(party.language)
-        key = "staff.notice.retake_you" if party is taker else "staff.notice.retake_other"
-        enqueue(session, openid=party.openid, kind="retake", case_id=case.id, language=language, now=now,
-                dedupe_key=f"retake:{request.id}:{party.role.value}",
-                text=messages.text(key, language, case_no=case.case_no, n=item, reason=reason),
-                template_data={"case_no": {"value": case.case_no}, "item": {"value": str(item)},
-                               "reason": {"value": reason}})
+        facts = request_facts if party is taker else request_facts | {"variant": "other"}
+        notify_party(session, case, party, "retake", ref=request.id, now=now, facts=facts)
 
 
 def _who_took(case: Case, item: int):

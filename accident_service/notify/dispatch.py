@@ -8,9 +8,10 @@ Transient WeChat errors (busy, quota, network) retry with backoff; permanent
 ones (unsubscribed, outside the 48-hour window, invalid openid) end in FAILED
 with the reason. A kind with a configured template (and template data) goes as a
 template message, which the 48-hour customer-service window does not limit.
-The notices of booking.notices (booked, rescheduled, cancelled, reminder,
-no-show, expired, evidence updated) are stored as facts and rendered here,
-when sent; other messages are stored as their text.
+Notices about a case (booking.notices: booked, rescheduled, cancelled,
+confirmed, retake, reminder, no-show, expired, evidence updated) are stored
+as facts and rendered here, when sent, in the party's language as it is then;
+other messages (conversation replies) are stored as their text.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from accident_service import leases, messages, metrics
 from accident_service.booking import notices
-from accident_service.models import Case, Notification, WorkStatus
+from accident_service.models import Case, Notification, Party, WorkStatus
 from accident_service.runtime import Runtime
 from accident_service.wechat.client import WeChatApiError
 
@@ -50,10 +54,11 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
         row = session.get(Notification, notification_id)
         if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
             return  # taken over (our lease lapsed) or gone: sending now could send it twice
+        language = _recipient_language_now(session, row)
         session.expunge(row)
     case_updates: dict[str, Any] = {}
     try:
-        case_updates = _send(runtime, row)
+        case_updates = _send(runtime, row, language)
     except WeChatApiError as exc:
         _after_failure(runtime, row, worker_id, exc)
         return
@@ -74,7 +79,18 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
     metrics.NOTIFICATIONS.labels(row.kind, "sent").inc()
 
 
-def _send(runtime: Runtime, row: Notification) -> dict[str, Any]:
+def _recipient_language_now(session: Session, row: Notification) -> str:
+    """The language to render a notice about a case in: the party's as it is now, else the row's.
+
+    A driver may switch language while the notice waits (say, for a WeChat outage to pass).
+    """
+    if not (isinstance(row.payload, dict) and "notice" in row.payload and row.case_id is not None):
+        return row.language
+    now = session.scalar(select(Party.language).where(Party.case_id == row.case_id, Party.openid == row.openid))
+    return now or row.language
+
+
+def _send(runtime: Runtime, row: Notification, language: str) -> dict[str, Any]:
     """Send one notification; returns case columns to record (the join QR code)."""
     api = runtime.wechat
     payload = row.payload or {}
@@ -85,7 +101,7 @@ def _send(runtime: Runtime, row: Notification) -> dict[str, Any]:
                              join_code=data.get("join_code", ""))
         api.send_text(row.openid, text)
         return {"join_qr_ticket": qr.ticket, "join_qr_url": qr.image_url}
-    text, template_data = message_of(row)
+    text, template_data = message_of(row, language)
     template_id = runtime.settings.template_for(row.kind)
     if template_id and template_data:
         api.send_template(row.openid, template_id, template_data)
@@ -94,17 +110,17 @@ def _send(runtime: Runtime, row: Notification) -> dict[str, Any]:
     return {}
 
 
-def message_of(row: Notification) -> tuple[str, Any]:
+def message_of(row: Notification, language: str | None = None) -> tuple[str, Any]:
     """What a row sends: its customer-service text and its template data.
 
-    A notice stored as facts is rendered here, in the row's language. Raises
-    KeyError or ValueError for a payload that cannot be rendered.
+    A notice stored as facts is rendered here, in ``language`` (default: the
+    row's). Raises KeyError or ValueError for a payload that cannot be rendered.
     """
     payload = row.payload
     if not isinstance(payload, dict):
         raise ValueError(f"the payload is an object, not {type(payload).__name__}")
     if "notice" in payload:
-        return notices.render(row.kind, row.language, payload["notice"])
+        return notices.render(row.kind, language or row.language, payload["notice"])
     return str(payload.get("text", "")), payload.get("template_data")
 
 

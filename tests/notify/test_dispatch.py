@@ -132,6 +132,21 @@ def test_a_notice_stored_as_facts_is_rendered_when_sent_in_the_recipient_s_langu
     assert en.startswith("Booked. Case 20261125-ABCDE") and "Time: 25 Nov 14:00-14:30" in en
 
 
+def test_a_notice_speaks_the_language_the_party_has_when_it_is_sent(rt, wechat, clock):
+    with rt.unit_of_work() as session:
+        case, party, _created = start_case(session, openid="oDriverA", language="zh", settings=rt.settings,
+                                           now=clock.now())
+        notification_id = enqueue(session, openid="oDriverA", kind="booked", notice=BOOKED_FACTS,
+                                  dedupe_key="booked:1:A", now=clock.now(), case_id=case.id, language="zh")
+        party.language = "en"  # switched while the notice waited
+
+    assert dispatch_due(rt, "w1") == 1
+
+    [message] = wechat.messages_to("oDriverA")
+    assert message.startswith("Booked. Case 20261125-ABCDE")
+    assert load(rt, notification_id).status is WorkStatus.DONE
+
+
 def test_a_notice_stored_as_facts_goes_as_template_message_where_one_is_configured(make_runtime, wechat):
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
     add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="en")
