@@ -64,15 +64,13 @@ def write_booking(session: Session, case: Case, slot_id: int, *, moving: Appoint
     """
     before = {"status": case.status.value, "slot_id": moving.slot_id if moving is not None else None}
     if moving is None and is_postgres(session):
-        written = _write_in_one_statement(session, case, slot_id, status=status, before=before,
+        appointment_id = _write_in_one_statement(session, case, slot_id, status=status, before=before,
                                           actor_type=actor_type, actor=actor, now=now)
     else:
-        written = _write_step_by_step(session, case, slot_id, moving=moving, status=status, before=before,
+        appointment_id = _write_step_by_step(session, case, slot_id, moving=moving, status=status, before=before,
                                       actor_type=actor_type, actor=actor, now=now)
-    if written is None:
+    if appointment_id is None:
         return None
-    appointment_id, fingerprint = written
-    _show_booked_case(case, status=status, fingerprint=fingerprint, now=now)
     return _show_new_appointment(session, case, moving, slot_id, appointment_id, now=now)
 
 
@@ -85,12 +83,15 @@ def _booked_case_values(status: CaseStatus, fingerprint: str, now: datetime) -> 
 
 def _write_in_one_statement(session: Session, case: Case, slot_id: int, *, status: CaseStatus,
                             before: dict[str, Any], actor_type: str, actor: str | None,
-                            now: datetime) -> tuple[int, str] | None:
+                            now: datetime) -> int | None:
     row = session.connection().execute(_ONE_STATEMENT, {
         "slot_id": slot_id, "case_id": case.id, "now": now, "case_status": status.value,
         "actor_type": actor_type, "actor": actor, "before": before,
     }).one()
-    return None if row.id is None else (row.id, row.fingerprint)
+    if row.id is None:
+        return None
+    _show_booked_case(case, status=status, fingerprint=row.fingerprint, now=now)
+    return row.id
 
 
 # A case's evidence fingerprint in SQL: cases.evidence_fingerprint spelled for PostgreSQL (the first 16 hex
@@ -175,7 +176,7 @@ _ONE_STATEMENT = _one_statement()
 
 def _write_step_by_step(session: Session, case: Case, slot_id: int, *, moving: Appointment | None,
                         status: CaseStatus, before: dict[str, Any], actor_type: str, actor: str | None,
-                        now: datetime) -> tuple[int, str] | None:
+                        now: datetime) -> int | None:
     # Read before the slot row is locked, and afresh: rows the caller's SELECT joined to the locked case come
     # from its snapshot, taken before any wait for that lock.
     parties = session.scalars(select(Party).where(Party.case_id == case.id).order_by(Party.role)
@@ -202,7 +203,7 @@ def _write_step_by_step(session: Session, case: Case, slot_id: int, *, moving: A
     _show_booked_case(case, status=status, fingerprint=fingerprint, now=now)  # the notices show the new fingerprint
     visit = Visit(seat.station_name, seat.station_address, seat.station_timezone, seat.starts_at, seat.ends_at)
     notify_parties(session, case, kind, ref=appointment_id, now=now, visit=visit, parties=parties)
-    return appointment_id, fingerprint
+    return appointment_id
 
 
 def _take_seat_for(session: Session, slot_id: int, *, freeing: int | None, now: datetime) -> slots.TakenSeat | None:
