@@ -65,10 +65,10 @@ def write_booking(session: Session, case: Case, slot_id: int, *, moving: Appoint
     before = {"status": case.status.value, "slot_id": moving.slot_id if moving is not None else None}
     if moving is None and is_postgres(session):
         appointment_id = _write_in_one_statement(session, case, slot_id, status=status, before=before,
-                                          actor_type=actor_type, actor=actor, now=now)
+                                                 actor_type=actor_type, actor=actor, now=now)
     else:
-        appointment_id = _write_step_by_step(session, case, slot_id, moving=moving, status=status, before=before,
-                                      actor_type=actor_type, actor=actor, now=now)
+        appointment_id = _write_step_by_step(session, case, slot_id, moving=moving, status=status,
+                                             before=before, actor_type=actor_type, actor=actor, now=now)
     if appointment_id is None:
         return None
     return _show_new_appointment(session, case, moving, slot_id, appointment_id, now=now)
