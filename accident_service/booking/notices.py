@@ -122,7 +122,7 @@ def render(kind: str, language: str, facts: dict[str, Any]) -> tuple[str, dict[s
     if kind not in KINDS:
         raise ValueError(f"unknown notice kind {kind!r}")
     if not isinstance(facts, dict):
-        raise ValueError(f"the facts of a notice are an object, not {type(facts).__name__}")
+        raise ValueError(f"the facts of a notice are {type(facts).__name__}, not an object")
     language = messages.normalise_language(language)
     params = {"case_no": str(facts["case_no"]), "fingerprint": str(facts.get("fingerprint") or "-")}
     if facts.get("starts_at") is not None:

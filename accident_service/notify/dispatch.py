@@ -118,7 +118,7 @@ def message_of(row: Notification, language: str | None = None) -> tuple[str, Any
     """
     payload = row.payload
     if not isinstance(payload, dict):
-        raise ValueError(f"the payload is an object, not {type(payload).__name__}")
+        raise ValueError(f"the payload is {type(payload).__name__}, not an object")
     if "notice" in payload:
         return notices.render(row.kind, language or row.language, payload["notice"])
     return str(payload.get("text", "")), payload.get("template_data")
