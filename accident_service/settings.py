@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 CONFIG_DIR = Path(os.environ.get("ACCIDENT_SERVICE_CONFIG_DIR", Path(__file__).resolve().parent.parent / "config"))
 TEMPLATE_PREFIX = "WECHAT_TEMPLATE_"
+SMS_TEMPLATE_PREFIX = "SMS_TEMPLATE_"
 
 
 class SettingsError(RuntimeError):
@@ -64,6 +65,7 @@ class Settings:
     PHOTO_MAX_PIXELS: int
     PHOTO_MAX_CAPTURE_AGE_MINUTES: int
     PHOTO_CHECKLIST: tuple[str, ...]
+    PHOTO_CHECKLIST_B: tuple[str, ...]
     BOOKING_LEAD_MINUTES: int
     BOOKING_OFFER_COUNT: int
     BOOKING_NEAREST_STATIONS: int
@@ -73,7 +75,15 @@ class Settings:
     NO_SHOW_GRACE_MINUTES: int
     SLOT_GENERATION_DAYS: int
     JOIN_QR_EXPIRE_SECONDS: int
+    RETAKE_DEADLINE_MINUTES: int
+    SMS_SDK_APP_ID: str
+    SMS_SECRET_ID: str
+    SMS_SECRET_KEY: str
+    SMS_SIGN_NAME: str
+    SMS_REGION: str
+    SMS_ENDPOINT_URL: str
     templates: Mapping[str, str] = field(default_factory=dict)
+    sms_templates: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def storage_scheme(self) -> str:
@@ -82,6 +92,15 @@ class Settings:
     def template_for(self, kind: str) -> str | None:
         """The template id configured for a notification kind, or None (send text)."""
         return self.templates.get(kind.lower()) or None
+
+    def sms_template_for(self, kind: str) -> str | None:
+        """The SMS template id configured for a notice kind, or None (no SMS for it)."""
+        return self.sms_templates.get(kind.lower()) or None
+
+    @property
+    def sms_enabled(self) -> bool:
+        """SMS is off unless its application and credentials are configured."""
+        return bool(self.SMS_SDK_APP_ID and self.SMS_SECRET_ID and self.SMS_SECRET_KEY and self.SMS_SIGN_NAME)
 
 
 def _parse_bool(name: str, raw: Any) -> bool:
@@ -119,12 +138,13 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
     environ = os.environ if environ is None else environ
     defaults = tomllib.loads((CONFIG_DIR / "defaults.toml").read_text(encoding="utf-8"))
     merged: dict[str, Any] = dict(defaults)
-    merged.update({k: v for k, v in environ.items() if k in defaults or k.startswith(TEMPLATE_PREFIX)})
+    merged.update({k: v for k, v in environ.items()
+                   if k in defaults or k.startswith((TEMPLATE_PREFIX, SMS_TEMPLATE_PREFIX))})
     merged.update(overrides or {})
     given = {k for k in (*environ, *(overrides or {})) if k in defaults}  # set by the operator, not defaults
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        if f.name == "templates":
+        if f.name in ("templates", "sms_templates"):
             continue
         if f.name not in merged:
             raise SettingsError(f"{f.name}: not set and no default in {CONFIG_DIR / 'defaults.toml'}")
@@ -134,6 +154,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
         values[key] = values[key].replace("{data_dir}", data_dir)
     values["templates"] = {k[len(TEMPLATE_PREFIX):].lower(): str(v) for k, v in merged.items()
                            if k.startswith(TEMPLATE_PREFIX) and str(v).strip()}
+    values["sms_templates"] = {k[len(SMS_TEMPLATE_PREFIX):].lower(): str(v) for k, v in merged.items()
+                               if k.startswith(SMS_TEMPLATE_PREFIX) and str(v).strip()}
     _validate(values, given)
     if not values["SECRET_KEY"]:
         values["SECRET_KEY"] = _development_secret(Path(data_dir))
@@ -193,6 +215,16 @@ def _validate(values: dict[str, Any], given: set[str] | frozenset[str] = frozens
     for name in ("PHOTO_CHECKLIST",):
         if not values[name]:
             raise SettingsError(f"{name}: needs at least one item")
+    unknown = [item for item in values["PHOTO_CHECKLIST_B"] if item not in values["PHOTO_CHECKLIST"]]
+    if unknown:
+        raise SettingsError(f"PHOTO_CHECKLIST_B: {', '.join(unknown)} not in PHOTO_CHECKLIST "
+                            f"({', '.join(values['PHOTO_CHECKLIST'])})")
+    if len(values["PHOTO_CHECKLIST_B"]) == len(values["PHOTO_CHECKLIST"]):
+        raise SettingsError("PHOTO_CHECKLIST_B: leaves the reporter no photo to take; list only the other "
+                            "party's items")
+    if values["SMS_ENDPOINT_URL"]:
+        _check_http_url("SMS_ENDPOINT_URL", values["SMS_ENDPOINT_URL"], example="https://sms.tencentcloudapi.com",
+                        path_allowed=False)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -264,6 +296,7 @@ def number_ranges() -> dict[str, NumberRange]:
                                                                   "at most 7 days"),
         "SLOT_GENERATION_DAYS": NumberRange(1, 366),
         "JOIN_QR_EXPIRE_SECONDS": NumberRange(1, 30 * day, why="WeChat's temporary QR codes last 30 days"),
+        "RETAKE_DEADLINE_MINUTES": NumberRange(1, week_minutes, why="7 days"),
     }
 
 
