@@ -38,25 +38,25 @@ def dispatch_outbox(runtime: Runtime, worker_id: str) -> int:
 
 
 def send_reminders(runtime: Runtime, worker_id: str) -> int:
-    from accident_service.booking.lifecycle import send_due_reminders
+    from accident_service.booking.scheduled import send_due_reminders
 
     return send_due_reminders(runtime)
 
 
 def expire_drafts(runtime: Runtime, worker_id: str) -> int:
-    from accident_service.booking.lifecycle import expire_idle_drafts
+    from accident_service.booking.scheduled import expire_idle_drafts
 
     return expire_idle_drafts(runtime)
 
 
 def mark_no_shows(runtime: Runtime, worker_id: str) -> int:
-    from accident_service.booking.lifecycle import mark_no_shows as mark
+    from accident_service.booking.scheduled import mark_no_shows as mark
 
     return mark(runtime)
 
 
 def generate_slots(runtime: Runtime, worker_id: str) -> int:
-    from accident_service.booking.lifecycle import generate_upcoming_slots
+    from accident_service.booking.scheduled import generate_upcoming_slots
 
     return generate_upcoming_slots(runtime)
 

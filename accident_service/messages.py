@@ -10,7 +10,9 @@ across files (a duplicate is a startup error, not a silent override).
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -49,3 +51,14 @@ def text(key: str, language: str | None = None, /, **params: object) -> str:
     """
     template = catalogue()[key][normalise_language(language)]
     return template.format(**params) if params else template
+
+
+_EN_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def time_window(starts_at: datetime, ends_at: datetime, timezone: str, language: str | None) -> str:
+    """A slot in the station's wall time: "11月25日 14:00-14:30" / "25 Nov 14:00-14:30"."""
+    zone = ZoneInfo(timezone)
+    start, end = starts_at.astimezone(zone), ends_at.astimezone(zone)
+    return text("booking.when", language, month=start.month, month_name=_EN_MONTHS[start.month - 1],
+                day=start.day, start=f"{start:%H:%M}", end=f"{end:%H:%M}")

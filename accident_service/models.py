@@ -84,6 +84,7 @@ class WorkStatus(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"  # gave up after the attempt limit or a permanent error
+    DROPPED = "dropped"  # no longer true before it went out (a reminder for a moved appointment)
 
 
 class StaffRole(enum.StrEnum):
@@ -140,10 +141,14 @@ class Case(Base):
     location_lat: Mapped[float | None] = mapped_column(Float)
     location_lng: Mapped[float | None] = mapped_column(Float)
     location_label: Mapped[str | None] = mapped_column(String(400))
-    # Slot ids offered to the reporter, in the order they were numbered.
-    offered_slot_ids: Mapped[list[int] | None] = mapped_column(JSON)
-    offered_at: Mapped[datetime | None]
     evidence_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # Every change made through the lifecycle bumps it: a desk action sent against an older
+    # version is refused instead of applied to a case that changed meanwhile.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # The desk's outcome when it completes the case: liability A, B, shared or none, and a note.
+    liability: Mapped[str | None] = mapped_column(String(8))
+    outcome_note: Mapped[str | None] = mapped_column(Text)
+    handled_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     last_activity_at: Mapped[datetime]
@@ -160,7 +165,12 @@ class Case(Base):
 
 class Party(Base):
     __tablename__ = "party"
-    __table_args__ = (UniqueConstraint("case_id", "role"),)
+    __table_args__ = (
+        UniqueConstraint("case_id", "role"),
+        # A WeChat user is party to at most one open case, enforced by the database.
+        Index("uq_party_open_openid", "openid", unique=True,
+              postgresql_where=text("case_open"), sqlite_where=text("case_open")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("accident_case.id", ondelete="CASCADE"))
@@ -169,8 +179,17 @@ class Party(Base):
     plate: Mapped[str | None] = mapped_column(String(16))
     phone: Mapped[str | None] = mapped_column(String(16))
     language: Mapped[str] = mapped_column(String(8), default="zh")
-    # Checklist item the party asked to replace with ``retake N``.
+    # False once the case is closed: the driver may then start or join another.
+    case_open: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Checklist item this party is to replace: asked with ``retake N``, or by the desk (with a deadline).
     retake_item: Mapped[int | None] = mapped_column(Integer)
+    retake_due_at: Mapped[datetime | None]
+    # Slot ids offered to this party, in the order they were numbered: whoever asks books from their list.
+    offered_slot_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    offered_at: Mapped[datetime | None]
+    # A destructive command waiting for the party's confirmation ("cancel_appointment", "withdraw").
+    pending_action: Mapped[str | None] = mapped_column(String(32))
+    pending_action_until: Mapped[datetime | None]
     joined_at: Mapped[datetime]
 
     case: Mapped[Case] = relationship(back_populates="parties")
@@ -221,6 +240,8 @@ class Appointment(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     reminded_at: Mapped[datetime | None]
+    checked_in_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
 
     case: Mapped[Case] = relationship(back_populates="appointments")
     slot: Mapped[Slot] = relationship()

@@ -34,9 +34,9 @@ class Runtime:
             yield session
 
     @functools.cached_property
-    def wechat(self):  # -> accident_service.wechat.client.WeChatApi
+    def wechat(self):  # -> accident_service.wechat_api.client.WeChatApi
         """The WeChat API client, built on first use (web requests rarely need it)."""
-        from accident_service.wechat.client import build_wechat_api
+        from accident_service.wechat_api.client import build_wechat_api
 
         return build_wechat_api(self)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import current_app
 
-from accident_service.runtime import Runtime
+if TYPE_CHECKING:  # the runtime is built by the app factory; views only fetch it
+    from accident_service.runtime import Runtime
 
 EXTENSION_KEY = "accident_service"
 

@@ -27,4 +27,5 @@ def test_the_booking_benchmark_books_every_seat_once_and_prints_its_figures():
     for path in ("floor", "service"):
         assert figures["outcomes"][path] == {"booked": 40, "full": 10, "errors": 0}
     assert figures["booked_notices"] == 2 * (40 + 8)  # both parties, the measured bookings and the warm-up's
-    assert figures["ratio"] > 0 and figures["statements_per_booking"] == {"floor": 4, "service": 4}
+    statements = figures["statements_per_booking"]
+    assert figures["ratio"] > 0 and statements["floor"] == 4 and statements["service"] > 4

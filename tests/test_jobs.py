@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from accident_service import jobs
 from accident_service.db import Base, make_engine, make_session_factory, unit_of_work
 from accident_service.models import Notification, WorkStatus
-from accident_service.notify.outbox import enqueue
+from accident_service.outbox import enqueue
 from tests.conftest import ON_POSTGRES, POSTGRES_URL, WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
 
 JOB_NAMES = {job.__name__ for job, _ in jobs.PERIODIC_JOBS}
@@ -57,10 +57,10 @@ def test_run_all_once_answers_a_stored_push(live_app, wechat_runtime, wechat):
 
 
 def test_run_all_once_sends_what_the_other_jobs_wrote_in_the_same_run(wechat_runtime, wechat, clock):
-    from accident_service.cases import service as cases
+    from accident_service.cases import parties
 
     with wechat_runtime.unit_of_work() as session:
-        cases.start_case(session, openid="oIdleDriver", language="en", settings=wechat_runtime.settings,
+        parties.start_case(session, openid="oIdleDriver", language="en", settings=wechat_runtime.settings,
                          now=clock.now())
     clock.advance(minutes=wechat_runtime.settings.DRAFT_EXPIRY_MINUTES + 1)
 
@@ -278,7 +278,7 @@ def test_scheduler_killed_mid_message_leaves_a_lease_that_another_worker_recover
             assert row.status is WorkStatus.DONE and row.attempts == 2
             photos = session.scalars(select(Photo)).all()
             assert [p.status for p in photos] == [PhotoStatus.ACCEPTED]
-        assert any("1/4" in m for m in wechat.messages_to("oCrash"))
+        assert any("1/3" in m for m in wechat.messages_to("oCrash"))
     finally:
         server.stop()
         runtime.close()

@@ -1,111 +1,139 @@
-"""Book, reschedule and cancel, each inside the caller's transaction.
+"""Book, move, cancel and withdraw: each a lifecycle transition, the seat taken last.
 
-The caller holds the case row lock (the conversation loads the case with
-``cases.open_case_for(..., for_update=True)``); capacity is enforced by the
-conditional UPDATE on the slot row (:mod:`accident_service.booking.writes`).
-A booking is written with Core statements (on PostgreSQL a first booking is
-one statement), keeping the slot row locked as briefly as possible; the
-loaded ORM objects are then brought in line without a second write. A
-reschedule books the new seat before it lets the old one go, so a driver who
+One path on both databases. The caller holds the case row lock (the
+conversation loads the case FOR UPDATE; desk actions lock it too). A booking
+writes the appointment and the case's transition (audit event and both
+parties' notices, through ``cases.lifecycle.apply``) and only then, as the
+last statement before COMMIT, takes the seat with the conditional UPDATE
+(``booked < capacity``), inside a savepoint: when the slot is full the
+savepoint is rolled back and nothing was written. The slot row is locked only
+from that UPDATE to the caller's COMMIT, which is what competing drivers wait
+for. A move takes the new seat before it lets the old one go, so a driver who
 cannot get the new slot keeps the old appointment untouched.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
-from accident_service.booking import slots, writes
-from accident_service.booking.notices import Visit, notify_parties
-from accident_service.cases import service as cases
+from accident_service.booking import slots
+from accident_service.cases import lifecycle
+from accident_service.cases.facts import Visit
+from accident_service.cases.lifecycle import Actor, active_appointment
+from accident_service.cases.service import stored_fingerprint
 from accident_service.errors import Conflict
-from accident_service.models import (
-    ACTIVE_APPOINTMENT_STATUSES,
-    Appointment,
-    AppointmentStatus,
-    Case,
-    CaseStatus,
-)
-
-# A case in these states may take a (first) appointment or move its current one.
-BOOKABLE_STATUSES = (CaseStatus.READY, CaseStatus.BOOKED, CaseStatus.CONFIRMED, CaseStatus.RETAKE_REQUESTED)
-MOVABLE_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED)
+from accident_service.models import Appointment, AppointmentStatus, Case, Party
+from accident_service.outbox import drop_pending
+from accident_service.settings import Settings
 
 
-class NoActiveAppointment(Conflict):
-    """The case has no appointment to cancel or change."""
+class SlotUnavailable(Conflict):
+    """The slot is full, started, unknown, or the one the case already holds; nothing was changed."""
 
-    code = "no_active_appointment"
-
-
-def active_appointment(case: Case) -> Appointment | None:
-    """The case's booked, confirmed or checked-in appointment, if any (at most one: a DB constraint)."""
-    return next((a for a in case.appointments if a.status in ACTIVE_APPOINTMENT_STATUSES), None)
+    code = "slot_unavailable"
 
 
-def can_book(case: Case) -> bool:
-    """Whether the case may book now: ready, or holding an appointment that has not started (checked in)."""
-    if case.status not in BOOKABLE_STATUSES:
-        return False
-    current = _current_appointment(case)
-    return current is None or current.status in MOVABLE_APPOINTMENT_STATUSES
+class _NoSeat(Exception):
+    pass
 
 
-def book_slot(session: Session, case: Case, slot_id: int, *, actor_type: str, actor: str | None,
-              now: datetime) -> Appointment | None:
-    """Book ``slot_id`` for the case, or move its active appointment there; None when not possible.
+def book(session: Session, case: Case, slot_id: int, *, actor: Actor, settings: Settings, now: datetime,
+         party: Party | None = None, by: str | None = None, expected_version: int | None = None) -> Appointment:
+    """Book ``slot_id`` for the case, or move its active appointment there ("book" or "reschedule").
 
-    None means: the slot is full, already started, unknown, is the current
-    slot, or the case cannot book (see :func:`can_book`); nothing was changed
-    then. On success the old appointment (if any) is ``rescheduled`` and its
-    seat freed, the case is BOOKED (a pending retake stays RETAKE_REQUESTED),
-    its offers are cleared and its evidence fingerprint stored, the change is
-    audited and both parties get a "booked" or "rescheduled" notice, all in
-    the caller's transaction (see booking.writes). Raises sqlalchemy errors only.
+    On success the old appointment (if any) is ``rescheduled`` and its seat
+    freed and its pending reminder dropped; every party's slot list is
+    cleared; the evidence fingerprint is stored (the booking notice carries
+    it); both parties are told. A slot starting within REMINDER_MINUTES gets
+    no reminder: the booking notice is the reminder. Raises SlotUnavailable,
+    or TransitionRefused (the case cannot book now, or ``actor`` may not).
     """
-    if not can_book(case):
-        return None
-    current = _current_appointment(case)
-    if current is not None and current.slot_id == slot_id:
-        return None
-    # Pending changes go first, so that nothing stale is flushed over the booking's own writes at commit.
-    session.flush()
-    status = CaseStatus.RETAKE_REQUESTED if case.status is CaseStatus.RETAKE_REQUESTED else CaseStatus.BOOKED
-    return writes.write_booking(session, case, slot_id, moving=current, status=status, actor_type=actor_type,
-                                actor=actor, now=now)
-
-
-def _current_appointment(case: Case) -> Appointment | None:
-    """The active appointment; a READY case has none (booking makes it BOOKED), so nothing is loaded.
-
-    The partial unique index would still refuse a second active row.
-    """
-    if case.status is CaseStatus.READY and "appointments" in sa_inspect(case).unloaded:
-        return None
-    return active_appointment(case)
-
-
-def cancel_appointment(session: Session, case: Case, *, actor_type: str, actor: str | None,
-                       now: datetime) -> Appointment:
-    """Cancel the active appointment, free its seat, close the case as cancelled, tell both parties.
-
-    Raises NoActiveAppointment when there is none.
-    """
-    appointment = active_appointment(case)
-    if appointment is None:
-        raise NoActiveAppointment(f"case {case.case_no} has no active appointment")
-    appointment.status = AppointmentStatus.CANCELLED
-    appointment.updated_at = now
-    slots.free_seat(session, appointment.slot_id)
-    cases.record_audit(session, actor_type=actor_type, actor=actor, action="appointment.cancelled",
-                       case_id=case.id, before={"slot_id": appointment.slot_id}, now=now)
-    cases.close_case(session, case, CaseStatus.CANCELLED, actor_type=actor_type, actor=actor, now=now)
-    notify_parties(session, case, "cancelled", ref=appointment.id, now=now, visit=visit_of(appointment))
+    current = active_appointment(case)
+    name = "book" if current is None else "reschedule"
+    lifecycle.check(case, name, actor=actor, settings=settings, now=now, party=party,
+                    expected_version=expected_version)
+    visit = slots.visit_at(session, slot_id)
+    if visit is None or visit.starts_at <= now or (current is not None and current.slot_id == slot_id):
+        raise SlotUnavailable(f"slot {slot_id} cannot be booked for case {case.case_no}")
+    session.flush()  # pending changes go first: a full slot rolls back only the booking's own writes
+    try:
+        with session.begin_nested():
+            appointment = _write_booking(session, case, slot_id, visit, current, name, actor=actor,
+                                         settings=settings, now=now, party=party, by=by)
+            session.flush()
+            if not slots.move_seat(session, to=slot_id, away_from=current.slot_id if current else None, now=now):
+                raise _NoSeat
+    except _NoSeat:
+        raise SlotUnavailable(f"slot {slot_id} is full") from None
     return appointment
 
 
-def visit_of(appointment: Appointment) -> Visit:
-    slot = appointment.slot
-    return Visit.at(slot.station, slot.starts_at, slot.ends_at)
+def _write_booking(session: Session, case: Case, slot_id: int, visit: Visit, current: Appointment | None,
+                   name: str, *, actor: Actor, settings: Settings, now: datetime, party: Party | None,
+                   by: str | None) -> Appointment:
+    with session.no_autoflush:  # one flush for all of it, after: the photos read here are stored already
+        # Read as stored, not loaded as objects: the photos are not needed otherwise.
+        case.evidence_fingerprint = stored_fingerprint(session, case.id)
+    soon = visit.starts_at - now < timedelta(minutes=settings.REMINDER_MINUTES)
+    # Joined through the relationship, so the case's appointments are not loaded for it (a first booking has none).
+    appointment = Appointment(case=case, slot_id=slot_id, status=AppointmentStatus.BOOKED, created_at=now,
+                              updated_at=now, reminded_at=now if soon else None)
+    session.add(appointment)
+    if current is not None:
+        current.status = AppointmentStatus.RESCHEDULED
+        current.updated_at = now
+        _drop_reminder(session, current)
+    for each in case.parties:
+        if each.offered_slot_ids is not None:
+            each.offered_slot_ids = each.offered_at = None
+    lifecycle.apply(session, case, name, actor=actor, party=party, by=by, settings=settings, now=now, visit=visit,
+                    before={"slot_id": current.slot_id if current else None}, after={"slot_id": slot_id})
+    return appointment
+
+
+def cancel(session: Session, case: Case, *, actor: Actor, settings: Settings, now: datetime,
+           party: Party | None = None, by: str | None = None, reason: str | None = None,
+           confirmed: bool = False, expected_version: int | None = None) -> Appointment:
+    """Cancel the active appointment: seat freed, the case back to ready (evidence and parties kept), both told.
+
+    Parties must have ``confirmed``; staff give a ``reason``. Raises TransitionRefused.
+    """
+    appointment = active_appointment(case)
+    lifecycle.apply(session, case, "cancel_appointment", actor=actor, party=party, by=by, settings=settings, now=now,
+                    details={"confirmed": confirmed, "reason": reason}, expected_version=expected_version,
+                    visit=Visit.of(appointment) if appointment else None, notice=_reason(reason),
+                    before={"slot_id": appointment.slot_id if appointment else None})
+    assert appointment is not None  # the transition requires one
+    _release(session, appointment)
+    return appointment
+
+
+def withdraw(session: Session, case: Case, *, actor: Actor, settings: Settings, now: datetime,
+             party: Party | None = None, by: str | None = None, reason: str | None = None,
+             confirmed: bool = False, expected_version: int | None = None) -> None:
+    """End the whole case (the reporter, confirmed; or the desk, with a reason); any appointment is cancelled.
+
+    Raises TransitionRefused.
+    """
+    appointment = active_appointment(case)
+    lifecycle.apply(session, case, "withdraw", actor=actor, party=party, by=by, settings=settings, now=now,
+                    details={"confirmed": confirmed, "reason": reason}, expected_version=expected_version,
+                    visit=Visit.of(appointment) if appointment else None, notice=_reason(reason))
+    if appointment is not None:
+        _release(session, appointment)
+
+
+def _release(session: Session, appointment: Appointment) -> None:
+    slots.free_seat(session, appointment.slot_id)
+    _drop_reminder(session, appointment)
+
+
+def _drop_reminder(session: Session, appointment: Appointment) -> None:
+    drop_pending(session, dedupe_prefix=f"reminder:{appointment.id}:",
+                 reason=f"appointment {appointment.id} {appointment.status.value}")
+
+
+def _reason(reason: str | None) -> dict[str, str]:
+    return {"reason": reason.strip()[:200]} if reason and reason.strip() else {}

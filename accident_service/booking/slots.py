@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, delete, literal, select, update
+from sqlalchemy import bindparam, case, delete, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from accident_service.booking.hours import load_zone, slot_windows
+from accident_service.cases.facts import Visit
 from accident_service.db import is_postgres
 from accident_service.models import Appointment, Slot, Station
 
@@ -30,24 +31,6 @@ _SLOT = Slot.__table__
 _STATION = Station.__table__
 _APPOINTMENT = Appointment.__table__
 _TICK = timedelta(microseconds=1)
-_STATION_FIELDS = tuple(select(column).where(_STATION.c.id == _SLOT.c.station_id).scalar_subquery()
-                        for column in (_STATION.c.name, _STATION.c.address, _STATION.c.timezone))
-
-
-@dataclass(frozen=True)
-class TakenSeat:
-    """The slot a seat was just taken in, with what a notice shows of its station.
-
-    All of it comes back from the UPDATE's RETURNING: no SELECT before or after.
-    """
-
-    slot_id: int
-    station_id: int
-    starts_at: datetime
-    ends_at: datetime
-    station_name: str
-    station_address: str
-    station_timezone: str
 
 
 def generate_slots(session: Session, *, start_date: date | None = None, days: int,
@@ -274,19 +257,27 @@ def _insert_missing(session: Session, rows: list[dict]) -> int:
     return len(session.execute(statement, rows).all())
 
 
-def take_seat(session: Session, slot_id: int, *, now: datetime) -> TakenSeat | None:
-    """Book one seat in a slot that starts after ``now``; None when it is full, past or unknown.
+def visit_at(session: Session, slot_id: int) -> Visit | None:
+    """Where and when slot ``slot_id`` is (its station's name, address and zone), or None if there is no such slot."""
+    row = session.connection().execute(_VISIT_AT, {"slot_id": slot_id}).first()
+    return Visit(*row) if row is not None else None
+
+
+_VISIT_AT = (select(_STATION.c.name, _STATION.c.address, _STATION.c.timezone, _SLOT.c.starts_at, _SLOT.c.ends_at)
+             .join_from(_SLOT, _STATION, _STATION.c.id == _SLOT.c.station_id)
+             .where(_SLOT.c.id == bindparam("slot_id")))
+
+
+def take_seat(session: Session, slot_id: int, *, now: datetime) -> bool:
+    """Book one seat in a slot that starts after ``now``; False when it is full, past or unknown.
 
     The conditional UPDATE is the whole capacity check: no SELECT before it.
     """
-    row = session.connection().execute(
-        update(_SLOT)
-        .where(_SLOT.c.id == slot_id, _SLOT.c.booked < _SLOT.c.capacity, _SLOT.c.starts_at > now)
-        .values(booked=_SLOT.c.booked + 1)
-        .returning(_SLOT.c.id, _SLOT.c.station_id, _SLOT.c.starts_at, _SLOT.c.ends_at, *_STATION_FIELDS)
-    ).first()
+    result = session.connection().execute(
+        update(_SLOT).where(_SLOT.c.id == slot_id, _SLOT.c.booked < _SLOT.c.capacity, _SLOT.c.starts_at > now)
+        .values(booked=_SLOT.c.booked + 1))
     forget_booked_count(session, slot_id)
-    return TakenSeat(*row) if row is not None else None
+    return result.rowcount == 1
 
 
 def free_seat(session: Session, slot_id: int) -> bool:
@@ -297,10 +288,22 @@ def free_seat(session: Session, slot_id: int) -> bool:
     return result.rowcount == 1
 
 
-def restore_seat(session: Session, slot_id: int) -> None:
-    """Undo :func:`free_seat` in the same transaction (the row is still locked by us)."""
-    session.connection().execute(update(_SLOT).where(_SLOT.c.id == slot_id).values(booked=_SLOT.c.booked + 1))
-    forget_booked_count(session, slot_id)
+def move_seat(session: Session, *, to: int, away_from: int | None, now: datetime) -> bool:
+    """Take a seat in ``to`` and, when moving, give one back in ``away_from``; False (nothing changed) if full.
+
+    The two slot rows are locked in id order, so two drivers swapping slots in
+    opposite directions cannot deadlock. The caller runs this inside a
+    savepoint and rolls it back on False: a seat freed first is then restored.
+    """
+    if away_from is None:
+        return take_seat(session, to, now=now)
+    if away_from < to:
+        free_seat(session, away_from)
+        return take_seat(session, to, now=now)
+    if not take_seat(session, to, now=now):
+        return False
+    free_seat(session, away_from)
+    return True
 
 
 def forget_booked_count(session: Session, slot_id: int) -> None:
@@ -308,4 +311,3 @@ def forget_booked_count(session: Session, slot_id: int) -> None:
     loaded = session.identity_map.get(identity_key(Slot, slot_id))
     if loaded is not None:
         session.expire(loaded, ["booked"])
-

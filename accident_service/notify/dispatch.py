@@ -8,10 +8,11 @@ Transient WeChat errors (busy, quota, network) retry with backoff; permanent
 ones (unsubscribed, outside the 48-hour window, invalid openid) end in FAILED
 with the reason. A kind with a configured template (and template data) goes as a
 template message, which the 48-hour customer-service window does not limit.
-Notices about a case (booking.notices: booked, rescheduled, cancelled,
-confirmed, retake, reminder, no-show, expired, evidence updated) are stored
-as facts and rendered here, when sent, in the party's language as it is then;
-other messages (conversation replies) are stored as their text.
+Notices about a case (cases.facts, the lifecycle's and the scheduler's) are
+stored as facts and rendered here (notify.notices), when sent, in the party's
+language as it is then; other messages (conversation replies) are stored as
+their text. A reply that invites the other driver gets the link of the
+case's join QR code, made once per case.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from accident_service import leases, messages, metrics
-from accident_service.booking import notices
+from accident_service import leases, metrics
+from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.models import Case, Notification, Party, WorkStatus
+from accident_service.notify import notices
+from accident_service.outbox import JOIN_QR_PLACEHOLDER
 from accident_service.runtime import Runtime
-from accident_service.wechat.client import WeChatApiError
+from accident_service.wechat_api.client import WeChatApiError
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,8 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
             return  # taken over (our lease lapsed) or gone: sending now could send it twice
         language = _recipient_language_now(session, row)
         session.expunge(row)
-    case_updates: dict[str, Any] = {}
     try:
-        case_updates = _send(runtime, row, language)
+        _send(runtime, row, language)
     except WeChatApiError as exc:
         _after_failure(runtime, row, worker_id, exc)
         return
@@ -71,11 +73,8 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
         return
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
-        if leases.complete(session, Notification, row.id, worker_id, status=WorkStatus.DONE, sent_at=now,
-                           last_error=None) and case_updates and row.case_id:
-            case = session.get(Case, row.case_id)
-            for name, value in case_updates.items() if case is not None else ():
-                setattr(case, name, value)
+        leases.complete(session, Notification, row.id, worker_id, status=WorkStatus.DONE, sent_at=now,
+                        last_error=None)
     metrics.NOTIFICATIONS.labels(row.kind, "sent").inc()
 
 
@@ -90,24 +89,38 @@ def _recipient_language_now(session: Session, row: Notification) -> str:
     return now or row.language
 
 
-def _send(runtime: Runtime, row: Notification, language: str) -> dict[str, Any]:
-    """Send one notification; returns case columns to record (the join QR code)."""
+def _send(runtime: Runtime, row: Notification, language: str) -> None:
+    """Send one notification: a template where one is configured for its kind, else a customer-service text."""
     api = runtime.wechat
-    payload = row.payload or {}
-    if row.kind == "join_invite":
-        data = payload.get("template_data", {})
-        qr = api.create_join_qrcode(str(data["scene"]), int(data.get("expire_seconds", 86400)))
-        text = messages.text("conv.join_invite_qr", row.language, qr_url=qr.image_url,
-                             join_code=data.get("join_code", ""))
-        api.send_text(row.openid, text)
-        return {"join_qr_ticket": qr.ticket, "join_qr_url": qr.image_url}
     text, template_data = message_of(row, language)
+    if isinstance(row.payload, dict) and row.payload.get("join_qr"):
+        text = text.replace(JOIN_QR_PLACEHOLDER, join_qr_url(runtime, row.case_id))
     template_id = runtime.settings.template_for(row.kind)
     if template_id and template_data:
         api.send_template(row.openid, template_id, template_data)
-        return {}
+        return
     api.send_text(row.openid, text)
-    return {}
+
+
+def join_qr_url(runtime: Runtime, case_id: int | None) -> str:
+    """The link of the case's join QR code, made on first use and kept on the case.
+
+    The code belongs to the case, not to a message: a re-sent invitation shows
+    the same code. "-" for a case that is gone or closed (nobody can join it).
+    Raises WeChatApiError when the platform cannot make one now.
+    """
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, case_id) if case_id is not None else None
+        if case is None or case.join_code is None:
+            return "-"
+        if case.join_qr_url:
+            return case.join_qr_url
+        code = case.join_code
+    qr = runtime.wechat.create_join_qrcode(f"{JOIN_SCENE_PREFIX}{code}", runtime.settings.JOIN_QR_EXPIRE_SECONDS)
+    with runtime.unit_of_work() as session:
+        session.execute(update(Case).where(Case.id == case_id, Case.join_qr_url.is_(None))
+                        .values(join_qr_ticket=qr.ticket, join_qr_url=qr.image_url))
+        return session.scalar(select(Case.join_qr_url).where(Case.id == case_id)) or qr.image_url
 
 
 def message_of(row: Notification, language: str | None = None) -> tuple[str, Any]:

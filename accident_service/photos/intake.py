@@ -1,14 +1,16 @@
-"""Photo intake: download, check, store (network work), then record (one transaction).
+"""Photo intake: check and store the bytes a driver sent (network work), then record them (one transaction).
 
-``prepare_photo`` runs outside any database transaction: it streams the media
-from WeChat with a byte cap and a timeout, inspects it at reduced scale and
+``prepare_photo`` runs outside any database transaction, on bytes the caller
+downloaded (``wechat.processing``): it inspects them at reduced scale and
 stores the original, byte for byte, content-addressed
 (``cases/<yyyy>/<mm>/<case_no>/<sha256>.<ext>``, with its content type and
 ``sha256``/``case_no`` metadata) and a 320-px upright thumbnail beside it.
-A retry stores identical bytes under the same key, so it is harmless; a
-transient failure (WeChat busy, network, storage down) is raised for the
-inbox to retry with backoff. ``record_photo`` then decides against the
-case's other photos (duplicates, retakes) and writes the Photo row.
+A retry stores identical bytes under the same key, so it is harmless; storage
+being down is raised for the inbox to retry with backoff. ``record_photo``
+then files it under one of the sender's own checklist items (items are
+assigned by role, so photos the two drivers send at the same moment never
+take each other's place), decides against the case's other photos
+(duplicates, retakes) and writes the Photo row.
 """
 
 from __future__ import annotations
@@ -21,23 +23,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accident_service import metrics
-from accident_service.cases.service import accepted_photos, evidence_sealed
+from accident_service.cases import lifecycle
+from accident_service.cases.facts import Visit
+from accident_service.cases.lifecycle import Actor
+from accident_service.cases.service import accepted_photos, evidence_fingerprint, item_code, items_of, touch
 from accident_service.models import Case, Party, Photo, PhotoStatus
 from accident_service.photos.checks import ExistingPhoto, ImageRejected, PhotoPolicy, Verdict, evaluate
 from accident_service.photos.inspect import ImageFacts, inspect_image_with_preview
 from accident_service.photos.thumbnails import THUMBNAIL_CONTENT_TYPE, make_thumbnail
 from accident_service.runtime import Runtime
 from accident_service.settings import Settings
-from accident_service.wechat.client import MediaTooLarge, WeChatApiError
 
-#: A photo moves up to 10 MB where an API call moves a few hundred bytes, so
-#: its download gets this many API timeouts (20 s by default; the inbox lease is 60 s).
-DOWNLOAD_TIMEOUT_FACTOR = 4
 _INT64 = 1 << 64
-
-
-class TransientPhotoError(Exception):
-    """The photo could not be fetched or stored right now; the message is retried."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,7 @@ class PhotoOutcome:
     replaced: bool = False
     extra: bool = False
     photo_id: int | None = None
+    retakes_done: bool = False  # this photo answered the last photo the desk asked for
 
 
 def policy_from(settings: Settings) -> PhotoPolicy:
@@ -71,38 +69,23 @@ def policy_from(settings: Settings) -> PhotoPolicy:
                        max_capture_age=timedelta(minutes=settings.PHOTO_MAX_CAPTURE_AGE_MINUTES))
 
 
-def download_timeout(settings: Settings) -> float:
-    """Bounds each socket wait and the whole download of one photo, in seconds."""
-    return DOWNLOAD_TIMEOUT_FACTOR * settings.WECHAT_API_TIMEOUT_SECONDS
-
-
 def evidence_key(case_no: str, received_at: datetime, sha256: str, extension: str) -> str:
     return f"cases/{received_at:%Y}/{received_at:%m}/{case_no}/{sha256}.{extension}"
 
 
-def prepare_photo(runtime: Runtime, *, media_id: str, case_no: str, received_at: datetime) -> PreparedPhoto:
-    """Fetch, inspect and store one photo.
+def refused_before_inspection(media_id: str, received_at: datetime, code: str, **params: object) -> PreparedPhoto:
+    """A photo refused before there were bytes to check (too big to download, no file on the platform)."""
+    return PreparedPhoto(media_id, received_at, "", 0, None, rejection=Verdict.reject(code, **params))
 
-    Raises StorageUnavailable (store down) and WeChatApiError unless it is
-    ``permanent`` (platform busy, network, timeout, configuration) for the
-    caller to retry; every problem of the photo itself is a rejection inside
-    the returned PreparedPhoto.
+
+def prepare_photo(runtime: Runtime, data: bytes, *, media_id: str, case_no: str,
+                  received_at: datetime) -> PreparedPhoto:
+    """Inspect and store one photo's bytes.
+
+    Raises StorageUnavailable (store down) for the caller to retry; every
+    problem of the photo itself is a rejection inside the returned PreparedPhoto.
     """
     settings = runtime.settings
-    try:
-        media = runtime.wechat.download_media(media_id, max_bytes=settings.PHOTO_MAX_BYTES,
-                                              timeout=download_timeout(settings))
-    except MediaTooLarge:
-        # The stream was cut at the cap: nothing of it is kept, so no object either.
-        return PreparedPhoto(media_id, received_at, "", 0, None,
-                             rejection=Verdict.reject("too_many_pixels", max_mb=settings.PHOTO_MAX_BYTES // 2**20))
-    except WeChatApiError as exc:
-        if not exc.permanent:
-            raise
-        # The platform has no file for this id (expired, or a link rather than a photo).
-        code = "truncated" if exc.errcode is not None else "not_an_image"
-        return PreparedPhoto(media_id, received_at, "", 0, None, rejection=Verdict.reject(code))
-    data = media.data
     policy = policy_from(settings)
     try:
         facts, preview = inspect_image_with_preview(data, max_pixels=policy.max_pixels,
@@ -126,16 +109,25 @@ def prepare_photo(runtime: Runtime, *, media_id: str, case_no: str, received_at:
 
 def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party, prepared: PreparedPhoto,
                  inbound_id: int, now: datetime) -> PhotoOutcome:
-    """Decide on a prepared photo within the case and record it (accepted or not)."""
+    """Decide on a prepared photo within the case and record it (accepted or not); nothing is ever dropped.
+
+    Accepted, it fills one of ``party``'s own checklist items (the one asked
+    for, else the next missing, else an extra). Refused: a reason, and the
+    bytes are kept all the same (``evidence_locked`` once the case is sealed
+    and the desk asked this party for nothing). A photo that answers the
+    desk's last pending retake renews the fingerprint and tells both parties.
+    """
     settings = runtime.settings
-    required = len(settings.PHOTO_CHECKLIST)
+    own = items_of(settings, party.role)
     existing_row = session.scalar(select(Photo).where(Photo.inbound_message_id == inbound_id))
     if existing_row is not None:  # defensive: the inbox already guarantees one effect
-        return _outcome_of(existing_row, case, required)
-    target, replacing = _target_item(case, party, required)
+        return _outcome_of(existing_row, case, party, own)
+    target, replacing = _target_item(case, party, own, len(settings.PHOTO_CHECKLIST))
     current = accepted_photos(case)
     verdict = prepared.rejection
-    if verdict is None and evidence_sealed(case, party):
+    actor = Actor.of(party)
+    if verdict is None and lifecycle.refusal(case, "add_photo", actor=actor, party=party, settings=settings,
+                                             now=now) is not None:
         verdict = Verdict.reject("evidence_locked")  # kept all the same, as every photo a driver sends
     if verdict is None:
         assert prepared.facts is not None
@@ -147,56 +139,79 @@ def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party
                       if p.item != target and p.sha256 and p.phash is not None]
             verdict = evaluate(prepared.facts, policy=policy_from(settings), received_at=prepared.received_at,
                                existing=others)
-    facts = prepared.facts
-    photo = Photo(case_id=case.id, party_id=party.id, item=target if verdict.accepted else None,
-                  kind=_kind(settings, target),
-                  status=PhotoStatus.ACCEPTED if verdict.accepted else PhotoStatus.REJECTED,
-                  reject_code=verdict.code, media_id=prepared.media_id, sha256=prepared.sha256 or None,
-                  phash=_signed(facts.phash) if facts else None, object_key=prepared.object_key,
-                  thumb_key=prepared.thumb_key, content_type=facts.content_type if facts else None,
-                  width=facts.width if facts else None, height=facts.height if facts else None,
-                  size_bytes=prepared.size_bytes, taken_at=verdict.taken_at,
-                  capture_time_known=verdict.capture_time_known, warnings=list(verdict.warnings),
-                  received_at=prepared.received_at, inbound_message_id=inbound_id)
+    photo = _photo_row(case, party, prepared, verdict, target, inbound_id, settings)
+    answered_desk = False
     if verdict.accepted:
+        lifecycle.apply(session, case, "add_photo", actor=actor, party=party, settings=settings, now=now,
+                        after={"item": target, "sha256": prepared.sha256, "replaced": replacing})
         for old in current:
             if old.item == target:
                 old.status = PhotoStatus.SUPERSEDED  # kept for the audit trail
+        answered_desk = party.retake_item == target and party.retake_due_at is not None
         if party.retake_item == target:
-            party.retake_item = None
+            party.retake_item = party.retake_due_at = None
+    else:
+        touch(case, settings, now)  # a refused photo is the driver's activity all the same
     case.photos.append(photo)
     session.flush()
+    retakes_done = answered_desk and _finish_retake(session, case, settings, now)
     metrics.PHOTOS.labels("accepted" if verdict.accepted else f"rejected_{verdict.code}").inc()
     params = {"min_px": settings.PHOTO_MIN_SHORT_SIDE, "max_mb": settings.PHOTO_MAX_BYTES // 2**20,
               **verdict.params}
-    return _outcome_of(photo, case, required, replaced=replacing and verdict.accepted, params=params)
+    return _outcome_of(photo, case, party, own, replaced=replacing and verdict.accepted, params=params,
+                       retakes_done=retakes_done)
 
 
-def _target_item(case: Case, party: Party, required: int) -> tuple[int, bool]:
-    """(item, replacing): a requested retake, the next missing item, or an extra."""
+def _photo_row(case: Case, party: Party, prepared: PreparedPhoto, verdict: Verdict, target: int, inbound_id: int,
+               settings: Settings) -> Photo:
+    facts = prepared.facts
+    return Photo(case_id=case.id, party_id=party.id, item=target if verdict.accepted else None,
+                 kind=item_code(settings, target),
+                 status=PhotoStatus.ACCEPTED if verdict.accepted else PhotoStatus.REJECTED,
+                 reject_code=verdict.code, media_id=prepared.media_id, sha256=prepared.sha256 or None,
+                 phash=_signed(facts.phash) if facts else None, object_key=prepared.object_key,
+                 thumb_key=prepared.thumb_key, content_type=facts.content_type if facts else None,
+                 width=facts.width if facts else None, height=facts.height if facts else None,
+                 size_bytes=prepared.size_bytes, taken_at=verdict.taken_at,
+                 capture_time_known=verdict.capture_time_known, warnings=list(verdict.warnings),
+                 received_at=prepared.received_at, inbound_message_id=inbound_id)
+
+
+def _finish_retake(session: Session, case: Case, settings: Settings, now: datetime) -> bool:
+    """Once no party owes a photo the desk asked for: a new fingerprint, and the case resumes (both told)."""
+    if lifecycle.refusal(case, "retake_done", actor=Actor.SYSTEM, settings=settings, now=now) is not None:
+        return False
+    before = case.evidence_fingerprint
+    case.evidence_fingerprint = evidence_fingerprint(case)
+    appointment = lifecycle.active_appointment(case)
+    lifecycle.apply(session, case, "retake_done", actor=Actor.SYSTEM, settings=settings, now=now,
+                    visit=Visit.of(appointment) if appointment else None,
+                    before={"fingerprint": before}, after={"fingerprint": case.evidence_fingerprint})
+    return True
+
+
+def _target_item(case: Case, party: Party, own: list[int], checklist_length: int) -> tuple[int, bool]:
+    """(item, replacing): the party's requested retake, its next missing own item, or an extra (numbered
+    after the whole checklist, so it never takes the other party's item)."""
     have = {p.item for p in accepted_photos(case)}
-    if party.retake_item and 1 <= party.retake_item <= required:
+    if party.retake_item in own:
         # "retake 3" before photo 3 was ever sent simply fills item 3.
         return party.retake_item, party.retake_item in have
-    for item in range(1, required + 1):
+    for item in own:
         if item not in have:
             return item, False
-    return max([required, *(i for i in have if i)]) + 1, False
+    return max([checklist_length, *(i for i in have if i)]) + 1, False
 
 
-def _outcome_of(photo: Photo, case: Case, required: int, *, replaced: bool = False,
-                params: dict[str, object] | None = None) -> PhotoOutcome:
-    items = {p.item for p in accepted_photos(case) if p.item and p.item <= required}
+def _outcome_of(photo: Photo, case: Case, party: Party, own: list[int], *, replaced: bool = False,
+                params: dict[str, object] | None = None, retakes_done: bool = False) -> PhotoOutcome:
+    items = {p.item for p in accepted_photos(case) if p.item in own}
     accepted = photo.status is not PhotoStatus.REJECTED
     return PhotoOutcome(accepted=accepted, item=photo.item, code=photo.reject_code,
                         params=params or {}, warnings=list(photo.warnings or []), received=len(items),
-                        required=required, replaced=replaced, extra=bool(photo.item and photo.item > required),
-                        photo_id=photo.id)
-
-
-def _kind(settings: Settings, item: int) -> str:
-    checklist = settings.PHOTO_CHECKLIST
-    return checklist[item - 1] if 1 <= item <= len(checklist) else "extra"
+                        required=len(own), replaced=replaced,
+                        extra=bool(photo.item and photo.item not in own and photo.item > max(own, default=0)),
+                        photo_id=photo.id, retakes_done=retakes_done)
 
 
 def _signed(value: int) -> int:

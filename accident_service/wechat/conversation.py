@@ -1,31 +1,39 @@
 """The conversation of DESIGN.md §5: what a driver's message does to their case.
 
 One :class:`Conversation` handles one inbound message inside one unit of
-work: it changes the case and writes the replies to the outbox, and both
-commit together with the inbox row marked done (exactly one effect).
-Network work (downloading a photo) happens before, in ``processing.py``.
+work: it changes the case (every change through ``cases.lifecycle``) and
+writes at most one reply for the sender to the outbox — the reason and the
+next step together — and both commit with the inbox row marked done (exactly
+one effect). What the change means for the other driver goes to them as the
+lifecycle's notice. Network work (downloading a photo) happens before, in
+``processing.py``.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accident_service import messages
-from accident_service.booking import api as booking
+from accident_service.booking import appointments, offers
+from accident_service.cases import lifecycle, parties
 from accident_service.cases import service as cases
+from accident_service.cases.lifecycle import Actor, TransitionRefused, active_appointment
+from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
-from accident_service.notify.outbox import enqueue
+from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
 from accident_service.runtime import Runtime
 from accident_service.wechat import preferences
-from accident_service.wechat.parsing import IntentKind, classify
+from accident_service.wechat.guidance import item_name, next_step
+from accident_service.wechat.parsing import Intent, IntentKind, classify
 
 REPORT_KEYS = {"REPORT_ACCIDENT"}
 STATUS_KEYS = {"MY_CASE"}
-JOIN_SCENE_PREFIX = "join:"
+PHOTO_TYPES = ("image", "file")  # a file from the chat is checked as a photo
+CONFIRM_WITHIN = timedelta(minutes=10)
 
 
 class Conversation:
@@ -37,41 +45,46 @@ class Conversation:
         self.row = row
         self.now = now
         self.openid = str(message.source)
-        self._reply_count = 0
+        self.lines: list[str] = []
+        self.with_join_qr = False
         self.intent = classify(str(message.content or "")) if getattr(message, "type", "") == "text" else None
         found = cases.open_case_for(session, self.openid, for_update=True)
         self.case: Case | None = found[0] if found else None
         self.party: Party | None = found[1] if found else None
         self.language = preferences.language_for(session, self.openid, self.party)
 
-    # -- replies ---------------------------------------------------------
+    # -- the one reply ------------------------------------------------------
+
     def say(self, key: str, **params: object) -> None:
-        self.tell(self.openid, self.language, key, **params)
+        self.lines.append(messages.text(key, self.language, **params))
 
-    def tell(self, openid: str, language: str, key: str, **params: object) -> None:
-        self._reply_count += 1
-        enqueue(self.session, openid=openid, kind="reply", text=messages.text(key, language, **params),
-                dedupe_key=f"reply:{self.row.id}:{self._reply_count}", now=self.now,
-                case_id=self.case.id if self.case else None, language=language)
+    def say_text(self, text: str) -> None:
+        if text:
+            self.lines.append(text)
 
-    def tell_partner(self, key: str, **params: object) -> None:
-        other = self._partner()
-        if other is not None:
-            self.tell(other.openid, other.language, key, **params)
+    def _send_reply(self) -> None:
+        if not self.lines:
+            return
+        enqueue(self.session, openid=self.openid, kind="reply", text="\n".join(self.lines),
+                dedupe_key=f"reply:{self.row.id}", now=self.now, case_id=self.case.id if self.case else None,
+                language=self.language, join_qr=self.with_join_qr)
 
-    def _partner(self) -> Party | None:
-        if self.case is None or self.party is None:
-            return None
-        return self.case.party(PartyRole.B if self.party.role is PartyRole.A else PartyRole.A)
+    @property
+    def actor(self) -> Actor:
+        assert self.party is not None
+        return Actor.of(self.party)
 
-    # -- dispatch --------------------------------------------------------
+    # -- dispatch -----------------------------------------------------------
+
     def run(self, prepared_photo=None, *, told_saving: bool = False) -> None:
         self.told_saving = told_saving
+        if self.party is not None and not (self.intent and self.intent.kind is IntentKind.CONFIRM):
+            self.party.pending_action = self.party.pending_action_until = None  # a confirmation must come next
         kind = self.message.type
         if kind == "text":
-            self.on_text(str(self.message.content or ""))
-        elif kind == "image":
-            self.on_image(prepared_photo)
+            self.on_text()
+        elif kind in PHOTO_TYPES:
+            self.on_photo(prepared_photo)
         elif kind == "location":
             point = _coordinates(self.message)
             if point is None:
@@ -80,8 +93,9 @@ class Conversation:
                 self.on_location(*point, str(self.message.label or ""))
         elif kind == "event":
             self.on_event(self.message.event)
-        else:
-            self.say("conv.help")
+        else:  # voice, video, a link: mid-case, what is expected now
+            self.not_understood()
+        self._send_reply()
 
     def on_event(self, event: str) -> None:
         if event == "click":
@@ -102,41 +116,48 @@ class Conversation:
             self.say("conv.help")
         # unsubscribe, location reports, template results: nothing to say
 
-    def on_text(self, content: str) -> None:
-        intent = self.intent or classify(content)
+    def on_text(self) -> None:
+        intent: Intent = self.intent or classify("")
+        value = intent.value
         handlers = {
-            IntentKind.REPORT: lambda: self.start(),
-            IntentKind.STATUS: lambda: self.status(),
+            IntentKind.REPORT: self.start,
+            IntentKind.STATUS: self.status,
             IntentKind.HELP: lambda: self.say("conv.help"),
-            IntentKind.LANGUAGE: lambda: self.set_language(str(intent.value)),
-            IntentKind.JOIN_CODE: lambda: self.join(str(intent.value)),
-            IntentKind.PLATE: lambda: self.set_detail("plate", str(intent.value)),
-            IntentKind.PHONE: lambda: self.set_detail("phone", str(intent.value)),
-            IntentKind.CHOICE: lambda: self.choose(int(intent.value)),
-            IntentKind.RETAKE: lambda: self.retake(intent.value),
-            IntentKind.RESCHEDULE: lambda: self.reschedule(),
-            IntentKind.CANCEL: lambda: self.cancel(),
+            IntentKind.LANGUAGE: lambda: self.set_language(str(value)),
+            IntentKind.JOIN_CODE: lambda: self.join(str(value)),
+            IntentKind.PLATE: lambda: self.set_details(plate=str(value)),
+            IntentKind.PHONE: lambda: self.set_details(phone=str(value)),
+            IntentKind.DETAILS: lambda: self.set_details(plate=value[0], phone=value[1]),  # type: ignore[index]
+            IntentKind.BAD_PLATE: lambda: self.say("conv.plate_format"),
+            IntentKind.BAD_PHONE: lambda: self.say("conv.phone_format"),
+            IntentKind.CHOICE: lambda: self.choose(int(value)),  # type: ignore[arg-type]
+            IntentKind.RETAKE: lambda: self.retake(value),  # type: ignore[arg-type]
+            IntentKind.RESCHEDULE: self.ask_for_slots,
+            IntentKind.CANCEL: self.cancel,
+            IntentKind.WITHDRAW: self.withdraw,
+            IntentKind.CONFIRM: lambda: self.confirm(value),  # type: ignore[arg-type]
         }
         handlers.get(intent.kind, self.not_understood)()
 
     def not_understood(self) -> None:
         """Mid-case, say what is expected now rather than the general help."""
-        step = self._next_step_text() if self.case is not None and self.party is not None \
-            and self.case.status in cases.COLLECTING_STATUSES else ""
+        step = ""
+        if self.case is not None and self.party is not None and self.case.status in cases.COLLECTING_STATUSES:
+            step = next_step(self.case, self.party, self.settings, self.language)[0]
         if step:
             self.say("conv.not_understood")
             self.say_text(step)
         else:
             self.say("conv.help")
 
-    # -- actions ---------------------------------------------------------
+    # -- starting and joining -------------------------------------------------
+
     def start(self) -> None:
-        case, party, created = cases.start_case(self.session, openid=self.openid, language=self.language,
-                                                settings=self.settings, now=self.now)
+        case, party, created = parties.start_case(self.session, openid=self.openid, language=self.language,
+                                                  settings=self.settings, now=self.now)
         self.case, self.party = case, party
         if created:
-            self.say("conv.case_started", case_no=case.case_no, total=len(self.settings.PHOTO_CHECKLIST))
-            self._invite_partner()
+            self._greet_new_case()
         elif case.status in cases.COLLECTING_STATUSES:
             self.say("conv.case_resumed", case_no=case.case_no)
         else:  # already booked: say where things stand rather than start over
@@ -144,87 +165,116 @@ class Conversation:
             return
         self.next_step()
 
-    def _invite_partner(self) -> None:
-        """The dispatcher creates the temporary QR code (an API call) and sends it with the code."""
+    def _greet_new_case(self) -> None:
+        """The case number and the invitation for the other driver (the dispatcher adds the QR link)."""
         assert self.case is not None
-        self._reply_count += 1
-        enqueue(self.session, openid=self.openid, kind="join_invite",
-                text=messages.text("conv.join_invite", self.language, join_code=self.case.join_code),
-                dedupe_key=f"reply:{self.row.id}:{self._reply_count}", now=self.now, case_id=self.case.id,
-                language=self.language,
-                template_data={"scene": f"{JOIN_SCENE_PREFIX}{self.case.join_code}",
-                               "join_code": self.case.join_code,
-                               "expire_seconds": self.settings.JOIN_QR_EXPIRE_SECONDS})
-
-    def _invite_sent(self) -> bool:
-        assert self.case is not None
-        return self.session.scalar(select(Notification.id).where(
-            Notification.case_id == self.case.id, Notification.kind == "join_invite").limit(1)) is not None
+        self.say("conv.case_started", case_no=self.case.case_no)
+        self.say("conv.join_invite", join_code=self.case.join_code, qr_url=JOIN_QR_PLACEHOLDER)
+        self.with_join_qr = True
 
     def join(self, code: str, *, by_qr: bool = False) -> None:
         try:
-            case, party, newly = cases.join_case(self.session, code=code, openid=self.openid,
-                                                 language=self.language, settings=self.settings, now=self.now,
-                                                 typed=not by_qr)
-        except cases.JoinRefused as refused:
+            joined = parties.join_case(self.session, code=code, openid=self.openid, language=self.language,
+                                       settings=self.settings, now=self.now, typed=not by_qr)
+        except parties.JoinRefused as refused:
             # A scanned code was never typed: do not ask to check and resend it.
             reason = "unknown_qr" if by_qr and refused.code == "unknown_code" else refused.code
-            self.say(f"conv.join_refused.{reason}")
+            if reason == "in_other_case":
+                how = "conv.leave_case.reporter" if refused.role is PartyRole.A else "conv.leave_case.other"
+                self.say("conv.join_refused.in_other_case", case_no=refused.case_no)
+                self.say(how, case_no=refused.case_no)
+            else:
+                self.say(f"conv.join_refused.{reason}")
             return
-        self.case, self.party = case, party
-        self.say("conv.joined", case_no=case.case_no)
-        if newly:
-            self.tell_partner("conv.partner_joined", case_no=case.case_no)
+        self.case, self.party = joined.case, joined.party
+        if joined.closed_draft:
+            self.say("conv.draft_closed", case_no=joined.closed_draft)
+        self.say("conv.joined", case_no=joined.case.case_no)
         self.next_step()
 
-    def on_image(self, prepared) -> None:
+    # -- evidence and details ---------------------------------------------------
+
+    def on_photo(self, prepared) -> None:
         if self.case is None or self.party is None:
             self.start()
-        elif not self._invite_sent():
-            # The case was opened by this photo (before the download): greet as if started by text.
-            self.say("conv.case_started", case_no=self.case.case_no, total=len(self.settings.PHOTO_CHECKLIST))
-            self._invite_partner()
+        elif not self._replied_in_case():
+            self._greet_new_case()  # the case was opened by this photo (before the download)
+        assert self.case is not None and self.party is not None
         from accident_service.photos.intake import record_photo
 
         outcome = record_photo(self.session, self.runtime, case=self.case, party=self.party, prepared=prepared,
                                inbound_id=self.row.id, now=self.now)
-        cases.touch(self.case, self.settings, self.now)
+        if outcome.retakes_done:
+            return  # the new evidence number, told to both drivers, is the reply
         if self.told_saving:
             self.say("conv.photo_saved_late")
         if not outcome.accepted:
             self.say(f"photos.reject.{outcome.code}", **outcome.params)
-            self.next_step(photos_only=True)
+            if outcome.code != "evidence_locked":
+                self.next_step(photos_only=True)
             return
-        for warning in outcome.warnings:
-            if warning == "capture_time_old":
-                self.say("conv.photo_warning_old")
+        if "capture_time_old" in outcome.warnings:
+            self.say("conv.photo_warning_old")
         if outcome.replaced:
             self.say("conv.photo_replaced", n=outcome.item)
         elif outcome.extra:
             self.say("conv.photo_extra")
         else:
             self.say("conv.photo_received", received=outcome.received, total=outcome.required)
-        if outcome.replaced and self.case.status is CaseStatus.RETAKE_REQUESTED:
-            booking.retake_done(self.session, self.runtime, self.case, now=self.now, photo_id=outcome.photo_id)
+        if self.case.status is CaseStatus.RETAKE_REQUESTED:
+            self.say("conv.retake_received_waiting")
         self.next_step()
+
+    def _replied_in_case(self) -> bool:
+        assert self.case is not None
+        return self.session.scalar(select(Notification.id).where(
+            Notification.case_id == self.case.id, Notification.openid == self.openid).limit(1)) is not None
 
     def on_location(self, lat: float, lng: float, label: str) -> None:
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        cases.set_location(self.session, self.case, self.party, lat=lat, lng=lng, label=label,
-                           settings=self.settings, now=self.now)
+        if self._refused("set_location"):
+            return
+        parties.set_location(self.session, self.case, self.party, lat=lat, lng=lng, label=label,
+                             settings=self.settings, now=self.now)
         self.say("conv.location_saved", label=label or f"{lat:.5f}, {lng:.5f}")
         self.next_step()
 
-    def set_detail(self, field: str, value: str) -> None:
+    def set_details(self, *, plate: str | None = None, phone: str | None = None) -> None:
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        cases.set_party_detail(self.session, self.case, self.party, field=field, value=value,
-                               settings=self.settings, now=self.now)
-        self.say(f"conv.{field}_saved", **{field: value})
+        if self._refused("set_detail"):
+            return
+        for name, value in (("plate", plate), ("phone", phone)):
+            if value is not None:
+                parties.set_party_detail(self.session, self.case, self.party, field=name, value=value,
+                                         settings=self.settings, now=self.now)
+                self.say(f"conv.{name}_saved", **{name: value})
         self.next_step()
+
+    def retake(self, item: int | None) -> None:
+        if self.case is None or self.party is None:
+            self.say("conv.no_case")
+            return
+        if self.case.status is CaseStatus.RETAKE_REQUESTED and self.party.retake_item:
+            asked = self.party.retake_item  # the one the desk asked for, whatever number was sent
+            self.say("conv.retake_ask", n=asked, item=item_name(self.settings, asked, self.language))
+            return
+        if self.case.status not in cases.COLLECTING_STATUSES or lifecycle.is_sealed(self.case):
+            self.say("photos.reject.evidence_locked")
+            return
+        own = cases.items_of(self.settings, self.party.role)
+        refused = lifecycle.refusal(self.case, "choose_retake", actor=self.actor, party=self.party,
+                                    settings=self.settings, now=self.now, details={"item": item})
+        if refused is not None:
+            key = "conv.retake_not_own" if refused.reason == "not_own_item" else "conv.retake_which"
+            self.say(key, n=item, own="、".join(map(str, own)) if self.language == "zh" else ", ".join(map(str, own)))
+            return
+        assert item is not None
+        self.party.retake_item = item
+        self.say("conv.retake_ask", n=item, item=item_name(self.settings, item, self.language))
 
     def set_language(self, language: str) -> None:
         self.language = messages.normalise_language(language)
@@ -233,134 +283,128 @@ class Conversation:
         preferences.remember_language(self.session, self.openid, self.language, self.now)
         self.say("conv.language_set")
 
-    def retake(self, item: int | None) -> None:
-        total = len(self.settings.PHOTO_CHECKLIST)
-        if self.case is None or self.party is None:
-            self.say("conv.no_case")
-            return
-        if cases.evidence_sealed(self.case, self.party):
-            self.say("photos.reject.evidence_locked")
-            return
-        if self.case.status is CaseStatus.RETAKE_REQUESTED:
-            item = self.party.retake_item  # the one the desk asked for, whatever number was sent
-        if not isinstance(item, int) or not 1 <= item <= total:
-            self.say("conv.retake_which", total=total)
-            return
-        self.party.retake_item = item
-        self.say("conv.retake_ask", n=item, item=self._item_name(item))
+    # -- booking --------------------------------------------------------------
 
     def choose(self, number: int) -> None:
-        if self.case is None or self.party is None or not self.case.offered_slot_ids:
+        if self.case is None or self.party is None or not self.party.offered_slot_ids:
             self.say("conv.choice_without_offer")
             return
-        if self.party.role is not PartyRole.A:
-            self.say("conv.only_reporter_books")
+        try:
+            result = offers.book_choice(self.session, self.runtime, self.case, self.party, number, now=self.now)
+        except TransitionRefused:
+            self.say("booking.not_bookable")
             return
-        result = booking.book_choice(self.session, self.runtime, self.case, self.party, number, now=self.now)
-        if not result.booked:
-            self._offer(result.reason_key)
+        if not result.booked:  # the booking notice is the reply when booked
+            self._offer(result.reason_key or offers.STALE_OFFER)
 
-    def reschedule(self) -> None:
-        if self.case is None or booking.active_appointment(self.case) is None:
-            self.say("conv.nothing_to_reschedule")
-            return
-        self._offer("booking.reschedule_offer")
+    def ask_for_slots(self) -> None:
+        if self.case is None or self.party is None:
+            self.say("conv.no_case")
+        elif self.case.status is CaseStatus.DRAFT:
+            self.say("conv.not_ready_yet")
+            self.next_step()
+        elif self.case.status is CaseStatus.READY:
+            self._offer("booking.offer_intro")
+        else:
+            self._offer("booking.reschedule_offer")
+
+    def _offer(self, intro_key: str) -> None:
+        assert self.case is not None and self.party is not None
+        self.say_text(offers.offer_text(self.session, self.runtime, self.case, self.party, intro_key=intro_key,
+                                        now=self.now))
 
     def cancel(self) -> None:
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        if booking.active_appointment(self.case) is not None:
-            booking.cancel(self.session, self.runtime, self.case, actor_type="party",
-                           actor=self.party.role.value, now=self.now)
+        if active_appointment(self.case) is None:
+            self.say("conv.nothing_to_cancel.reporter" if self.party.role is PartyRole.A
+                     else "conv.nothing_to_cancel.other")
             return
-        case_no = self.case.case_no
-        cases.close_case(self.session, self.case, CaseStatus.CANCELLED, actor_type="party",
-                         actor=self.party.role.value, now=self.now)
-        self.say("conv.cancelled_case", case_no=case_no)
-        self.tell_partner("conv.case_cancelled_partner", case_no=case_no)
+        if self._refused("cancel_appointment", quiet_reasons=("needs_confirmation",)):
+            return
+        self._ask_to_confirm("cancel_appointment")
+        self.say("conv.confirm_cancel", summary=offers.appointment_summary(self.case, self.language) or "")
 
-    def status(self) -> None:
-        if self.case is None:
+    def withdraw(self) -> None:
+        if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        detail = booking.appointment_summary(self.case, self.language) or self._next_step_text()
+        if self._refused("withdraw", quiet_reasons=("needs_confirmation",)):
+            return
+        self._ask_to_confirm("withdraw")
+        self.say("conv.confirm_withdraw", case_no=self.case.case_no)
+
+    def _ask_to_confirm(self, action: str) -> None:
+        assert self.party is not None
+        self.party.pending_action, self.party.pending_action_until = action, self.now + CONFIRM_WITHIN
+
+    def confirm(self, what: str | None) -> None:
+        party = self.party
+        pending = party.pending_action if party is not None and party.pending_action_until \
+            and party.pending_action_until >= self.now else None
+        if party is not None:
+            party.pending_action = party.pending_action_until = None
+        wanted = {"cancel": "cancel_appointment", "withdraw": "withdraw"}.get(what or "", pending)
+        if self.case is None or party is None or pending is None or pending != wanted:
+            self.say("conv.nothing_to_confirm")
+            return
+        act = appointments.cancel if pending == "cancel_appointment" else appointments.withdraw
+        try:  # the notice to both parties is the reply
+            act(self.session, self.case, actor=self.actor, party=party, settings=self.settings, now=self.now,
+                confirmed=True)
+        except TransitionRefused:
+            self.status()
+
+    # -- where things stand -------------------------------------------------------
+
+    def status(self) -> None:
+        if self.case is None or self.party is None:
+            self.say("conv.no_case")
+            return
+        detail = offers.appointment_summary(self.case, self.language) \
+            or next_step(self.case, self.party, self.settings, self.language)[0]
         self.say("conv.status", case_no=self.case.case_no,
                  state=messages.text(f"state.{self.case.status.value}", self.language), detail=detail)
 
-    # -- guidance --------------------------------------------------------
-    def _item_name(self, n: int) -> str:
-        codes = self.settings.PHOTO_CHECKLIST
-        code = codes[n - 1] if 1 <= n <= len(codes) else "extra"
-        key = f"checklist.{code}"
-        return messages.text(key, self.language) if key in messages.catalogue() else code
-
-    def _next_step_text(self) -> str:
-        assert self.case is not None and self.party is not None
-        need = cases.missing(self.case, self.settings)
-        if need.photos_received < need.photos_required:
-            n = self._next_photo_item()
-            return messages.text("conv.ask_photo", self.language, n=n, total=need.photos_required,
-                                 item=self._item_name(n))
-        if need.location:
-            return messages.text("conv.ask_location", self.language)
-        mine = {f for role, f in need.details if role == self.party.role.value}
-        if "plate" in mine:
-            return messages.text("conv.ask_plate", self.language)
-        if "phone" in mine:
-            return messages.text("conv.ask_phone", self.language)
-        if need.party_b:
-            return messages.text("conv.wait_party_b", self.language, join_code=self.case.join_code)
-        if need.details:
-            return messages.text("conv.wait_other_details", self.language)
-        return ""
-
-    def _next_photo_item(self) -> int:
-        assert self.case is not None
-        have = {p.item for p in cases.accepted_photos(self.case)}
-        return next(n for n in range(1, len(self.settings.PHOTO_CHECKLIST) + 1) if n not in have)
-
     def next_step(self, *, photos_only: bool = False) -> None:
-        """Tell the driver what is still needed, or offer slots once the case is complete."""
-        if self.case is None or self.party is None or self.case.status not in cases.COLLECTING_STATUSES:
+        """Tell the driver what is still needed, or offer slots to whoever completed the case."""
+        case, party = self.case, self.party
+        if case is None or party is None or case.status not in cases.COLLECTING_STATUSES:
             return
-        need = cases.missing(self.case, self.settings)
-        if photos_only and need.photos_received >= need.photos_required:
+        step, _waiting = next_step(case, party, self.settings, self.language)
+        if photos_only and not cases.missing(case, self.settings).photos_of(party.role):
             return
-        if not need.is_empty:
-            if self.case.status is CaseStatus.READY:
-                self.case.status = CaseStatus.DRAFT
-            self.say_text(self._next_step_text())
-            return
-        if self.case.status is CaseStatus.DRAFT:
-            self.case.status = CaseStatus.READY
-            cases.record_audit(self.session, actor_type="system", actor=None, action="case.ready",
-                               case_id=self.case.id, now=self.now)
-        if self.party.role is PartyRole.A:
+        if step:
+            self.say_text(step)
+        elif case.status is CaseStatus.DRAFT:
+            lifecycle.apply(self.session, case, "become_ready", actor=self.actor, party=party,
+                            settings=self.settings, now=self.now)
             self._offer("booking.offer_intro")
         else:
-            self.say("conv.wait_reporter_choice")
-            reporter = self.case.party(PartyRole.A)
-            if reporter is not None and not self.case.offered_slot_ids:
-                self._offer("booking.offer_intro", to=reporter)
+            self.say("conv.ready_hint")
 
-    def _offer(self, intro_key: str, to: Party | None = None) -> None:
-        assert self.case is not None
-        recipient = to or self.party
-        text = booking.offer_text(self.session, self.runtime, self.case, recipient.language, intro_key=intro_key,
-                                  now=self.now)
-        self._reply_count += 1
-        enqueue(self.session, openid=recipient.openid, kind="reply", text=text,
-                dedupe_key=f"reply:{self.row.id}:{self._reply_count}", now=self.now, case_id=self.case.id,
-                language=recipient.language)
+    def _refused(self, transition: str, *, quiet_reasons: tuple[str, ...] = ()) -> bool:
+        """Say why the sender may not do this now (True), or nothing (False) when the lifecycle allows it."""
+        assert self.case is not None and self.party is not None
+        refused = lifecycle.refusal(self.case, transition, actor=self.actor, party=self.party,
+                                    settings=self.settings, now=self.now)
+        if refused is None or refused.reason in quiet_reasons:
+            return False
+        self.say(_REFUSAL_KEYS.get((transition, refused.reason)) or _REFUSAL_KEYS.get((transition, refused.code))
+                 or "conv.not_now")
+        return True
 
-    def say_text(self, text: str) -> None:
-        if not text:
-            return
-        self._reply_count += 1
-        enqueue(self.session, openid=self.openid, kind="reply", text=text,
-                dedupe_key=f"reply:{self.row.id}:{self._reply_count}", now=self.now,
-                case_id=self.case.id if self.case else None, language=self.language)
+
+# Why a driver's command is refused, by (transition, reason) or (transition, error code).
+_REFUSAL_KEYS = {
+    ("set_location", "not_allowed"): "conv.location_reporter_only",
+    ("set_location", "sealed"): "conv.details_sealed",
+    ("set_location", "wrong_state"): "conv.details_sealed",
+    ("set_detail", "sealed"): "conv.details_sealed",
+    ("set_detail", "wrong_state"): "conv.details_sealed",
+    ("withdraw", "not_allowed"): "conv.withdraw_reporter_only",
+}
 
 
 def _coordinates(message) -> tuple[float, float] | None:

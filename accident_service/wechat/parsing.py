@@ -50,8 +50,17 @@ _VALUE_PUNCTUATION = "。.!！,，;；~～ "
 # would make "1\u200b" fail to match; they are dropped.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 # Punctuation a driver may add around a keyword ("取消!", "help."). Not "?":
-# "取消?" is a question, and must not cancel an appointment.
+# "取消?" is a question, and must not start a cancellation; a question mark is
+# dropped only around keywords that change nothing ("状态？", "status?").
 _KEYWORD_PUNCTUATION = "。.!！~～ "
+_QUESTION_MARKS = "?？"
+# Something meant as a plate: a province character and a letter, then letters or digits.
+_PLATE_ATTEMPT = re.compile(f"[{PROVINCES}][A-Z][A-Z0-9]{{2,8}}")
+# Something meant as a phone number: 7 to 15 digits (6 is a join code, 1 a choice, 11 a valid mobile).
+_PHONE_ATTEMPT = re.compile(r"\+?[0-9]{7,15}")
+_PLATE_LABEL = re.compile(r"^(?:我的|本人)?(?:车牌号码|车牌号|车牌)|^(?:my\s+)?(?:plate|car)\b", re.IGNORECASE)
+_PHONE_LABEL = re.compile(r"^(?:我的|本人)?(?:手机号码|手机号|手机|电话号码|电话|联系电话)"
+                          r"|^(?:my\s+)?(?:mobile|phone|tel)\b", re.IGNORECASE)
 
 
 class IntentKind(enum.StrEnum):
@@ -64,10 +73,15 @@ class IntentKind(enum.StrEnum):
     RETAKE = "retake"
     HELP = "help"
     LANGUAGE = "language"
+    WITHDRAW = "withdraw"
+    CONFIRM = "confirm"
     CHOICE = "choice"
     JOIN_CODE = "join_code"
     PHONE = "phone"
     PLATE = "plate"
+    DETAILS = "details"  # a plate and a phone in one message
+    BAD_PLATE = "bad_plate"  # meant as a plate, but not one
+    BAD_PHONE = "bad_phone"  # meant as a mobile number, but not one
     UNKNOWN = "unknown"
 
 
@@ -76,34 +90,41 @@ class Intent:
     """A classified driver text.
 
     ``value`` by kind: RETAKE → photo number ``int`` (``None`` when the driver
-    typed only "重拍"/"retake"); LANGUAGE → ``"en"`` or ``"zh"``; CHOICE →
-    ``int`` 1..9; JOIN_CODE → 6-digit ``str``; PHONE → 11-digit ``str``;
-    PLATE → canonical plate ``str``; UNKNOWN → the normalised text; others
+    typed only "重拍"/"retake"); LANGUAGE → ``"en"`` or ``"zh"``; CONFIRM →
+    what is confirmed, ``"cancel"``, ``"withdraw"`` or ``None`` (whatever was
+    asked); CHOICE → ``int`` 1..9; JOIN_CODE → 6-digit ``str``; PHONE →
+    11-digit ``str``; PLATE → canonical plate ``str``; DETAILS → ``(plate,
+    phone)``; BAD_PLATE, BAD_PHONE and UNKNOWN → the normalised text; others
     ``None``.
     """
 
     kind: IntentKind
-    value: str | int | None = None
+    value: str | int | tuple[str, str] | None = None
 
 
-_KEYWORDS: dict[str, Intent] = {
-    "快处": Intent(IntentKind.REPORT),
-    "报案": Intent(IntentKind.REPORT),
-    "report": Intent(IntentKind.REPORT),
-    "状态": Intent(IntentKind.STATUS),
-    "status": Intent(IntentKind.STATUS),
-    "改约": Intent(IntentKind.RESCHEDULE),
-    "reschedule": Intent(IntentKind.RESCHEDULE),
-    "取消": Intent(IntentKind.CANCEL),
-    "cancel": Intent(IntentKind.CANCEL),
-    "帮助": Intent(IntentKind.HELP),
-    "help": Intent(IntentKind.HELP),
-    "?": Intent(IntentKind.HELP),
-    "english": Intent(IntentKind.LANGUAGE, "en"),
-    "en": Intent(IntentKind.LANGUAGE, "en"),
-    "中文": Intent(IntentKind.LANGUAGE, "zh"),
-    "chinese": Intent(IntentKind.LANGUAGE, "zh"),
+def _words(intent: Intent, *words: str) -> dict[str, Intent]:
+    return dict.fromkeys(words, intent)
+
+
+# Keywords that change nothing: a question mark around them is fine ("状态？").
+_QUESTIONS: dict[str, Intent] = {
+    **_words(Intent(IntentKind.REPORT), "快处", "事故快处", "报案", "report", "report accident"),
+    **_words(Intent(IntentKind.STATUS), "状态", "我的案件", "查询", "进度", "status", "my case"),
+    **_words(Intent(IntentKind.RESCHEDULE), "改约", "改期", "重新预约", "预约", "时段", "reschedule", "book",
+             "slots"),
+    **_words(Intent(IntentKind.HELP), "帮助", "help", "?", "？"),
+    **_words(Intent(IntentKind.LANGUAGE, "en"), "english", "en", "英文", "英语"),
+    **_words(Intent(IntentKind.LANGUAGE, "zh"), "中文", "chinese", "汉语"),
 }
+# Keywords that start something destructive (each then asks for a confirmation) or confirm it.
+_COMMANDS: dict[str, Intent] = {
+    **_words(Intent(IntentKind.CANCEL), "取消", "取消预约", "cancel", "cancel appointment"),
+    **_words(Intent(IntentKind.WITHDRAW), "撤案", "撤销案件", "withdraw", "withdraw case"),
+    **_words(Intent(IntentKind.CONFIRM), "确认", "确定", "是", "confirm", "yes"),
+    **_words(Intent(IntentKind.CONFIRM, "cancel"), "确认取消", "confirm cancel"),
+    **_words(Intent(IntentKind.CONFIRM, "withdraw"), "确认撤案", "confirm withdraw"),
+}
+_KEYWORDS = {**_QUESTIONS, **_COMMANDS}
 
 
 def normalise(text: str) -> str:
@@ -149,17 +170,24 @@ def classify(text: str) -> Intent:
     Checked in this order, first match wins:
 
     1. keywords, whole message, case-insensitive, a surrounding "。.!~"
-       ignored (a "?" is not: "取消?" asks, it does not order): REPORT,
-       STATUS, RESCHEDULE, CANCEL, HELP ("帮助", "help", "?"), LANGUAGE;
+       ignored, and a "?" too around those that change nothing: REPORT,
+       STATUS, RESCHEDULE, HELP ("帮助", "help", "?"), LANGUAGE ("状态？"
+       is STATUS, but "取消?" asks, it does not order); CANCEL, WITHDRAW,
+       CONFIRM;
     2. RETAKE: "重拍 N" / "重拍N" / "retake N" (N of one or two digits;
        a bare "重拍"/"retake" gives value ``None``);
     3. CHOICE: a single digit 1..9;
     4. JOIN_CODE: exactly 6 digits;
     5. PHONE: an 11-digit mobile number (with optional +86 prefix);
     6. PLATE: a mainland plate;
-    7. UNKNOWN, carrying the normalised text.
 
-    For 4-6 a leading label ("车牌：", "手机", "my plate is"), closing
+    7. DETAILS: a plate and a phone in one message, in either order;
+    8. BAD_PHONE: 7 to 15 digits, or a phone label with no mobile after it;
+       BAD_PLATE: a province character and a letter followed by what is not
+       a plate, or a plate label with no plate after it;
+    9. UNKNOWN, carrying the normalised text.
+
+    For 4-8 a leading label ("车牌：", "手机", "my plate is"), closing
     punctuation and brackets round "+86" are dropped first.
 
     Digit strings differ in length, so a 6-digit number is always a join
@@ -167,7 +195,8 @@ def classify(text: str) -> Intent:
     """
     clean = normalise(text)
     folded = clean.casefold()
-    keyword = _KEYWORDS.get(folded) or _KEYWORDS.get(folded.strip(_KEYWORD_PUNCTUATION))
+    keyword = (_KEYWORDS.get(folded) or _KEYWORDS.get(folded.strip(_KEYWORD_PUNCTUATION))
+               or _QUESTIONS.get(folded.strip(_KEYWORD_PUNCTUATION + _QUESTION_MARKS)))
     if keyword is not None:
         return keyword
     retake = _RETAKE_RE.fullmatch(folded)
@@ -187,4 +216,31 @@ def classify(text: str) -> Intent:
         value = parse(value_text)
         if value is not None:
             return Intent(kind, value)
-    return Intent(IntentKind.UNKNOWN, clean)
+    return _details(clean) or _attempted_value(clean, value_text) or Intent(IntentKind.UNKNOWN, clean)
+
+
+def _details(clean: str) -> Intent | None:
+    """A plate and a phone in one message ("粤A12345 13800138000", "车牌粤A12345，手机13800138000")."""
+    parts = [part for part in re.split(r"[\s,，;；、/]+", clean) if part]
+    plate = phone = None
+    for part in parts:
+        value = _VALUE_LABEL.sub("", part).strip(_VALUE_PUNCTUATION)
+        if not value:
+            continue
+        if plate is None and (found := parse_plate(value)):
+            plate = found
+        elif phone is None and (found := parse_phone(value)):
+            phone = found
+        else:
+            return None  # something else in the message: not just the two details
+    return Intent(IntentKind.DETAILS, (plate, phone)) if plate and phone else None
+
+
+def _attempted_value(clean: str, value_text: str) -> Intent | None:
+    """A plate or a phone number the driver meant to give, but in a shape that is not one."""
+    bare = _DASHES_AND_SPACES.sub("", value_text).upper()
+    if _PHONE_LABEL.match(clean) or _PHONE_ATTEMPT.fullmatch(bare):
+        return Intent(IntentKind.BAD_PHONE, clean)
+    if _PLATE_LABEL.match(clean) or _PLATE_ATTEMPT.fullmatch(_PLATE_SEPARATORS.sub("", bare)):
+        return Intent(IntentKind.BAD_PLATE, clean)
+    return None

@@ -1,10 +1,11 @@
 """Processing of leased inbox rows: network work first, then one unit of work.
 
-A photo is downloaded, checked and stored (content-addressed, so a retry
-rewrites identical bytes) before the transaction that records it, so no
-database lock is held during network calls. Transient failures become
-:class:`~accident_service.wechat.inbox.RetryLater`; the driver is told once
-that a photo is being saved when storage is down.
+A photo is downloaded from the platform (streamed, byte-capped, with a
+timeout), then checked and stored by ``photos.intake`` (content-addressed, so
+a retry rewrites identical bytes), all before the transaction that records
+it, so no database lock is held during network calls. Transient failures
+become :class:`~accident_service.wechat.inbox.RetryLater`; the driver is told
+once that a photo is being saved when storage is down.
 """
 
 from __future__ import annotations
@@ -15,14 +16,21 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from accident_service import messages
+from accident_service.cases import parties
 from accident_service.cases import service as cases
 from accident_service.models import Case, InboundMessage, Notification, Party
-from accident_service.notify.outbox import enqueue
+from accident_service.outbox import enqueue
+from accident_service.photos.intake import PreparedPhoto, prepare_photo, refused_before_inspection
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
 from accident_service.wechat import inbox, preferences
-from accident_service.wechat.conversation import Conversation
+from accident_service.wechat.conversation import PHOTO_TYPES, Conversation
 from accident_service.wechat.xml_gate import parse_inbound
+from accident_service.wechat_api.client import MediaTooLarge, WeChatApiError
+
+#: A photo moves up to 10 MB where an API call moves a few hundred bytes, so
+#: its download gets this many API timeouts (20 s by default; the inbox lease is 60 s).
+DOWNLOAD_TIMEOUT_FACTOR = 4
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,7 @@ def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_i
 def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> None:
     message = parse_inbound(row.payload)
     prepared = None
-    if getattr(message, "type", "") == "image":
+    if getattr(message, "type", "") in PHOTO_TYPES:
         prepared = _prepare_photo(runtime, row, message)
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
@@ -57,24 +65,34 @@ def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> Non
         inbox.finish(session, row, worker_id, now)
 
 
-def _prepare_photo(runtime: Runtime, row: InboundMessage, message):
-    from accident_service.photos.intake import TransientPhotoError, prepare_photo
-    from accident_service.wechat.client import WeChatApiError
+def download_timeout(settings) -> float:
+    """Bounds each socket wait and the whole download of one photo, in seconds."""
+    return DOWNLOAD_TIMEOUT_FACTOR * settings.WECHAT_API_TIMEOUT_SECONDS
 
+
+def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPhoto:
     case_no = _case_no_for_photo(runtime, row, message)
+    media_id = str(message.media_id)
+    settings = runtime.settings
     try:
-        return prepare_photo(runtime, media_id=str(message.media_id), case_no=case_no,
-                             received_at=row.received_at)
+        media = runtime.wechat.download_media(media_id, max_bytes=settings.PHOTO_MAX_BYTES,
+                                              timeout=download_timeout(settings))
+    except MediaTooLarge:
+        # The stream was cut at the cap: nothing of it is kept, so no object either.
+        return refused_before_inspection(media_id, row.received_at, "too_many_pixels",
+                                         max_mb=settings.PHOTO_MAX_BYTES // 2**20)
+    except WeChatApiError as exc:
+        if exc.permanent:
+            # The platform has no file for this id (expired, or a link rather than a photo).
+            code = "truncated" if exc.errcode is not None else "not_an_image"
+            return refused_before_inspection(media_id, row.received_at, code)
+        raise inbox.RetryLater(f"wechat {exc.errcode}") from exc
+    try:
+        return prepare_photo(runtime, media.data, media_id=media_id, case_no=case_no, received_at=row.received_at)
     except StorageUnavailable as exc:
         _tell_once_photo_is_saving(runtime, row, message)
-        patience = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)
+        patience = timedelta(minutes=settings.DRAFT_EXPIRY_MINUTES)
         raise inbox.RetryLater("storage unavailable", keep_trying_until=row.received_at + patience) from exc
-    except TransientPhotoError as exc:
-        raise inbox.RetryLater(str(exc)) from exc
-    except WeChatApiError as exc:
-        if getattr(exc, "retryable", False):
-            raise inbox.RetryLater(f"wechat {exc.errcode}") from exc
-        raise
 
 
 def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
@@ -83,7 +101,7 @@ def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
         found = cases.open_case_for(session, str(message.source))
         if found:
             return found[0].case_no
-        case, _party, _ = cases.start_case(session, openid=str(message.source),
+        case, _party, _ = parties.start_case(session, openid=str(message.source),
                                            language=preferences.language_of(session, str(message.source)),
                                            settings=runtime.settings,
                                            now=runtime.clock.now())
@@ -99,7 +117,7 @@ def tell_sender_it_was_lost(session, row: InboundMessage, now: datetime) -> None
     message = parse_inbound(row.payload)
     if getattr(message, "type", "") == "event" and getattr(message, "event", "") not in DRIVER_ACTIONS:
         return  # a follow, a location report, a delivery receipt: nothing the driver could redo
-    key = "conv.photo_lost" if getattr(message, "type", "") == "image" else "conv.message_lost"
+    key = "conv.photo_lost" if getattr(message, "type", "") in PHOTO_TYPES else "conv.message_lost"
     _reply(session, str(message.source), cases.open_case_for(session, str(message.source)), key,
            dedupe_key=f"lost:{row.id}", now=now)
 

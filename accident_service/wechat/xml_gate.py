@@ -25,6 +25,7 @@ from wechatpy.fields import DateTimeField, FloatField, IntegerField, StringField
 from wechatpy.messages import BaseMessage
 
 from accident_service.errors import ServiceError
+from accident_service.wechat import file_message  # noqa: F401  (registers MsgType "file" with wechatpy)
 
 MAX_BODY_BYTES = 65536
 MAX_ACCOUNT_ID_CHARS = 64  # openids are 28 characters, original ids (gh_...) 15

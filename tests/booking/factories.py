@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from accident_service.booking import api as booking
+from accident_service.booking import offers as booking
 from accident_service.models import (
     Appointment,
     Case,
@@ -57,12 +57,12 @@ def ready_case(session: Session, now: datetime, *, location: tuple[float, float]
                languages: tuple[str, str] = ("zh", "zh"), photos: int = 4) -> Case:
     """A READY case with both parties (plates, phones) and ``photos`` accepted photos."""
     n = next(_numbers)
-    case = Case(case_no=f"20261125-T{n:04d}", status=CaseStatus.READY, join_code=f"{n % 1_000_000:06d}",
+    case = Case(case_no=f"20261125-T{n:04d}", status=CaseStatus.READY, join_code=f"{n % 1_000_000:06d}", version=1,
                 location_lat=location[0] if location else None, location_lng=location[1] if location else None,
                 created_at=now, updated_at=now, last_activity_at=now, expires_at=now + timedelta(minutes=120))
     for role, language, suffix in ((PartyRole.A, languages[0], "a"), (PartyRole.B, languages[1], "b")):
         case.parties.append(Party(role=role, openid=f"o-{n}-{suffix}", plate=f"粤A{n:04d}{suffix.upper()}",
-                                  phone=f"1380000{n:04d}", language=language, joined_at=now))
+                                  phone=f"1380000{n:04d}", language=language, case_open=True, joined_at=now))
     for item in range(1, photos + 1):
         case.photos.append(Photo(item=item, kind=f"item{item}", status=PhotoStatus.ACCEPTED, received_at=now,
                                  sha256=hashlib.sha256(f"{n}:{item}".encode()).hexdigest()))
@@ -71,18 +71,19 @@ def ready_case(session: Session, now: datetime, *, location: tuple[float, float]
     return case
 
 
-def offer(runtime: Runtime, case_id: int, *, now: datetime, language: str = "zh",
+def offer(runtime: Runtime, case_id: int, *, now: datetime, role: PartyRole = PartyRole.A,
           intro_key: str = "booking.offer_intro") -> str:
-    """Run booking.offer_text in its own transaction, as the conversation does."""
+    """Run offers.offer_text for the party ``role`` in its own transaction, as the conversation does."""
     with runtime.unit_of_work() as session:
         case = session.get(Case, case_id, with_for_update=True)
-        return booking.offer_text(session, runtime, case, language, intro_key=intro_key, now=now)
+        return booking.offer_text(session, runtime, case, case.party(role), intro_key=intro_key, now=now)
 
 
-def choose(runtime: Runtime, case_id: int, number: int, *, now: datetime) -> booking.BookResult:
+def choose(runtime: Runtime, case_id: int, number: int, *, now: datetime,
+           role: PartyRole = PartyRole.A) -> booking.BookResult:
     with runtime.unit_of_work() as session:
         case = session.get(Case, case_id, with_for_update=True)
-        return booking.book_choice(session, runtime, case, case.party(PartyRole.A), number, now=now)
+        return booking.book_choice(session, runtime, case, case.party(role), number, now=now)
 
 
 def booked_count(runtime: Runtime, slot_id: int) -> int:

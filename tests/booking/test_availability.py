@@ -7,17 +7,17 @@ from datetime import timedelta
 import pytest
 
 from accident_service.booking.availability import find_offers
-from accident_service.models import Case, CaseStatus
+from accident_service.models import Case, CaseStatus, PartyRole
 from tests.booking import factories as make
 from tests.conftest import T0
 
 H = timedelta(hours=1)
 
 
-def offered_ids(runtime, case_id):
+def offered_ids(runtime, case_id, role=PartyRole.A):
     with runtime.unit_of_work() as session:
-        case = session.get(Case, case_id)
-        return case.offered_slot_ids, case.offered_at
+        party = session.get(Case, case_id).party(role)
+        return party.offered_slot_ids, party.offered_at
 
 
 def test_earliest_slots_at_the_nearest_stations_nearer_first_on_ties(runtime):
@@ -54,7 +54,7 @@ def test_offer_text_numbers_the_slots_and_remembers_them(runtime):
     with runtime.unit_of_work() as session:
         station = make.station(session, "GZ-TH", km_north=2.3, name="天河事故处理点")
         ids = [make.slot(session, station, T0 + timedelta(hours=4, minutes=30 * i)).id for i in range(4)]
-        case_id = make.ready_case(session, T0).id
+        case_id = make.ready_case(session, T0, languages=("zh", "en")).id
     text = make.offer(runtime, case_id, now=T0)
     assert text.splitlines() == [
         "资料已齐。请选择到事故处理点的时段：",
@@ -64,9 +64,10 @@ def test_offer_text_numbers_the_slots_and_remembers_them(runtime):
         "回复 1-3 选择",
     ]
     assert offered_ids(runtime, case_id) == (ids[:3], T0)
-    english = make.offer(runtime, case_id, now=T0, language="en", intro_key="booking.stale_offer")
+    english = make.offer(runtime, case_id, now=T0, role=PartyRole.B, intro_key="booking.stale_offer")
     assert english.splitlines()[1] == "1. 天河事故处理点, 25 Nov 14:00-14:30 (2.3 km)"
     assert english.splitlines()[-1] == "Reply 1-3 to choose."
+    assert offered_ids(runtime, case_id, PartyRole.B) == (ids[:3], T0)  # each party books from its own list
 
 
 def test_one_slot_and_no_location(runtime):

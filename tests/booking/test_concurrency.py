@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
-from accident_service.booking import api as booking
+from accident_service.booking import offers as booking
 from accident_service.db import make_session_factory
 from accident_service.models import Appointment, Case, Notification, PartyRole, Slot
 from tests.booking import factories as make
@@ -27,7 +27,7 @@ def book_all_at_once(runtime, clients: int, capacity: int) -> tuple[list[booking
         case_ids = []
         for _ in range(clients):
             case = make.ready_case(session, T0)
-            case.offered_slot_ids, case.offered_at = [slot.id], T0
+            case.party(PartyRole.A).offered_slot_ids, case.party(PartyRole.A).offered_at = [slot.id], T0
             case_ids.append(case.id)
     barrier = threading.Barrier(clients, timeout=60)
     results: list[booking.BookResult] = []

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from accident_service.booking import slots
-from accident_service.booking.lifecycle import generate_upcoming_slots
+from accident_service.booking.scheduled import generate_upcoming_slots
 from accident_service.booking.slots import MORE_BOOKED_THAN_DESKS, NO_LONGER_OFFERED, reconcile_slots
 from accident_service.models import Appointment, AppointmentStatus, Slot, Station
 from tests.booking import factories as make
@@ -61,7 +61,7 @@ def book(runtime, starts_at: datetime, seats: int = 1, *, with_appointment: bool
     with runtime.unit_of_work() as session:
         slot_id = session.scalar(select(Slot.id).where(Slot.starts_at == starts_at))
         for _ in range(seats):
-            assert slots.take_seat(session, slot_id, now=T0) is not None
+            assert slots.take_seat(session, slot_id, now=T0)
             if with_appointment:
                 case = make.ready_case(session, T0)
                 session.add(Appointment(case_id=case.id, slot_id=slot_id, status=AppointmentStatus.BOOKED,
@@ -88,7 +88,7 @@ def test_lower_desks_lower_capacity_but_never_below_booked(runtime):
     assert capacities.pop(full) == (3, 3)
     assert set(capacities.values()) == {(1, 0), (1, 1)}
     with runtime.unit_of_work() as session:
-        assert slots.take_seat(session, full, now=T0) is None  # still full: nobody overbooked
+        assert not slots.take_seat(session, full, now=T0)  # still full: nobody overbooked
 
     again = reconcile(runtime)
     assert (again.created, again.updated, again.removed, again.closed) == (0, 0, 0, 0)
@@ -220,7 +220,7 @@ def test_a_booking_landing_before_the_delete_keeps_its_slot(runtime, monkeypatch
     def booking_sneaks_in(session, slot_ids):
         # The plan was made from rows read earlier; the booking commits its seat just before the DELETE runs.
         late_id = session.scalar(select(Slot.id).where(Slot.starts_at == late))
-        assert late_id in slot_ids and slots.take_seat(session, late_id, now=T0) is not None
+        assert late_id in slot_ids and slots.take_seat(session, late_id, now=T0)
         return real_delete(session, slot_ids)
 
     monkeypatch.setattr(slots, "_delete_unbooked", booking_sneaks_in)
@@ -248,7 +248,7 @@ def test_a_booking_in_flight_on_postgres_keeps_its_slot_and_seat(runtime):
     booking = runtime.session_factory()
     try:
         slot_id = booking.scalar(select(Slot.id).where(Slot.starts_at == late))
-        assert slots.take_seat(booking, slot_id, now=T0) is not None  # row locked, not committed yet
+        assert slots.take_seat(booking, slot_id, now=T0)  # row locked, not committed yet
         change_station(runtime, desks=1, holidays=[THURSDAY.isoformat()])
         reports: list[slots.SlotReport] = []
         reconciler = threading.Thread(target=lambda: reports.append(reconcile(runtime)))

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from sqlalchemy import func, select
 
 from accident_service.booking import slots
-from accident_service.booking.lifecycle import generate_upcoming_slots
+from accident_service.booking.scheduled import generate_upcoming_slots
 from accident_service.models import Slot
 from tests.booking import factories as make
 from tests.conftest import T0
@@ -72,10 +72,9 @@ def test_take_seat_stops_at_capacity_and_free_seat_at_zero(runtime):
     with runtime.unit_of_work() as session:
         row = make.slot(session, make.station(session, "GZ-A"), T0 + timedelta(hours=1), capacity=2)
     with runtime.unit_of_work() as session:
-        first = slots.take_seat(session, row.id, now=T0)
-        assert first is not None and first.station_id == row.station_id and first.starts_at == row.starts_at
-        assert slots.take_seat(session, row.id, now=T0) is not None
-        assert slots.take_seat(session, row.id, now=T0) is None
+        assert slots.take_seat(session, row.id, now=T0)
+        assert slots.take_seat(session, row.id, now=T0)
+        assert not slots.take_seat(session, row.id, now=T0)
     assert make.booked_count(runtime, row.id) == 2
     with runtime.unit_of_work() as session:
         assert slots.free_seat(session, row.id) and slots.free_seat(session, row.id)
@@ -87,6 +86,6 @@ def test_a_started_or_unknown_slot_takes_no_seat(runtime):
     with runtime.unit_of_work() as session:
         row = make.slot(session, make.station(session, "GZ-A"), T0, capacity=2)
     with runtime.unit_of_work() as session:
-        assert slots.take_seat(session, row.id, now=T0) is None
-        assert slots.take_seat(session, row.id + 1000, now=T0) is None
+        assert not slots.take_seat(session, row.id, now=T0)
+        assert not slots.take_seat(session, row.id + 1000, now=T0)
     assert make.booked_count(runtime, row.id) == 0

@@ -30,14 +30,15 @@ def test_two_drivers_from_menu_click_to_booking_notice(wechat, live_app, wechat_
     case = report_until_ready(wechat, wechat_runtime, A, B)
     assert case.status is CaseStatus.READY
 
-    to_a = wechat.messages_to(A)
-    assert any("1/4" in m for m in to_a) and any("4/4" in m for m in to_a)
-    assert any("二维码" in m and "showqrcode" in m for m in to_a)  # the join QR went out
-    assert any("您已加入案件" in m for m in wechat.messages_to(B))
-    offer = to_a[-1]
+    to_a, to_b = wechat.messages_to(A), wechat.messages_to(B)
+    assert any("1/3" in m for m in to_a) and any("3/3" in m for m in to_a)
+    assert any("扫码" in m and "showqrcode" in m for m in to_a)  # the join QR went out
+    assert any("您已加入案件" in m for m in to_b) and any("1/1" in m for m in to_b)
+    offer = to_b[-1]  # B completed the case: B has the list, A is told B is choosing
     assert re.search(r"^1\. ", offer, re.M), offer
+    assert to_a[-1] == text("notice.ready", "zh", case_no=case.case_no)
 
-    wechat.post_text(A, "1")
+    wechat.post_text(B, "1")
     drain(wechat_runtime)
 
     with wechat_runtime.unit_of_work() as session:
@@ -51,7 +52,8 @@ def test_two_drivers_from_menu_click_to_booking_notice(wechat, live_app, wechat_
         case_no = case.case_no
     for driver in (A, B):
         notice = wechat.messages_to(driver)[-1]
-        assert case_no in notice and station_name in notice and fingerprint in notice, notice
+        evidence_no = f"{fingerprint[:4].upper()}-{fingerprint[4:8].upper()}"
+        assert case_no in notice and station_name in notice and evidence_no in notice, notice
         assert "撤离现场" in notice  # both may now leave the scene
 
 
@@ -62,31 +64,32 @@ def test_english_driver_gets_english_replies(wechat, live_app, wechat_runtime):
     drain(wechat_runtime)
     last = wechat.messages_to(A)[-1]
     assert last.startswith("Case "), last
-    assert "photo 1/4" in last
+    assert "photo 1:" in last
 
 
 def test_a_chosen_language_outlives_the_case(wechat, live_app, wechat_runtime):
     wechat.post_text(A, "English")  # before any case
     wechat.post_text(A, "report")
     drain(wechat_runtime)
-    assert wechat.messages_to(A)[-1].startswith("Please send photo 1/4"), wechat.messages_to(A)
-    wechat.post_text(A, "cancel")
+    assert wechat.messages_to(A)[-1].splitlines()[-1].startswith("Please send photo 1:"), wechat.messages_to(A)
+    wechat.post_text(A, "withdraw")
+    wechat.post_text(A, "confirm withdraw")
     wechat.post_text(A, "status")  # no case now
     drain(wechat_runtime)
-    assert wechat.messages_to(A)[-1] == 'You have no open case. Send "report" to start one.'
+    assert wechat.messages_to(A)[-1] == text("conv.no_case", "en")
     wechat.post_text(A, "中文")
     wechat.post_text(A, "report")
     drain(wechat_runtime)
-    assert wechat.messages_to(A)[-1].startswith("请拍第1/4张")
+    assert wechat.messages_to(A)[-1].splitlines()[-1].startswith("请拍照片1：")
 
 
 def test_unclear_text_mid_case_gets_the_next_step_not_the_general_help(wechat, live_app, wechat_runtime):
     wechat.post_text(A, "快处")
     wechat.post_text(A, "hello")
     drain(wechat_runtime)
-    assert wechat.messages_to(A)[-2:] == [text("conv.not_understood", "zh"),
-                                          text("conv.ask_photo", "zh", n=1, total=4,
-                                               item=text("checklist.scene", "zh"))]
+    assert wechat.messages_to(A)[-1] == "\n".join([text("conv.not_understood", "zh"),
+                                                   text("conv.ask_photo", "zh", n=1,
+                                                        item=text("checklist.scene", "zh"))])
 
 
 def test_an_unreadable_location_is_refused_and_changes_nothing(wechat, live_app, wechat_runtime):
@@ -138,7 +141,7 @@ def test_retake_replaces_the_item_and_keeps_the_old_photo(wechat, live_app, wech
         rows = session.scalars(select(Photo).order_by(Photo.id)).all()
         assert [(p.item, p.status) for p in rows] == [
             (1, PhotoStatus.SUPERSEDED), (2, PhotoStatus.ACCEPTED), (1, PhotoStatus.ACCEPTED)]
-    assert any("第1张已重拍" in m for m in wechat.messages_to(A))
+    assert any("照片1已重拍" in m for m in wechat.messages_to(A))
 
 
 def test_join_by_code_and_refusals(wechat, live_app, wechat_runtime):

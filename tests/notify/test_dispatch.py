@@ -15,11 +15,11 @@ import requests
 from sqlalchemy import func, select
 
 from accident_service import leases
-from accident_service.cases.service import start_case
+from accident_service.cases.parties import start_case
 from accident_service.messages import text as catalogue_text
 from accident_service.models import Case, Notification, WorkStatus
 from accident_service.notify.dispatch import dispatch_due
-from accident_service.notify.outbox import enqueue
+from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 
@@ -128,7 +128,7 @@ def test_a_notice_stored_as_facts_is_rendered_when_sent_in_the_recipient_s_langu
     [zh] = wechat.messages_to("oDriverA")
     [en] = wechat.messages_to("oDriverB")
     assert zh.startswith("预约成功，案件号 20261125-ABCDE") and "时间：11月25日 14:00-14:30" in zh
-    assert "天河事故处理点" in zh and "广州市天河路 1 号" in zh and "0123456789abcdef" in zh
+    assert "天河事故处理点" in zh and "广州市天河路 1 号" in zh and "证据编号：0123-4567" in zh
     assert en.startswith("Booked. Case 20261125-ABCDE") and "Time: 25 Nov 14:00-14:30" in en
 
 
@@ -180,14 +180,13 @@ def test_a_notice_whose_facts_cannot_be_rendered_fails_visibly(rt, wechat, facts
     assert wechat.sent == []
 
 
-def test_join_invite_creates_the_qr_code_sends_it_and_records_it_on_the_case(rt, wechat, clock):
+def test_an_invitation_gets_the_case_s_join_qr_code_made_once_and_kept_on_the_case(rt, wechat, clock):
     with rt.unit_of_work() as session:
         case, _party, _created = start_case(session, openid="oDriverA", language="en", settings=rt.settings,
                                             now=clock.now())
         case_id, code = case.id, case.join_code
-    add(rt, "oDriverA", catalogue_text("conv.join_invite", "en", join_code=code), kind="join_invite",
-        case_id=case_id, language="en",
-        template_data={"scene": f"join:{code}", "join_code": code, "expire_seconds": 600})
+    invitation = catalogue_text("conv.join_invite", "en", join_code=code, qr_url=JOIN_QR_PLACEHOLDER)
+    first = add(rt, "oDriverA", invitation, kind="reply", case_id=case_id, language="en", join_qr=True)
 
     assert dispatch_due(rt, "w1") == 1
 
@@ -199,19 +198,23 @@ def test_join_invite_creates_the_qr_code_sends_it_and_records_it_on_the_case(rt,
         qr_url = case.join_qr_url
     assert qr_url and qr_url.startswith(wechat.api_base_url + "showqrcode?ticket=")
     [message] = wechat.messages_to("oDriverA")
-    assert message == catalogue_text("conv.join_invite_qr", "en", qr_url=qr_url, join_code=code)
+    assert message == catalogue_text("conv.join_invite", "en", qr_url=qr_url, join_code=code)
     image = requests.get(qr_url, timeout=5)
     assert image.status_code == 200 and image.headers["Content-Type"] == "image/png"
+    # Sent again (say, after a crash before "done" was recorded): the same code, no second one made.
+    with rt.unit_of_work() as session:
+        session.get(Notification, first).status = WorkStatus.PENDING
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverA") == [message, message]
+    assert sum(1 for r in wechat.requests_log if r["path"] == "qrcode/create") == 1
 
 
-def test_join_invite_without_a_scene_fails_visibly(rt, wechat):
-    notification_id = add(rt, kind="join_invite", template_data={"join_code": "123456"})
+def test_an_invitation_for_a_closed_case_goes_without_a_code(rt, wechat):
+    add(rt, "oDriverA", f"scan {JOIN_QR_PLACEHOLDER}", kind="reply", case_id=None, join_qr=True)
 
     assert dispatch_due(rt, "w1") == 1
 
-    row = load(rt, notification_id)
-    assert row.status is WorkStatus.FAILED and "bad payload" in row.last_error
-    assert wechat.sent == [] and wechat.qrcodes == {}
+    assert wechat.messages_to("oDriverA") == ["scan -"] and wechat.qrcodes == {}
 
 
 @pytest.mark.parametrize("payload", [["text", "hello"], "hello", None], ids=["list", "string", "null"])

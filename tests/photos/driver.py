@@ -19,6 +19,11 @@ def reply(key: str, **params: object) -> str:
     return text(key, "zh", **params)
 
 
+def seen_lines(wechat, openid: str = DRIVER) -> list[str]:
+    """Every line the driver read, in order: one reply holds a reason and the next step, a line each."""
+    return [line for message in wechat.messages_to(openid) for line in message.split("\n")]
+
+
 def start_case(wechat, runtime, openid: str = DRIVER) -> None:
     assert wechat.post_text(openid, "快处").text == "success"
     drain(runtime)

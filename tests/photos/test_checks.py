@@ -180,7 +180,9 @@ def test_every_warning_has_a_text(code):
 
 
 def test_params_of_real_verdicts_fill_their_texts():
-    assert "720" in text("photos.reject.too_small", "zh", **judge(replace(GOOD, width=300, height=200)).params)
+    too_small = text("photos.reject.too_small", "zh", **judge(replace(GOOD, width=300, height=200)).params)
+    assert "原图" in too_small and "像素" not in too_small  # asks for the original, without pixel jargon
+    assert "px" not in text("photos.reject.too_small", "en")
     for verdict in (
         judge(existing=[ExistingPhoto(4, "a" * 64, 0)]),
         judge(existing=[ExistingPhoto(4, "b" * 64, GOOD.phash)]),

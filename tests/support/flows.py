@@ -23,16 +23,19 @@ def send_photos(wechat, runtime, openid: str, count: int, *, seed: str) -> list[
 
 
 def report_until_ready(wechat, runtime, reporter: str, other: str) -> Case:
-    """Reporter starts by menu, sends 4 photos, location, plate, phone; the other joins by QR scan."""
+    """Reporter starts by menu, sends their 3 photos, location, plate, phone; the other joins by QR scan and
+    sends their photo (their own plate), plate and phone, which makes the case ready: the slot list is theirs."""
     wechat.post_click(reporter, "REPORT_ACCIDENT")
     drain(runtime)
-    send_photos(wechat, runtime, reporter, 4, seed=reporter)
+    send_photos(wechat, runtime, reporter, 3, seed=reporter)
     wechat.post_location(reporter, *GUANGZHOU_TOWER, label="广州塔附近")
     wechat.post_text(reporter, "粤A12345")
     wechat.post_text(reporter, "13800138000")
     drain(runtime)
     scene = next(iter(wechat.qrcodes))
     wechat.post_scan(other, scene, subscribed=False)
+    drain(runtime)
+    send_photos(wechat, runtime, other, 1, seed=other)
     wechat.post_text(other, "粤BD12345")
     wechat.post_text(other, "13900139000")
     drain(runtime)

@@ -311,7 +311,54 @@ def test_labels_and_punctuation_drivers_add_are_understood(typed, kind, value):
     assert classify(typed) == Intent(kind, value)
 
 
-@pytest.mark.parametrize("typed", ["车牌", "手机", "我的车牌是", "code", "手机1380013800",
-                                   "对方车牌：粤B99999", "对方手机13900139000", "对方电话：13900139000"])
-def test_a_label_without_a_valid_value_stays_unknown(typed):
+@pytest.mark.parametrize("typed", ["code", "对方车牌：粤B99999", "对方手机13900139000", "对方电话：13900139000",
+                                   "hello", "12"])
+def test_the_other_party_s_details_and_other_text_stay_unknown(typed):
     assert classify(typed).kind is IntentKind.UNKNOWN
+
+
+BAD_PLATES = ["车牌", "我的车牌是", "粤A1234", "粤AO12345", "plate abc"]
+BAD_PHONES = ["手机", "手机1380013800", "1380013800", "138001380001", "12345678901", "my phone 123"]
+
+
+@pytest.mark.parametrize(("typed", "kind"), [(t, IntentKind.BAD_PLATE) for t in BAD_PLATES]
+                         + [(t, IntentKind.BAD_PHONE) for t in BAD_PHONES])
+def test_a_plate_or_phone_in_a_shape_that_is_not_one_is_told_apart(typed, kind):
+    """So the reply can say which format is expected."""
+    assert classify(typed).kind is kind
+
+
+@pytest.mark.parametrize(("typed", "plate", "phone"), [
+    ("粤A12345 13800138000", "粤A12345", "13800138000"),
+    ("13800138000，粤AD12345", "粤AD12345", "13800138000"),
+    ("车牌粤A12345，手机13800138000", "粤A12345", "13800138000"),
+    ("粤A12345 / +8613800138000", "粤A12345", "13800138000"),
+])
+def test_a_plate_and_a_phone_in_one_message_are_both_taken(typed, plate, phone):
+    assert classify(typed) == Intent(IntentKind.DETAILS, (plate, phone))
+
+
+@pytest.mark.parametrize(("typed", "kind", "value"), [
+    ("事故快处", IntentKind.REPORT, None),
+    ("我的案件", IntentKind.STATUS, None),
+    ("状态？", IntentKind.STATUS, None),
+    ("status?", IntentKind.STATUS, None),
+    ("查询", IntentKind.STATUS, None),
+    ("取消预约", IntentKind.CANCEL, None),
+    ("改期", IntentKind.RESCHEDULE, None),
+    ("重新预约", IntentKind.RESCHEDULE, None),
+    ("预约", IntentKind.RESCHEDULE, None),
+    ("英文", IntentKind.LANGUAGE, "en"),
+    ("撤案", IntentKind.WITHDRAW, None),
+    ("确认取消", IntentKind.CONFIRM, "cancel"),
+    ("确认撤案", IntentKind.CONFIRM, "withdraw"),
+    ("确认", IntentKind.CONFIRM, None),
+    ("Confirm.", IntentKind.CONFIRM, None),
+])
+def test_menu_labels_and_common_variants_are_understood(typed, kind, value):
+    assert classify(typed) == Intent(kind, value)
+
+
+@pytest.mark.parametrize("typed", ["取消?", "取消？", "撤案?", "确认?"])
+def test_a_question_never_starts_or_confirms_anything(typed):
+    assert classify(typed).kind not in (IntentKind.CANCEL, IntentKind.WITHDRAW, IntentKind.CONFIRM)

@@ -12,8 +12,8 @@ from PIL import Image
 
 import accident_service.models  # noqa: F401  (registers wechat_token for the database fixture)
 from accident_service.sandbox.emulator import WeChatEmulator
-from accident_service.wechat.client import GatewayClient, MediaTooLarge, WeChatApi, WeChatApiError
-from accident_service.wechat.tokens import LocalTokenStore
+from accident_service.wechat_api.client import GatewayClient, MediaTooLarge, WeChatApi, WeChatApiError
+from accident_service.wechat_api.tokens import LocalTokenStore
 
 APPID = "wx-client-test"
 SECRET = "client-secret"

@@ -23,7 +23,7 @@ import requests
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 
-from accident_service.wechat.tokens import LocalTokenStore, TokenStore, TokenUnavailable
+from accident_service.wechat_api.tokens import LocalTokenStore, TokenStore, TokenUnavailable
 
 DEFAULT_API_BASE_URL = "https://api.weixin.qq.com/cgi-bin/"
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -299,7 +299,7 @@ def _raise_for_json_body(data: bytes) -> None:
 
 def build_wechat_api(runtime: Any) -> WeChatApi:
     """The API client for a Runtime: token shared through Redis if REDIS_URL is set, else the database."""
-    from accident_service.wechat.tokens import DatabaseTokenStore, RedisTokenStore
+    from accident_service.wechat_api.tokens import DatabaseTokenStore, RedisTokenStore
 
     settings = runtime.settings
     store: TokenStore

@@ -10,21 +10,22 @@ keys make a repeated run harmless in any case.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from accident_service.booking.appointments import visit_of
-from accident_service.booking.notices import notify_parties
 from accident_service.booking.slots import generate_slots
+from accident_service.cases import lifecycle
 from accident_service.cases import service as cases
-from accident_service.models import Appointment, AppointmentStatus, Case, CaseStatus, Slot
+from accident_service.cases.facts import Visit, case_facts, tell
+from accident_service.cases.lifecycle import Actor
+from accident_service.models import Appointment, AppointmentStatus, Case, Slot
 from accident_service.runtime import Runtime
 
+log = logging.getLogger(__name__)
 WAITING = (AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED)  # not yet checked in
-# Case states an unattended appointment closes as a no-show.
-NO_SHOW_CLOSES = (CaseStatus.BOOKED, CaseStatus.CONFIRMED, CaseStatus.RETAKE_REQUESTED)
 
 
 def _with_parties_and_place():
@@ -36,7 +37,8 @@ def send_due_reminders(runtime: Runtime, *, limit: int = 100) -> int:
     """Remind both parties of appointments starting within REMINDER_MINUTES; each appointment once.
 
     Marks ``reminded_at`` and writes a "reminder" notice per party. Slots
-    already started get no reminder. Returns the number of appointments reminded.
+    already started get no reminder, nor do appointments booked within the
+    lead (booking marks them reminded). Returns the number of appointments reminded.
     """
     now = runtime.clock.now()
     horizon = now + timedelta(minutes=runtime.settings.REMINDER_MINUTES)
@@ -50,17 +52,18 @@ def send_due_reminders(runtime: Runtime, *, limit: int = 100) -> int:
             .options(*_with_parties_and_place())).all()
         for appointment in due:
             appointment.reminded_at = now
-            notify_parties(session, appointment.case, "reminder", ref=appointment.id, now=now,
-                           visit=visit_of(appointment))
+            facts = case_facts(appointment.case, Visit.of(appointment)) | {"by": Actor.SYSTEM.value}
+            tell(session, appointment.case, [(party, facts) for party in appointment.case.parties], "reminder",
+                 ref=appointment.id, now=now)
         return len(due)
 
 
 def mark_no_shows(runtime: Runtime, *, limit: int = 100) -> int:
     """Close as no-show the appointments whose slot ended over NO_SHOW_GRACE_MINUTES ago without check-in.
 
-    The appointment and its case become ``no_show`` (join code released),
-    the change is audited and both parties are told. The seat is not
-    freed: the slot is in the past. Returns the number of appointments marked.
+    The lifecycle's ``no_show`` (by the system): the appointment and its case
+    become ``no_show``, audited, both parties told. The seat is not freed: the
+    slot is in the past. Returns the number of appointments marked.
     """
     now = runtime.clock.now()
     cutoff = now - timedelta(minutes=runtime.settings.NO_SHOW_GRACE_MINUTES)
@@ -73,23 +76,24 @@ def mark_no_shows(runtime: Runtime, *, limit: int = 100) -> int:
             # The case row too: a driver's message holding it (say, a reschedule) wins this round.
             .with_for_update(of=[Appointment, Case], skip_locked=True)
             .options(*_with_parties_and_place())).all()
+        marked = 0
         for appointment in overdue:
-            appointment.status = AppointmentStatus.NO_SHOW
-            appointment.updated_at = now
             case = appointment.case
-            cases.record_audit(session, actor_type="system", actor=None, action="appointment.no_show",
-                               case_id=case.id, before={"slot_id": appointment.slot_id}, now=now)
-            if case.status in NO_SHOW_CLOSES:
-                cases.close_case(session, case, CaseStatus.NO_SHOW, actor_type="system", actor=None, now=now)
-            notify_parties(session, case, "no_show", ref=appointment.id, now=now, visit=visit_of(appointment))
-        return len(overdue)
+            refused = lifecycle.refusal(case, "no_show", actor=Actor.SYSTEM, settings=runtime.settings, now=now)
+            if refused is not None:  # the case and its appointment disagree: leave it to the desk
+                log.warning("appointment %s not marked no-show: %s", appointment.id, refused)
+                continue
+            lifecycle.apply(session, case, "no_show", actor=Actor.SYSTEM, settings=runtime.settings, now=now,
+                            visit=Visit.of(appointment), before={"slot_id": appointment.slot_id})
+            marked += 1
+        return marked
 
 
 def expire_idle_drafts(runtime: Runtime, *, limit: int = 100) -> int:
     """Close as expired the draft/ready cases whose ``expires_at`` has passed; both parties are told.
 
-    The join code is released and any slot offer dropped (cases.close_case).
-    Returns the number of cases expired.
+    The lifecycle's ``expire`` (by the system): the join code is released and
+    any slot offer dropped. Returns the number of cases expired.
     """
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
@@ -97,10 +101,9 @@ def expire_idle_drafts(runtime: Runtime, *, limit: int = 100) -> int:
             select(Case).where(Case.status.in_(cases.COLLECTING_STATUSES), Case.expires_at < now)
             .order_by(Case.expires_at, Case.id).limit(limit)
             .with_for_update(skip_locked=True)
-            .options(selectinload(Case.parties))).all()
+            .options(selectinload(Case.parties), selectinload(Case.photos))).all()
         for case in idle:
-            cases.close_case(session, case, CaseStatus.EXPIRED, actor_type="system", actor=None, now=now)
-            notify_parties(session, case, "expired", ref=case.id, now=now)
+            lifecycle.apply(session, case, "expire", actor=Actor.SYSTEM, settings=runtime.settings, now=now)
         return len(idle)
 
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from accident_service.models import Notification, WorkStatus
-from accident_service.notify.outbox import enqueue
+from accident_service.outbox import enqueue
 
 
 def count(runtime, **where) -> int:

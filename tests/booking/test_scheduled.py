@@ -7,9 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from accident_service.booking import api as booking
-from accident_service.booking import lifecycle
-from accident_service.models import Appointment, AppointmentStatus, Case, CaseStatus, PartyRole
+from accident_service.booking import appointments
+from accident_service.booking import scheduled as lifecycle
+from accident_service.cases.lifecycle import Actor
+from accident_service.models import Appointment, AppointmentStatus, Case, CaseStatus, PartyRole, WorkStatus
 from tests.booking import factories as make
 from tests.conftest import T0
 
@@ -54,12 +55,37 @@ def test_no_reminder_once_the_slot_has_started(runtime, clock, booked):
     assert make.notices(runtime, "reminder") == []
 
 
+def cancel(runtime, case_id):
+    with runtime.unit_of_work() as session:
+        case = session.get(Case, case_id)
+        appointments.cancel(session, case, actor=Actor.A, party=case.party(PartyRole.A), confirmed=True,
+                            settings=runtime.settings, now=T0)
+
+
 def test_no_reminder_for_a_cancelled_appointment(runtime, clock, booked):
     case_id, _, slot = booked
-    with runtime.unit_of_work() as session:
-        booking.cancel(session, runtime, session.get(Case, case_id), actor_type="party", actor="A", now=T0)
+    cancel(runtime, case_id)
     clock.set(slot.starts_at - 30 * M)
     assert lifecycle.send_due_reminders(runtime) == 0
+
+
+@pytest.mark.parametrize("change", ["cancelled", "moved"])
+def test_a_pending_reminder_of_a_cancelled_or_moved_appointment_is_dropped(runtime, clock, booked, change):
+    case_id, appointment_id, slot = booked
+    with runtime.unit_of_work() as session:
+        later = make.slot(session, session.get(type(slot), slot.id).station, slot.starts_at + 2 * H).id
+    clock.set(slot.starts_at - 30 * M)
+    assert lifecycle.send_due_reminders(runtime) == 1  # written, not sent yet
+    if change == "cancelled":
+        cancel(runtime, case_id)
+    else:
+        with runtime.unit_of_work() as session:
+            party = session.get(Case, case_id).party(PartyRole.B)
+            party.offered_slot_ids, party.offered_at = [later], clock.now()
+        assert make.choose(runtime, case_id, 1, now=clock.now(), role=PartyRole.B).booked
+    reminders = make.notices(runtime, "reminder")
+    assert [(n.dedupe_key, n.status) for n in reminders] == [
+        (f"reminder:{appointment_id}:A", WorkStatus.DROPPED), (f"reminder:{appointment_id}:B", WorkStatus.DROPPED)]
 
 
 def test_two_schedulers_at_once_remind_once(runtime, clock, booked):
@@ -94,7 +120,7 @@ def test_no_show_after_slot_end_plus_grace(runtime, clock, booked):
         assert session.get(Appointment, appointment_id).status is AppointmentStatus.NO_SHOW
         assert (case.status, case.join_code, case.closed_at) == (CaseStatus.NO_SHOW, None, slot.ends_at + grace + M)
     sent = make.notices(runtime, "no_show")
-    assert [n.dedupe_key for n in sent] == [f"no_show:{appointment_id}:A", f"no_show:{appointment_id}:B"]
+    assert [n.dedupe_key.split(":")[::2] for n in sent] == [["no_show", "A"], ["no_show", "B"]]
     assert make.booked_count(runtime, slot.id) == 1  # a past slot keeps its count
 
 
@@ -129,7 +155,7 @@ def test_idle_drafts_expire_and_both_parties_are_told(runtime, clock):
     assert states[0] == (CaseStatus.EXPIRED, None) and states[1] == (CaseStatus.EXPIRED, None)
     assert states[2][0] is CaseStatus.BOOKED
     sent = make.notices(runtime, "expired")
-    assert [n.dedupe_key for n in sent] == [f"expired:{ids[0]}:A", f"expired:{ids[0]}:B", f"expired:{ids[1]}:A"]
+    assert [(n.case_id, n.dedupe_key.split(":")[2]) for n in sent] == [(ids[0], "A"), (ids[0], "B"), (ids[1], "A")]
     assert "已自动关闭" in make.text_of(sent[0])
 
 

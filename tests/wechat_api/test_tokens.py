@@ -20,8 +20,8 @@ import accident_service.models  # noqa: F401  (registers wechat_token for the da
 from accident_service.clock import ControlledClock
 from accident_service.db import make_engine, make_session_factory
 from accident_service.sandbox.emulator import WeChatEmulator
-from accident_service.wechat.client import GatewayClient, WeChatApi
-from accident_service.wechat.tokens import DatabaseTokenStore, RedisTokenStore, TokenStore, TokenUnavailable
+from accident_service.wechat_api.client import GatewayClient, WeChatApi
+from accident_service.wechat_api.tokens import DatabaseTokenStore, RedisTokenStore, TokenStore, TokenUnavailable
 
 APPID = "wx-token-test"
 SECRET = "token-secret"

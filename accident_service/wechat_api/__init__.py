@@ -1,0 +1,1 @@
+"""The WeChat platform API: one client for every call (token included) and the shared access token."""
