@@ -42,6 +42,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
         JSON_AS_ASCII=False,
     )
     app.extensions[EXTENSION_KEY] = runtime
+    from accident_service.desk import auth
+
+    auth.init_app(app)
     _register_blueprints(app)
 
     @app.errorhandler(ServiceError)
@@ -53,12 +56,14 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
 
 def _register_blueprints(app: Flask) -> None:
     from accident_service import ops
+    from accident_service.desk.auth import csrf
     from accident_service.storage import views as storage_views
     from accident_service.wechat import webhook
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(storage_views.bp)
     app.register_blueprint(webhook.bp)
+    csrf.exempt(webhook.bp)  # the platform signs its pushes; it sends no session cookie to forge
 
 
 def _migrate_or_explain(settings: Settings) -> None:
