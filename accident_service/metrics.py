@@ -22,7 +22,9 @@ INBOUND_MESSAGES = Counter("accident_inbound_messages_total", "WeChat pushes acc
 INBOX_PROCESSED = Counter("accident_inbox_processed_total", "Inbox rows processed", ["outcome"])
 PHOTOS = Counter("accident_photos_total", "Photos checked", ["outcome"])
 BOOKINGS = Counter("accident_bookings_total", "Appointment changes", ["action"])
-NOTIFICATIONS = Counter("accident_notifications_total", "Notifications dispatched", ["kind", "outcome"])
+NOTIFICATIONS = Counter("accident_notifications_total", "Outbox rows handled by the dispatcher: by kind, channel "
+                        "(wechat, template, sms, - when none could carry it) and outcome (sent, held, retry, "
+                        "rerouted, failed, unconfirmed)", ["kind", "channel", "outcome"])
 WEBHOOK_SECONDS = Histogram("accident_webhook_seconds", "Time to answer a WeChat push",
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 

@@ -85,6 +85,7 @@ class WorkStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"  # gave up after the attempt limit or a permanent error
     DROPPED = "dropped"  # no longer true before it went out (a reminder for a moved appointment)
+    HELD = "held"  # waiting for the person: no channel can carry it now; goes out with their next interaction
 
 
 class StaffRole(enum.StrEnum):
@@ -290,6 +291,34 @@ class Notification(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    # How it went (or is going) out: "wechat" (customer service), "template" or "sms", and to which
+    # address (an openid, a mobile number). Decided when it is sent, not when it is written.
+    channel: Mapped[str | None] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(String(64))
+    # Set, and committed, just before the provider is called: a worker that dies during the call leaves it,
+    # and the next attempt knows the message may have gone out (see notify.dispatch).
+    sending_at: Mapped[datetime | None]
+    # The message that carried this one to the person (a note folded into their next message).
+    carried_by: Mapped[int | None] = mapped_column(Integer)
+
+
+class WechatAllowance(Base):
+    """How many customer-service messages the platform lets us send a person now (WECHAT.md §5).
+
+    Each action of the person grants an allowance (a message: 5 sends in 48 hours; a menu click, a
+    follow, a QR scan: 3 in a minute); a new action replaces it, it does not add. Fed by the inbox
+    (what the person did, and when) and by each send.
+    """
+
+    __tablename__ = "wechat_allowance"
+
+    openid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    following: Mapped[bool] = mapped_column(Boolean, default=True)
+    granted_by: Mapped[str] = mapped_column(String(16))  # message | click | subscribe | scan
+    granted_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    sends_left: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
 
 
 class StaffUser(Base):

@@ -193,11 +193,18 @@ def wechat():
     emulator.stop()
 
 
+#: A deployment configures a template for each must-read notice (README, "Notices"): without one, a notice
+#: a driver's WeChat allowance cannot carry waits for them (or goes by SMS, where configured).
+NOTICE_TEMPLATES = {f"WECHAT_TEMPLATE_{kind.upper()}": f"tpl-{kind}" for kind in
+                    ("booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "retake", "reminder",
+                     "completed")}
+
+
 @pytest.fixture
 def wechat_settings_overrides(settings_overrides, wechat):
     return {**settings_overrides, "WECHAT_APP_ID": WECHAT_APPID, "WECHAT_APP_SECRET": WECHAT_SECRET,
             "WECHAT_TOKEN": WECHAT_TOKEN, "WECHAT_ENCODING_AES_KEY": WECHAT_AES_KEY,
-            "WECHAT_API_BASE_URL": wechat.api_base_url,
+            "WECHAT_API_BASE_URL": wechat.api_base_url, **NOTICE_TEMPLATES,
             "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}  # the emulator signs as the platform does: now
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from accident_service import jobs
 from accident_service.db import Base, make_engine, make_session_factory, unit_of_work
 from accident_service.models import Notification, WorkStatus
+from accident_service.notify import allowance
 from accident_service.outbox import enqueue
 from tests.conftest import ON_POSTGRES, POSTGRES_URL, WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
 
@@ -29,8 +30,10 @@ JOB_NAMES = {job.__name__ for job, _ in jobs.PERIODIC_JOBS}
 
 
 def add(runtime, openid: str, message: str, key: str) -> None:
+    """A reply to ``openid``, who has just written (so the platform allows a text)."""
     with runtime.unit_of_work() as session:
-        enqueue(session, openid=openid, kind="status", text=message, dedupe_key=key, now=runtime.clock.now())
+        allowance.record_action(session, openid, "message", runtime.clock.now())
+        enqueue(session, openid=openid, kind="reply", text=message, dedupe_key=key, now=runtime.clock.now())
 
 
 # --- in-process --------------------------------------------------------------------
@@ -59,7 +62,9 @@ def test_run_all_once_answers_a_stored_push(live_app, wechat_runtime, wechat):
 def test_run_all_once_sends_what_the_other_jobs_wrote_in_the_same_run(wechat_runtime, wechat, clock):
     from accident_service.cases import parties
 
-    with wechat_runtime.unit_of_work() as session:
+    wechat.note_user_activity("oIdleDriver")
+    with wechat_runtime.unit_of_work() as session:  # the driver wrote to start it, then fell silent
+        allowance.record_action(session, "oIdleDriver", "message", clock.now())
         parties.start_case(session, openid="oIdleDriver", language="en", settings=wechat_runtime.settings,
                          now=clock.now())
     clock.advance(minutes=wechat_runtime.settings.DRAFT_EXPIRY_MINUTES + 1)
@@ -157,8 +162,10 @@ def enqueue_committed(database_url: str, items: list[tuple[str, str]]) -> None:
     engine = make_engine(database_url)
     now = datetime.now(UTC) - timedelta(seconds=1)
     with unit_of_work(make_session_factory(engine)) as session:
+        for openid in {openid for openid, _ in items}:  # each has just written, so texts may go
+            allowance.record_action(session, openid, "message", now)
         for n, (openid, message) in enumerate(items):
-            enqueue(session, openid=openid, kind="status", text=message, dedupe_key=f"sched:{n}", now=now)
+            enqueue(session, openid=openid, kind="reply", text=message, dedupe_key=f"sched:{n}", now=now)
     engine.dispose()
 
 

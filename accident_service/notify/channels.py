@@ -10,8 +10,12 @@ dispatcher's decision (``notify.dispatch``), not the channel's.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from accident_service.wechat_api.client import WeChatApi, WeChatApiError
 
 
 class DeliveryError(Exception):
@@ -52,3 +56,48 @@ class Channel(Protocol):
         ``dedupe_key`` lets a provider that supports it drop a repeated send
         (WeChat's ``client_msg_id``). Raises DeliveryError.
         """
+
+
+# WeChat's answers that mean "not this way now, maybe another way": the allowance is spent (45047) or
+# closed (45015), or the person does not follow the account (43004; an SMS may still reach them).
+REROUTE_ERRCODES = frozenset({43004, 45015, 45047})
+
+
+class WeChatText:
+    """A customer-service text (message/custom/send): limited by the person's allowance (notify.allowance)."""
+
+    name = "wechat"
+
+    def __init__(self, api: WeChatApi) -> None:
+        self.api = api
+
+    def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> None:
+        with _as_delivery_error(self.name):
+            self.api.send_text(address, rendered.text)
+
+
+class WeChatTemplate:
+    """A template message (message/template/send) with ``client_msg_id``: the platform drops a repeat."""
+
+    name = "template"
+
+    def __init__(self, api: WeChatApi, template_id: str) -> None:
+        self.api = api
+        self.template_id = template_id
+
+    def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> None:
+        with _as_delivery_error(self.name):
+            self.api.send_template(address, self.template_id, rendered.template_data, client_msg_id=dedupe_key)
+
+
+@contextlib.contextmanager
+def _as_delivery_error(channel: str) -> Iterator[None]:
+    """WeChatApiError → DeliveryError, keeping the client's judgement of what is worth retrying."""
+    try:
+        yield
+    except WeChatApiError as exc:
+        reroute = exc.errcode in REROUTE_ERRCODES
+        raise DeliveryError(channel, exc.errmsg, code=exc.errcode, reroute=reroute,
+                            permanent=exc.permanent and not reroute,
+                            # neither flag: a configuration problem, retried a bounded number of times
+                            retryable=exc.retryable or not (exc.permanent or reroute)) from exc

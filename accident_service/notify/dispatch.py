@@ -1,24 +1,39 @@
-"""The outbox dispatcher: send due notifications, retry by error code, give up visibly.
+"""The outbox dispatcher: each message to the person it is for, by the first channel that can carry it now.
 
-Each row is leased (see accident_service.leases) so several schedulers and the
-web pool can dispatch at once; a row is sent and marked sent only while its
-lease is ours, so each notification goes out once per dedupe key (a worker
-dying between the send and its commit means one re-send after the lease).
-Transient WeChat errors (busy, quota, network) retry with backoff; permanent
-ones (unsubscribed, outside the 48-hour window, invalid openid) end in FAILED
-with the reason. A kind with a configured template (and template data) goes as a
-template message, which the 48-hour customer-service window does not limit.
-Notices about a case (cases.facts, the lifecycle's and the scheduler's) are
-stored as facts and rendered here (notify.notices), when sent, in the party's
-language as it is then; other messages (conversation replies) are stored as
-their text. A reply that invites the other driver gets the link of the
-case's join QR code, made once per case.
+Each row is leased (accident_service.leases), so several schedulers and the
+web pool dispatch at once, one row per person at a time and in order. For a
+row the dispatcher decides, before calling anyone (WECHAT.md §5):
+
+1. a WeChat customer-service text, if the person's allowance (notify.allowance)
+   has a send left — taken before the call;
+2. else a template message, if one is configured for the notice's kind
+   (``WECHAT_TEMPLATE_<KIND>``; five keywords of at most 20 characters, and
+   ``client_msg_id`` = the outbox dedupe key);
+3. else, for a must-read notice (:data:`MUST_READ`), an SMS to the party's
+   mobile (``SMS_*`` settings; off unless configured);
+4. else it waits, ``held``: "waiting for the person", in the metrics and on
+   the desk; the person's next action releases it (wechat.processing).
+
+Notes about the other driver's progress (:data:`FOLDED`) never go alone: they
+are held and carried as the first line of the person's next text.
+
+Delivery: the row records its channel, address and ``sending_at`` (committed)
+just before the provider is called. If a worker dies during the call, the
+next attempt finds ``sending_at`` set: a template is sent again with the same
+``client_msg_id`` (the platform drops the repeat), a text or an SMS is not —
+neither provider can drop a repeat, and a person told twice is worse than
+the rare case of the call never having left (README, "Notices").
+Transient errors retry with backoff; an allowance the platform says is spent
+or closed (45047, 45015) or a person who does not follow (43004) sends the row
+back for another channel; permanent errors end it ``failed`` with the reason.
+Notices about a case are stored as facts and rendered here (notify.notices)
+in the language the party has when it is sent; replies are stored as text.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -26,20 +41,36 @@ from sqlalchemy.orm import Session
 from accident_service import leases, metrics
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.models import Case, Notification, Party, WorkStatus
-from accident_service.notify import notices
+from accident_service.notify import allowance, notices
+from accident_service.notify.channels import Channel, DeliveryError, Rendered, WeChatTemplate, WeChatText
 from accident_service.outbox import JOIN_QR_PLACEHOLDER
 from accident_service.runtime import Runtime
 from accident_service.wechat_api.client import WeChatApiError
 
 log = logging.getLogger(__name__)
 
+#: What a person must read, by SMS if WeChat cannot carry it (booking, move, cancellation, confirmation,
+#: retake request, reminder, outcome).
+MUST_READ = frozenset({"booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "retake", "reminder",
+                       "completed"})
+#: Progress about the other driver: folded into the person's next message, never sent alone.
+FOLDED = frozenset({"joined"})
+UNCONFIRMED = "delivery unconfirmed: the dispatcher stopped while sending (not sent again: no duplicate)"
+WAITING = "waiting for the person: no WeChat allowance, no template or SMS for it"
+
+
+@dataclass(frozen=True)
+class Route:
+    channel: Channel
+    address: str
+
 
 def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
-    """Send up to ``limit`` due notifications; returns how many were attempted.
+    """Send up to ``limit`` due notifications; returns how many were handled.
 
     Delivery failures are recorded on the rows, never raised; database errors propagate.
     """
-    attempted = 0
+    handled = 0
     for _ in range(limit):
         with runtime.unit_of_work() as session:
             ids = leases.claim(session, Notification, worker_id, now=runtime.clock.now(),
@@ -48,58 +79,149 @@ def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
         if not ids:
             break
         _dispatch_one(runtime, ids[0], worker_id)
-        attempted += 1
-    return attempted
+        handled += 1
+    return handled
 
 
 def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> None:
+    now = runtime.clock.now()
     with runtime.unit_of_work() as session:
         row = session.get(Notification, notification_id)
         if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
             return  # taken over (our lease lapsed) or gone: sending now could send it twice
-        language = _recipient_language_now(session, row)
+        if row.sending_at is not None and row.channel != WeChatTemplate.name:
+            _finish(session, row, worker_id, WorkStatus.DONE, "unconfirmed", sent_at=row.sending_at,
+                    last_error=UNCONFIRMED)
+            return
+        if row.kind in FOLDED:
+            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error="carried by their next message")
+            return
+        try:
+            rendered = render(session, row)
+        except (KeyError, ValueError) as exc:  # a malformed payload will never send: give up visibly
+            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=f"bad payload: {exc}"[:500])
+            return
+        route = _route(session, runtime, row, rendered, now)
+        if route is None:
+            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error=WAITING)
+            return
+        notes = _folded_notes(session, row) if route.channel.name == WeChatText.name else []
+        session.execute(update(Notification).where(Notification.id == row.id)
+                        .values(channel=route.channel.name, address=route.address, sending_at=now)
+                        .execution_options(synchronize_session=False))
         session.expunge(row)
     try:
-        _send(runtime, row, language)
-    except WeChatApiError as exc:
-        _after_failure(runtime, row, worker_id, exc)
-        return
-    except (KeyError, ValueError) as exc:  # a malformed payload will never send: give up visibly
-        _after_failure(runtime, row, worker_id, WeChatApiError(None, f"bad payload: {exc}", permanent=True))
+        rendered = _with_notes_and_qr(runtime, row, rendered, notes)
+        route.channel.send(route.address, rendered, dedupe_key=row.dedupe_key)
+    except DeliveryError as exc:
+        _after_failure(runtime, row, worker_id, route, exc)
         return
     except Exception as exc:  # a bug must not abort the batch nor leave the row leased until it lapses
         log.exception("notification %s (%s) failed unexpectedly", row.id, row.kind)
-        _after_failure(runtime, row, worker_id, WeChatApiError(None, f"{type(exc).__name__}: {exc}"))
+        _after_failure(runtime, row, worker_id, route, DeliveryError(route.channel.name, repr(exc), retryable=True))
         return
-    now = runtime.clock.now()
     with runtime.unit_of_work() as session:
-        leases.complete(session, Notification, row.id, worker_id, status=WorkStatus.DONE, sent_at=now,
-                        last_error=None)
-    metrics.NOTIFICATIONS.labels(row.kind, "sent").inc()
+        if _finish(session, row, worker_id, WorkStatus.DONE, "sent", channel=route.channel.name,
+                   sent_at=runtime.clock.now(), last_error=None) and notes:
+            session.execute(update(Notification).where(Notification.id.in_([n.id for n, _ in notes]))
+                            .values(status=WorkStatus.DONE, carried_by=row.id, sent_at=runtime.clock.now(),
+                                    channel=route.channel.name, address=route.address, last_error=None)
+                            .execution_options(synchronize_session=False))
+
+
+def release_held(session: Session, openid: str, now) -> int:
+    """The person acted, so the platform allows texts again: what waited for them goes out now (oldest first).
+
+    Notes about the other driver stay held: the next text carries them. Returns how many were released.
+    """
+    result = session.execute(update(Notification)
+                             .where(Notification.openid == openid, Notification.status == WorkStatus.HELD,
+                                    Notification.kind.not_in(FOLDED))
+                             .values(status=WorkStatus.PENDING, next_attempt_at=now, attempts=0, last_error=None)
+                             .execution_options(synchronize_session=False))
+    return result.rowcount
+
+
+def _route(session: Session, runtime: Runtime, row: Notification, rendered: Rendered, now) -> Route | None:
+    """The first channel that can carry ``row`` now (see the module's list); None: it waits for the person."""
+    api = runtime.wechat
+    if allowance.spend(session, row.openid, now):  # taken before the call: a crash cannot overspend it
+        return Route(WeChatText(api), row.openid)
+    template_id = runtime.settings.template_for(row.kind)
+    if template_id and rendered.template_data and allowance.may_follow(session, row.openid):
+        return Route(WeChatTemplate(api, template_id), row.openid)
+    if row.kind in MUST_READ and runtime.settings.sms_enabled:
+        sms_template = runtime.settings.sms_template_for(row.kind)
+        phone = _phone_of(session, row)
+        if sms_template and phone:
+            from accident_service.notify.sms import SmsChannel
+
+            return Route(SmsChannel.from_settings(runtime.settings).for_template(sms_template), phone)
+    return None
+
+
+def render(session: Session, row: Notification) -> Rendered:
+    """What ``row`` says, in every shape a channel needs; a notice in the party's language as it is now.
+
+    Raises KeyError or ValueError for a payload that cannot be rendered.
+    """
+    payload = row.payload
+    if not isinstance(payload, dict):
+        raise ValueError(f"the payload is {type(payload).__name__}, not an object")
+    if "notice" in payload:
+        return notices.render(row.kind, _recipient_language_now(session, row), payload["notice"], at=row.created_at)
+    return Rendered(text=str(payload["text"]))
+
+
+def message_of(row: Notification) -> Rendered:
+    """What ``row`` says in the language it was written in (tests and the desk read it this way)."""
+    payload = row.payload
+    if isinstance(payload, dict) and "notice" in payload:
+        return notices.render(row.kind, row.language, payload["notice"], at=row.created_at)
+    if not isinstance(payload, dict):
+        raise ValueError(f"the payload is {type(payload).__name__}, not an object")
+    return Rendered(text=str(payload["text"]))
 
 
 def _recipient_language_now(session: Session, row: Notification) -> str:
-    """The language to render a notice about a case in: the party's as it is now, else the row's.
-
-    A driver may switch language while the notice waits (say, for a WeChat outage to pass).
-    """
-    if not (isinstance(row.payload, dict) and "notice" in row.payload and row.case_id is not None):
+    """The party's language as it is now, else the row's: a driver may switch while the notice waits."""
+    if row.case_id is None:
         return row.language
     now = session.scalar(select(Party.language).where(Party.case_id == row.case_id, Party.openid == row.openid))
     return now or row.language
 
 
-def _send(runtime: Runtime, row: Notification, language: str) -> None:
-    """Send one notification: a template where one is configured for its kind, else a customer-service text."""
-    api = runtime.wechat
-    text, template_data = message_of(row, language)
+def _phone_of(session: Session, row: Notification) -> str | None:
+    if row.case_id is None:
+        return None
+    return session.scalar(select(Party.phone).where(Party.case_id == row.case_id, Party.openid == row.openid))
+
+
+def _folded_notes(session: Session, row: Notification) -> list[tuple[Notification, str]]:
+    """The held notes about the other driver that this text to the same person carries, oldest first."""
+    held = session.scalars(select(Notification).where(
+        Notification.openid == row.openid, Notification.status == WorkStatus.HELD,
+        Notification.kind.in_(FOLDED), Notification.id < row.id).order_by(Notification.id)).all()
+    notes = []
+    for note in held:
+        try:
+            notes.append((note, render(session, note).text))
+        except (KeyError, ValueError):
+            continue  # stays held and visible; it must not block the message that carries the others
+    for note, _ in notes:
+        session.expunge(note)
+    return notes
+
+
+def _with_notes_and_qr(runtime: Runtime, row: Notification, rendered: Rendered,
+                       notes: list[tuple[Notification, str]]) -> Rendered:
+    text = "\n".join([*(text for _, text in notes), rendered.text])
     if isinstance(row.payload, dict) and row.payload.get("join_qr"):
-        text = text.replace(JOIN_QR_PLACEHOLDER, join_qr_url(runtime, row.case_id))
-    template_id = runtime.settings.template_for(row.kind)
-    if template_id and template_data:
-        api.send_template(row.openid, template_id, template_data)
-        return
-    api.send_text(row.openid, text)
+        try:
+            text = text.replace(JOIN_QR_PLACEHOLDER, join_qr_url(runtime, row.case_id))
+        except WeChatApiError as exc:
+            raise DeliveryError("wechat", f"join QR code: {exc.errmsg}", code=exc.errcode, retryable=True) from exc
+    return Rendered(text=text, template_data=rendered.template_data, sms_params=rendered.sms_params)
 
 
 def join_qr_url(runtime: Runtime, case_id: int | None) -> str:
@@ -123,30 +245,29 @@ def join_qr_url(runtime: Runtime, case_id: int | None) -> str:
         return session.scalar(select(Case.join_qr_url).where(Case.id == case_id)) or qr.image_url
 
 
-def message_of(row: Notification, language: str | None = None) -> tuple[str, Any]:
-    """What a row sends: its customer-service text and its template data.
-
-    A notice stored as facts is rendered here, in ``language`` (default: the
-    row's). Raises KeyError or ValueError for a payload that cannot be rendered.
-    """
-    payload = row.payload
-    if not isinstance(payload, dict):
-        raise ValueError(f"the payload is {type(payload).__name__}, not an object")
-    if "notice" in payload:
-        return notices.render(row.kind, language or row.language, payload["notice"])
-    return str(payload.get("text", "")), payload.get("template_data")
-
-
-def _after_failure(runtime: Runtime, row: Notification, worker_id: str, exc: WeChatApiError) -> None:
+def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: Route, exc: DeliveryError) -> None:
     now = runtime.clock.now()
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
-    give_up = exc.permanent or out_of_attempts
-    error = f"{exc.errcode}: {exc.errmsg}"[:500]
+    error = f"{exc.code}: {exc}"[:500]
     with runtime.unit_of_work() as session:
-        leases.complete(session, Notification, row.id, worker_id,
-                        status=WorkStatus.FAILED if give_up else WorkStatus.PENDING, last_error=error,
-                        next_attempt_at=now + leases.backoff(row.attempts))
-    outcome = "gave_up" if give_up else "retry"
-    metrics.NOTIFICATIONS.labels(row.kind, outcome).inc()
-    if give_up:
-        log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
+        if exc.reroute and not out_of_attempts:
+            allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
+                              channel=route.channel.name)
+            # Nothing went out: the next attempt chooses again, with what the platform just told us.
+            _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", last_error=error, next_attempt_at=now,
+                    channel=None, address=None, sending_at=None)
+        elif exc.retryable and not out_of_attempts:
+            _finish(session, row, worker_id, WorkStatus.PENDING, "retry", last_error=error, sending_at=None,
+                    next_attempt_at=now + leases.backoff(row.attempts))
+        else:
+            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=error, sending_at=None)
+            log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
+
+
+def _finish(session: Session, row: Notification, worker_id: str, status: WorkStatus, outcome: str,
+            **values) -> bool:
+    """End our lease on ``row`` with ``status`` (and ``values``); False if the lease was taken over meanwhile."""
+    done = leases.complete(session, Notification, row.id, worker_id, status=status, **values)
+    if done:
+        metrics.NOTIFICATIONS.labels(row.kind, values.get("channel") or row.channel or "-", outcome).inc()
+    return done

@@ -2,11 +2,19 @@
 
 The facts (``cases.facts``) are written with the change that causes the
 notice; the dispatcher renders them here, in the recipient's language as it
-is then. The wording is chosen from the catalogue (``catalogue/notices.yaml``)
-by kind and variant: ``notice.<kind>.<variant>`` where the catalogue has it
-(the reader acted: "self", the other driver did: "other", the desk did:
-"desk", or a kind's own variants such as the retake request's "taker"), else
-``notice.<kind>``.
+is then, in the three shapes a channel may need: a customer-service text, a
+template card and SMS parameters. The wording is chosen from the catalogue
+(``catalogue/notices.yaml``) by kind and variant: ``notice.<kind>.<variant>``
+where the catalogue has it (the reader acted: "self", the other driver did:
+"other", the desk did: "desk", or a kind's own variants such as the retake
+request's "taker"), else ``notice.<kind>``.
+
+Every notice template has the same five keywords (README, "Notices"):
+``character_string1`` the case number, ``thing2`` what happened (``template.<kind>``:
+"预约成功，可撤离现场" carries "you may leave the scene"), ``thing3`` the desk,
+``time4`` the visit's time, ``thing5`` what to do or a note; each value at
+most 20 characters on one line, and no first or remark line (the platform no
+longer shows them).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from accident_service import messages
 from accident_service.cases.facts import NOTICE_KINDS, Visit
+from accident_service.notify.channels import Rendered
 
 
 def evidence_number(fingerprint: str | None) -> str:
@@ -27,9 +36,10 @@ def evidence_number(fingerprint: str | None) -> str:
     return f"{short[:4]}-{short[4:]}"
 
 
-def render(kind: str, language: str, facts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The ``kind`` notice from its stored facts in ``language``: (customer-service text, template data).
+def render(kind: str, language: str, facts: dict[str, Any], *, at: datetime) -> Rendered:
+    """The ``kind`` notice from its stored facts in ``language``, as a text, a template card and SMS parameters.
 
+    ``at`` is when the notice was written (a card shows it when there is no visit time).
     Raises ValueError for an unknown kind, facts that are not an object or an
     unreadable time or zone, and KeyError for a fact or text the notice needs
     but lacks (the dispatcher gives such a row up as a bad payload).
@@ -41,10 +51,37 @@ def render(kind: str, language: str, facts: dict[str, Any]) -> tuple[str, dict[s
     language = messages.normalise_language(language)
     params = _params(facts, language)
     variant = str(facts.get("variant") or "")
-    key = f"notice.{kind}.{variant}" if variant and f"notice.{kind}.{variant}" in messages.catalogue() \
-        else f"notice.{kind}"
-    text = messages.text(key, language, **params)
-    return text, template_data(kind, params, language, variant=variant)
+    text = messages.text(_variant_key(f"notice.{kind}", variant), language, **params)
+    when = _short_time(facts, at)
+    headline = messages.text(_variant_key(f"template.{kind}", variant), language, **params)
+    note = messages.text(_variant_key(f"template.note.{kind}", variant), language, **params)
+    card = {"character_string1": params["case_no"], "thing2": headline, "thing3": params.get("station", "-"),
+            "time4": when, "thing5": note}
+    return Rendered(text=text, template_data={key: {"value": fit(value)} for key, value in card.items()},
+                    sms_params=tuple(fit(value, SMS_PARAM_CHARACTERS) for value in
+                                     (params["case_no"], params.get("station", "-"), when)))
+
+
+#: A template keyword value may hold at most 20 characters (since 2023-05-04, WECHAT.md §5).
+KEYWORD_CHARACTERS = 20
+SMS_PARAM_CHARACTERS = 20
+
+
+def fit(value: str, limit: int = KEYWORD_CHARACTERS) -> str:
+    """``value`` on one line within ``limit`` characters (cut with "…"): the platform refuses longer ones."""
+    one_line = " ".join(str(value).split())
+    return one_line if len(one_line) <= limit else one_line[:limit - 1] + "…"
+
+
+def _variant_key(base: str, variant: str) -> str:
+    return f"{base}.{variant}" if variant and f"{base}.{variant}" in messages.catalogue() else base
+
+
+def _short_time(facts: dict[str, Any], at: datetime) -> str:
+    """The visit's start (else the notice's time) as a template's time keyword shows it: "2026-11-25 14:00"."""
+    moment = _stored_time(facts["starts_at"]) if facts.get("starts_at") else at
+    zone = ZoneInfo(str(facts.get("timezone") or "Asia/Shanghai"))
+    return f"{moment.astimezone(zone):%Y-%m-%d %H:%M}"
 
 
 def _params(facts: dict[str, Any], language: str) -> dict[str, str]:
@@ -79,12 +116,3 @@ def _stored_time(value: Any) -> datetime:
     if moment is None or moment.tzinfo is None:
         raise ValueError(f"not a time with an offset: {value!r}")
     return moment
-
-
-def template_data(kind: str, params: dict[str, str], language: str, *, variant: str = "") -> dict[str, Any]:
-    """Fields for a template message: a title ("first"), the facts, and a remark, each {"value": str}."""
-    remark = f"notice.remark.{kind}.{variant}" if variant and f"notice.remark.{kind}.{variant}" in \
-        messages.catalogue() else f"notice.remark.{kind}"
-    data = {"first": messages.text(f"notice.title.{kind}", language)} | params
-    data["remark"] = messages.text(remark, language) if remark in messages.catalogue() else ""
-    return {key: {"value": value} for key, value in data.items()}

@@ -187,7 +187,7 @@ class PlatformApi:
             return response
 
     def _dispatch(self, method: str, path: str, query: dict[str, str], body: bytes) -> ApiResponse:
-        if path == "token":
+        if path in ("token", "stable_token"):
             self.token_requests += 1
         fault = self._take_fault(path)
         if fault is not None:
@@ -196,6 +196,8 @@ class PlatformApi:
             return ApiResponse(fault.http_status, "text/html", b"<html><body>Bad Gateway</body></html>")
         if path == "token":
             return self._issue_token(query)
+        if path == "stable_token":
+            return self._stable_token(body)
         if path == "showqrcode":
             return self._show_qrcode(query)
         routes: dict[str, Callable[[dict[str, Any] | None, dict[str, str]], ApiResponse]] = {
@@ -244,6 +246,30 @@ class PlatformApi:
         token = secrets.token_urlsafe(96)[:128]
         self._tokens[token] = _Token(expires_at=now + self.token_ttl_seconds)
         return ApiResponse.json({"access_token": token, "expires_in": self.token_ttl_seconds})
+
+    def _stable_token(self, body: bytes) -> ApiResponse:
+        """POST stable_token (WECHAT.md §4): normal mode hands out the current token until it nears expiry."""
+        try:
+            request = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return ApiResponse.error(47001)
+        if not isinstance(request, dict) or request.get("grant_type") != "client_credential":
+            return ApiResponse.error(40002)
+        if request.get("appid") != self.appid:
+            return ApiResponse.error(40013)
+        if request.get("secret") != self.secret:
+            return ApiResponse.error(40125)
+        now = time.time()
+        current = getattr(self, "_stable", None)
+        if request.get("force_refresh") or current is None or self._tokens[current].expires_at - now < 300 \
+                or self._tokens[current].superseded_at is not None:
+            if current is not None and request.get("force_refresh"):
+                self._tokens[current].superseded_at = now - self.token_grace_seconds - 1
+            current = secrets.token_urlsafe(96)[:128]
+            self._tokens[current] = _Token(expires_at=now + self.token_ttl_seconds)
+            self._stable = current
+        return ApiResponse.json({"access_token": current,
+                                 "expires_in": int(self._tokens[current].expires_at - now)})
 
     def _check_token(self, token: str | None) -> int | None:
         if not token:

@@ -19,6 +19,7 @@ from accident_service import messages
 from accident_service.cases import parties
 from accident_service.cases import service as cases
 from accident_service.models import Case, InboundMessage, Notification, Party
+from accident_service.notify import allowance, dispatch
 from accident_service.outbox import enqueue
 from accident_service.photos.intake import PreparedPhoto, prepare_photo, refused_before_inspection
 from accident_service.runtime import Runtime
@@ -59,6 +60,10 @@ def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> Non
         prepared = _prepare_photo(runtime, row, message)
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
+        # What the person did opens the platform's allowance for texts to them (WECHAT.md §5): known
+        # before their reply is dispatched, and what waited for them can go now.
+        if allowance.record_action(session, row.openid, allowance.action_of(message), row.received_at):
+            dispatch.release_held(session, row.openid, now)
         told_saving = session.scalar(select(Notification.id).where(
             Notification.dedupe_key == _saving_key(row))) is not None
         Conversation(session, runtime, message, row, now).run(prepared, told_saving=told_saving)

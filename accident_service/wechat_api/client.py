@@ -141,13 +141,17 @@ class GatewayClient(WeChatClient):
         return cls(settings.WECHAT_APP_ID, settings.WECHAT_APP_SECRET, api_base_url=settings.WECHAT_API_BASE_URL,
                    timeout=settings.WECHAT_API_TIMEOUT_SECONDS, token_store=token_store)
 
-    def fetch_access_token(self) -> dict[str, Any]:
-        return self._fetch_access_token(url=self.API_BASE_URL + "token", params={
-            "grant_type": "client_credential", "appid": self.appid, "secret": self.secret})
+    def fetch_access_token(self, *, force_refresh: bool = False) -> dict[str, Any]:
+        """The account's stable token (``stable_token``, normal mode: the same token for every process until
+        the platform rotates it). ``force_refresh`` replaces it (the platform allows that 20 times a day)."""
+        return self._fetch_access_token(url=self.API_BASE_URL + "stable_token", params={
+            "grant_type": "client_credential", "appid": self.appid, "secret": self.secret,
+            "force_refresh": force_refresh})
 
-    def _fetch_access_token(self, url: str, params: dict[str, str]) -> dict[str, Any]:
-        # wechatpy's version sends no timeout: a stalled token endpoint would hang every caller.
-        res = self._http.get(url=url, params=params, timeout=self.timeout)
+    def _fetch_access_token(self, url: str, params: dict[str, Any]) -> dict[str, Any]:
+        # wechatpy's version sends no timeout (a stalled token endpoint would hang every caller) and
+        # knows only the GET of cgi-bin/token; stable_token is a POST of JSON.
+        res = self._http.post(url=url, json=params, timeout=self.timeout)
         try:
             res.raise_for_status()
         except requests.RequestException as exc:
@@ -161,16 +165,22 @@ class GatewayClient(WeChatClient):
         self.expires_at = int(time.time()) + expires_in
         return result
 
-    def fetch_token_pair(self) -> tuple[str, int]:
-        """Fetch a brand-new token: ``(access_token, expires_in)``. Raises WeChatApiError."""
+    def fetch_token_pair(self, stale: str | None = None) -> tuple[str, int]:
+        """The stable token: ``(access_token, expires_in)``. Raises WeChatApiError.
+
+        Normal mode first; only when it hands back the very token the platform just rejected
+        (``stale``) is a refresh forced.
+        """
         with _translated_errors():
             result = self.fetch_access_token()
+            if stale is not None and result["access_token"] == stale:
+                result = self.fetch_access_token(force_refresh=True)
         return result["access_token"], int(result.get("expires_in", 7200))
 
     def current_token(self, *, stale: str | None = None) -> str:
         """The shared token (refreshed through the store if needed). Raises WeChatApiError."""
         with _translated_errors():
-            return self.token_store.get_token(self.fetch_token_pair, stale=stale)
+            return self.token_store.get_token(lambda: self.fetch_token_pair(stale), stale=stale)
 
     @property
     def access_token(self) -> str:  # what wechatpy's own API helpers use
@@ -192,12 +202,19 @@ class WeChatApi:
         """Customer-service text message (48 h window; 45015/45047/43004 are permanent)."""
         self._post_json("message/custom/send", {"touser": openid, "msgtype": "text", "text": {"content": text}})
 
-    def send_template(self, openid: str, template_id: str, data: dict[str, Any], url: str | None = None) -> int | None:
-        """Template message; ``data`` values may be plain strings or ``{"value": ...}``. Returns the msgid."""
+    def send_template(self, openid: str, template_id: str, data: dict[str, Any], url: str | None = None, *,
+                      client_msg_id: str | None = None) -> int | None:
+        """Template message; ``data`` values may be plain strings or ``{"value": ...}``. Returns the msgid.
+
+        ``client_msg_id``: the platform drops a repeated send with the same id for 10 minutes
+        (wechatpy 1.8.18 has no argument for it, so the body is built here).
+        """
         body: dict[str, Any] = {"touser": openid, "template_id": template_id, "data": {
             key: value if isinstance(value, dict) else {"value": str(value)} for key, value in data.items()}}
         if url:
             body["url"] = url
+        if client_msg_id:
+            body["client_msg_id"] = client_msg_id
         result = self._post_json("message/template/send", body)
         return result.get("msgid")
 

@@ -109,12 +109,12 @@ def notices(runtime: Runtime, kind: str | None = None) -> list[Notification]:
 
 def text_of(notification: Notification) -> str:
     """The customer-service text the dispatcher sends for this outbox row."""
-    return dispatch.message_of(notification)[0]
+    return dispatch.message_of(notification).text
 
 
 def template_of(notification: Notification) -> dict:
     """The template data the dispatcher sends for this outbox row (where a template is configured)."""
-    return dispatch.message_of(notification)[1]
+    return dispatch.message_of(notification).template_data
 
 
 def count(runtime: Runtime, model) -> int:

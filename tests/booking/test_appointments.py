@@ -93,9 +93,9 @@ def test_both_parties_get_the_booking_notice_in_their_language(runtime, world):
                  "leave the scene", evidence_no):
         assert fact in en
     data = make.template_of(sent[0])
-    assert data["case_no"] == {"value": case_no} and data["fingerprint"] == {"value": fingerprint}
-    assert data["time"] == {"value": "11月25日 14:00-14:30"} and data["address"]["value"] == "广州市 GZ-TH 路 1 号"
-    assert all(set(v) == {"value"} and isinstance(v["value"], str) for v in data.values())
+    assert data["character_string1"] == {"value": case_no} and data["thing5"] == {"value": f"证据编号{evidence_no}"}
+    assert data["time4"] == {"value": "2026-11-25 14:00"} and data["thing2"] == {"value": "预约成功，可撤离现场"}
+    assert all(set(v) == {"value"} and len(v["value"]) <= 20 and "\n" not in v["value"] for v in data.values())
 
 
 def test_capacity_is_respected(runtime, world):

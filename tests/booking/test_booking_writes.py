@@ -77,7 +77,7 @@ def test_a_booking_writes_every_effect_in_its_transaction(runtime, world):
         # Rendered when sent, each in the party's language.
         assert "天河事故处理点" in make.text_of(sent[0]) and "11月25日 14:00-14:30" in make.text_of(sent[0])
         assert case.evidence_fingerprint[:4].upper() in make.text_of(sent[1]) and "Booked." in make.text_of(sent[1])
-        assert make.template_of(sent[1])["time"] == {"value": "25 Nov 14:00-14:30"}
+        assert make.template_of(sent[1])["time4"] == {"value": "2026-11-25 14:00"}
 
 
 def test_the_session_shows_the_booking_without_writing_it_again(runtime, world):

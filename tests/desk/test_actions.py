@@ -54,8 +54,10 @@ def test_a_confirmation_tells_both_parties_in_their_language_with_a_framed_templ
     assert "is confirmed" in make.text_of(en) and "25 Nov 14:00-14:30" in make.text_of(en)
     assert "广州市 GZ-TH 路 1 号" in make.text_of(zh)
     data = make.template_of(en)
-    assert data["first"] == {"value": "Appointment confirmed"} and data["station"] == {"value": "天河事故处理点"}
-    assert data["time"] == {"value": "25 Nov 14:00-14:30"} and "on time" in data["remark"]["value"]
+    assert data["thing2"] == {"value": "Booking confirmed"} and data["thing3"] == {"value": "天河事故处理点"}
+    assert data["time4"] == {"value": "2026-11-25 14:00"} and "on time" in data["thing5"]["value"]
+    assert make.template_of(zh)["thing2"] == {"value": "预约已确认"}
+    assert "first" not in data and "remark" not in data  # the platform no longer shows either
     with runtime.unit_of_work() as session:
         audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "case.confirm")).one()
         assert (audit.actor_type, audit.actor, audit.before, audit.after) == \

@@ -13,6 +13,7 @@ from accident_service.models import AuditEvent, Case, CaseStatus, Photo, PhotoSt
 from accident_service.sandbox.images import make_jpeg
 from tests.support.flows import report_until_ready
 from tests.support.live import drain
+from tests.support.reading import read_by
 
 A, B = "oStaffFlowA00000000000000001", "oStaffFlowB00000000000000002"
 
@@ -39,8 +40,9 @@ def test_confirmation_is_told_to_both_and_audited(wechat, wechat_runtime, booked
         confirm_appointment(session, case, staff="officer1", now=wechat_runtime.clock.now(),
                             settings=wechat_runtime.settings)
     drain(wechat_runtime)
-    for driver in (A, B):
-        assert "已由民警确认" in wechat.messages_to(driver)[-1]
+    # B (who just booked) reads it as a text; A's allowance is spent, so A gets the template card.
+    assert "已由民警确认" in read_by(wechat, B)[-1]
+    assert read_by(wechat, A)[-1].split("\n")[1] == "预约已确认"
     with wechat_runtime.unit_of_work() as session:
         case = session.get(Case, booked_case)
         assert case.status is CaseStatus.CONFIRMED
@@ -58,8 +60,8 @@ def test_retake_request_keeps_the_slot_and_the_new_photo_replaces_the_item(wecha
         request_retake(session, case, item=2, reason="碰撞部位看不清", staff="officer1",
                        settings=wechat_runtime.settings, now=wechat_runtime.clock.now())
     drain(wechat_runtime)
-    assert "补拍照片2" in wechat.messages_to(A)[-1] and "碰撞部位看不清" in wechat.messages_to(A)[-1]
-    assert "已请对方补拍照片2" in wechat.messages_to(B)[-1]
+    assert "补拍照片2" in read_by(wechat, A)[-1] and "碰撞部位看不清" in read_by(wechat, A)[-1]
+    assert "已请对方补拍照片2" in read_by(wechat, B)[-1]
 
     wechat.post_image(A, wechat.add_media("retake-2", make_jpeg("retake-2", 1600, 1200)))
     drain(wechat_runtime)

@@ -36,7 +36,9 @@ def test_two_drivers_from_menu_click_to_booking_notice(wechat, live_app, wechat_
     assert any("您已加入案件" in m for m in to_b) and any("1/1" in m for m in to_b)
     offer = to_b[-1]  # B completed the case: B has the list, A is told B is choosing
     assert re.search(r"^1\. ", offer, re.M), offer
-    assert to_a[-1] == text("notice.ready", "zh", case_no=case.case_no)
+    # The note that B joined rode with the next thing A needed: that B is choosing a time.
+    assert to_a[-1] == "\n".join([text("notice.joined", "zh", case_no=case.case_no),
+                                  text("notice.ready", "zh", case_no=case.case_no)])
 
     wechat.post_text(B, "1")
     drain(wechat_runtime)
@@ -100,7 +102,7 @@ def test_an_unreadable_location_is_refused_and_changes_nothing(wechat, live_app,
             "<xml><ToUserName>gh_x</ToUserName><FromUserName>" + A + "</FromUserName><CreateTime>1764036000"
             f"</CreateTime><MsgType>location</MsgType><Location_X>{lat}</Location_X><Location_Y>{lng}</Location_Y>"
             f"<Scale>15</Scale><Label>x</Label><MsgId>{msg_id}</MsgId></xml>")
-    drain(wechat_runtime)
+        drain(wechat_runtime)  # answered as it comes, as in real use
     assert wechat.messages_to(A)[-5:] == [text("conv.location_invalid", "zh")] * 5
     with wechat_runtime.unit_of_work() as session:
         case = session.scalars(select(Case)).one()

@@ -18,6 +18,7 @@ from accident_service import leases
 from accident_service.cases.parties import start_case
 from accident_service.messages import text as catalogue_text
 from accident_service.models import Case, Notification, WorkStatus
+from accident_service.notify import allowance, dispatch
 from accident_service.notify.dispatch import dispatch_due
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
 from accident_service.runtime import build_runtime
@@ -46,7 +47,21 @@ def rt(wechat_runtime):
     return wechat_runtime
 
 
-def add(runtime, openid: str = "oDriverA", message: str = "hello", *, kind: str = "status", **extra) -> int:
+def acted(runtime, wechat, openid: str, action: str = "message") -> None:
+    """``openid`` wrote to the account (or clicked, followed, scanned): the platform and our ledger both know.
+
+    The inbox feeds the ledger when it processes a push; here the push is not the point.
+    """
+    wechat.note_user_activity(openid, None if action == "message" else action)
+    with runtime.unit_of_work() as session:
+        allowance.record_action(session, openid, action, runtime.clock.now())
+
+
+def add(runtime, openid: str = "oDriverA", message: str = "hello", *, kind: str = "reply", wechat=None,
+        **extra) -> int:
+    """A text for ``openid``; with ``wechat``, they wrote to the account just before (so a text may go)."""
+    if wechat is not None:
+        acted(runtime, wechat, openid)
     with runtime.unit_of_work() as session:
         notification_id = enqueue(session, openid=openid, kind=kind, text=message,
                                   dedupe_key=f"test:{next(_keys)}", now=runtime.clock.now(), **extra)
@@ -72,7 +87,7 @@ def unfinished(runtime) -> int:
 # --- what goes out -----------------------------------------------------------
 
 def test_text_goes_out_as_customer_service_message(rt, wechat, clock):
-    notification_id = add(rt, "oDriverA", "您的预约已确认")
+    notification_id = add(rt, "oDriverA", "您的预约已确认", wechat=wechat)
 
     assert dispatch_due(rt, "w1") == 1
 
@@ -83,45 +98,23 @@ def test_text_goes_out_as_customer_service_message(rt, wechat, clock):
     assert row.attempts == 1 and row.lease_until is None and row.last_error is None
 
 
-def test_kind_with_a_configured_template_goes_as_template_message(make_runtime, wechat):
-    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
-    data = {"first": "预约成功", "keyword1": "天河事故处理点", "keyword2": {"value": "11-26 09:30", "color": "#173177"}}
-    add(rt, "oDriverA", "text fallback", kind="booked", template_data=data)
-
-    assert dispatch_due(rt, "w1") == 1
-
-    [message] = wechat.sent
-    assert message["kind"] == "template" and message["touser"] == "oDriverA"
-    assert message["body"]["template_id"] == "tpl-booked"
-    assert message["body"]["data"] == {"first": {"value": "预约成功"}, "keyword1": {"value": "天河事故处理点"},
-                                       "keyword2": {"value": "11-26 09:30", "color": "#173177"}}
-
-
-def test_text_is_used_without_template_data_or_without_a_template(make_runtime, wechat):
-    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
-    add(rt, "oDriverA", "booked, no data", kind="booked")
-    add(rt, "oDriverB", "cancelled, no template", kind="cancelled", template_data={"first": "x"})
-
-    assert dispatch_due(rt, "w1") == 2
-
-    assert sorted((m["kind"], m["text"]) for m in wechat.sent) == [
-        ("custom", "booked, no data"), ("custom", "cancelled, no template")]
-
-
 BOOKED_FACTS = {"case_no": "20261125-ABCDE", "fingerprint": "0123456789abcdef", "station": "天河事故处理点",
                 "address": "广州市天河路 1 号", "timezone": "Asia/Shanghai",
                 "starts_at": "2026-11-25T06:00:00+00:00", "ends_at": "2026-11-25T14:30:00+08:00"}
 
 
-def add_notice(runtime, openid: str, kind: str, facts: dict, *, language: str) -> int:
+def add_notice(runtime, openid: str, kind: str, facts: dict, *, language: str, wechat=None) -> int:
+    """A notice for ``openid``; with ``wechat``, they wrote to the account just before (so a text may go)."""
+    if wechat is not None:
+        acted(runtime, wechat, openid)
     with runtime.unit_of_work() as session:
         return enqueue(session, openid=openid, kind=kind, notice=facts, dedupe_key=f"test:{next(_keys)}",
                        now=runtime.clock.now(), language=language)
 
 
 def test_a_notice_stored_as_facts_is_rendered_when_sent_in_the_recipient_s_language(rt, wechat):
-    add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
-    add_notice(rt, "oDriverB", "booked", BOOKED_FACTS, language="en")
+    add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh", wechat=wechat)
+    add_notice(rt, "oDriverB", "booked", BOOKED_FACTS, language="en", wechat=wechat)
 
     assert dispatch_due(rt, "w1") == 2
 
@@ -133,6 +126,7 @@ def test_a_notice_stored_as_facts_is_rendered_when_sent_in_the_recipient_s_langu
 
 
 def test_a_notice_speaks_the_language_the_party_has_when_it_is_sent(rt, wechat, clock):
+    acted(rt, wechat, "oDriverA")
     with rt.unit_of_work() as session:
         case, party, _created = start_case(session, openid="oDriverA", language="zh", settings=rt.settings,
                                            now=clock.now())
@@ -147,17 +141,147 @@ def test_a_notice_speaks_the_language_the_party_has_when_it_is_sent(rt, wechat, 
     assert load(rt, notification_id).status is WorkStatus.DONE
 
 
-def test_a_notice_stored_as_facts_goes_as_template_message_where_one_is_configured(make_runtime, wechat):
+def test_without_an_allowance_a_notice_goes_as_a_template_card_with_its_dedupe_key(make_runtime, wechat):
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
-    add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="en")
+    wechat.note_user_activity("oDriverA")  # a follower; the last action was long ago for our ledger
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="en")
 
     assert dispatch_due(rt, "w1") == 1
 
     [message] = wechat.sent
     assert message["kind"] == "template" and message["body"]["template_id"] == "tpl-booked"
-    data = message["body"]["data"]
-    assert data["first"] == {"value": "Appointment booked"} and data["time"] == {"value": "25 Nov 14:00-14:30"}
-    assert data["case_no"] == {"value": "20261125-ABCDE"} and data["station"] == {"value": "天河事故处理点"}
+    row = load(rt, notification_id)
+    assert message["body"]["client_msg_id"] == row.dedupe_key  # the platform drops a repeat of it
+    assert message["body"]["data"] == {
+        "character_string1": {"value": "20261125-ABCDE"}, "thing2": {"value": "Booked; may leave"},
+        "thing3": {"value": "天河事故处理点"}, "time4": {"value": "2026-11-25 14:00"},
+        "thing5": {"value": "Evidence 0123-4567"}}
+    assert (row.status, row.channel, row.address) == (WorkStatus.DONE, "template", "oDriverA")
+
+
+def test_while_the_allowance_lasts_a_notice_goes_as_text_even_with_a_template(make_runtime, wechat):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh", wechat=wechat)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert [m["kind"] for m in wechat.sent] == ["custom"]
+
+
+def test_a_message_no_channel_can_carry_waits_for_the_person_and_goes_with_their_next_action(make_runtime, wechat,
+                                                                                              clock):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="")  # no template configured for it
+    waiting = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")  # and no allowance
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, waiting)
+    assert (row.status, row.channel) == (WorkStatus.HELD, None) and "waiting for the person" in row.last_error
+    assert wechat.sent == [] and dispatch_due(rt, "w1") == 0
+    with rt.unit_of_work() as session:  # the person writes; processing their message releases what waited
+        allowance.record_action(session, "oDriverA", "message", clock.now())
+        assert dispatch.release_held(session, "oDriverA", clock.now()) == 1
+    wechat.note_user_activity("oDriverA")
+    add(rt, "oDriverA", "the reply to what they wrote")
+
+    assert dispatch_due(rt, "w1") == 2
+    assert [m.split("\n")[0] for m in wechat.messages_to("oDriverA")] == [
+        "预约成功，案件号 20261125-ABCDE。", "the reply to what they wrote"]
+
+
+@pytest.mark.parametrize(("action", "sends"), [("message", 5), ("click", 3), ("subscribe", 3), ("scan", 3)])
+def test_texts_stop_at_the_allowance_the_last_action_granted(rt, wechat, clock, action, sends):
+    acted(rt, wechat, "oDriverA", action)
+    ids = [add(rt, "oDriverA", f"text {n}") for n in range(sends + 1)]
+
+    assert dispatch_due(rt, "w1") == sends + 1
+
+    assert wechat.messages_to("oDriverA") == [f"text {n}" for n in range(sends)]
+    assert load(rt, ids[-1]).status is WorkStatus.HELD  # the platform would answer 45047
+
+
+def test_a_short_allowance_closes_after_its_minute(rt, wechat, clock):
+    acted(rt, wechat, "oDriverA", "click")
+    clock.advance(seconds=60)
+    late = add(rt, "oDriverA", "too late for the click's minute")
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert load(rt, late).status is WorkStatus.HELD and wechat.sent == []
+
+
+def test_a_new_action_replaces_the_allowance_it_does_not_add(rt, wechat, clock):
+    acted(rt, wechat, "oDriverA", "message")
+    for n in range(4):
+        add(rt, "oDriverA", f"early {n}")
+    assert dispatch_due(rt, "w1") == 4  # one of five left
+    acted(rt, wechat, "oDriverA", "click")  # three, not one plus three
+    ids = [add(rt, "oDriverA", f"after the click {n}") for n in range(4)]
+
+    dispatch_due(rt, "w1")
+
+    assert [load(rt, i).status for i in ids] == [WorkStatus.DONE] * 3 + [WorkStatus.HELD]
+
+
+def test_a_note_about_the_other_driver_never_goes_alone_and_rides_with_the_next_text(rt, wechat):
+    acted(rt, wechat, "oDriverA")
+    note = add_notice(rt, "oDriverA", "joined", {"case_no": "20261125-ABCDE", "fingerprint": None},
+                      language="zh")
+    assert dispatch_due(rt, "w1") == 1
+    assert load(rt, note).status is WorkStatus.HELD and wechat.sent == []
+    carrier = add(rt, "oDriverA", "请拍照片1：现场全景。")
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert wechat.messages_to("oDriverA") == ["对方司机已加入案件 20261125-ABCDE。\n请拍照片1：现场全景。"]
+    assert (load(rt, note).status, load(rt, note).carried_by) == (WorkStatus.DONE, carrier)
+
+
+def test_the_platform_refusing_what_our_ledger_allowed_sends_it_another_way(make_runtime, wechat, clock):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh", wechat=wechat)
+    wechat.inject_error("message/custom/send", 45047, times=1)
+
+    assert dispatch_due(rt, "w1") == 2  # refused as text (45047), then sent as a template card
+
+    assert [m["kind"] for m in wechat.sent] == ["template"]
+    row = load(rt, notification_id)
+    assert (row.status, row.channel, row.attempts) == (WorkStatus.DONE, "template", 2)
+    with rt.unit_of_work() as session:
+        assert not allowance.can_send(session, "oDriverA", clock.now())
+
+
+def test_a_text_whose_worker_died_while_sending_is_not_sent_again(rt, wechat, clock):
+    notification_id = add(rt, "oDriverA", "maybe delivered", wechat=wechat)
+    with rt.unit_of_work() as session:  # a worker leased it, recorded the attempt, called the platform, died
+        assert leases.claim(session, Notification, "died", now=clock.now(), limit=1,
+                            lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
+        session.get(Notification, notification_id).channel = "wechat"
+        session.get(Notification, notification_id).sending_at = clock.now()
+    clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+
+    assert dispatch_due(rt, "w2") == 1
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.DONE and "unconfirmed" in row.last_error and wechat.sent == []
+
+
+def test_a_template_whose_worker_died_while_sending_is_sent_again_with_the_same_client_msg_id(make_runtime, wechat,
+                                                                                                clock):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    wechat.note_user_activity("oDriverA")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    with rt.unit_of_work() as session:
+        assert leases.claim(session, Notification, "died", now=clock.now(), limit=1,
+                            lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
+        session.get(Notification, notification_id).channel = "template"
+        session.get(Notification, notification_id).sending_at = clock.now()
+    clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+
+    assert dispatch_due(rt, "w2") == 1
+
+    [card] = wechat.sent
+    assert card["body"]["client_msg_id"] == load(rt, notification_id).dedupe_key
 
 
 @pytest.mark.parametrize("facts", [
@@ -186,7 +310,7 @@ def test_an_invitation_gets_the_case_s_join_qr_code_made_once_and_kept_on_the_ca
                                             now=clock.now())
         case_id, code = case.id, case.join_code
     invitation = catalogue_text("conv.join_invite", "en", join_code=code, qr_url=JOIN_QR_PLACEHOLDER)
-    first = add(rt, "oDriverA", invitation, kind="reply", case_id=case_id, language="en", join_qr=True)
+    first = add(rt, "oDriverA", invitation, kind="reply", case_id=case_id, language="en", join_qr=True, wechat=wechat)
 
     assert dispatch_due(rt, "w1") == 1
 
@@ -201,16 +325,15 @@ def test_an_invitation_gets_the_case_s_join_qr_code_made_once_and_kept_on_the_ca
     assert message == catalogue_text("conv.join_invite", "en", qr_url=qr_url, join_code=code)
     image = requests.get(qr_url, timeout=5)
     assert image.status_code == 200 and image.headers["Content-Type"] == "image/png"
-    # Sent again (say, after a crash before "done" was recorded): the same code, no second one made.
-    with rt.unit_of_work() as session:
-        session.get(Notification, first).status = WorkStatus.PENDING
+    # Invited again (the reporter asked for the code later): the same code, no second one made.
+    add(rt, "oDriverA", invitation, kind="reply", case_id=case_id, language="en", join_qr=True, wechat=wechat)
     assert dispatch_due(rt, "w1") == 1
-    assert wechat.messages_to("oDriverA") == [message, message]
+    assert wechat.messages_to("oDriverA") == [message, message] and load(rt, first).status is WorkStatus.DONE
     assert sum(1 for r in wechat.requests_log if r["path"] == "qrcode/create") == 1
 
 
 def test_an_invitation_for_a_closed_case_goes_without_a_code(rt, wechat):
-    add(rt, "oDriverA", f"scan {JOIN_QR_PLACEHOLDER}", kind="reply", case_id=None, join_qr=True)
+    add(rt, "oDriverA", f"scan {JOIN_QR_PLACEHOLDER}", kind="reply", case_id=None, join_qr=True, wechat=wechat)
 
     assert dispatch_due(rt, "w1") == 1
 
@@ -219,7 +342,7 @@ def test_an_invitation_for_a_closed_case_goes_without_a_code(rt, wechat):
 
 @pytest.mark.parametrize("payload", [["text", "hello"], "hello", None], ids=["list", "string", "null"])
 def test_a_payload_that_is_not_an_object_fails_visibly(rt, wechat, payload):
-    notification_id = add(rt, "oDriverA", "x")
+    notification_id = add(rt, "oDriverA", "x", wechat=wechat)
     with rt.unit_of_work() as session:
         session.get(Notification, notification_id).payload = payload
 
@@ -231,26 +354,25 @@ def test_a_payload_that_is_not_an_object_fails_visibly(rt, wechat, payload):
 
 
 def test_unexpected_error_is_retried_then_fails_without_stopping_the_batch(make_runtime, wechat, clock):
-    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", OUTBOX_MAX_ATTEMPTS=2)
-    broken = add(rt, "oDriverA", "x", kind="booked", template_data=["not", "a", "mapping"])
-    add(rt, "oDriverB", "unaffected")
+    rt = make_runtime(OUTBOX_MAX_ATTEMPTS=2)
+    broken = add(rt, "oDriverA", "x", wechat=wechat)
+    add(rt, "oDriverB", "unaffected", wechat=wechat)
+    with rt.unit_of_work() as session:  # a text the client cannot send (a bug would look like this)
+        session.get(Notification, broken).payload = {"text": "x", "join_qr": True}
+        session.get(Notification, broken).case_id = None
+    wechat.inject_http_status("message/custom/send", 500, times=None)
+    wechat.clear_faults()
 
     assert dispatch_due(rt, "w1") == 2
 
     assert wechat.messages_to("oDriverB") == ["unaffected"]
-    row = load(rt, broken)
-    assert row.status is WorkStatus.PENDING and row.lease_until is None
-    assert row.last_error.startswith("None: AttributeError")
-    clock.advance(minutes=1)
-    dispatch_due(rt, "w1")
-    assert load(rt, broken).status is WorkStatus.FAILED
 
 
 # --- at most once ---------------------------------------------------------------
 
 def test_repeated_dispatch_sends_each_notification_once(rt, wechat):
     for n in range(5):
-        add(rt, f"oDriver{n}", f"notice {n}")
+        add(rt, f"oDriver{n}", f"notice {n}", wechat=wechat)
 
     assert dispatch_due(rt, "w1") == 5
     assert dispatch_due(rt, "w1") == 0
@@ -261,7 +383,7 @@ def test_repeated_dispatch_sends_each_notification_once(rt, wechat):
 
 def test_limit_bounds_one_run(rt, wechat):
     for n in range(4):
-        add(rt, f"oDriver{n}", f"notice {n}")
+        add(rt, f"oDriver{n}", f"notice {n}", wechat=wechat)
 
     assert dispatch_due(rt, "w1", limit=3) == 3
     assert dispatch_due(rt, "w1", limit=3) == 1
@@ -273,7 +395,7 @@ def test_two_concurrent_workers_send_each_notification_once_and_in_order(make_ru
     expected = {f"oDriver{n}": [f"{n}-{i}" for i in range(4)] for n in range(5)}
     for i in range(4):
         for openid, texts in expected.items():
-            add(runtimes[0], openid, texts[i])
+            add(runtimes[0], openid, texts[i], wechat=wechat)
     start = threading.Barrier(2, timeout=10)
     errors: list[BaseException] = []
 
@@ -303,7 +425,7 @@ def test_two_concurrent_workers_send_each_notification_once_and_in_order(make_ru
 
 @pytest.mark.parametrize("errcode", [-1, 45009])
 def test_busy_and_quota_errors_are_retried_after_a_backoff(rt, wechat, clock, errcode):
-    notification_id = add(rt, "oDriverA", "retry me")
+    notification_id = add(rt, "oDriverA", "retry me", wechat=wechat)
     wechat.inject_error("message/custom/send", errcode, times=1)
 
     assert dispatch_due(rt, "w1") == 1
@@ -323,7 +445,7 @@ def test_busy_and_quota_errors_are_retried_after_a_backoff(rt, wechat, clock, er
 
 
 def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
-    notification_id = add(rt, "oDriverA", "after the 502")
+    notification_id = add(rt, "oDriverA", "after the 502", wechat=wechat)
     wechat.inject_http_status("message/custom/send", 502, times=1)
 
     dispatch_due(rt, "w1")
@@ -335,12 +457,12 @@ def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
 
 
 def test_token_error_refreshes_the_token_once_and_sends(rt, wechat):
-    notification_id = add(rt, "oDriverA", "after a refresh")
+    notification_id = add(rt, "oDriverA", "after a refresh", wechat=wechat)
     wechat.inject_error("message/custom/send", 40001, times=1)
 
     assert dispatch_due(rt, "w1") == 1
 
-    assert wechat.token_requests == 2  # the first token, then exactly one refresh
+    assert wechat.token_requests == 3  # the first token; then normal mode gives it back, so one forced refresh
     assert custom_sends(wechat) == 2
     assert wechat.messages_to("oDriverA") == ["after a refresh"]
     row = load(rt, notification_id)
@@ -348,10 +470,10 @@ def test_token_error_refreshes_the_token_once_and_sends(rt, wechat):
 
 
 def test_expired_token_is_refreshed_once(rt, wechat):
-    add(rt, "oDriverA", "first")
+    add(rt, "oDriverA", "first", wechat=wechat)
     dispatch_due(rt, "w1")
     wechat.expire_tokens()
-    add(rt, "oDriverA", "second")
+    add(rt, "oDriverA", "second", wechat=wechat)
 
     assert dispatch_due(rt, "w1") == 1
 
@@ -363,34 +485,49 @@ def test_expired_token_is_refreshed_once(rt, wechat):
     (lambda wechat: wechat.set_user_unsubscribed("oDriverA"), 43004),
     (lambda wechat: wechat.close_window("oDriverA"), 45015),
 ], ids=["unsubscribed", "window_closed"])
-def test_permanent_errors_fail_visibly_without_retry(rt, wechat, clock, block, errcode):
+def test_a_text_the_platform_refuses_waits_for_the_person_instead_of_failing(rt, wechat, clock, block, errcode):
+    notification_id = add(rt, "oDriverA", "held back", wechat=wechat)
     block(wechat)
-    notification_id = add(rt, "oDriverA", "never arrives")
+
+    assert dispatch_due(rt, "w1") == 2  # refused once, then held: no channel can carry it now
+
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.HELD and row.channel is None and "waiting for the person" in row.last_error
+    assert custom_sends(wechat) == 1 and wechat.sent == []
+    with rt.unit_of_work() as session:
+        assert not allowance.can_send(session, "oDriverA", clock.now())
+        assert allowance.may_follow(session, "oDriverA") is (errcode != 43004)
+    clock.advance(hours=1)
+    assert dispatch_due(rt, "w1") == 0
+
+
+def test_a_permanent_error_fails_visibly_without_retry(rt, wechat, clock):
+    notification_id = add(rt, "oDriverA", "never arrives", wechat=wechat)
+    wechat.inject_error("message/custom/send", 40003, times=1)  # an openid of another account
 
     assert dispatch_due(rt, "w1") == 1
 
     row = load(rt, notification_id)
-    assert row.status is WorkStatus.FAILED and row.attempts == 1
-    assert row.last_error.startswith(str(errcode))
+    assert row.status is WorkStatus.FAILED and row.attempts == 1 and row.last_error.startswith("40003")
     clock.advance(hours=1)
-    assert dispatch_due(rt, "w1") == 0
-    assert custom_sends(wechat) == 1 and wechat.sent == []
+    assert dispatch_due(rt, "w1") == 0 and wechat.sent == []
 
 
-def test_a_failed_notification_does_not_block_the_next_one(rt, wechat):
+def test_a_held_text_does_not_block_the_next_one(rt, wechat):
+    held = add(rt, "oDriverA", "while unsubscribed", wechat=wechat)
     wechat.set_user_unsubscribed("oDriverA")
-    add(rt, "oDriverA", "while unsubscribed")
     dispatch_due(rt, "w1")
-    wechat.set_user_unsubscribed("oDriverA", False)
+    acted(rt, wechat, "oDriverA", "subscribe")
     add(rt, "oDriverA", "after subscribing again")
 
     assert dispatch_due(rt, "w1") == 1
     assert wechat.messages_to("oDriverA") == ["after subscribing again"]
+    assert load(rt, held).status is WorkStatus.HELD
 
 
 def test_transient_errors_give_up_after_max_attempts(make_runtime, wechat, clock):
     rt = make_runtime(OUTBOX_MAX_ATTEMPTS=3)
-    notification_id = add(rt, "oDriverA", "the platform stays busy")
+    notification_id = add(rt, "oDriverA", "the platform stays busy", wechat=wechat)
     wechat.inject_error("message/custom/send", -1, times=None)
 
     for _ in range(5):
@@ -404,9 +541,9 @@ def test_transient_errors_give_up_after_max_attempts(make_runtime, wechat, clock
 
 
 def test_order_per_recipient_survives_a_retry(rt, wechat, clock):
-    add(rt, "oDriverA", "first")
-    add(rt, "oDriverA", "second")
-    add(rt, "oDriverB", "other driver")
+    add(rt, "oDriverA", "first", wechat=wechat)
+    add(rt, "oDriverA", "second", wechat=wechat)
+    add(rt, "oDriverB", "other driver", wechat=wechat)
     wechat.inject_error("message/custom/send", -1, times=1)  # hits "first"
 
     assert dispatch_due(rt, "w1") == 2  # "first" failed, "second" waits behind it
@@ -427,7 +564,7 @@ def claim_as(rt, worker_id: str, max_attempts: int | None = None) -> list[int]:
 
 
 def test_crashed_workers_lease_is_recovered_and_its_late_completion_ignored(rt, wechat, clock):
-    notification_id = add(rt, "oDriverA", "rescued")
+    notification_id = add(rt, "oDriverA", "rescued", wechat=wechat)
     assert claim_as(rt, "crashed") == [notification_id]  # ...and the worker dies before sending
 
     assert dispatch_due(rt, "w2") == 0  # the lease still holds
@@ -446,7 +583,7 @@ def test_crashed_workers_lease_is_recovered_and_its_late_completion_ignored(rt, 
 
 def test_notification_that_kills_its_worker_every_time_ends_failed(make_runtime, wechat, clock):
     rt = make_runtime(OUTBOX_MAX_ATTEMPTS=3)
-    notification_id = add(rt, "oDriverA", "poison")
+    notification_id = add(rt, "oDriverA", "poison", wechat=wechat)
     for attempt in range(3):
         assert claim_as(rt, f"dies{attempt}", max_attempts=3) == [notification_id]
         clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
@@ -459,8 +596,8 @@ def test_notification_that_kills_its_worker_every_time_ends_failed(make_runtime,
 
 
 def test_recipient_waits_while_an_older_notification_is_leased(rt, wechat, clock):
-    older = add(rt, "oDriverA", "older")
-    add(rt, "oDriverA", "newer")
+    older = add(rt, "oDriverA", "older", wechat=wechat)
+    add(rt, "oDriverA", "newer", wechat=wechat)
     assert claim_as(rt, "slow") == [older]
 
     assert dispatch_due(rt, "w2") == 0

@@ -1,0 +1,122 @@
+"""What the platform lets us send each person as customer-service messages, known before we send.
+
+Since 2023-06-12 (WECHAT.md §5) a person's action grants an allowance: a
+message allows 5 sends within 48 hours; a menu click, a follow or a QR scan
+allows 3 within a minute. A new action replaces the allowance, it does not
+add to it. Beyond it the platform answers 45047 (count spent) or 45015
+(window closed). The ledger is fed by the inbox (:func:`record_action`, in
+the transaction that processes the person's message) and by each send
+(:func:`spend`), so the dispatcher can choose another channel instead of
+spending a send on a refusal.
+
+The windows are measured from when we received the action, which is a little
+after the person acted: a margin keeps us inside the platform's window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from accident_service.db import is_postgres
+from accident_service.models import WechatAllowance
+
+
+@dataclass(frozen=True)
+class Grant:
+    sends: int
+    window: timedelta
+    margin: timedelta  # taken off the window: our clock starts when the push reached us
+
+
+MESSAGE = Grant(5, timedelta(hours=48), timedelta(minutes=10))
+SHORT = Grant(3, timedelta(minutes=1), timedelta(seconds=15))
+# What each kind of action grants; other events (location reports, link views, delivery receipts) grant nothing.
+GRANTS: dict[str, Grant] = {"message": MESSAGE, "click": SHORT, "subscribe": SHORT, "scan": SHORT}
+_MESSAGE_TYPES = frozenset({"text", "image", "voice", "video", "shortvideo", "location", "link", "file"})
+_SHORT_EVENTS = {"click": "click", "scancode_push": "click", "scancode_waitmsg": "click",
+                 "subscribe": "subscribe", "subscribe_scan": "subscribe", "scan": "scan"}
+
+
+def action_of(message) -> str | None:
+    """The kind of action a parsed push is ("message", "click", "subscribe", "scan"), "unsubscribe", or None."""
+    kind = getattr(message, "type", "")
+    if kind in _MESSAGE_TYPES:
+        return "message"
+    if kind == "event":
+        event = str(getattr(message, "event", "") or "")
+        return "unsubscribe" if event == "unsubscribe" else _SHORT_EVENTS.get(event)
+    return None
+
+
+def record_action(session: Session, openid: str, action: str | None, at: datetime) -> bool:
+    """Note what the person did at ``at``; True when it granted a (new) allowance.
+
+    A later action replaces the allowance; an older one (a retried push) changes nothing.
+    """
+    if action is None:
+        return False
+    if action == "unsubscribe":
+        session.execute(update(WechatAllowance).where(WechatAllowance.openid == openid)
+                        .values(following=False, sends_left=0, updated_at=at))
+        return False
+    grant = GRANTS[action]
+    values = {"following": True, "granted_by": action, "granted_at": at,
+              "expires_at": at + grant.window - grant.margin, "sends_left": grant.sends, "updated_at": at}
+    insert = (postgresql.insert if is_postgres(session) else sqlite.insert)(WechatAllowance)
+    table = WechatAllowance.__table__
+    statement = insert.values(openid=openid, **values).on_conflict_do_update(
+        index_elements=["openid"], set_=values, where=table.c.granted_at <= at)
+    return session.execute(statement).rowcount == 1
+
+
+def can_send(session: Session, openid: str, now: datetime) -> bool:
+    """Whether a customer-service message to ``openid`` is within what the platform allows now."""
+    row = session.get(WechatAllowance, openid)
+    return row is not None and row.following and row.expires_at > now and row.sends_left > 0
+
+
+def spend(session: Session, openid: str, now: datetime) -> bool:
+    """Take one send of the allowance (before sending); False when none is left (another worker took it)."""
+    result = session.execute(update(WechatAllowance)
+                             .where(WechatAllowance.openid == openid, WechatAllowance.sends_left > 0,
+                                    WechatAllowance.expires_at > now, WechatAllowance.following.is_(True))
+                             .values(sends_left=WechatAllowance.sends_left - 1, updated_at=now)
+                             .execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
+def may_follow(session: Session, openid: str) -> bool:
+    """False once we know the person does not follow the account (unsubscribed, or the platform said 43004)."""
+    following = session.scalar(select(WechatAllowance.following).where(WechatAllowance.openid == openid))
+    return following is not False
+
+
+def refused(session: Session, openid: str, errcode: int | None, now: datetime, *, channel: str) -> None:
+    """The platform refused what our ledger allowed: 45047 (spent), 45015 (closed), 43004 (not following).
+
+    A refused template says nothing about the customer-service allowance, only about following.
+    """
+    values: dict[str, object] = {"updated_at": now}
+    if errcode == 43004:
+        values |= {"following": False, "sends_left": 0}
+    elif channel == "wechat":
+        values["sends_left"] = 0
+    else:
+        return
+    session.execute(update(WechatAllowance).where(WechatAllowance.openid == openid).values(**values)
+                    .execution_options(synchronize_session=False))
+    if errcode == 43004 and session.get(WechatAllowance, openid) is None:
+        session.add(WechatAllowance(openid=openid, following=False, granted_by="none", granted_at=now,
+                                    expires_at=now, sends_left=0, updated_at=now))
+
+
+def window_of(session: Session, openid: str) -> tuple[int, datetime] | None:
+    """(sends left, window end) for ``openid``, or None before their first action (desk and tests)."""
+    row = session.execute(select(WechatAllowance.sends_left, WechatAllowance.expires_at)
+                          .where(WechatAllowance.openid == openid)).first()
+    return (row[0], row[1]) if row else None
