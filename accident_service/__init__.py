@@ -62,6 +62,8 @@ def _register_blueprints(app: Flask) -> None:
 
 
 def _migrate_or_explain(settings: Settings) -> None:
+    from alembic.util import CommandError
+
     from accident_service.schema import upgrade_database
 
     try:
@@ -69,3 +71,5 @@ def _migrate_or_explain(settings: Settings) -> None:
     except SQLAlchemyError as exc:
         raise SettingsError(f"DATABASE_URL: cannot open the database: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}") from exc
+    except CommandError as exc:  # e.g. the database is at a revision this release does not know
+        raise SettingsError(f"DATABASE_URL: cannot upgrade the schema: {exc}") from exc
