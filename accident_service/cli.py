@@ -110,6 +110,26 @@ def scheduler_command(once: bool) -> None:
         runtime.close()
 
 
+@cli.command("purge")
+@click.option("--days", type=click.IntRange(1, 3650), default=None,
+              help="Purge cases closed longer ago than this many days (default RETENTION_DAYS).")
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+def purge_command(days: int | None, dry_run: bool) -> None:
+    """Delete the photos and personal data of cases closed longer ago than the retention (prints JSON counts).
+
+    Case numbers, statuses, times, fingerprints and the (anonymised) audit trail stay;
+    running it again changes nothing more. The scheduler runs it nightly.
+    """
+    from accident_service.retention import purge_closed_cases
+    from accident_service.storage import StorageUnavailable
+
+    try:
+        report = purge_closed_cases(command_runtime(), days=days, dry_run=dry_run)
+    except StorageUnavailable as exc:  # nothing of the batch that met it has changed; run it again later
+        raise click.ClickException(f"storage: {exc}") from exc
+    click.echo(json.dumps(report.as_dict()))
+
+
 @cli.command("wechat-menu")
 def wechat_menu_command() -> None:
     """Install the official account's menu (report an accident / my case)."""
