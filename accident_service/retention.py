@@ -204,15 +204,17 @@ def _erase(session: Session, batch: _Batch, cutoff: datetime, now: datetime, day
     openids = _openids_of(session, case_ids)  # before the parties lose them
     report.photos += session.scalar(select(func.count()).where(Photo.case_id.in_(case_ids),
                                                                Photo.object_key.is_not(None))) or 0
-    # A notice still waiting would go out without its text: it fails visibly instead.
-    session.execute(update(Notification).where(
-        _rows_of(Notification, case_ids, openids, cutoff),
-        Notification.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))).values(status=WorkStatus.FAILED))
+    waiting = Notification.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))
+    waiting_ids = list(session.scalars(select(Notification.id).where(
+        _rows_of(Notification, case_ids, openids, cutoff), waiting)))
     for model, values in _erasures_by_model().items():
         changed = session.execute(update(model).where(_rows_of(model, case_ids, openids, cutoff)).values(values)
                                   .execution_options(synchronize_session=False)).rowcount
         if model is Notification:
             report.notifications += changed
+    # A notice still waiting would go out without its text: it fails visibly instead.
+    session.execute(update(Notification).where(Notification.id.in_(waiting_ids))
+                    .values(status=WorkStatus.FAILED, last_error="purged by retention before it was sent"))
     report.audit_events += _scrub_audit(session, case_ids, openids, cutoff)
     report.inbound_messages += session.execute(delete(InboundMessage).where(
         InboundMessage.openid.in_(openids), InboundMessage.received_at < cutoff)).rowcount

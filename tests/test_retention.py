@@ -272,8 +272,8 @@ def test_a_pending_notice_of_a_purged_case_fails_visibly(runtime, world):
 
     with runtime.unit_of_work() as session:
         rows = session.scalars(select(Notification).where(Notification.case_id == case_id)).all()
-        assert {(row.status, row.openid, json.dumps(row.payload)) for row in rows} == {
-            (WorkStatus.FAILED, PURGED, "{}")}
+        assert {(row.status, row.openid, json.dumps(row.payload), row.last_error) for row in rows} == {
+            (WorkStatus.FAILED, PURGED, "{}", "purged by retention before it was sent")}
 
 
 def test_a_shorter_retention_reaches_more_cases(runtime, world):
