@@ -93,16 +93,19 @@ def run_counting(*args: str, env: dict[str, str], log) -> tuple[subprocess.Compl
 
 def test_create_staff_migrates_and_builds_its_runtime_once(cli_env, tmp_path):
     """AUTO_MIGRATE on: one schema upgrade (its own engine) and one runtime engine, not two of each."""
-    result, calls = run_counting("create-staff", "chief", "--role", "supervisor", log=tmp_path / "calls.json",
+    # A name of its own: on PostgreSQL these tests share the run's database, never truncated for them.
+    result, calls = run_counting("create-staff", f"chief-{tmp_path.name}", "--role", "supervisor",
+                                 log=tmp_path / "calls.json",
                                  env={**cli_env, "AUTO_MIGRATE": "true", "STAFF_PASSWORD": "correct horse battery"})
     assert result.returncode == 0, result.stderr
     assert calls == {"migrations": 1, "engines": 2}, calls
 
 
-@pytest.mark.parametrize("args", [("create-staff", "chief2", "--role", "supervisor"), ("generate-slots",),
+@pytest.mark.parametrize("args", [("create-staff", "counted-{}", "--role", "supervisor"), ("generate-slots",),
                                   ("scheduler", "--once")])
 def test_without_auto_migrate_a_command_opens_one_engine(cli_env, tmp_path, args):
     assert run_cli("db", "upgrade", env=cli_env).returncode == 0
+    args = tuple(arg.format(tmp_path.name) for arg in args)
     result, calls = run_counting(*args, log=tmp_path / "calls.json", env={
         **cli_env, "AUTO_MIGRATE": "false", "STAFF_PASSWORD": "correct horse battery",
         "WECHAT_API_BASE_URL": "http://127.0.0.1:9/cgi-bin/"})
@@ -114,3 +117,13 @@ def test_db_upgrade_migrates_once_even_with_auto_migrate(cli_env, tmp_path):
     result, calls = run_counting("db", "upgrade", log=tmp_path / "calls.json", env={**cli_env, "AUTO_MIGRATE": "true"})
     assert result.returncode == 0, result.stderr
     assert calls["migrations"] == 1, calls
+
+
+def test_a_weak_production_secret_key_is_one_line_and_exit_2(tmp_path):
+    result = run_cli("create-staff", "x", env={"DATA_DIR": str(tmp_path), "APP_ENV": "production",
+                                                "SECRET_KEY": "changeme", "WECHAT_APP_ID": "wx0123456789abcdef",
+                                                "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "real",
+                                                "STAFF_PASSWORD": "x" * 12})
+    assert result.returncode == 2
+    assert result.stderr.startswith("configuration error: SECRET_KEY: ")
+    assert "secrets.token_hex(32)" in result.stderr and "Traceback" not in result.stderr
