@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
+from accident_service import request_ids
 from accident_service.errors import ServiceError
 from accident_service.logs import configure_logging
 from accident_service.runtime import Runtime, build_runtime
@@ -28,7 +29,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
         settings = runtime.settings
     else:
         settings = config if isinstance(config, Settings) else load_settings(config)
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     if settings.AUTO_MIGRATE:
         _migrate_or_explain(settings)
     runtime = runtime or build_runtime(settings)
@@ -42,6 +43,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
         JSON_AS_ASCII=False,
     )
     app.extensions[EXTENSION_KEY] = runtime
+    request_ids.install(app)
     from accident_service.desk import auth
 
     auth.init_app(app)
@@ -67,6 +69,8 @@ def _register_blueprints(app: Flask) -> None:
 
 
 def _migrate_or_explain(settings: Settings) -> None:
+    from alembic.util import CommandError
+
     from accident_service.schema import upgrade_database
 
     try:
@@ -74,3 +78,5 @@ def _migrate_or_explain(settings: Settings) -> None:
     except SQLAlchemyError as exc:
         raise SettingsError(f"DATABASE_URL: cannot open the database: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}") from exc
+    except CommandError as exc:  # e.g. the database is at a revision this release does not know
+        raise SettingsError(f"DATABASE_URL: cannot upgrade the schema: {exc}") from exc

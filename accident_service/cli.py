@@ -10,6 +10,7 @@ import click
 from flask.cli import FlaskGroup
 
 from accident_service import create_app
+from accident_service.cli_runtime import command_runtime
 from accident_service.errors import ServiceError
 from accident_service.settings import SettingsError, load_settings
 
@@ -18,9 +19,16 @@ def _app_factory():
     return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=_app_factory, add_default_commands=False, add_version_option=False)
+# Settings come from the environment and config/defaults.toml only: no .env file is read (python-dotenv
+# is installed as a dependency of pydantic-settings, and Flask would otherwise load one from the cwd).
+@click.group(cls=FlaskGroup, create_app=_app_factory, add_default_commands=False, add_version_option=False,
+             load_dotenv=False)
 def cli() -> None:
-    """Traffic-accident self-report service."""
+    """Traffic-accident self-report service.
+
+    Every command works with the one app the group creates (settings read, schema upgraded when
+    AUTO_MIGRATE, runtime built), except `db upgrade`, which needs only the settings.
+    """
 
 
 @cli.group()
@@ -28,7 +36,7 @@ def db() -> None:
     """Database schema."""
 
 
-@db.command("upgrade")
+@db.command("upgrade", with_appcontext=False)  # no app: AUTO_MIGRATE would migrate before the command does
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create or upgrade the schema (SQLite or PostgreSQL, from DATABASE_URL)."""
@@ -49,7 +57,7 @@ def create_staff_command(username: str, role: str, station_code: str | None, pas
     """Create a desk staff account."""
     from accident_service.desk.accounts import create_staff
 
-    runtime = _runtime()
+    runtime = command_runtime()
     with runtime.unit_of_work() as session:
         user = create_staff(session, username=username, password=password, role=role,
                             station_code=station_code, clock=runtime.clock)
@@ -61,7 +69,7 @@ def create_staff_command(username: str, role: str, station_code: str | None, pas
 @click.option("--workers", default=2, show_default=True)
 def serve(bind: str, workers: int) -> None:
     """Run the web service under gunicorn (schema upgraded first when AUTO_MIGRATE)."""
-    create_app()  # fail fast, with a readable message, before gunicorn forks
+    command_runtime().close()  # the app was built: settings and schema are fine; gunicorn's workers build their own
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
     args = [sys.executable, "-m", "gunicorn", "--config", os.path.join(root, "config", "gunicorn.conf.py"),
             # The project on the import path, but the caller's working directory kept: relative
@@ -78,7 +86,7 @@ def scheduler_command(once: bool) -> None:
 
     from accident_service import jobs
 
-    runtime = _runtime()
+    runtime = command_runtime()
     if once:
         jobs.generate_slots(runtime, jobs.worker_name())
         click.echo(json.dumps(jobs.run_all_once(runtime, jobs.worker_name())))
@@ -102,12 +110,32 @@ def scheduler_command(once: bool) -> None:
         runtime.close()
 
 
+@cli.command("purge")
+@click.option("--days", type=click.IntRange(1, 3650), default=None,
+              help="Purge cases closed longer ago than this many days (default RETENTION_DAYS).")
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+def purge_command(days: int | None, dry_run: bool) -> None:
+    """Delete the photos and personal data of cases closed longer ago than the retention (prints JSON counts).
+
+    Case numbers, statuses, times, fingerprints and the (anonymised) audit trail stay;
+    running it again changes nothing more. The scheduler runs it nightly.
+    """
+    from accident_service.retention import purge_closed_cases
+    from accident_service.storage import StorageUnavailable
+
+    try:
+        report = purge_closed_cases(command_runtime(), days=days, dry_run=dry_run)
+    except StorageUnavailable as exc:  # nothing of the batch that met it has changed; run it again later
+        raise click.ClickException(f"storage: {exc}") from exc
+    click.echo(json.dumps(report.as_dict()))
+
+
 @cli.command("wechat-menu")
 def wechat_menu_command() -> None:
     """Install the official account's menu (report an accident / my case)."""
     from accident_service.wechat.menu import MENU
 
-    runtime = _runtime()
+    runtime = command_runtime()
     runtime.wechat.create_menu(MENU)
     click.echo("menu installed")
 
@@ -120,19 +148,6 @@ def _register_feature_commands() -> None:
 
 
 _register_feature_commands()
-
-
-def _runtime():
-    from accident_service.logs import configure_logging
-    from accident_service.runtime import build_runtime
-
-    settings = load_settings()
-    configure_logging(settings.LOG_LEVEL)
-    if settings.AUTO_MIGRATE:
-        from accident_service.schema import upgrade_database
-
-        upgrade_database(settings.DATABASE_URL)
-    return build_runtime(settings)
 
 
 def main() -> None:

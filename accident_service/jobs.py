@@ -69,8 +69,17 @@ def forget_push_signatures(runtime: Runtime, worker_id: str) -> int:
         return forget_signatures(session, seen_before=runtime.clock.now() - keep)
 
 
+def purge_personal_data(runtime: Runtime, worker_id: str) -> int:
+    """Retention (RETENTION_DAYS): photos and personal data of long-closed cases; returns the cases purged."""
+    from accident_service.logs import log_context
+    from accident_service.retention import purge_closed_cases
+
+    with log_context(f"purge_personal_data:{worker_id}:{runtime.clock.now():%Y%m%dT%H%M%S}"):
+        return purge_closed_cases(runtime).cases
+
+
 Job = Callable[[Runtime, str], int]
-# (job, seconds between runs); slot generation also runs nightly, see build_scheduler.
+# (job, seconds between runs); slot generation and the retention purge run nightly, see build_scheduler.
 # The outbox comes last, so that `scheduler --once` sends what the other jobs wrote.
 PERIODIC_JOBS: tuple[tuple[Job, int], ...] = (
     (process_inbox, 2),
@@ -106,4 +115,7 @@ def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
     scheduler.add_job(_guarded, CronTrigger(hour=2, minute=0, timezone="Asia/Shanghai"),
                       args=(generate_slots, runtime, worker_id), id="generate_slots", name="generate_slots",
                       **defaults)
+    scheduler.add_job(_guarded, CronTrigger(hour=3, minute=30, timezone="Asia/Shanghai"),
+                      args=(purge_personal_data, runtime, worker_id), id="purge_personal_data",
+                      name="purge_personal_data", **defaults)
     return scheduler

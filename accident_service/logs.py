@@ -1,40 +1,137 @@
-"""Logging setup; personal data (openids, phones, plates) never reaches a log line."""
+"""Logging setup: text or JSON lines, a request (or job) id on each, personal data masked in all.
+
+Masking happens in the formatters, on the whole line they produce: the
+message, the formatted exception and the stack. A database error's traceback
+quotes the statement's parameters (an openid, the raw push XML, a notice with
+a phone number), so masking only the message is not enough.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any
 
-_PHONE = re.compile(r"(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
-_PLATE = re.compile(r"([\u4e00-\u9fff][A-Z])[A-Z0-9]{3,4}([A-Z0-9学警挂港澳]{1,2})")
-_OPENID = re.compile(r"\b(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}\b")
+from pythonjsonlogger.json import JsonFormatter
+
+# An 11-digit mainland mobile, also written +86 138 0013 8000, 0086-138-0013-8000 or 8613800138000.
+_PHONE = re.compile(r"(?<!\d)((?:\+|00)?86[\s-]?)?(1[3-9]\d)[\s-]?\d{4}[\s-]?(\d{4})(?!\d)")
+# A plate: province (or its JSON escape, as in a serialised payload quoted by a database error), region
+# letter, then 5 (6 for new-energy plates) letters and digits, the last possibly 学/警/挂/港/澳; in any case.
+_PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使"
+_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})[A-Za-z])[\s·.-]?[A-Za-z0-9]{{3,5}}"
+                    r"([A-Za-z0-9学警挂港澳领])(?![A-Za-z0-9])")
+# An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
+# glued to a word by "_" or "-" (user_o...); a long identifier starting so is masked as well, harmlessly.
+_OPENID = re.compile(r"(?<![A-Za-z0-9])(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
+
+TEXT_FORMAT = "{asctime} {levelname} {name} [{request_id}] {message}"
+_LOG_CONTEXT: ContextVar[str | None] = ContextVar("log_context", default=None)
 
 
 def mask_personal_data(text: str) -> str:
     """Mask mobile numbers, plates and openids, keeping enough to correlate lines."""
-    text = _PHONE.sub(r"\1****\2", text)
+    text = _PHONE.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}****{m.group(3)}", text)
     text = _PLATE.sub(r"\1***\2", text)
     return _OPENID.sub(r"\1***", text)
 
 
-class PersonalDataFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_personal_data(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
+@contextlib.contextmanager
+def log_context(request_id: str) -> Iterator[None]:
+    """Put ``request_id`` (a web request's id, a job's name and run) on every line logged inside."""
+    token = _LOG_CONTEXT.set(request_id)
+    try:
+        yield
+    finally:
+        _LOG_CONTEXT.reset(token)
 
 
-def configure_logging(level: str) -> None:
+def current_request_id() -> str | None:
+    return _LOG_CONTEXT.get()
+
+
+def set_request_id(request_id: str | None) -> Any:
+    """Set the id for what follows in this context; returns the token for :func:`reset_request_id`."""
+    return _LOG_CONTEXT.set(request_id)
+
+
+def reset_request_id(token: Any) -> None:
+    _LOG_CONTEXT.reset(token)
+
+
+def _with_request_id(record: logging.LogRecord) -> None:
+    if getattr(record, "request_id", None) is None:
+        record.request_id = current_request_id() or "-"
+
+
+def _iso_time(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class MaskedTextFormatter(logging.Formatter):
+    """``time LEVEL logger [request id] message``, then the traceback; personal data masked throughout."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT, style="{")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        return _iso_time(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        _with_request_id(record)
+        return mask_personal_data(super().format(record))
+
+
+class MaskedJsonFormatter(JsonFormatter):
+    """One JSON object per line: time, level, logger, message, request_id, and exception / stack when any.
+
+    Personal data is masked in the serialised line, so every field is covered,
+    whatever a traceback quotes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("{asctime}{levelname}{name}{message}{request_id}", style="{", json_ensure_ascii=False,
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                                        "exc_info": "exception", "stack_info": "stack"})
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        return _iso_time(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        _with_request_id(record)
+        return mask_personal_data(super().format(record))
+
+
+FORMATTERS = {"text": MaskedTextFormatter, "json": MaskedJsonFormatter}
+
+
+class ServiceLogHandler(logging.StreamHandler):
+    """The service's one handler on the root logger (found again when logging is configured anew)."""
+
+
+def configure_logging(level: str, log_format: str = "text", *, stream: IO[str] | None = None) -> ServiceLogHandler:
+    """Send every logger's lines to ``stream`` (stderr) in ``log_format`` ("text" or "json"), masked.
+
+    Called again (another app in the process, a test) it reuses its handler:
+    the format and level change, and the stream when one is given.
+    """
     root = logging.getLogger()
-    if not any(isinstance(f, PersonalDataFilter) for h in root.handlers for f in h.filters):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        handler.addFilter(PersonalDataFilter())
+    handler = next((h for h in root.handlers if isinstance(h, ServiceLogHandler)), None)
+    if handler is None:
+        handler = ServiceLogHandler(stream or sys.stderr)
         root.addHandler(handler)
+    elif stream is not None:
+        handler.setStream(stream)
+    handler.setFormatter(FORMATTERS[log_format]())
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # a library's warning is a line in the same format, not a stray stderr print
     # Two lines per job run every few seconds drown the service's own lines.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
     # Alembic narrates every plugin it loads; an upgrade is reported by the command itself.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    return handler

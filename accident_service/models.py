@@ -132,6 +132,11 @@ class Slot(Base):
 
 class Case(Base):
     __tablename__ = "accident_case"  # "case" is an SQL keyword
+    __table_args__ = (
+        # The nightly purge looks for closed cases not purged yet: a small index once most are.
+        Index("ix_accident_case_unpurged", "id", postgresql_where=text("purged_at IS NULL"),
+              sqlite_where=text("purged_at IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_no: Mapped[str] = mapped_column(String(32), unique=True)
@@ -155,6 +160,8 @@ class Case(Base):
     last_activity_at: Mapped[datetime]
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
     closed_at: Mapped[datetime | None]
+    # When retention purged its personal data and photos (accident_service/retention.py).
+    purged_at: Mapped[datetime | None]
 
     parties: Mapped[list[Party]] = relationship(back_populates="case", order_by="Party.role")
     photos: Mapped[list[Photo]] = relationship(back_populates="case", order_by="Photo.id")

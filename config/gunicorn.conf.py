@@ -24,8 +24,33 @@ worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20
 accesslog = "-"
-# The query string carries WeChat signatures and openids: log the path only.
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+# The query string carries WeChat signatures and openids: log the path only; then the request id
+# the service echoed (X-Request-Id), which its own lines about the request carry too.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms %({x-request-id}o)s'
+
+
+def _log_format():
+    """LOG_FORMAT as the service reads it; a bad setting is reported by on_starting, so "text" meanwhile."""
+    from accident_service.settings import SettingsError, load_settings
+
+    try:
+        return load_settings().LOG_FORMAT
+    except SettingsError:
+        return "text"
+
+
+if _log_format() == "json":
+    # gunicorn's own lines (workers booting, the access log) as JSON objects like the service's, so
+    # every line of the process is one object; the root logger is left to the service (no handler here).
+    _json = {"class": "logging.StreamHandler", "formatter": "json"}
+    logconfig_dict = {
+        "formatters": {"json": {"()": "accident_service.logs.MaskedJsonFormatter"}},
+        "handlers": {"error_console": {**_json, "stream": "ext://sys.stderr"},
+                     "console": {**_json, "stream": "ext://sys.stdout"}},
+        "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+                    "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False}},
+        "root": {"level": "INFO", "handlers": []},
+    }
 
 # Workers count into files here, so /metrics adds them all up (prometheus_client multiprocess mode).
 # A directory made here is removed on exit; one the operator set is theirs and kept. The marker

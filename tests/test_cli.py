@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,66 @@ def test_serve_keeps_the_callers_directory_for_relative_paths(tmp_path):
                  ready_path="/readyz"):
         assert (tmp_path / "var" / "accident.db").exists()
         assert (tmp_path / "var" / "objects").is_dir()  # the readiness probe wrote its object here
+
+
+# The console script with engine creations and schema upgrades counted, written to CALL_LOG at exit.
+COUNTING_MAIN = """
+import atexit, collections, json, os
+import sqlalchemy
+from alembic import command
+calls = collections.Counter()
+def counted(name, function):
+    def wrapper(*args, **kwargs):
+        calls[name] += 1
+        return function(*args, **kwargs)
+    return wrapper
+sqlalchemy.create_engine = counted("engines", sqlalchemy.create_engine)
+command.upgrade = counted("migrations", command.upgrade)
+atexit.register(lambda: open(os.environ["CALL_LOG"], "w").write(json.dumps(calls)))
+from accident_service.cli import main
+main()
+"""
+
+
+def run_counting(*args: str, env: dict[str, str], log) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    result = subprocess.run([sys.executable, "-c", COUNTING_MAIN, *args], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **env, "CALL_LOG": str(log)})
+    return result, json.loads(log.read_text())
+
+
+def test_create_staff_migrates_and_builds_its_runtime_once(cli_env, tmp_path):
+    """AUTO_MIGRATE on: one schema upgrade (its own engine) and one runtime engine, not two of each."""
+    # A name of its own: on PostgreSQL these tests share the run's database, never truncated for them.
+    result, calls = run_counting("create-staff", f"chief-{tmp_path.name}", "--role", "supervisor",
+                                 log=tmp_path / "calls.json",
+                                 env={**cli_env, "AUTO_MIGRATE": "true", "STAFF_PASSWORD": "correct horse battery"})
+    assert result.returncode == 0, result.stderr
+    assert calls == {"migrations": 1, "engines": 2}, calls
+
+
+@pytest.mark.parametrize("args", [("create-staff", "counted-{}", "--role", "supervisor"), ("generate-slots",),
+                                  ("scheduler", "--once")])
+def test_without_auto_migrate_a_command_opens_one_engine(cli_env, tmp_path, args):
+    assert run_cli("db", "upgrade", env=cli_env).returncode == 0
+    args = tuple(arg.format(tmp_path.name) for arg in args)
+    result, calls = run_counting(*args, log=tmp_path / "calls.json", env={
+        **cli_env, "AUTO_MIGRATE": "false", "STAFF_PASSWORD": "correct horse battery",
+        "WECHAT_API_BASE_URL": "http://127.0.0.1:9/cgi-bin/"})
+    assert result.returncode == 0, result.stderr
+    assert calls == {"engines": 1}, calls
+
+
+def test_db_upgrade_migrates_once_even_with_auto_migrate(cli_env, tmp_path):
+    result, calls = run_counting("db", "upgrade", log=tmp_path / "calls.json", env={**cli_env, "AUTO_MIGRATE": "true"})
+    assert result.returncode == 0, result.stderr
+    assert calls["migrations"] == 1, calls
+
+
+def test_a_weak_production_secret_key_is_one_line_and_exit_2(tmp_path):
+    result = run_cli("create-staff", "x", env={"DATA_DIR": str(tmp_path), "APP_ENV": "production",
+                                                "SECRET_KEY": "changeme", "WECHAT_APP_ID": "wx0123456789abcdef",
+                                                "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "real",
+                                                "STAFF_PASSWORD": "x" * 12})
+    assert result.returncode == 2
+    assert result.stderr.startswith("configuration error: SECRET_KEY: ")
+    assert "secrets.token_hex(32)" in result.stderr and "Traceback" not in result.stderr

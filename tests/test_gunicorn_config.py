@@ -71,3 +71,22 @@ def test_an_operators_metrics_directory_is_kept(tmp_path, gunicorn_env):
         pass
     assert operators.is_dir()
     assert metrics_dirs(tmp_path) == []  # and none made besides it
+
+
+def test_json_logs_are_one_object_per_line_with_the_request_id(tmp_path, gunicorn_env):
+    """gunicorn's own lines (boot, access log) are JSON too, and the access line names the request id."""
+    import json
+
+    import requests
+
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with serving(gunicorn_args(port), env=gunicorn_env | {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}, port=port,
+                 log_path=log_path, cwd=REPO_ROOT) as url:
+        response = requests.get(url + "/healthz", headers={"X-Request-Id": "gunicorn-json-1"}, timeout=10)
+        assert response.headers["X-Request-Id"] == "gunicorn-json-1"
+        requests.get(url + "/readyz", timeout=10)
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert {"gunicorn.error", "gunicorn.access"} <= {r["logger"] for r in records}
+    access = [r["message"] for r in records if r["logger"] == "gunicorn.access" and "/healthz" in r["message"]]
+    assert any(line.endswith("gunicorn-json-1") for line in access), access

@@ -90,14 +90,34 @@ def test_build_scheduler_registers_every_job(wechat_runtime):
     scheduler = jobs.build_scheduler(wechat_runtime, worker_id="w1", scheduler=BackgroundScheduler(timezone="UTC"))
 
     registered = {job.id: job for job in scheduler.get_jobs()}
-    assert set(registered) == JOB_NAMES | {"generate_slots"}
+    assert set(registered) == JOB_NAMES | {"generate_slots", "purge_personal_data"}
     for job, seconds in jobs.PERIODIC_JOBS:
         trigger = registered[job.__name__].trigger
         assert isinstance(trigger, IntervalTrigger) and trigger.interval == timedelta(seconds=seconds)
         assert registered[job.__name__].max_instances == 1
-    nightly = registered["generate_slots"].trigger
-    assert isinstance(nightly, CronTrigger) and str(nightly.timezone) == "Asia/Shanghai"
-    assert {f.name: str(f) for f in nightly.fields}.items() >= {"hour": "2", "minute": "0"}.items()
+    for name, hour, minute in (("generate_slots", "2", "0"), ("purge_personal_data", "3", "30")):
+        nightly = registered[name].trigger
+        assert isinstance(nightly, CronTrigger) and str(nightly.timezone) == "Asia/Shanghai"
+        assert {f.name: str(f) for f in nightly.fields}.items() >= {"hour": hour, "minute": minute}.items()
+        assert registered[name].max_instances == 1
+
+
+def test_the_purge_job_purges_old_closed_cases(runtime, clock):
+    from accident_service.cases import lifecycle, parties
+    from accident_service.models import Case, Party
+
+    with runtime.unit_of_work() as session:
+        case, party, _ = parties.start_case(session, openid="oOldDriver", language="zh", settings=runtime.settings,
+                                            now=clock.now())
+        lifecycle.apply(session, case, "withdraw", actor=lifecycle.Actor.A, party=party, details={"confirmed": True},
+                        settings=runtime.settings, now=clock.now())
+    clock.advance(days=runtime.settings.RETENTION_DAYS + 1)
+
+    assert jobs.purge_personal_data(runtime, "w1") == 1
+    assert jobs.purge_personal_data(runtime, "w1") == 0
+    with runtime.unit_of_work() as session:
+        assert session.scalar(select(Party.openid)) == "purged"
+        assert session.scalar(select(Case.purged_at)) == clock.now()
 
 
 def test_started_scheduler_dispatches_the_outbox(wechat_runtime, wechat):

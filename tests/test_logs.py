@@ -1,23 +1,120 @@
-"""Log lines never carry a driver's phone, plate or openid in full."""
+"""Log lines never carry a driver's phone, plate or openid in full; each carries its request id."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import sys
 
-from accident_service.logs import PersonalDataFilter, mask_personal_data
+import pytest
 
+from accident_service.logs import configure_logging, log_context, mask_personal_data
 
-def test_mask_phone_plate_openid():
-    line = "driver oAbCdEfGhIjKlMnOpQrStUvWxYz12 phone 13800138000 plate 粤AD12345"
-    masked = mask_personal_data(line)
-    for secret in ("oAbCdEfGhIjKlMnOpQrStUvWxYz12", "13800138000", "粤AD12345"):
-        assert secret not in masked
-    assert "138****8000" in masked
+PHONE, PLATE, NEV_PLATE, OPENID = "13800138000", "粤A12345", "粤AD12345", "oAbCdEfGhIjKlMnOpQrStUvWxYz12"
 
 
-def test_filter_masks_formatted_arguments(caplog):
-    logger = logging.getLogger("test.pii")
-    logger.addFilter(PersonalDataFilter())
-    with caplog.at_level(logging.INFO, logger="test.pii"):
-        logger.info("booked for %s", "13900139000")
-    assert "13900139000" not in caplog.text and "139****9000" in caplog.text
+@pytest.mark.parametrize("secret,shown", [
+    (PHONE, "138****8000"), ("+8613900139000", "139****9000"), ("0086 139 0013 9000", "139****9000"),
+    ("139-0013-9000", "139****9000"),
+    (PLATE, "粤A***"), (NEV_PLATE, "粤A***"), ("粤a12345", "粤a***"), ("京B·1234学", "京B***学"),
+    (OPENID, "oAbC***"), ("o" + "x" * 27, "oxxx***"),
+])
+def test_masked_forms(secret, shown):
+    for line in (f"driver {secret} said", f"{secret}", f"<Content><![CDATA[{secret}]]></Content>",
+                 f"('{secret}', 3)", f"openid={secret}&x=1", f"user_{secret}"):
+        masked = mask_personal_data(line)
+        assert secret not in masked, line
+        assert shown in masked, (line, masked)
+
+
+def test_json_escaped_plates_are_masked():
+    """A JSON column's parameter, as a database error quotes it, escapes the province."""
+    escaped = json.dumps({"plate": NEV_PLATE})
+    assert "AD12345" not in mask_personal_data(escaped)
+
+
+@pytest.mark.parametrize("innocent", ["MsgId 1234567890123456", "CreateTime 1348831860", "case 20261125-ABCDE",
+                                      "2026-11-25T02:00:00.000+00:00", "切换到English版本", "slot 13:30-14:00"])
+def test_ordinary_text_is_left_alone(innocent):
+    assert mask_personal_data(innocent) == innocent
+
+
+@pytest.fixture
+def log_lines():
+    """The service's real handler on a buffer, in the format asked for; restored to text afterwards."""
+    buffer = io.StringIO()
+
+    def lines(log_format: str) -> list[str]:
+        configure_logging("DEBUG", log_format, stream=buffer)
+        return buffer.getvalue().splitlines()
+
+    configure_logging("DEBUG", "text", stream=buffer)
+    yield lines
+    configure_logging("INFO", "text", stream=sys.stderr)
+
+
+def _log_everything(logger: logging.Logger) -> None:
+    logger.info("booked for %s, plate %s", PHONE, PLATE)
+    try:
+        raise RuntimeError(f"INSERT failed: ('{OPENID}', '<xml><Content>{NEV_PLATE} {PHONE}</Content></xml>')")
+    except RuntimeError:
+        logger.exception("processing %s failed", OPENID)
+    logger.warning("where am I", stack_info=True)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_message_exception_and_stack_are_masked(log_lines, log_format):
+    configure_logging("DEBUG", log_format)
+    with log_context("req-123"):
+        _log_everything(logging.getLogger("test.pii"))
+    output = "\n".join(log_lines(log_format))
+    assert "INSERT failed" in output and "Traceback" in output and "where am I" in output
+    for secret in (PHONE, PLATE, NEV_PLATE, OPENID):
+        assert secret not in output
+    assert "138****8000" in output and "req-123" in output
+
+
+def test_json_lines_have_the_documented_fields(log_lines):
+    configure_logging("DEBUG", "json")
+    logger = logging.getLogger("test.json")
+    with log_context("job:purge:7"):
+        logger.info("plain")
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            logger.error("with a traceback", exc_info=True)
+    logger.info("outside any request")
+    records = [json.loads(line) for line in log_lines("json")]
+    assert [r["message"] for r in records] == ["plain", "with a traceback", "outside any request"]
+    first, failed, outside = records
+    assert set(first) == {"time", "level", "logger", "message", "request_id"}
+    assert (first["level"], first["logger"], first["request_id"]) == ("INFO", "test.json", "job:purge:7")
+    assert first["time"].endswith("+00:00")
+    assert "ZeroDivisionError" in failed["exception"]
+    assert outside["request_id"] == "-"
+
+
+def test_text_lines_carry_the_request_id(log_lines):
+    with log_context("abc"):
+        logging.getLogger("test.text").warning("hello")
+    (line,) = log_lines("text")
+    assert line.endswith(" WARNING test.text [abc] hello")
+
+
+@pytest.mark.parametrize("given,kept", [("req-42", True), ("0f8c2b1e-3c4d-4b5a-9e6f-7a8b9c0d1e2f", True),
+                                        ("bad id", False), ("x" * 200, False), ("a\tb", False), ("", False)])
+def test_requests_get_an_id_echoed_and_on_their_lines(app, log_lines, given, kept):
+    def logs_something():
+        logging.getLogger("test.web").info("serving")
+        return "ok"
+
+    app.add_url_rule("/test-log", "test_log", logs_something)
+    response = app.test_client().get("/test-log", headers={"X-Request-Id": given} if given else {})
+    request_id = response.headers["X-Request-Id"]
+    assert (request_id == given) is kept
+    assert len(request_id) >= 6 and " " not in request_id
+    logging.getLogger("test.web").info("after")
+    serving, after = [line for line in log_lines("text") if "test.web" in line]
+    assert serving.endswith(f"[{request_id}] serving")
+    assert after.endswith("[-] after")

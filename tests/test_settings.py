@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+import secrets
 
 import pytest
 
 from accident_service import create_app
 from accident_service.settings import Settings, SettingsError, load_settings, number_ranges
+
+# A production key as the error message tells operators to make one (secrets.token_hex(32)).
+STRONG_KEY = "6a26b75ffc2f6e9e20f8f3332a7a63b4afafd4336493d20f0ce461074d8490ac"
 
 
 def test_defaults_are_embedded(tmp_path):
@@ -105,6 +108,10 @@ def test_environment_overrides_defaults(tmp_path):
     ("WECHAT_MAX_BODY_BYTES", str(17 * 2**20)),
     ("BOOKING_NEAREST_STATIONS", "101"),
     ("PHOTO_MIN_SHORT_SIDE", "20001"),
+    ("LOG_FORMAT", "xml"),
+    ("RETENTION_DAYS", "0"),
+    ("RETENTION_DAYS", "3651"),
+    ("PHOTO_MAX_PIXELS", "9" * 500),  # too big for a float: still a named error, not an OverflowError
 ])
 def test_malformed_setting_names_the_variable(tmp_path, name, value):
     with pytest.raises(SettingsError) as excinfo:
@@ -117,7 +124,7 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     """A GET signed with an empty token is a signature anybody can compute; it must never be echoed."""
     with pytest.raises(SettingsError, match="^WECHAT_TOKEN"):
         load_settings({"DATA_DIR": str(tmp_path), "APP_ENV": app_env, "WECHAT_TOKEN": "",
-                       "SECRET_KEY": "real-secret", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real"},
+                       "SECRET_KEY": STRONG_KEY, "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real"},
                       environ={})
 
 
@@ -152,6 +159,11 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("INBOX_LEASE_SECONDS", "86400", 86400),
     ("INBOX_MAX_ATTEMPTS", "30", 30),
     ("PHOTO_MAX_BYTES", str(200 * 2**20), 200 * 2**20),
+    ("LOG_FORMAT", " JSON ", "json"),
+    ("RETENTION_DAYS", "30", 30),
+    ("AUTO_MIGRATE", "", False),  # blank is false, as in an env file's "AUTO_MIGRATE="
+    ("AUTO_MIGRATE", "yes", True),
+    ("PHOTO_CHECKLIST", " scene , plate_a,plate_b ", ("scene", "plate_a", "plate_b")),
 ])
 def test_well_formed_values_are_accepted(tmp_path, name, value, expected):
     settings = load_settings(environ={"DATA_DIR": str(tmp_path), name: value})
@@ -160,7 +172,7 @@ def test_well_formed_values_are_accepted(tmp_path, name, value, expected):
 
 def test_every_numeric_setting_has_a_range():
     """A new numeric setting needs a bound in number_ranges(), or 0 and negatives slip through."""
-    numeric = {f.name for f in fields(Settings) if str(f.type) in {"int", "float"}}
+    numeric = {name for name, field in Settings.model_fields.items() if field.annotation in (int, float)}
     assert numeric == set(number_ranges())
 
 
@@ -218,7 +230,7 @@ def test_an_unreadable_development_secret_is_a_named_error(tmp_path):
 @pytest.mark.parametrize("name", ["SECRET_KEY", "WECHAT_APP_ID", "WECHAT_APP_SECRET", "WECHAT_TOKEN"])
 @pytest.mark.parametrize("blank", [" ", "\t \n"])
 def test_production_refuses_blank_secrets(tmp_path, name, blank):
-    real = {"SECRET_KEY": "real-secret", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok"}
+    real = {"SECRET_KEY": STRONG_KEY, "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok"}
     with pytest.raises(SettingsError, match=f"^{name}: "):
         load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production", **real, name: blank})
 
@@ -271,3 +283,52 @@ def test_unreachable_database_at_startup_names_database_url(tmp_path):
     with pytest.raises(SettingsError, match="^DATABASE_URL"):
         create_app({"DATA_DIR": str(tmp_path), "AUTO_MIGRATE": True,
                     "DATABASE_URL": f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"})
+
+
+PRODUCTION = {"APP_ENV": "production", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok"}
+
+
+@pytest.mark.parametrize("key", [
+    "x", "changeme", "secret", "CHANGEME", "test-secret-key",
+    "dev-" + "0123456789abcdef" * 3,  # the development defaults' prefix
+    "9f86d081884c7d659a2feaa0c55ad01",  # random, but 31 characters
+    "a" * 64, "ab" * 32, "0123456789" * 4,  # repeated characters
+    "abcdefghijklmnopqrstuvwxyz0123456789",  # a sequence
+    "ThisIsMyVerySecretProductionKey2026!",  # words
+    "mysupersecretproductionkeyfortheservice",
+])
+def test_production_refuses_weak_secret_keys(tmp_path, key):
+    with pytest.raises(SettingsError, match="^SECRET_KEY: ") as excinfo:
+        load_settings(environ={"DATA_DIR": str(tmp_path), **PRODUCTION, "SECRET_KEY": key})
+    assert 'python -c "import secrets; print(secrets.token_hex(32))"' in str(excinfo.value)
+
+
+@pytest.mark.parametrize("make", [lambda: secrets.token_hex(32), lambda: secrets.token_urlsafe(32),
+                                  lambda: secrets.token_hex(64)])
+def test_production_accepts_random_secret_keys(tmp_path, make):
+    key = make()
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), **PRODUCTION, "SECRET_KEY": key}).SECRET_KEY == key
+
+
+def test_weak_keys_are_fine_outside_production(tmp_path):
+    """Tests and development machines use short keys; only production signs real sessions with it."""
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "test", "SECRET_KEY": "x"}).SECRET_KEY == "x"
+
+
+def test_prefixed_variables_become_template_ids(tmp_path):
+    settings = load_settings({"SMS_TEMPLATE_BOOKED": "sms-1"}, environ={
+        "DATA_DIR": str(tmp_path), "WECHAT_TEMPLATE_REMINDER": "tpl-2", "WECHAT_TEMPLATE_BOOKED": " "})
+    assert settings.sms_template_for("BOOKED") == "sms-1" and settings.sms_template_for("reminder") is None
+    assert settings.template_for("reminder") == "tpl-2" and settings.template_for("booked") is None
+
+
+def test_overrides_win_over_the_environment(tmp_path):
+    settings = load_settings({"PHOTO_MIN_SHORT_SIDE": 800}, environ={"DATA_DIR": str(tmp_path),
+                                                                     "PHOTO_MIN_SHORT_SIDE": "1000"})
+    assert settings.PHOTO_MIN_SHORT_SIDE == 800
+
+
+def test_settings_are_read_only(tmp_path):
+    settings = load_settings(environ={"DATA_DIR": str(tmp_path)})
+    with pytest.raises(ValueError):
+        settings.APP_ENV = "production"

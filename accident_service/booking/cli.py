@@ -1,9 +1,9 @@
 """``accident-service import-stations`` and ``generate-slots`` (registered on the main CLI group).
 
 Thin: parse options, open the units of work, call the plain functions in
-stations.py and slots.py, print what changed. Only the database is needed,
-so no app, storage or WeChat client is built; like the other commands, the
-schema is upgraded first when AUTO_MIGRATE is on.
+stations.py and slots.py, print what changed. Like the other commands they
+use the runtime of the app the console script built once (the schema upgraded
+first when AUTO_MIGRATE is on); only its database is used.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from datetime import date, datetime
 
 import click
-from alembic.util import CommandError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,32 +21,21 @@ from accident_service.booking.hours import HoursError
 from accident_service.booking.slots import SlotReport, reconcile_slots
 from accident_service.booking.station_file import StationFileError, load_station_file
 from accident_service.booking.stations import import_stations
-from accident_service.clock import SystemClock
-from accident_service.db import make_engine, make_session_factory, unit_of_work
+from accident_service.cli_runtime import command_runtime
+from accident_service.db import unit_of_work
 from accident_service.models import Station
-from accident_service.settings import Settings, load_settings
+from accident_service.runtime import Runtime
 
 
 @contextmanager
-def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+def _database(runtime: Runtime) -> Iterator[sessionmaker[Session]]:
     """Sessions on the configured database; any database failure becomes a one-line ``Error: ...``."""
-    engine = None
     try:
-        if settings.AUTO_MIGRATE:
-            from accident_service.schema import upgrade_database
-
-            upgrade_database(settings.DATABASE_URL)
-        engine = make_engine(settings.DATABASE_URL)
-        yield make_session_factory(engine)
+        yield runtime.session_factory
     except SQLAlchemyError as exc:
         # The driver's own message ("no such table: station") without SQLAlchemy's SQL dump and link.
         reason = getattr(exc, "orig", None) or exc
         raise click.ClickException(f"database: {str(reason).strip().splitlines()[0]}") from exc
-    except CommandError as exc:
-        raise click.ClickException(f"schema upgrade: {exc}") from exc
-    finally:
-        if engine is not None:
-            engine.dispose()
 
 
 def _reconcile(sessions: sessionmaker[Session], codes: Iterable[str], *, days: int, now: datetime,
@@ -82,13 +70,13 @@ def import_stations_command(file: str) -> None:
         specs = load_station_file(file)
     except StationFileError as exc:
         raise click.ClickException(exc.message) from exc
-    settings = load_settings()
-    with _database(settings) as sessions:
+    runtime = command_runtime()
+    with _database(runtime) as sessions:
         with unit_of_work(sessions) as session:
             counts = import_stations(session, specs)
         click.echo(f"stations: {counts}")
-        report = _reconcile(sessions, [spec.code for spec in specs], days=settings.SLOT_GENERATION_DAYS,
-                            now=SystemClock().now())
+        report = _reconcile(sessions, [spec.code for spec in specs], days=runtime.settings.SLOT_GENERATION_DAYS,
+                            now=runtime.clock.now())
     _echo_slots(report)
 
 
@@ -104,11 +92,11 @@ def generate_slots_command(days: int | None, start_date) -> None:
     fit are removed unless booked (then kept and listed). Running it again
     changes nothing.
     """
-    settings = load_settings()
+    runtime = command_runtime()
     first: date | None = start_date.date() if start_date is not None else None
-    with _database(settings) as sessions:
+    with _database(runtime) as sessions:
         with unit_of_work(sessions) as session:
             codes = list(session.scalars(select(Station.code).order_by(Station.code)))
-        report = _reconcile(sessions, codes, days=settings.SLOT_GENERATION_DAYS if days is None else days,
-                            now=SystemClock().now(), start_date=first)
+        report = _reconcile(sessions, codes, days=runtime.settings.SLOT_GENERATION_DAYS if days is None else days,
+                            now=runtime.clock.now(), start_date=first)
     _echo_slots(report)

@@ -1,0 +1,45 @@
+"""A request id on every web request: taken from ``X-Request-Id`` when sane, else made; echoed back.
+
+Every line logged while the request is served carries it (``logs.log_context``),
+so an operator can follow one request through the lines of several loggers,
+and a proxy's id ties our lines to its own.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import Flask, Response, g, request
+
+from accident_service.logs import reset_request_id, set_request_id
+
+HEADER = "X-Request-Id"
+# Short, and nothing that could break a log line or a header (spaces, quotes, newlines, control characters).
+_SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def request_id_from(header_value: str | None) -> str:
+    """The caller's id when it is a sane token, else a new random one."""
+    if header_value and _SANE.fullmatch(header_value):
+        return header_value
+    return uuid.uuid4().hex
+
+
+def install(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.request_id = request_id_from(request.headers.get(HEADER))
+        g.request_id_token = set_request_id(g.request_id)
+
+    @app.after_request
+    def _echo(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers[HEADER] = g.request_id
+        return response
+
+    @app.teardown_request
+    def _end(_exc: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            reset_request_id(token)

@@ -1,0 +1,285 @@
+"""Retention: a case closed for RETENTION_DAYS keeps its facts and loses its photos and personal data.
+
+A case is purged once it is final (completed, cancelled, expired, no-show)
+and was closed (``closed_at``; a completed case without one: its last change)
+before the cutoff. Then:
+
+* its photos' objects (originals, thumbnails, rejected uploads) are deleted
+  from storage first, so no object outlives the key that names it;
+* every column in :data:`PERSONAL_DATA` is erased on its rows: the case's,
+  its parties', its photos', its notifications' (and those to its drivers
+  that belong to no case and are older than the cutoff);
+* its audit events keep who/what/when, but the values under
+  :data:`AUDIT_PERSONAL_KEYS` in before/after are removed and other text is
+  masked; events whose actor is one of its drivers' openids (wrong join codes)
+  and older than the cutoff lose the openid;
+* its drivers' inbound messages older than the cutoff are deleted, and their
+  language preference too when no case of theirs is left;
+* ``purged_at`` is set and a ``case.purged`` audit event written.
+
+What stays: case number, status, times, appointments (station, slot), the
+evidence fingerprint, each photo's sha256, the audit trail.
+
+Work goes in batches of cases, each with two short transactions (read, then
+erase); a case's ``purged_at`` is set in the same transaction as its
+erasure, so running it again, or on two schedulers at once, changes nothing
+more. A storage failure stops the run before that batch's rows change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import String, and_, cast, delete, exists, func, literal, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from accident_service.cases.service import record_audit
+from accident_service.db import is_postgres
+from accident_service.logs import mask_personal_data
+from accident_service.models import (
+    AuditEvent,
+    Case,
+    CaseStatus,
+    DriverPreference,
+    InboundMessage,
+    Notification,
+    Party,
+    Photo,
+    WechatAllowance,
+    WorkStatus,
+)
+from accident_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = (CaseStatus.COMPLETED, CaseStatus.CANCELLED, CaseStatus.EXPIRED, CaseStatus.NO_SHOW)
+# What an openid becomes: derived from nothing, so irreversible, and never a real one (those start with "o").
+PURGED = "purged"
+BATCH_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Erase:
+    """A column that holds personal data, and the value it gets when its case is purged."""
+
+    column: InstrumentedAttribute[Any]
+    becomes: Any = None  # a value, or an SQL expression over the row
+
+
+#: Every column holding personal data, on the rows of a purged case. A new personal column is one
+#: more line here (a column of another table also needs its rows in _rows_of); a new column that is
+#: not personal goes in KEPT_COLUMNS. tests/test_retention.py checks both lists cover every column.
+PERSONAL_DATA: tuple[Erase, ...] = (
+    Erase(Case.location_lat),  # where the accident happened, to the metre
+    Erase(Case.location_lng),
+    Erase(Case.location_label),
+    Erase(Case.join_code),
+    Erase(Case.join_qr_ticket),
+    Erase(Case.join_qr_url),
+    Erase(Party.openid, PURGED),
+    Erase(Party.plate),
+    Erase(Party.phone),
+    Erase(Photo.object_key),  # the objects are deleted first; sha256 stays as proof of what was seen
+    Erase(Photo.thumb_key),
+    Erase(Photo.media_id),
+    Erase(Notification.openid, PURGED),
+    # Unique, and a feature may build it from an openid: replaced by one built from the row's id.
+    Erase(Notification.dedupe_key, literal("purged:").concat(cast(Notification.id, String))),
+    Erase(Notification.payload, {}),  # the text, or the facts of a notice (plates, phones)
+    Erase(Notification.last_error),  # WeChat's errors may quote the openid
+    Erase(Notification.address),  # the openid or the mobile number it went to
+    Erase(Case.outcome_note),  # the officer's words about what happened, which may name people
+)
+
+#: Columns of cases and parties that stay after a purge: facts about the case, nobody's personal data.
+KEPT_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = (
+    Case.id, Case.case_no, Case.status, Case.evidence_fingerprint, Case.version, Case.liability, Case.handled_by,
+    Case.created_at, Case.updated_at, Case.last_activity_at, Case.expires_at, Case.closed_at, Case.purged_at,
+    Party.id, Party.case_id, Party.role, Party.language, Party.case_open, Party.retake_item, Party.retake_due_at,
+    Party.offered_slot_ids, Party.offered_at, Party.pending_action, Party.pending_action_until, Party.joined_at,
+)
+
+#: Keys of audit before/after values that are personal; other strings in them are masked.
+AUDIT_PERSONAL_KEYS = frozenset({"openid", "plate", "phone", "text", "label", "location", "lat", "lng"})
+
+
+@dataclass
+class PurgeReport:
+    """What a purge changed (or, with ``dry_run``, would change)."""
+
+    cases: int = 0
+    objects: int = 0
+    photos: int = 0
+    notifications: int = 0
+    inbound_messages: int = 0
+    audit_events: int = 0
+    preferences: int = 0
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return asdict(self)
+
+
+@dataclass
+class _Batch:
+    case_ids: list[int]
+    object_keys: list[str] = field(default_factory=list)
+    openids: list[str] = field(default_factory=list)
+
+
+def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bool = False,
+                       batch_size: int = BATCH_SIZE) -> PurgeReport:
+    """Purge the cases closed more than ``days`` (RETENTION_DAYS) ago; see the module docstring.
+
+    Raises StorageUnavailable when an object cannot be deleted: the cases of
+    that batch and after stay as they are, for the next run.
+    """
+    days = runtime.settings.RETENTION_DAYS if days is None else days
+    now = runtime.clock.now()
+    cutoff = now - timedelta(days=days)
+    if dry_run:
+        with runtime.unit_of_work() as session:
+            return _count(session, cutoff)
+    report = PurgeReport()
+    after_id = 0
+    while batch := _next_batch(runtime, cutoff, after_id, batch_size):
+        after_id = batch.case_ids[-1]
+        for key in batch.object_keys:
+            runtime.store.delete(key)
+        report.objects += len(batch.object_keys)
+        with runtime.unit_of_work() as session:
+            _erase(session, batch, cutoff, now, days, report)
+    if report.cases:
+        log.info("retention: %s", report.as_dict())
+    return report
+
+
+def _purgeable(cutoff: datetime):
+    return and_(Case.purged_at.is_(None), Case.status.in_(FINAL_STATUSES),
+                func.coalesce(Case.closed_at, Case.updated_at) < cutoff)
+
+
+def _next_batch(runtime: Runtime, cutoff: datetime, after_id: int, size: int) -> _Batch | None:
+    with runtime.unit_of_work() as session:
+        case_ids = list(session.scalars(select(Case.id).where(_purgeable(cutoff), Case.id > after_id)
+                                        .order_by(Case.id).limit(size)))
+        if not case_ids:
+            return None
+        keys = session.execute(select(Photo.object_key, Photo.thumb_key).where(Photo.case_id.in_(case_ids))).all()
+        return _Batch(case_ids, sorted({key for pair in keys for key in pair if key}),
+                      _openids_of(session, case_ids))
+
+
+def _openids_of(session: Session, case_ids: list[int]) -> list[str]:
+    return sorted(set(session.scalars(select(Party.openid).where(Party.case_id.in_(case_ids)))) - {PURGED})
+
+
+def _rows_of(model: type, case_ids: list[int], openids: list[str], cutoff: datetime):
+    """Which rows of ``model`` belong to the purged cases (and, for notifications, to their drivers)."""
+    if model is Case:
+        return Case.id.in_(case_ids)
+    if model is Notification:
+        return or_(Notification.case_id.in_(case_ids),
+                   and_(Notification.case_id.is_(None), Notification.openid.in_(openids),
+                        Notification.created_at < cutoff))
+    return model.case_id.in_(case_ids)  # Party, Photo
+
+
+def _erasures_by_model() -> dict[type, dict[str, Any]]:
+    by_model: dict[type, dict[str, Any]] = defaultdict(dict)
+    for erase in PERSONAL_DATA:
+        by_model[erase.column.class_][erase.column.key] = erase.becomes
+    return by_model
+
+
+def _erase(session: Session, batch: _Batch, cutoff: datetime, now: datetime, days: int,
+           report: PurgeReport) -> None:
+    # Again under lock: another purger may have taken some of these since they were read.
+    locked = select(Case.id).where(Case.id.in_(batch.case_ids), _purgeable(cutoff))
+    if is_postgres(session):
+        locked = locked.with_for_update(skip_locked=True)
+    case_ids = list(session.scalars(locked))
+    if not case_ids:
+        return
+    openids = _openids_of(session, case_ids)  # before the parties lose them
+    report.photos += session.scalar(select(func.count()).where(Photo.case_id.in_(case_ids),
+                                                               Photo.object_key.is_not(None))) or 0
+    waiting = Notification.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING, WorkStatus.HELD))
+    waiting_ids = list(session.scalars(select(Notification.id).where(
+        _rows_of(Notification, case_ids, openids, cutoff), waiting)))
+    for model, values in _erasures_by_model().items():
+        changed = session.execute(update(model).where(_rows_of(model, case_ids, openids, cutoff)).values(values)
+                                  .execution_options(synchronize_session=False)).rowcount
+        if model is Notification:
+            report.notifications += changed
+    # A notice still waiting would go out without its text: it fails visibly instead.
+    session.execute(update(Notification).where(Notification.id.in_(waiting_ids))
+                    .values(status=WorkStatus.FAILED, last_error="purged by retention before it was sent"))
+    report.audit_events += _scrub_audit(session, case_ids, openids, cutoff)
+    report.inbound_messages += session.execute(delete(InboundMessage).where(
+        InboundMessage.openid.in_(openids), InboundMessage.received_at < cutoff)).rowcount
+    report.preferences += session.execute(delete(DriverPreference).where(
+        DriverPreference.openid.in_(openids), DriverPreference.updated_at < cutoff,
+        ~exists().where(Party.openid == DriverPreference.openid))).rowcount
+    # What the platform allowed us to send them: keyed by their openid, gone with their last case.
+    session.execute(delete(WechatAllowance).where(
+        WechatAllowance.openid.in_(openids), WechatAllowance.updated_at < cutoff,
+        ~exists().where(Party.openid == WechatAllowance.openid)))
+    session.execute(update(Case).where(Case.id.in_(case_ids)).values(purged_at=now))
+    for case_id in case_ids:
+        record_audit(session, actor_type="system", actor=None, action="case.purged", case_id=case_id,
+                     after={"retention_days": days}, now=now)
+    report.cases += len(case_ids)
+
+
+def _audit_rows(case_ids: list[int], openids: list[str], cutoff: datetime):
+    return or_(AuditEvent.case_id.in_(case_ids), and_(AuditEvent.actor.in_(openids), AuditEvent.at < cutoff))
+
+
+def _scrub_audit(session: Session, case_ids: list[int], openids: list[str], cutoff: datetime) -> int:
+    """Scrub the events of these cases and drivers; returns how many were looked at."""
+    events = list(session.scalars(select(AuditEvent).where(_audit_rows(case_ids, openids, cutoff))))
+    for event in events:
+        before, after = scrub(event.before), scrub(event.after)
+        if before != event.before or after != event.after:
+            event.before, event.after = before, after
+        if event.actor in openids:
+            event.actor = PURGED
+    session.flush()
+    return len(events)
+
+
+def scrub(value: Any) -> Any:
+    """An audit value without personal data: AUDIT_PERSONAL_KEYS emptied, other text masked."""
+    if isinstance(value, dict):
+        return {key: None if key in AUDIT_PERSONAL_KEYS else scrub(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrub(item) for item in value]
+    return mask_personal_data(value) if isinstance(value, str) else value
+
+
+def _count(session: Session, cutoff: datetime) -> PurgeReport:
+    """What a purge would change now, counted in one read-only transaction (dry run)."""
+    ids = select(Case.id).where(_purgeable(cutoff)).scalar_subquery()
+    openids = select(Party.openid).where(Party.case_id.in_(ids)).scalar_subquery()
+
+    def count(model: type, *where: Any) -> int:
+        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+    kept_party = select(Party.id).join(Case).where(Party.openid == DriverPreference.openid, ~_purgeable(cutoff))
+    return PurgeReport(
+        dry_run=True,
+        cases=count(Case, Case.id.in_(ids)),
+        objects=count(Photo, Photo.case_id.in_(ids), Photo.object_key.is_not(None))
+        + count(Photo, Photo.case_id.in_(ids), Photo.thumb_key.is_not(None)),
+        photos=count(Photo, Photo.case_id.in_(ids), Photo.object_key.is_not(None)),
+        notifications=count(Notification, _rows_of(Notification, ids, openids, cutoff)),
+        inbound_messages=count(InboundMessage, InboundMessage.openid.in_(openids), InboundMessage.received_at < cutoff),
+        audit_events=count(AuditEvent, _audit_rows(ids, openids, cutoff)),
+        preferences=count(DriverPreference, DriverPreference.openid.in_(openids), DriverPreference.updated_at < cutoff,
+                          ~exists(kept_party)),
+    )

@@ -1,0 +1,303 @@
+"""Checks of single setting values, used by the validators in ``settings.py``.
+
+Each check returns the value to use or raises ValueError with the reason, in
+words an operator can act on; ``settings`` puts the variable's name in front.
+Nothing here contacts a server: URLs are parsed, not dialled.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+import re
+import secrets
+from base64 import b64decode
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+from pydantic_core import core_schema
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+SUPPORTED_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
+# botocore's own rule (a DNS label: letters, digits and '-', not all digits), which every AWS
+# region (us-east-1, cn-north-1) and every S3-compatible server's region name (MinIO: us-east-1) meets.
+S3_REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
+SECRET_KEY_MIN_CHARS = 32
+SECRET_KEY_MIN_DISTINCT = 10
+# zxcvbn's estimate of the guesses an attacker needs, as a power of ten. Random keys of 32 characters
+# or more score above 27 (of 1,500 keys of 32 hex characters the lowest scored 27.5; token_hex(32) scores
+# about 60); words, dates, keyboard runs and repeats score below 25 at that length. A phrase of many
+# words can score more: the error message and the README say to generate the key.
+SECRET_KEY_MIN_GUESSES_LOG10 = 25
+# Values found in examples and tutorials; compared in lower case.
+WELL_KNOWN_SECRETS = frozenset({"x", "changeme", "change-me", "change_me", "secret", "secret-key", "secret_key",
+                                "secretkey", "password", "test", "test-secret-key", "default", "development",
+                                "insecure", "please-change-me", "your-secret-key", "supersecret"})
+
+
+class SettingRefused(ValueError):
+    """Raised by a check that blames another setting than the one it validates (``name``)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name = name
+
+
+def describe_problem(exc: ValidationError, defaults_file: Path) -> str:
+    """``NAME: reason, got 'value'`` for the first (in field order) of the problems pydantic found."""
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SettingRefused):
+        return f"{cause.name}: {cause}"
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    if error["type"] == "missing":
+        return f"{name}: not set and no default in {defaults_file}"
+    if isinstance(cause, ValueError):
+        return f"{name}: {cause}"
+    expected = _EXPECTED.get(error["type"]) or error["msg"].removeprefix("Input should be ")
+    if error["type"] == "literal_error":
+        expected = str(error["ctx"]["expected"]).replace("'", "")
+    return f"{name}: expected {expected}, got {error['input']!r}"
+
+
+_EXPECTED = {
+    "int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
+    "float_parsing": "a number", "float_type": "a number",
+    "bool_parsing": "true or false (also 1/0, yes/no, on/off)", "bool_type": "true or false",
+}
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """The values a numeric setting accepts: ``minimum`` and ``maximum`` included.
+
+    ``above`` instead of ``minimum`` excludes the bound (a float timeout must be
+    more than 0, however little). ``why`` is shown to the operator. Used as
+    ``Annotated[int, NumberRange(...)]`` on a field, which it then validates.
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    why: str = ""
+
+    def refuses(self, value: float) -> bool:
+        # A whole number may be too big for a float (isfinite would raise): only floats can be nan or inf.
+        return not ((not isinstance(value, float) or math.isfinite(value))
+                    and (self.minimum is None or value >= self.minimum)
+                    and (self.above is None or value > self.above)
+                    and (self.maximum is None or value <= self.maximum))
+
+    def describe(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            text = f"between {self.minimum} and {self.maximum}"
+        elif self.above is not None and self.maximum is not None:
+            text = f"more than {self.above} and at most {self.maximum}"
+        elif self.maximum is not None:
+            text = f"at most {self.maximum}"
+        elif self.above is not None:
+            text = f"more than {self.above}"
+        else:
+            text = f"at least {self.minimum}"
+        return f"{text} ({self.why})" if self.why else text
+
+    def _check(self, value: float) -> float:
+        if self.refuses(value):
+            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+
+def flag(raw: Any) -> Any:
+    """Blank means false, as it always has here (``AUTO_MIGRATE=`` in an env file); pydantic parses the rest."""
+    if isinstance(raw, str):
+        return raw.strip() or False
+    return raw
+
+
+def comma_list(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def optional(check: Callable[..., str], **options: Any) -> Callable[[str], str]:
+    """``check`` for a setting that may also be left empty (the feature is then off)."""
+    return lambda value: check(value, **options) if value else value
+
+
+def lower_case(raw: Any) -> Any:
+    return raw.strip().lower() if isinstance(raw, str) else raw
+
+
+def not_empty(items: tuple[str, ...]) -> tuple[str, ...]:
+    if not items:
+        raise ValueError("needs at least one item")
+    return items
+
+
+def log_level(value: str) -> str:
+    if value.strip().upper() not in LOG_LEVELS:  # "info" works too
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value.strip().upper()
+
+
+def api_base_url(value: str) -> str:
+    http_url(value, example="https://api.weixin.qq.com/cgi-bin/", path_allowed=True)
+    if not value.endswith("/"):
+        raise ValueError("must end with '/' (like https://api.weixin.qq.com/cgi-bin/)")
+    return value
+
+
+def data_dir(value: str) -> str:
+    """DATA_DIR exists (created if missing) and is a directory; the OS's reason otherwise.
+
+    Checked even when nothing is kept there yet, so a typo stops startup here,
+    not at the first photo or the first SQLite connection.
+    """
+    if not value.strip():
+        # An empty DATA_DIR would put sqlite:///{data_dir}/... and file://{data_dir}/... at the filesystem root.
+        raise ValueError("must not be empty (a directory for the SQLite file, photos and the "
+                         "development secret key, like ./var)")
+    if "\x00" in value:
+        raise ValueError(f"contains a NUL character: {value!r}")
+    shown = value if len(value) <= 200 else value[:200] + "..."
+    try:
+        Path(value).mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise ValueError(f"{shown!r} exists and is not a directory") from exc
+    except OSError as exc:  # a file on the way (Not a directory), permissions, a name too long, ...
+        raise ValueError(f"cannot create the directory {shown!r}: {exc.strerror or type(exc).__name__}") from exc
+    return value
+
+
+def database_url(value: str) -> str:
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL ({value!r}): {exc}") from exc
+    if url.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ValueError(f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
+    # Only the drivers installed with the service; SQLAlchemy maps a bare postgresql:// to psycopg (3).
+    if (url.get_backend_name(), url.get_driver_name()) not in SUPPORTED_DRIVERS:
+        raise ValueError(f"unsupported driver {url.drivername!r}; use sqlite:///path or "
+                         "postgresql://user@host/db (postgresql+psycopg://)")
+    return value
+
+
+def storage_url(value: str) -> str:
+    storage = urlparse(value)
+    if storage.scheme not in {"file", "s3"}:
+        raise ValueError(f"unknown scheme {storage.scheme!r} in {value!r}; use file:///path or s3://bucket")
+    if storage.scheme == "s3" and not storage.netloc:
+        raise ValueError(f"no bucket in {value!r}; use s3://bucket[/prefix]")
+    # file://./var is relative (urlparse reads "." as the host); file:// and file://localhost name no directory.
+    if storage.scheme == "file" and not storage.path.strip("/") and storage.netloc in {"", "localhost"}:
+        raise ValueError(f"no directory in {value!r}; use file:///path")
+    return value
+
+
+def http_url(value: str, *, example: str, path_allowed: bool = False) -> str:
+    parsed = urlparse(value)
+    try:
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r} ({exc}); expected a URL like {example}") from exc
+    extra = (parsed.path not in {"", "/"} and not path_allowed) or parsed.query or parsed.fragment
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname or extra:
+        shape = "http(s)://host[:port]/path/" if path_allowed else "http(s)://host[:port]"
+        raise ValueError(f"expected {shape} (like {example}), got {value!r}")
+    return value
+
+
+def redis_url(value: str) -> str:
+    """The shapes redis.Redis.from_url accepts; parsed only, Redis is not contacted at startup."""
+    parsed = urlparse(value)
+    example = "redis://host:6379/0, rediss://host:6380/0 or unix:///run/redis.sock"
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            raise ValueError(f"no socket path in {value!r}; expected {example}")
+        return value
+    if parsed.scheme not in {"redis", "rediss"}:
+        raise ValueError(f"expected {example}, got {value!r}")
+    try:
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r} ({exc}); expected {example}") from exc
+    if not parsed.hostname:
+        raise ValueError(f"no host in {value!r}; expected {example}")
+    database = parsed.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"the database after the host must be a number, got {database!r}")
+    return value
+
+
+def s3_region(value: str) -> str:
+    if not S3_REGION_PATTERN.fullmatch(value):
+        raise ValueError(f"expected a region name like us-east-1 (letters, digits and '-'; "
+                         f"MinIO's default is us-east-1), got {value!r}")
+    return value
+
+
+def aes_key(key: str) -> str:
+    """EncodingAESKey: 43 base64 characters, the 32-byte AES key without its trailing '='."""
+    if not key:
+        return key  # plain mode only
+    if len(key) != 43:
+        raise ValueError(f"must be 43 characters long, got {len(key)}")
+    try:
+        decoded = b64decode(key + "=", validate=True)
+    except binascii.Error as exc:
+        raise ValueError("not base64 (letters, digits, '+' and '/'); copy it again from the official "
+                         "account's server configuration page") from exc
+    if len(decoded) != 32:
+        raise ValueError(f"decodes to {len(decoded)} bytes, expected 32")
+    return key
+
+
+def production_secret_key(key: str) -> str:
+    """A production SECRET_KEY signs sessions and storage URLs: it must be long and random.
+
+    Refuses well-known values (``changeme``, ``dev-…``), keys under 32
+    characters, keys of few different characters, and keys zxcvbn finds
+    guessable (words, dates, sequences, repeats).
+    """
+    if not key.strip():
+        raise ValueError(f"must be set when APP_ENV=production; {MAKE_A_KEY}")
+    if key.lower() in WELL_KNOWN_SECRETS or key.startswith("dev-"):
+        raise ValueError(f"a well-known example value; {MAKE_A_KEY}")
+    if len(key) < SECRET_KEY_MIN_CHARS:
+        raise ValueError(f"{len(key)} characters, too short (at least {SECRET_KEY_MIN_CHARS}); {MAKE_A_KEY}")
+    if len(set(key)) < SECRET_KEY_MIN_DISTINCT:
+        raise ValueError(f"only {len(set(key))} different characters, not random; {MAKE_A_KEY}")
+    from zxcvbn import zxcvbn  # imported here: only a production start needs it
+
+    # zxcvbn refuses input over 72 characters; the start of a random key is as random as the rest.
+    if zxcvbn(key[:72])["guesses_log10"] < SECRET_KEY_MIN_GUESSES_LOG10:
+        raise ValueError(f"guessable (words, dates, sequences or repeats), not random; {MAKE_A_KEY}")
+    return key
+
+
+def development_secret(data_dir: Path) -> str:
+    """A random key kept in the data directory so sessions survive restarts.
+
+    Raises OSError or UnicodeDecodeError when the file cannot be kept, ValueError when it is empty.
+    """
+    path = data_dir / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32), encoding="utf-8")
+        path.chmod(0o600)
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise ValueError(f"the development secret key file {str(path)!r} is empty; "
+                         "delete it (a new key is made) or set SECRET_KEY")
+    return key

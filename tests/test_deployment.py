@@ -1,0 +1,99 @@
+"""What operators read and run: the README's settings table, config/defaults.toml and docker-compose.yml.
+
+No Docker engine runs here: the compose file is checked by reading it (YAML, service wiring, and
+every variable it sets is a setting, read through load_settings as the containers would).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from accident_service.settings import SMS_TEMPLATE_PREFIX, TEMPLATE_PREFIX, Settings, load_settings
+from tests.support import settings_table
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+SERVICES = COMPOSE["services"]
+APP_SERVICES = ("migrate", "web", "scheduler")  # built from the Dockerfile
+# Read by the processes but not settings: boto3's credentials, gunicorn's options (README, Configuration).
+PROCESS_VARIABLES = {"BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS", "PROMETHEUS_MULTIPROC_DIR",
+                     "ACCIDENT_SERVICE_CONFIG_DIR"}
+SETTINGS = set(Settings.model_fields) - {"templates", "sms_templates"}
+
+
+def test_the_readme_table_is_written_from_the_defaults_file():
+    assert settings_table.readme_table() == settings_table.table(), (
+        "README.md's settings table differs from config/defaults.toml: run python -m tests.support.settings_table")
+
+
+def test_every_setting_has_a_default_and_a_meaning():
+    rows = {name: meaning for name, _default, meaning in settings_table.rows()}
+    assert {name for name in rows if not name.startswith((TEMPLATE_PREFIX, SMS_TEMPLATE_PREFIX))} == SETTINGS
+    assert [name for name, meaning in rows.items() if len(meaning) < 10] == []
+
+
+def interpolate(value: object, environ: dict[str, str]) -> str:
+    """Compose's ${NAME}, ${NAME:-default} and ${NAME:?error} (the forms the file uses)."""
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, rest = match["name"], match["operator"], match["rest"]
+        if environ.get(name):
+            return environ[name]
+        if operator == ":?":
+            raise KeyError(f"{name}: {rest}")
+        return rest if operator == ":-" else ""
+
+    return re.sub(r"\$\{(?P<name>\w+)(?:(?P<operator>:[-?])(?P<rest>[^}]*))?\}", substitute, str(value))
+
+
+def app_environment(service: str, environ: dict[str, str]) -> dict[str, str]:
+    return {name: interpolate(value, environ) for name, value in SERVICES[service]["environment"].items()}
+
+
+OPERATOR = {"SECRET_KEY": "6a26b75ffc2f6e9e20f8f3332a7a63b4afafd4336493d20f0ce461074d8490ac",
+            "WECHAT_APP_ID": "wx0123456789abcdef", "WECHAT_APP_SECRET": "an-app-secret", "WECHAT_TOKEN": "a-token"}
+
+
+def test_compose_has_the_services_and_their_order():
+    assert set(SERVICES) >= {"postgres", "minio", "minio-init", "migrate", "web", "scheduler"}
+    assert SERVICES["postgres"]["image"].startswith("postgres:15")
+    assert SERVICES["migrate"]["command"] == ["accident-service", "db", "upgrade"]
+    assert SERVICES["scheduler"]["command"] == ["accident-service", "scheduler"]
+    assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("web", "scheduler"):
+        assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert SERVICES[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    for name in ("postgres", "minio", "web", "scheduler"):  # the long-running ones
+        assert SERVICES[name]["healthcheck"]["test"], name
+    for name in APP_SERVICES:
+        assert SERVICES[name]["build"] == "." and (ROOT / "Dockerfile").is_file()
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_variable_compose_sets_is_a_setting(service):
+    names = set(SERVICES[service]["environment"])
+    unknown = {name for name in names - SETTINGS - PROCESS_VARIABLES if not name.startswith("AWS_")}
+    assert unknown == set()
+    assert {"DATABASE_URL", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "SECRET_KEY"} <= names
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_the_compose_environment_loads_as_production_settings(service, tmp_path):
+    environ = app_environment(service, OPERATOR) | {"DATA_DIR": str(tmp_path)}
+    settings = load_settings(environ=environ)
+    assert (settings.APP_ENV, settings.AUTO_MIGRATE) == ("production", False)
+    assert settings.DATABASE_URL.startswith("postgresql+psycopg://") and "@postgres:5432/" in settings.DATABASE_URL
+    assert urlparse(settings.S3_ENDPOINT_URL).hostname == "minio"
+    bucket = urlparse(settings.STORAGE_URL).netloc
+    assert settings.storage_scheme == "s3" and f"store/{bucket}" in SERVICES["minio-init"]["command"][0]
+    assert environ["AWS_ACCESS_KEY_ID"] == interpolate(SERVICES["minio"]["environment"]["MINIO_ROOT_USER"], {})
+
+
+def test_compose_refuses_to_start_without_a_secret_key():
+    with pytest.raises(KeyError, match="SECRET_KEY"):
+        app_environment("web", {name: value for name, value in OPERATOR.items() if name != "SECRET_KEY"})

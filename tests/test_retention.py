@@ -1,0 +1,309 @@
+"""Retention: long-closed cases lose photos and personal data, keep their facts; the rest is untouched.
+
+Run on both stores (the local directory and S3 over HTTP) and, with the suite, on both databases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, select, text
+from sqlalchemy.sql import ClauseElement
+
+from accident_service.cases.service import record_audit
+from accident_service.db import Base
+from accident_service.models import (
+    Appointment,
+    AppointmentStatus,
+    AuditEvent,
+    Case,
+    CaseStatus,
+    DriverPreference,
+    InboundMessage,
+    Notification,
+    Party,
+    PartyRole,
+    Photo,
+    PhotoStatus,
+    Slot,
+    Station,
+    WorkStatus,
+)
+from accident_service.outbox import enqueue
+from accident_service.retention import FINAL_STATUSES, KEPT_COLUMNS, PERSONAL_DATA, PURGED, purge_closed_cases
+
+DAYS = 180
+
+
+@pytest.fixture(params=["local", "s3"])
+def settings_overrides(request, settings_overrides, s3_bucket_name):
+    if request.param == "local":
+        return settings_overrides
+    moto = request.getfixturevalue("moto_s3")
+    return {**settings_overrides, "STORAGE_URL": f"s3://{s3_bucket_name}/evidence", "S3_ENDPOINT_URL": moto.url,
+            "S3_CREATE_BUCKET": True}
+
+
+@dataclass
+class Driver:
+    openid: str
+    plate: str
+    phone: str
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self.openid, self.plate, self.phone, self.plate[1:], self.phone[:3] + "****" + self.phone[-4:]
+
+
+@dataclass
+class Made:
+    case_id: int
+    keys: list[str] = field(default_factory=list)
+
+
+_numbers = iter(range(1, 1000))
+
+
+def driver(tag: str) -> Driver:
+    n = next(_numbers)
+    return Driver(f"o{tag}{n:03d}".ljust(28, "x"), f"粤B{n:03d}D{n % 10}", f"139{n:04d}{n:04d}")
+
+
+def make_case(runtime, *, status: CaseStatus, days_ago: float, drivers: tuple[Driver, Driver],
+              closed: bool = True) -> Made:
+    """A case of two drivers with photos (stored), an appointment, notices, pushes and audit events."""
+    now = runtime.clock.now()
+    when = now - timedelta(days=days_ago)
+    n = next(_numbers)
+    with runtime.unit_of_work() as session:
+        station = Station(code=f"ST{n}", name=f"站{n}", address="天河路 1 号", lat=23.1, lng=113.3,
+                          opening_hours={}, holidays=[], closures=[], slot_minutes=30, desks=1)
+        slot = Slot(station=station, starts_at=when - timedelta(hours=2), ends_at=when - timedelta(hours=1.5),
+                    capacity=1, booked=1)
+        case = Case(case_no=f"2026-R{n:04d}", status=status, location_lat=23.1066, location_lng=113.3245,
+                    location_label="广州塔附近", join_qr_ticket=f"ticket-{n}", join_qr_url=f"https://qr/{n}",
+                    evidence_fingerprint=f"{n:016x}", created_at=when - timedelta(hours=3), updated_at=when,
+                    last_activity_at=when, closed_at=when if closed else None)
+        session.add_all([station, slot, case])
+        made = Made(0)
+        for role, person in zip((PartyRole.A, PartyRole.B), drivers, strict=True):
+            party = Party(role=role, openid=person.openid, plate=person.plate, phone=person.phone,
+                          joined_at=when - timedelta(hours=3), case_open=status not in FINAL_STATUSES)
+            case.parties.append(party)
+            for item in (1, 2):
+                key = f"cases/2026/01/{case.case_no}/{role.value}{item}"
+                runtime.store.put(key + ".jpg", b"photo of " + person.plate.encode(), content_type="image/jpeg")
+                runtime.store.put(key + ".thumb.jpg", b"thumb", content_type="image/jpeg")
+                made.keys += [key + ".jpg", key + ".thumb.jpg"]
+                case.photos.append(Photo(item=item, kind="scene", status=PhotoStatus.ACCEPTED, media_id=f"m-{key}",
+                                         sha256=f"{n:02d}{item}".ljust(64, "0"), object_key=key + ".jpg",
+                                         thumb_key=key + ".thumb.jpg", received_at=when - timedelta(hours=3)))
+        session.flush()
+        made.case_id = case.id
+        session.add(Appointment(case_id=case.id, slot=slot, status=AppointmentStatus.COMPLETED, created_at=when,
+                                updated_at=when))
+        session.flush()
+        for person in drivers:
+            enqueue(session, openid=person.openid, kind="reply", text=f"手机号已记录：{person.phone}。",
+                    dedupe_key=f"reply:{n}:{person.openid}", now=when, case_id=case.id)
+            enqueue(session, openid=person.openid, kind="booked", notice={"plate": person.plate},
+                    dedupe_key=f"booked:{n}:{person.openid}", now=when, case_id=case.id)
+            session.add(InboundMessage(dedupe_key=f"msg:{n}:{person.openid}", openid=person.openid, msg_type="text",
+                                       payload=f"<xml><FromUserName>{person.openid}</FromUserName>"
+                                               f"<Content>{person.phone}</Content></xml>",
+                                       received_at=when - timedelta(hours=3), status=WorkStatus.DONE,
+                                       next_attempt_at=when))
+            record_audit(session, actor_type="party", actor="A", action="party.phone", case_id=case.id,
+                         before={"phone": None}, after={"phone": person.phone[:3] + "****" + person.phone[-4:]},
+                         now=when)
+        session.execute(Notification.__table__.update().where(Notification.case_id == case.id)
+                        .values(status=WorkStatus.DONE, sent_at=when))
+        record_audit(session, actor_type="staff", actor="officer1", action="case.retake_requested", case_id=case.id,
+                     after={"item": 2, "reason": f"plate {drivers[0].plate} unreadable"}, now=when)
+        record_audit(session, actor_type="wechat", actor=drivers[1].openid, action="case.join_unknown_code",
+                     case_id=None, now=when)
+    return made
+
+
+@pytest.fixture
+def world(runtime):
+    """Cases old and new, open and closed; one driver (shared) also has a recent open case."""
+    a, b, c, d, shared = (driver(t) for t in "ABCDS")
+    recent_a, recent_b, open_a, open_b = (driver(t) for t in "RQOP")
+    cases = {
+        "completed_200": make_case(runtime, status=CaseStatus.COMPLETED, days_ago=200, drivers=(a, b)),
+        # Completed without closed_at: its last change (200 days ago) counts.
+        "completed_unclosed": make_case(runtime, status=CaseStatus.COMPLETED, days_ago=200, drivers=(c, d),
+                                        closed=False),
+        "expired_181": make_case(runtime, status=CaseStatus.EXPIRED, days_ago=181, drivers=(shared, driver("E"))),
+        "cancelled_190": make_case(runtime, status=CaseStatus.CANCELLED, days_ago=190, drivers=(driver("F"),
+                                                                                             driver("G"))),
+        "no_show_179": make_case(runtime, status=CaseStatus.NO_SHOW, days_ago=179, drivers=(recent_a, recent_b)),
+        # Open for 300 days (never closed): not final, so never purged.
+        "booked_300": make_case(runtime, status=CaseStatus.BOOKED, days_ago=300, drivers=(open_a, open_b),
+                                closed=False),
+        "shared_open": make_case(runtime, status=CaseStatus.DRAFT, days_ago=1, drivers=(shared, driver("H")),
+                                 closed=False),
+    }
+    with runtime.unit_of_work() as session:
+        old = runtime.clock.now() - timedelta(days=300)
+        session.add_all([DriverPreference(openid=a.openid, language="en", updated_at=old),
+                         DriverPreference(openid=shared.openid, language="en", updated_at=old)])
+    return {"cases": cases, "gone": (a, b, c, d), "shared": shared, "kept": (recent_a, recent_b, open_a, open_b)}
+
+
+PURGED_CASES = ("completed_200", "completed_unclosed", "expired_181", "cancelled_190")
+KEPT_CASES = ("no_show_179", "booked_300", "shared_open")
+
+
+def snapshot(runtime) -> dict[str, list[tuple]]:
+    """Every row of every table, in primary-key order."""
+    with runtime.engine.connect() as connection:
+        return {table.name: [tuple(row) for row in connection.execute(
+            table.select().order_by(*table.primary_key.columns))] for table in Base.metadata.sorted_tables}
+
+
+def rows_of_case(runtime, case_id: int) -> dict[str, list[tuple]]:
+    tables = {"accident_case": "id", "party": "case_id", "photo": "case_id", "notification": "case_id",
+              "audit_event": "case_id", "appointment": "case_id"}
+    with runtime.engine.connect() as connection:
+        return {name: [tuple(r) for r in connection.execute(text(f"SELECT * FROM {name} WHERE {column} = :id "
+                                                                 "ORDER BY id"), {"id": case_id})]
+                for name, column in tables.items()}
+
+
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_purge_erases_old_closed_cases_and_keeps_their_facts(runtime, world, batch_size):
+    cases = world["cases"]
+    kept_before = {name: rows_of_case(runtime, cases[name].case_id) for name in KEPT_CASES}
+    with runtime.unit_of_work() as session:
+        facts_before = {name: session.execute(select(Case.case_no, Case.status, Case.closed_at, Case.created_at,
+                                                     Case.evidence_fingerprint).where(Case.id == cases[name].case_id)
+                                              ).one() for name in PURGED_CASES}
+
+    report = purge_closed_cases(runtime, days=DAYS, batch_size=batch_size)
+
+    assert report.cases == 4 and report.photos == 16 and report.objects == 32
+    for name in PURGED_CASES:
+        assert not any(runtime.store.exists(key) for key in cases[name].keys), name
+    for name in KEPT_CASES:
+        assert all(runtime.store.exists(key) for key in cases[name].keys), name
+        assert rows_of_case(runtime, cases[name].case_id) == kept_before[name], name
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        for name in PURGED_CASES:
+            case = session.get(Case, cases[name].case_id)
+            assert (case.case_no, case.status, case.closed_at, case.created_at,
+                    case.evidence_fingerprint) == tuple(facts_before[name])
+            assert case.purged_at == now
+            assert [p.openid for p in case.parties] == [PURGED, PURGED]
+            assert all(p.sha256 and p.object_key is None and p.thumb_key is None for p in case.photos)
+            appointment = session.scalar(select(Appointment).where(Appointment.case_id == case.id))
+            assert appointment.slot.station.name  # station and time facts stay
+            actions = [e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.case_id == case.id))]
+            assert actions[-1] == "case.purged" and "party.phone" in actions
+        # Every listed column holds its erased value on the purged rows.
+        purged_ids = [cases[name].case_id for name in PURGED_CASES]
+        for erase in PERSONAL_DATA:
+            model = erase.column.class_
+            owner = model.id if model is Case else model.case_id
+            if isinstance(erase.becomes, ClauseElement):
+                pairs = session.execute(select(erase.column, erase.becomes).where(owner.in_(purged_ids))).all()
+                assert pairs and all(value == expected for value, expected in pairs), erase.column
+                continue
+            values = set(map(_hashable, session.scalars(select(erase.column).where(owner.in_(purged_ids)))))
+            assert values <= {_hashable(erase.becomes)}, erase.column
+    # Nothing of the drivers who had only purged cases is left anywhere, in any table.
+    everything = json.dumps(snapshot(runtime), default=str, ensure_ascii=False)
+    for person in world["gone"]:
+        for secret in person.secrets:
+            assert secret not in everything, secret
+    for person in world["kept"]:
+        assert person.openid in everything and person.plate in everything
+    with runtime.unit_of_work() as session:
+        shared = world["shared"].openid
+        # The shared driver's recent pushes and preference stay; the old ones went.
+        assert [m.received_at > now - timedelta(days=DAYS) for m in
+                session.scalars(select(InboundMessage).where(InboundMessage.openid == shared))] == [True]
+        assert session.get(DriverPreference, shared) is not None
+        assert session.get(DriverPreference, world["gone"][0].openid) is None
+
+
+def _hashable(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+
+
+def test_purge_is_idempotent(runtime, world):
+    first = purge_closed_cases(runtime, days=DAYS)
+    after_first = snapshot(runtime)
+
+    again = purge_closed_cases(runtime, days=DAYS)
+
+    assert first.cases == 4
+    assert again.as_dict() == {**again.as_dict(), "cases": 0, "objects": 0, "photos": 0, "notifications": 0,
+                               "inbound_messages": 0, "audit_events": 0, "preferences": 0}
+    assert snapshot(runtime) == after_first
+
+
+def test_dry_run_counts_what_a_purge_changes_and_changes_nothing(runtime, world):
+    before = snapshot(runtime)
+
+    predicted = purge_closed_cases(runtime, days=DAYS, dry_run=True)
+
+    assert snapshot(runtime) == before
+    assert all(runtime.store.exists(key) for made in world["cases"].values() for key in made.keys)
+    done = purge_closed_cases(runtime, days=DAYS)
+    assert {**predicted.as_dict(), "dry_run": False} == done.as_dict()
+
+
+def test_a_pending_notice_of_a_purged_case_fails_visibly(runtime, world):
+    case_id = world["cases"]["completed_200"].case_id
+    with runtime.unit_of_work() as session:
+        session.execute(Notification.__table__.update().where(Notification.case_id == case_id)
+                        .values(status=WorkStatus.PENDING))
+
+    purge_closed_cases(runtime, days=DAYS)
+
+    with runtime.unit_of_work() as session:
+        rows = session.scalars(select(Notification).where(Notification.case_id == case_id)).all()
+        assert {(row.status, row.openid, json.dumps(row.payload), row.last_error) for row in rows} == {
+            (WorkStatus.FAILED, PURGED, "{}", "purged by retention before it was sent")}
+
+
+def test_a_shorter_retention_reaches_more_cases(runtime, world):
+    assert purge_closed_cases(runtime, days=30).cases == 5  # the no-show closed 179 days ago too
+
+
+def test_every_case_and_party_column_is_classified():
+    """A new column of accident_case or party must be listed: in PERSONAL_DATA (erased) or KEPT_COLUMNS."""
+    listed = {(e.column.class_, e.column.key) for e in PERSONAL_DATA} | {(c.class_, c.key) for c in KEPT_COLUMNS}
+    columns = {(model, column.key) for model in (Case, Party) for column in inspect(model).column_attrs}
+    assert columns - listed == set(), "classify these columns in accident_service/retention.py"
+
+
+def test_the_purge_command(runtime, database_url, settings_overrides, tmp_path):
+    """`accident-service purge` against the real clock: --dry-run counts, then the purge prints what it did."""
+    old = datetime.now(UTC) - timedelta(days=DAYS + 5)
+    runtime.clock.set(old + timedelta(days=1))  # the case below closed 200 days before the real now
+    made = make_case(runtime, status=CaseStatus.CANCELLED, days_ago=1, drivers=(driver("X"), driver("Y")))
+    env = {**os.environ, "DATABASE_URL": database_url, "AUTO_MIGRATE": "false", "APP_ENV": "test",
+           "DATA_DIR": str(tmp_path / "var"), "STORAGE_URL": settings_overrides["STORAGE_URL"],
+           "S3_ENDPOINT_URL": settings_overrides.get("S3_ENDPOINT_URL", ""), "S3_CREATE_BUCKET": "true",
+           "SECRET_KEY": settings_overrides["SECRET_KEY"]}
+    command = [sys.executable, "-c", "from accident_service.cli import main; main()", "purge"]
+
+    dry = subprocess.run([*command, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["cases"] == 1 and runtime.store.exists(made.keys[0])
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) | {"dry_run": True} == json.loads(dry.stdout)
+    assert not any(runtime.store.exists(key) for key in made.keys)
+    refused = subprocess.run([*command, "--days", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--days" in refused.stderr
