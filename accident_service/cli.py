@@ -141,7 +141,7 @@ def wechat_menu_command() -> None:
 
 
 def _register_feature_commands() -> None:
-    from accident_service.booking.cli import generate_slots_command, import_stations_command
+    from accident_service.cli_stations import generate_slots_command, import_stations_command
 
     cli.add_command(import_stations_command)
     cli.add_command(generate_slots_command)

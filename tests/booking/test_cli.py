@@ -25,7 +25,7 @@ if "import-stations" in cli.cli.commands:
     cli.main()
 else:
     import click
-    from accident_service.booking.cli import generate_slots_command, import_stations_command
+    from accident_service.cli_stations import generate_slots_command, import_stations_command
     group = click.Group("accident-service", commands=[import_stations_command, generate_slots_command])
     group.main(prog_name="accident-service")
 """

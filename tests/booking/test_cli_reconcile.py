@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from accident_service.booking.cli import generate_slots_command, import_stations_command
+from accident_service.cli_stations import generate_slots_command, import_stations_command
 from accident_service.models import Slot, Station
 from tests.booking.test_cli import EXAMPLE, RUNNER
 
