@@ -1,4 +1,4 @@
-"""The SMS emulator on loopback and a raw signed client for the emulator's own tests."""
+"""The SMS emulator on loopback, a channel pointed at it, and a raw signed client for the emulator's own tests."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from accident_service.notify.sms import SmsChannel
 from accident_service.sandbox.sms_emulator import ACTION, SERVICE, VERSION, SmsEmulator, tc3_signature
+from accident_service.settings import Settings, load_settings
 
 SECRET_ID = "AKIDsmsEmulatorTest0001"
 SECRET_KEY = "sms-emulator-secret-key"
@@ -30,6 +33,21 @@ def running_sms_emulator(**options: Any) -> Iterator[SmsEmulator]:
         sms.register_template(BOOKED_TEMPLATE, BOOKED_TEXT)
         sms.register_template(CODE_TEMPLATE, CODE_TEXT, verification=True)
         yield sms
+
+
+def channel_for(sms: SmsEmulator, **options: Any) -> SmsChannel:
+    """The real channel (real SDK, real HTTP) pointed at ``sms``; ``options`` override the account."""
+    account: dict[str, Any] = {"sdk_app_id": SDK_APP_ID, "secret_id": SECRET_ID, "secret_key": SECRET_KEY,
+                               "sign_name": SIGN_NAME, "region": REGION, "endpoint_url": sms.endpoint_url}
+    return SmsChannel(**(account | options))
+
+
+def sms_settings(sms: SmsEmulator, data_dir: Path, **overrides: Any) -> Settings:
+    """Real settings for the test account, SMS_TEMPLATE_BOOKED set."""
+    return load_settings({"DATA_DIR": str(data_dir), "SMS_SDK_APP_ID": SDK_APP_ID, "SMS_SECRET_ID": SECRET_ID,
+                          "SMS_SECRET_KEY": SECRET_KEY, "SMS_SIGN_NAME": SIGN_NAME, "SMS_REGION": REGION,
+                          "SMS_ENDPOINT_URL": sms.endpoint_url, "SMS_TEMPLATE_BOOKED": BOOKED_TEMPLATE}
+                         | overrides, environ={})
 
 
 def send_sms_body(phones: list[str], params: list[str], *, template_id: str = BOOKED_TEMPLATE,
