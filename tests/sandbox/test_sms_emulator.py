@@ -15,7 +15,7 @@ from tests.support.sms import CODE_TEMPLATE, running_sms_emulator, send_sms_body
 PHONE = "+8613800138000"
 PARAMS = ["A123", "明天9点", "天河"]
 # 2026-11-25 10:00 in Guangzhou.
-NOON_ISH = datetime(2026, 11, 25, 2, 0, tzinfo=UTC).timestamp()
+MORNING_IN_GUANGZHOU = datetime(2026, 11, 25, 2, 0, tzinfo=UTC).timestamp()
 
 
 class Clock:
@@ -30,7 +30,7 @@ class Clock:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock(NOON_ISH)
+    return Clock(MORNING_IN_GUANGZHOU)
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_the_whole_text_is_at_most_500_characters_and_over_70_bills_in_parts_of_
         [status] = signed_post(sms, send_sms_body([PHONE], ["A1"], template_id="1111111"))["SendStatusSet"]
         too_long = signed_post(sms, send_sms_body([PHONE], ["A1"], template_id="2222222"))
 
-    assert status["Code"] == "Ok" and status["Fee"] == 8  # 6 + 2 + 480 = 488 characters
+    assert status["Code"] == "Ok" and status["Fee"] == 8  # 6 + 5 + 480 = 491 characters: 8 parts of 67
     assert error_code(too_long) == "InvalidParameterValue.ContentLengthLimit"
 
 
