@@ -82,7 +82,8 @@ def place(session: Session, now: datetime, *, code: str | None = None) -> Place:
 
 def case_in(session: Session, status: CaseStatus, *, now: datetime, where: Place, settings: Settings,
             with_b: bool = True,
-            photos: bool = True, location: bool = True, details: bool = True,
+            photos: bool | tuple[int, ...] = True, location: bool = True,
+            details: bool | tuple[PartyRole, ...] = True,
             appointment: AppointmentStatus | None | str = "default", slot_id: int | None = None,
             retake_owed: tuple[PartyRole, ...] | None = None, sealed: bool | None = None,
             expires_at: datetime | None | str = "default", languages: tuple[str, str] = ("zh", "zh"),
@@ -90,8 +91,8 @@ def case_in(session: Session, status: CaseStatus, *, now: datetime, where: Place
     """A case in ``status`` as the service leaves it; the keywords change one aspect.
 
     ``with_b``: party B joined; ``photos``: every checklist photo (of the parties
-    present) accepted; ``location``/``details``: the location, plates and phones
-    given. ``appointment``: its status (default: the one of ``status``, None: no
+    present) accepted, or those items only; ``location``: the location given;
+    ``details``: plates and phones given (by every party, or by those roles). ``appointment``: its status (default: the one of ``status``, None: no
     row); ``slot_id``: its slot (default ``where.slot_id``), whose seat it holds. ``retake_owed``: the roles
     the desk asked a photo of (default: party A, item 2, in retake_requested).
     ``sealed``: the evidence fingerprint is set (default: once booked).
@@ -109,17 +110,21 @@ def case_in(session: Session, status: CaseStatus, *, now: datetime, where: Place
                 closed_at=now - timedelta(minutes=1) if closed else None,
                 parties=[], photos=[], appointments=[])  # empty collections: nothing to load back
     roles = (PartyRole.A, PartyRole.B) if with_b else (PartyRole.A,)
+    detailed = roles if details is True else tuple(details or ())
     for role, openid, language, plate, phone in zip(roles, (openid_a, openid_b), languages,
                                                     ("粤A12345", "粤BD12345"), ("13800138000", "13900139000"),
                                                     strict=False):
         case.parties.append(Party(role=role, openid=openid, language=language, case_open=not closed,
-                                  plate=plate if details else None, phone=phone if details else None,
+                                  plate=plate if role in detailed else None,
+                                  phone=phone if role in detailed else None,
                                   joined_at=now - timedelta(minutes=20)))
     session.add(case)
     session.flush()
     if photos:
         for party in case.parties:
             for item in cases.items_of(settings, party.role):
+                if photos is not True and item not in photos:
+                    continue
                 case.photos.append(Photo(case_id=case.id, party_id=party.id, item=item,
                                          kind=cases.item_code(settings, item), status=PhotoStatus.ACCEPTED,
                                          sha256=hashlib.sha256(f"{n}:{item}".encode()).hexdigest(),
