@@ -292,3 +292,320 @@ def test_a_location_without_a_case_says_there_is_none(wechat, wechat_runtime, de
     drain(wechat_runtime)
     assert last(wechat, A) == t("conv.no_case", lang)
     assert cases_of(wechat_runtime, A) == []
+
+
+# -- plate, phone, both in one message, and what cannot be read ----------------------------------------------------
+
+PLATES = ("粤A12345", "粤AD12345")  # ordinary, small new-energy
+PHONES = (("13800138000", "13800138000"), ("+86 139-0013-9000", "13900139000"))
+
+
+def collecting(runtime, desk, **kwargs) -> int:
+    """A draft with every photo and the location: only plates and phones are missing (unless ``details``)."""
+    return seed(runtime, desk, S.DRAFT, details=kwargs.pop("details", False), **kwargs)
+
+
+@pytest.mark.parametrize(("plate", "role", "lang"), spread(PLATES), ids=ids(spread(PLATES)))
+def test_a_plate_sets_the_senders_own_plate(wechat, wechat_runtime, desk, plate, role, lang):
+    case_id = collecting(wechat_runtime, desk)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], plate)
+
+    assert reply == lines(t("conv.plate_saved", lang, plate=plate), t("conv.ask_phone", lang))
+    case = case_of(wechat_runtime, case_id)
+    assert (case.party(role).plate, case.party(other(role)).plate) == (plate, None)
+
+
+@pytest.mark.parametrize(("phone", "role", "lang"), spread(PHONES), ids=ids(spread([p for _, p in PHONES])))
+def test_a_mobile_number_sets_the_senders_own_phone(wechat, wechat_runtime, desk, phone, role, lang):
+    typed, stored = phone
+    case_id = collecting(wechat_runtime, desk)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], typed)
+
+    assert reply == lines(t("conv.phone_saved", lang, phone=stored), t("conv.ask_plate", lang))
+    case = case_of(wechat_runtime, case_id)
+    assert (case.party(role).phone, case.party(other(role)).phone) == (stored, None)
+
+
+def owed(lang: str, *what: str) -> str:
+    return ("、" if lang == "zh" else ", ").join(t(f"conv.owed.{w}", lang) for w in what)
+
+
+BOTH = (("粤A12345 13800138000", "粤A12345", "13800138000"), ("13900139000，粤AD12345", "粤AD12345", "13900139000"))
+
+
+@pytest.mark.parametrize(("message", "role", "lang"), spread(BOTH), ids=ids(spread([m for m, _, _ in BOTH])))
+def test_plate_and_phone_in_one_message_set_both_and_say_what_the_other_driver_owes(
+        wechat, wechat_runtime, desk, message, role, lang):
+    typed, plate, phone = message
+    case_id = collecting(wechat_runtime, desk)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], typed)
+
+    assert reply in {lines(t("conv.plate_saved", lang, plate=plate), t("conv.phone_saved", lang, phone=phone),
+                           t("conv.wait_other", lang, what=owed(lang, *what))) for what in (("plate", "phone"),
+                                                                                              ("phone", "plate"))}
+    party = case_of(wechat_runtime, case_id).party(role)
+    assert (party.plate, party.phone) == (plate, phone)
+
+
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_whoever_completes_the_case_gets_the_slot_list_and_the_other_is_told(wechat, wechat_runtime, desk, role,
+                                                                             lang):
+    case_id = collecting(wechat_runtime, desk, details=(other(role),))
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], "粤C77777 13700137000")
+
+    case = case_of(wechat_runtime, case_id)
+    assert case.status is S.READY
+    head, offers = reply.split("\n", 2)[:2], reply.split("\n")[2:]
+    assert head == [t("conv.plate_saved", lang, plate="粤C77777"), t("conv.phone_saved", lang, phone="13700137000")]
+    assert_offer_list(offers, lang, "booking.offer_intro", count=3)
+    assert case.party(role).offered_slot_ids == desk.offered_for_ready
+    assert case.party(other(role)).offered_slot_ids is None
+    assert last(wechat, OPENID[other(role)]) == t("notice.ready", "zh", case_no=case.case_no)
+
+
+def assert_offer_list(reply_lines: list[str], lang: str, intro: str, *, count: int) -> None:
+    """The intro, ``count`` numbered slots at the desk, and how to choose."""
+    assert reply_lines[0] == t(intro, lang)
+    assert [line.split(".")[0] for line in reply_lines[1:-1]] == [str(n) for n in range(1, count + 1)]
+    assert all("GZ-CONV" in line for line in reply_lines[1:-1]), reply_lines
+    key = "booking.offer_reply_one" if count == 1 else "booking.offer_reply"
+    assert reply_lines[-1] == t(key, lang, count=count)
+
+
+UNREADABLE = (("粤A1234", "conv.plate_format"), ("车牌：粤12345", "conv.plate_format"),
+              ("1380013800", "conv.phone_format"), ("手机 12345678901", "conv.phone_format"))
+
+
+@pytest.mark.parametrize(("case", "role", "lang"), spread(UNREADABLE), ids=ids(spread([u for u, _ in UNREADABLE])))
+def test_an_unreadable_plate_or_phone_gets_the_format_hint_and_changes_nothing(wechat, wechat_runtime, desk, case,
+                                                                               role, lang):
+    typed, hint = case
+    case_id = collecting(wechat_runtime, desk)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    before = state(wechat_runtime, case_id)
+
+    assert say(wechat, wechat_runtime, OPENID[role], typed) == t(hint, lang)
+    assert state(wechat_runtime, case_id) == before
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("typed", ["粤A12345", "13800138000", "粤A12345 13800138000"])
+def test_a_plate_or_phone_without_a_case_says_there_is_none(wechat, wechat_runtime, desk, typed, lang):
+    speak(wechat, wechat_runtime, A, lang)
+    assert say(wechat, wechat_runtime, A, typed) == t("conv.no_case", lang)
+    assert cases_of(wechat_runtime, A) == []
+
+
+# -- joining: the 6-digit code, or scanning the case's QR code (SCAN, or subscribe with the scene) ----------------
+
+JOIN_WAYS = ("code", "full-width code", "SCAN", "subscribe")
+
+
+def join(wechat, openid: str, code: str, how: str) -> None:
+    if how == "code":
+        response = wechat.post_text(openid, code)
+    elif how == "full-width code":
+        response = wechat.post_text(openid, code.translate(str.maketrans("0123456789", "０１２３４５６７８９")))
+    else:
+        response = wechat.post_scan(openid, f"join:{code}", subscribed=how == "SCAN")
+    assert response.text == "success"
+
+
+def waiting_for_b(runtime, desk) -> int:
+    """The reporter's draft: their photos, location, plate and phone are in; nobody has joined yet."""
+    return seed(runtime, desk, S.DRAFT, with_b=False)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("how", JOIN_WAYS)
+def test_joining_makes_the_driver_party_b_asks_only_for_bs_items_and_tells_the_reporter(
+        wechat, wechat_runtime, desk, how, lang):
+    case_id = waiting_for_b(wechat_runtime, desk)
+    case = case_of(wechat_runtime, case_id)
+    speak(wechat, wechat_runtime, C, lang)
+
+    join(wechat, C, case.join_code, how)
+    drain(wechat_runtime)
+
+    case = case_of(wechat_runtime, case_id)
+    assert (case.party(PartyRole.B).openid, case.party(PartyRole.B).language) == (C, lang)
+    assert last(wechat, C) == lines(t("conv.joined", lang, case_no=case.case_no), ask_photo(4, lang, done=0))
+    assert last(wechat, A) == t("notice.joined", "zh", case_no=case.case_no)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("how", ("code", "SCAN"))
+def test_joining_from_an_own_empty_draft_closes_it_and_says_so(wechat, wechat_runtime, desk, how, lang):
+    case_id = waiting_for_b(wechat_runtime, desk)
+    speak(wechat, wechat_runtime, C, lang)
+    say(wechat, wechat_runtime, C, "快处")  # C started a report too, then the other driver shows the QR code
+    (draft,) = cases_of(wechat_runtime, C)
+
+    join(wechat, C, case_of(wechat_runtime, case_id).join_code, how)
+    drain(wechat_runtime)
+
+    case = case_of(wechat_runtime, case_id)
+    assert last(wechat, C) == lines(t("conv.draft_closed", lang, case_no=draft.case_no),
+                                    t("conv.joined", lang, case_no=case.case_no), ask_photo(4, lang, done=0))
+    draft = case_of(wechat_runtime, draft.id)
+    assert (draft.status, draft.join_code, draft.parties[0].case_open) == (S.CANCELLED, None, False)
+    assert case.party(PartyRole.B).openid == C
+
+
+IN_OTHER_CASE = (("B of an open case", "conv.leave_case.other"), ("reporter with photos", "conv.leave_case.reporter"),
+                 ("reporter of a booked case", "conv.leave_case.reporter"))
+
+
+@pytest.mark.parametrize(("where", "how"), [(w, h) for w in IN_OTHER_CASE for h in ("code", "subscribe")],
+                         ids=[f"{w[0]}-{h}" for w in IN_OTHER_CASE for h in ("code", "subscribe")])
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_driver_in_another_open_case_cannot_join_and_is_told_how_to_leave_it(wechat, wechat_runtime, desk, where,
+                                                                              how, lang):
+    situation, leave = where
+    openids = ("oSomeoneElse00000000000001", C) if situation.startswith("B") else (C, "oSomeoneElse00000000000002")
+    status = S.BOOKED if "booked" in situation else S.DRAFT
+    theirs = seed(wechat_runtime, desk, status, openids=openids, photos=(1,) if status is S.DRAFT else True)
+    case_id = waiting_for_b(wechat_runtime, desk)
+    speak(wechat, wechat_runtime, C, lang)
+    before, before_theirs = state(wechat_runtime, case_id), state(wechat_runtime, theirs)
+
+    join(wechat, C, case_of(wechat_runtime, case_id).join_code, how)
+    drain(wechat_runtime)
+
+    their_no = case_of(wechat_runtime, theirs).case_no
+    assert last(wechat, C) == lines(t("conv.join_refused.in_other_case", lang, case_no=their_no),
+                                    t(leave, lang, case_no=their_no))
+    assert "撤案" in last(wechat, C) if lang == "zh" else "withdraw" in last(wechat, C)
+    assert (state(wechat_runtime, case_id), state(wechat_runtime, theirs)) == (before, before_theirs)
+
+
+JOIN_REFUSALS = ("unknown_code", "own_case", "taken")
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("reason", JOIN_REFUSALS)
+def test_a_join_code_that_cannot_be_used_is_refused_with_its_reason(wechat, wechat_runtime, desk, reason, lang):
+    case_id = seed(wechat_runtime, desk, S.DRAFT, with_b=reason == "taken")
+    code = "000000" if reason == "unknown_code" else case_of(wechat_runtime, case_id).join_code
+    sender = A if reason == "own_case" else C
+    speak(wechat, wechat_runtime, sender, lang)
+    before = state(wechat_runtime, case_id)
+
+    assert say(wechat, wechat_runtime, sender, code) == t(f"conv.join_refused.{reason}", lang)
+    assert state(wechat_runtime, case_id) == before
+
+
+# -- numbers 1…9: book from one's own list -------------------------------------------------------------------------
+
+
+def booked_notice(runtime, case_id: int, lang: str, kind: str = "notice.booked") -> str:
+    """The booking notice of the case's active appointment, as the catalogue words it in ``lang``."""
+    from accident_service.messages import time_window
+
+    case = case_of(runtime, case_id)
+    (active,) = [a for a in case.appointments if a.status is AppointmentStatus.BOOKED]
+    station = active.slot.station
+    return t(kind, lang, case_no=case.case_no, station=station.name, address=station.address,
+             time=time_window(active.slot.starts_at, active.slot.ends_at, station.timezone, lang),
+             evidence_no=evidence_number(case.evidence_fingerprint))
+
+
+NUMBERS = tuple(range(1, 10))
+
+
+@pytest.mark.parametrize(("number", "role", "lang"), spread(NUMBERS), ids=ids(spread(NUMBERS)))
+def test_a_number_books_that_slot_of_the_senders_own_list(wechat, wechat_runtime, desk, number, role, lang):
+    case_id = seed(wechat_runtime, desk, S.READY)
+    sender, told = OPENID[role], OPENID[other(role)]
+    speak(wechat, wechat_runtime, sender, lang)
+    assert_offer_list(say(wechat, wechat_runtime, sender, "预约").split("\n"), lang, "booking.offer_intro", count=3)
+    before = state(wechat_runtime, case_id)
+
+    reply = say(wechat, wechat_runtime, sender, str(number))
+
+    case = case_of(wechat_runtime, case_id)
+    if number > 3:  # not on the list: nothing booked, a fresh list
+        assert_offer_list(reply.split("\n"), lang, "booking.stale_offer", count=3)
+        assert state(wechat_runtime, case_id) == before
+        return
+    assert case.status is S.BOOKED
+    assert [(a.slot_id, a.status) for a in case.appointments] == \
+        [(desk.offered_for_ready[number - 1], AppointmentStatus.BOOKED)]
+    assert reply == booked_notice(wechat_runtime, case_id, lang)  # the booking notice is the reply
+    assert last(wechat, told) == booked_notice(wechat_runtime, case_id, "zh")
+
+
+@pytest.mark.parametrize(("number", "role", "lang"), spread((1, 3, 9)), ids=ids(spread((1, 3, 9))))
+def test_a_number_from_the_driver_who_was_not_offered_the_list_books_nothing(wechat, wechat_runtime, desk, number,
+                                                                            role, lang):
+    case_id = seed(wechat_runtime, desk, S.READY)
+    asker, chooser = OPENID[other(role)], OPENID[role]
+    say(wechat, wechat_runtime, asker, "预约")
+    speak(wechat, wechat_runtime, chooser, lang)
+    before = state(wechat_runtime, case_id)
+
+    assert say(wechat, wechat_runtime, chooser, str(number)) == t("conv.choice_without_offer", lang)
+
+    assert state(wechat_runtime, case_id) == before
+    assert case_of(wechat_runtime, case_id).party(other(role)).offered_slot_ids == desk.offered_for_ready
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_booking_notice_shows_the_evidence_fingerprint_as_a_short_evidence_number(wechat, wechat_runtime, desk,
+                                                                                      lang):
+    case_id = seed(wechat_runtime, desk, S.READY)
+    speak(wechat, wechat_runtime, A, lang)
+    say(wechat, wechat_runtime, A, "预约")
+    say(wechat, wechat_runtime, A, "2")
+
+    fingerprint = case_of(wechat_runtime, case_id).evidence_fingerprint
+    number = evidence_number(fingerprint)
+    assert re.fullmatch(r"[0-9A-F]{4}-[0-9A-F]{4}", number) and number.replace("-", "") == fingerprint[:8].upper()
+    for driver in (A, B):
+        assert number in last(wechat, driver) and fingerprint not in last(wechat, driver)
+
+
+# -- status -------------------------------------------------------------------------------------------------------
+
+STATUS_WORDS = ("状态", "status", "状态？", "status?", "我的案件", "查询", "MY_CASE")
+
+
+def ask_status(wechat, runtime, openid: str, word: str) -> str:
+    if word == "MY_CASE":
+        assert wechat.post_click(openid, "MY_CASE").text == "success"
+        drain(runtime)
+        return last(wechat, openid)
+    return say(wechat, runtime, openid, word)
+
+
+@pytest.mark.parametrize(("word", "role", "lang"), spread(STATUS_WORDS), ids=ids(spread(STATUS_WORDS)))
+def test_status_in_a_draft_says_the_state_and_the_senders_next_step(wechat, wechat_runtime, desk, word, role, lang):
+    case_id = seed(wechat_runtime, desk, S.DRAFT, photos=(1,), location=False, details=False)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = ask_status(wechat, wechat_runtime, OPENID[role], word)
+
+    step = ask_photo(2, lang, done=1) if role is PartyRole.A else ask_photo(4, lang, done=0)
+    assert reply == status_reply(wechat_runtime, case_id, lang, detail=step)
+
+
+@pytest.mark.parametrize(("word", "role", "lang"), spread(STATUS_WORDS), ids=ids(spread(STATUS_WORDS)))
+def test_status_once_booked_says_the_appointment(wechat, wechat_runtime, desk, word, role, lang):
+    case_id = seed(wechat_runtime, desk, S.CONFIRMED)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    assert ask_status(wechat, wechat_runtime, OPENID[role], word) == status_reply(wechat_runtime, case_id, lang)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("word", ("状态", "MY_CASE"))
+def test_status_without_a_case_says_there_is_none(wechat, wechat_runtime, desk, word, lang):
+    speak(wechat, wechat_runtime, A, lang)
+    assert ask_status(wechat, wechat_runtime, A, word) == t("conv.no_case", lang)
