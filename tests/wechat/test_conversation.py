@@ -20,7 +20,9 @@ import pytest
 from sqlalchemy import func, select
 
 from accident_service.messages import text as t
+from accident_service.messages import time_window
 from accident_service.models import (
+    ACTIVE_APPOINTMENT_STATUSES,
     Appointment,
     AppointmentStatus,
     AuditEvent,
@@ -170,14 +172,23 @@ def test_report_in_a_booked_case_says_where_things_stand(wechat, wechat_runtime,
 
 def status_reply(runtime, case_id: int, lang: str, detail: str | None = None) -> str:
     case = case_of(runtime, case_id)
-    if detail is None:
-        (appointment,) = [a for a in case.appointments if a.status is not AppointmentStatus.RESCHEDULED]
-        slot = appointment.slot
-        from accident_service.messages import time_window
-
-        detail = t("booking.summary", lang, station=slot.station.name, address=slot.station.address,
-                   time=time_window(slot.starts_at, slot.ends_at, slot.station.timezone, lang))
+    detail = appointment_summary(runtime, case_id, lang) if detail is None else detail
     return t("conv.status", lang, case_no=case.case_no, state=t(f"state.{case.status.value}", lang), detail=detail)
+
+
+def visit(runtime, case_id: int, lang: str, slot_id: int | None = None) -> dict[str, str]:
+    """Where and when, as notices and summaries show it: of ``slot_id``'s appointment, else the active one."""
+    case = case_of(runtime, case_id)
+    (appointment,) = [a for a in case.appointments
+                      if (a.slot_id == slot_id if slot_id else a.status in ACTIVE_APPOINTMENT_STATUSES)]
+    slot, station = appointment.slot, appointment.slot.station
+    return {"case_no": case.case_no, "station": station.name, "address": station.address,
+            "time": time_window(slot.starts_at, slot.ends_at, station.timezone, lang)}
+
+
+def appointment_summary(runtime, case_id: int, lang: str) -> str:
+    where = visit(runtime, case_id, lang)
+    return t("booking.summary", lang, station=where["station"], address=where["address"], time=where["time"])
 
 
 # -- image (and a file from the chat): the sender's next own checklist item ------------------------------------------
@@ -507,15 +518,9 @@ def test_a_join_code_that_cannot_be_used_is_refused_with_its_reason(wechat, wech
 
 
 def booked_notice(runtime, case_id: int, lang: str, kind: str = "notice.booked") -> str:
-    """The booking notice of the case's active appointment, as the catalogue words it in ``lang``."""
-    from accident_service.messages import time_window
-
-    case = case_of(runtime, case_id)
-    (active,) = [a for a in case.appointments if a.status is AppointmentStatus.BOOKED]
-    station = active.slot.station
-    return t(kind, lang, case_no=case.case_no, station=station.name, address=station.address,
-             time=time_window(active.slot.starts_at, active.slot.ends_at, station.timezone, lang),
-             evidence_no=evidence_number(case.evidence_fingerprint))
+    """The notice about the case's active appointment (booked, moved), as the catalogue words it in ``lang``."""
+    fingerprint = case_of(runtime, case_id).evidence_fingerprint
+    return t(kind, lang, evidence_no=evidence_number(fingerprint), **visit(runtime, case_id, lang))
 
 
 NUMBERS = tuple(range(1, 10))
@@ -609,3 +614,207 @@ def test_status_once_booked_says_the_appointment(wechat, wechat_runtime, desk, w
 def test_status_without_a_case_says_there_is_none(wechat, wechat_runtime, desk, word, lang):
     speak(wechat, wechat_runtime, A, lang)
     assert ask_status(wechat, wechat_runtime, A, word) == t("conv.no_case", lang)
+
+
+# -- reschedule: whoever asks gets the list and books from it; the other driver is told ---------------------------
+
+RESCHEDULE_WORDS = ("改约", "reschedule", "改期", "重新预约", "预约")
+
+
+@pytest.mark.parametrize(("word", "role", "lang"), spread(RESCHEDULE_WORDS), ids=ids(spread(RESCHEDULE_WORDS)))
+def test_reschedule_offers_the_asker_fresh_slots_and_moves_the_appointment_once_one_is_booked(
+        wechat, wechat_runtime, desk, word, role, lang):
+    case_id = seed(wechat_runtime, desk, S.CONFIRMED if role is PartyRole.B else S.BOOKED)
+    asker, told = OPENID[role], OPENID[other(role)]
+    speak(wechat, wechat_runtime, asker, lang)
+    before = state(wechat_runtime, case_id)
+
+    offer = say(wechat, wechat_runtime, asker, word)
+
+    assert_offer_list(offer.split("\n"), lang, "booking.reschedule_offer", count=3)
+    assert state(wechat_runtime, case_id) == before  # the appointment moves only when a new slot is booked
+    reply = say(wechat, wechat_runtime, asker, "2")
+
+    case = case_of(wechat_runtime, case_id)
+    old, new = desk.slots[240], desk.slots[120]  # the list: +45 min, +2 h, +5 h (the booked +4 h left out)
+    assert case.status is S.BOOKED
+    assert [(a.slot_id, a.status) for a in case.appointments] == \
+        [(old, AppointmentStatus.RESCHEDULED), (new, AppointmentStatus.BOOKED)]
+    assert seats(wechat_runtime, old, new) == (0, 1)
+    assert reply == booked_notice(wechat_runtime, case_id, lang, "notice.rescheduled")
+    assert last(wechat, told) == booked_notice(wechat_runtime, case_id, "zh", "notice.rescheduled.other")
+
+
+def seats(runtime, *slot_ids: int) -> tuple[int, ...]:
+    with runtime.unit_of_work() as session:
+        return tuple(session.get(Slot, slot_id).booked for slot_id in slot_ids)
+
+
+@pytest.mark.parametrize(("word", "role", "lang"), spread(RESCHEDULE_WORDS), ids=ids(spread(RESCHEDULE_WORDS)))
+def test_asking_for_slots_before_the_case_is_complete_says_what_is_missing(wechat, wechat_runtime, desk, word, role,
+                                                                           lang):
+    case_id = seed(wechat_runtime, desk, S.DRAFT, photos=(1,), location=False, details=False)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    step = ask_photo(2, lang, done=1) if role is PartyRole.A else ask_photo(4, lang, done=0)
+    assert say(wechat, wechat_runtime, OPENID[role], word) == lines(t("conv.not_ready_yet", lang), step)
+    assert case_of(wechat_runtime, case_id).party(role).offered_slot_ids is None
+
+
+# -- cancel: asks first; confirmed, the appointment goes and the case stays for rebooking --------------------------
+
+CANCEL_WORDS = ("取消", "cancel", "取消预约")
+CONFIRM_CANCEL = {"zh": "确认取消", "en": "confirm cancel"}
+
+
+@pytest.mark.parametrize(("word", "role", "lang"), spread(CANCEL_WORDS), ids=ids(spread(CANCEL_WORDS)))
+def test_cancel_asks_for_confirmation_then_frees_the_slot_keeps_the_case_and_tells_both_who_cancelled(
+        wechat, wechat_runtime, desk, word, role, lang):
+    case_id = seed(wechat_runtime, desk, S.BOOKED)
+    asker, told = OPENID[role], OPENID[other(role)]
+    speak(wechat, wechat_runtime, asker, lang)
+    before = state(wechat_runtime, case_id)
+    question = say(wechat, wechat_runtime, asker, word)
+
+    assert question == t("conv.confirm_cancel", lang, summary=appointment_summary(wechat_runtime, case_id, lang))
+    assert state(wechat_runtime, case_id) == before  # nothing happens before the confirmation
+    say(wechat, wechat_runtime, asker, CONFIRM_CANCEL[lang])
+
+    case = case_of(wechat_runtime, case_id)
+    assert case.status is S.READY
+    assert [(a.slot_id, a.status) for a in case.appointments] == [(desk.slots[240], AppointmentStatus.CANCELLED)]
+    assert seats(wechat_runtime, desk.slots[240]) == (0,)
+    assert (state(wechat_runtime, case_id)["photos"], case.evidence_fingerprint) == \
+        (before["photos"], before["case"][3]), "the evidence stays for rebooking"
+    assert all(p.case_open for p in case.parties) and case.join_code
+    slot = desk.slots[240]
+    assert last(wechat, asker) == t("notice.cancelled.self", lang, **visit(wechat_runtime, case_id, lang, slot))
+    assert last(wechat, told) == t("notice.cancelled.other", "zh", **visit(wechat_runtime, case_id, "zh", slot))
+
+
+@pytest.mark.parametrize(("word", "role", "lang"), spread(CANCEL_WORDS), ids=ids(spread(CANCEL_WORDS)))
+def test_cancel_without_an_appointment_says_there_is_none_and_how_to_withdraw(wechat, wechat_runtime, desk, word,
+                                                                             role, lang):
+    case_id = seed(wechat_runtime, desk, S.READY if role is PartyRole.A else S.DRAFT)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    before = state(wechat_runtime, case_id)
+    key = "conv.nothing_to_cancel.reporter" if role is PartyRole.A else "conv.nothing_to_cancel.other"
+
+    assert say(wechat, wechat_runtime, OPENID[role], word) == t(key, lang)
+    assert say(wechat, wechat_runtime, OPENID[role], CONFIRM_CANCEL[lang]) == t("conv.nothing_to_confirm", lang)
+    assert state(wechat_runtime, case_id) == before
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_confirmation_counts_only_as_the_very_next_message(wechat, wechat_runtime, desk, lang):
+    case_id = seed(wechat_runtime, desk, S.BOOKED)
+    speak(wechat, wechat_runtime, A, lang)
+    before = state(wechat_runtime, case_id)
+
+    say(wechat, wechat_runtime, A, "取消")
+    say(wechat, wechat_runtime, A, "状态")
+    assert say(wechat, wechat_runtime, A, CONFIRM_CANCEL[lang]) == t("conv.nothing_to_confirm", lang)
+    assert state(wechat_runtime, case_id) == before
+
+
+# -- withdraw the whole case: the reporter only, confirmed ---------------------------------------------------------
+
+WITHDRAW_WORDS = ("撤案", "withdraw")
+CONFIRM_WITHDRAW = {"zh": "确认撤案", "en": "confirm withdraw"}
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("status", (S.DRAFT, S.BOOKED))
+@pytest.mark.parametrize("word", WITHDRAW_WORDS)
+def test_the_reporter_withdraws_the_case_after_confirming_and_both_are_told(wechat, wechat_runtime, desk, word,
+                                                                           status, lang):
+    case_id = seed(wechat_runtime, desk, status)
+    speak(wechat, wechat_runtime, A, lang)
+    before = state(wechat_runtime, case_id)
+    case_no = case_of(wechat_runtime, case_id).case_no
+
+    assert say(wechat, wechat_runtime, A, word) == t("conv.confirm_withdraw", lang, case_no=case_no)
+    assert state(wechat_runtime, case_id) == before
+    say(wechat, wechat_runtime, A, CONFIRM_WITHDRAW[lang])
+
+    case = case_of(wechat_runtime, case_id)
+    assert (case.status, case.join_code) == (S.CANCELLED, None)
+    assert [p.case_open for p in case.parties] == [False, False]
+    assert [a.status for a in case.appointments] == ([AppointmentStatus.CANCELLED] if status is S.BOOKED else [])
+    assert seats(wechat_runtime, desk.slots[240]) == (0,)
+    assert last(wechat, A) == t("notice.withdrawn.self", lang, case_no=case_no)
+    assert last(wechat, B) == t("notice.withdrawn.other", "zh", case_no=case_no)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("word", WITHDRAW_WORDS)
+def test_the_other_driver_cannot_withdraw_the_case(wechat, wechat_runtime, desk, word, lang):
+    case_id = seed(wechat_runtime, desk, S.BOOKED)
+    speak(wechat, wechat_runtime, B, lang)
+    before = state(wechat_runtime, case_id)
+
+    assert say(wechat, wechat_runtime, B, word) == t("conv.withdraw_reporter_only", lang)
+    assert say(wechat, wechat_runtime, B, CONFIRM_WITHDRAW[lang]) == t("conv.nothing_to_confirm", lang)
+    assert state(wechat_runtime, case_id) == before
+
+
+# -- retake N: one's own item, before booking ------------------------------------------------------------------
+
+RETAKE_WORDS = {"zh": "重拍 {n}", "en": "retake {n}"}
+
+
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_retake_of_an_own_item_asks_for_it_and_the_next_photo_replaces_it(wechat, wechat_runtime, desk, role, lang):
+    case_id = seed(wechat_runtime, desk, S.DRAFT, details=False)
+    sender = OPENID[role]
+    n = 2 if role is PartyRole.A else 4
+    speak(wechat, wechat_runtime, sender, lang)
+    old = {p.item: p.sha256 for p in case_of(wechat_runtime, case_id).photos}
+
+    assert say(wechat, wechat_runtime, sender, RETAKE_WORDS[lang].format(n=n)) == \
+        t("conv.retake_ask", lang, n=n, item=t(f"checklist.{ITEM_CODES[n]}", lang))
+    wechat.post_image(sender, photo(wechat, "again"))
+    drain(wechat_runtime)
+
+    case = case_of(wechat_runtime, case_id)
+    accepted = {p.item: p.sha256 for p in case.photos if p.status is PhotoStatus.ACCEPTED}
+    assert sorted(accepted) == [1, 2, 3, 4] and accepted[n] != old[n]
+    assert [p.item for p in case.photos if p.status is PhotoStatus.SUPERSEDED] == [n]
+    assert last(wechat, sender) == lines(t("conv.photo_replaced", lang, n=n), t("conv.ask_plate", lang))
+
+
+def own_list(role: PartyRole, lang: str) -> str:
+    return ("、" if lang == "zh" else ", ").join(map(str, OWN[role]))
+
+
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_retake_of_the_other_drivers_item_is_refused(wechat, wechat_runtime, desk, role, lang):
+    case_id = seed(wechat_runtime, desk, S.DRAFT, details=False)
+    n = 4 if role is PartyRole.A else 1
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    before = state(wechat_runtime, case_id)
+
+    assert say(wechat, wechat_runtime, OPENID[role], RETAKE_WORDS[lang].format(n=n)) == \
+        t("conv.retake_not_own", lang, n=n, own=own_list(role, lang))
+    assert state(wechat_runtime, case_id) == before
+
+
+@pytest.mark.parametrize(("word", "role", "lang"), spread(("重拍", "retake", "重拍 9")),
+                         ids=ids(spread(("重拍", "retake", "重拍 9"))))
+def test_retake_without_a_usable_number_asks_which_of_the_own_photos(wechat, wechat_runtime, desk, word, role, lang):
+    seed(wechat_runtime, desk, S.DRAFT)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    number = int(word.split()[-1]) if word[-1].isdigit() else None
+    assert say(wechat, wechat_runtime, OPENID[role], word) == \
+        t("conv.retake_which", lang, n=number, own=own_list(role, lang))
+
+
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_retake_after_booking_is_refused_as_sealed(wechat, wechat_runtime, desk, role, lang):
+    case_id = seed(wechat_runtime, desk, S.BOOKED)
+    n = OWN[role][0]
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    before = state(wechat_runtime, case_id)
+
+    assert say(wechat, wechat_runtime, OPENID[role], RETAKE_WORDS[lang].format(n=n)) == \
+        t("photos.reject.evidence_locked", lang)
+    assert state(wechat_runtime, case_id) == before
