@@ -18,7 +18,9 @@ import re
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
+from accident_service.db import Base, make_engine
 from accident_service.messages import text as t
 from accident_service.messages import time_window
 from accident_service.models import (
@@ -36,6 +38,7 @@ from accident_service.models import (
     WorkStatus,
 )
 from accident_service.notify.notices import evidence_number
+from tests import conftest
 from tests.support.chat import (
     LANGUAGES,
     OPENID,
@@ -60,6 +63,25 @@ from tests.support.live import drain
 S = CaseStatus
 ITEM_CODES = {1: "scene", 2: "collision", 3: "plate_a", 4: "plate_b"}
 OWN = {PartyRole.A: (1, 2, 3), PartyRole.B: (4,)}
+
+
+@pytest.fixture
+def database_url(tmp_path, _postgres_schema):
+    """As tests/conftest.py's, quicker on PostgreSQL, where this module's few hundred tests each commit dozens
+    of short transactions: commits do not wait for the disk (a crash of the test server loses nothing that
+    matters), and rows are deleted after each test rather than every table truncated (new files each time)."""
+    if _postgres_schema is None:
+        url = f"sqlite:///{tmp_path}/test.db"
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        yield url
+        return
+    yield make_url(conftest.POSTGRES_URL).update_query_dict({"options": "-c synchronous_commit=off"}) \
+        .render_as_string(hide_password=False)
+    with _postgres_schema.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())
 
 
 @pytest.fixture
@@ -999,9 +1021,14 @@ def test_a_slot_booked_within_the_reminder_lead_gets_no_reminder(wechat, wechat_
     assert any(t("notice.title.reminder", "zh") in m or "提醒" in m for m in wechat.messages_to(B)) is reminded
 
 
-@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
-def test_rescheduling_drops_the_pending_reminder_of_the_old_appointment(wechat, wechat_runtime, desk, clock, role,
-                                                                        lang):
+MOVES = {"改约": ("改约", "1"), "取消": ("取消", "确认取消"), "撤案": ("撤案", "确认撤案")}
+
+
+@pytest.mark.parametrize(("move", "role", "lang"), [("改约", PartyRole.A, "zh"), ("改约", PartyRole.B, "en"),
+                                                    ("改约", PartyRole.A, "en"), ("改约", PartyRole.B, "zh"),
+                                                    ("取消", PartyRole.B, "zh"), ("撤案", PartyRole.A, "en")])
+def test_moving_cancelling_or_withdrawing_drops_the_pending_reminder_of_the_old_appointment(
+        wechat, wechat_runtime, desk, clock, move, role, lang):
     from accident_service.booking.scheduled import send_due_reminders
     from accident_service.wechat.processing import run_inbox_once
 
@@ -1011,18 +1038,21 @@ def test_rescheduling_drops_the_pending_reminder_of_the_old_appointment(wechat, 
     assert send_due_reminders(wechat_runtime) == 1
     (old,) = case_of(wechat_runtime, case_id).appointments
     # The driver's messages are handled before the dispatcher gets to the reminders.
-    for message in ("改约", "1"):
+    for message in MOVES[move]:
         wechat.post_text(OPENID[role], message)
         run_inbox_once(wechat_runtime, "test-worker")
 
     assert reminder_rows(wechat_runtime) == [(f"reminder:{old.id}:A", WorkStatus.DROPPED),
                                              (f"reminder:{old.id}:B", WorkStatus.DROPPED)]
     case = case_of(wechat_runtime, case_id)
-    assert [(a.slot_id, a.status) for a in case.appointments] == \
-        [(desk.slots[240], AppointmentStatus.RESCHEDULED), (desk.slots[300], AppointmentStatus.BOOKED)]
+    expected = {"改约": [(desk.slots[240], AppointmentStatus.RESCHEDULED), (desk.slots[300], AppointmentStatus.BOOKED)],
+                "取消": [(desk.slots[240], AppointmentStatus.CANCELLED)],
+                "撤案": [(desk.slots[240], AppointmentStatus.CANCELLED)]}[move]
+    assert [(a.slot_id, a.status) for a in case.appointments] == expected
     drain(wechat_runtime)
     assert not any("提醒" in m or "Reminder" in m for m in wechat.messages_to(A) + wechat.messages_to(B))
-    assert last(wechat, OPENID[role]) == booked_notice(wechat_runtime, case_id, lang, "notice.rescheduled")
+    if move == "改约":
+        assert last(wechat, OPENID[role]) == booked_notice(wechat_runtime, case_id, lang, "notice.rescheduled")
 
 
 # -- more of the party rights: own items, simultaneous photos, rebooking ---------------------------------------------
@@ -1131,3 +1161,65 @@ def test_after_cancelling_either_driver_rebooks_with_the_same_evidence(wechat, w
     assert [(a.slot_id, a.status) for a in case.appointments] == \
         [(desk.slots[240], AppointmentStatus.CANCELLED), (desk.slots[240], AppointmentStatus.BOOKED)]
     assert reply == booked_notice(wechat_runtime, case_id, lang)
+
+
+# -- the desk asked for a photo again (retake_requested): only the party asked sends it ------------------------------
+
+
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_the_driver_the_desk_asked_sends_the_photo_again_and_both_get_the_new_evidence_number(
+        wechat, wechat_runtime, desk, role, lang):
+    case_id = seed(wechat_runtime, desk, S.RETAKE_REQUESTED, retake_owed=(role,))
+    asked = 2 if role is PartyRole.A else 4
+    other_item = 1 if role is PartyRole.A else 3
+    old = case_of(wechat_runtime, case_id)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    assert say(wechat, wechat_runtime, OPENID[role], RETAKE_WORDS[lang].format(n=other_item)) == \
+        t("conv.retake_ask", lang, n=asked, item=t(f"checklist.{ITEM_CODES[asked]}", lang))
+    wechat.post_image(OPENID[role], photo(wechat, "asked"))
+    drain(wechat_runtime)
+
+    case = case_of(wechat_runtime, case_id)
+    assert case.status is S.BOOKED and case.party(role).retake_item is None
+    assert [(a.slot_id, a.status) for a in case.appointments] == [(desk.slots[240], AppointmentStatus.BOOKED)]
+    assert case.evidence_fingerprint != old.evidence_fingerprint
+    replaced = {p.item: p.sha256 for p in case.photos if p.status is PhotoStatus.ACCEPTED}
+    assert replaced[asked] != {p.item: p.sha256 for p in old.photos}[asked]
+    number = evidence_number(case.evidence_fingerprint)
+    assert t("conv.photo_replaced", lang, n=asked) in wechat.messages_to(OPENID[role])[-2:]
+    for driver, reader in ((OPENID[role], lang), (OPENID[other(role)], "zh")):
+        assert t("notice.evidence_updated", reader, case_no=case.case_no, evidence_no=number) in \
+            wechat.messages_to(driver)[-2:]
+
+
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_a_photo_from_the_driver_the_desk_did_not_ask_is_refused_as_sealed(wechat, wechat_runtime, desk, role, lang):
+    case_id = seed(wechat_runtime, desk, S.RETAKE_REQUESTED, retake_owed=(other(role),))
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    before = state(wechat_runtime, case_id)
+
+    wechat.post_image(OPENID[role], photo(wechat, "unasked"))
+    drain(wechat_runtime)
+
+    assert last(wechat, OPENID[role]) == t("photos.reject.evidence_locked", lang)
+    assert state(wechat_runtime, case_id) == before
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: status in retake_requested does not say what is missing: the driver the desk asked for photo N "
+    "gets the state and the appointment only (Conversation.status in accident_service/wechat/conversation.py "
+    "shows the appointment summary whenever there is one, and guidance.next_step knows nothing of "
+    "Party.retake_item), though DESIGN §5 has status say 'current state, appointment, what is missing'"))
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_status_tells_the_driver_the_desk_asked_which_photo_to_send_again(wechat, wechat_runtime, desk, role, lang):
+    case_id = seed(wechat_runtime, desk, S.RETAKE_REQUESTED, retake_owed=(role,))
+    asked = 2 if role is PartyRole.A else 4
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], "状态")
+
+    assert reply.startswith(t("conv.status", lang, case_no=case_of(wechat_runtime, case_id).case_no,
+                              state=t("state.retake_requested", lang), detail=""))
+    assert appointment_summary(wechat_runtime, case_id, lang) in reply
+    assert t(f"checklist.{ITEM_CODES[asked]}", lang) in reply
