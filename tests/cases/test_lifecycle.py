@@ -60,6 +60,7 @@ from tests.conftest import T0
 from tests.support import case_rows
 from tests.support.case_rows import RETAKE_ITEM, Place, case_in
 
+pytestmark = pytest.mark.timeout(30)
 S = CaseStatus
 STAFF_USER = "officer-7"
 OWN_ITEM = {Actor.A: 1, Actor.B: 4}  # default checklist: items 1-3 are A's, item 4 is B's
@@ -307,7 +308,9 @@ def test_an_allowed_transition_does_what_the_table_says(session, settings, where
     assert (status, version) == (target, before["case"][1] + 1)
     assert [(e.action, e.before["status"], e.after["status"]) for e in events] == \
         [(f"case.{combo.name}", combo.status.value, target.value)]
-    assert events[0].actor_type == ("party" if combo.actor in PARTIES else combo.actor.value)
+    assert (events[0].actor_type, events[0].actor) == \
+        ("party" if combo.actor in PARTIES else combo.actor.value,
+         STAFF_USER if combo.actor is Actor.STAFF else combo.actor.value)
     assert sorted((n.kind, n.openid) for n in notices) == sorted((transition.notice, o) for o in told)
     assert all(n.dedupe_key.startswith(f"{transition.notice}:{events[0].id}:") for n in notices)
     check_appointments(combo, transition, before, after, active_before, where)

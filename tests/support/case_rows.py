@@ -92,10 +92,13 @@ def case_in(session: Session, status: CaseStatus, *, now: datetime, where: Place
 
     ``with_b``: party B joined; ``photos``: every checklist photo (of the parties
     present) accepted, or those items only; ``location``: the location given;
-    ``details``: plates and phones given (by every party, or by those roles). ``appointment``: its status (default: the one of ``status``, None: no
-    row); ``slot_id``: its slot (default ``where.slot_id``), whose seat it holds. ``retake_owed``: the roles
-    the desk asked a photo of (default: party A, item 2, in retake_requested).
-    ``sealed``: the evidence fingerprint is set (default: once booked).
+    ``details``: plates and phones given (by every party, or by those roles).
+    ``appointment``: its status (default: the one of ``status``; None: no row);
+    ``slot_id``: its slot (default ``where.slot_id``), whose seat it holds.
+    ``retake_owed``: the roles the desk asked a photo of (default in
+    retake_requested: party A, item 2). ``sealed``: the evidence fingerprint is
+    set (default: once booked). ``expires_at``: default two hours ahead while
+    collecting, else none. ``openids``: of A and B (default: unique ones).
     """
     n = next(_numbers)
     closed = status in CLOSED

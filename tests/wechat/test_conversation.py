@@ -60,6 +60,7 @@ from tests.support.chat import (
 )
 from tests.support.live import drain
 
+pytestmark = pytest.mark.timeout(60)
 S = CaseStatus
 ITEM_CODES = {1: "scene", 2: "collision", 3: "plate_a", 4: "plate_b"}
 OWN = {PartyRole.A: (1, 2, 3), PartyRole.B: (4,)}
@@ -273,7 +274,8 @@ def test_a_too_small_photo_asks_for_the_original_without_pixel_jargon(wechat, we
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
-def test_photos_a_and_b_send_at_the_same_moment_land_in_their_own_items(wechat, wechat_runtime, desk, lang):
+def test_photos_a_and_b_send_at_the_same_moment_land_in_their_own_items_one_after_the_other(wechat, wechat_runtime,
+                                                                                           desk, lang):
     case_id = seed(wechat_runtime, desk, S.DRAFT, photos=False, location=False, details=False)
     for openid in (A, B):
         speak(wechat, wechat_runtime, openid, lang)
