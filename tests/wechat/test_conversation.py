@@ -64,6 +64,7 @@ pytestmark = pytest.mark.timeout(60)
 S = CaseStatus
 ITEM_CODES = {1: "scene", 2: "collision", 3: "plate_a", 4: "plate_b"}
 OWN = {PartyRole.A: (1, 2, 3), PartyRole.B: (4,)}
+OTHER_LANGUAGE = {"zh": "en", "en": "zh"}
 
 
 @pytest.fixture
@@ -649,6 +650,7 @@ def test_reschedule_offers_the_asker_fresh_slots_and_moves_the_appointment_once_
     case_id = seed(wechat_runtime, desk, S.CONFIRMED if role is PartyRole.B else S.BOOKED)
     asker, told = OPENID[role], OPENID[other(role)]
     speak(wechat, wechat_runtime, asker, lang)
+    speak(wechat, wechat_runtime, told, OTHER_LANGUAGE[lang])  # each reads the notice in their own language
     before = state(wechat_runtime, case_id)
 
     offer = say(wechat, wechat_runtime, asker, word)
@@ -664,7 +666,8 @@ def test_reschedule_offers_the_asker_fresh_slots_and_moves_the_appointment_once_
         [(old, AppointmentStatus.RESCHEDULED), (new, AppointmentStatus.BOOKED)]
     assert seats(wechat_runtime, old, new) == (0, 1)
     assert reply == booked_notice(wechat_runtime, case_id, lang, "notice.rescheduled")
-    assert last(wechat, told) == booked_notice(wechat_runtime, case_id, "zh", "notice.rescheduled.other")
+    assert last(wechat, told) == booked_notice(wechat_runtime, case_id, OTHER_LANGUAGE[lang],
+                                               "notice.rescheduled.other")
 
 
 def seats(runtime, *slot_ids: int) -> tuple[int, ...]:
@@ -694,6 +697,7 @@ def test_cancel_asks_for_confirmation_then_frees_the_slot_keeps_the_case_and_tel
     case_id = seed(wechat_runtime, desk, S.BOOKED)
     asker, told = OPENID[role], OPENID[other(role)]
     speak(wechat, wechat_runtime, asker, lang)
+    speak(wechat, wechat_runtime, told, OTHER_LANGUAGE[lang])  # each reads the notice in their own language
     before = state(wechat_runtime, case_id)
     question = say(wechat, wechat_runtime, asker, word)
 
@@ -710,7 +714,9 @@ def test_cancel_asks_for_confirmation_then_frees_the_slot_keeps_the_case_and_tel
     assert all(p.case_open for p in case.parties) and case.join_code
     slot = desk.slots[240]
     assert last(wechat, asker) == t("notice.cancelled.self", lang, **visit(wechat_runtime, case_id, lang, slot))
-    assert last(wechat, told) == t("notice.cancelled.other", "zh", **visit(wechat_runtime, case_id, "zh", slot))
+    told_lang = OTHER_LANGUAGE[lang]
+    assert last(wechat, told) == t("notice.cancelled.other", told_lang,
+                                   **visit(wechat_runtime, case_id, told_lang, slot))
 
 
 @pytest.mark.parametrize(("word", "role", "lang"), spread(CANCEL_WORDS), ids=ids(spread(CANCEL_WORDS)))
@@ -1225,3 +1231,29 @@ def test_status_tells_the_driver_the_desk_asked_which_photo_to_send_again(wechat
                               state=t("state.retake_requested", lang), detail=""))
     assert appointment_summary(wechat_runtime, case_id, lang) in reply
     assert t(f"checklist.{ITEM_CODES[asked]}", lang) in reply
+
+
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_once_the_senders_part_is_done_they_are_told_what_the_other_driver_still_owes(wechat, wechat_runtime, desk,
+                                                                                     role, lang):
+    mine = OWN[role]
+    case_id = seed(wechat_runtime, desk, S.DRAFT, photos=mine, location=role is PartyRole.A, details=(role,))
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], "13500135000")
+
+    owes = ("photos", "location") if role is PartyRole.B else ("photos",)
+    assert reply in {lines(t("conv.phone_saved", lang, phone="13500135000"),
+                           t("conv.wait_other", lang, what=owed(lang, *owes, *details)))
+                     for details in (("plate", "phone"), ("phone", "plate"))}  # in either order
+    assert case_of(wechat_runtime, case_id).status is S.DRAFT
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_reporter_whose_part_is_done_waits_for_the_other_driver_with_the_join_code(wechat, wechat_runtime, desk,
+                                                                                      lang):
+    case_id = seed(wechat_runtime, desk, S.DRAFT, with_b=False)
+    speak(wechat, wechat_runtime, A, lang)
+    assert say(wechat, wechat_runtime, A, "13500135000") == \
+        lines(t("conv.phone_saved", lang, phone="13500135000"),
+              t("conv.wait_party_b", lang, join_code=case_of(wechat_runtime, case_id).join_code))
