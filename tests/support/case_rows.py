@@ -64,8 +64,9 @@ class Place:
         return self.slot_id, self.free_slot_id, self.started_slot_id
 
 
-def place(session: Session, now: datetime, *, code: str | None = None) -> Place:
-    """A station with three 30-minute slots of two seats: in 4 h, in 5 h, and one that started 10 minutes ago."""
+def place(session: Session, now: datetime, *, code: str | None = None, capacity: int = 2) -> Place:
+    """A station with three 30-minute slots (two seats each unless ``capacity``): in 4 h, in 5 h, and one that
+    started 10 minutes ago."""
     code = code or f"ST-{next(_numbers)}"
     station = Station(code=code, name=f"{code} 事故处理点", address=f"广州市 {code} 路 1 号", lat=ACCIDENT[0] + 0.01,
                       lng=ACCIDENT[1], timezone="Asia/Shanghai", opening_hours={}, holidays=[], closures=[],
@@ -73,7 +74,7 @@ def place(session: Session, now: datetime, *, code: str | None = None) -> Place:
     session.add(station)
     session.flush()
     made = [Slot(station_id=station.id, starts_at=now + offset, ends_at=now + offset + timedelta(minutes=30),
-                 capacity=2, booked=0)
+                 capacity=capacity, booked=0)
             for offset in (timedelta(hours=4), timedelta(hours=5), timedelta(minutes=-10))]
     session.add_all(made)
     session.flush()
