@@ -15,11 +15,14 @@ the slots at T0+45 min, +2 h and +4 h; booked cases hold the +4 h slot.
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from accident_service import create_app
+from accident_service.booking.scheduled import send_due_reminders
 from accident_service.db import Base, make_engine
 from accident_service.messages import text as t
 from accident_service.messages import time_window
@@ -38,6 +41,7 @@ from accident_service.models import (
     WorkStatus,
 )
 from accident_service.notify.notices import evidence_number
+from accident_service.wechat.processing import run_inbox_once
 from tests import conftest
 from tests.support.chat import (
     LANGUAGES,
@@ -89,8 +93,6 @@ def database_url(tmp_path, _postgres_schema):
 @pytest.fixture
 def live_app(wechat_runtime, wechat):
     """As tests/conftest.py's, on a server that stops without waiting out werkzeug's half-second poll."""
-    from accident_service import create_app
-
     server = QuickLiveServer(create_app(runtime=wechat_runtime)).start()
     wechat.callback_url = server.url + "/wechat"
     yield server
@@ -272,24 +274,6 @@ def test_a_too_small_photo_asks_for_the_original_without_pixel_jargon(wechat, we
     assert "原图" in reply if lang == "zh" else "original" in reply
     case = case_of(wechat_runtime, case_id)
     assert [(p.status, p.reject_code) for p in case.photos] == [(PhotoStatus.REJECTED, "too_small")]
-
-
-@pytest.mark.parametrize("lang", LANGUAGES)
-def test_photos_a_and_b_send_at_the_same_moment_land_in_their_own_items_one_after_the_other(wechat, wechat_runtime,
-                                                                                           desk, lang):
-    case_id = seed(wechat_runtime, desk, S.DRAFT, photos=False, location=False, details=False)
-    for openid in (A, B):
-        speak(wechat, wechat_runtime, openid, lang)
-    wechat.post_image(A, photo(wechat, "a"))
-    wechat.post_image(B, photo(wechat, "b"))
-    drain(wechat_runtime)  # both wait in the inbox, processed one after the other
-
-    case = case_of(wechat_runtime, case_id)
-    by_party = {p.role: p.id for p in case.parties}
-    assert sorted((p.item, p.party_id) for p in case.photos if p.status is PhotoStatus.ACCEPTED) == \
-        [(1, by_party[PartyRole.A]), (4, by_party[PartyRole.B])]
-    assert last(wechat, A) == lines(t("conv.photo_received", lang, received=1, total=3), ask_photo(2, lang, done=1))
-    assert last(wechat, B) == lines(t("conv.photo_received", lang, received=1, total=1), t("conv.ask_plate", lang))
 
 
 # -- location -----------------------------------------------------------------------------------------------------
@@ -1012,8 +996,6 @@ def reminder_rows(runtime) -> list[tuple[str, WorkStatus]]:
                          ids=("slot-in-45-min-no-reminder", "slot-in-2-h-reminded"))
 def test_a_slot_booked_within_the_reminder_lead_gets_no_reminder(wechat, wechat_runtime, desk, clock, number,
                                                                  minutes, reminded):
-    from accident_service.booking.scheduled import send_due_reminders
-
     assert wechat_runtime.settings.REMINDER_MINUTES == 60
     case_id = seed(wechat_runtime, desk, S.READY)
     say(wechat, wechat_runtime, A, "预约")
@@ -1037,9 +1019,6 @@ MOVES = {"改约": ("改约", "1"), "取消": ("取消", "确认取消"), "撤�
                                                     ("取消", PartyRole.B, "zh"), ("撤案", PartyRole.A, "en")])
 def test_moving_cancelling_or_withdrawing_drops_the_pending_reminder_of_the_old_appointment(
         wechat, wechat_runtime, desk, clock, move, role, lang):
-    from accident_service.booking.scheduled import send_due_reminders
-    from accident_service.wechat.processing import run_inbox_once
-
     case_id = seed(wechat_runtime, desk, S.BOOKED)  # the +4 h slot
     speak(wechat, wechat_runtime, OPENID[role], lang)
     clock.advance(minutes=4 * 60 - 50)
@@ -1066,40 +1045,43 @@ def test_moving_cancelling_or_withdrawing_drops_the_pending_reminder_of_the_old_
 # -- more of the party rights: own items, simultaneous photos, rebooking ---------------------------------------------
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
-def test_photos_a_and_b_send_at_the_same_moment_land_in_their_own_items_with_two_workers(wechat, wechat_runtime,
-                                                                                        desk, lang):
-    import threading
-
-    from accident_service.wechat.processing import run_inbox_once
-
-    case_id = seed(wechat_runtime, desk, S.DRAFT, photos=False, location=False, details=False)
-    for openid in (A, B):
-        speak(wechat, wechat_runtime, openid, lang)
-    wechat.post_image(A, photo(wechat, "a"))
-    wechat.post_image(B, photo(wechat, "b"))
-    barrier = threading.Barrier(2)
+def process_at_once(runtime, workers: int) -> None:
+    """``workers`` inbox workers, each taking one message, started at the same moment."""
+    barrier = threading.Barrier(workers)
     errors: list[BaseException] = []
 
     def work(worker_id: str) -> None:
         try:
             barrier.wait(timeout=10)
-            run_inbox_once(wechat_runtime, worker_id, limit=1)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
+            run_inbox_once(runtime, worker_id, limit=1)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
             errors.append(exc)
 
-    workers = [threading.Thread(target=work, args=(f"worker-{n}",)) for n in (1, 2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=30)
-    assert errors == [] and not any(worker.is_alive() for worker in workers)
+    threads = [threading.Thread(target=work, args=(f"worker-{n}",)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == [] and not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("workers", (1, 2), ids=("one-worker-in-turn", "two-workers-at-once"))
+def test_photos_a_and_b_send_at_the_same_moment_land_in_their_own_items(wechat, wechat_runtime, desk, workers, lang):
+    case_id = seed(wechat_runtime, desk, S.DRAFT, photos=False, location=False, details=False)
+    for openid in (A, B):
+        speak(wechat, wechat_runtime, openid, lang)
+    wechat.post_image(A, photo(wechat, "a"))
+    wechat.post_image(B, photo(wechat, "b"))
+    if workers > 1:
+        process_at_once(wechat_runtime, workers)
     drain(wechat_runtime)
 
     case = case_of(wechat_runtime, case_id)
     by_party = {p.role: p.id for p in case.parties}
     assert sorted((p.item, p.party_id) for p in case.photos if p.status is PhotoStatus.ACCEPTED) == \
         [(1, by_party[PartyRole.A]), (4, by_party[PartyRole.B])]
+    assert last(wechat, A) == lines(t("conv.photo_received", lang, received=1, total=3), ask_photo(2, lang, done=1))
     assert last(wechat, B) == lines(t("conv.photo_received", lang, received=1, total=1), t("conv.ask_plate", lang))
 
 
