@@ -12,7 +12,8 @@ A case is created in draft by its reporter (``cases.service.start_case``);
 everything after that is here. Entries that change no status (a party's
 photo, plate or location) are in the table too, so "who may change what, and
 when" has one answer: evidence and details are sealed once a case is booked.
-The README ("Party rights") explains the choices to a desk officer.
+The README ("The case lifecycle and the parties' rights") explains the choices
+to a desk officer.
 """
 
 from __future__ import annotations

@@ -111,10 +111,10 @@ def missing(case: Case, settings: Settings) -> Missing:
     photos = tuple((owner_of_item(settings, n), n) for n in range(1, len(settings.PHOTO_CHECKLIST) + 1)
                    if n not in have)
     details: list[tuple[PartyRole, str]] = []
-    for party in case.parties:
+    for party in sorted(case.parties, key=lambda p: p.role.value):  # A's before B's, each plate before phone
         details += [(party.role, name) for name in ("plate", "phone") if not getattr(party, name)]
     return Missing(photos=photos, location=case.location_lat is None, party_b=case.party(PartyRole.B) is None,
-                   details=tuple(sorted(details)))
+                   details=tuple(details))
 
 
 def evidence_fingerprint(case: Case) -> str:

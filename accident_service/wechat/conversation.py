@@ -141,14 +141,25 @@ class Conversation:
 
     def not_understood(self) -> None:
         """Mid-case, say what is expected now rather than the general help."""
-        step = ""
-        if self.case is not None and self.party is not None and self.case.status in cases.COLLECTING_STATUSES:
-            step = next_step(self.case, self.party, self.settings, self.language)[0]
+        step = self._what_now()
         if step:
             self.say("conv.not_understood")
             self.say_text(step)
         else:
             self.say("conv.help")
+
+    def _what_now(self) -> str:
+        """One line on what the sender is to do now in their case ("" without a case, or a closed one)."""
+        case, party = self.case, self.party
+        if case is None or party is None:
+            return ""
+        if case.status is CaseStatus.RETAKE_REQUESTED and party.retake_item:
+            return messages.text("conv.retake_ask", self.language, n=party.retake_item,
+                                 item=item_name(self.settings, party.retake_item, self.language))
+        if case.status in cases.COLLECTING_STATUSES:
+            step = next_step(case, party, self.settings, self.language)[0]
+            return step or messages.text("conv.ready_hint", self.language)
+        return offers.appointment_summary(case, self.language) or ""
 
     # -- starting and joining -------------------------------------------------
 
@@ -286,7 +297,10 @@ class Conversation:
     # -- booking --------------------------------------------------------------
 
     def choose(self, number: int) -> None:
-        if self.case is None or self.party is None or not self.party.offered_slot_ids:
+        if self.case is None or self.party is None:
+            self.say("conv.no_case")
+            return
+        if not self.party.offered_slot_ids:
             self.say("conv.choice_without_offer")
             return
         try:
@@ -362,8 +376,9 @@ class Conversation:
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        detail = offers.appointment_summary(self.case, self.language) \
-            or next_step(self.case, self.party, self.settings, self.language)[0]
+        summary = offers.appointment_summary(self.case, self.language)
+        what_now = self._what_now()
+        detail = summary if what_now in ("", summary) else "\n".join(filter(None, (summary, what_now)))
         self.say("conv.status", case_no=self.case.case_no,
                  state=messages.text(f"state.{self.case.status.value}", self.language), detail=detail)
 

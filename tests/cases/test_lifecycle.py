@@ -337,7 +337,8 @@ def test_an_allowed_transition_does_what_the_table_says(session, settings, where
         ("party" if combo.actor in PARTIES else combo.actor.value,
          STAFF_USER if combo.actor is Actor.STAFF else combo.actor.value)
     assert sorted((n.kind, n.openid) for n in notices) == sorted((transition.notice, o) for o in told)
-    assert all(n.dedupe_key.startswith(f"{transition.notice}:{events[0].id}:") for n in notices)
+    # The case's new version names the change in the notices' dedupe keys: written once per transition.
+    assert all(n.dedupe_key.startswith(f"{transition.notice}:{case.id}.{version}:") for n in notices)
     check_appointments(combo, transition, before, after, active_before, where)
     if target in CLOSED_STATUSES:
         assert after["case"][2] is None, "the join code is released"

@@ -54,7 +54,7 @@ def test_missing_lists_what_the_case_still_needs_by_party(runtime):
     with runtime.unit_of_work() as session:
         gap = service.missing(session.get(Case, case_id), runtime.settings)
     assert gap.photos_of(PartyRole.A) == [2, 3] and gap.photos_of(PartyRole.B) == [4]
-    assert gap.location and gap.party_b and gap.details_of(PartyRole.A) == ["phone", "plate"]
+    assert gap.location and gap.party_b and gap.details_of(PartyRole.A) == ["plate", "phone"]
     assert not gap.is_empty
 
 

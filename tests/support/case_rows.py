@@ -29,6 +29,7 @@ from accident_service.models import (
     Slot,
     Station,
 )
+from accident_service.notify import allowance
 from accident_service.settings import Settings
 
 S = CaseStatus
@@ -88,7 +89,7 @@ def case_in(session: Session, status: CaseStatus, *, now: datetime, where: Place
             appointment: AppointmentStatus | None | str = "default", slot_id: int | None = None,
             retake_owed: tuple[PartyRole, ...] | None = None, sealed: bool | None = None,
             expires_at: datetime | None | str = "default", languages: tuple[str, str] = ("zh", "zh"),
-            openids: tuple[str, str] | None = None) -> Case:
+            openids: tuple[str, str] | None = None, acted: bool = True) -> Case:
     """A case in ``status`` as the service leaves it; the keywords change one aspect.
 
     ``with_b``: party B joined; ``photos``: every checklist photo (of the parties
@@ -100,6 +101,8 @@ def case_in(session: Session, status: CaseStatus, *, now: datetime, where: Place
     retake_requested: party A, item 2). ``sealed``: the evidence fingerprint is
     set (default: once booked). ``expires_at``: default two hours ahead while
     collecting, else none. ``openids``: of A and B (default: unique ones).
+    ``acted``: both drivers wrote to the account five minutes ago, as they did to
+    get here (the allowance ledger knows; texts to them may go).
     """
     n = next(_numbers)
     closed = status in CLOSED
@@ -124,6 +127,9 @@ def case_in(session: Session, status: CaseStatus, *, now: datetime, where: Place
                                   joined_at=now - timedelta(minutes=20)))
     session.add(case)
     session.flush()
+    if acted and not closed:
+        for party in case.parties:
+            allowance.record_action(session, party.openid, "message", now - timedelta(minutes=5))
     if photos:
         for party in case.parties:
             for item in cases.items_of(settings, party.role):
