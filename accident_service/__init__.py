@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
+from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from accident_service.errors import ServiceError
 from accident_service.logs import configure_logging
 from accident_service.runtime import Runtime, build_runtime
@@ -47,6 +48,14 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError):
         return jsonify(exc.to_dict()), exc.http_status
+
+    def _database_unavailable(exc: Exception):
+        # Not the HTML 500: a JSON 503 the caller can retry on (the webhook answers in plain text).
+        app.logger.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
+        return _service_error(DatabaseUnavailable())
+
+    for error in UNAVAILABLE_ERRORS:
+        app.register_error_handler(error, _database_unavailable)
 
     return app
 

@@ -82,6 +82,9 @@ class Settings:
     SMS_SIGN_NAME: str
     SMS_REGION: str
     SMS_ENDPOINT_URL: str
+    SCHEDULER_METRICS_PORT: int
+    WECHAT_MEDIA_PER_MINUTE: int
+    WECHAT_MEDIA_PER_HOUR: int
     templates: Mapping[str, str] = field(default_factory=dict)
     sms_templates: Mapping[str, str] = field(default_factory=dict)
 
@@ -297,6 +300,9 @@ def number_ranges() -> dict[str, NumberRange]:
         "SLOT_GENERATION_DAYS": NumberRange(1, 366),
         "JOIN_QR_EXPIRE_SECONDS": NumberRange(1, 30 * day, why="WeChat's temporary QR codes last 30 days"),
         "RETAKE_DEADLINE_MINUTES": NumberRange(1, week_minutes, why="7 days"),
+        "SCHEDULER_METRICS_PORT": NumberRange(0, 65535, why="0 serves no metrics"),
+        "WECHAT_MEDIA_PER_MINUTE": NumberRange(0, 10000, why="0 sets no limit"),
+        "WECHAT_MEDIA_PER_HOUR": NumberRange(0, 100000, why="0 sets no limit"),
     }
 
 

@@ -76,7 +76,7 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
             case = session.get(Case, row.case_id)
             for name, value in case_updates.items() if case is not None else ():
                 setattr(case, name, value)
-    metrics.NOTIFICATIONS.labels(row.kind, "sent").inc()
+    metrics.SENDS.labels("wechat", row.kind, "sent").inc()
 
 
 def _recipient_language_now(session: Session, row: Notification) -> str:
@@ -134,6 +134,7 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, exc: WeC
                         status=WorkStatus.FAILED if give_up else WorkStatus.PENDING, last_error=error,
                         next_attempt_at=now + leases.backoff(row.attempts))
     outcome = "gave_up" if give_up else "retry"
-    metrics.NOTIFICATIONS.labels(row.kind, outcome).inc()
+    metrics.SENDS.labels("wechat", row.kind, outcome).inc()
     if give_up:
+        metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(exc.errcode, permanent=exc.permanent)).inc()
         log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)

@@ -1,0 +1,189 @@
+"""Dead database connections: replaced at checkout, retried once before COMMIT, never after; 503 when it stays down.
+
+The PostgreSQL tests end the app's server processes for real (``pg_terminate_backend``)
+from a connection of their own, as a server restart or an operator would.
+"""
+
+from __future__ import annotations
+
+import pytest
+from flask import jsonify
+from sqlalchemy import event, func, select, text
+
+from accident_service import create_app
+from accident_service.db import DatabaseUnavailable, make_engine, make_session_factory, run_in_transaction, unit_of_work
+from accident_service.models import AuditEvent
+from accident_service.runtime import build_runtime
+from accident_service.settings import load_settings
+from tests.conftest import T0
+from tests.support.servers import free_port
+
+postgres_only = pytest.mark.postgres_only
+
+
+def terminate(database_url: str, pid: int) -> None:
+    admin = make_engine(database_url)
+    try:
+        with admin.connect() as connection:
+            assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    finally:
+        admin.dispose()
+
+
+def audit_rows(sessions, action: str) -> int:
+    with unit_of_work(sessions) as session:
+        return session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == action))
+
+
+def add_audit(session, action: str) -> None:
+    session.add(AuditEvent(at=T0, actor_type="system", actor=None, action=action))
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@postgres_only
+def test_no_round_trip_is_spent_on_a_pre_ping(engine):
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: statements.append(statement))
+    for _ in range(3):
+        with unit_of_work(make_session_factory(engine)) as session:
+            session.execute(text("SELECT 1 AS probe"))
+    assert statements == ["SELECT 1 AS probe"] * 3  # no ping between checkouts
+    assert engine.pool._pre_ping is False
+
+
+@postgres_only
+def test_a_connection_the_server_closed_while_idle_is_replaced_at_checkout(engine, database_url):
+    sessions = make_session_factory(engine)
+    with unit_of_work(sessions) as session:
+        first_pid = session.scalar(text("SELECT pg_backend_pid()"))
+    terminate(database_url, first_pid)  # the connection now sits dead in the pool
+
+    with unit_of_work(sessions) as session:  # a plain unit of work, no retry: the pool noticed
+        add_audit(session, "idle-death")
+        assert session.scalar(text("SELECT pg_backend_pid()")) != first_pid
+    assert audit_rows(sessions, "idle-death") == 1
+
+
+@postgres_only
+def test_a_connection_lost_before_commit_is_retried_once_on_a_fresh_connection(engine, database_url):
+    sessions = make_session_factory(engine)
+    attempts: list[int] = []
+
+    def work(session):
+        pid = session.scalar(text("SELECT pg_backend_pid()"))
+        attempts.append(pid)
+        if len(attempts) == 1:
+            terminate(database_url, pid)  # dies mid-transaction, after its first statement
+        add_audit(session, "retried")
+        session.flush()
+        return "done"
+
+    assert run_in_transaction(sessions, work) == "done"
+    assert len(attempts) == 2 and attempts[0] != attempts[1]
+    assert audit_rows(sessions, "retried") == 1
+
+
+@postgres_only
+def test_a_connection_lost_during_commit_is_not_retried(engine, database_url):
+    """The COMMIT may have reached the server: running the work again could apply it twice."""
+    sessions = make_session_factory(engine)
+    calls: list[int] = []
+
+    def kill_before_commit(connection) -> None:
+        terminate(database_url, connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+
+    event.listen(engine, "commit", kill_before_commit)
+
+    def work(session):
+        calls.append(1)
+        add_audit(session, "ambiguous")
+
+    with pytest.raises(DatabaseUnavailable):
+        run_in_transaction(sessions, work)
+    event.remove(engine, "commit", kill_before_commit)
+    assert calls == [1]
+    assert audit_rows(sessions, "ambiguous") == 0  # here the server never saw the COMMIT
+
+
+@postgres_only
+def test_a_connection_lost_on_the_retry_too_is_database_unavailable(engine, database_url):
+    sessions = make_session_factory(engine)
+    calls: list[int] = []
+
+    def work(session):
+        calls.append(1)
+        terminate(database_url, session.scalar(text("SELECT pg_backend_pid()")))
+        session.execute(text("SELECT 1"))
+
+    with pytest.raises(DatabaseUnavailable):
+        run_in_transaction(sessions, work)
+    assert len(calls) == 2
+
+
+def test_other_errors_are_neither_retried_nor_called_unavailable(engine):
+    calls: list[int] = []
+
+    def work(session):
+        calls.append(1)
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_in_transaction(make_session_factory(engine), work)
+    assert calls == [1]
+
+
+def closed_port_url() -> str:
+    return f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+
+
+def test_an_unreachable_database_is_database_unavailable():
+    engine = make_engine(closed_port_url())
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            run_in_transaction(make_session_factory(engine), lambda session: session.execute(text("SELECT 1")))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def unreachable_app(settings_overrides, clock):
+    runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": closed_port_url(),
+                                           "WECHAT_TOKEN": "t"}, environ={}), clock=clock)
+    app = create_app(runtime=runtime)
+
+    @app.get("/test-json")
+    def _json_view():  # any JSON endpoint that reads the database
+        with runtime.unit_of_work() as session:
+            return jsonify(value=session.scalar(text("SELECT 1")))
+
+    yield app
+    runtime.close()
+
+
+def test_the_webhook_answers_503_in_plain_text_when_the_database_is_unreachable(unreachable_app):
+    from tests.wechat.test_webhook import sha1_sorted, text_message
+
+    query = {"timestamp": "1700000000", "nonce": "42", "signature": sha1_sorted("t", "1700000000", "42")}
+    response = unreachable_app.test_client().post("/wechat", query_string=query, data=text_message().encode(),
+                                                  content_type="text/xml")
+    assert response.status_code == 503
+    assert response.mimetype == "text/plain" and b"<html" not in response.data.lower()
+
+
+def test_json_endpoints_answer_a_json_503_when_the_database_is_unreachable(unreachable_app):
+    response = unreachable_app.test_client().get("/test-json")
+    assert response.status_code == 503
+    assert response.json["error"] == "database_unavailable"
+
+
+def test_metrics_still_answer_when_the_database_is_unreachable(unreachable_app):
+    response = unreachable_app.test_client().get("/metrics")
+    assert response.status_code == 200
+    assert b"accident_webhook_requests_total" in response.data
+    assert b"accident_database_up 0.0" in response.data
