@@ -8,7 +8,7 @@ Dead connections: there is no pool pre-ping (a round trip on every checkout).
 A pooled PostgreSQL connection whose server hung up while it sat idle is
 dropped at checkout by a look at its socket (no round trip); one that dies
 while in use fails its statement, and :func:`run_in_transaction` runs the
-unit of work once more on a fresh connection when nothing can have been
+transaction once more on a fresh connection when nothing can have been
 committed. A database that stays unreachable raises :class:`DatabaseUnavailable`
 (HTTP 503, mapped once in the app factory).
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -158,43 +158,37 @@ class DatabaseUnavailable(ServiceError):
 UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.TimeoutError)
 
 
-def run_in_transaction(session_factory: sessionmaker[Session], work: Callable[[Session], T]) -> T:
-    """``work(session)`` in one unit of work (commit, or roll back on error), and its result.
+def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(connection)`` in one transaction (committed, or rolled back on error), and its result.
 
-    When the connection dies before COMMIT is sent, nothing of the attempt can have been kept,
-    so ``work`` runs once more on a fresh connection: keep it to database work. A connection
-    lost during COMMIT is never retried (the transaction may have committed). Raises
-    DatabaseUnavailable when the database cannot be reached or the retry fails too.
+    Core, not a Session: the webhook runs this on every push, and a Session's bookkeeping
+    costs more than the statement. When the connection dies before COMMIT is sent, nothing
+    of the attempt can have been kept, so ``work`` runs once more on a fresh connection:
+    keep it to database work. A connection lost during COMMIT is never retried (the
+    transaction may have committed). Raises DatabaseUnavailable when the database cannot be
+    reached or the retry fails too.
     """
     for attempt in (1, 2):
-        session = session_factory()
         committing = False
         try:
-            result = work(session)
-            session.flush()
-            committing = True  # from here on the server may have kept the transaction
-            session.commit()
+            with engine.connect() as connection:
+                transaction = connection.begin()
+                result = work(connection)
+                committing = True  # from here on the server may have kept the transaction
+                transaction.commit()
             return result
         except sa_exc.DBAPIError as exc:
-            session.rollback()
             if exc.connection_invalidated and not committing and attempt == 1:
-                log.warning("database connection lost before commit (%s); running the unit of work again",
+                log.warning("database connection lost before commit (%s); running the transaction again",
                             type(exc.orig).__name__)
                 continue
             if isinstance(exc, UNAVAILABLE_ERRORS):
                 raise DatabaseUnavailable() from exc
             raise
         except sa_exc.TimeoutError as exc:  # no connection free in the pool
-            session.rollback()
             raise DatabaseUnavailable() from exc
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def is_postgres(session_or_engine: Session | Engine) -> bool:
-    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
-    return bind.dialect.name == "postgresql"
+def is_postgres(bind: Session | Engine | Connection) -> bool:
+    return (bind.get_bind() if isinstance(bind, Session) else bind).dialect.name == "postgresql"

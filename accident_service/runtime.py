@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from accident_service.clock import Clock, SystemClock
@@ -36,10 +36,10 @@ class Runtime:
         with unit_of_work(self.session_factory) as session:
             yield session
 
-    def transaction(self, work: Callable[[Session], T]) -> T:
-        """``work(session)`` in one unit of work, run again on a fresh connection if the first
+    def transaction(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction, run again on a fresh connection if the first
         died before COMMIT (see accident_service.db.run_in_transaction)."""
-        return run_in_transaction(self.session_factory, work)
+        return run_in_transaction(self.engine, work)
 
     @functools.cached_property
     def wechat(self):  # -> accident_service.wechat.client.WeChatApi

@@ -70,29 +70,30 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_at_checkout(engin
     assert audit_rows(sessions, "idle-death") == 1
 
 
+def insert_audit(connection, action: str) -> None:
+    connection.execute(AuditEvent.__table__.insert().values(at=T0, actor_type="system", actor=None, action=action))
+
+
 @postgres_only
 def test_a_connection_lost_before_commit_is_retried_once_on_a_fresh_connection(engine, database_url):
-    sessions = make_session_factory(engine)
     attempts: list[int] = []
 
-    def work(session):
-        pid = session.scalar(text("SELECT pg_backend_pid()"))
+    def work(connection):
+        pid = connection.scalar(text("SELECT pg_backend_pid()"))
         attempts.append(pid)
         if len(attempts) == 1:
             terminate(database_url, pid)  # dies mid-transaction, after its first statement
-        add_audit(session, "retried")
-        session.flush()
+        insert_audit(connection, "retried")
         return "done"
 
-    assert run_in_transaction(sessions, work) == "done"
+    assert run_in_transaction(engine, work) == "done"
     assert len(attempts) == 2 and attempts[0] != attempts[1]
-    assert audit_rows(sessions, "retried") == 1
+    assert audit_rows(make_session_factory(engine), "retried") == 1
 
 
 @postgres_only
 def test_a_connection_lost_during_commit_is_not_retried(engine, database_url):
     """The COMMIT may have reached the server: running the work again could apply it twice."""
-    sessions = make_session_factory(engine)
     calls: list[int] = []
 
     def kill_before_commit(connection) -> None:
@@ -100,42 +101,43 @@ def test_a_connection_lost_during_commit_is_not_retried(engine, database_url):
 
     event.listen(engine, "commit", kill_before_commit)
 
-    def work(session):
+    def work(connection):
         calls.append(1)
-        add_audit(session, "ambiguous")
+        insert_audit(connection, "ambiguous")
 
     with pytest.raises(DatabaseUnavailable):
-        run_in_transaction(sessions, work)
+        run_in_transaction(engine, work)
     event.remove(engine, "commit", kill_before_commit)
     assert calls == [1]
-    assert audit_rows(sessions, "ambiguous") == 0  # here the server never saw the COMMIT
+    assert audit_rows(make_session_factory(engine), "ambiguous") == 0  # here the server never saw the COMMIT
 
 
 @postgres_only
 def test_a_connection_lost_on_the_retry_too_is_database_unavailable(engine, database_url):
-    sessions = make_session_factory(engine)
     calls: list[int] = []
 
-    def work(session):
+    def work(connection):
         calls.append(1)
-        terminate(database_url, session.scalar(text("SELECT pg_backend_pid()")))
-        session.execute(text("SELECT 1"))
+        terminate(database_url, connection.scalar(text("SELECT pg_backend_pid()")))
+        connection.execute(text("SELECT 1"))
 
     with pytest.raises(DatabaseUnavailable):
-        run_in_transaction(sessions, work)
+        run_in_transaction(engine, work)
     assert len(calls) == 2
 
 
 def test_other_errors_are_neither_retried_nor_called_unavailable(engine):
     calls: list[int] = []
 
-    def work(session):
+    def work(connection):
         calls.append(1)
+        insert_audit(connection, "rolled back")
         raise KeyError("a bug")
 
     with pytest.raises(KeyError):
-        run_in_transaction(make_session_factory(engine), work)
+        run_in_transaction(engine, work)
     assert calls == [1]
+    assert audit_rows(make_session_factory(engine), "rolled back") == 0
 
 
 def closed_port_url() -> str:
@@ -146,7 +148,7 @@ def test_an_unreachable_database_is_database_unavailable():
     engine = make_engine(closed_port_url())
     try:
         with pytest.raises(DatabaseUnavailable):
-            run_in_transaction(make_session_factory(engine), lambda session: session.execute(text("SELECT 1")))
+            run_in_transaction(engine, lambda connection: connection.execute(text("SELECT 1")))
     finally:
         engine.dispose()
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, select, true
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -53,8 +53,8 @@ def dedupe_key_for(message) -> str:
     return f"evt:{message.source}:{message.time}:{event}"
 
 
-def store_inbound(session: Session, message, xml_text: str, now: datetime, *, not_before: datetime | None = None,
-                  signed: replay.SignedBody | None = None) -> int | None:
+def store_inbound(connection: Connection, message, xml_text: str, now: datetime, *,
+                  not_before: datetime | None = None, signed: replay.SignedBody | None = None) -> int | None:
     """Insert the push and return its row id; None when it is a retry of one already stored.
 
     The UNIQUE dedupe key settles concurrent retries (ON CONFLICT DO NOTHING). ``not_before``
@@ -65,14 +65,13 @@ def store_inbound(session: Session, message, xml_text: str, now: datetime, *, no
     values = {"dedupe_key": dedupe_key_for(message), "openid": str(message.source)[:64],
               "msg_type": msg_type_of(message)[:32], "payload": xml_text, "received_at": now,
               "status": WorkStatus.PENDING, "attempts": 0, "next_attempt_at": not_before or now}
-    connection = session.connection()
-    postgres = is_postgres(session)
+    postgres = is_postgres(connection)
     if signed is None:
         return connection.execute(_insert_inbound(postgres), values).scalar()
     if postgres:
         first_body, row_id = connection.execute(_insert_signed_inbound(), {**values, **signed.params()}).one()
     else:  # no data-modifying CTEs in SQLite, whose statements cost no round trip anyway
-        first_body = replay.record(connection, signed, postgres=False)
+        first_body = replay.first_body_for_signature(connection, signed)
         row_id = connection.execute(_insert_inbound(postgres), values).scalar() if first_body else None
     if not first_body:
         raise replay.SignatureReused()

@@ -50,13 +50,9 @@ class SignedBody:
                 "seen_at": self.seen_at}
 
 
-def first_body_for_signature(session: Session, signed: SignedBody) -> bool:
+def first_body_for_signature(connection: Connection, signed: SignedBody) -> bool:
     """Record the body signed with (timestamp, nonce); False if another body came under it before."""
-    return record(session.connection(), signed, postgres=is_postgres(session))
-
-
-def record(connection: Connection, signed: SignedBody, *, postgres: bool) -> bool:
-    return connection.execute(signature_upsert(postgres), signed.params()).first() is not None
+    return connection.execute(signature_upsert(is_postgres(connection)), signed.params()).first() is not None
 
 
 @functools.cache

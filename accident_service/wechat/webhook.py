@@ -68,8 +68,8 @@ def receive():
         return _success()
     now = runtime.clock.now()
     try:
-        row_id = runtime.transaction(lambda session: inbox.store_inbound(session, message, xml_text, now,
-                                                                         signed=signed))
+        row_id = runtime.transaction(lambda connection: inbox.store_inbound(connection, message, xml_text, now,
+                                                                            signed=signed))
     except replay.SignatureReused:
         _refuse_reused_signature()
     outcome = "stored" if row_id else "duplicate"
@@ -147,7 +147,7 @@ def _signed_body(runtime, body: bytes) -> replay.SignedBody | None:
 
 def _record_signature_alone(runtime, signed: replay.SignedBody) -> None:
     """A push refused or ignored still uses up its signature; 403 if another body came under it first."""
-    if not runtime.transaction(lambda session: replay.first_body_for_signature(session, signed)):
+    if not runtime.transaction(lambda connection: replay.first_body_for_signature(connection, signed)):
         _refuse_reused_signature()
 
 

@@ -38,7 +38,7 @@ def push(runtime, openid: str = "oDriverA", *, msg_id: int | None = None) -> int
            f"</FromUserName><CreateTime>1764036000</CreateTime><MsgType><![CDATA[text]]></MsgType>"
            f"<Content><![CDATA[message {msg_id}]]></Content><MsgId>{msg_id}</MsgId></xml>")
     with runtime.unit_of_work() as session:
-        row_id = inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now())
+        row_id = inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now())
         assert row_id is not None
         return row_id
 
@@ -77,7 +77,7 @@ def test_store_inbound_refuses_a_retry_of_the_same_push(runtime):
     push(runtime, msg_id=42)
     xml = load(runtime, 1).payload
     with runtime.unit_of_work() as session:
-        assert inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now()) is None
+        assert inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now()) is None
     with runtime.unit_of_work() as session:
         assert session.scalar(select(func.count()).select_from(InboundMessage)) == 1
 
