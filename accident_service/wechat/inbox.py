@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, select, true
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from accident_service import leases, metrics
 from accident_service.db import is_postgres
@@ -128,15 +128,22 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
 
         return leases.claim(session, InboundMessage, worker_id, now=now,
                             lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id,
-                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS, may_overtake=_text_past_a_waiting_photo,
+                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS,
+                            may_overtake=_past_photos_held_up_by_an_outage,
                             on_failed=failed if on_give_up is not None else None,
                             waiting_until=InboundMessage.waiting_until)
 
 
-def _text_past_a_waiting_photo(earlier, row):
-    """A driver's texts and events need not wait behind a photo that waits out an outage; photos do
-    (they fill the checklist in the order they were sent)."""
-    return and_(earlier.waiting_until.is_not(None), row.msg_type != "image")
+def _past_photos_held_up_by_an_outage(earlier, row):
+    """A driver's texts and events need not wait behind photos held up by an outage: the first one
+    waiting it out (``waiting_until`` set) and every photo sent after it, which waits its turn
+    behind that one. Photos keep their order among themselves (they fill the checklist in the
+    order they were sent)."""
+    waiting = aliased(InboundMessage)
+    return and_(row.msg_type != "image", earlier.msg_type == "image",
+                exists().where(waiting.openid == earlier.openid, waiting.id <= earlier.id,
+                               waiting.msg_type == "image", waiting.waiting_until.is_not(None),
+                               waiting.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
 
 
 def _run_give_up_hook(hook: GiveUpHook | None, session: Session, row: InboundMessage, now: datetime) -> None:
