@@ -67,7 +67,7 @@ def _register_blueprints(app: Flask) -> None:
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(storage_views.bp)
-    app.register_blueprint(webhook.bp)
+    webhook.init_app(app)
 
 
 def _migrate_or_explain(settings: Settings) -> None:

@@ -14,7 +14,7 @@ import time
 from typing import NoReturn
 
 import xmltodict
-from flask import Blueprint, Response, abort, g, request
+from flask import Blueprint, Response, abort, current_app, g, request
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.messages import UnknownMessage
@@ -22,8 +22,8 @@ from wechatpy.messages import UnknownMessage
 from accident_service import metrics
 from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from accident_service.settings import Settings
-from accident_service.web import current_runtime
-from accident_service.wechat import inbox, replay
+from accident_service.web import EXTENSION_KEY, current_runtime
+from accident_service.wechat import inbox, intake_limits, replay
 from accident_service.wechat.worker_pool import submit_after_response
 from accident_service.wechat.xml_gate import UnsafeXml, check_body, parse_inbound
 
@@ -67,16 +67,24 @@ def receive():
         metrics.INBOUND_MESSAGES.labels("unknown", "ignored").inc()
         return _success()
     now = runtime.clock.now()
+    msg_type = inbox.msg_type_of(message)
+    not_before = current_app.extensions[intake_limits.EXTENSION_KEY].defer_until(msg_type, str(message.source), now)
     try:
-        row_id = runtime.transaction(lambda connection: inbox.store_inbound(connection, message, xml_text, now,
-                                                                            signed=signed))
+        row_id = runtime.transaction(lambda connection: inbox.store_inbound(
+            connection, message, xml_text, now, not_before=not_before, signed=signed))
     except replay.SignatureReused:
         _refuse_reused_signature()
-    outcome = "stored" if row_id else "duplicate"
-    metrics.INBOUND_MESSAGES.labels(inbox.msg_type_of(message), outcome).inc()
-    if row_id and settings.INBOX_PROCESS_INLINE:
+    metrics.INBOUND_MESSAGES.labels(msg_type, "duplicate" if not row_id else "deferred" if not_before
+                                    else "stored").inc()
+    if row_id and not not_before and settings.INBOX_PROCESS_INLINE:
         submit_after_response(runtime, row_id)
     return _success()
+
+
+def init_app(app) -> None:
+    """The blueprint, and the per-sender intake limits of this app."""
+    app.register_blueprint(bp)
+    app.extensions[intake_limits.EXTENSION_KEY] = intake_limits.IntakeLimits(app.extensions[EXTENSION_KEY].settings)
 
 
 @bp.errorhandler(DatabaseUnavailable)
