@@ -99,9 +99,9 @@ def _guarded(job: Job, runtime: Runtime, worker_id: str) -> int:
         log.exception("job %s failed", job.__name__)
         outcome = "error"
         return 0
-    finally:
-        metrics.JOB_RUNS.labels(job.__name__, outcome).inc()
+    finally:  # the duration first: a run counted always has its duration in (a scrape may come between)
         metrics.JOB_SECONDS.labels(job.__name__).observe(time.perf_counter() - started)
+        metrics.JOB_RUNS.labels(job.__name__, outcome).inc()
 
 
 def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,

@@ -282,3 +282,43 @@ def test_scheduler_killed_mid_message_leaves_a_lease_that_another_worker_recover
     finally:
         server.stop()
         runtime.close()
+
+
+@pytest.mark.slow
+def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, scheduler_env, wechat, tmp_path):
+    """SCHEDULER_METRICS_PORT: the scheduler's job runs and durations, scraped from the scheduler itself."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.servers import free_port
+
+    port = free_port()
+    scheduler_env["SCHEDULER_METRICS_PORT"] = str(port)
+    process = start_scheduler(0)
+
+    def dispatch_runs() -> float:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        runs = samples.get(("accident_job_runs_total", (("job", "dispatch_outbox"), ("outcome", "ok"))), 0.0)
+        assert not runs or samples[("accident_job_seconds_count", (("job", "dispatch_outbox"),))] >= runs
+        return runs
+
+    deadline = time.monotonic() + 90  # a cold start on a busy machine, not a speed requirement
+    first = None
+    while time.monotonic() < deadline:
+        assert process.poll() is None, logs(tmp_path, 1)
+        try:
+            runs = dispatch_runs()
+        except requests.ConnectionError:
+            runs = None  # not listening yet
+        if runs:
+            if first is None:
+                first = runs
+            elif runs > first:  # the outbox job runs every 2 s: the count moves between scrapes
+                break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"job runs did not move on :{port}/metrics\n{logs(tmp_path, 1)}")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0, logs(tmp_path, 1)
