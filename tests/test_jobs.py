@@ -23,7 +23,8 @@ from accident_service import jobs
 from accident_service.db import Base, make_engine, make_session_factory, unit_of_work
 from accident_service.models import Notification, WorkStatus
 from accident_service.notify.outbox import enqueue
-from tests.conftest import ON_POSTGRES, POSTGRES_URL, WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
+from tests import conftest
+from tests.conftest import WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
 
 JOB_NAMES = {job.__name__ for job, _ in jobs.PERIODIC_JOBS}
 
@@ -114,9 +115,10 @@ def private_database_url(tmp_path):
 
     On PostgreSQL a fresh database on the test server, so the schedulers neither
     take other people's rows in the shared ``test`` database nor lose ours to
-    their truncations.
+    their truncations. (POSTGRES_URL is read here, not imported: it is set when pytest is
+    configured, after tests/faults/conftest.py may have imported this module.)
     """
-    if not ON_POSTGRES:
+    if not conftest.ON_POSTGRES:
         url = f"sqlite:///{tmp_path}/schedulers.db"
         engine = make_engine(url)
         Base.metadata.create_all(engine)
@@ -124,10 +126,10 @@ def private_database_url(tmp_path):
         yield url
         return
     name = f"sched_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False))
+    admin = make_engine(make_url(conftest.POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    url = make_url(conftest.POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     engine.dispose()
