@@ -125,3 +125,24 @@ def test_an_unreachable_redis_holds_no_push_back(settings_overrides, clock):
         assert due_times(runtime, "oNoRedis") == [clock.now()] * (PER_MINUTE + 1)
     finally:
         runtime.close()
+
+
+def test_process_windows_move_with_time_and_forget_quiet_senders(monkeypatch):
+    """The memory windows (no REDIS_URL), on a clock of the test's own."""
+    from limits import RateLimitItemPerMinute
+
+    from accident_service.wechat import intake_limits
+
+    now = [1000.0]
+    monkeypatch.setattr(intake_limits.time, "time", lambda: now[0])
+    windows, per_minute = intake_limits._ProcessWindows(), [RateLimitItemPerMinute(2)]
+
+    def at(seconds: float, openid: str = "oA") -> float:
+        now[0] = 1000.0 + seconds
+        return windows.wait_or_count(per_minute, openid)
+
+    assert (at(0), at(10)) == (0.0, 0.0)
+    assert at(20) == 40.0  # the first push leaves the window at 60 s
+    assert at(60.5) == 0.0 and at(65) == 5.0  # a moving window, not a fixed minute
+    assert at(200, "oB") == 0.0
+    assert list(windows._times) == ["oB"]  # oA was quiet for a whole window: forgotten
