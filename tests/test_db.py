@@ -189,3 +189,27 @@ def test_metrics_still_answer_when_the_database_is_unreachable(unreachable_app):
     assert response.status_code == 200
     assert b"accident_webhook_requests_total" in response.data
     assert b"accident_database_up 0.0" in response.data
+
+
+@postgres_only
+def test_the_webhook_stores_a_push_whose_connection_died_mid_transaction(settings_overrides, clock, database_url):
+    """The connection dies just before the store statement: the push is stored once, and answered success."""
+    from tests.wechat.test_webhook import plain_query, stored_count, text_message
+
+    runtime = build_runtime(load_settings({**settings_overrides, "WECHAT_TOKEN": "webhook-test-token",
+                                           "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)
+    killed: list[int] = []
+
+    def kill_once(connection, _cursor, statement, *_args) -> None:
+        if "inbound_message" in statement and not killed:
+            killed.append(connection.connection.dbapi_connection.info.backend_pid)
+            terminate(database_url, killed[0])
+
+    event.listen(runtime.engine, "before_cursor_execute", kill_once)
+    try:
+        response = create_app(runtime=runtime).test_client().post(
+            "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
+        assert (response.status_code, response.data) == (200, b"success")
+        assert len(killed) == 1 and stored_count(runtime) == 1
+    finally:
+        runtime.close()

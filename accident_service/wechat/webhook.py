@@ -20,7 +20,7 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.messages import UnknownMessage
 
 from accident_service import metrics
-from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
+from accident_service.db import DatabaseUnavailable
 from accident_service.settings import Settings
 from accident_service.web import EXTENSION_KEY, current_runtime
 from accident_service.wechat import inbox, intake_limits, replay
@@ -89,14 +89,11 @@ def init_app(app) -> None:
 
 @bp.errorhandler(DatabaseUnavailable)
 def _database_unavailable(exc: DatabaseUnavailable):
+    # Every database call here goes through runtime.transaction, which raises this.
     # Plain text, as the platform reads it; a 503 makes it push again, and the dedupe key
     # and the one-body-per-signature record let the same push through then.
     log.warning("wechat push not stored: database unavailable")
     return Response("database unavailable", status=503, mimetype="text/plain")
-
-
-for _error in UNAVAILABLE_ERRORS:  # raised outside run_in_transaction (the signature record alone)
-    bp.register_error_handler(_error, lambda _exc: _database_unavailable(DatabaseUnavailable()))
 
 
 @bp.before_request
