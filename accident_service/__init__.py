@@ -13,7 +13,7 @@ from accident_service.errors import ServiceError
 from accident_service.logs import configure_logging
 from accident_service.runtime import Runtime, build_runtime
 from accident_service.settings import Settings, SettingsError, load_settings
-from accident_service.web import EXTENSION_KEY
+from accident_service.web import EXTENSION_KEY, CookieSessions
 
 __all__ = ["create_app", "SettingsError"]
 
@@ -42,6 +42,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
         SESSION_COOKIE_SECURE=settings.APP_ENV == "production",
         JSON_AS_ASCII=False,
     )
+    app.session_interface = CookieSessions()
     app.extensions[EXTENSION_KEY] = runtime
     _register_blueprints(app)
 
