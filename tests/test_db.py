@@ -6,11 +6,13 @@ from a connection of their own, as a server restart or an operator would.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from flask import jsonify
 from sqlalchemy import event, func, select, text
 
-from accident_service import create_app
+from accident_service import create_app, db
 from accident_service.db import DatabaseUnavailable, make_engine, make_session_factory, run_in_transaction, unit_of_work
 from accident_service.models import AuditEvent
 from accident_service.runtime import build_runtime
@@ -58,16 +60,35 @@ def test_no_round_trip_is_spent_on_a_pre_ping(engine):
 
 
 @postgres_only
-def test_a_connection_the_server_closed_while_idle_is_replaced_at_checkout(engine, database_url):
+def test_a_connection_the_server_closed_while_idle_is_replaced_at_checkout(engine, database_url, monkeypatch):
+    monkeypatch.setattr(db, "IDLE_CHECK_SECONDS", 0.2)
     sessions = make_session_factory(engine)
     with unit_of_work(sessions) as session:
         first_pid = session.scalar(text("SELECT pg_backend_pid()"))
     terminate(database_url, first_pid)  # the connection now sits dead in the pool
+    time.sleep(0.3)
 
     with unit_of_work(sessions) as session:  # a plain unit of work, no retry: the pool noticed
         add_audit(session, "idle-death")
         assert session.scalar(text("SELECT pg_backend_pid()")) != first_pid
     assert audit_rows(sessions, "idle-death") == 1
+
+
+@postgres_only
+def test_a_connection_just_back_in_a_busy_pool_is_trusted_and_its_loss_left_to_the_retry(engine, database_url):
+    """No look at the socket (it gives up the GIL) for a connection used a moment ago."""
+    with unit_of_work(make_session_factory(engine)) as session:
+        first_pid = session.scalar(text("SELECT pg_backend_pid()"))
+    terminate(database_url, first_pid)
+
+    calls = []
+
+    def work(connection):
+        calls.append(1)
+        return connection.scalar(text("SELECT pg_backend_pid()"))
+
+    assert run_in_transaction(engine, work) != first_pid
+    assert len(calls) == 2  # the first attempt met the dead connection; the retry ran on a new one
 
 
 def insert_audit(connection, action: str) -> None:
