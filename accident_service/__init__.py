@@ -9,11 +9,12 @@ from flask import Flask, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
 from accident_service import request_ids
+from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from accident_service.errors import ServiceError
 from accident_service.logs import configure_logging
 from accident_service.runtime import Runtime, build_runtime
 from accident_service.settings import Settings, SettingsError, load_settings
-from accident_service.web import EXTENSION_KEY
+from accident_service.web import EXTENSION_KEY, CookieSessions
 
 __all__ = ["create_app", "SettingsError"]
 
@@ -42,6 +43,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
         SESSION_COOKIE_SECURE=settings.APP_ENV == "production",
         JSON_AS_ASCII=False,
     )
+    app.session_interface = CookieSessions()
     app.extensions[EXTENSION_KEY] = runtime
     request_ids.install(app)
     from accident_service.desk import auth
@@ -52,6 +54,14 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError):
         return jsonify(exc.to_dict()), exc.http_status
+
+    def _database_unavailable(exc: Exception):
+        # Not the HTML 500: a JSON 503 the caller can retry on (the webhook answers in plain text).
+        app.logger.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
+        return _service_error(DatabaseUnavailable())
+
+    for error in UNAVAILABLE_ERRORS:
+        app.register_error_handler(error, _database_unavailable)
 
     return app
 
@@ -64,7 +74,7 @@ def _register_blueprints(app: Flask) -> None:
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(storage_views.bp)
-    app.register_blueprint(webhook.bp)
+    webhook.init_app(app)
     csrf.exempt(webhook.bp)  # the platform signs its pushes; it sends no session cookie to forge
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_STARTED
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from accident_service import metrics
 from accident_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -97,11 +100,17 @@ def run_all_once(runtime: Runtime, worker_id: str) -> dict[str, int]:
 
 
 def _guarded(job: Job, runtime: Runtime, worker_id: str) -> int:
+    started = time.perf_counter()
+    outcome = "ok"
     try:
         return job(runtime, worker_id)
     except Exception:  # one failing job must not stop the scheduler; the next run retries
         log.exception("job %s failed", job.__name__)
+        outcome = "error"
         return 0
+    finally:  # the duration first: a run counted always has its duration in (a scrape may come between)
+        metrics.JOB_SECONDS.labels(job.__name__).observe(time.perf_counter() - started)
+        metrics.JOB_RUNS.labels(job.__name__, outcome).inc()
 
 
 def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
@@ -118,4 +127,23 @@ def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
     scheduler.add_job(_guarded, CronTrigger(hour=3, minute=30, timezone="Asia/Shanghai"),
                       args=(purge_personal_data, runtime, worker_id), id="purge_personal_data",
                       name="purge_personal_data", **defaults)
+    if runtime.settings.SCHEDULER_METRICS_PORT:
+        _serve_metrics_while_running(scheduler, runtime.settings.SCHEDULER_METRICS_PORT)
     return scheduler
+
+
+def _serve_metrics_while_running(scheduler: BaseScheduler, port: int) -> None:
+    """/metrics on ``port`` from the scheduler's start to its shutdown: its jobs, processing and sends."""
+    served = []
+
+    def start(_event) -> None:
+        served.append(metrics.serve_scheduler_metrics(port))
+        log.info("scheduler metrics on port %s", port)
+
+    def stop(_event) -> None:
+        for server in served:
+            server.shutdown()
+            server.server_close()
+
+    scheduler.add_listener(start, EVENT_SCHEDULER_STARTED)
+    scheduler.add_listener(stop, EVENT_SCHEDULER_SHUTDOWN)

@@ -16,11 +16,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from accident_service import metrics
 from accident_service.db import is_postgres
 from accident_service.models import InboundMessage, Notification, WorkStatus
 
 LeasedModel = type[InboundMessage] | type[Notification]
 MAX_BACKOFF = timedelta(minutes=10)
+QUEUE_NAMES = {"inbound_message": "inbox", "notification": "outbox"}  # the label in metrics
 
 
 Overtake = Callable[[Any, Any], ColumnElement[bool]]
@@ -41,6 +43,8 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
     """
     if max_attempts is not None:
         failed = _fail_exhausted(session, model, now=now, max_attempts=max_attempts, waiting_until=waiting_until)
+        if failed:
+            metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__], "lease_expired").inc(len(failed))
         if failed and on_failed is not None:
             on_failed(failed)
     earlier = aliased(model)

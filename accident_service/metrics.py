@@ -1,61 +1,119 @@
-"""Prometheus metrics: counters shared by the features, and queue depths read at scrape time.
+"""Prometheus metrics: counters the features move, and queue figures read from the database at scrape time.
 
 Under gunicorn every worker counts for itself; with ``PROMETHEUS_MULTIPROC_DIR``
 set (config/gunicorn.conf.py sets it) prometheus_client keeps the counts in
 files there and :func:`exposition` adds all workers up. The inbox and outbox
-depths per status come from the database at each scrape, so failed messages
-(``status="failed"``) are visible whichever process gave up on them.
+figures come from the database at each scrape, so what waits or failed is
+visible whichever process wrote it; they are served by the web (``/metrics``)
+only, as every process would report the same rows.
+
+A scheduler process counts its own work (jobs, processing, sends) and serves
+it on ``SCHEDULER_METRICS_PORT`` (:func:`serve_scheduler_metrics`): schedulers
+run on any host, so they do not share the web's multiprocess directory (give
+them none, or one of their own).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select, type_coerce
 
-INBOUND_MESSAGES = Counter("accident_inbound_messages_total", "WeChat pushes accepted into the inbox",
+log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+WEBHOOK_REQUESTS = Counter("accident_webhook_requests_total", "Requests to /wechat, by method and HTTP status",
+                           ["method", "status"])
+WEBHOOK_SECONDS = Histogram("accident_webhook_seconds", "Time to answer a request to /wechat",
+                            buckets=LATENCY_BUCKETS)
+INBOUND_MESSAGES = Counter("accident_inbound_messages_total",
+                           "WeChat pushes by type and what became of them (stored, duplicate, deferred: stored "
+                           "with its processing put off by the sender's rate limit, invalid, unknown)",
                            ["msg_type", "outcome"])
 INBOX_PROCESSED = Counter("accident_inbox_processed_total", "Inbox rows processed", ["outcome"])
-PHOTOS = Counter("accident_photos_total", "Photos checked", ["outcome"])
+FAILURES = Counter("accident_failures_total", "Work given up for good, by queue (inbox, outbox) and reason",
+                   ["queue", "reason"])
+PHOTOS = Counter("accident_photos_total", "Photos checked: accepted, or rejected with the reason",
+                 ["outcome", "reason"])
 BOOKINGS = Counter("accident_bookings_total", "Appointment changes", ["action"])
-NOTIFICATIONS = Counter("accident_notifications_total", "Outbox rows handled by the dispatcher: by kind, channel "
-                        "(wechat, template, sms, - when none could carry it) and outcome (sent, held, retry, "
-                        "rerouted, failed, unconfirmed)", ["kind", "channel", "outcome"])
-WEBHOOK_SECONDS = Histogram("accident_webhook_seconds", "Time to answer a WeChat push",
-                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+SENDS = Counter("accident_sends_total", "Outbox rows handled by the dispatcher, by channel (wechat, template, sms; "
+                                        "- when none could carry it), kind and result (sent, held: waiting for the "
+                                        "person, retry, rerouted, failed, unconfirmed)", ["channel", "kind", "result"])
+JOB_RUNS = Counter("accident_job_runs_total", "Scheduler job runs, by job and outcome (ok, error)", ["job", "outcome"])
+JOB_SECONDS = Histogram("accident_job_seconds", "Scheduler job run time", ["job"],
+                        buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
 
-class QueueDepths(Collector):
-    """Rows per status in the inbox and the notification outbox, counted when scraped."""
+class QueueFigures(Collector):
+    """Inbox and outbox rows per status, and the age of the oldest unfinished push, read when scraped.
 
-    def __init__(self, session_factory) -> None:
+    Statuses are the WorkStatus values plus whatever the database holds, so a new state
+    (a notice waiting for the person's next action) appears without a change here, even
+    one written by a newer release than this process. ``accident_database_up`` is 0 and the
+    rest left out when the database does not answer: the counters are still served.
+    """
+
+    def __init__(self, session_factory, clock) -> None:
         self._session_factory = session_factory
+        self._clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from accident_service.models import InboundMessage, Notification, WorkStatus
 
-        for name, model, documentation in (
-                ("accident_inbox_messages", InboundMessage, "WeChat pushes in the inbox, by status"),
-                ("accident_outbox_notifications", Notification, "Notifications in the outbox, by status")):
-            gauge = GaugeMetricFamily(name, documentation, labels=["status"])
+        up = GaugeMetricFamily("accident_database_up", "1 when the database answered this scrape")
+        families = []
+        try:
             with self._session_factory() as session:
-                counts = dict(session.execute(select(model.status, func.count()).group_by(model.status)).all())
-            for status in WorkStatus:
-                gauge.add_metric([status.value], counts.get(status, 0))
-            yield gauge
+                for name, model, documentation in (
+                        ("accident_inbox_messages", InboundMessage, "WeChat pushes in the inbox, by status"),
+                        ("accident_outbox_notifications", Notification, "Notifications in the outbox, by status")):
+                    status = type_coerce(model.status, String)  # as stored: a state this release does not know
+                    counts = dict(session.execute(select(status, func.count()).group_by(status)).all())
+                    gauge = GaugeMetricFamily(name, documentation, labels=["status"])
+                    for value in dict.fromkeys([*(s.value for s in WorkStatus), *sorted(counts)]):
+                        gauge.add_metric([value], counts.get(value, 0))
+                    families.append(gauge)
+                oldest = session.scalar(select(func.min(InboundMessage.received_at)).where(
+                    InboundMessage.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
+        except Exception as exc:  # any driver error: report the database as down, not a failed scrape
+            log.warning("metrics: database unavailable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        age = GaugeMetricFamily("accident_inbox_oldest_age_seconds",
+                                "Age of the oldest push not yet processed (0 when none waits)")
+        age.add_metric([], max(0.0, (self._clock.now() - oldest).total_seconds()) if oldest else 0.0)
+        up.add_metric([], 1)
+        yield from (up, *families, age)
 
 
-def exposition(session_factory) -> bytes:
-    """The text format for ``/metrics``: every worker's counters, then the queue depths."""
+def exposition(session_factory, clock) -> bytes:
+    """The text format for ``/metrics``: every worker's counters, then the queue figures."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counters = CollectorRegistry()
         multiprocess.MultiProcessCollector(counters)
     else:
         counters = REGISTRY
-    depths = CollectorRegistry()
-    depths.register(QueueDepths(session_factory))
-    return generate_latest(counters) + generate_latest(depths)
+    queues = CollectorRegistry()
+    queues.register(QueueFigures(session_factory, clock))
+    return generate_latest(counters) + generate_latest(queues)
+
+
+def serve_scheduler_metrics(port: int):
+    """Serve this process's counters on ``port`` (all interfaces, like the web's BIND); returns the server."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port)
+    return server
+
+
+def outbox_failure_reason(errcode: int | None, *, permanent: bool) -> str:
+    """A bounded label: the platform's error code, or what else ended the notification."""
+    if not permanent:
+        return "attempts_exhausted"
+    return f"wechat_{errcode}" if errcode is not None else "unsendable"

@@ -31,7 +31,8 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    return Response(service_metrics.exposition(current_runtime().session_factory), mimetype=CONTENT_TYPE_LATEST)
+    runtime = current_runtime()
+    return Response(service_metrics.exposition(runtime.session_factory, runtime.clock), mimetype=CONTENT_TYPE_LATEST)
 
 
 def readiness_failures(runtime: Runtime) -> dict[str, str]:

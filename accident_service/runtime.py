@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from accident_service.clock import Clock, SystemClock
-from accident_service.db import make_engine, make_session_factory, unit_of_work
+from accident_service.db import make_engine, make_session_factory, run_in_transaction, unit_of_work
 from accident_service.settings import Settings
 from accident_service.storage import ObjectStore, make_store
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,6 +35,11 @@ class Runtime:
     def unit_of_work(self) -> Iterator[Session]:
         with unit_of_work(self.session_factory) as session:
             yield session
+
+    def transaction(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction, run again on a fresh connection if the first
+        died before COMMIT (see accident_service.db.run_in_transaction)."""
+        return run_in_transaction(self.engine, work)
 
     @functools.cached_property
     def wechat(self):  # -> accident_service.wechat_api.client.WeChatApi

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     JOIN_QR_EXPIRE_SECONDS: Annotated[int, NumberRange(1, 30 * DAY, why="WeChat's temporary QR codes last 30 days")]
     RETAKE_DEADLINE_MINUTES: Minutes
     RETENTION_DAYS: Annotated[int, NumberRange(1, 3650, why="10 years")]
+    SCHEDULER_METRICS_PORT: Annotated[int, NumberRange(0, 65535, why="0 serves no metrics")]
+    WECHAT_MEDIA_PER_MINUTE: Annotated[int, NumberRange(0, 10000, why="0 sets no limit")]
+    WECHAT_MEDIA_PER_HOUR: Annotated[int, NumberRange(0, 100000, why="0 sets no limit")]
     SMS_SDK_APP_ID: str
     SMS_SECRET_ID: str
     SMS_SECRET_KEY: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flask import current_app
+from flask.sessions import SecureCookieSessionInterface
 
 if TYPE_CHECKING:  # the runtime is built by the app factory; views only fetch it
     from accident_service.runtime import Runtime
@@ -14,3 +15,17 @@ EXTENSION_KEY = "accident_service"
 
 def current_runtime() -> Runtime:
     return current_app.extensions[EXTENSION_KEY]
+
+
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer built only when there is a cookie to read.
+
+    Flask builds one on every request (and itsdangerous serializes a probe value to do so):
+    a cost every WeChat push paid for a session it never has. Saving a modified session
+    still builds it, as before.
+    """
+
+    def open_session(self, app, request):
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)

@@ -1,157 +1,155 @@
-"""Webhook throughput and latency under gunicorn, as a ratio to a bare endpoint (DESIGN.md §8).
+"""Webhook throughput and latency under gunicorn, against a durable floor and a bare endpoint (DESIGN.md §8).
 
-    python benchmarks/webhook.py [--requests 3000] [--clients 16] [--rounds 3]
+    python benchmarks/webhook.py [--seconds 5] [--rounds 3] [--connections 16] [--workers 2]
     BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test python benchmarks/webhook.py
 
-Two gunicorn servers with the same settings (config/gunicorn.conf.py: gthread
-workers) run on loopback: the service (``wsgi:app``) and a bare Flask app
-whose only view answers "success" to ``POST /wechat``. Concurrent clients
-post signed plain-mode image messages, each with a MsgId of its own, so every
-request to the service verifies the signature, checks and parses the XML,
-records the signature and commits the message to the inbox before it
-answers; processing happens elsewhere (``INBOX_PROCESS_INLINE=false``, as
-with a scheduler doing the work). The two servers take turns in ``--rounds``
-slices, so load drift on a shared machine hits both alike.
+Three gunicorn servers with the same settings (config/gunicorn.conf.py: gthread workers) run on
+loopback, driven by wrk (a compiled load generator: Python clients cap the bare endpoint) with
+benchmarks/webhook.lua, which signs a distinct plain-mode image push for every request (MsgId and
+nonce of its own, timestamp now):
 
-Prints one JSON object: requests/s and p50/p99 latency of each, their
-ratios, and ``stored``/``lost`` (every answered message must be in the inbox).
-The database is a temporary SQLite file, or, with ``BENCH_DATABASE_URL``, a
-PostgreSQL database created for the run and dropped after it.
+* ``bare``: Flask answering "success" (benchmarks/webhook_baselines.py);
+* ``floor``: Flask, one ``INSERT … ON CONFLICT DO NOTHING`` of the body and COMMIT (SQLAlchemy Core,
+  the service's engine settings), on the same database;
+* ``service``: ``wsgi:app``: signature and timestamp, body cap, XML gate, parsing, the one-body-per-
+  signature record, the inbox insert under its dedupe key, the intake rate limit, metrics, COMMIT.
+  Processing happens elsewhere (``INBOX_PROCESS_INLINE=false``, as with a scheduler doing the work).
+
+The servers take turns in ``--rounds`` slices (in a rotating order), so drift in the load of a shared
+machine hits them alike. Prints one JSON object: requests/s and p50/p99 of each (latency merged
+over the rounds from wrk's quantiles), the ratios service/floor and service/bare, the p99
+ratio service/floor, and ``lost``: pushes answered "success" that are not in the inbox (must be 0).
+``unanswered_stored`` counts pushes stored whose answer wrk did not wait for (in flight when a run's
+time was up; at most the connections per run). The database is a temporary SQLite file, or, with
+``BENCH_DATABASE_URL``, a PostgreSQL database created for the run and dropped after it.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import os
-import secrets
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import requests
-from flask import Flask
-
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from tests.support.servers import free_port, serving  # noqa: E402
 
 TOKEN = "bench-token"
-
-bare_app = Flask("bare")
-
-
-@bare_app.post("/wechat")
-def _bare_success():
-    return "success"
-
-
-@bare_app.get("/healthz")
-def _bare_health():
-    return "ok"
+SERVERS = {"bare": "webhook_baselines:bare_app", "floor": "webhook_baselines:floor_app", "service": "wsgi:app"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000, help="per server")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load per server before measuring")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server (WEB_CONCURRENCY)")
+    parser.add_argument("--openids", type=int, default=10007, help="drivers the pushes come from")
     args = parser.parse_args()
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
     with ExitStack() as stack:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         database_url = stack.enter_context(_database(data_dir))
         env = {**os.environ, "APP_ENV": "development", "DATA_DIR": str(data_dir), "DATABASE_URL": database_url,
                "STORAGE_URL": f"file://{data_dir}/objects", "SECRET_KEY": "bench", "WECHAT_TOKEN": TOKEN,
-               "INBOX_PROCESS_INLINE": "false", "AUTO_MIGRATE": "false", "LOG_LEVEL": "WARNING",
-               "WEB_CONCURRENCY": str(args.workers)}
+               "WECHAT_ENCODING_AES_KEY": "", "INBOX_PROCESS_INLINE": "false", "AUTO_MIGRATE": "false",
+               "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": str(args.workers), "REDIS_URL": ""}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each gunicorn master makes its own
         subprocess.run([str(Path(sys.executable).with_name("accident-service")), "db", "upgrade"], env=env,
                        check=True, cwd=REPO, capture_output=True, timeout=120)
-        servers = {"service": stack.enter_context(_gunicorn("wsgi:app", env, data_dir)),
-                   "bare": stack.enter_context(_gunicorn("webhook:bare_app", env, data_dir))}
-        msg_ids = itertools.count(int(time.time()) * 1000)
-        for url in servers.values():  # warm up: connections, imports, prepared statements
-            _drive(url, 200, args.clients, msg_ids)
-        latencies: dict[str, list[float]] = {name: [] for name in servers}
-        seconds = dict.fromkeys(servers, 0.0)
-        per_round = -(-args.requests // args.rounds)
-        for _ in range(args.rounds):
-            for name, url in servers.items():
-                started = time.perf_counter()
-                latencies[name] += _drive(url, per_round, args.clients, msg_ids)
-                seconds[name] += time.perf_counter() - started
-        stored = _count_stored(database_url)
-    answered = 200 + per_round * args.rounds  # the warm-up's messages are stored too
-    figures = {name: _figures(latencies[name], seconds[name]) for name in servers}
+        from webhook_baselines import create_floor_table
+
+        create_floor_table(database_url)
+        urls = {name: stack.enter_context(_gunicorn(app, env, data_dir)) for name, app in SERVERS.items()}
+        runs = iter(range(1, 10**4))
+        totals = {name: _Totals() for name in SERVERS}
+        load = {"wrk": wrk, "threads": args.threads, "connections": args.connections, "openids": args.openids}
+        for name, url in urls.items():  # warm up: connections, imports, statement caches, the planner
+            totals[name].add(_wrk(url, args.warmup, next(runs), **load), measured=False)
+        order = list(SERVERS)
+        for round_no in range(args.rounds):
+            for name in order[round_no % 3:] + order[:round_no % 3]:
+                totals[name].add(_wrk(urls[name], args.seconds, next(runs), **load))
+        stored = _count(database_url, "inbound_message")
+        floor_stored = _count(database_url, "bench_webhook_floor")
+    figures = {name: totals[name].figures() for name in SERVERS}
+    service, floor, bare = figures["service"], figures["floor"], figures["bare"]
     print(json.dumps({
-        "clients": args.clients, "requests_per_server": per_round * args.rounds, "workers": args.workers,
-        "database": database_url.split(":", 1)[0],
-        "service": figures["service"], "bare": figures["bare"],
-        "throughput_ratio": round(figures["service"]["requests_per_s"] / figures["bare"]["requests_per_s"], 3),
-        "p99_ratio": round(figures["service"]["p99_ms"] / figures["bare"]["p99_ms"], 2),
-        "stored": stored, "lost": answered - stored,
+        "database": database_url.split(":", 1)[0], "workers": args.workers, "connections": args.connections,
+        "seconds_per_run": args.seconds, "rounds": args.rounds,
+        "service": service, "floor": floor, "bare": bare,
+        "throughput_ratio_floor": round(service["requests_per_s"] / floor["requests_per_s"], 3),
+        "throughput_ratio_bare": round(service["requests_per_s"] / bare["requests_per_s"], 3),
+        "p99_ratio_floor": round(service["p99_ms"] / floor["p99_ms"], 2),
+        "answered": totals["service"].answered, "stored": stored,
+        "lost": max(0, totals["service"].answered - stored),
+        "unanswered_stored": max(0, stored - totals["service"].answered),
+        "floor_lost": max(0, totals["floor"].answered - floor_stored),
     }, indent=2))
 
 
-def _drive(url: str, count: int, clients: int, msg_ids) -> list[float]:
-    """POST ``count`` image messages from ``clients`` threads; returns each request's seconds."""
-    lock = threading.Lock()
-    remaining = [count]
-    latencies: list[float] = []
-    failures: list[str] = []
+class _Totals:
+    """One server's wrk runs added up: answers, measured seconds and the merged latency distribution."""
 
-    def client() -> None:
-        with requests.Session() as session:
-            while True:
-                with lock:
-                    if remaining[0] == 0 or failures:
-                        return
-                    remaining[0] -= 1
-                    msg_id = next(msg_ids)
-                body, params = _signed_image(msg_id)
-                started = time.perf_counter()
-                response = session.post(url + "/wechat", params=params, data=body, timeout=30,
-                                        headers={"Content-Type": "text/xml"})
-                elapsed = time.perf_counter() - started
-                with lock:
-                    if response.status_code != 200 or response.text != "success":
-                        failures.append(f"{response.status_code} {response.text[:200]}")
-                    latencies.append(elapsed)
+    def __init__(self) -> None:
+        self.answered = 0
+        self.measured_answers = 0
+        self.seconds = 0.0
+        self.latency_mass: list[tuple[int, float]] = []  # (microseconds, answers at or below it)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    if failures:
-        raise SystemExit(f"{url}: {failures[0]}")
-    return latencies
+    def add(self, run: dict, *, measured: bool = True) -> None:
+        self.answered += run["answered"]
+        if not measured:
+            return
+        self.measured_answers += run["answered"]
+        self.seconds += run["duration_us"] / 1e6
+        previous = 0.0
+        for percent, micros in sorted((float(p), m) for p, m in run["latency_quantiles_us"].items()):
+            self.latency_mass.append((micros, (percent - previous) / 100 * run["answered"]))
+            previous = percent
 
+    def figures(self) -> dict[str, float]:
+        return {"requests_per_s": round(self.measured_answers / self.seconds, 1),
+                "p50_ms": self._percentile(0.50), "p99_ms": self._percentile(0.99)}
 
-def _signed_image(msg_id: int) -> tuple[bytes, dict[str, str]]:
-    openid = f"oBench{msg_id % 97:04d}"
-    body = (f"<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
-            f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[image]]></MsgType>"
-            f"<PicUrl><![CDATA[http://127.0.0.1/{msg_id}.jpg]]></PicUrl><MediaId><![CDATA[m{msg_id}]]></MediaId>"
-            f"<MsgId>{msg_id}</MsgId></xml>").encode()
-    timestamp, nonce = str(int(time.time())), str(secrets.randbelow(10**10))
-    signature = hashlib.sha1("".join(sorted([TOKEN, timestamp, nonce])).encode()).hexdigest()
-    return body, {"signature": signature, "timestamp": timestamp, "nonce": nonce, "openid": openid}
+    def _percentile(self, fraction: float) -> float:
+        """From the runs' quantiles, each weighted by its run's answers (accurate to 0.1 %, 0.01 % above 99 %)."""
+        total = sum(mass for _, mass in self.latency_mass)
+        seen = 0.0
+        for micros, mass in sorted(self.latency_mass):
+            seen += mass
+            if seen >= fraction * total - 1e-9:
+                return round(micros / 1000, 2)
+        raise ValueError("no latencies recorded")
 
 
-def _figures(latencies: list[float], seconds: float) -> dict[str, float]:
-    ordered = sorted(latencies)
-    return {"requests_per_s": round(len(ordered) / seconds, 1),
-            "p50_ms": round(1000 * statistics.median(ordered), 2),
-            "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2)}
+def _wrk(url: str, seconds: float, run_no: int, *, wrk: str, threads: int, connections: int, openids: int) -> dict:
+    """One wrk run; its result line, or SystemExit when a push was refused or a socket failed."""
+    env = {**os.environ, "BENCH_TOKEN": TOKEN, "BENCH_MSG_ID_BASE": str(run_no * 10**10),
+           "BENCH_OPENIDS": str(openids)}
+    done = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                           "-s", str(HERE / "webhook.lua"), url + "/wechat"],
+                          env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    if not lines:
+        raise SystemExit(f"{url}: wrk printed no result:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    result = json.loads(lines[-1].removeprefix("BENCH_RESULT "))
+    if result["refused"] or result["socket_errors"]:
+        raise SystemExit(f"{url}: {result['refused']} refused ({result['first_refusal']}), "
+                         f"{result['socket_errors']} socket errors")
+    return result
 
 
 @contextmanager
@@ -178,17 +176,17 @@ def _gunicorn(app: str, env: dict[str, str], log_dir: Path):
     port = free_port()
     return serving([sys.executable, "-m", "gunicorn", "-c", str(REPO / "config" / "gunicorn.conf.py"), "--bind",
                     f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "--chdir", str(REPO),
-                    "--pythonpath", str(REPO / "benchmarks"), app],
-                   env=env, port=port, log_path=log_dir / f"{app.split(':')[0]}.log")
+                    "--pythonpath", str(HERE), app],
+                   env=env, port=port, log_path=log_dir / f"{app.split(':')[1]}.log")
 
 
-def _count_stored(database_url: str) -> int:
+def _count(database_url: str, table: str) -> int:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            return connection.execute(text("SELECT count(*) FROM inbound_message")).scalar_one()
+            return connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
     finally:
         engine.dispose()
 

@@ -24,7 +24,8 @@ from accident_service.db import Base, make_engine, make_session_factory, unit_of
 from accident_service.models import Notification, WorkStatus
 from accident_service.notify import allowance
 from accident_service.outbox import enqueue
-from tests.conftest import ON_POSTGRES, POSTGRES_URL, WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
+from tests import conftest
+from tests.conftest import WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
 
 JOB_NAMES = {job.__name__ for job, _ in jobs.PERIODIC_JOBS}
 
@@ -139,9 +140,10 @@ def private_database_url(tmp_path):
 
     On PostgreSQL a fresh database on the test server, so the schedulers neither
     take other people's rows in the shared ``test`` database nor lose ours to
-    their truncations.
+    their truncations. (POSTGRES_URL is read here, not imported: it is set when pytest is
+    configured, after tests/faults/conftest.py may have imported this module.)
     """
-    if not ON_POSTGRES:
+    if not conftest.ON_POSTGRES:
         url = f"sqlite:///{tmp_path}/schedulers.db"
         engine = make_engine(url)
         Base.metadata.create_all(engine)
@@ -149,10 +151,10 @@ def private_database_url(tmp_path):
         yield url
         return
     name = f"sched_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False))
+    admin = make_engine(make_url(conftest.POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    url = make_url(conftest.POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     engine.dispose()
@@ -309,3 +311,43 @@ def test_scheduler_killed_mid_message_leaves_a_lease_that_another_worker_recover
     finally:
         server.stop()
         runtime.close()
+
+
+@pytest.mark.slow
+def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, scheduler_env, wechat, tmp_path):
+    """SCHEDULER_METRICS_PORT: the scheduler's job runs and durations, scraped from the scheduler itself."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.servers import free_port
+
+    port = free_port()
+    scheduler_env["SCHEDULER_METRICS_PORT"] = str(port)
+    process = start_scheduler(0)
+
+    def dispatch_runs() -> float:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        runs = samples.get(("accident_job_runs_total", (("job", "dispatch_outbox"), ("outcome", "ok"))), 0.0)
+        assert not runs or samples[("accident_job_seconds_count", (("job", "dispatch_outbox"),))] >= runs
+        return runs
+
+    deadline = time.monotonic() + 90  # a cold start on a busy machine, not a speed requirement
+    first = None
+    while time.monotonic() < deadline:
+        assert process.poll() is None, logs(tmp_path, 1)
+        try:
+            runs = dispatch_runs()
+        except requests.ConnectionError:
+            runs = None  # not listening yet
+        if runs:
+            if first is None:
+                first = runs
+            elif runs > first:  # the outbox job runs every 2 s: the count moves between scrapes
+                break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"job runs did not move on :{port}/metrics\n{logs(tmp_path, 1)}")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0, logs(tmp_path, 1)

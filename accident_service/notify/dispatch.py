@@ -254,20 +254,26 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
             allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
                               channel=route.channel.name)
             # Nothing went out: the next attempt chooses again, with what the platform just told us.
-            _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", last_error=error, next_attempt_at=now,
-                    channel=None, address=None, sending_at=None)
+            _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", tried=route.channel.name, last_error=error,
+                    next_attempt_at=now, channel=None, address=None, sending_at=None)
         elif exc.retryable and not out_of_attempts:
-            _finish(session, row, worker_id, WorkStatus.PENDING, "retry", last_error=error, sending_at=None,
-                    next_attempt_at=now + leases.backoff(row.attempts))
+            _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name, last_error=error,
+                    sending_at=None, next_attempt_at=now + leases.backoff(row.attempts))
         else:
-            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=error, sending_at=None)
+            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
+                    sending_at=None)
+            metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
+                exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)).inc()
             log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
 
 
-def _finish(session: Session, row: Notification, worker_id: str, status: WorkStatus, outcome: str,
-            **values) -> bool:
-    """End our lease on ``row`` with ``status`` (and ``values``); False if the lease was taken over meanwhile."""
+def _finish(session: Session, row: Notification, worker_id: str, status: WorkStatus, outcome: str, *,
+            tried: str | None = None, **values) -> bool:
+    """End our lease on ``row`` with ``status`` (and ``values``); False if the lease was taken over meanwhile.
+
+    ``tried``: the channel this attempt used (the metrics' label), when the row does not record it.
+    """
     done = leases.complete(session, Notification, row.id, worker_id, status=status, **values)
     if done:
-        metrics.NOTIFICATIONS.labels(row.kind, values.get("channel") or row.channel or "-", outcome).inc()
+        metrics.SENDS.labels(tried or values.get("channel") or row.channel or "-", row.kind, outcome).inc()
     return done

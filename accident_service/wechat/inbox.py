@@ -16,14 +16,15 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import and_, select
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, select, true
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from accident_service import leases, metrics
 from accident_service.db import is_postgres
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import Runtime
+from accident_service.wechat import replay
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,61 @@ def dedupe_key_for(message) -> str:
     return f"evt:{message.source}:{message.time}:{event}"
 
 
-def store_inbound(session: Session, message, xml_text: str, now: datetime) -> int | None:
+def store_inbound(connection: Connection, message, xml_text: str, now: datetime, *,
+                  not_before: datetime | None = None, signed: replay.SignedBody | None = None) -> int | None:
     """Insert the push and return its row id; None when it is a retry of one already stored.
 
-    One statement: the UNIQUE dedupe key settles concurrent retries (ON CONFLICT DO NOTHING).
+    The UNIQUE dedupe key settles concurrent retries (ON CONFLICT DO NOTHING). ``not_before``
+    defers its processing. With ``signed`` (plain mode) the push's (timestamp, nonce) is
+    recorded as well, on PostgreSQL in the same statement (one round trip); raises
+    replay.SignatureReused, storing nothing, when another body came under it before.
     """
-    return session.connection().execute(_insert_inbound(is_postgres(session)), {
-        "dedupe_key": dedupe_key_for(message), "openid": str(message.source)[:64],
-        "msg_type": msg_type_of(message)[:32], "payload": xml_text, "received_at": now,
-        "status": WorkStatus.PENDING, "attempts": 0, "next_attempt_at": now}).scalar()
+    values = {"dedupe_key": dedupe_key_for(message), "openid": str(message.source)[:64],
+              "msg_type": msg_type_of(message)[:32], "payload": xml_text, "received_at": now,
+              "status": WorkStatus.PENDING, "attempts": 0, "next_attempt_at": not_before or now}
+    postgres = is_postgres(connection)
+    if signed is None:
+        return connection.execute(_insert_inbound(postgres), values).scalar()
+    if postgres:
+        first_body, row_id = connection.execute(_insert_signed_inbound(), {**values, **signed.params()}).one()
+    else:  # no data-modifying CTEs in SQLite, whose statements cost no round trip anyway
+        first_body = replay.first_body_for_signature(connection, signed)
+        row_id = connection.execute(_insert_inbound(postgres), values).scalar() if first_body else None
+    if not first_body:
+        raise replay.SignatureReused()
+    return row_id
+
+
+_INBOX_COLUMNS = ("dedupe_key", "openid", "msg_type", "payload", "received_at", "status", "attempts",
+                  "next_attempt_at")
+
+
+def _inbox_insert(postgres: bool, only_if: ColumnElement[bool] | None = None):
+    """INSERT … SELECT of one push, skipped on a dedupe key already stored; RETURNING its id."""
+    table = InboundMessage.__table__
+    # WHERE even when unconditional: SQLite needs it to tell ON CONFLICT from a join's ON.
+    row = select(*(bindparam(name, type_=table.c[name].type) for name in _INBOX_COLUMNS)).where(
+        only_if if only_if is not None else true())
+    insert = (postgresql.insert if postgres else sqlite.insert)(table).from_select(_INBOX_COLUMNS, row)
+    return insert.on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
 
 
 @functools.cache
 def _insert_inbound(postgres: bool):
     """Built once: every push runs it, and building a statement costs more than running it."""
-    table = InboundMessage.__table__
-    insert = postgresql.insert if postgres else sqlite.insert
-    return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
+    return _inbox_insert(postgres)
+
+
+@functools.cache
+def _insert_signed_inbound():
+    """PostgreSQL: the signature record and, only if it holds, the inbox row, in one statement.
+
+    Returns one row: (first_body, id), id NULL for a duplicate or a refused signature.
+    """
+    signature = replay.signature_upsert(True).cte("signature")
+    first_body = exists(select(signature.c.body_sha256))
+    stored = _inbox_insert(True, only_if=first_body).cte("stored")
+    return select(first_body.label("first_body"), select(stored.c.id).scalar_subquery().label("id"))
 
 
 Handler = Callable[[Runtime, InboundMessage, str], None]
@@ -89,15 +128,22 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
 
         return leases.claim(session, InboundMessage, worker_id, now=now,
                             lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id,
-                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS, may_overtake=_text_past_a_waiting_photo,
+                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS,
+                            may_overtake=_past_photos_held_up_by_an_outage,
                             on_failed=failed if on_give_up is not None else None,
                             waiting_until=InboundMessage.waiting_until)
 
 
-def _text_past_a_waiting_photo(earlier, row):
-    """A driver's texts and events need not wait behind a photo that waits out an outage; photos do
-    (they fill the checklist in the order they were sent)."""
-    return and_(earlier.waiting_until.is_not(None), row.msg_type != "image")
+def _past_photos_held_up_by_an_outage(earlier, row):
+    """A driver's texts and events need not wait behind photos held up by an outage: the first one
+    waiting it out (``waiting_until`` set) and every photo sent after it, which waits its turn
+    behind that one. Photos keep their order among themselves (they fill the checklist in the
+    order they were sent)."""
+    waiting = aliased(InboundMessage)
+    return and_(row.msg_type != "image", earlier.msg_type == "image",
+                exists().where(waiting.openid == earlier.openid, waiting.id <= earlier.id,
+                               waiting.msg_type == "image", waiting.waiting_until.is_not(None),
+                               waiting.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
 
 
 def _run_give_up_hook(hook: GiveUpHook | None, session: Session, row: InboundMessage, now: datetime) -> None:
@@ -164,6 +210,7 @@ def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error
         return "lost"
     if give_up:
         log.error("inbox message %s failed for good after %s attempts: %s", row.id, row.attempts, error)
+        metrics.FAILURES.labels("inbox", "outage_outlasted" if keep_trying_until else "attempts_exhausted").inc()
         return "failed"
     return "retry"
 

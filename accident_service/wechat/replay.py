@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Connection, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -24,35 +25,53 @@ MAX_NONCE_LENGTH = 64
 MAX_TIMESTAMP_LENGTH = 20
 
 
-def first_body_for_signature(session: Session, *, timestamp: str, nonce: str, body: bytes, now: datetime) -> bool:
-    """Record the body signed with (timestamp, nonce); False if another body came under it before.
+class SignatureReused(Exception):
+    """Another body came under this plain signature before; nothing was stored."""
 
-    Raises ValueError for a timestamp or nonce too long to be the platform's.
+
+@dataclass(frozen=True)
+class SignedBody:
+    """A plain-mode push's (timestamp, nonce) and its body, ready to be recorded."""
+
+    timestamp: str
+    nonce: str
+    body_sha256: str
+    seen_at: datetime
+
+    @classmethod
+    def of(cls, *, timestamp: str, nonce: str, body: bytes, now: datetime) -> SignedBody:
+        """Raises ValueError for a timestamp or nonce too long to be the platform's."""
+        if len(timestamp) > MAX_TIMESTAMP_LENGTH or len(nonce) > MAX_NONCE_LENGTH:
+            raise ValueError("timestamp or nonce too long")
+        return cls(timestamp, nonce, hashlib.sha256(body).hexdigest(), now)
+
+    def params(self) -> dict[str, object]:
+        return {"timestamp": self.timestamp, "nonce": self.nonce, "body_sha256": self.body_sha256,
+                "seen_at": self.seen_at}
+
+
+def first_body_for_signature(connection: Connection, signed: SignedBody) -> bool:
+    """Record the body signed with (timestamp, nonce); False if another body came under it before."""
+    return connection.execute(signature_upsert(is_postgres(connection)), signed.params()).first() is not None
+
+
+@functools.cache
+def signature_upsert(postgres: bool):
+    """The rule in one statement: it returns a row for the first body under a (timestamp, nonce) and
+    for the same body again (the platform's retry), none for another body.
+
+    Built once: every plain-mode push runs it (the webhook within its inbox insert on PostgreSQL).
+    The same-body case is an ON CONFLICT DO UPDATE that changes nothing rather than a SELECT:
+    it sees a record a concurrent retry committed after this statement began, where a SELECT
+    in the same statement would not, and would refuse the platform's own retry.
     """
-    if len(timestamp) > MAX_TIMESTAMP_LENGTH or len(nonce) > MAX_NONCE_LENGTH:
-        raise ValueError("timestamp or nonce too long")
-    digest = hashlib.sha256(body).hexdigest()
-    connection = session.connection()
-    key = {"timestamp": timestamp, "nonce": nonce}
-    if connection.execute(_insert_signature(is_postgres(session)), {**key, "body_sha256": digest,
-                                                                    "seen_at": now}).first() is not None:
-        return True
-    return connection.execute(_body_seen_under_signature(), key).scalar() == digest
-
-
-@functools.cache
-def _insert_signature(postgres: bool):
-    """Built once: every plain-mode push runs it."""
     table = PushSignature.__table__
-    insert = postgresql.insert if postgres else sqlite.insert
-    return insert(table).on_conflict_do_nothing().returning(table.c.body_sha256)
-
-
-@functools.cache
-def _body_seen_under_signature():
-    table = PushSignature.__table__
-    return select(table.c.body_sha256).where(table.c.timestamp == bindparam("timestamp"),
-                                             table.c.nonce == bindparam("nonce"))
+    insert = (postgresql.insert if postgres else sqlite.insert)(table).values(
+        timestamp=bindparam("timestamp"), nonce=bindparam("nonce"), body_sha256=bindparam("body_sha256"),
+        seen_at=bindparam("seen_at", type_=table.c.seen_at.type))
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.timestamp, table.c.nonce], set_={"seen_at": table.c.seen_at},
+        where=table.c.body_sha256 == insert.excluded.body_sha256).returning(table.c.body_sha256)
 
 
 def forget_signatures(session: Session, *, seen_before: datetime) -> int:

@@ -11,17 +11,19 @@ import hashlib
 import hmac
 import logging
 import time
+from typing import NoReturn
 
 import xmltodict
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Response, abort, current_app, g, request
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.messages import UnknownMessage
 
 from accident_service import metrics
+from accident_service.db import DatabaseUnavailable
 from accident_service.settings import Settings
-from accident_service.web import current_runtime
-from accident_service.wechat import inbox, replay
+from accident_service.web import EXTENSION_KEY, current_runtime
+from accident_service.wechat import inbox, intake_limits, replay
 from accident_service.wechat.worker_pool import submit_after_response
 from accident_service.wechat.xml_gate import UnsafeXml, check_body, parse_inbound
 
@@ -39,7 +41,6 @@ def verify_url():
 
 @bp.post("/wechat")
 def receive():
-    started = time.perf_counter()
     runtime = current_runtime()
     settings = runtime.settings
     if not _is_encrypted_push():
@@ -49,33 +50,62 @@ def receive():
         # plain signature sent beside it must still be right.
         _require_signature(settings, check_age=False)
     body = _read_capped_body(settings.WECHAT_MAX_BODY_BYTES)
-    # The plain signature does not cover the body: each signed query may carry one body only.
-    one_body_per_signature = not _is_encrypted_push() and settings.WECHAT_TIMESTAMP_TOLERANCE_SECONDS > 0
+    signed = _signed_body(runtime, body)
     try:
         check_body(body, max_bytes=settings.WECHAT_MAX_BODY_BYTES)
         xml_text = _decrypt_if_needed(settings, body)
         message = parse_inbound(xml_text)
     except UnsafeXml as exc:
-        if one_body_per_signature:
-            _record_signature_alone(runtime, body)
+        if signed is not None:
+            _record_signature_alone(runtime, signed)
         log.warning("wechat push refused: %s", exc.reason)
         metrics.INBOUND_MESSAGES.labels("invalid", exc.reason).inc()
         return Response(exc.reason, status=exc.http_status, mimetype="text/plain")
     if isinstance(message, UnknownMessage):
-        if one_body_per_signature:
-            _record_signature_alone(runtime, body)
+        if signed is not None:
+            _record_signature_alone(runtime, signed)
         metrics.INBOUND_MESSAGES.labels("unknown", "ignored").inc()
         return _success()
-    with runtime.unit_of_work() as session:
-        if one_body_per_signature:
-            _require_first_body_for_signature(session, runtime, body)  # a refusal rolls back: nothing stored
-        row_id = inbox.store_inbound(session, message, xml_text, runtime.clock.now())
-    outcome = "stored" if row_id else "duplicate"
-    metrics.INBOUND_MESSAGES.labels(inbox.msg_type_of(message), outcome).inc()
-    if row_id and settings.INBOX_PROCESS_INLINE:
+    now = runtime.clock.now()
+    msg_type = inbox.msg_type_of(message)
+    not_before = current_app.extensions[intake_limits.EXTENSION_KEY].defer_until(msg_type, str(message.source), now)
+    try:
+        row_id = runtime.transaction(lambda connection: inbox.store_inbound(
+            connection, message, xml_text, now, not_before=not_before, signed=signed))
+    except replay.SignatureReused:
+        _refuse_reused_signature()
+    metrics.INBOUND_MESSAGES.labels(msg_type, "duplicate" if not row_id else "deferred" if not_before
+                                    else "stored").inc()
+    if row_id and not not_before and settings.INBOX_PROCESS_INLINE:
         submit_after_response(runtime, row_id)
-    metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     return _success()
+
+
+def init_app(app) -> None:
+    """The blueprint, and the per-sender intake limits of this app."""
+    app.register_blueprint(bp)
+    app.extensions[intake_limits.EXTENSION_KEY] = intake_limits.IntakeLimits(app.extensions[EXTENSION_KEY].settings)
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def _database_unavailable(exc: DatabaseUnavailable):
+    # Every database call here goes through runtime.transaction, which raises this.
+    # Plain text, as the platform reads it; a 503 makes it push again, and the dedupe key
+    # and the one-body-per-signature record let the same push through then.
+    log.warning("wechat push not stored: database unavailable")
+    return Response("database unavailable", status=503, mimetype="text/plain")
+
+
+@bp.before_request
+def _start_timer() -> None:
+    g.wechat_started = time.perf_counter()
+
+
+@bp.after_request
+def _count_request(response: Response) -> Response:
+    metrics.WEBHOOK_REQUESTS.labels(request.method, str(response.status_code)).inc()
+    metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - g.wechat_started)
+    return response
 
 
 def _success() -> Response:
@@ -106,23 +136,30 @@ def _require_signature(settings: Settings, *, check_age: bool = True) -> None:
             abort(403)
 
 
-def _record_signature_alone(runtime, body: bytes) -> None:
-    with runtime.unit_of_work() as session:
-        _require_first_body_for_signature(session, runtime, body)
+def _signed_body(runtime, body: bytes) -> replay.SignedBody | None:
+    """The (timestamp, nonce) to record with this body: plain mode with the age check on only.
 
-
-def _require_first_body_for_signature(session, runtime, body: bytes) -> None:
-    """403 when another body came under this (timestamp, nonce) before; 400 for oversized values."""
+    The plain signature does not cover the body: each signed query may carry one body only.
+    """
+    if _is_encrypted_push() or not runtime.settings.WECHAT_TIMESTAMP_TOLERANCE_SECONDS:
+        return None
     try:
-        first = replay.first_body_for_signature(session, timestamp=request.args.get("timestamp", ""),
-                                                nonce=request.args.get("nonce", ""), body=body,
-                                                now=runtime.clock.now())
+        return replay.SignedBody.of(timestamp=request.args.get("timestamp", ""), nonce=request.args.get("nonce", ""),
+                                    body=body, now=runtime.clock.now())
     except ValueError:
         abort(400)
-    if not first:
-        log.warning("wechat push refused: another body under a signature already used")
-        metrics.INBOUND_MESSAGES.labels("invalid", "replayed_signature").inc()
-        abort(403)
+
+
+def _record_signature_alone(runtime, signed: replay.SignedBody) -> None:
+    """A push refused or ignored still uses up its signature; 403 if another body came under it first."""
+    if not runtime.transaction(lambda connection: replay.first_body_for_signature(connection, signed)):
+        _refuse_reused_signature()
+
+
+def _refuse_reused_signature() -> NoReturn:
+    log.warning("wechat push refused: another body under a signature already used")
+    metrics.INBOUND_MESSAGES.labels("invalid", "replayed_signature").inc()
+    abort(403)
 
 
 def signature_matches(signature: str, *parts: str) -> bool:

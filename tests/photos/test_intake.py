@@ -127,7 +127,7 @@ def test_download_is_retried_with_backoff_after_a_platform_error_and_a_timeout(w
 
 
 def test_the_checklist_comes_from_the_configuration(wechat, start_live, photos):
-    runtime = start_live(PHOTO_CHECKLIST="scene,plate_a", PHOTO_CHECKLIST_B="")
+    runtime = start_live(PHOTO_CHECKLIST="scene,plate_a", PHOTO_CHECKLIST_B="")  # no item for the other party
     start_case(wechat, runtime)
     for name in ("astronaut", "coffee", "rocket"):
         send_photo(wechat, runtime, photos.medium_jpeg(name))

@@ -181,3 +181,39 @@ def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wec
     clock.advance(hours=1)
     drain(runtime)  # failed for good: asked once, not again
     assert seen_lines(wechat).count(reply("conv.photo_lost")) == 1
+
+
+def test_texts_are_answered_while_three_photos_wait_out_a_storage_outage(wechat, start_live, own_s3, clock, photos):
+    """Photos sent during an outage queue behind the first one waiting it out; none holds the driver's texts
+    back, and once storage is back they are stored once each, in the order they were sent."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    own_s3.stop()
+    sent = [send_photo(wechat, runtime, photos.medium_jpeg(name), process=False)
+            for name in ("coffee", "astronaut", "rocket")]
+    drain(runtime)  # the first meets the outage, the other two queue behind it
+    wechat.post_text(DRIVER, "状态")
+    drain(runtime)
+    assert wechat.messages_to(DRIVER)[-1].startswith("案件")  # answered while the photos still wait
+    wechat.post_text(DRIVER, "粤A12345")
+    drain(runtime)
+    assert wechat.messages_to(DRIVER)[-1].startswith(reply("conv.plate_saved", plate="粤A12345"))
+    assert [m.status for m in image_messages(runtime)] == [WorkStatus.PENDING] * 3
+    assert photos_of(runtime) == []
+
+    own_s3.start()
+    clock.advance(seconds=6)  # past the first photo's backoff
+    drain(runtime)
+
+    assert [m.status for m in image_messages(runtime)] == [WorkStatus.DONE] * 3
+    stored = photos_of(runtime)
+    assert [(p.item, p.media_id, p.status) for p in stored] == [
+        (item, media_id, PhotoStatus.ACCEPTED) for item, media_id in enumerate(sent, start=1)]
+    s3 = boto3.client("s3", endpoint_url=own_s3.url, region_name="us-east-1")
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket="evidence")["Contents"]]
+    assert sorted(keys) == sorted(key for p in stored for key in (p.object_key, p.thumb_key))
+    seen = seen_lines(wechat)
+    assert seen.count(reply("conv.photo_saving")) == 1 and seen.count(reply("conv.photo_saved_late")) == 1
+    progress = [seen.index(reply("conv.photo_received", received=n, total=3)) for n in (1, 2, 3)]
+    assert progress == sorted(progress) and seen.index(reply("conv.plate_saved", plate="粤A12345")) < progress[0]
+

@@ -31,14 +31,16 @@ def settings_overrides(settings_overrides):
 _next_msg_id = iter(range(10_000, 10**9))
 
 
-def push(runtime, openid: str = "oDriverA", *, msg_id: int | None = None) -> int:
-    """Store a text message the way the webhook does; returns the inbox row id."""
+def push(runtime, openid: str = "oDriverA", *, msg_id: int | None = None, image: bool = False) -> int:
+    """Store a text message (or a photo) the way the webhook does; returns the inbox row id."""
     msg_id = msg_id if msg_id is not None else next(_next_msg_id)
+    body = (f"<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[http://127.0.0.1/{msg_id}.jpg]]></PicUrl>"
+            f"<MediaId><![CDATA[media-{msg_id}]]></MediaId>" if image else
+            f"<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[message {msg_id}]]></Content>")
     xml = (f"<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><FromUserName><![CDATA[{openid}]]>"
-           f"</FromUserName><CreateTime>1764036000</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-           f"<Content><![CDATA[message {msg_id}]]></Content><MsgId>{msg_id}</MsgId></xml>")
+           f"</FromUserName><CreateTime>1764036000</CreateTime>{body}<MsgId>{msg_id}</MsgId></xml>")
     with runtime.unit_of_work() as session:
-        row_id = inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now())
+        row_id = inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now())
         assert row_id is not None
         return row_id
 
@@ -77,7 +79,7 @@ def test_store_inbound_refuses_a_retry_of_the_same_push(runtime):
     push(runtime, msg_id=42)
     xml = load(runtime, 1).payload
     with runtime.unit_of_work() as session:
-        assert inbox.store_inbound(session, parse_inbound(xml), xml, runtime.clock.now()) is None
+        assert inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now()) is None
     with runtime.unit_of_work() as session:
         assert session.scalar(select(func.count()).select_from(InboundMessage)) == 1
 
@@ -191,6 +193,29 @@ def test_older_message_with_an_expired_lease_blocks_the_newer(runtime, clock):
     past_lease(clock)
     assert inbox.claim_due(runtime, "w2", limit=10) == [older]  # recovered alone, not with the newer
     assert load(runtime, newer).status is WorkStatus.PENDING
+
+
+def test_texts_pass_any_number_of_photos_held_up_by_an_outage_and_photos_keep_their_order(runtime, clock):
+    photos = [push(runtime, "oDriverA", image=True) for _ in range(3)]
+    first_text = push(runtime, "oDriverA")
+    outage = inbox.RetryLater("storage unavailable", keep_trying_until=clock.now() + timedelta(hours=2))
+    assert inbox.claim_due(runtime, "w1", limit=10) == [photos[0]]
+    assert inbox.process(runtime, photos[0], "w1", failing_with(outage)) == "retry"
+
+    assert inbox.claim_due(runtime, "w1", limit=10) == [first_text]  # past all three; the photos keep their turn
+    assert inbox.process(runtime, first_text, "w1", record_and_finish) == "done"
+    second_text = push(runtime, "oDriverA")
+    assert inbox.claim_due(runtime, "w1", limit=10) == [second_text]
+    assert inbox.process(runtime, second_text, "w1", record_and_finish) == "done"
+
+    clock.set(load(runtime, photos[0]).next_attempt_at)  # storage is back
+    assert inbox.claim_due(runtime, "w1", limit=10) == [photos[0]]
+    assert inbox.process(runtime, photos[0], "w1", record_and_finish) == "done"
+    third_text = push(runtime, "oDriverA")  # no photo waits any more: texts wait their turn again
+    for expected in (photos[1], photos[2], third_text):
+        assert inbox.claim_due(runtime, "w1", limit=10) == [expected]
+        assert inbox.process(runtime, expected, "w1", record_and_finish) == "done"
+    assert audit_actors(runtime) == ["w1"] * 6
 
 
 def test_failed_message_does_not_block_the_driver_forever(runtime, clock):

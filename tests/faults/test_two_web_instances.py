@@ -1,0 +1,59 @@
+"""Two web instances (gunicorn processes, as on two hosts) on one database, both processing inline.
+
+Each push reaches both instances at once (the platform's retry can land on another host):
+it is stored once, processed once and answered once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import text
+
+from accident_service.db import make_engine
+from accident_service.messages import text as catalogue_text
+from tests.conftest import WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
+from tests.faults.conftest import Push, gunicorn, web_env
+
+pytestmark = pytest.mark.slow
+DRIVERS, PUSHES_PER_DRIVER = 4, 2
+
+
+def inbox_statuses(database_url: str) -> list[str]:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return sorted(connection.execute(text("SELECT status FROM inbound_message")).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_each_push_is_stored_processed_and_answered_once_across_two_instances(private_database_url, wechat, tmp_path):
+    env = web_env(private_database_url, tmp_path, INBOX_PROCESS_INLINE="true", WECHAT_TOKEN=WECHAT_TOKEN,
+                  WECHAT_APP_ID=WECHAT_APPID, WECHAT_APP_SECRET=WECHAT_SECRET,
+                  WECHAT_API_BASE_URL=wechat.api_base_url)
+    with gunicorn(env, tmp_path / "a.log", workers=1) as host_a, gunicorn(env, tmp_path / "b.log", workers=1) as host_b:
+        pushes = [Push(f"oTwoHosts{d}", "帮助", 630_000 + d * 10 + n, token=WECHAT_TOKEN)
+                  for n in range(PUSHES_PER_DRIVER) for d in range(DRIVERS)]
+        answers: list[tuple[int, str]] = []
+
+        def post(push: Push, host: str) -> None:
+            answers.append(push.post(host))
+
+        for push in pushes:  # the same push to both hosts at once
+            both = [threading.Thread(target=post, args=(push, host)) for host in (host_a, host_b)]
+            for thread in both:
+                thread.start()
+            for thread in both:
+                thread.join(timeout=20)
+        assert answers == [(200, "success")] * 2 * len(pushes)
+        wechat.wait_for_sent(lambda m: m["touser"].startswith("oTwoHosts"), timeout=60, count=len(pushes))
+        time.sleep(1)  # a duplicate would come right after: give it the chance to show
+
+    help_text = catalogue_text("conv.help", "zh")
+    for driver in range(DRIVERS):
+        assert wechat.messages_to(f"oTwoHosts{driver}") == [help_text] * PUSHES_PER_DRIVER
+    assert inbox_statuses(private_database_url) == ["done"] * len(pushes)
+    assert wechat.token_requests == 1  # one access token, shared by both instances

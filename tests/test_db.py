@@ -1,0 +1,236 @@
+"""Dead database connections: replaced at checkout, retried once before COMMIT, never after; 503 when it stays down.
+
+The PostgreSQL tests end the app's server processes for real (``pg_terminate_backend``)
+from a connection of their own, as a server restart or an operator would.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flask import jsonify
+from sqlalchemy import event, func, select, text
+
+from accident_service import create_app, db
+from accident_service.db import DatabaseUnavailable, make_engine, make_session_factory, run_in_transaction, unit_of_work
+from accident_service.models import AuditEvent
+from accident_service.runtime import build_runtime
+from accident_service.settings import load_settings
+from tests.conftest import T0
+from tests.support.servers import free_port
+
+postgres_only = pytest.mark.postgres_only
+
+
+def terminate(database_url: str, pid: int) -> None:
+    admin = make_engine(database_url)
+    try:
+        with admin.connect() as connection:
+            assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    finally:
+        admin.dispose()
+
+
+def audit_rows(sessions, action: str) -> int:
+    with unit_of_work(sessions) as session:
+        return session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == action))
+
+
+def add_audit(session, action: str) -> None:
+    session.add(AuditEvent(at=T0, actor_type="system", actor=None, action=action))
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@postgres_only
+def test_no_round_trip_is_spent_on_a_pre_ping(engine):
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: statements.append(statement))
+    for _ in range(3):
+        with unit_of_work(make_session_factory(engine)) as session:
+            session.execute(text("SELECT 1 AS probe"))
+    assert statements == ["SELECT 1 AS probe"] * 3  # no ping between checkouts
+    assert engine.pool._pre_ping is False
+
+
+@postgres_only
+def test_a_connection_the_server_closed_while_idle_is_replaced_at_checkout(engine, database_url, monkeypatch):
+    monkeypatch.setattr(db, "IDLE_CHECK_SECONDS", 0.2)
+    sessions = make_session_factory(engine)
+    with unit_of_work(sessions) as session:
+        first_pid = session.scalar(text("SELECT pg_backend_pid()"))
+    terminate(database_url, first_pid)  # the connection now sits dead in the pool
+    time.sleep(0.3)
+
+    with unit_of_work(sessions) as session:  # a plain unit of work, no retry: the pool noticed
+        add_audit(session, "idle-death")
+        assert session.scalar(text("SELECT pg_backend_pid()")) != first_pid
+    assert audit_rows(sessions, "idle-death") == 1
+
+
+@postgres_only
+def test_a_connection_just_back_in_a_busy_pool_is_trusted_and_its_loss_left_to_the_retry(engine, database_url):
+    """No look at the socket (it gives up the GIL) for a connection used a moment ago."""
+    with unit_of_work(make_session_factory(engine)) as session:
+        first_pid = session.scalar(text("SELECT pg_backend_pid()"))
+    terminate(database_url, first_pid)
+
+    calls = []
+
+    def work(connection):
+        calls.append(1)
+        return connection.scalar(text("SELECT pg_backend_pid()"))
+
+    assert run_in_transaction(engine, work) != first_pid
+    assert len(calls) == 2  # the first attempt met the dead connection; the retry ran on a new one
+
+
+def insert_audit(connection, action: str) -> None:
+    connection.execute(AuditEvent.__table__.insert().values(at=T0, actor_type="system", actor=None, action=action))
+
+
+@postgres_only
+def test_a_connection_lost_before_commit_is_retried_once_on_a_fresh_connection(engine, database_url):
+    attempts: list[int] = []
+
+    def work(connection):
+        pid = connection.scalar(text("SELECT pg_backend_pid()"))
+        attempts.append(pid)
+        if len(attempts) == 1:
+            terminate(database_url, pid)  # dies mid-transaction, after its first statement
+        insert_audit(connection, "retried")
+        return "done"
+
+    assert run_in_transaction(engine, work) == "done"
+    assert len(attempts) == 2 and attempts[0] != attempts[1]
+    assert audit_rows(make_session_factory(engine), "retried") == 1
+
+
+@postgres_only
+def test_a_connection_lost_during_commit_is_not_retried(engine, database_url):
+    """The COMMIT may have reached the server: running the work again could apply it twice."""
+    calls: list[int] = []
+
+    def kill_before_commit(connection) -> None:
+        terminate(database_url, connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+
+    event.listen(engine, "commit", kill_before_commit)
+
+    def work(connection):
+        calls.append(1)
+        insert_audit(connection, "ambiguous")
+
+    with pytest.raises(DatabaseUnavailable):
+        run_in_transaction(engine, work)
+    event.remove(engine, "commit", kill_before_commit)
+    assert calls == [1]
+    assert audit_rows(make_session_factory(engine), "ambiguous") == 0  # here the server never saw the COMMIT
+
+
+@postgres_only
+def test_a_connection_lost_on_the_retry_too_is_database_unavailable(engine, database_url):
+    calls: list[int] = []
+
+    def work(connection):
+        calls.append(1)
+        terminate(database_url, connection.scalar(text("SELECT pg_backend_pid()")))
+        connection.execute(text("SELECT 1"))
+
+    with pytest.raises(DatabaseUnavailable):
+        run_in_transaction(engine, work)
+    assert len(calls) == 2
+
+
+def test_other_errors_are_neither_retried_nor_called_unavailable(engine):
+    calls: list[int] = []
+
+    def work(connection):
+        calls.append(1)
+        insert_audit(connection, "rolled back")
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_in_transaction(engine, work)
+    assert calls == [1]
+    assert audit_rows(make_session_factory(engine), "rolled back") == 0
+
+
+def closed_port_url() -> str:
+    return f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+
+
+def test_an_unreachable_database_is_database_unavailable():
+    engine = make_engine(closed_port_url())
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            run_in_transaction(engine, lambda connection: connection.execute(text("SELECT 1")))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def unreachable_app(settings_overrides, clock):
+    runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": closed_port_url(),
+                                           "WECHAT_TOKEN": "t"}, environ={}), clock=clock)
+    app = create_app(runtime=runtime)
+
+    @app.get("/test-json")
+    def _json_view():  # any JSON endpoint that reads the database
+        with runtime.unit_of_work() as session:
+            return jsonify(value=session.scalar(text("SELECT 1")))
+
+    yield app
+    runtime.close()
+
+
+def test_the_webhook_answers_503_in_plain_text_when_the_database_is_unreachable(unreachable_app):
+    from tests.wechat.test_webhook import sha1_sorted, text_message
+
+    query = {"timestamp": "1700000000", "nonce": "42", "signature": sha1_sorted("t", "1700000000", "42")}
+    response = unreachable_app.test_client().post("/wechat", query_string=query, data=text_message().encode(),
+                                                  content_type="text/xml")
+    assert response.status_code == 503
+    assert response.mimetype == "text/plain" and b"<html" not in response.data.lower()
+
+
+def test_json_endpoints_answer_a_json_503_when_the_database_is_unreachable(unreachable_app):
+    response = unreachable_app.test_client().get("/test-json")
+    assert response.status_code == 503
+    assert response.json["error"] == "database_unavailable"
+
+
+def test_metrics_still_answer_when_the_database_is_unreachable(unreachable_app):
+    response = unreachable_app.test_client().get("/metrics")
+    assert response.status_code == 200
+    assert b"accident_webhook_requests_total" in response.data
+    assert b"accident_database_up 0.0" in response.data
+
+
+@postgres_only
+def test_the_webhook_stores_a_push_whose_connection_died_mid_transaction(settings_overrides, clock, database_url):
+    """The connection dies just before the store statement: the push is stored once, and answered success."""
+    from tests.wechat.test_webhook import plain_query, stored_count, text_message
+
+    runtime = build_runtime(load_settings({**settings_overrides, "WECHAT_TOKEN": "webhook-test-token",
+                                           "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)
+    killed: list[int] = []
+
+    def kill_once(connection, _cursor, statement, *_args) -> None:
+        if "inbound_message" in statement and not killed:
+            killed.append(connection.connection.dbapi_connection.info.backend_pid)
+            terminate(database_url, killed[0])
+
+    event.listen(runtime.engine, "before_cursor_execute", kill_once)
+    try:
+        response = create_app(runtime=runtime).test_client().post(
+            "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
+        assert (response.status_code, response.data) == (200, b"success")
+        assert len(killed) == 1 and stored_count(runtime) == 1
+    finally:
+        runtime.close()

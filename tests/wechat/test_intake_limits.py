@@ -1,0 +1,148 @@
+"""Per-sender limits on costly pushes: over them a push is still answered "success" and stored; its processing waits."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from accident_service import create_app
+from accident_service.models import InboundMessage
+from accident_service.runtime import build_runtime
+from accident_service.settings import load_settings
+from accident_service.wechat import inbox
+from tests.support.servers import free_port
+from tests.wechat.test_webhook import TOKEN, assert_success, plain_query, post, text_message
+
+PER_MINUTE = 2
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides):
+    return {**settings_overrides, "WECHAT_TOKEN": TOKEN, "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300,
+            "WECHAT_MEDIA_PER_MINUTE": PER_MINUTE, "REDIS_URL": ""}
+
+
+_msg_ids = iter(range(70_000, 10**9))
+
+
+def image_message(source: str) -> str:
+    msg_id = next(_msg_ids)
+    return (f"<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><FromUserName><![CDATA[{source}]]>"
+            f"</FromUserName><CreateTime>1764036000</CreateTime><MsgType><![CDATA[image]]></MsgType>"
+            f"<PicUrl><![CDATA[http://127.0.0.1/{msg_id}.jpg]]></PicUrl><MediaId><![CDATA[m{msg_id}]]></MediaId>"
+            f"<MsgId>{msg_id}</MsgId></xml>")
+
+
+def send(client, body: str) -> None:
+    assert_success(post(client, body, plain_query()))
+
+
+def due_times(runtime, openid: str) -> list:
+    with runtime.unit_of_work() as session:
+        return list(session.scalars(select(InboundMessage.next_attempt_at).where(InboundMessage.openid == openid)
+                                    .order_by(InboundMessage.id)))
+
+
+def test_photos_over_the_limit_are_answered_and_stored_and_their_processing_waits(client, runtime, clock):
+    now = clock.now()
+    for _ in range(PER_MINUTE + 2):
+        send(client, image_message("oFlood"))
+    send(client, image_message("oCalm"))
+    send(client, text_message(msg_id=next(_msg_ids), source="oFlood"))
+
+    flood = due_times(runtime, "oFlood")
+    assert len(flood) == PER_MINUTE + 3  # every push stored
+    assert flood[:PER_MINUTE] == [now] * PER_MINUTE
+    for deferred in flood[PER_MINUTE:PER_MINUTE + 2]:
+        assert now < deferred <= now + timedelta(seconds=61)  # until the sender's minute has passed
+    assert flood[-1] == now  # texts cost nothing to process: not limited
+    assert due_times(runtime, "oCalm") == [now]  # other drivers are not held back
+
+    claimed = []
+    for _ in range(PER_MINUTE + 1):  # one message per driver at a time, in order: the deferred photo waits
+        ids = inbox.claim_due(runtime, "w1", limit=10)
+        claimed += ids
+        for message_id in ids:
+            inbox.process(runtime, message_id, "w1", lambda rt, row, worker: finish(rt, row, worker))
+    assert len(claimed) == PER_MINUTE + 1  # the flood's first two, and oCalm's photo
+    clock.advance(seconds=61)
+    assert len(inbox.claim_due(runtime, "w1", limit=10)) == 1  # the deferred photo is due now
+
+
+def finish(runtime, row, worker_id) -> None:
+    with runtime.unit_of_work() as session:
+        inbox.finish(session, row, worker_id, runtime.clock.now())
+
+
+def test_deferred_pushes_are_counted_in_the_metrics(client):
+    for _ in range(PER_MINUTE + 1):
+        send(client, image_message("oMetered"))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'accident_inbound_messages_total{msg_type="image",outcome="deferred"}' in text
+
+
+def test_zero_sets_no_limit(settings_overrides, clock):
+    overrides = {**settings_overrides, "WECHAT_MEDIA_PER_MINUTE": 0}
+    runtime = build_runtime(load_settings(overrides, environ={}), clock=clock)
+    try:
+        client = create_app(runtime=runtime).test_client()
+        for _ in range(PER_MINUTE + 3):
+            send(client, image_message("oUnlimited"))
+        assert due_times(runtime, "oUnlimited") == [clock.now()] * (PER_MINUTE + 3)
+    finally:
+        runtime.close()
+
+
+def test_with_redis_every_web_process_shares_the_counts(settings_overrides, clock):
+    """Two apps stand for two gunicorn workers (or hosts): the sender's count is one."""
+    overrides = {**settings_overrides, "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    runtimes = [build_runtime(load_settings(overrides, environ={}), clock=clock) for _ in range(2)]
+    sender = f"oShared{uuid.uuid4().hex[:12]}"
+    try:
+        clients = [create_app(runtime=runtime).test_client() for runtime in runtimes]
+        for n in range(PER_MINUTE + 1):
+            send(clients[n % 2], image_message(sender))
+        times = due_times(runtimes[0], sender)
+        assert times[:PER_MINUTE] == [clock.now()] * PER_MINUTE and times[PER_MINUTE] > clock.now()
+    finally:
+        for runtime in runtimes:
+            runtime.close()
+
+
+def test_an_unreachable_redis_holds_no_push_back(settings_overrides, clock):
+    overrides = {**settings_overrides, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    runtime = build_runtime(load_settings(overrides, environ={}), clock=clock)
+    try:
+        client = create_app(runtime=runtime).test_client()
+        started = time.monotonic()
+        for _ in range(PER_MINUTE + 1):
+            send(client, image_message("oNoRedis"))
+        assert time.monotonic() - started < 5
+        assert due_times(runtime, "oNoRedis") == [clock.now()] * (PER_MINUTE + 1)
+    finally:
+        runtime.close()
+
+
+def test_process_windows_move_with_time_and_forget_quiet_senders(monkeypatch):
+    """The memory windows (no REDIS_URL), on a clock of the test's own."""
+    from limits import RateLimitItemPerMinute
+
+    from accident_service.wechat import intake_limits
+
+    now = [1000.0]
+    monkeypatch.setattr(intake_limits.time, "time", lambda: now[0])
+    windows, per_minute = intake_limits._ProcessWindows(), [RateLimitItemPerMinute(2)]
+
+    def at(seconds: float, openid: str = "oA") -> float:
+        now[0] = 1000.0 + seconds
+        return windows.wait_or_count(per_minute, openid)
+
+    assert (at(0), at(10)) == (0.0, 0.0)
+    assert at(20) == 40.0  # the first push leaves the window at 60 s
+    assert at(60.5) == 0.0 and at(65) == 5.0  # a moving window, not a fixed minute
+    assert at(200, "oB") == 0.0
+    assert list(windows._times) == ["oB"]  # oA was quiet for a whole window: forgotten
