@@ -182,12 +182,16 @@ WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
 @pytest.fixture
-def wechat():
-    """The WeChat platform emulator on loopback (API side and pushes)."""
+def wechat(clock):
+    """The WeChat platform emulator on loopback (API side and pushes), with the platform's rules on.
+
+    It reads the test's clock: moving the service's time moves the platform's (allowance windows,
+    token expiry, client_msg_id), as both would move together in production.
+    """
     from accident_service.sandbox.emulator import WeChatEmulator
 
     emulator = WeChatEmulator(WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN, WECHAT_AES_KEY,
-                              encrypted_by_default=False)
+                              encrypted_by_default=False, clock=lambda: clock.now().timestamp())
     emulator.start()
     yield emulator
     emulator.stop()

@@ -33,9 +33,17 @@ def add(runtime, openid: str, message: str, key: str) -> None:
         enqueue(session, openid=openid, kind="status", text=message, dedupe_key=key, now=runtime.clock.now())
 
 
+def have_written(wechat, *openids: str) -> None:
+    """The drivers have just sent the account a message: the platform lets the service answer each
+    with up to 5 customer-service messages within 48 hours (WECHAT.md §5)."""
+    for openid in openids:
+        wechat.note_user_activity(openid)
+
+
 # --- in-process --------------------------------------------------------------------
 
 def test_run_all_once_runs_every_job_and_dispatches(wechat_runtime, wechat):
+    have_written(wechat, "oDriverA")
     add(wechat_runtime, "oDriverA", "from the outbox", "k1")
 
     result = jobs.run_all_once(wechat_runtime, "w1")
@@ -59,6 +67,7 @@ def test_run_all_once_answers_a_stored_push(live_app, wechat_runtime, wechat):
 def test_run_all_once_sends_what_the_other_jobs_wrote_in_the_same_run(wechat_runtime, wechat, clock):
     from accident_service.cases import parties
 
+    have_written(wechat, "oIdleDriver")  # the message that started the case
     with wechat_runtime.unit_of_work() as session:
         parties.start_case(session, openid="oIdleDriver", language="en", settings=wechat_runtime.settings,
                          now=clock.now())
@@ -75,6 +84,7 @@ def test_a_failing_job_does_not_stop_the_others(wechat_runtime, wechat, monkeypa
         raise RuntimeError("bug in a job")
 
     monkeypatch.setattr(jobs, "PERIODIC_JOBS", ((broken, 2), (jobs.dispatch_outbox, 2)))
+    have_written(wechat, "oDriverA")
     add(wechat_runtime, "oDriverA", "still sent", "k1")
 
     assert jobs.run_all_once(wechat_runtime, "w1") == {"broken": 0, "dispatch_outbox": 1}
@@ -96,6 +106,7 @@ def test_build_scheduler_registers_every_job(wechat_runtime):
 
 
 def test_started_scheduler_dispatches_the_outbox(wechat_runtime, wechat):
+    have_written(wechat, "oDriverA")
     add(wechat_runtime, "oDriverA", "via the scheduler", "k1")
     scheduler = jobs.build_scheduler(wechat_runtime, worker_id="w1", scheduler=BackgroundScheduler(timezone="UTC"))
     scheduler.start()
@@ -171,6 +182,7 @@ def statuses(database_url: str) -> collections.Counter[WorkStatus]:
 
 
 def test_scheduler_once_runs_every_job_and_prints_json(scheduler_env, private_database_url, wechat):
+    have_written(wechat, "oDriverA")
     enqueue_committed(private_database_url, [("oDriverA", "sent by --once")])
 
     result = subprocess.run([*CLI, "scheduler", "--once"], env=scheduler_env, capture_output=True, text=True,
@@ -213,6 +225,7 @@ def logs(tmp_path, count: int) -> str:
 def test_two_schedulers_send_each_notification_exactly_once(start_scheduler, private_database_url, wechat,
                                                              tmp_path):
     expected = {f"oDriver{n:02d}": [f"{n}-{i}" for i in range(3)] for n in range(10)}
+    have_written(wechat, *expected)
     enqueue_committed(private_database_url,
                       [(openid, texts[i]) for i in range(3) for openid, texts in expected.items()])
 

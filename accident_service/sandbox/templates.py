@@ -2,7 +2,9 @@
 
 * A template must be added in the console before it can be sent (here:
   ``register_template``); an unknown template_id answers 40037. An account holds
-  at most 25 templates.
+  at most 25 templates. Keywords are named as the console names them, after
+  their type and position (``thing2``, ``time4``, ``keyword1`` in older
+  industry templates), so a registration cannot invent keys such as ``case_no``.
 * ``data`` must fill every keyword of the template with a valid value
   (template_fields); otherwise 47003 with the platform's errmsg,
   "argument invalid! data.<key>.value is empty" or "... invalid" (the texts
@@ -80,6 +82,8 @@ class TemplateBook:
         for name, field_type in typed.items():
             if field_type not in FIELD_TYPES:
                 raise ValueError(f"{name}: unknown field type {field_type!r} (one of {', '.join(FIELD_TYPES)})")
+            if field_type_of(name) != field_type:  # the console names keywords after their type: thing2, time4
+                raise ValueError(f"{name}: not a keyword name for a {field_type} field (e.g. {field_type}1)")
         approved = {name: frozenset(values) for name, values in (const_values or {}).items()}
         for name in typed:
             if typed[name] == "const" and name not in approved:

@@ -46,6 +46,19 @@ def rt(wechat_runtime):
     return wechat_runtime
 
 
+DRIVERS = ("oDriverA", "oDriverB", *(f"oDriver{n}" for n in range(5)))
+
+
+@pytest.fixture(autouse=True)
+def drivers_have_just_written(wechat):
+    """What the platform requires before the service may message a driver (WECHAT.md §5): each driver
+    in these tests has just sent the account a message (5 customer-service messages within 48 hours),
+    and the booking template exists in the console (an industry template: keyword1, keyword2)."""
+    for openid in DRIVERS:
+        wechat.note_user_activity(openid)
+    wechat.register_template("tpl-booked", ["keyword1", "keyword2"])
+
+
 def add(runtime, openid: str = "oDriverA", message: str = "hello", *, kind: str = "status", **extra) -> int:
     with runtime.unit_of_work() as session:
         notification_id = enqueue(session, openid=openid, kind=kind, text=message,
@@ -147,6 +160,11 @@ def test_a_notice_speaks_the_language_the_party_has_when_it_is_sent(rt, wechat, 
     assert load(rt, notification_id).status is WorkStatus.DONE
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "service breaks platform rule (WECHAT.md §5 Template): its template data uses its own keys (first, case_no, "
+    "fingerprint, station, address, time, reason, remark) instead of the template's keywords, so the platform "
+    "answers 47003 'data.keyword1.value is empty'; the must-read text is in first/remark, which are not shown, "
+    "and time '25 Nov 14:00-14:30' is not a time value"))
 def test_a_notice_stored_as_facts_goes_as_template_message_where_one_is_configured(make_runtime, wechat):
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
     add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="en")
@@ -381,7 +399,7 @@ def test_a_failed_notification_does_not_block_the_next_one(rt, wechat):
     wechat.set_user_unsubscribed("oDriverA")
     add(rt, "oDriverA", "while unsubscribed")
     dispatch_due(rt, "w1")
-    wechat.set_user_unsubscribed("oDriverA", False)
+    wechat.note_user_activity("oDriverA", "subscribe")  # follows again: 3 messages within a minute
     add(rt, "oDriverA", "after subscribing again")
 
     assert dispatch_due(rt, "w1") == 1

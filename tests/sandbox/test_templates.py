@@ -119,6 +119,10 @@ def test_registering_checks_types_names_and_the_limit_of_25(emulator) -> None:
         emulator.register_template("TPL-X", {"thing1": "text"})
     with pytest.raises(ValueError, match="no type in the name"):
         emulator.register_template("TPL-X", ["case_no"])
+    with pytest.raises(ValueError, match="not a keyword name"):
+        emulator.register_template("TPL-X", {"case_no": "character_string"})
+    with pytest.raises(ValueError, match="not a keyword name"):
+        emulator.register_template("TPL-X", {"thing1": "time"})
     with pytest.raises(ValueError, match="approved values"):
         emulator.register_template("TPL-X", {"const1": "const"})
     for n in range(25):

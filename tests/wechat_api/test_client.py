@@ -22,6 +22,10 @@ SECRET = "client-secret"
 @pytest.fixture
 def emulator() -> Iterator[WeChatEmulator]:
     with WeChatEmulator(APPID, SECRET, "token") as running:
+        # What the platform requires before these sends (WECHAT.md §5): "o-a" has just written to the
+        # account (5 customer-service messages in 48 h), and the templates used here were added in the console.
+        running.note_user_activity("o-a")
+        running.register_template("TPL-1", ["keyword1"])
         yield running
 
 

@@ -254,6 +254,8 @@ def test_a_crashed_refreshers_lock_expires(clock, database_url) -> None:
 @pytest.fixture
 def emulator() -> Iterator[WeChatEmulator]:
     with WeChatEmulator(APPID, SECRET, "token") as running:
+        for openid in ["o-warm", *(f"o-{i}" for i in range(THREADS))]:
+            running.note_user_activity(openid)  # each has just written to the account (WECHAT.md §5)
         yield running
 
 
