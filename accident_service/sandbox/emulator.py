@@ -37,8 +37,9 @@ The platform's rules are always on (there is no switch to turn them off):
   seconds; default ``time.time``), so tests move time instead of sleeping.
   Push signatures and CreateTime stay on the wall clock, as the service checks them.
 
-Controls and introspection (besides ``post_*``, ``messages_to``, ``wait_for_sent``):
+Controls and introspection (besides ``post_*`` and ``wait_for_sent``):
 
+* ``messages_to(openid)``: what the user saw; a template message reads ``"[模板] value1 / value2"``
 * ``register_template(template_id, {"thing2": "thing", ...} | ["thing2", ...], *, const_values=None)``
 * ``note_user_activity(openid, event=None, *, msg_type=None, action_key=None) -> bool``: an action without a push
 * ``add_follower(openid)``: follows, has done nothing (templates reach them, customer service does not)
@@ -62,7 +63,6 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-import xmltodict
 
 from accident_service.sandbox.http_server import EmulatorServer, handler_for
 from accident_service.sandbox.platform_api import PlatformApi
@@ -72,6 +72,7 @@ from accident_service.sandbox.push_messages import (
     action_of,
     message_fields,
     new_nonce,
+    read_reply,
     render_xml,
     sha1_signature,
 )
@@ -294,13 +295,7 @@ class WeChatEmulator(PlatformApi):
         if response.status_code != 200 or text in ("", "success"):
             return
         try:
-            if encrypted:
-                if "<Encrypt>" not in text:
-                    raise ValueError("plain reply to an encrypted push")
-                text = self._require_envelope().decrypt_reply(text)
-            reply = xmltodict.parse(text)["xml"]
-            if openid is not None and reply.get("ToUserName") != openid:
-                raise ValueError(f"reply addressed to {reply.get('ToUserName')!r}, not {openid!r}")
+            reply = read_reply(text, self._envelope if encrypted else None, openid)
         except Exception as exc:  # anything unreadable is what the user sees as "service unavailable"
             with self._lock:
                 self.reply_errors.append({"openid": openid, "body": response.content, "error": repr(exc),

@@ -80,6 +80,22 @@ class Envelope:
                                             envelope["Nonce"])
 
 
+def read_reply(text: str, envelope: Envelope | None, openid: str | None) -> dict:
+    """The fields of the service's in-band reply (decrypted with ``envelope`` for an encrypted push).
+
+    Raises (ValueError, wechatpy's exceptions, expat errors, KeyError) for a reply the platform
+    could not show: the user then sees "该公众号暂时无法提供服务".
+    """
+    if envelope is not None:
+        if "<Encrypt>" not in text:
+            raise ValueError("plain reply to an encrypted push")
+        text = envelope.decrypt_reply(text)
+    reply = xmltodict.parse(text)["xml"]
+    if openid is not None and reply.get("ToUserName") != openid:
+        raise ValueError(f"reply addressed to {reply.get('ToUserName')!r}, not {openid!r}")
+    return reply
+
+
 @dataclass(frozen=True)
 class PushedAction:
     """The user action a pushed message stands for (see allowances)."""

@@ -7,16 +7,15 @@ from typing import Any
 import requests
 
 from accident_service.sandbox.emulator import WeChatEmulator
-from tests.sandbox.conftest import APPID, SECRET
 
 
-def get_token(emulator: WeChatEmulator, secret: str = SECRET) -> dict:
+def get_token(emulator: WeChatEmulator, secret: str | None = None) -> dict:
     return requests.get(emulator.api_base_url + "token", timeout=5, params={
-        "grant_type": "client_credential", "appid": APPID, "secret": secret}).json()
+        "grant_type": "client_credential", "appid": emulator.appid, "secret": secret or emulator.secret}).json()
 
 
 def stable_token(emulator: WeChatEmulator, force_refresh: Any = None, **overrides: Any) -> dict:
-    body = {"grant_type": "client_credential", "appid": APPID, "secret": SECRET, **overrides}
+    body = {"grant_type": "client_credential", "appid": emulator.appid, "secret": emulator.secret, **overrides}
     if force_refresh is not None:
         body["force_refresh"] = force_refresh
     return requests.post(emulator.api_base_url + "stable_token", json=body, timeout=5).json()

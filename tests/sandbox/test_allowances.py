@@ -91,6 +91,26 @@ def test_the_one_minute_window_closes(emulator, token, platform_clock: PlatformC
     assert sends(emulator, token, "o-user", 1) == [45015]
 
 
+def test_a_closed_window_answers_45015_even_when_the_count_is_spent(emulator, token,
+                                                                   platform_clock: PlatformClock) -> None:
+    emulator.post_click("o-user", "REPORT_ACCIDENT")
+    assert sends(emulator, token, "o-user", 4)[-1] == 45047
+
+    platform_clock.advance(60)
+
+    assert sends(emulator, token, "o-user", 1) == [45015]
+
+
+def test_the_suites_wechat_fixture_has_the_rules_on_and_reads_the_test_clock(wechat, clock) -> None:
+    token = get_token(wechat)["access_token"]
+    wechat.note_user_activity("o-driver", "CLICK")
+
+    assert sends(wechat, token, "o-stranger", 1) == [43004]
+    assert wechat.allowance("o-driver").window_ends_at == clock.now().timestamp() + 60
+    clock.advance(seconds=60)
+    assert sends(wechat, token, "o-driver", 1) == [45015]
+
+
 def test_a_click_after_a_message_resets_to_three_in_a_minute(emulator, token, platform_clock: PlatformClock) -> None:
     emulator.post_text("o-user", "hello")
     assert sends(emulator, token, "o-user", 1) == [0]  # 4 of the message's 5 left
