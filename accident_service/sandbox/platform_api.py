@@ -226,7 +226,7 @@ class PlatformApi:
             if not isinstance(content, str) or not content:
                 return self._refuse("custom", openid, payload, 44002)
             text = content
-        refusal = self._audience.charge_customer_service(openid)
+        refusal = self._audience.charge_customer_service(openid)  # WECHAT.md §5: within the last action's allowance
         if refusal:
             return self._refuse("custom", openid, payload, refusal)
         self._record("custom", openid, msgtype, text, payload)
@@ -237,6 +237,8 @@ class PlatformApi:
         if not isinstance(openid, str) or not openid or not isinstance(data, dict):
             return self._refuse("template", openid, payload, 47001)
         client_msg_id = payload.get("client_msg_id")
+        # WECHAT.md §5 Template: a registered template (40037), a follower (43004), valid keywords (47003);
+        # the customer-service allowance does not apply.
         try:
             template = self._templates.template(payload.get("template_id"))
             if not self._audience.follows(openid):
