@@ -181,23 +181,32 @@ WECHAT_TOKEN = "test-token"
 WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-@pytest.fixture
-def wechat():
-    """The WeChat platform emulator on loopback (API side and pushes)."""
-    from accident_service.sandbox.emulator import WeChatEmulator
-
-    emulator = WeChatEmulator(WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN, WECHAT_AES_KEY,
-                              encrypted_by_default=False)
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 #: A deployment configures a template for each must-read notice (README, "Notices"): without one, a notice
 #: a driver's WeChat allowance cannot carry waits for them (or goes by SMS, where configured).
 NOTICE_TEMPLATES = {f"WECHAT_TEMPLATE_{kind.upper()}": f"tpl-{kind}" for kind in
                     ("booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "retake", "reminder",
                      "completed")}
+#: The keywords README ("Notices") asks each notice template to have, with their category types.
+NOTICE_TEMPLATE_KEYWORDS = {"character_string1": "character_string", "thing2": "thing", "thing3": "thing",
+                            "time4": "time", "thing5": "thing"}
+
+
+@pytest.fixture
+def wechat(clock):
+    """The WeChat platform emulator on loopback (API side and pushes), with the platform's rules on.
+
+    It reads the test's clock: moving the service's time moves the platform's (allowance windows,
+    token expiry, client_msg_id), as both would move together in production.
+    """
+    from accident_service.sandbox.emulator import WeChatEmulator
+
+    emulator = WeChatEmulator(WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN, WECHAT_AES_KEY,
+                              encrypted_by_default=False, clock=lambda: clock.now().timestamp())
+    for template_id in NOTICE_TEMPLATES.values():  # added in the console as README ("Notices") says
+        emulator.register_template(template_id, NOTICE_TEMPLATE_KEYWORDS)
+    emulator.start()
+    yield emulator
+    emulator.stop()
 
 
 @pytest.fixture

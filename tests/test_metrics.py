@@ -11,15 +11,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from accident_service.notify import allowance
-from accident_service.outbox import enqueue
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from accident_service import jobs
 from accident_service.models import WorkStatus
+from accident_service.notify import allowance
 from accident_service.notify.dispatch import dispatch_due
+from accident_service.outbox import enqueue
 from accident_service.sandbox.images import make_jpeg
 from accident_service.wechat import inbox
 from tests.booking import factories as make

@@ -1,8 +1,8 @@
 """A WeChat platform on loopback, for tests and the dev sandbox.
 
-API side (what the service calls): ``http://127.0.0.1:<port>/cgi-bin/...``,
-see :class:`~accident_service.sandbox.platform_api.PlatformApi` for tokens,
-media, messages, QR codes, menu and fault injection.
+API side (what the service calls): ``http://127.0.0.1:<port>/cgi-bin/...``:
+``token``, ``stable_token``, ``message/custom/send``, ``message/template/send``,
+``qrcode/create``, ``showqrcode``, ``media/get``, ``menu/create``.
 
 Platform side (what WeChat pushes): ``post_text`` & co. build the documented
 XML, sign it (and encrypt it in safe mode) and POST it to ``callback_url``;
@@ -12,8 +12,44 @@ in-band replies are decrypted, checked and recorded like sent messages
     with WeChatEmulator("wx-app", "secret", "token") as wechat:
         settings = {"WECHAT_API_BASE_URL": wechat.api_base_url, ...}
         wechat.callback_url = live_server_url + "/wechat"
+        wechat.register_template("TPL-BOOKED", {"character_string1": "character_string", "time2": "time"})
         wechat.post_click("openid-a", "REPORT_ACCIDENT")
         wechat.wait_for_sent(lambda m: m["touser"] == "openid-a")
+
+The platform's rules are always on (there is no switch to turn them off):
+
+* Customer-service allowances (WECHAT.md §5, allowances.py): a message from the
+  user allows 5 sends in 48 h; a menu click, a follow or a QR scan 3 in 1 minute;
+  each action replaces the last one's allowance. Beyond: 45047 (count spent),
+  45015 (window closed or no action); not following: 43004.
+* What counts as an action: every push this emulator makes, ``post_raw``
+  included, when its plaintext XML is a well-formed message (parses, has
+  FromUserName and MsgType, an Event for events); the user acted even if the
+  service then rejects the push. A push repeating an earlier one (same MsgId,
+  or same FromUserName + CreateTime + Event) is the platform retrying, not a
+  new action. Malformed XML counts as nothing.
+* Template messages (templates.py, template_fields.py): only registered
+  templates (40037); keyword values typed and held to 20 characters (47003);
+  ``first``/``remark`` and colours accepted, not shown; ``client_msg_id`` drops a
+  repeat within 10 minutes; the receiver must follow (43004), nothing else.
+* Tokens (tokens.py): ``cgi-bin/token`` and ``cgi-bin/stable_token`` as WECHAT.md §4.
+* Time: every time-based rule reads ``clock`` (a callable returning epoch
+  seconds; default ``time.time``), so tests move time instead of sleeping.
+  Push signatures and CreateTime stay on the wall clock, as the service checks them.
+
+Controls and introspection (besides ``post_*`` and ``wait_for_sent``):
+
+* ``messages_to(openid)``: what the user saw; a template message reads ``"[模板] value1 / value2"``
+* ``register_template(template_id, {"thing2": "thing", ...} | ["thing2", ...], *, const_values=None)``
+* ``note_user_activity(openid, event=None, *, msg_type=None, action_key=None) -> bool``: an action without a push
+* ``add_follower(openid)``: follows, has done nothing (templates reach them, customer service does not)
+* ``set_user_unsubscribed(openid, unsubscribed=True)``, ``close_window(openid)``
+* ``allowance(openid) -> Allowance(following, remaining, window_ends_at, granted_by)``
+* ``refusal_counts(kind=None) -> {errcode: count}`` and ``refused`` (the refused sends' records)
+* ``cards_to(openid) -> [Card]``: template messages as shown (``shown``, ``not_shown``, ``url``)
+* ``duplicate_templates_dropped``, ``force_refreshes``, ``token_requests``, ``stable_token_requests``
+* faults: ``inject_error``, ``inject_http_status``, ``set_delay``, ``clear_faults``, ``expire_tokens``
+* others: ``add_media``, ``remove_media``, ``qrcodes``, ``scene_for_ticket``, ``requests_log``, ``sent``
 """
 
 from __future__ import annotations
@@ -21,28 +57,27 @@ from __future__ import annotations
 import itertools
 import random
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import requests
-import xmltodict
 
-from accident_service.sandbox.platform_api import ApiResponse, PlatformApi
+from accident_service.sandbox.http_server import EmulatorServer, handler_for
+from accident_service.sandbox.platform_api import PlatformApi
 from accident_service.sandbox.push_messages import (
     Envelope,
     FieldValue,
+    action_of,
     message_fields,
     new_nonce,
+    read_reply,
     render_xml,
     sha1_signature,
 )
+from accident_service.sandbox.templates import Card
 
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
 _FROM_USER = re.compile(rb"<FromUserName>\s*(?:<!\[CDATA\[)?(.*?)(?:\]\]>)?\s*</FromUserName>", re.S)
 
 
@@ -50,9 +85,8 @@ class WeChatEmulator(PlatformApi):
     """Loopback HTTP server playing the WeChat platform. Start/stop it, or use it as a context manager.
 
     ``encoding_aes_key`` enables safe mode, the default for pushes when set (``encrypted_by_default``
-    overrides). ``api_options`` go to PlatformApi: ``token_ttl_seconds`` (7200),
-    ``token_grace_seconds`` (300: how long a replaced token still works), ``enforce_window``
-    (False: custom messages need a user interaction within ``window_seconds``, else 45015).
+    overrides). ``api_options`` go to PlatformApi: ``clock`` (time.time), ``token_ttl_seconds`` (7200),
+    ``token_grace_seconds`` (300: how long a token replaced through ``cgi-bin/token`` still works).
     """
 
     def __init__(self, appid: str, secret: str, token: str, encoding_aes_key: str | None = None,
@@ -72,7 +106,7 @@ class WeChatEmulator(PlatformApi):
         # Random start: MsgIds stay unique across emulators sharing one test database.
         self._msg_ids = itertools.count(random.SystemRandom().randrange(10**17, 9 * 10**18))
         self._last_event_time: dict[str, int] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -82,7 +116,7 @@ class WeChatEmulator(PlatformApi):
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server(("127.0.0.1", self.port), _handler_for(self))
+        self._server = EmulatorServer(("127.0.0.1", self.port), handler_for(self, self._stopping))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="wechat-emulator", daemon=True)
         self._thread.start()
@@ -150,20 +184,23 @@ class WeChatEmulator(PlatformApi):
         body: dict[str, FieldValue] = {"Event": event, **fields}
         fields_xml = message_fields(self.original_id, openid, self._event_time(openid, create_time), "event",
                                     body, msg_id)
-        self.note_user_activity(openid, event.lower())
         return self.post_raw(render_xml(fields_xml), encrypted=encrypted, openid=openid)
 
     def post_raw(self, xml: str | bytes, encrypted: bool | None = None, *, openid: str | None = None,
                  timestamp: int | str | None = None, nonce: str | None = None) -> requests.Response:
         """Sign (and in safe mode encrypt) ``xml`` as it is and POST it to ``callback_url``.
 
-        Unlike the typed helpers it does not count as a user interaction (48 h window).
+        A well-formed message counts as the user's action, as the typed helpers' pushes do (see the
+        module docstring); malformed XML counts as nothing.
         Raises requests' exceptions, e.g. ReadTimeout when the service takes over ``push_timeout``.
         """
         if not self.callback_url:
             raise RuntimeError("set callback_url (the service's /wechat URL) before pushing")
         encrypted = self.encrypted_by_default if encrypted is None else encrypted
         raw = xml.encode("utf-8") if isinstance(xml, str) else xml
+        action = action_of(raw)
+        if action is not None:  # the user acted before the platform pushes, whatever the service answers
+            self.note_user_activity(action.openid, action.event, msg_type=action.msg_type, action_key=action.key)
         if openid is None:
             found = _FROM_USER.search(raw)
             openid = found.group(1).decode("utf-8", "replace") if found else None
@@ -204,10 +241,17 @@ class WeChatEmulator(PlatformApi):
     # -- what the user sees --------------------------------------------------
 
     def messages_to(self, openid: str) -> list[str]:
-        """Texts the user received, in order: text content, template values joined by newlines, or [type]."""
+        """What the user saw, in order: a text's content; a template message as its card,
+        ``"[模板] value1 / value2 ..."`` (the shown keyword values in the template's order, never
+        first/remark); any other message as ``"[msgtype]"``. Refused sends are not there."""
         with self._lock:
             return [m["text"] if m["text"] is not None else f"[{m['msgtype']}]"
                     for m in self.sent if m["touser"] == openid]
+
+    def cards_to(self, openid: str) -> list[Card]:
+        """The template messages ``openid`` received, as shown: ``shown`` values, ``not_shown`` keys, ``url``."""
+        with self._lock:
+            return [m["card"] for m in self.sent if m["touser"] == openid and m["card"] is not None]
 
     def wait_for_sent(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0, *,
                       count: int = 1) -> list[dict[str, Any]]:
@@ -230,7 +274,6 @@ class WeChatEmulator(PlatformApi):
         with self._lock:
             msg_id = msg_id if msg_id is not None else next(self._msg_ids)
         fields = message_fields(self.original_id, openid, create_time or int(time.time()), msg_type, body, msg_id)
-        self.note_user_activity(openid)
         return self.post_raw(render_xml(fields), encrypted=encrypted, openid=openid)
 
     def _event_time(self, openid: str, create_time: int | None) -> int:
@@ -252,13 +295,7 @@ class WeChatEmulator(PlatformApi):
         if response.status_code != 200 or text in ("", "success"):
             return
         try:
-            if encrypted:
-                if "<Encrypt>" not in text:
-                    raise ValueError("plain reply to an encrypted push")
-                text = self._require_envelope().decrypt_reply(text)
-            reply = xmltodict.parse(text)["xml"]
-            if openid is not None and reply.get("ToUserName") != openid:
-                raise ValueError(f"reply addressed to {reply.get('ToUserName')!r}, not {openid!r}")
+            reply = read_reply(text, self._envelope if encrypted else None, openid)
         except Exception as exc:  # anything unreadable is what the user sees as "service unavailable"
             with self._lock:
                 self.reply_errors.append({"openid": openid, "body": response.content, "error": repr(exc),
@@ -268,56 +305,3 @@ class WeChatEmulator(PlatformApi):
             msgtype = str(reply.get("MsgType"))
             self._record("reply", str(reply.get("ToUserName")), msgtype,
                          reply.get("Content") if msgtype == "text" else None, dict(reply))
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that give up (timeouts, aborted downloads) are part of the tests; real bugs still print.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-
-def _handler_for(emulator: WeChatEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "WeChatEmulator/1.0"
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _serve(self, method: str) -> None:
-            url = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(min(length, MAX_REQUEST_BYTES)) if length > 0 else b""
-            if url.path.startswith("/cgi-bin/"):
-                relative = url.path[len("/cgi-bin/"):]
-                delay = emulator.delay_for(relative)
-                if delay and emulator._stopping.wait(delay):
-                    return
-                response = emulator.handle(method, relative, query, body)
-            elif url.path.startswith("/pic/"):  # PicUrl: the image without a token, as the CDN serves it
-                response = emulator.picture(url.path[len("/pic/"):])
-            else:
-                response = ApiResponse(404, "text/plain", b"not found")
-            self._write(response)
-
-        def _write(self, response: ApiResponse) -> None:
-            try:
-                self.send_response(response.status)
-                self.send_header("Content-Type", response.content_type)
-                if response.send_length:
-                    self.send_header("Content-Length", str(len(response.body)))
-                self.end_headers()
-                self.wfile.write(response.body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    return Handler

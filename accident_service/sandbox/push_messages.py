@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import xmltodict
 from wechatpy.crypto import WeChatCrypto
@@ -77,3 +78,53 @@ class Envelope:
         envelope = xmltodict.parse(reply_xml)["xml"]
         return self._crypto.decrypt_message(reply_xml, envelope["MsgSignature"], envelope["TimeStamp"],
                                             envelope["Nonce"])
+
+
+def read_reply(text: str, envelope: Envelope | None, openid: str | None) -> dict:
+    """The fields of the service's in-band reply (decrypted with ``envelope`` for an encrypted push).
+
+    Raises (ValueError, wechatpy's exceptions, expat errors, KeyError) for a reply the platform
+    could not show: the user then sees "该公众号暂时无法提供服务".
+    """
+    if envelope is not None:
+        if "<Encrypt>" not in text:
+            raise ValueError("plain reply to an encrypted push")
+        text = envelope.decrypt_reply(text)
+    reply = xmltodict.parse(text)["xml"]
+    if openid is not None and reply.get("ToUserName") != openid:
+        raise ValueError(f"reply addressed to {reply.get('ToUserName')!r}, not {openid!r}")
+    return reply
+
+
+@dataclass(frozen=True)
+class PushedAction:
+    """The user action a pushed message stands for (see allowances)."""
+
+    openid: str
+    msg_type: str  # "text", "image"... or "event"
+    event: str | None
+    key: tuple[str, ...]  # what a platform retry of the same push repeats: MsgId, or CreateTime + Event
+
+
+def action_of(xml: bytes) -> PushedAction | None:
+    """The action in a push's plaintext XML; None when it is not a well-formed message.
+
+    Well-formed: parses (entities refused), has FromUserName and MsgType, and an
+    Event when MsgType is event.
+    """
+    try:
+        fields = xmltodict.parse(xml, disable_entities=True).get("xml")
+    except Exception:  # expat errors, entity refusals, bad encodings: not a message the platform would push
+        return None
+    if not isinstance(fields, dict):
+        return None
+    openid, msg_type, event = fields.get("FromUserName"), fields.get("MsgType"), fields.get("Event")
+    if not isinstance(openid, str) or not openid or not isinstance(msg_type, str):
+        return None
+    if msg_type.lower() == "event":
+        if not isinstance(event, str) or not event:
+            return None
+        return PushedAction(openid, "event", event, ("event", openid, str(fields.get("CreateTime")), event))
+    msg_id = fields.get("MsgId")
+    key = ("msg", openid, str(msg_id)) if msg_id else ("msg", openid, str(fields.get("CreateTime")), msg_type)
+    return PushedAction(openid, msg_type.lower(), None, key)

@@ -1,4 +1,4 @@
-"""A running emulator and a bare callback receiver standing in for the service's /wechat."""
+"""A running emulator on a clock the test moves, and a bare callback receiver standing in for the service's /wechat."""
 
 from __future__ import annotations
 
@@ -83,9 +83,28 @@ def receiver() -> Iterator[Receiver]:
         thread.join(timeout=5)
 
 
+class PlatformClock:
+    """The emulator's clock in tests: epoch seconds that move only when the test says so."""
+
+    def __init__(self, start: float = 1_795_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
 @pytest.fixture
-def emulator(receiver: Receiver) -> Iterator[WeChatEmulator]:
-    """Plain mode by default (push with encrypted=True for safe mode)."""
+def platform_clock() -> PlatformClock:
+    return PlatformClock()
+
+
+@pytest.fixture
+def emulator(receiver: Receiver, platform_clock: PlatformClock) -> Iterator[WeChatEmulator]:
+    """Plain mode by default (push with encrypted=True for safe mode); time moves with ``platform_clock``."""
     with WeChatEmulator(APPID, SECRET, TOKEN, AES_KEY, callback_url=receiver.url,
-                        encrypted_by_default=False) as running:
+                        encrypted_by_default=False, clock=platform_clock) as running:
         yield running

@@ -1,4 +1,7 @@
-"""The emulator's API side, spoken to with plain requests (not our client)."""
+"""The emulator's API side, spoken to with plain requests (not our client): media, messages, faults, QR, menu.
+
+Tokens, allowances and templates have their own modules (test_tokens, test_allowances, test_templates).
+"""
 
 from __future__ import annotations
 
@@ -9,61 +12,8 @@ import requests
 from PIL import Image
 
 from accident_service.sandbox.emulator import WeChatEmulator
+from tests.sandbox.calls import get_token, send_template, send_text
 from tests.sandbox.conftest import APPID, SECRET
-
-
-def get_token(emulator: WeChatEmulator, secret: str = SECRET) -> dict:
-    return requests.get(emulator.api_base_url + "token", timeout=5, params={
-        "grant_type": "client_credential", "appid": APPID, "secret": secret}).json()
-
-
-def send_text(emulator: WeChatEmulator, token: str, openid: str = "o-user", text: str = "hi") -> dict:
-    body = {"touser": openid, "msgtype": "text", "text": {"content": text}}
-    return requests.post(emulator.api_base_url + "message/custom/send", params={"access_token": token},
-                         json=body, timeout=5).json()
-
-
-def test_token_is_issued_and_counted(emulator: WeChatEmulator) -> None:
-    result = get_token(emulator)
-
-    assert result["expires_in"] == 7200
-    assert 0 < len(result["access_token"]) <= 512
-    assert emulator.token_requests == 1
-
-
-def test_wrong_secret_or_appid_is_refused(emulator: WeChatEmulator) -> None:
-    assert get_token(emulator, secret="wrong")["errcode"] == 40125
-    wrong_app = requests.get(emulator.api_base_url + "token", timeout=5, params={
-        "grant_type": "client_credential", "appid": "wx-other", "secret": SECRET}).json()
-    assert wrong_app["errcode"] == 40013
-    assert emulator.token_requests == 2
-
-
-def test_every_token_call_issues_a_new_token_and_the_old_one_survives_the_grace(emulator: WeChatEmulator) -> None:
-    first = get_token(emulator)["access_token"]
-    second = get_token(emulator)["access_token"]
-
-    assert first != second
-    assert send_text(emulator, first)["errcode"] == 0  # still inside the grace period
-    assert send_text(emulator, second)["errcode"] == 0
-
-
-def test_old_token_is_invalid_once_the_grace_is_over(receiver) -> None:
-    with WeChatEmulator(APPID, SECRET, "t", token_grace_seconds=0) as emulator:
-        first = get_token(emulator)["access_token"]
-        get_token(emulator)
-
-        assert send_text(emulator, first)["errcode"] == 40001
-
-
-def test_expired_unknown_and_missing_tokens(emulator: WeChatEmulator) -> None:
-    token = get_token(emulator)["access_token"]
-    emulator.expire_tokens()
-
-    assert send_text(emulator, token)["errcode"] == 42001
-    assert send_text(emulator, "made-up")["errcode"] == 40001
-    assert send_text(emulator, "")["errcode"] == 41001
-    assert emulator.sent == []
 
 
 def test_media_get_returns_a_real_jpeg(emulator: WeChatEmulator) -> None:
@@ -128,21 +78,23 @@ def test_pic_url_serves_the_image_without_a_token(emulator: WeChatEmulator) -> N
 
 def test_custom_and_template_messages_are_recorded(emulator: WeChatEmulator) -> None:
     token = get_token(emulator)["access_token"]
+    emulator.register_template("TPL", ["character_string1"])
+    emulator.post_image("o-a", emulator.add_media())
     send_text(emulator, token, "o-a", "2/4 已收到")
-    template = {"touser": "o-a", "template_id": "TPL", "url": "https://example.invalid/case",
-                "data": {"first": {"value": "预约成功"}, "keyword1": {"value": "A-20240501-0001"}}}
-    result = requests.post(emulator.api_base_url + "message/template/send", params={"access_token": token},
-                           json=template, timeout=5).json()
+    data = {"first": "预约成功", "character_string1": "A-20240501-0001"}
+    result = send_template(emulator, token, "o-a", "TPL", data, url="https://example.invalid/case")
 
     assert result["errcode"] == 0 and result["msgid"]
     assert [m["kind"] for m in emulator.sent] == ["custom", "template"]
-    assert emulator.sent[1]["body"] == template
-    assert emulator.messages_to("o-a") == ["2/4 已收到", "预约成功\nA-20240501-0001"]
+    assert emulator.sent[1]["body"]["data"] == {"first": {"value": "预约成功"},
+                                                "character_string1": {"value": "A-20240501-0001"}}
+    assert emulator.messages_to("o-a") == ["2/4 已收到", "[模板] A-20240501-0001"]
     assert emulator.messages_to("o-b") == []
 
 
 def test_malformed_bodies_are_refused(emulator: WeChatEmulator) -> None:
     token = get_token(emulator)["access_token"]
+    emulator.post_text("o", "hello")
     url = emulator.api_base_url + "message/custom/send"
 
     assert requests.post(url, params={"access_token": token}, data=b"{nope", timeout=5).json()["errcode"] == 47001
@@ -153,6 +105,7 @@ def test_malformed_bodies_are_refused(emulator: WeChatEmulator) -> None:
 
 def test_injected_errors_apply_the_given_number_of_times(emulator: WeChatEmulator) -> None:
     token = get_token(emulator)["access_token"]
+    emulator.post_text("o-user", "hello")  # allows 5 sends; injected errors use none of them
     emulator.inject_error("message/custom/send", -1, times=2)
 
     codes = [send_text(emulator, token)["errcode"] for _ in range(3)]
@@ -179,27 +132,6 @@ def test_delay_makes_a_client_time_out(emulator: WeChatEmulator) -> None:
             "grant_type": "client_credential", "appid": APPID, "secret": SECRET})
     emulator.set_delay("token", 0)
     assert get_token(emulator)["access_token"]
-
-
-def test_unsubscribed_users_and_closed_windows(emulator: WeChatEmulator) -> None:
-    token = get_token(emulator)["access_token"]
-    emulator.set_user_unsubscribed("o-gone")
-    emulator.close_window("o-quiet")
-
-    assert send_text(emulator, token, "o-gone")["errcode"] == 43004
-    assert send_text(emulator, token, "o-quiet")["errcode"] == 45015
-    emulator.post_text("o-quiet", "hello again")  # a new interaction reopens the window
-    assert send_text(emulator, token, "o-quiet")["errcode"] == 0
-
-
-def test_enforced_window_needs_a_user_interaction(receiver) -> None:
-    with WeChatEmulator(APPID, SECRET, "t", callback_url=receiver.url, enforce_window=True) as emulator:
-        token = get_token(emulator)["access_token"]
-        assert send_text(emulator, token, "o-new")["errcode"] == 45015
-
-        emulator.post_click("o-new", "REPORT_ACCIDENT")
-
-        assert send_text(emulator, token, "o-new")["errcode"] == 0
 
 
 def test_qrcode_create_returns_a_ticket_and_serves_an_image(emulator: WeChatEmulator) -> None:
@@ -241,6 +173,7 @@ def test_menu_create_stores_a_valid_menu_and_refuses_a_long_key(emulator: WeChat
 
 def test_wait_for_sent_returns_matches_or_times_out(emulator: WeChatEmulator) -> None:
     token = get_token(emulator)["access_token"]
+    emulator.post_text("o-a", "hello")
     send_text(emulator, token, "o-a", "one")
 
     assert emulator.wait_for_sent(lambda m: m["touser"] == "o-a")[0]["text"] == "one"

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -48,6 +49,7 @@ class Desk:
 
     place: Place
     slots: dict[int, int]  # minutes after T0 -> slot id
+    wechat: Any = None  # the platform emulator: seeded drivers have written to the account there too
 
     @property
     def offered_for_ready(self) -> list[int]:
@@ -55,7 +57,7 @@ class Desk:
         return [self.slots[m] for m in (45, 120, 240)]
 
 
-def open_desk(runtime: Runtime, now: datetime) -> Desk:
+def open_desk(runtime: Runtime, now: datetime, wechat=None) -> Desk:
     """A station by the accident with slots at T0+45 min, +2 h, +4 h (booked cases' slot), +5 h and one started."""
     with runtime.unit_of_work() as session:
         where = case_rows.place(session, now, code="GZ-CONV")
@@ -65,20 +67,23 @@ def open_desk(runtime: Runtime, now: datetime) -> Desk:
         session.flush()
         rows = session.execute(select(Slot.id, Slot.starts_at).where(Slot.station_id == where.station_id))
         slots = {int((starts_at - now).total_seconds() // 60): slot_id for slot_id, starts_at in rows}
-    return Desk(where, slots)
+    return Desk(where, slots, wechat)
 
 
 def seed(runtime: Runtime, desk: Desk, status: CaseStatus, **kwargs) -> int:
     """A committed case in ``status`` between drivers A and B (see ``case_rows.case_in``); returns its id.
 
     Each party has been answered before in this case (a sent reply in the outbox), as every driver in
-    a real case has: the greeting of the reporter, the welcome of the driver who joined.
+    a real case has: the greeting of the reporter, the welcome of the driver who joined. They wrote to
+    the account minutes ago (the platform and our ledger know: ``case_rows.case_in(acted=True)``).
     """
     kwargs.setdefault("openids", (A, B))
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
         case = case_rows.case_in(session, status, now=now, where=desk.place, settings=runtime.settings, **kwargs)
         for party in case.parties:
+            if desk.wechat is not None and kwargs.get("acted", True) and party.case_open:
+                desk.wechat.note_user_activity(party.openid)
             session.add(Notification(dedupe_key=f"seed:{case.id}:{party.role.value}", case_id=case.id,
                                      openid=party.openid, kind="reply", language=party.language,
                                      payload={"text": "(earlier)"}, status=WorkStatus.DONE, attempts=1,

@@ -24,12 +24,18 @@ def send_photos(wechat, runtime, openid: str, count: int, *, seed: str) -> list[
 
 def report_until_ready(wechat, runtime, reporter: str, other: str) -> Case:
     """Reporter starts by menu, sends their 3 photos, location, plate, phone; the other joins by QR scan and
-    sends their photo (their own plate), plate and phone, which makes the case ready: the slot list is theirs."""
+    sends their photo (their own plate), plate and phone, which makes the case ready: the slot list is theirs.
+
+    Each driver waits for the answer before the next step, as people do: the platform allows the service
+    5 customer-service messages after each message, not 5 per message (WECHAT.md §5), so answering a
+    burst only after its last message would be a test artefact."""
     wechat.post_click(reporter, "REPORT_ACCIDENT")
     drain(runtime)
     send_photos(wechat, runtime, reporter, 3, seed=reporter)
     wechat.post_location(reporter, *GUANGZHOU_TOWER, label="广州塔附近")
+    drain(runtime)
     wechat.post_text(reporter, "粤A12345")
+    drain(runtime)
     wechat.post_text(reporter, "13800138000")
     drain(runtime)
     scene = next(iter(wechat.qrcodes))
@@ -37,6 +43,7 @@ def report_until_ready(wechat, runtime, reporter: str, other: str) -> Case:
     drain(runtime)
     send_photos(wechat, runtime, other, 1, seed=other)
     wechat.post_text(other, "粤BD12345")
+    drain(runtime)
     wechat.post_text(other, "13900139000")
     drain(runtime)
     with runtime.unit_of_work() as session:

@@ -100,8 +100,8 @@ def live_app(wechat_runtime, wechat):
 
 
 @pytest.fixture
-def desk(live_app, wechat_runtime, clock):
-    return open_desk(wechat_runtime, clock.now())
+def desk(live_app, wechat_runtime, clock, wechat):
+    return open_desk(wechat_runtime, clock.now(), wechat)
 
 
 def lines(*parts: str) -> str:

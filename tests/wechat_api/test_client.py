@@ -22,6 +22,10 @@ SECRET = "client-secret"
 @pytest.fixture
 def emulator() -> Iterator[WeChatEmulator]:
     with WeChatEmulator(APPID, SECRET, "token") as running:
+        # What the platform requires before these sends (WECHAT.md §5): "o-a" has just written to the
+        # account (5 customer-service messages in 48 h), and the templates used here were added in the console.
+        running.note_user_activity("o-a")
+        running.register_template("TPL-1", ["keyword1"])
         yield running
 
 
@@ -44,7 +48,7 @@ def test_token_and_calls_go_through_the_configured_base_url(emulator: WeChatEmul
     api.send_text("o-a", "你好")
     api.send_text("o-a", "again")
 
-    assert emulator.token_requests == 1
+    assert emulator.stable_token_requests == 1
     assert emulator.messages_to("o-a") == ["你好", "again"]
 
 
@@ -62,7 +66,7 @@ def test_wechatpy_helpers_share_the_store_token(emulator: WeChatEmulator, api: W
     api.client.menu.create({"button": [{"type": "click", "name": "事故报案", "key": "REPORT_ACCIDENT"}]})
 
     assert emulator.menu["button"][0]["key"] == "REPORT_ACCIDENT"
-    assert emulator.token_requests == 1
+    assert emulator.stable_token_requests == 1
 
 
 def test_token_fetch_has_a_timeout(emulator: WeChatEmulator) -> None:
@@ -82,7 +86,7 @@ def test_token_error_refreshes_once_and_retries_once(emulator: WeChatEmulator, a
 
     api.send_text("o-a", "after expiry")
 
-    assert emulator.token_requests == 2
+    assert emulator.stable_token_requests == 2
     assert emulator.messages_to("o-a") == ["warm up", "after expiry"]
 
 
@@ -207,7 +211,7 @@ def test_download_media_refreshes_a_rejected_token(emulator: WeChatEmulator, api
     emulator.add_media("m", b"\xff\xd8\xff" + b"x" * 100)
 
     assert api.download_media("m", max_bytes=1024, timeout=5).data.startswith(b"\xff\xd8\xff")
-    assert emulator.token_requests == 2
+    assert emulator.stable_token_requests == 2
 
 
 @pytest.mark.parametrize("send_length", [True, False])
@@ -244,7 +248,7 @@ def test_build_wechat_api_uses_settings_and_the_database_store(runtime, emulator
     runtime.__dict__.pop("wechat")  # a second process: new client, same database
     runtime.wechat.send_text("o-a", "again")
 
-    assert emulator.token_requests == 1
+    assert emulator.stable_token_requests == 1
     assert emulator.messages_to("o-a") == ["hi", "again"]
 
 

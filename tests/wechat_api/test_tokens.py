@@ -254,6 +254,8 @@ def test_a_crashed_refreshers_lock_expires(clock, database_url) -> None:
 @pytest.fixture
 def emulator() -> Iterator[WeChatEmulator]:
     with WeChatEmulator(APPID, SECRET, "token") as running:
+        for openid in ["o-warm", *(f"o-{i}" for i in range(THREADS))]:
+            running.note_user_activity(openid)  # each has just written to the account (WECHAT.md §5)
         yield running
 
 
@@ -269,7 +271,7 @@ def test_processes_refreshing_an_expired_token_cause_one_token_request(backend, 
 
     run_together(THREADS, lambda i: apis[i].send_text(f"o-{i}", "hi"))
 
-    assert emulator.token_requests == 2
+    assert emulator.stable_token_requests == 2
     assert len(emulator.sent) == THREADS + 1
 
 
@@ -280,5 +282,5 @@ def test_processes_hit_by_42001_together_cause_one_token_request(backend, clock,
 
     run_together(THREADS, lambda i: apis[i].send_text(f"o-{i}", "hi"))
 
-    assert emulator.token_requests == 2
+    assert emulator.stable_token_requests == 2
     assert sorted(m["touser"] for m in emulator.sent[1:]) == sorted(f"o-{i}" for i in range(THREADS))

@@ -1,0 +1,71 @@
+"""The emulator's loopback HTTP server: ``/cgi-bin/...`` for the API, ``/pic/<media_id>`` for PicUrls."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from accident_service.sandbox.responses import ApiResponse
+
+if TYPE_CHECKING:
+    from accident_service.sandbox.platform_api import PlatformApi
+
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that give up (timeouts, aborted downloads) are part of the tests; real bugs still print.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+def handler_for(api: PlatformApi, stopping: threading.Event) -> type[BaseHTTPRequestHandler]:
+    """A request handler serving ``api``; injected delays end early once ``stopping`` is set."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "WeChatEmulator/1.0"
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _serve(self, method: str) -> None:
+            url = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(min(length, MAX_REQUEST_BYTES)) if length > 0 else b""
+            if url.path.startswith("/cgi-bin/"):
+                relative = url.path[len("/cgi-bin/"):]
+                delay = api.delay_for(relative)
+                if delay and stopping.wait(delay):
+                    return
+                response = api.handle(method, relative, query, body)
+            elif url.path.startswith("/pic/"):  # PicUrl: the image without a token, as the CDN serves it
+                response = api.picture(url.path[len("/pic/"):])
+            else:
+                response = ApiResponse(404, "text/plain", b"not found")
+            self._write(response)
+
+        def _write(self, response: ApiResponse) -> None:
+            try:
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.content_type)
+                if response.send_length:
+                    self.send_header("Content-Length", str(len(response.body)))
+                self.end_headers()
+                self.wfile.write(response.body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    return Handler
