@@ -69,6 +69,13 @@ def forget_push_signatures(runtime: Runtime, worker_id: str) -> int:
         return forget_signatures(session, seen_before=runtime.clock.now() - keep)
 
 
+def forget_idempotency_keys(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.api.idempotency import forget_expired
+
+    with runtime.unit_of_work() as session:
+        return forget_expired(session, now=runtime.clock.now())
+
+
 Job = Callable[[Runtime, str], int]
 # (job, seconds between runs); slot generation also runs nightly, see build_scheduler.
 # The outbox comes last, so that `scheduler --once` sends what the other jobs wrote.
@@ -78,6 +85,7 @@ PERIODIC_JOBS: tuple[tuple[Job, int], ...] = (
     (expire_drafts, 60),
     (mark_no_shows, 60),
     (forget_push_signatures, 300),
+    (forget_idempotency_keys, 300),
     (dispatch_outbox, 2),
 )
 

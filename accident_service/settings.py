@@ -82,6 +82,7 @@ class Settings:
     SMS_SIGN_NAME: str
     SMS_REGION: str
     SMS_ENDPOINT_URL: str
+    IDEMPOTENCY_KEY_HOURS: int
     templates: Mapping[str, str] = field(default_factory=dict)
     sms_templates: Mapping[str, str] = field(default_factory=dict)
 
@@ -297,6 +298,7 @@ def number_ranges() -> dict[str, NumberRange]:
         "SLOT_GENERATION_DAYS": NumberRange(1, 366),
         "JOIN_QR_EXPIRE_SECONDS": NumberRange(1, 30 * day, why="WeChat's temporary QR codes last 30 days"),
         "RETAKE_DEADLINE_MINUTES": NumberRange(1, week_minutes, why="7 days"),
+        "IDEMPOTENCY_KEY_HOURS": NumberRange(1, 30 * 24, why="30 days"),
     }
 
 
