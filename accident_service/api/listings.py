@@ -90,10 +90,17 @@ def _scoped(query: Select, scope: int | None, station_code: str | None = None,
 
 
 def day_window(day: date, zone: str) -> tuple[datetime, datetime]:
-    """The UTC start and end of ``day`` at a station in ``zone``."""
+    """The UTC start and end of ``day`` at a station in ``zone`` (the first and last representable days are
+    taken as their neighbours: no slot is that old or new, and their UTC bounds would overflow)."""
     tz = ZoneInfo(zone)
+    day = days_after(day, 0)
     start = datetime.combine(day, time(0), tz).astimezone(UTC)
     return start, datetime.combine(day + timedelta(days=1), time(0), tz).astimezone(UTC)
+
+
+def days_after(day: date, days: int) -> date:
+    """``day`` + ``days``, kept a day inside the calendar a date can hold (any date is a valid filter)."""
+    return date.fromordinal(min(max(day.toordinal() + days, 2), date.max.toordinal() - 1))
 
 
 def list_cases(session: Session, *, scope: int | None, filters: CaseFilters, cursor: str | None,
@@ -165,7 +172,7 @@ def free_slots(session: Session, code: str, *, scope: int | None, day: date | No
         raise NotFound(f"no station {code}")
     first = day or now.astimezone(ZoneInfo(station.timezone)).date()
     start, _ = day_window(first, station.timezone)
-    _, end = day_window(first + timedelta(days=days - 1), station.timezone)
+    _, end = day_window(days_after(first, days - 1), station.timezone)
     slots = session.scalars(select(Slot).where(Slot.station_id == station.id, Slot.booked < Slot.capacity,
                                                Slot.starts_at > now, Slot.starts_at >= start, Slot.starts_at < end)
                             .order_by(Slot.starts_at))

@@ -1,14 +1,14 @@
 """What the API reads and writes, as marshmallow schemas: they parse requests and describe the OpenAPI document.
 
-Inputs are bounded (ids fit a 32-bit column, dates stay within years a
-computation cannot overflow), so anything outside gets a 422 rather than a
-database error. Every field of an answer is always present (``null`` where
-there is no value), and the document says so.
+Inputs are bounded as the document says (ids fit a 32-bit column), so
+anything outside gets a 422 rather than a database error. Every field of an
+answer is always present (``null`` where there is no value), and the
+document says so.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from marshmallow import Schema, fields, validate
 
@@ -16,7 +16,6 @@ from accident_service.cases.lifecycle import LIABILITIES
 from accident_service.models import AppointmentStatus, CaseStatus, PhotoStatus
 
 MAX_ID = 2**31 - 1
-EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
 NOT_BLANK = validate.Regexp(r"\S", error="must not be blank")
 
 
@@ -24,12 +23,28 @@ def _id(**kwargs) -> fields.Integer:
     return fields.Integer(strict=True, validate=validate.Range(1, MAX_ID), **kwargs)
 
 
-def _moment(**kwargs) -> fields.AwareDateTime:
-    return fields.AwareDateTime(validate=validate.Range(EARLIEST, LATEST), **kwargs)
+class Moment(fields.AwareDateTime):
+    """An RFC 3339 date-time, handed on in UTC.
+
+    Every such value is valid, but one within hours of year 1 or year 9999
+    has no UTC equivalent a datetime can hold: it becomes the first or last
+    representable moment, which no case comes near either way.
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+def _moment(**kwargs) -> Moment:
+    return Moment(**kwargs)
 
 
 def _day(**kwargs) -> fields.Date:
-    return fields.Date(validate=validate.Range(EARLIEST.date(), date(2099, 12, 31)), **kwargs)
+    return fields.Date(**kwargs)
 
 
 def _values(enum) -> validate.OneOf:
@@ -84,7 +99,9 @@ class RetakeBody(VersionBody):
     item = fields.Integer(strict=True, required=True, validate=validate.Range(1, 99),
                           metadata={"description": "checklist item (1-based); the party who photographs it is asked"})
     reason = fields.String(required=True, validate=[validate.Length(1, 200), NOT_BLANK])
-    deadline = _moment(metadata={"description": "by when (at most 7 days); default RETAKE_DEADLINE_MINUTES"})
+    deadline_minutes = fields.Integer(strict=True, validate=validate.Range(1, 7 * 24 * 60),
+                                      metadata={"description": "minutes the party has (default "
+                                                               "RETAKE_DEADLINE_MINUTES)"})
 
 
 class CaseListArgs(Schema):

@@ -13,6 +13,7 @@ from typing import Any
 from flask import jsonify, request
 from flask_smorest import Blueprint
 from flask_wtf.csrf import generate_csrf
+from marshmallow import RAISE
 from sqlalchemy.orm import Session
 
 from accident_service.api import listings, queries, writes
@@ -25,6 +26,7 @@ from accident_service.web import current_runtime
 blp = Blueprint("api", __name__, url_prefix="/api/v1",
                 description="Cases, appointment actions, stations and slots, audit events, dossiers")
 blp.before_request(authenticate)
+# Query parameters are strict like bodies: a misspelt filter (?staus=booked) is a 422, not a silently wider list.
 
 ERRORS = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT",
           422: "UNPROCESSABLE_ENTITY"}
@@ -61,7 +63,7 @@ def who_am_i():
 
 @blp.route("/cases", tags=["cases"])
 @blp.doc(operationId="listCases", summary="Cases, oldest change first; follow next_cursor until it is null")
-@blp.arguments(s.CaseListArgs, location="query")
+@blp.arguments(s.CaseListArgs, location="query", unknown=RAISE)
 @blp.response(200, s.CasePageOut)
 @errors(400, 401)
 def list_cases(args: dict[str, Any]):
@@ -108,7 +110,7 @@ def case_audit_events(case_no: str):
 
 @blp.route("/audit-events", tags=["audit"])
 @blp.doc(operationId="listAuditEvents", summary="Audit events about cases, oldest first")
-@blp.arguments(s.AuditListArgs, location="query")
+@blp.arguments(s.AuditListArgs, location="query", unknown=RAISE)
 @blp.response(200, s.AuditPageOut)
 @errors(400, 401)
 def audit_events(args: dict[str, Any]):
@@ -132,7 +134,7 @@ def stations():
 
 @blp.route("/stations/<code>/slots", tags=["stations"])
 @blp.doc(operationId="listFreeSlots", summary="A station's slots with a free seat, not yet started")
-@blp.arguments(s.SlotArgs, location="query")
+@blp.arguments(s.SlotArgs, location="query", unknown=RAISE)
 @blp.response(200, s.StationSlotsOut)
 @errors(401, 404)
 def free_slots(args: dict[str, Any], code: str):

@@ -31,12 +31,6 @@ from accident_service.settings import Settings
 
 #: Renders the answer's body from the case just changed (the API's schemas, so Flask-free here).
 Render = Callable[[Session, Case], dict[str, Any]]
-MAX_RETAKE_DEADLINE = timedelta(days=7)
-
-
-class InvalidDeadline(ServiceError):
-    code = "invalid_deadline"
-    http_status = 422
 
 
 @dataclass(frozen=True)
@@ -73,12 +67,9 @@ def _reschedule(ctx: _Context, params: Mapping[str, Any]) -> None:
 
 
 def _request_retake(ctx: _Context, params: Mapping[str, Any]) -> None:
-    deadline = params.get("deadline")
-    due_in = deadline - ctx.now if deadline is not None else None
-    if due_in is not None and not timedelta(0) < due_in <= MAX_RETAKE_DEADLINE:
-        raise InvalidDeadline("deadline must be in the future and at most 7 days away")
-    actions.request_retake(ctx.session, ctx.case, item=params["item"], reason=params["reason"], deadline=due_in,
-                           **ctx.desk(params))
+    minutes = params.get("deadline_minutes")
+    actions.request_retake(ctx.session, ctx.case, item=params["item"], reason=params["reason"],
+                           deadline=timedelta(minutes=minutes) if minutes else None, **ctx.desk(params))
 
 
 ACTIONS: dict[str, Callable[[_Context, Mapping[str, Any]], Any]] = {
@@ -97,8 +88,8 @@ def perform(runtime: Runtime, caller: Caller, request: Request, render: Render) 
     """Apply ``request`` once and answer it, or answer a retry of it with the first answer.
 
     Raises KeyReused (the key answered another request), the action's
-    refusal (see ``desk/actions.py``: TransitionRefused, SlotUnavailable),
-    InvalidDeadline, or NotFound.
+    refusal (see ``desk/actions.py``: TransitionRefused, SlotUnavailable)
+    or NotFound.
     """
     now = runtime.clock.now()
     keep = timedelta(hours=runtime.settings.IDEMPOTENCY_KEY_HOURS)

@@ -9,7 +9,7 @@ import requests
 from sqlalchemy import func, select
 
 from accident_service import create_app, jobs
-from accident_service.models import AuditEvent, Case, IdempotencyKey, Notification, Slot
+from accident_service.models import AuditEvent, Case, IdempotencyKey, Notification, PartyRole, Slot
 from tests.api.conftest import Api, H
 from tests.booking import factories as make
 from tests.conftest import T0
@@ -108,13 +108,16 @@ def test_reschedule_check_in_retake_and_cancel(api, seeded, runtime, clock):
     full = api.post(f"/cases/{case_no}/reschedule", {"slot_id": 999_999}, key="r2")
     assert full.status_code == 409 and full.json["code"] == "slot_unavailable"
 
-    past = api.post(f"/cases/{case_no}/retake-requests", {"item": 2, "reason": "blurred",
-                                                          "deadline": (T0 - H).isoformat()}, key="t0")
-    assert past.status_code == 422 and past.json["code"] == "invalid_deadline"
+    too_long = api.post(f"/cases/{case_no}/retake-requests", {"item": 2, "reason": "blurred",
+                                                              "deadline_minutes": 8 * 24 * 60}, key="t0")
+    assert too_long.status_code == 422 and "deadline_minutes" in too_long.json["details"]["errors"]["json"]
     retake = api.post(f"/cases/{case_no}/retake-requests", {"item": 2, "reason": "blurred",
-                                                            "deadline": (T0 + H).isoformat()}, key="t1")
+                                                            "deadline_minutes": 45}, key="t1")
     assert retake.status_code == 200 and retake.json["status"] == "retake_requested"
     assert notice_count(runtime, "retake") == 2
+    with runtime.unit_of_work() as session:
+        asked = session.scalar(select(Case).where(Case.case_no == case_no)).party(PartyRole.A)
+        assert (asked.retake_item, asked.retake_due_at) == (2, T0 + timedelta(minutes=45))
 
     blank = api.post(f"/cases/{case_no}/cancel", {"reason": "   "}, key="c0")
     assert blank.status_code == 422 and "reason" in blank.json["details"]["errors"]["json"]
