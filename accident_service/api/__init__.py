@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.routing import BaseConverter
 
 from accident_service.api.schemas import ErrorSchema
 
@@ -26,6 +27,16 @@ with 422 `idempotency_key_reused`. Keys are kept 24 hours (IDEMPOTENCY_KEY_HOURS
 Actions take an optional `expected_version` (the case's `version` you acted on): a case that changed since is
 refused with 409 `stale_case`. Every error is `{code, message, details}`.
 """
+
+
+class KeyConverter(BaseConverter):
+    """A case number or station code in a path: upper-case letters, digits and '-'.
+
+    Anything else cannot name one, so it is a 404 before any query (a free
+    segment could carry a NUL, which PostgreSQL text refuses with an error).
+    """
+
+    regex = "[0-9A-Z-]{1,32}"
 
 
 class _Api(Api):
@@ -46,7 +57,9 @@ def init_app(app: Flask) -> Api:
                       OPENAPI_URL_PREFIX=PREFIX, OPENAPI_JSON_PATH="openapi.json",
                       API_SPEC_OPTIONS={"info": {"description": DESCRIPTION},
                                         "security": [{"bearerAuth": []}]})
+    app.url_map.converters["key"] = KeyConverter
     api = _Api(app)
+    api.register_converter(KeyConverter, lambda _: {"type": "string", "pattern": f"^{KeyConverter.regex}$"})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer",
                                                        "description": "an API token"})
     api.register_blueprint(blp)

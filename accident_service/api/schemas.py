@@ -16,7 +16,13 @@ from accident_service.cases.lifecycle import LIABILITIES
 from accident_service.models import AppointmentStatus, CaseStatus, PhotoStatus
 
 MAX_ID = 2**31 - 1
-NOT_BLANK = validate.Regexp(r"\S", error="must not be blank")
+# No text holds a NUL: PostgreSQL text refuses it (with an error, not a 4xx), and no person types one.
+NO_NUL = validate.Regexp(r"^[^\x00]*$", error="must not contain NUL characters")
+NOT_BLANK = validate.Regexp(r"^[^\x00]*[^\x00\s][^\x00]*$", error="must not be blank (or contain NUL)")
+
+
+def _text(shortest: int, longest: int, *, blank: bool = True, **kwargs) -> fields.String:
+    return fields.String(validate=[validate.Length(shortest, longest), NO_NUL if blank else NOT_BLANK], **kwargs)
 
 
 def _id(**kwargs) -> fields.Integer:
@@ -86,39 +92,37 @@ class RescheduleBody(VersionBody):
 class CompleteBody(VersionBody):
     liability = fields.String(required=True, validate=validate.OneOf(LIABILITIES),
                               metadata={"description": "A or B fully liable, shared, or none found"})
-    note = fields.String(load_default="", validate=validate.Length(max=500),
-                         metadata={"description": "both drivers read it"})
+    note = _text(0, 500, load_default="", metadata={"description": "both drivers read it"})
 
 
 class CancelBody(VersionBody):
-    reason = fields.String(required=True, validate=[validate.Length(1, 200), NOT_BLANK],
-                           metadata={"description": "both drivers read it"})
+    reason = _text(1, 200, blank=False, required=True, metadata={"description": "both drivers read it"})
 
 
 class RetakeBody(VersionBody):
     item = fields.Integer(strict=True, required=True, validate=validate.Range(1, 99),
                           metadata={"description": "checklist item (1-based); the party who photographs it is asked"})
-    reason = fields.String(required=True, validate=[validate.Length(1, 200), NOT_BLANK])
+    reason = _text(1, 200, blank=False, required=True, metadata={"description": "the party reads it"})
     deadline_minutes = fields.Integer(strict=True, validate=validate.Range(1, 7 * 24 * 60),
                                       metadata={"description": "minutes the party has (default "
                                                                "RETAKE_DEADLINE_MINUTES)"})
 
 
 class CaseListArgs(Schema):
-    station = fields.String(validate=validate.Length(1, 32), metadata={"description": "station code"})
+    station = _text(1, 32, metadata={"description": "station code"})
     date = _day(metadata={"description": "the appointment's day at its station"})
     status = fields.List(fields.String(validate=_values(CaseStatus)), metadata={"description": "any of these"})
-    plate = fields.String(validate=validate.Length(1, 32), metadata={"description": "either party's plate"})
+    plate = _text(1, 32, metadata={"description": "either party's plate"})
     updated_since = _moment()
-    cursor = fields.String(validate=validate.Length(1, 500), metadata={"description": "next_cursor of a page"})
+    cursor = _text(1, 500, metadata={"description": "next_cursor of a page"})
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
 
 
 class AuditListArgs(Schema):
-    case_no = fields.String(validate=validate.Length(1, 32))
-    action = fields.String(validate=validate.Length(1, 64), metadata={"description": "e.g. case.confirm"})
+    case_no = _text(1, 32)
+    action = _text(1, 64, metadata={"description": "e.g. case.confirm"})
     since = _moment()
-    cursor = fields.String(validate=validate.Length(1, 500))
+    cursor = _text(1, 500, metadata={"description": "next_cursor of a page"})
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
 
 

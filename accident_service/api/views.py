@@ -75,7 +75,7 @@ def list_cases(args: dict[str, Any]):
                                    cursor=args.get("cursor"), limit=args["limit"])
 
 
-@blp.route("/cases/<case_no>", tags=["cases"])
+@blp.route("/cases/<key:case_no>", tags=["cases"])
 @blp.doc(operationId="getCase", summary="A case: parties, photos (presigned links, sha256), fingerprint, "
                                         "appointment, outcome, audit events")
 @blp.response(200, s.CaseDetailOut)
@@ -87,7 +87,7 @@ def get_case(case_no: str):
         return queries.detail(session, case, _links(runtime.clock.now()))
 
 
-@blp.route("/cases/<case_no>/dossier", tags=["cases"])
+@blp.route("/cases/<key:case_no>/dossier", tags=["cases"])
 @blp.doc(operationId="getDossier", summary="What an insurer files: every photo's sha256, the fingerprint, "
                                            "parties, appointment, outcome")
 @blp.response(200, s.DossierOut)
@@ -99,7 +99,7 @@ def get_dossier(case_no: str):
         return queries.dossier(session, case, _links(runtime.clock.now()))
 
 
-@blp.route("/cases/<case_no>/audit-events", tags=["audit"])
+@blp.route("/cases/<key:case_no>/audit-events", tags=["audit"])
 @blp.doc(operationId="listCaseAuditEvents", summary="A case's audit events, oldest first")
 @blp.response(200, s.AuditEventOut(many=True))
 @errors(401, 404)
@@ -132,7 +132,7 @@ def stations():
         return listings.list_stations(session, scope=current_caller().station_id)
 
 
-@blp.route("/stations/<code>/slots", tags=["stations"])
+@blp.route("/stations/<key:code>/slots", tags=["stations"])
 @blp.doc(operationId="listFreeSlots", summary="A station's slots with a free seat, not yet started")
 @blp.arguments(s.SlotArgs, location="query", unknown=RAISE)
 @blp.response(200, s.StationSlotsOut)
@@ -175,7 +175,7 @@ def action(path: str, name: str, body: type, summary: str):
     view = blp.arguments(body, required=body is not s.VersionBody)(view)
     view = blp.arguments(s.IdempotencyHeader, location="headers")(view)
     view = blp.doc(operationId=_camel(name), summary=summary)(view)
-    return blp.route(f"/cases/<case_no>/{path}", methods=["POST"], endpoint=name, tags=["actions"])(view)
+    return blp.route(f"/cases/<key:case_no>/{path}", methods=["POST"], endpoint=name, tags=["actions"])(view)
 
 
 def _camel(name: str) -> str:
