@@ -15,7 +15,7 @@ from flask import g, request
 from flask_wtf.csrf import CSRFError
 
 from accident_service.api.callers import Caller
-from accident_service.api.tokens import Unauthenticated, authenticate_token
+from accident_service.api.tokens import TokenHolder, Unauthenticated, authenticate_token
 from accident_service.desk.auth import csrf, current_staff
 from accident_service.errors import ServiceError
 from accident_service.web import current_runtime
@@ -62,7 +62,7 @@ def current_caller() -> Caller:
     return g.api_caller
 
 
-def _token_holder(header: str):
+def _token_holder(header: str) -> TokenHolder:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("expected 'Authorization: Bearer <token>'")

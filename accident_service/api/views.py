@@ -13,8 +13,9 @@ from typing import Any
 from flask import jsonify, request
 from flask_smorest import Blueprint
 from flask_wtf.csrf import generate_csrf
-from marshmallow import RAISE
+from marshmallow import RAISE, missing
 from sqlalchemy.orm import Session
+from webargs.flaskparser import FlaskParser
 
 from accident_service.api import listings, queries, writes
 from accident_service.api import schemas as s
@@ -23,8 +24,19 @@ from accident_service.api.idempotency import request_hash
 from accident_service.models import Case, CaseStatus, Station
 from accident_service.web import current_runtime
 
-blp = Blueprint("api", __name__, url_prefix="/api/v1",
-                description="Cases, appointment actions, stations and slots, audit events, dossiers")
+
+class _Parser(FlaskParser):
+    def _raw_load_json(self, req):
+        # An empty body is no body (some clients always send Content-Type: application/json), not broken JSON.
+        return missing if not req.get_data(cache=True) else super()._raw_load_json(req)
+
+
+class _Blueprint(Blueprint):
+    ARGUMENTS_PARSER = _Parser()
+
+
+blp = _Blueprint("api", __name__, url_prefix="/api/v1",
+                 description="Cases, appointment actions, stations and slots, audit events, dossiers")
 blp.before_request(authenticate)
 # Query parameters are strict like bodies: a misspelt filter (?staus=booked) is a 422, not a silently wider list.
 

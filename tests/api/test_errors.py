@@ -46,3 +46,14 @@ def test_the_description_is_public_and_documents_auth_keys_and_errors(client):
             keys = [p for p in op["parameters"] if p["in"] == "header" and p["name"] == "Idempotency-Key"]
             assert keys and keys[0]["required"], path
             assert {"403", "404", "409", "422"} <= set(op["responses"]), path
+
+
+def test_an_unexpected_failure_is_a_500_in_the_same_shape_without_internals(app):
+    def broken():
+        raise RuntimeError("connection string postgresql://secret@db")
+
+    app.add_url_rule("/api/v1/broken-for-this-test", view_func=broken)
+    app.config["TESTING"] = False  # answer as in production instead of re-raising into the test
+    answer = app.test_client().get("/api/v1/broken-for-this-test")
+    body = assert_error(answer, 500, "internal_error")
+    assert "secret" not in answer.get_data(as_text=True) and body["details"] == {}

@@ -77,6 +77,14 @@ def test_an_action_on_a_case_that_changed_since_is_refused(api, seeded, runtime)
     assert api.get(f"/cases/{case_no}").json["status"] == "confirmed"
 
 
+def test_an_action_without_a_body_or_with_an_empty_one(api, client, seeded):
+    one, other = seeded.cases["GZ-TH"]
+    assert api.post(f"/cases/{one}/confirm", key="no-body").status_code == 200
+    empty = client.post(f"/api/v1/cases/{other}/confirm", data=b"",
+                        headers=api.headers | {"Idempotency-Key": "empty", "Content-Type": "application/json"})
+    assert empty.status_code == 200 and empty.json["status"] == "confirmed"
+
+
 def test_keys_belong_to_their_caller(client, api, make_token, seeded):
     case_no = seeded.cases["GZ-TH"][0]
     insurer = Api(client, make_token("insurer", "write"))
