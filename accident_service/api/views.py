@@ -39,6 +39,7 @@ blp = _Blueprint("api", __name__, url_prefix="/api/v1",
                  description="Cases, appointment actions, stations and slots, audit events, dossiers")
 blp.before_request(authenticate)
 # Query parameters are strict like bodies: a misspelt filter (?staus=booked) is a 422, not a silently wider list.
+QUERY = {"location": "query", "unknown": RAISE}
 
 ERRORS = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT",
           422: "UNPROCESSABLE_ENTITY"}
@@ -75,7 +76,7 @@ def who_am_i():
 
 @blp.route("/cases", tags=["cases"])
 @blp.doc(operationId="listCases", summary="Cases, oldest change first; follow next_cursor until it is null")
-@blp.arguments(s.CaseListArgs, location="query", unknown=RAISE)
+@blp.arguments(s.CaseListArgs, **QUERY)
 @blp.response(200, s.CasePageOut)
 @errors(400, 401)
 def list_cases(args: dict[str, Any]):
@@ -122,7 +123,7 @@ def case_audit_events(case_no: str):
 
 @blp.route("/audit-events", tags=["audit"])
 @blp.doc(operationId="listAuditEvents", summary="Audit events about cases, oldest first")
-@blp.arguments(s.AuditListArgs, location="query", unknown=RAISE)
+@blp.arguments(s.AuditListArgs, **QUERY)
 @blp.response(200, s.AuditPageOut)
 @errors(400, 401)
 def audit_events(args: dict[str, Any]):
@@ -146,7 +147,7 @@ def stations():
 
 @blp.route("/stations/<key:code>/slots", tags=["stations"])
 @blp.doc(operationId="listFreeSlots", summary="A station's slots with a free seat, not yet started")
-@blp.arguments(s.SlotArgs, location="query", unknown=RAISE)
+@blp.arguments(s.SlotArgs, **QUERY)
 @blp.response(200, s.StationSlotsOut)
 @errors(401, 404)
 def free_slots(args: dict[str, Any], code: str):
