@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
 
 from accident_service import request_ids
 from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
@@ -50,24 +51,52 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
 
     auth.init_app(app)
     _register_blueprints(app)
+    _map_errors(app)
+    return app
+
+
+#: Paths whose every error answer is JSON, the framework's own (404, 405, 422, 500) included.
+JSON_ERROR_PATHS = "/api/"
+# Codes for the framework's errors; others are their HTTP name in snake case.
+_HTTP_ERROR_CODES = {401: "unauthenticated", 422: "invalid_input", 500: "internal_error"}
+
+
+def _map_errors(app: Flask) -> None:
+    """Typed errors to HTTP, once for the whole service.
+
+    A ServiceError becomes its status and ``{code, message, details}``. Any
+    other HTTP error under /api/ takes the same shape (validation messages in
+    ``details.errors``); elsewhere the framework's own page is kept.
+    """
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError):
-        return jsonify(exc.to_dict()), exc.http_status
+        return jsonify(exc.to_dict()), exc.http_status, exc.response_headers()
 
     def _database_unavailable(exc: Exception):
-        # Not the HTML 500: a JSON 503 the caller can retry on (the webhook answers in plain text).
+        # Not the HTML 500: a 503 the caller can retry on (the webhook answers in plain text itself).
         app.logger.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
         return _service_error(DatabaseUnavailable())
 
     for error in UNAVAILABLE_ERRORS:
         app.register_error_handler(error, _database_unavailable)
 
-    return app
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if not request.path.startswith(JSON_ERROR_PATHS):
+            return exc
+        data = getattr(exc, "data", None) or {}  # webargs' abort() puts validation messages here
+        status = exc.code or 500
+        body = {"code": _HTTP_ERROR_CODES.get(status, (exc.name or "error").lower().replace(" ", "_")),
+                "message": "the request does not fit the API description; see details.errors"
+                if "messages" in data else exc.description or exc.name,
+                "details": {"errors": data["messages"]} if "messages" in data else {}}
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"} | dict(data.get("headers") or {})
+        return jsonify(body), status, headers
 
 
 def _register_blueprints(app: Flask) -> None:
-    from accident_service import ops
+    from accident_service import api, ops
     from accident_service.desk.auth import csrf
     from accident_service.storage import views as storage_views
     from accident_service.wechat import webhook
@@ -76,6 +105,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(storage_views.bp)
     webhook.init_app(app)
     csrf.exempt(webhook.bp)  # the platform signs its pushes; it sends no session cookie to forge
+    api.init_app(app)
 
 
 def _migrate_or_explain(settings: Settings) -> None:

@@ -141,10 +141,13 @@ def wechat_menu_command() -> None:
 
 
 def _register_feature_commands() -> None:
+    from accident_service.cli_api import COMMANDS as API_COMMANDS
     from accident_service.cli_stations import generate_slots_command, import_stations_command
 
     cli.add_command(import_stations_command)
     cli.add_command(generate_slots_command)
+    for command in API_COMMANDS:
+        cli.add_command(command)
 
 
 _register_feature_commands()

@@ -21,7 +21,12 @@ class ServiceError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+        """The JSON body every error has: ``{code, message, details}`` (details ``{}`` when there are none)."""
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the HTTP answer needs besides the body (a 401's ``WWW-Authenticate``)."""
+        return {}
 
 
 class NotFound(ServiceError):

@@ -81,6 +81,13 @@ def purge_personal_data(runtime: Runtime, worker_id: str) -> int:
         return purge_closed_cases(runtime).cases
 
 
+def forget_idempotency_keys(runtime: Runtime, worker_id: str) -> int:
+    from accident_service.api.idempotency import forget_expired
+
+    with runtime.unit_of_work() as session:
+        return forget_expired(session, now=runtime.clock.now())
+
+
 Job = Callable[[Runtime, str], int]
 # (job, seconds between runs); slot generation and the retention purge run nightly, see build_scheduler.
 # The outbox comes last, so that `scheduler --once` sends what the other jobs wrote.
@@ -90,6 +97,7 @@ PERIODIC_JOBS: tuple[tuple[Job, int], ...] = (
     (expire_drafts, 60),
     (mark_no_shows, 60),
     (forget_push_signatures, 300),
+    (forget_idempotency_keys, 300),
     (dispatch_outbox, 2),
 )
 

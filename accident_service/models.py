@@ -93,6 +93,11 @@ class StaffRole(enum.StrEnum):
     SUPERVISOR = "supervisor"
 
 
+class TokenScope(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+
+
 class Station(Base):
     __tablename__ = "station"
 
@@ -136,6 +141,8 @@ class Case(Base):
         # The nightly purge looks for closed cases not purged yet: a small index once most are.
         Index("ix_accident_case_unpurged", "id", postgresql_where=text("purged_at IS NULL"),
               sqlite_where=text("purged_at IS NULL")),
+        # The API's case list pages by (updated_at, id): integrators poll it for what changed.
+        Index("ix_accident_case_updated", "updated_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -387,3 +394,45 @@ class DriverPreference(Base):
     openid: Mapped[str] = mapped_column(String(64), primary_key=True)
     language: Mapped[str] = mapped_column(String(8))
     updated_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """A credential an integration (the police case system, an insurer) presents on /api/v1.
+
+    Only the SHA-256 of the token is kept: the token is high-entropy random, so
+    a fast hash is enough to make a leaked table useless (argon2 is for
+    passwords people choose). Names stay unique after revocation, so audit
+    events that name a token always mean one.
+    """
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(48), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[TokenScope] = mapped_column(_enum(TokenScope, 8))
+    # None: every station. A station's token goes with its station.
+    station_id: Mapped[int | None] = mapped_column(ForeignKey("station.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    # Recorded at most once a minute (a write on every request would serialise readers on SQLite).
+    last_used_at: Mapped[datetime | None]
+
+
+class IdempotencyKey(Base):
+    """The first answer to a POST under an ``Idempotency-Key``, replayed to retries of it.
+
+    Written in the transaction of the action it answers (whose case row is
+    locked), so a retry either waits for it or finds it; keys are per caller
+    (``owner``) and forgotten after ``expires_at``.
+    """
+
+    __tablename__ = "idempotency_key"
+
+    owner: Mapped[str] = mapped_column(String(80), primary_key=True)  # "token:<id>" or "staff:<id>"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))  # method, path and body: a reused key is refused
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     SCHEDULER_METRICS_PORT: Annotated[int, NumberRange(0, 65535, why="0 serves no metrics")]
     WECHAT_MEDIA_PER_MINUTE: Annotated[int, NumberRange(0, 10000, why="0 sets no limit")]
     WECHAT_MEDIA_PER_HOUR: Annotated[int, NumberRange(0, 100000, why="0 sets no limit")]
+    IDEMPOTENCY_KEY_HOURS: Annotated[int, NumberRange(1, 30 * 24, why="30 days")]
     SMS_SDK_APP_ID: str
     SMS_SECRET_ID: str
     SMS_SECRET_KEY: str

@@ -202,7 +202,7 @@ def test_the_webhook_answers_503_in_plain_text_when_the_database_is_unreachable(
 def test_json_endpoints_answer_a_json_503_when_the_database_is_unreachable(unreachable_app):
     response = unreachable_app.test_client().get("/test-json")
     assert response.status_code == 503
-    assert response.json["error"] == "database_unavailable"
+    assert response.json["code"] == "database_unavailable"
 
 
 def test_metrics_still_answer_when_the_database_is_unreachable(unreachable_app):

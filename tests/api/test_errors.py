@@ -1,0 +1,59 @@
+"""Every error under /api/ is {code, message, details}; the description says so for every operation."""
+
+from __future__ import annotations
+
+
+def assert_error(answer, status: int, code: str) -> dict:
+    assert answer.status_code == status, answer.data
+    assert answer.is_json and set(answer.json) == {"code", "message", "details"}
+    assert answer.json["code"] == code
+    return answer.json
+
+
+def test_the_frameworks_errors_take_the_same_shape(api, client, seeded):
+    assert_error(api.get("/nowhere"), 404, "not_found")
+    assert_error(api.get("/cases/not-a-case-no"), 404, "not_found")  # no case number looks like that
+    assert_error(api.get("/cases/20261125-ZZZZZ"), 404, "not_found")
+    refused = client.delete("/api/v1/cases", headers=api.headers)
+    assert_error(refused, 405, "method_not_allowed")
+    assert set(refused.headers["Allow"].replace(" ", "").split(",")) >= {"GET"}
+    details = assert_error(api.get("/cases", limit=0, staus="booked"), 422, "invalid_input")["details"]
+    assert set(details["errors"]["query"]) == {"limit", "staus"}  # misspelt filters are refused, not ignored
+    assert_error(api.get("/cases", plate="粤A\x0012345"), 422, "invalid_input")
+    broken = client.post(f"/api/v1/cases/{seeded.cases['GZ-TH'][0]}/confirm", data="{not json",
+                         headers=api.headers | {"Idempotency-Key": "j", "Content-Type": "application/json"})
+    assert_error(broken, 400, "bad_request")
+
+
+def test_pages_outside_the_api_keep_the_frameworks_own_error_pages(client):
+    answer = client.get("/no-such-page")
+    assert answer.status_code == 404 and not answer.is_json
+
+
+def test_the_description_is_public_and_documents_auth_keys_and_errors(client):
+    spec = client.get("/api/v1/openapi.json").json
+    assert spec["openapi"].startswith("3.") and spec["security"] == [{"bearerAuth": []}]
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer",
+                                                                   "description": "an API token"}
+    error = spec["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"code", "message", "details"}
+    operations = [(path, method, op) for path, item in spec["paths"].items()
+                  for method, op in item.items() if method in ("get", "post")]
+    assert len(operations) == 15
+    for path, method, op in operations:
+        assert "401" in op["responses"] and "default" in op["responses"], (path, method)
+        if method == "post":
+            keys = [p for p in op["parameters"] if p["in"] == "header" and p["name"] == "Idempotency-Key"]
+            assert keys and keys[0]["required"], path
+            assert {"403", "404", "409", "422"} <= set(op["responses"]), path
+
+
+def test_an_unexpected_failure_is_a_500_in_the_same_shape_without_internals(app):
+    def broken():
+        raise RuntimeError("connection string postgresql://secret@db")
+
+    app.add_url_rule("/api/v1/broken-for-this-test", view_func=broken)
+    app.config["TESTING"] = False  # answer as in production instead of re-raising into the test
+    answer = app.test_client().get("/api/v1/broken-for-this-test")
+    body = assert_error(answer, 500, "internal_error")
+    assert "secret" not in answer.get_data(as_text=True) and body["details"] == {}
