@@ -97,6 +97,7 @@ def _map_errors(app: Flask) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from accident_service import api, ops
+    from accident_service.desk import web as desk_web
     from accident_service.desk.auth import csrf
     from accident_service.storage import views as storage_views
     from accident_service.wechat import webhook
@@ -105,6 +106,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(storage_views.bp)
     webhook.init_app(app)
     csrf.exempt(webhook.bp)  # the platform signs its pushes; it sends no session cookie to forge
+    desk_web.init_app(app)
     api.init_app(app)
 
 

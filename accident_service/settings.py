@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     WECHAT_MEDIA_PER_MINUTE: Annotated[int, NumberRange(0, 10000, why="0 sets no limit")]
     WECHAT_MEDIA_PER_HOUR: Annotated[int, NumberRange(0, 100000, why="0 sets no limit")]
     IDEMPOTENCY_KEY_HOURS: Annotated[int, NumberRange(1, 30 * 24, why="30 days")]
+    DESK_SESSION_IDLE_MINUTES: Annotated[int, NumberRange(1, 24 * 60, why="a day")]
+    DESK_LOGIN_MAX_FAILURES: Annotated[int, NumberRange(1, 100)]
+    DESK_LOGIN_MAX_FAILURES_PER_IP: Annotated[int, NumberRange(1, 10000)]
+    DESK_LOGIN_LOCKOUT_MINUTES: Annotated[int, NumberRange(1, 24 * 60, why="a day")]
+    DESK_QUEUE_REFRESH_SECONDS: Annotated[int, NumberRange(1, 300)]
     SMS_SDK_APP_ID: str
     SMS_SECRET_ID: str
     SMS_SECRET_KEY: str

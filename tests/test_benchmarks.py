@@ -48,3 +48,15 @@ def test_the_webhook_benchmark_drives_all_three_servers_with_wrk_and_loses_nothi
     assert figures["answered"] > 0 and figures["lost"] == 0 and figures["floor_lost"] == 0
     assert figures["unanswered_stored"] <= 4 * 2  # in flight when a run's time was up: warm-up and measured run
     assert figures["throughput_ratio_floor"] > 0 and figures["p99_ratio_floor"] > 0
+
+
+@pytest.mark.postgres_only
+@pytest.mark.slow
+def test_the_desk_queue_benchmark_reads_through_indexes_and_prints_its_figures():
+    environ = os.environ | {"BENCH_DATABASE_URL": conftest.POSTGRES_URL}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "desk_queue.py"), "--cases", "3000",
+                           "--runs", "5"], env=environ, capture_output=True, text=True, timeout=120, check=True)
+    figures = json.loads(done.stdout)
+    assert figures["rows_on_page"] == 40 and figures["cases"] == 3040
+    assert figures["uses_index"] and figures["seq_scans_of_large_tables"] == []
+    assert figures["queue_ms_median"] > 0

@@ -19,3 +19,26 @@ def stations(wechat_runtime, clock):
     with wechat_runtime.unit_of_work() as session:
         import_stations(session, load_station_file(EXAMPLE_STATIONS))
         generate_slots(session, start_date=date(2026, 11, 25), days=7, now=clock.now())
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Debian Chromium per module (its event loop ends with it); each test has its own context."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.browser import launch
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_context(chromium):
+    from tests.support.browser import VIEWPORT
+
+    context = chromium.new_context(viewport=VIEWPORT, locale="zh-CN", timezone_id="Asia/Shanghai")
+    context.set_default_timeout(10_000)
+    yield context
+    context.close()

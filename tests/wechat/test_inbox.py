@@ -76,8 +76,7 @@ def past_lease(clock) -> None:
 # --- storing ---------------------------------------------------------------
 
 def test_store_inbound_refuses_a_retry_of_the_same_push(runtime):
-    push(runtime, msg_id=42)
-    xml = load(runtime, 1).payload
+    xml = load(runtime, push(runtime, msg_id=42)).payload
     with runtime.unit_of_work() as session:
         assert inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now()) is None
     with runtime.unit_of_work() as session:

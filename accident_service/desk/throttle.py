@@ -1,0 +1,63 @@
+"""Sign-in throttling (Flask-Limiter): failed attempts counted per username and per client address.
+
+Only failures count (``deduct_when``): an officer who signs in at the first
+try uses nothing up. Once either count is reached within
+DESK_LOGIN_LOCKOUT_MINUTES every attempt is refused with 429 until the window
+moves on, even with the right password, so guessing gains nothing. Counts
+live in Redis when REDIS_URL is set (shared by every worker and host), else
+in the process's memory; if Redis stops answering, the memory counts take over.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from accident_service.web import EXTENSION_KEY, current_runtime
+
+limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=False,
+                  in_memory_fallback_enabled=True, strategy="moving-window", key_prefix="desk-login")
+
+
+@limiter.request_filter
+def _not_sign_in() -> bool:
+    """Only the sign-in form is limited: every other request (the webhook's hot path) skips the limiter's work."""
+    return request.endpoint != "desk.login"
+
+
+def init_app(app: Flask) -> None:
+    settings = app.extensions[EXTENSION_KEY].settings
+    app.config["RATELIMIT_STORAGE_URI"] = settings.REDIS_URL or "memory://"
+    limiter.init_app(app)
+
+
+def _per_username() -> str:
+    settings = current_runtime().settings
+    return f"{settings.DESK_LOGIN_MAX_FAILURES} per {settings.DESK_LOGIN_LOCKOUT_MINUTES} minutes"
+
+
+def _per_address() -> str:
+    settings = current_runtime().settings
+    return f"{settings.DESK_LOGIN_MAX_FAILURES_PER_IP} per {settings.DESK_LOGIN_LOCKOUT_MINUTES} minutes"
+
+
+def _typed_username() -> str:
+    return (request.form.get("username") or "").strip().lower()[:64] or "-"
+
+
+def note_failure() -> None:
+    """Mark this sign-in attempt as failed: it counts against the username and the address."""
+    g.desk_login_failed = True
+
+
+def _failed(response) -> bool:
+    return bool(g.get("desk_login_failed"))
+
+
+def throttled(view):
+    """Both limits on a sign-in view (POST only)."""
+    view = limiter.limit(_per_username, key_func=_typed_username, methods=["POST"], deduct_when=_failed,
+                         scope="username")(view)
+    return limiter.limit(_per_address, key_func=get_remote_address, methods=["POST"], deduct_when=_failed,
+                         scope="address")(view)

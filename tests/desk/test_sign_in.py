@@ -1,0 +1,124 @@
+"""Sign-in: sessions (cookie flags, idle lifetime), throttling per username and address, audit, sign-out."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from accident_service import create_app
+from accident_service.models import AuditEvent
+from tests.desk.conftest import sign_in
+from tests.desk.factories import PASSWORD, add_staff
+from tests.support.html_forms import form_to
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides):
+    return {**settings_overrides, "DESK_LOGIN_MAX_FAILURES": 3, "DESK_LOGIN_MAX_FAILURES_PER_IP": 5}
+
+
+@pytest.fixture
+def officers(runtime, desk):
+    return ["th", "yx"]
+
+
+def audit_actions(runtime) -> list[tuple[str, str]]:
+    with runtime.unit_of_work() as session:
+        return [(e.action, e.actor) for e in session.scalars(select(AuditEvent).where(
+            AuditEvent.action.like("staff.%")).order_by(AuditEvent.id))]
+
+
+def test_a_wrong_password_says_so_without_telling_which_part_and_is_audited(client, runtime, officers):
+    for username in ("th", "nobody"):
+        page = sign_in(client, username, "wrong-password")
+        assert page.status_code == 200 and "用户名或密码不正确" in page.get_data(as_text=True)
+    assert audit_actions(runtime) == [("staff.login_failed", "th"), ("staff.login_failed", "nobody")]
+    assert sign_in(client, "th").status_code == 303
+    assert audit_actions(runtime)[-1] == ("staff.login", "th")
+
+
+def test_repeated_failures_lock_the_username_even_for_the_right_password(client, officers):
+    for _ in range(3):
+        assert sign_in(client, "th", "wrong-password").status_code == 200
+    locked = sign_in(client, "th")
+    assert locked.status_code == 429 and "15 分钟后再试" in locked.get_data(as_text=True)
+    assert sign_in(client, "yx").status_code == 303  # another officer at the same desk PC is not locked out
+
+
+def test_repeated_failures_from_one_address_lock_every_username(client, officers):
+    for n in range(5):
+        sign_in(client, f"guess{n}", "wrong-password")
+    assert sign_in(client, "yx").status_code == 429
+
+
+def test_a_successful_sign_in_costs_nothing(app, officers):
+    for _ in range(6):  # more than either limit, each a new browser
+        assert sign_in(app.test_client(), "th").status_code == 303
+
+
+@pytest.mark.parametrize("next_url, landing", [("/desk/summary", "/desk/summary"), ("https://evil.example/", "/desk/"),
+                                               ("//evil.example/desk/", "/desk/")])
+def test_after_sign_in_only_desk_pages_are_followed(client, officers, next_url, landing):
+    page = client.get("/desk/login", query_string={"next": next_url})
+    form = form_to(page.get_data(as_text=True), "/desk/login")
+    response = client.post("/desk/login", data=form.fields | {"username": "th", "password": PASSWORD})
+    assert response.headers["Location"] == landing
+
+
+def test_session_cookies_are_http_only_same_site_and_secure_in_production(client, officers, settings_overrides,
+                                                                           clock):
+    cookie = sign_in(client, "th").headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    production = create_app({**settings_overrides, "APP_ENV": "production", "SECRET_KEY": secrets.token_hex(32),
+                             "WECHAT_APP_ID": "wx0123456789", "WECHAT_APP_SECRET": "real-secret",
+                             "WECHAT_TOKEN": "real-token"})
+    cookie = sign_in(production.test_client(), "th").headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_an_idle_session_is_refused_by_the_server_and_the_queue_refresh_is_not_activity(app, client, officers):
+    sign_in(client, "th")
+    assert "Set-Cookie" in client.get("/desk/").headers  # the officer looking: the session is renewed
+    assert "Set-Cookie" not in client.get("/desk/queue/rows").headers  # the page refreshing itself: it is not
+    serializer = app.session_interface.get_signing_serializer(app)
+    data = serializer.loads(client.get_cookie("session").value)
+    signer = serializer.make_signer(serializer.salt)
+    idle_seconds = app.permanent_session_lifetime.total_seconds() + 60
+    signer.get_timestamp = lambda: int(time.time() - idle_seconds)  # a cookie last renewed that long ago
+    client.set_cookie("session", signer.sign(serializer.dump_payload(data)).decode())
+    assert client.get("/desk/").headers["Location"].startswith("/desk/login")
+    assert client.get("/desk/queue/rows").status_code == 401
+
+
+def test_sign_out_ends_the_session_and_is_audited(client, runtime, officers):
+    sign_in(client, "th")
+    page = client.get("/desk/").get_data(as_text=True)
+    form = form_to(page, "/desk/logout")
+    assert client.post("/desk/logout", data=form.fields).headers["Location"].startswith("/desk/login")
+    assert client.get("/desk/").status_code == 303
+    assert audit_actions(runtime)[-1] == ("staff.logout", "th")
+
+
+def test_failures_are_counted_in_redis_when_it_is_configured(runtime, settings_overrides, officers):
+    app = create_app({**settings_overrides, "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    username = f"probe-{uuid.uuid4().hex[:8]}"  # Redis outlives the test: a name of its own
+    with runtime.unit_of_work() as session:
+        add_staff(session, runtime, username, "supervisor", None)
+    client = app.test_client()
+    store = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        for _ in range(3):
+            sign_in(client, username, "wrong-password")
+        assert [key for key in store.scan_iter(match=f"*desk-login*{username}*")]
+        assert sign_in(client, username).status_code == 429
+        other_process = create_app({**settings_overrides, "REDIS_URL": "redis://127.0.0.1:6379/0"})
+        assert sign_in(other_process.test_client(), username).status_code == 429  # shared, not per process
+    finally:
+        for key in store.scan_iter(match="*desk-login*"):
+            store.delete(key)
+        store.close()
