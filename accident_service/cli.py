@@ -78,6 +78,38 @@ def serve(bind: str, workers: int) -> None:
     os.execv(sys.executable, args)
 
 
+@cli.command("sandbox", with_appcontext=False)  # builds its own app, wired to the emulators it starts
+@click.option("--bind", default=lambda: os.environ.get("BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000",
+              help="host:port to serve on (port 0: a free one).")
+def sandbox_command(bind: str) -> None:
+    """Run the whole service on this machine with emulated WeChat and SMS: two phones in a browser and the desk.
+
+    Data goes to DATA_DIR (default ./var/sandbox). Refused in production and beside real credentials.
+    """
+    import signal
+    import threading
+
+    from accident_service.sandbox import launcher
+
+    try:
+        sandbox = launcher.start(bind)
+    except launcher.SandboxRefused as exc:
+        raise click.ClickException(f"sandbox refused: {exc}") from exc
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    click.echo(f"sandbox running: open {sandbox.url}/sandbox/\n"
+               f"  desk: {sandbox.desk_url}  username: {launcher.DEMO_USERNAME}  password: {launcher.DEMO_PASSWORD}\n"
+               "  Ctrl-C stops it")
+    sys.stdout.flush()
+    try:
+        while not stopped.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+
+
 @cli.command("scheduler")
 @click.option("--once", is_flag=True, help="Run every job once and exit.")
 def scheduler_command(once: bool) -> None:

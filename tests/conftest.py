@@ -26,6 +26,7 @@ from accident_service import models as _models  # noqa: E402,F401  (registers th
 from accident_service.clock import ControlledClock  # noqa: E402
 from accident_service.db import Base, make_engine  # noqa: E402
 from accident_service.runtime import build_runtime  # noqa: E402
+from accident_service.sandbox.console import NOTICE_TEMPLATE_KEYWORDS  # noqa: E402
 from accident_service.settings import load_settings  # noqa: E402
 from tests.support.servers import MotoS3Server  # noqa: E402
 
@@ -186,9 +187,6 @@ WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 NOTICE_TEMPLATES = {f"WECHAT_TEMPLATE_{kind.upper()}": f"tpl-{kind}" for kind in
                     ("booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "retake", "reminder",
                      "completed")}
-#: The keywords README ("Notices") asks each notice template to have, with their category types.
-NOTICE_TEMPLATE_KEYWORDS = {"character_string1": "character_string", "thing2": "thing", "thing3": "thing",
-                            "time4": "time", "thing5": "thing"}
 
 
 @pytest.fixture

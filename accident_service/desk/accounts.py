@@ -28,8 +28,7 @@ def create_staff(session: Session, *, username: str, password: str, role: str, s
     username = username.strip().lower()  # "SUP1" and "sup1" are one officer at the login prompt
     if not USERNAME.fullmatch(username):
         raise InvalidStaffInput("username must be 1-64 letters, digits, '.', '_' or '-'")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidStaffInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    _check_password(password)
     try:
         staff_role = StaffRole(role)
     except ValueError as exc:
@@ -49,6 +48,17 @@ def create_staff(session: Session, *, username: str, password: str, role: str, s
     session.add(user)
     session.flush()
     return user
+
+
+def set_password(user: StaffUser, password: str) -> None:
+    """A new password for ``user``. Raises InvalidStaffInput when it is too short."""
+    _check_password(password)
+    user.password_hash = _hasher.hash(password)
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidStaffInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
 
 
 def verify_password(user: StaffUser, password: str) -> bool:

@@ -132,6 +132,11 @@ class PlatformApi:
 
     # -- introspection --------------------------------------------------------
 
+    def sent_to(self, openid: str) -> list[dict[str, Any]]:
+        """The records of what ``openid`` received (texts, replies, template cards), oldest first."""
+        with self._lock:
+            return [dict(m) for m in self.sent if m["touser"] == openid]
+
     def allowance(self, openid: str) -> Allowance:
         """``openid``'s customer-service allowance now: following, remaining, window_ends_at, granted_by."""
         with self._lock:

@@ -139,9 +139,13 @@ class SmsEmulator:
 
     def messages_to(self, phone: str) -> list[str]:
         """The texts ``phone`` received, oldest first, as shown on the phone (sign included)."""
+        return [sms.text for sms in self.sent_to(phone)]
+
+    def sent_to(self, phone: str) -> list[SentSms]:
+        """What ``phone`` (11 digits or +86...) received, oldest first."""
         number = _e164(phone) or phone
         with self._lock:
-            return [sms.text for sms in self.sent if sms.phone == number]
+            return [sms for sms in self.sent if sms.phone == number]
 
     def _queue(self, kind: str, value: Any, times: int) -> None:
         with self._lock:
