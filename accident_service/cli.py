@@ -95,6 +95,9 @@ def sandbox_command(bind: str) -> None:
         sandbox = launcher.start(bind)
     except launcher.SandboxRefused as exc:
         raise click.ClickException(f"sandbox refused: {exc}") from exc
+    except OSError as exc:  # the port is taken, most often
+        raise click.ClickException(f"sandbox cannot listen on {bind}: {exc.strerror or exc}; "
+                                   "choose another with --bind 127.0.0.1:PORT") from exc
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     click.echo(f"sandbox running: open {sandbox.url}/sandbox/\n"

@@ -14,6 +14,7 @@ in the environment: the sandbox plays the platform itself, and must never talk t
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import os
 import secrets
@@ -123,7 +124,7 @@ def start(bind: str = "127.0.0.1:8000", *, data_dir: str | None = None,
         stops.append(sms.stop)
         app = _service_app(settings_for(wechat, sms, aes_key, data_dir))
         stops.append(app.extensions[EXTENSION_KEY].close)
-        server = make_server(host or "127.0.0.1", int(port or 8000), app, threaded=True)
+        server = _listen(host or "127.0.0.1", int(port or 8000), app)
         url = f"http://{server.host}:{server.port}"
         sandbox = Sandbox(url, app, wechat, sms)
         wechat.callback_url = url + "/wechat"
@@ -142,6 +143,13 @@ def start(bind: str = "127.0.0.1:8000", *, data_dir: str | None = None,
         raise
     sandbox._stops = stops
     return sandbox
+
+
+def _listen(host: str, port: int, app: Flask):
+    try:
+        return make_server(host, port, app, threaded=True)
+    except SystemExit:  # werkzeug exits (after printing) when the port is taken: say it as the error it is
+        raise OSError(errno.EADDRINUSE, "the port is in use by another program") from None
 
 
 def _service_app(settings: dict[str, Any]) -> Flask:

@@ -108,3 +108,16 @@ def test_a_text_goes_to_the_real_webhook_encrypted_and_its_answer_shows_in_the_p
     assert messages[0] == {**messages[0], "from": "me", "text": "你好"}
     assert [m["from"] for m in messages[1:]] == ["account"]  # one answer
     assert sandbox.wechat.reply_errors == []
+
+
+def test_a_taken_port_is_said_plainly(sandbox, tmp_path):
+    import subprocess
+    import sys
+
+    port = sandbox.url.rsplit(":", 1)[1]
+    done = subprocess.run([sys.executable, "-c", "from accident_service.cli import main; main()", "sandbox",
+                           "--bind", f"127.0.0.1:{port}"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in __import__("os").environ.items()
+                               if k not in launcher.REAL_CREDENTIALS and k != "APP_ENV"})
+    assert done.returncode == 1
+    assert f"sandbox cannot listen on 127.0.0.1:{port}" in done.stderr and "--bind" in done.stderr, done.stderr
