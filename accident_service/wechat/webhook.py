@@ -25,7 +25,7 @@ from accident_service.settings import Settings
 from accident_service.web import EXTENSION_KEY, current_runtime
 from accident_service.wechat import inbox, intake_limits, replay
 from accident_service.wechat.worker_pool import submit_after_response
-from accident_service.wechat.xml_gate import UnsafeXml, check_body, parse_inbound
+from accident_service.wechat.xml_gate import UnsafeXml, check_body, decode_body, parse_inbound
 
 bp = Blueprint("wechat", __name__)
 log = logging.getLogger(__name__)
@@ -52,9 +52,8 @@ def receive():
     body = _read_capped_body(settings.WECHAT_MAX_BODY_BYTES)
     signed = _signed_body(runtime, body)
     try:
-        check_body(body, max_bytes=settings.WECHAT_MAX_BODY_BYTES)
         xml_text = _decrypt_if_needed(settings, body)
-        message = parse_inbound(xml_text)
+        message = parse_inbound(xml_text)  # the gate, then wechatpy
     except UnsafeXml as exc:
         if signed is not None:
             _record_signature_alone(runtime, signed)
@@ -185,10 +184,17 @@ def _envelope_ciphertext(body: bytes) -> str:
 
 
 def _decrypt_if_needed(settings: Settings, body: bytes) -> str:
+    """The push's XML text: the body itself in plain mode, the decrypted message in safe mode.
+
+    Raises UnsafeXml for a body the gate refuses: the plain text is gated by
+    parse_inbound, the envelope here, before wechatpy's parser sees it.
+    """
     if not _is_encrypted_push():
+        text = decode_body(body, max_bytes=settings.WECHAT_MAX_BODY_BYTES)
         if settings.WECHAT_REQUIRE_ENCRYPTION:
             abort(403)  # the plain signature does not cover the body
-        return body.decode("utf-8")
+        return text
+    check_body(body, max_bytes=settings.WECHAT_MAX_BODY_BYTES)
     if not settings.WECHAT_ENCODING_AES_KEY:
         abort(400)  # safe mode is not configured here
     encrypted = _envelope_ciphertext(body)

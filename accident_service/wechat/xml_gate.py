@@ -86,15 +86,23 @@ def check_body(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> None:
     ``encoding`` (NUL byte or not UTF-8, which also shuts out UTF-16/32
     disguises of the checks below) or any reason of :func:`check_xml_text`.
     """
+    check_xml_text(decode_body(body, max_bytes=max_bytes), max_bytes=max_bytes)
+
+
+def decode_body(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> str:
+    """The raw body as text, refused (``too_large``, ``encoding``) unless small, NUL-free UTF-8.
+
+    For a body that goes straight to :func:`parse_inbound` (plain mode), which
+    gates the text itself: checking it here too would run the parser twice.
+    """
     if len(body) > max_bytes:
         raise UnsafeXml("too_large")
     if b"\x00" in body:
         raise UnsafeXml("encoding")
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise UnsafeXml("encoding") from None
-    check_xml_text(text, max_bytes=max_bytes)
 
 
 def check_xml_text(text: str, *, max_bytes: int = MAX_BODY_BYTES) -> None:
