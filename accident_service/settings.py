@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     SMS_REGION: str
     SMS_ENDPOINT_URL: Annotated[str, AfterValidator(check.optional(check.http_url,
                                                                    example="https://sms.tencentcloudapi.com"))]
+    SMS_PARAM_MAX_CHARS: Annotated[int, NumberRange(6, 500, why="a notice's parameters have up to 6 characters; a "
+                                                                 "whole SMS at most 500")]
     # Filled from the WECHAT_TEMPLATE_<KIND> and SMS_TEMPLATE_<KIND> variables, keyed by kind in lower case.
     templates: Mapping[str, str] = Field(default_factory=dict)
     sms_templates: Mapping[str, str] = Field(default_factory=dict)

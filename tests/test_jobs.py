@@ -328,6 +328,97 @@ def test_scheduler_killed_mid_message_leaves_a_lease_that_another_worker_recover
         runtime.close()
 
 
+NOTICE = {"case_no": "20261125-KILLD", "fingerprint": "0123456789abcdef", "station": "天河事故处理点",
+          "address": "广州市天河路 1 号", "timezone": "Asia/Shanghai",
+          "starts_at": "2026-11-26T06:00:00+00:00", "ends_at": "2026-11-26T06:30:00+00:00"}
+
+
+def enqueue_notices(database_url: str, drivers: dict[str, str], *, written: set[str], settings) -> None:
+    """A must-read notice (a reminder) for each driver (openid: phone), each party to a case of their own."""
+    from accident_service.cases.parties import start_case
+
+    engine = make_engine(database_url)
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    with unit_of_work(make_session_factory(engine)) as session:
+        for openid, phone in drivers.items():
+            if openid in written:
+                allowance.record_action(session, openid, "message", now)
+            case, party, _created = start_case(session, openid=openid, language="zh", settings=settings, now=now)
+            party.phone = phone
+            session.flush()
+            enqueue(session, openid=openid, kind="reminder", notice=NOTICE | {"to": "A"}, case_id=case.id,
+                    dedupe_key=f"reminder:{case.id}:A", now=now, language="zh")
+    engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channel", ["wechat", "template", "sms"])
+def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exactly_once(
+        channel, start_scheduler, scheduler_env, private_database_url, wechat, clock, tmp_path):
+    """SIGKILL while the platform holds the first send; a second scheduler finishes the outbox.
+
+    A text or an SMS whose send was under way is not sent again (the platform got it); a template is,
+    with the same client_msg_id, and the platform drops the repeat. Each driver ends with one message.
+    """
+    from accident_service.settings import load_settings
+    from tests.support.sms import notice_templates, running_sms_emulator
+
+    clock.set(datetime.now(UTC))
+    drivers = {f"oKill{channel}{n}": f"1380013{n:04d}" for n in range(4)}
+    with running_sms_emulator(daily_limit_per_number=None) as sms:
+        scheduler_env["INBOX_LEASE_SECONDS"] = "3"
+        if channel == "template":
+            scheduler_env["WECHAT_TEMPLATE_REMINDER"] = conftest.NOTICE_TEMPLATES["WECHAT_TEMPLATE_REMINDER"]
+        if channel == "sms":
+            scheduler_env.update(notice_templates(sms))
+        for openid in drivers:  # they follow the account; only "wechat" drivers wrote lately
+            wechat.note_user_activity(openid) if channel == "wechat" else wechat.add_follower(openid)
+        enqueue_notices(private_database_url, drivers, written=set(drivers) if channel == "wechat" else set(),
+                        settings=load_settings({"DATA_DIR": str(tmp_path)}, environ={}))
+        hold = 5  # seconds the platform holds the first call before handling it
+        wechat.set_delay("message/custom/send", hold)
+        wechat.set_delay("message/template/send", hold)
+        sms.delay(hold, times=1)
+        first = start_scheduler(0)
+
+        def in_flight():
+            engine = make_engine(private_database_url)
+            with make_session_factory(engine)() as session:
+                row = session.scalar(select(Notification).where(Notification.sending_at.is_not(None),
+                                                                Notification.status == WorkStatus.PROCESSING))
+            engine.dispose()
+            return row
+
+        from tests.support.live import wait_until
+
+        sending = wait_until(in_flight, timeout=90)  # a cold scheduler start on a busy machine
+        time.sleep(1.5)  # the call reaches the platform, which holds it (a crash before the call: README)
+        held_until = time.monotonic() + hold
+        first.kill()  # SIGKILL while the platform holds the call: the row stays leased, marked as sending
+        first.wait(timeout=10)
+        assert sending.channel == channel
+        wechat.clear_faults()
+
+        start_scheduler(1)
+        deadline = time.monotonic() + 90
+        while statuses(private_database_url)[WorkStatus.DONE] < len(drivers) and time.monotonic() < deadline:
+            time.sleep(0.25)
+
+        assert statuses(private_database_url) == {WorkStatus.DONE: len(drivers)}, logs(tmp_path, 2)
+        time.sleep(max(0.0, held_until - time.monotonic()))  # the platform answers the call it held
+        for openid, phone in drivers.items():
+            received = len(wechat.sent_to(openid)) + len(sms.sent_to(f"+86{phone}"))
+            assert received == 1, (openid, wechat.sent_to(openid), sms.sent_to(f"+86{phone}"))
+        assert wechat.refusal_counts() == {}
+        if channel == "template":  # sent again after the kill, and the platform dropped the repeat
+            assert wechat.duplicate_templates_dropped == 1
+        engine = make_engine(private_database_url)
+        with make_session_factory(engine)() as session:
+            row = session.get(Notification, sending.id)
+            assert row.attempts == 2 and row.channel == channel
+        engine.dispose()
+
+
 @pytest.mark.slow
 def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, scheduler_env, wechat, tmp_path):
     """SCHEDULER_METRICS_PORT: the scheduler's job runs and durations, scraped from the scheduler itself."""

@@ -171,8 +171,7 @@ class SmsChannel:
         self.max_param_chars = max_param_chars
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-                      max_param_chars: int = DEFAULT_MAX_PARAM_CHARS) -> SmsChannel:
+    def from_settings(cls, settings: Settings, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> SmsChannel:
         """The channel for the configured account. Raises ValueError when SMS is not configured."""
         if not settings.sms_enabled:
             raise ValueError("SMS is off: set SMS_SDK_APP_ID, SMS_SECRET_ID, SMS_SECRET_KEY and SMS_SIGN_NAME")
@@ -180,7 +179,7 @@ class SmsChannel:
                    secret_key=settings.SMS_SECRET_KEY, sign_name=settings.SMS_SIGN_NAME,
                    region=settings.SMS_REGION, endpoint_url=settings.SMS_ENDPOINT_URL,
                    templates_by_kind=settings.sms_templates, timeout_seconds=timeout_seconds,
-                   max_param_chars=max_param_chars)
+                   max_param_chars=settings.SMS_PARAM_MAX_CHARS)
 
     def for_kind(self, kind: str) -> SmsTemplateChannel | None:
         """A Channel sending notices of ``kind``, or None when no SMS template is configured for it."""

@@ -8,7 +8,8 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from accident_service.desk import actions
-from accident_service.models import AuditEvent, Case, CaseStatus, Notification, Photo
+from accident_service.messages import text
+from accident_service.models import AuditEvent, Case, CaseStatus, Notification, Photo, WorkStatus
 from tests.conftest import T0
 from tests.desk.conftest import case_version, sign_in
 from tests.desk.factories import store_photos
@@ -52,6 +53,28 @@ def test_every_page_renders_in_both_languages(client, desk):
                      "/desk/?q=T0", "/desk/?status=booked"):
             response = client.get(path)
             assert response.status_code == 200, (lang, path)
+
+
+def test_the_case_page_names_every_delivery_state_of_a_notice(client, desk, runtime):
+    """A notice waiting for the person (no WeChat allowance, template or SMS for it) shows as such."""
+    sign_in(client, "th")
+    with runtime.unit_of_work() as session:
+        notice = Notification(openid="oDeskHeld", kind="booked", language="zh", case_id=desk["case_id"],
+                              payload={"text": "held"}, dedupe_key="held:desk", next_attempt_at=T0, created_at=T0,
+                              last_error="waiting for the person: no WeChat allowance, no template or SMS for it")
+        session.add(notice)
+        session.flush()
+        notice_id = notice.id
+    for status in WorkStatus:
+        with runtime.unit_of_work() as session:
+            session.get(Notification, notice_id).status = status
+        for lang, label in (("zh", text(f"desk.work.{status.value}", "zh")),
+                            ("en", text(f"desk.work.{status.value}", "en"))):
+            client.set_cookie("desk_lang", lang)
+            page = client.get(f"/desk/cases/{desk['case_no']}")
+            assert page.status_code == 200, (status, lang)
+            assert label in page.get_data(as_text=True)
+    assert "waiting for the person" in text("desk.work.held", "en")
 
 
 def test_another_stations_officer_gets_404_for_every_page_and_action_of_the_case(client, desk, runtime):

@@ -23,6 +23,7 @@ from accident_service.notify.dispatch import dispatch_due
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
+from tests.support.sms import notice_templates, running_sms_emulator
 
 _keys = itertools.count(1)
 
@@ -187,6 +188,78 @@ def test_a_message_no_channel_can_carry_waits_for_the_person_and_goes_with_their
     assert dispatch_due(rt, "w1") == 2
     assert [m.split("\n")[0] for m in wechat.messages_to("oDriverA")] == [
         "预约成功，案件号 20261125-ABCDE。", "the reply to what they wrote"]
+
+
+@pytest.fixture
+def sms():
+    with running_sms_emulator(daily_limit_per_number=None) as emulator:
+        yield emulator
+
+
+def a_party_with_a_phone(runtime, openid: str, phone: str | None) -> int:
+    with runtime.unit_of_work() as session:
+        case, party, _created = start_case(session, openid=openid, language="zh", settings=runtime.settings,
+                                           now=runtime.clock.now())
+        party.phone = phone
+        session.flush()
+        return case.id
+
+
+def add_case_notice(runtime, case_id: int, openid: str, kind: str, facts: dict) -> int:
+    with runtime.unit_of_work() as session:
+        return enqueue(session, openid=openid, kind=kind, notice=facts, dedupe_key=f"{kind}:{case_id}:A",
+                       now=runtime.clock.now(), case_id=case_id, language="zh")
+
+
+def test_a_must_read_notice_wechat_cannot_carry_goes_by_sms_to_the_party_s_phone(make_runtime, wechat, sms):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="", **notice_templates(sms))
+    case_id = a_party_with_a_phone(rt, "oDriverA", "13800138000")
+    notification_id = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)  # no allowance, no template
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    assert (row.status, row.channel, row.address) == (WorkStatus.DONE, "sms", "13800138000")
+    assert wechat.sent == []
+    [text] = sms.messages_to("+8613800138000")
+    assert text == "【交警快处】事故快处案件(尾号ABCDE)已预约11月25日14:00，请按时到处理点，详情见公众号。"
+    assert sms.sent[0].session_context == row.dedupe_key
+
+
+def test_sms_comes_after_a_template_and_never_carries_what_is_not_must_read(make_runtime, wechat, sms):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", **notice_templates(sms))
+    wechat.note_user_activity("oDriverA")  # a follower, so a template card reaches them
+    booked = add_case_notice(rt, a_party_with_a_phone(rt, "oDriverA", "13800138000"), "oDriverA", "booked",
+                             BOOKED_FACTS)
+    progress = add_case_notice(rt, a_party_with_a_phone(rt, "oDriverB", "13900139000"), "oDriverB", "ready",
+                               BOOKED_FACTS)
+
+    assert dispatch_due(rt, "w1") == 2
+
+    assert load(rt, booked).channel == "template"
+    assert (load(rt, progress).status, load(rt, progress).channel) == (WorkStatus.HELD, None)
+    assert sms.sent == []
+
+
+def test_a_party_without_a_phone_or_a_refused_number_is_never_lost(make_runtime, wechat, sms):
+    rt = make_runtime(**notice_templates(sms))
+    no_phone = add_case_notice(rt, a_party_with_a_phone(rt, "oDriverA", None), "oDriverA", "booked", BOOKED_FACTS)
+    landline = add_case_notice(rt, a_party_with_a_phone(rt, "oDriverB", "02012345678"), "oDriverB", "booked",
+                               BOOKED_FACTS)
+
+    dispatch_due(rt, "w1")
+
+    assert load(rt, no_phone).status is WorkStatus.HELD  # waits for the person's next action
+    row = load(rt, landline)
+    assert row.status is WorkStatus.HELD and "IncorrectPhoneNumber" in row.last_error  # the desk sees why
+    assert "waiting for the person" in row.last_error and sms.sent == []
+    with rt.unit_of_work() as session:  # the driver writes again: WeChat carries it now
+        allowance.record_action(session, "oDriverB", "message", rt.clock.now())
+        assert dispatch.release_held(session, "oDriverB", rt.clock.now()) == 1
+    wechat.note_user_activity("oDriverB")
+    dispatch_due(rt, "w1")
+    assert (load(rt, landline).status, load(rt, landline).channel) == (WorkStatus.DONE, "wechat")
+    assert wechat.messages_to("oDriverB")[0].startswith("预约成功")
 
 
 @pytest.mark.parametrize(("action", "sends"), [("message", 5), ("click", 3), ("subscribe", 3), ("scan", 3)])

@@ -12,6 +12,7 @@ from typing import Any
 import requests
 
 from accident_service.notify.sms import SmsChannel
+from accident_service.sandbox import console
 from accident_service.sandbox.sms_emulator import ACTION, SERVICE, VERSION, SmsEmulator, tc3_signature
 from accident_service.settings import Settings, load_settings
 
@@ -48,6 +49,16 @@ def sms_settings(sms: SmsEmulator, data_dir: Path, **overrides: Any) -> Settings
                           "SMS_SECRET_KEY": SECRET_KEY, "SMS_SIGN_NAME": SIGN_NAME, "SMS_REGION": REGION,
                           "SMS_ENDPOINT_URL": sms.endpoint_url, "SMS_TEMPLATE_BOOKED": BOOKED_TEMPLATE}
                          | overrides, environ={})
+
+
+def notice_templates(sms: SmsEmulator) -> dict[str, str]:
+    """The notice templates registered as README's "Notices" asks (the sandbox's texts), and the settings
+    naming them with the test account: overrides for ``load_settings``."""
+    for kind, text in console.SMS_TEMPLATE_TEXTS.items():
+        sms.register_template(console.sms_template_id(kind), text)
+    return {"SMS_SDK_APP_ID": SDK_APP_ID, "SMS_SECRET_ID": SECRET_ID, "SMS_SECRET_KEY": SECRET_KEY,
+            "SMS_SIGN_NAME": SIGN_NAME, "SMS_REGION": REGION, "SMS_ENDPOINT_URL": sms.endpoint_url,
+            **{f"SMS_TEMPLATE_{kind.upper()}": console.sms_template_id(kind) for kind in console.SMS_TEMPLATE_TEXTS}}
 
 
 def send_sms_body(phones: list[str], params: list[str], *, template_id: str = BOOKED_TEMPLATE,
