@@ -33,14 +33,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.servers import free_port, serving  # noqa: E402
+from processes import gunicorn, temporary_database  # noqa: E402
 
 TOKEN = "bench-token"
 SERVERS = {"bare": "webhook_baselines:bare_app", "floor": "webhook_baselines:floor_app", "service": "wsgi:app"}
@@ -61,7 +61,7 @@ def main() -> None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
     with ExitStack() as stack:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        database_url = stack.enter_context(_database(data_dir))
+        database_url = stack.enter_context(temporary_database(data_dir, "webhook"))
         env = {**os.environ, "APP_ENV": "development", "DATA_DIR": str(data_dir), "DATABASE_URL": database_url,
                "STORAGE_URL": f"file://{data_dir}/objects", "SECRET_KEY": "bench", "WECHAT_TOKEN": TOKEN,
                "WECHAT_ENCODING_AES_KEY": "", "INBOX_PROCESS_INLINE": "false", "AUTO_MIGRATE": "false",
@@ -72,7 +72,7 @@ def main() -> None:
         from webhook_baselines import create_floor_table
 
         create_floor_table(database_url)
-        urls = {name: stack.enter_context(_gunicorn(app, env, data_dir)) for name, app in SERVERS.items()}
+        urls = {name: stack.enter_context(gunicorn(app, env, data_dir)) for name, app in SERVERS.items()}
         runs = iter(range(1, 10**4))
         totals = {name: _Totals() for name in SERVERS}
         load = {"wrk": wrk, "threads": args.threads, "connections": args.connections, "openids": args.openids}
@@ -150,34 +150,6 @@ def _wrk(url: str, seconds: float, run_no: int, *, wrk: str, threads: int, conne
         raise SystemExit(f"{url}: {result['refused']} refused ({result['first_refusal']}), "
                          f"{result['socket_errors']} socket errors")
     return result
-
-
-@contextmanager
-def _database(data_dir: Path):
-    base = os.environ.get("BENCH_DATABASE_URL")
-    if not base:
-        yield f"sqlite:///{data_dir}/bench.db"
-        return
-    from sqlalchemy import create_engine, make_url, text
-
-    name = f"bench_webhook_{os.getpid()}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _gunicorn(app: str, env: dict[str, str], log_dir: Path):
-    port = free_port()
-    return serving([sys.executable, "-m", "gunicorn", "-c", str(REPO / "config" / "gunicorn.conf.py"), "--bind",
-                    f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "--chdir", str(REPO),
-                    "--pythonpath", str(HERE), app],
-                   env=env, port=port, log_path=log_dir / f"{app.split(':')[1]}.log")
 
 
 def _count(database_url: str, table: str) -> int:

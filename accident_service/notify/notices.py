@@ -78,7 +78,8 @@ def sms_params(kind: str, facts: dict[str, Any], at: datetime) -> tuple[str, str
     ended, or a notice without a visit) when the notice was written; shown
     in the station's zone. Each is at most :data:`SMS_PARAM_CHARACTERS`.
     """
-    case_ref = str(facts["case_no"]).rsplit("-", 1)[-1][-SMS_PARAM_CHARACTERS:]
+    case_no = str(facts["case_no"])
+    case_ref = (case_no.rsplit("-", 1)[-1] or case_no)[-SMS_PARAM_CHARACTERS:]
     if facts.get("due_at"):
         moment = _stored_time(facts["due_at"])
     elif facts.get("starts_at") and kind not in _TOLD_AT_WRITING:

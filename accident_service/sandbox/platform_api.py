@@ -39,6 +39,8 @@ class PlatformApi:
         self.clock = clock
         self._lock = threading.RLock()
         self.sent: list[dict[str, Any]] = []
+        self._sent_by_user: dict[str, list[dict[str, Any]]] = {}
+        self._arrivals: dict[str, threading.Condition] = {}  # per user, on self._lock: wakes only their waiters
         self.refused: list[dict[str, Any]] = []  # message sends the rules refused (not injected faults)
         self.requests_log: list[dict[str, Any]] = []
         self.token_requests = 0
@@ -135,7 +137,20 @@ class PlatformApi:
     def sent_to(self, openid: str) -> list[dict[str, Any]]:
         """The records of what ``openid`` received (texts, replies, template cards), oldest first."""
         with self._lock:
-            return [dict(m) for m in self.sent if m["touser"] == openid]
+            return [dict(m) for m in self._sent_by_user.get(openid, ())]
+
+    def wait_for_received(self, openid: str, count: int, timeout: float) -> list[dict[str, Any]]:
+        """Block until ``openid`` has received ``count`` messages in all; returns their records, oldest first.
+
+        Each record's ``monotonic`` is ``time.monotonic()`` when it arrived (for latency figures). Raises
+        TimeoutError. Waiting costs nothing while other users receive (many drivers may wait at once).
+        """
+        with self._lock:
+            arrived = self._arrivals.setdefault(openid, threading.Condition(self._lock))
+            if not arrived.wait_for(lambda: len(self._sent_by_user.get(openid, ())) >= count, timeout):
+                raise TimeoutError(f"{openid} received {len(self._sent_by_user.get(openid, ()))} of {count} "
+                                   f"messages within {timeout}s")
+            return [dict(m) for m in self._sent_by_user[openid]]
 
     def allowance(self, openid: str) -> Allowance:
         """``openid``'s customer-service allowance now: following, remaining, window_ends_at, granted_by."""
@@ -268,8 +283,13 @@ class PlatformApi:
 
     def _record(self, kind: str, openid: str, msgtype: str, text: str | None, body: dict[str, Any], *,
                 card: Card | None = None) -> None:
-        self.sent.append({"kind": kind, "touser": openid, "msgtype": msgtype, "text": text, "body": body,
-                          "card": card, "time": self.clock()})
+        record = {"kind": kind, "touser": openid, "msgtype": msgtype, "text": text, "body": body, "card": card,
+                  "time": self.clock(), "monotonic": time.monotonic()}
+        with self._lock:
+            self.sent.append(record)
+            self._sent_by_user.setdefault(openid, []).append(record)
+            if openid in self._arrivals:
+                self._arrivals[openid].notify_all()
 
     # -- menu ----------------------------------------------------------------
 

@@ -2,6 +2,12 @@
 
 Durability never depends on this pool: if the process dies, the scheduler's
 inbox sweeper picks the message up when its lease (or backoff) runs out.
+
+Photos and everything else go in separate lanes: a photo takes a download, a
+check and two storage writes, anything else milliseconds, so a driver's text
+(a slot pick, a phone number) is answered while other drivers' photos queue.
+Per-driver order is the inbox's (one message per driver at a time, in order),
+whichever lane a message takes.
 """
 
 from __future__ import annotations
@@ -13,34 +19,47 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from accident_service.runtime import Runtime
+from accident_service.wechat.conversation import PHOTO_TYPES
 
 log = logging.getLogger(__name__)
-_pools: dict[int, ThreadPoolExecutor] = {}
+#: Threads per lane in each web process.
+LANES = {"photo": 2, "other": 1}
+_pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 _lock = threading.Lock()
 
 
-def _pool_for(runtime: Runtime) -> ThreadPoolExecutor:
+def _pool_for(runtime: Runtime, lane: str) -> ThreadPoolExecutor:
     with _lock:
-        pool = _pools.get(id(runtime))
+        pool = _pools.get((id(runtime), lane))
         if pool is None:
-            pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inbox")
-            _pools[id(runtime)] = pool
+            pool = ThreadPoolExecutor(max_workers=LANES[lane], thread_name_prefix=f"inbox-{lane}")
+            _pools[(id(runtime), lane)] = pool
         return pool
 
 
-def submit_after_response(runtime: Runtime, message_id: int) -> None:
-    _pool_for(runtime).submit(_process_then_drain, runtime, message_id)
+def submit_after_response(runtime: Runtime, message_id: int, msg_type: str) -> None:
+    lane = "photo" if msg_type in PHOTO_TYPES else "other"
+    _pool_for(runtime, lane).submit(_process_then_drain, runtime, message_id, DRAIN[lane])
 
 
-def _process_then_drain(runtime: Runtime, message_id: int) -> None:
+#: Messages a lane's thread takes on after its own (a driver's next, waiting behind theirs). The
+#: other lane takes none: whatever it could claim might be a photo, and its texts would wait.
+DRAIN = {"photo": 5, "other": 0}
+
+
+def _process_then_drain(runtime: Runtime, message_id: int, drain: int) -> None:
+    """Process ``message_id`` and send what it wrote at once, then up to ``drain`` more, each answered at once."""
+    from accident_service.notify.dispatch import dispatch_due
     from accident_service.wechat.processing import run_inbox_once
 
     worker_id = f"web-{os.getpid()}-{threading.get_ident()}"
     try:
-        run_inbox_once(runtime, worker_id, limit=5, first_id=message_id)
-        from accident_service.notify.dispatch import dispatch_due
-
+        run_inbox_once(runtime, worker_id, limit=0, first_id=message_id)
         dispatch_due(runtime, worker_id, limit=20)
+        for _ in range(drain):
+            if not run_inbox_once(runtime, worker_id, limit=1):
+                break
+            dispatch_due(runtime, worker_id, limit=20)
     except Exception:
         log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
 

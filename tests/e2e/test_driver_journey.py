@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from sqlalchemy import func, select
 
@@ -197,3 +198,38 @@ def test_inline_processing_answers_without_the_scheduler(wechat, wechat_settings
         runtime.close()
     with runtime.unit_of_work() as session:
         assert session.scalar(select(InboundMessage.status)) is WorkStatus.DONE
+
+
+def test_inline_a_text_is_answered_while_other_drivers_photos_hold_every_photo_thread(wechat, wechat_settings_overrides,
+                                                                                       clock):
+    """Photos and texts have their own threads in the web process: a slot pick never queues behind photos."""
+    from accident_service import create_app
+    from accident_service.runtime import build_runtime
+    from accident_service.settings import load_settings
+    from accident_service.wechat.worker_pool import LANES, shutdown_pools
+    from tests.support.live import LiveServer
+
+    runtime = build_runtime(load_settings({**wechat_settings_overrides, "INBOX_PROCESS_INLINE": True},
+                                          environ={}), clock=clock)
+    server = LiveServer(create_app(runtime=runtime)).start()
+    photographers = [f"oLanePhoto{n:02d}" for n in range(LANES["photo"] + 1)]
+    try:
+        wechat.callback_url = server.url + "/wechat"
+        for openid in photographers:
+            wechat.post_text(openid, "快处")
+        wechat.wait_for_sent(lambda m: "已为您登记" in (m["text"] or ""), timeout=10, count=len(photographers))
+        wechat.set_delay("media/get", 4)  # every photo thread is inside a download
+        for n, openid in enumerate(photographers):
+            wechat.post_image(openid, wechat.add_media(f"lane-{n}", make_jpeg(f"lane-{n}", 1600, 1200)))
+        time.sleep(0.3)
+        started = time.monotonic()
+        wechat.post_text(A, "快处")
+        wechat.wait_for_sent(lambda m: m["touser"] == A and "已为您登记" in (m["text"] or ""), timeout=3)
+        assert time.monotonic() - started < 3
+        assert not any("1/3" in m for openid in photographers for m in wechat.messages_to(openid))  # still held
+        wechat.wait_for_sent(lambda m: "1/3" in (m["text"] or ""), timeout=30, count=len(photographers))
+    finally:
+        wechat.clear_faults()
+        server.stop()
+        shutdown_pools()
+        runtime.close()
