@@ -67,7 +67,7 @@ OFFER = re.compile(r"^1\. ", re.M)
 OPTION = re.compile(r"^\d\. ", re.M)
 PICKS = 30  # a driver's tries at the list (every try but the last refused: a seat someone else just took)
 STEP_TIMEOUT = 60.0  # seconds a driver waits for one answer before the run is declared broken
-FLOOR_PHOTOS = 320  # the floor runs over the burst's first photos: enough for a steady figure
+FLOOR_PHOTOS = 480  # the floor runs over the burst's first photos: enough for a steady figure
 REFUSALS = (45047, 45015, 47003)  # allowance spent, window closed, template fields wrong: never expected
 TARGETS = {"photo_throughput_ratio_floor": 0.5, "paced_photo_reply_p95_ms": 2000.0,
            "last_input_to_both_notices_p95_ms": 1000.0}
@@ -98,8 +98,9 @@ def main() -> None:
         burst = _play(platform, _pairs("burst", args.drivers // 2), images, deadline=deadline, cpu=cpu)
         paced = _play(platform, _pairs("paced", args.paced_drivers // 2), images, deadline=deadline,
                       pacer=_Pacer(args.rate), cpu=cpu) if args.paced_drivers else None
+        settled = _settle(cpu)
         floor = _floor(env, [photo.media_id for photo in burst.photos][:FLOOR_PHOTOS], workers=args.workers,
-                       threads=args.threads)
+                       threads=args.threads, cpu=cpu) | {"waited_for_quiet_s": settled}
         checks = _checks(database_url, env["S3_ENDPOINT_URL"], platform, burst, paced)
     figures = {
         "database": database_url.split(":", 1)[0], "web_workers": args.workers, "threads": args.threads,
@@ -207,6 +208,8 @@ class _Pair:
     qr_scene: str | None = None
     booked_by_input_at: float | None = None
     both_told_at: float | None = None
+    picker_told_at: float | None = None  # the answer to the pick that booked
+    other_told_at: float | None = None  # the other driver's booking notice
     error: str | None = None
     picks_refused: int = 0
     photos: list[_Photo] = field(default_factory=list)
@@ -254,6 +257,10 @@ class _Phase:
         replies = [1000 * (p.answered - p.pushed) for p in photos if not math.isnan(p.answered)]
         told = [1000 * (pair.both_told_at - pair.booked_by_input_at) for pair in self.pairs
                 if pair.both_told_at is not None]
+        picker = [1000 * (pair.picker_told_at - pair.booked_by_input_at) for pair in self.pairs
+                  if pair.both_told_at is not None]
+        other = [1000 * (pair.other_told_at - pair.booked_by_input_at) for pair in self.pairs
+                 if pair.both_told_at is not None]
         span = max(p.answered for p in photos) - min(p.pushed for p in photos) if replies else math.nan
         return {"drivers": 2 * len(self.pairs), "pushes": len(self.pushes_ms),
                 "webhook_p50_ms": _percentile(self.pushes_ms, 0.50),
@@ -264,6 +271,8 @@ class _Phase:
                 "cases_booked": len(told), "picks_refused": sum(pair.picks_refused for pair in self.pairs),
                 "last_input_to_both_notices_p50_ms": _percentile(told, 0.50),
                 "last_input_to_both_notices_p95_ms": _percentile(told, 0.95),
+                "last_input_to_picker_answer_p95_ms": _percentile(picker, 0.95),
+                "last_input_to_other_notice_p95_ms": _percentile(other, 0.95),
                 "errors": [pair.error for pair in self.pairs if pair.error][:5],
                 "seconds": round(self.ended - self.started, 1), "cpu": self.cpu}
 
@@ -300,6 +309,11 @@ def _play(platform, pairs: list[_Pair], images: list[bytes], *, deadline: float,
             _STOP.set()  # an interrupt (run_all's time bound, ^C): the drivers stop, then the servers
             raise
     ended = time.monotonic()
+    for pair in pairs:  # both drivers done, neither was offered a slot: say what they last read
+        if pair.error is None and pair.booked_by_input_at is None:
+            last = {openid: [str(m["text"])[:100] for m in platform.sent_to(openid)[-3:]]
+                    for openid in (pair.reporter, pair.other)}
+            pair.error = f"case never offered a slot list; last messages: {last}"[:600]
     return _Phase(pairs, pushes_ms, started, ended, cpu.since(before, ended - started) if cpu else {})
 
 
@@ -340,6 +354,7 @@ def _driver(platform, pair: _Pair, openid: str, qr_ready: threading.Event, pushe
                 pair.booked_by_input_at = picked_at
                 other = pair.other if reporter else pair.reporter
                 told = _wait_for_text(platform, other, "预约成功", deadline)
+                pair.picker_told_at, pair.other_told_at = conversation.last_arrival, told
                 pair.both_told_at = max(conversation.last_arrival, told)
                 return
         raise RuntimeError(f"no booking after {PICKS} picks; last answer: {answer[:80]!r}")
@@ -409,16 +424,18 @@ def _wait_for_text(platform, openid: str, needle: str, deadline: float) -> float
 
 # --- the floor -----------------------------------------------------------------------------------------
 
-def _floor(env: dict[str, str], media_ids: list[str], *, workers: int, threads: int) -> dict:
+def _floor(env: dict[str, str], media_ids: list[str], *, workers: int, threads: int, cpu: _Cpu | None = None) -> dict:
     """The same download, check and two storage writes per photo, in ``workers`` processes × ``threads``."""
     chunks = [media_ids[n::workers] for n in range(workers)]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=_floor_runtime, initargs=(env,)) as pool:
         list(pool.map(_floor_ready, range(workers)))  # started, imported and connected before the clock runs
+        before = cpu.sample() if cpu else None
         started = time.monotonic()
         done = sum(pool.map(_floor_chunk, chunks, [threads] * workers))
         seconds = time.monotonic() - started
-    return {"photos": done, "seconds": round(seconds, 2), "photos_per_s": round(done / seconds, 2)}
+        used = cpu.since(before, seconds) if cpu else {}  # the floor's own processes: "other_children"
+    return {"photos": done, "seconds": round(seconds, 2), "photos_per_s": round(done / seconds, 2), "cpu": used}
 
 
 _runtime = None
@@ -455,6 +472,21 @@ def _floor_chunk(media_ids: list[str], threads: int) -> int:
         return sum(pool.map(one, media_ids))
 
 
+def _settle(cpu: _Cpu, *, bound: float = 30.0) -> float:
+    """Wait (at most ``bound`` seconds) until the service is idle, so the floor has the machine to itself.
+
+    After the drivers are done, the web's lanes may still be working through queued hand-offs of messages
+    the scheduler already processed (each a claim attempt and a dispatch round); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < bound:
+        before = cpu.sample()
+        time.sleep(0.5)
+        used = cpu.since(before, 0.5)["seconds"]
+        if sum(used.get(part, 0.0) for part in ("web", "scheduler", "postgresql")) < 0.1:
+            break
+    return round(time.monotonic() - started, 1)
+
+
 # --- the summary ------------------------------------------------------------------------------------------
 
 def _summary(burst: _Phase, paced: _Phase | None, floor: dict, checks: dict, rate: float) -> dict:
@@ -470,6 +502,8 @@ def _summary(burst: _Phase, paced: _Phase | None, floor: dict, checks: dict, rat
         "burst_photo_reply_p95_ms": burst_figures["photo_reply_p95_ms"],
         "last_input_to_both_notices_p95_ms": burst_figures["last_input_to_both_notices_p95_ms"],
         "paced_last_input_to_both_notices_p95_ms": paced_figures.get("last_input_to_both_notices_p95_ms"),
+        "last_input_to_picker_answer_p95_ms": burst_figures["last_input_to_picker_answer_p95_ms"],
+        "last_input_to_other_notice_p95_ms": burst_figures["last_input_to_other_notice_p95_ms"],
         "notices_of": "both parties: the driver whose pick booked and the other driver of the case",
         "photos_stored_once": not (checks["duplicate_photo_rows"] or checks["photos_not_stored"]
                                    or checks["objects_missing"] or checks["objects_extra"]
@@ -565,6 +599,15 @@ def _checks(database_url: str, s3_url: str, platform, burst: _Phase, paced: _Pha
             "SELECT count(*) FROM accident_case WHERE status IN ('booked', 'confirmed')")).scalar_one()
         inbox = dict(connection.execute(text(
             "SELECT status, count(*) FROM inbound_message GROUP BY status")).all())
+        worker = ("CASE WHEN leased_by LIKE 'web-%' THEN 'web' WHEN leased_by LIKE 'sched-%' THEN 'scheduler' "
+                  "ELSE coalesce(leased_by, 'none') END")
+        processed_by = {  # who did the work: the web's inline lanes or the scheduler's sweeps (the last lease)
+            "photos": dict(connection.execute(text(
+                f"SELECT {worker}, count(*) FROM inbound_message WHERE msg_type = 'image' GROUP BY 1")).all()),
+            "other_messages": dict(connection.execute(text(
+                f"SELECT {worker}, count(*) FROM inbound_message WHERE msg_type <> 'image' GROUP BY 1")).all()),
+            "sends": dict(connection.execute(text(f"SELECT {worker}, count(*) FROM notification GROUP BY 1")).all()),
+        }
     engine.dispose()
     client = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="testing",
                           aws_secret_access_key="testing")
@@ -582,7 +625,7 @@ def _checks(database_url: str, s3_url: str, platform, burst: _Phase, paced: _Pha
         "photos_not_stored": len(sent_media - set(stored_media)), "objects_in_bucket": len(stored),
         "objects_missing": len(expected - stored), "objects_extra": len(stored - expected),
         "overbooked_slots": overbooked + seats, "cases_booked": booked, "cases": len(pairs),
-        "inbox": inbox, "refused_sends": {str(k): v for k, v in refusals.items()},
+        "inbox": inbox, "processed_by": processed_by, "refused_sends": {str(k): v for k, v in refusals.items()},
         "refused_45047_45015_47003": sum(refusals.get(code, 0) for code in REFUSALS),
         "unreadable_answers": len(platform.reply_errors), "driver_errors": sum(1 for pair in pairs if pair.error),
         "drivers": len(drivers),

@@ -60,3 +60,53 @@ def test_the_desk_queue_benchmark_reads_through_indexes_and_prints_its_figures()
     assert figures["rows_on_page"] == 40 and figures["cases"] == 3040
     assert figures["uses_index"] and figures["seq_scans_of_large_tables"] == []
     assert figures["queue_ms_median"] > 0
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_stores_every_photo_once_overbooks_nothing_and_is_refused_nothing():
+    """A tiny bounded run of the whole topology (gunicorn, scheduler, moto, the strict emulator), on the suite's
+    database: 2 cases in the burst and 1 paced, 3 photos per driver."""
+    environ = {k: v for k, v in os.environ.items() if k != "BENCH_DATABASE_URL"}
+    if conftest.ON_POSTGRES:
+        environ["BENCH_DATABASE_URL"] = conftest.POSTGRES_URL
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load.py"), "--drivers", "4", "--photos", "3",
+                           "--paced-drivers", "2", "--rate", "10", "--seconds", "120"],
+                          env=environ, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    figures = json.loads(done.stdout)
+    assert figures["database"].startswith("postgresql" if conftest.ON_POSTGRES else "sqlite")
+    checks = figures["checks"]
+    assert checks["passed"]
+    assert checks["photos_sent"] == checks["photo_rows"] == checks["photo_rows_accepted"] == 6 * 3
+    assert checks["objects_in_bucket"] == 2 * 6 * 3  # an original and a thumbnail per photo, nothing else
+    assert checks["duplicate_photo_rows"] == checks["photos_not_stored"] == 0
+    assert checks["objects_missing"] == checks["objects_extra"] == 0
+    assert checks["overbooked_slots"] == 0 and checks["cases_booked"] == checks["cases"] == 3
+    assert checks["refused_sends"] == {} and checks["refused_45047_45015_47003"] == 0
+    assert checks["driver_errors"] == 0 and checks["unreadable_answers"] == 0
+    summary = figures["summary"]
+    assert summary["photos_stored_once"] and summary["overbooked_slots"] == 0 and summary["refused_sends"] == 0
+    assert summary["pushes"] == figures["burst"]["pushes"] + figures["paced"]["pushes"] > 0
+    assert 0 < summary["webhook_p50_ms"] <= summary["webhook_p99_ms"]
+    assert summary["photos_per_s"] > 0 and summary["floor_photos_per_s"] > 0
+    assert summary["photo_throughput_ratio_floor"] > 0
+    assert summary["paced_photo_reply_p95_ms"] > 0 and summary["last_input_to_both_notices_p95_ms"] > 0
+    assert set(summary["targets_met"]) == set(summary["targets"])
+    assert figures["burst"]["cpu"]["seconds"]["web"] > 0
+
+
+@pytest.mark.slow
+def test_run_all_prints_one_document_and_reports_a_failing_script_without_stopping():
+    """photo_check runs (no database); booking is given a database nobody answers on: it fails, and is reported."""
+    environ = os.environ | {"BENCH_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only",
+                           "photo_check", "--only", "booking"],
+                          env=environ, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stderr[-3000:]
+    document = json.loads(done.stdout)
+    assert document["date"] and document["machine"]["cpus"] >= 1
+    assert document["photo_check"]["ok"] and document["photo_check"]["figures"]["ratio"] > 0
+    assert not document["booking"]["ok"] and document["booking"]["returncode"] != 0
+    assert "figures" not in document["booking"] and document["booking"]["stderr_tail"]
+    assert document["failed"] == ["booking"]
+    assert "webhook" not in document and "load" not in document

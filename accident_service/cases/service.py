@@ -45,11 +45,29 @@ class Missing:
 
 
 def open_case_for(session: Session, openid: str, *, for_update: bool = False) -> tuple[Case, Party] | None:
-    """The caller's open case (at most one: a unique index) and their party in it, or None."""
+    """The caller's open case (at most one: a unique index) and their party in it, or None.
+
+    ``for_update`` locks the case first and reads it, with both parties, after: on PostgreSQL a locking
+    statement that had to wait returns the rows it joined (the other party) as they were before it
+    waited, so two drivers finishing at the same moment would each see the other unfinished and the
+    case would never be ready. The statement after the lock sees what the lock's holder committed.
+    """
+    if for_update and session.execute(_lock_query(), {"openid": openid}).scalar_one_or_none() is None:
+        return None
     case = session.execute(_open_case_query(for_update), {"openid": openid}).unique().scalar_one_or_none()
     if case is None:
         return None
     return case, next(party for party in case.parties if party.openid == openid)
+
+
+def _callers_open_case(stmt: Select) -> Select:
+    me = aliased(Party)
+    return stmt.join(me, and_(me.case_id == Case.id, me.openid == bindparam("openid"), me.case_open == true()))
+
+
+@functools.cache
+def _lock_query() -> Select:
+    return _callers_open_case(select(Case.id)).with_for_update(of=Case)
 
 
 @functools.cache
@@ -58,16 +76,15 @@ def _open_case_query(for_update: bool) -> Select:
 
     Both parties come with the case, in the same statement: nearly every message tells or checks the other.
     """
-    me = aliased(Party)
-    stmt = (select(Case)
-            .join(me, and_(me.case_id == Case.id, me.openid == bindparam("openid"), me.case_open == true()))
-            .join(Case.parties).options(contains_eager(Case.parties)))
+    stmt = _callers_open_case(select(Case)).join(Case.parties).options(contains_eager(Case.parties))
     if for_update:
         # A conversation writes these columns at most (closing, touching, locating a case) and never reads
-        # them: leave them out of the row (fewer values to convert); reading one loads it.
+        # them: leave them out of the row (fewer values to convert); reading one loads it. The rows are read
+        # afresh even if this session holds them: they were read before the lock.
         stmt = stmt.options(defer(Case.join_qr_ticket), defer(Case.join_qr_url), defer(Case.location_label),
-                            defer(Case.created_at), defer(Case.last_activity_at), defer(Case.closed_at))
-    return stmt.with_for_update(of=Case) if for_update else stmt
+                            defer(Case.created_at), defer(Case.last_activity_at), defer(Case.closed_at)) \
+            .execution_options(populate_existing=True)
+    return stmt
 
 
 def touch(case: Case, settings: Settings, now: datetime) -> None:

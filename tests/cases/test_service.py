@@ -70,3 +70,34 @@ def test_evidence_fingerprint_follows_the_accepted_photos_only(runtime):
         photo = session.scalar(select(Photo).where(Photo.case_id == case_id, Photo.item == 3))
         photo.sha256 = "e" * 64  # one photo swapped
     assert _fingerprint(runtime, case_id) != before
+
+
+@pytest.mark.postgres_only
+def test_a_driver_who_waited_for_the_case_lock_sees_what_the_other_driver_committed(runtime):
+    """Both drivers send their last detail at the same moment: the second must see the first's, or neither
+    sees the case complete and it is never ready (PostgreSQL returns a waiting lock's joined rows as they
+    were before it waited)."""
+    import threading
+
+    with runtime.unit_of_work() as session:
+        case, _a, _ = parties.start_case(session, openid="oLockA", language="zh", settings=runtime.settings, now=T0)
+        code = case.join_code
+    with runtime.unit_of_work() as session:
+        parties.join_case(session, code=code, openid="oLockB", language="zh", settings=runtime.settings, now=T0)
+    seen: list[str | None] = []
+
+    def b_finishes() -> None:
+        with runtime.unit_of_work() as session:
+            case, _me = service.open_case_for(session, "oLockB", for_update=True)
+            seen.append(next(p.phone for p in case.parties if p.openid == "oLockA"))
+
+    with runtime.unit_of_work() as session:
+        _case, a = service.open_case_for(session, "oLockA", for_update=True)
+        a.phone = "13800138000"
+        session.flush()
+        other = threading.Thread(target=b_finishes)
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive()  # B waits for A's lock
+    other.join(timeout=10)
+    assert seen == ["13800138000"]
