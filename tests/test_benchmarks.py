@@ -15,6 +15,14 @@ from tests import conftest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def on_the_suites_database() -> dict[str, str]:
+    """The environment for a benchmark that makes its own database: on PostgreSQL when the suite runs there."""
+    environ = {k: v for k, v in os.environ.items() if k != "BENCH_DATABASE_URL"}
+    if conftest.ON_POSTGRES:
+        environ["BENCH_DATABASE_URL"] = conftest.POSTGRES_URL
+    return environ
+
+
 @pytest.mark.postgres_only
 @pytest.mark.slow
 def test_the_booking_benchmark_books_every_seat_once_and_prints_its_figures():
@@ -34,9 +42,7 @@ def test_the_booking_benchmark_books_every_seat_once_and_prints_its_figures():
 @pytest.mark.slow
 def test_the_webhook_benchmark_drives_all_three_servers_with_wrk_and_loses_nothing():
     """A tiny bounded run (wrk must be installed: .ci/run installs it), on the suite's database."""
-    environ = {k: v for k, v in os.environ.items() if k != "BENCH_DATABASE_URL"}
-    if conftest.ON_POSTGRES:
-        environ["BENCH_DATABASE_URL"] = conftest.POSTGRES_URL
+    environ = on_the_suites_database()
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "webhook.py"), "--seconds", "1", "--rounds", "1",
                            "--warmup", "1", "--connections", "4", "--workers", "1"],
                           env=environ, capture_output=True, text=True, timeout=180)
@@ -66,9 +72,7 @@ def test_the_desk_queue_benchmark_reads_through_indexes_and_prints_its_figures()
 def test_the_load_benchmark_stores_every_photo_once_overbooks_nothing_and_is_refused_nothing():
     """A tiny bounded run of the whole topology (gunicorn, scheduler, moto, the strict emulator), on the suite's
     database: 2 cases in the burst and 1 paced, 3 photos per driver."""
-    environ = {k: v for k, v in os.environ.items() if k != "BENCH_DATABASE_URL"}
-    if conftest.ON_POSTGRES:
-        environ["BENCH_DATABASE_URL"] = conftest.POSTGRES_URL
+    environ = on_the_suites_database()
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load.py"), "--drivers", "4", "--photos", "3",
                            "--paced-drivers", "2", "--rate", "10", "--seconds", "120"],
                           env=environ, capture_output=True, text=True, timeout=240)
