@@ -145,7 +145,8 @@ def test_the_same_run_with_the_keyboard_only(browser_context, live_app, wechat, 
     case_no = book_through_wechat(wechat, wechat_runtime)
     page = browser_context.new_page()
     page.goto(live_app.url + "/desk/login")
-    page.keyboard.type(officer["username"])  # the username field has the focus
+    expect(page.locator("#username")).to_be_focused()  # autofocus: typed keys land there, once it applies
+    page.keyboard.type(officer["username"])
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
