@@ -42,9 +42,9 @@ def submit_after_response(runtime: Runtime, message_id: int, msg_type: str) -> N
     _pool_for(runtime, lane).submit(_process_then_drain, runtime, message_id, DRAIN[lane])
 
 
-#: Messages a lane's thread takes on after its own (a driver's next, waiting behind theirs). The
-#: other lane takes none: whatever it could claim might be a photo, and its texts would wait.
-DRAIN = {"photo": 5, "other": 0}
+#: Messages a lane's thread takes on after its own: a driver's next message, handed off while theirs was
+#: being processed, waits for this (there may be no scheduler to sweep it up soon). Each is answered first.
+DRAIN = {"photo": 5, "other": 5}
 
 
 def _process_then_drain(runtime: Runtime, message_id: int, drain: int) -> None:
