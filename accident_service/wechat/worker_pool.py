@@ -42,9 +42,9 @@ def submit_after_response(runtime: Runtime, message_id: int, msg_type: str) -> N
     _pool_for(runtime, lane).submit(_process_then_drain, runtime, message_id, DRAIN[lane])
 
 
-#: Messages a lane's thread takes on after its own: a driver's next message, handed off while theirs was
-#: being processed, waits for this (there may be no scheduler to sweep it up soon). Each is answered first.
-DRAIN = {"photo": 5, "other": 5}
+#: Messages a lane's thread takes on after its own and the same driver's next ones (handed off while
+#: theirs was processing). The text lane takes no others: one could be a photo, and texts would wait.
+DRAIN = {"photo": 5, "other": 0}
 
 
 def _process_then_drain(runtime: Runtime, message_id: int, drain: int) -> None:
@@ -56,12 +56,27 @@ def _process_then_drain(runtime: Runtime, message_id: int, drain: int) -> None:
     try:
         run_inbox_once(runtime, worker_id, limit=0, first_id=message_id)
         dispatch_due(runtime, worker_id, limit=20)
+        for next_id in _same_drivers_next(runtime, message_id):  # handed off while this one was processing
+            run_inbox_once(runtime, worker_id, limit=0, first_id=next_id)
+            dispatch_due(runtime, worker_id, limit=20)
         for _ in range(drain):
             if not run_inbox_once(runtime, worker_id, limit=1):
                 break
             dispatch_due(runtime, worker_id, limit=20)
     except Exception:
         log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
+
+
+def _same_drivers_next(runtime: Runtime, message_id: int, limit: int = 5) -> list[int]:
+    from sqlalchemy import select
+
+    from accident_service.models import InboundMessage, WorkStatus
+
+    with runtime.unit_of_work() as session:
+        openid = select(InboundMessage.openid).where(InboundMessage.id == message_id).scalar_subquery()
+        return list(session.scalars(select(InboundMessage.id).where(
+            InboundMessage.openid == openid, InboundMessage.id > message_id,
+            InboundMessage.status == WorkStatus.PENDING).order_by(InboundMessage.id).limit(limit)))
 
 
 def shutdown_pools() -> None:
