@@ -7,7 +7,7 @@ Photos and everything else go in separate lanes: a photo takes a download, a
 check and two storage writes, anything else milliseconds, so a driver's text
 (a slot pick, a phone number) is answered while other drivers' photos queue.
 Per-driver order is the inbox's (one message per driver at a time, in order),
-whichever lane a message takes.
+whichever lane a message takes; a thread follows its driver's next messages.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy import select
+
+from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import Runtime
 from accident_service.wechat.conversation import PHOTO_TYPES
 
@@ -39,44 +42,44 @@ def _pool_for(runtime: Runtime, lane: str) -> ThreadPoolExecutor:
 
 def submit_after_response(runtime: Runtime, message_id: int, msg_type: str) -> None:
     lane = "photo" if msg_type in PHOTO_TYPES else "other"
-    _pool_for(runtime, lane).submit(_process_then_drain, runtime, message_id, DRAIN[lane])
+    _pool_for(runtime, lane).submit(_process_then_follow, runtime, message_id)
 
 
-#: Messages a lane's thread takes on after its own and the same driver's next ones (handed off while
-#: theirs was processing). The text lane takes no others: one could be a photo, and texts would wait.
-DRAIN = {"photo": 5, "other": 0}
+#: How many of the same driver's next messages a thread takes on after its own.
+FOLLOW = 5
 
 
-def _process_then_drain(runtime: Runtime, message_id: int, drain: int) -> None:
-    """Process ``message_id`` and send what it wrote at once, then up to ``drain`` more, each answered at once."""
+def _process_then_follow(runtime: Runtime, message_id: int) -> None:
+    """Process ``message_id`` and send what it wrote at once; then the same driver's next message, if one is due.
+
+    A driver's message handed off while their previous one was still processing could not be claimed
+    then (one message per driver at a time): the thread that finishes the previous one takes it on. No
+    other driver's message: in the text lane it could be a photo, and texts would wait behind it.
+    """
     from accident_service.notify.dispatch import dispatch_due
     from accident_service.wechat.processing import run_inbox_once
 
     worker_id = f"web-{os.getpid()}-{threading.get_ident()}"
     try:
-        run_inbox_once(runtime, worker_id, limit=0, first_id=message_id)
-        dispatch_due(runtime, worker_id, limit=20)
-        for next_id in _same_drivers_next(runtime, message_id):  # handed off while this one was processing
-            run_inbox_once(runtime, worker_id, limit=0, first_id=next_id)
+        for _ in range(1 + FOLLOW):
+            run_inbox_once(runtime, worker_id, limit=0, first_id=message_id)
             dispatch_due(runtime, worker_id, limit=20)
-        for _ in range(drain):
-            if not run_inbox_once(runtime, worker_id, limit=1):
-                break
-            dispatch_due(runtime, worker_id, limit=20)
+            next_id = _drivers_next(runtime, message_id)
+            if next_id is None:
+                return
+            message_id = next_id
     except Exception:
         log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
 
 
-def _same_drivers_next(runtime: Runtime, message_id: int, limit: int = 5) -> list[int]:
-    from sqlalchemy import select
-
-    from accident_service.models import InboundMessage, WorkStatus
-
+def _drivers_next(runtime: Runtime, message_id: int) -> int | None:
+    """The same driver's next message waiting to be processed and due now, if any."""
     with runtime.unit_of_work() as session:
         openid = select(InboundMessage.openid).where(InboundMessage.id == message_id).scalar_subquery()
-        return list(session.scalars(select(InboundMessage.id).where(
+        return session.scalar(select(InboundMessage.id).where(
             InboundMessage.openid == openid, InboundMessage.id > message_id,
-            InboundMessage.status == WorkStatus.PENDING).order_by(InboundMessage.id).limit(limit)))
+            InboundMessage.status == WorkStatus.PENDING, InboundMessage.next_attempt_at <= runtime.clock.now())
+            .order_by(InboundMessage.id).limit(1))
 
 
 def shutdown_pools() -> None:
