@@ -125,7 +125,7 @@ class _Topology:
     def __enter__(self):
         from accident_service.sandbox import console
         from accident_service.sandbox.emulator import WeChatEmulator
-        from tests.support.servers import MotoS3Server
+        from tests.support.servers import MotoS3Server, stop_process
 
         stack = self.stack.__enter__()
         try:
@@ -146,7 +146,7 @@ class _Topology:
             with open(self.data_dir / "scheduler.log", "wb") as log:
                 scheduler = subprocess.Popen([cli, "scheduler"], env=env, cwd=REPO, stdout=log,
                                              stderr=subprocess.STDOUT)
-            stack.callback(_stop, scheduler)
+            stack.callback(stop_process, scheduler)
             return platform, env
         except BaseException:
             self.stack.__exit__(*sys.exc_info())
@@ -169,15 +169,6 @@ class _Topology:
                "WEB_CONCURRENCY": str(self.args.workers), "GUNICORN_THREADS": str(self.args.threads), **templates}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn's master makes its own
         return env
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def _images(count: int) -> list[bytes]:

@@ -61,6 +61,8 @@ class Channel(Protocol):
 # WeChat's answers that mean "not this way now, maybe another way": the allowance is spent (45047) or
 # closed (45015), or the person does not follow the account (43004; an SMS may still reach them).
 REROUTE_ERRCODES = frozenset({43004, 45015, 45047})
+#: The SMS channel's name (notify.sms; here so that naming it does not load Tencent's SDK).
+SMS_CHANNEL = "sms"
 
 
 class WeChatText:

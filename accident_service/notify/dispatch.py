@@ -42,7 +42,14 @@ from accident_service import leases, metrics
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.models import Case, Notification, Party, WorkStatus
 from accident_service.notify import allowance, notices
-from accident_service.notify.channels import Channel, DeliveryError, Rendered, WeChatTemplate, WeChatText
+from accident_service.notify.channels import (
+    SMS_CHANNEL,
+    Channel,
+    DeliveryError,
+    Rendered,
+    WeChatTemplate,
+    WeChatText,
+)
 from accident_service.outbox import JOIN_QR_PLACEHOLDER
 from accident_service.runtime import Runtime
 from accident_service.wechat_api.client import WeChatApiError
@@ -57,7 +64,6 @@ MUST_READ = frozenset({"booked", "rescheduled", "cancelled", "withdrawn", "confi
 FOLDED = frozenset({"joined"})
 UNCONFIRMED = "delivery unconfirmed: the dispatcher stopped while sending (not sent again: no duplicate)"
 WAITING = "waiting for the person: no WeChat allowance, no template or SMS for it"
-SMS = "sms"  # notify.sms.CHANNEL_NAME (that module loads the SDK, so it is imported only when SMS is on)
 
 
 @dataclass(frozen=True)
@@ -257,11 +263,11 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
             # Nothing went out: the next attempt chooses again, with what the platform just told us.
             _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", tried=route.channel.name, last_error=error,
                     next_attempt_at=now, channel=None, address=None, sending_at=None)
-        elif exc.permanent and route.channel.name == SMS:
+        elif exc.permanent and route.channel.name == SMS_CHANNEL:
             # This number will never take it (refused, blacklisted, over its daily limit): like a notice no
             # channel can carry, it waits for the person's next action, with the reason shown.
-            _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS, last_error=f"{WAITING}; {error}"[:500],
-                    sending_at=None, channel=None, address=None)
+            _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS_CHANNEL,
+                    last_error=f"{WAITING}; {error}"[:500], sending_at=None, channel=None, address=None)
         elif exc.retryable and not out_of_attempts:
             _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name, last_error=error,
                     sending_at=None, next_attempt_at=now + leases.backoff(row.attempts))

@@ -48,14 +48,14 @@ from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.sms.v20210111.models import SendSmsRequest
 from tencentcloud.sms.v20210111.sms_client import SmsClient
 
-from accident_service.notify.channels import DeliveryError, Rendered
+from accident_service.notify.channels import SMS_CHANNEL, DeliveryError, Rendered
 
 if TYPE_CHECKING:
     from accident_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHANNEL_NAME = "sms"
+CHANNEL_NAME = SMS_CHANNEL
 DEFAULT_TIMEOUT_SECONDS = 5.0
 DEFAULT_MAX_PARAM_CHARS = 6
 MAX_MESSAGE_CHARS = 500

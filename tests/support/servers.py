@@ -50,12 +50,7 @@ class MotoS3Server:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=5)
+            stop_process(self._process, grace=5)
             self._process = None
 
     def restart(self) -> None:
@@ -92,9 +87,14 @@ def serving(args: list[str], *, env: dict[str, str], port: int, log_path: Path, 
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, *, grace: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``grace`` seconds; waits for it either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
