@@ -34,6 +34,7 @@ from accident_service.models import (
     Slot,
     Station,
 )
+from accident_service.notify.channels import SMS_CHANNEL
 from accident_service.settings import Settings
 from accident_service.storage import ObjectStore
 
@@ -86,6 +87,8 @@ class NoticeView:
     created_at: datetime
     sent_at: datetime | None
     last_error: str | None
+    channel: str | None = None  # how it went or is going: "wechat", "template" or "sms"
+    address: str | None = None  # the mobile number for an SMS (in full: this is the case page)
 
 
 @dataclass(frozen=True)
@@ -192,4 +195,5 @@ def _notice_view(row: Notification) -> NoticeView:
     to = str(notice.get("to")) if isinstance(notice, dict) and notice.get("to") else "-"
     return NoticeView(kind=row.kind, to=to, language=row.language, status=row.status.value, attempts=row.attempts,
                       created_at=row.created_at, sent_at=row.sent_at,
-                      last_error=(row.last_error or "")[:200] or None)
+                      last_error=(row.last_error or "")[:200] or None, channel=row.channel,
+                      address=row.address if row.channel == SMS_CHANNEL else None)

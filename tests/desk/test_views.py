@@ -77,6 +77,19 @@ def test_the_case_page_names_every_delivery_state_of_a_notice(client, desk, runt
     assert "waiting for the person" in text("desk.work.held", "en")
 
 
+def test_the_case_page_says_how_each_notice_went_and_to_which_number_an_sms(client, desk, runtime):
+    sign_in(client, "th")
+    with runtime.unit_of_work() as session:
+        for key, channel, address in (("sms", "sms", "13900139000"), ("card", "template", "oDeskCard")):
+            session.add(Notification(openid="oDeskSent", kind="confirmed", language="zh", case_id=desk["case_id"],
+                                     payload={"text": "sent"}, dedupe_key=f"sent:{key}", next_attempt_at=T0,
+                                     created_at=T0, sent_at=T0, status=WorkStatus.DONE, channel=channel,
+                                     address=address))
+    page = client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True)
+    assert f"{text('desk.channel.sms', 'zh')} <span class=\"mono\">13900139000</span>" in page
+    assert text("desk.channel.template", "zh") in page and "oDeskCard" not in page  # an openid is no address to show
+
+
 def test_another_stations_officer_gets_404_for_every_page_and_action_of_the_case(client, desk, runtime):
     sign_in(client, "yx")
     case = f"/desk/cases/{desk['case_no']}"
