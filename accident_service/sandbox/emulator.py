@@ -31,7 +31,8 @@ The platform's rules are always on (there is no switch to turn them off):
 * Template messages (templates.py, template_fields.py): only registered
   templates (40037); keyword values typed and held to 20 characters (47003);
   ``first``/``remark`` and colours accepted, not shown; ``client_msg_id`` drops a
-  repeat within 10 minutes; the receiver must follow (43004), nothing else.
+  repeat within 10 minutes; the receiver must follow (43004), nothing else. Each delivered template
+  is followed by a TEMPLATESENDJOBFINISH push to the callback URL (a platform event: no allowance).
 * Tokens (tokens.py): ``cgi-bin/token`` and ``cgi-bin/stable_token`` as WECHAT.md §4.
 * Time: every time-based rule reads ``clock`` (a callable returning epoch
   seconds; default ``time.time``), so tests move time instead of sleeping.
@@ -275,6 +276,19 @@ class WeChatEmulator(PlatformApi):
             msg_id = msg_id if msg_id is not None else next(self._msg_ids)
         fields = message_fields(self.original_id, openid, create_time or int(time.time()), msg_type, body, msg_id)
         return self.post_raw(render_xml(fields), encrypted=encrypted, openid=openid)
+
+    def _template_delivered(self, openid: str, msgid: int) -> None:
+        # WECHAT.md §5: after a template send the platform pushes TEMPLATESENDJOBFINISH to the callback URL,
+        # on its own time (a platform event, not the user's action: it opens no allowance).
+        if self.callback_url:
+            threading.Thread(target=self._push_template_result, args=(openid, msgid), daemon=True,
+                             name="wechat-template-result").start()
+
+    def _push_template_result(self, openid: str, msgid: int) -> None:
+        try:
+            self.post_event(openid, "TEMPLATESENDJOBFINISH", MsgID=msgid, Status="success")
+        except (requests.RequestException, RuntimeError):  # the service is gone or the emulator stopping
+            pass
 
     def _event_time(self, openid: str, create_time: int | None) -> int:
         # Events are deduplicated by FromUserName+CreateTime(+Event): keep each user's strictly increasing.

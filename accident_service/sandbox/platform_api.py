@@ -272,7 +272,11 @@ class PlatformApi:
         self._template_msgid += 1
         self._templates.remember_client_msg_id(openid, client_msg_id, self._template_msgid)
         self._record("template", openid, "template", card.text, payload, card=card)
+        self._template_delivered(openid, self._template_msgid)
         return ApiResponse.json({"errcode": 0, "errmsg": "ok", "msgid": self._template_msgid})
+
+    def _template_delivered(self, openid: str, msgid: int) -> None:
+        """A template reached ``openid``: the platform then pushes its result event (see WeChatEmulator)."""
 
     def _refuse(self, kind: str, openid: Any, payload: dict[str, Any], errcode: int,
                 errmsg: str | None = None) -> ApiResponse:

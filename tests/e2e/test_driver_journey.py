@@ -233,3 +233,35 @@ def test_inline_a_text_is_answered_while_other_drivers_photos_hold_every_photo_t
         server.stop()
         shutdown_pools()
         runtime.close()
+
+
+def test_the_platform_s_template_result_push_is_stored_answered_with_nothing_and_opens_no_allowance(
+        wechat, live_app, wechat_runtime):
+    """After each template the platform pushes TEMPLATESENDJOBFINISH (WECHAT.md §5): not the driver's action."""
+    from accident_service.models import Notification
+    from accident_service.notify import allowance
+    from accident_service.outbox import enqueue
+
+    wechat.add_follower(A)  # follows; has done nothing lately, so the notice goes as a template card
+    with wechat_runtime.unit_of_work() as session:
+        enqueue(session, openid=A, kind="booked", dedupe_key="result:1", now=wechat_runtime.clock.now(),
+                notice={"case_no": "20261125-RSLT1", "fingerprint": "0123456789abcdef", "station": "天河事故处理点",
+                        "address": "广州市天河路 1 号", "timezone": "Asia/Shanghai",
+                        "starts_at": "2026-11-25T06:00:00+00:00", "ends_at": "2026-11-25T06:30:00+00:00", "to": "A"})
+    drain(wechat_runtime)
+    [card] = wechat.sent_to(A)
+    assert card["kind"] == "template"
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with wechat_runtime.unit_of_work() as session:
+            if session.scalar(select(func.count()).select_from(InboundMessage).where(InboundMessage.openid == A)):
+                break
+        time.sleep(0.05)
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        [row] = session.scalars(select(InboundMessage).where(InboundMessage.openid == A)).all()
+        assert row.msg_type == "event:templatesendjobfinish" and row.status is WorkStatus.DONE
+        assert not allowance.can_send(session, A, wechat_runtime.clock.now())
+        assert session.scalar(select(func.count()).select_from(Notification)) == 1  # nothing said back
+    assert len(wechat.sent_to(A)) == 1 and wechat.refusal_counts() == {}

@@ -33,6 +33,7 @@ from tests.support.sms import notice_templates, running_sms_emulator
 A, B = "oCountA000000000000000000001", "oCountB000000000000000000002"
 PHONES = {A: "+8613800138000", B: "+8613900139000"}  # as report_until_ready types them
 STORY_NOTICES = ("booked", "confirmed", "reminder")
+PLATFORM_RESULT = "event:templatesendjobfinish"  # pushed after each template (WECHAT.md §5)
 
 
 @pytest.fixture(params=["templates", "sms"])
@@ -75,8 +76,9 @@ def test_each_driver_gets_at_most_one_message_per_push_plus_one_per_notice_and_e
     counts = {}
     with runtime.unit_of_work() as session:
         for driver in (A, B):
-            pushes = session.scalar(select(func.count()).select_from(InboundMessage)
-                                    .where(InboundMessage.openid == driver))
+            pushes = session.scalar(select(func.count()).select_from(InboundMessage)  # the driver's, not the
+                                    .where(InboundMessage.openid == driver,   # platform's template results
+                                           InboundMessage.msg_type != PLATFORM_RESULT))
             rows = session.scalars(select(Notification).where(Notification.openid == driver)).all()
             notices = [row for row in rows if isinstance(row.payload, dict) and "notice" in row.payload]
             received = len(wechat.sent_to(driver)) + len(sms.sent_to(PHONES[driver]))
