@@ -30,16 +30,18 @@ from accident_service.wechat.xml_gate import UnsafeXml, check_body, decode_body,
 bp = Blueprint("wechat", __name__)
 log = logging.getLogger(__name__)
 SUCCESS = "success"
+#: The URL configured as the account's server address (WECHAT.md §1).
+CALLBACK_PATH = "/wechat"
 
 
-@bp.get("/wechat")
+@bp.get(CALLBACK_PATH)
 def verify_url():
     settings = current_runtime().settings
     _require_signature(settings)
     return Response(request.args.get("echostr", ""), mimetype="text/plain")
 
 
-@bp.post("/wechat")
+@bp.post(CALLBACK_PATH)
 def receive():
     runtime = current_runtime()
     settings = runtime.settings

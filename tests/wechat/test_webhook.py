@@ -225,6 +225,28 @@ def test_same_push_three_times_is_one_row(client, runtime, fixture):
     assert stored_count(runtime) == 1
 
 
+def test_a_push_runs_on_the_platform_s_own_app_without_the_staff_pages_machinery(client, runtime):
+    """No session, sign-in, CSRF or sign-in throttle hooks for a push: they cost CPU and serve nobody here."""
+    from flask import request_started
+
+    apps = []
+
+    def _seen(sender, **_extra):
+        apps.append(sender)
+
+    request_started.connect(_seen)
+    try:
+        assert_success(post(client, text_message(msg_id=777), plain_query()))
+        client.get("/healthz")
+    finally:
+        request_started.disconnect(_seen)
+    platform, service = apps
+    assert stored_count(runtime) == 1
+    assert {"limiter", "csrf"} <= set(service.extensions) and hasattr(service, "login_manager")
+    assert not {"limiter", "csrf"} & set(platform.extensions) and not hasattr(platform, "login_manager")
+    assert platform.before_request_funcs.keys() <= {None, "wechat"}
+
+
 def test_distinct_messages_of_one_driver_are_all_kept(client, runtime):
     for msg_id in (1, 2, 3):
         assert_success(post(client, text_message(msg_id=msg_id), plain_query()))
