@@ -234,3 +234,31 @@ def test_the_webhook_stores_a_push_whose_connection_died_mid_transaction(setting
         assert len(killed) == 1 and stored_count(runtime) == 1
     finally:
         runtime.close()
+
+
+@postgres_only
+def test_a_driver_statement_runs_the_core_statement_with_its_type_conversions(engine):
+    """Compiled once, run with exec_driver_sql: the enum column gets its stored value, as through execute."""
+    from sqlalchemy import bindparam, insert
+
+    from accident_service.models import InboundMessage, WorkStatus
+
+    table = InboundMessage.__table__
+    statement = insert(table).values({name: bindparam(name) for name in (
+        "dedupe_key", "openid", "msg_type", "payload", "received_at", "status", "attempts", "next_attempt_at")}) \
+        .returning(table.c.id)
+    params = {"dedupe_key": "msg:driver-1", "openid": "oDriver", "msg_type": "text", "payload": "<xml/>",
+              "received_at": T0, "status": WorkStatus.PENDING, "attempts": 0, "next_attempt_at": T0}
+    with engine.begin() as connection:
+        row_id = db.DriverStatement(statement, engine.dialect).execute(connection, params).scalar_one()
+        stored = connection.execute(select(table.c.status).where(table.c.id == row_id)).scalar_one()
+        raw = connection.execute(text("SELECT status FROM inbound_message WHERE id = :id"), {"id": row_id}).scalar()
+    assert stored is WorkStatus.PENDING and raw == "pending"
+
+
+def test_a_driver_statement_refuses_a_dialect_with_positional_parameters():
+    from sqlalchemy import bindparam
+    from sqlalchemy.dialects import sqlite
+
+    with pytest.raises(ValueError):
+        db.DriverStatement(select(bindparam("x")), sqlite.dialect())

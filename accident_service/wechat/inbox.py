@@ -16,12 +16,12 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, select, true
+from sqlalchemy import ColumnElement, Connection, Dialect, and_, bindparam, exists, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import leases, metrics
-from accident_service.db import is_postgres
+from accident_service.db import DriverStatement, is_postgres
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import Runtime
 from accident_service.wechat import replay
@@ -69,7 +69,8 @@ def store_inbound(connection: Connection, message, xml_text: str, now: datetime,
     if signed is None:
         return connection.execute(_insert_inbound(postgres), values).scalar()
     if postgres:
-        first_body, row_id = connection.execute(_insert_signed_inbound(), {**values, **signed.params()}).one()
+        first_body, row_id = _insert_signed_inbound(connection.dialect).execute(
+            connection, {**values, **signed.params()}).one()
     else:  # no data-modifying CTEs in SQLite, whose statements cost no round trip anyway
         first_body = replay.first_body_for_signature(connection, signed)
         row_id = connection.execute(_insert_inbound(postgres), values).scalar() if first_body else None
@@ -99,7 +100,7 @@ def _insert_inbound(postgres: bool):
 
 
 @functools.cache
-def _insert_signed_inbound():
+def _insert_signed_inbound(dialect: Dialect) -> DriverStatement:
     """PostgreSQL: the signature record and, only if it holds, the inbox row, in one statement.
 
     Returns one row: (first_body, id), id NULL for a duplicate or a refused signature.
@@ -107,7 +108,8 @@ def _insert_signed_inbound():
     signature = replay.signature_upsert(True).cte("signature")
     first_body = exists(select(signature.c.body_sha256))
     stored = _inbox_insert(True, only_if=first_body).cte("stored")
-    return select(first_body.label("first_body"), select(stored.c.id).scalar_subquery().label("id"))
+    return DriverStatement(select(first_body.label("first_body"), select(stored.c.id).scalar_subquery().label("id")),
+                           dialect)
 
 
 Handler = Callable[[Runtime, InboundMessage, str], None]
