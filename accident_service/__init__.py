@@ -66,7 +66,7 @@ def _platform_app(settings: Settings, runtime: Runtime) -> Flask:
     """The WeChat callback on an app of its own: the platform signs its pushes and sends no cookie, so none of
     the staff pages' machinery (sessions, sign-in, CSRF, the sign-in throttle's hooks) runs for a push.
     Measured: those hooks cost a push about a third of a millisecond of CPU, a quarter of what the
-    webhook's own rules and its database work cost together (README "Performance")."""
+    service spent beyond the durable floor (README "Performance")."""
     from accident_service.wechat import webhook
 
     platform = _bare_app(settings, runtime)
