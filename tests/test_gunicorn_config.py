@@ -90,3 +90,14 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(tmp_path, gunicor
     assert {"gunicorn.error", "gunicorn.access"} <= {r["logger"] for r in records}
     access = [r["message"] for r in records if r["logger"] == "gunicorn.access" and "/healthz" in r["message"]]
     assert any(line.endswith("gunicorn-json-1") for line in access), access
+
+
+def test_workers_freeze_the_loaded_app_out_of_full_collections(tmp_path, gunicorn_env):
+    """post_worker_init calls gc.freeze(): what a worker loaded is not walked by every full collection."""
+    import requests
+
+    port = free_port()
+    args = gunicorn_args(port)[:-1] + ["tests.support.gc_probe:app"]
+    with serving(args, env=gunicorn_env, port=port, log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT) as url:
+        frozen = int(requests.get(url + "/", timeout=10).text)
+    assert frozen > 1000
