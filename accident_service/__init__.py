@@ -37,7 +37,6 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     runtime = runtime or build_runtime(settings)
 
     app = _bare_app(settings, runtime)
-    app.session_interface = CookieSessions()
     from accident_service.desk import auth
 
     auth.init_app(app)
@@ -56,6 +55,8 @@ def _bare_app(settings: Settings, runtime: Runtime) -> Flask:
         SESSION_COOKIE_SECURE=settings.APP_ENV == "production",
         JSON_AS_ASCII=False,
     )
+    # On both apps: Flask's default builds a signing serializer for every request, a push included.
+    app.session_interface = CookieSessions()
     app.extensions[EXTENSION_KEY] = runtime
     request_ids.install(app)
     _map_errors(app)

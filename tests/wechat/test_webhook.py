@@ -247,6 +247,27 @@ def test_a_push_runs_on_the_platform_s_own_app_without_the_staff_pages_machinery
     assert platform.before_request_funcs.keys() <= {None, "wechat"}
 
 
+def test_a_push_builds_no_session_signer(client, runtime, monkeypatch):
+    """The platform sends no cookie: nothing to verify, so no itsdangerous serializer is built for a push."""
+    from flask import request_started
+
+    apps = []
+
+    def _seen(sender, **_extra):
+        apps.append(sender)
+
+    with request_started.connected_to(_seen):
+        assert_success(post(client, text_message(msg_id=778), plain_query()))
+    platform = apps[0]
+    built = []
+    real = platform.session_interface.get_signing_serializer
+    monkeypatch.setattr(platform.session_interface, "get_signing_serializer",
+                        lambda app: built.append(app) or real(app))
+    assert_success(post(client, text_message(msg_id=779), plain_query()))
+    assert stored_count(runtime) == 2
+    assert built == []
+
+
 def test_distinct_messages_of_one_driver_are_all_kept(client, runtime):
     for msg_id in (1, 2, 3):
         assert_success(post(client, text_message(msg_id=msg_id), plain_query()))
