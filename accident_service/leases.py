@@ -9,11 +9,12 @@ are applied, and answered, in order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
@@ -47,6 +48,20 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
             metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__], "lease_expired").inc(len(failed))
         if failed and on_failed is not None:
             on_failed(failed)
+    candidates, take = _claim_statements(model, is_postgres(session), only_id is not None, may_overtake)
+    ids = list(session.scalars(candidates, {"now": now, "limit": limit, "only_id": only_id}))
+    if ids:
+        session.execute(take, {"ids": ids, "now": now, "worker_id": worker_id,
+                               "lease_until": now + timedelta(seconds=lease_seconds)})
+    return ids
+
+
+@functools.cache
+def _claim_statements(model: LeasedModel, postgres: bool, by_id: bool, may_overtake: Overtake | None):
+    """The claim's SELECT and UPDATE, built once per kind of claim: every processed message and every
+    send runs a claim, and building these ORM statements cost more CPU than running them (py-spy
+    through the load test's burst). The values (now, limit, the row, the worker) are bound per call."""
+    now = bindparam("now", type_=model.__table__.c.next_attempt_at.type)
     earlier = aliased(model)
     due = or_(and_(model.status == WorkStatus.PENDING, model.next_attempt_at <= now),
               and_(model.status == WorkStatus.PROCESSING, model.lease_until < now))
@@ -56,36 +71,46 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
         earlier.openid == model.openid, earlier.id < model.id,
         earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
         *([~may_overtake(earlier, model)] if may_overtake is not None else []))
-    candidates = select(model.id).where(due, ~blocked).order_by(model.id).limit(limit)
-    if only_id is not None:
-        candidates = candidates.where(model.id == only_id)
-    if is_postgres(session):
+    candidates = select(model.id).where(due, ~blocked).order_by(model.id).limit(bindparam("limit"))
+    if by_id:
+        candidates = candidates.where(model.id == bindparam("only_id"))
+    if postgres:
         candidates = candidates.with_for_update(skip_locked=True)
-    ids = list(session.scalars(candidates))
-    if ids:
-        session.execute(update(model).where(model.id.in_(ids), due)
-                        .values(status=WorkStatus.PROCESSING, leased_by=worker_id,
-                                lease_until=now + timedelta(seconds=lease_seconds), attempts=model.attempts + 1)
-                        .execution_options(synchronize_session=False))
-    return ids
+    take = (update(model).where(model.id.in_(bindparam("ids", expanding=True)), due)
+            .values(status=WorkStatus.PROCESSING, leased_by=bindparam("worker_id"),
+                    lease_until=bindparam("lease_until", type_=model.__table__.c.lease_until.type),
+                    attempts=model.attempts + 1)
+            .execution_options(synchronize_session=False))
+    return candidates, take
 
 
 def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int,
                     waiting_until: Any = None) -> list[int]:
     # Without this a message that kills its worker would be claimed (and maybe re-sent) forever.
-    exhausted = and_(model.status == WorkStatus.PROCESSING, model.lease_until < now, model.attempts >= max_attempts)
-    if waiting_until is not None:  # one waiting out an outage has attempts to spare until then
-        exhausted = and_(exhausted, or_(waiting_until.is_(None), waiting_until < now))
-    stuck = select(model.id).where(exhausted).order_by(model.id)
-    if is_postgres(session):
-        stuck = stuck.with_for_update(skip_locked=True)
-    ids = list(session.scalars(stuck))
+    stuck, fail = _exhausted_statements(model, is_postgres(session), waiting_until is not None)
+    params = {"now": now, "max_attempts": max_attempts}
+    ids = list(session.scalars(stuck, params))
     if ids:
-        session.execute(update(model).where(model.id.in_(ids), exhausted)
-                        .values(status=WorkStatus.FAILED, lease_until=None,
-                                last_error=f"lease expired on each of {max_attempts} attempts (worker died or hung)")
-                        .execution_options(synchronize_session=False))
+        session.execute(fail, {**params, "ids": ids,
+                               "last_error": f"lease expired on each of {max_attempts} attempts (worker died or hung)"})
     return ids
+
+
+@functools.cache
+def _exhausted_statements(model: LeasedModel, postgres: bool, waits_out_outages: bool):
+    """Built once, like the claim's: every claim with an attempt limit runs the SELECT first."""
+    now = bindparam("now", type_=model.__table__.c.lease_until.type)
+    exhausted = and_(model.status == WorkStatus.PROCESSING, model.lease_until < now,
+                     model.attempts >= bindparam("max_attempts"))
+    if waits_out_outages:  # one waiting out an outage has attempts to spare until then
+        exhausted = and_(exhausted, or_(model.waiting_until.is_(None), model.waiting_until < now))
+    stuck = select(model.id).where(exhausted).order_by(model.id)
+    if postgres:
+        stuck = stuck.with_for_update(skip_locked=True)
+    fail = (update(model).where(model.id.in_(bindparam("ids", expanding=True)), exhausted)
+            .values(status=WorkStatus.FAILED, lease_until=None, last_error=bindparam("last_error"))
+            .execution_options(synchronize_session=False))
+    return stuck, fail
 
 
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
