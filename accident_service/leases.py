@@ -87,7 +87,7 @@ def _claim_statements(model: LeasedModel, postgres: bool, by_id: bool, may_overt
 def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int,
                     waiting_until: Any = None) -> list[int]:
     # Without this a message that kills its worker would be claimed (and maybe re-sent) forever.
-    stuck, fail = _exhausted_statements(model, is_postgres(session), waiting_until is not None)
+    stuck, fail = _exhausted_statements(model, is_postgres(session), waiting_until)
     params = {"now": now, "max_attempts": max_attempts}
     ids = list(session.scalars(stuck, params))
     if ids:
@@ -97,13 +97,13 @@ def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_
 
 
 @functools.cache
-def _exhausted_statements(model: LeasedModel, postgres: bool, waits_out_outages: bool):
+def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: Any):
     """Built once, like the claim's: every claim with an attempt limit runs the SELECT first."""
     now = bindparam("now", type_=model.__table__.c.lease_until.type)
     exhausted = and_(model.status == WorkStatus.PROCESSING, model.lease_until < now,
                      model.attempts >= bindparam("max_attempts"))
-    if waits_out_outages:  # one waiting out an outage has attempts to spare until then
-        exhausted = and_(exhausted, or_(model.waiting_until.is_(None), model.waiting_until < now))
+    if waiting_until is not None:  # one waiting out an outage has attempts to spare until then
+        exhausted = and_(exhausted, or_(waiting_until.is_(None), waiting_until < now))
     stuck = select(model.id).where(exhausted).order_by(model.id)
     if postgres:
         stuck = stuck.with_for_update(skip_locked=True)
