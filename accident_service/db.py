@@ -184,19 +184,40 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     transaction may have committed). Raises DatabaseUnavailable when the database cannot be
     reached or the retry fails too.
     """
+    return _run_retrying_once(engine, work, alone=False)
+
+
+def run_single_statement(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(connection)``, which runs exactly one statement, and a rerun of which changes nothing
+    (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``), committed as its own transaction.
+
+    On PostgreSQL the statement runs in autocommit: it is the transaction, so the BEGIN and COMMIT
+    round trips go (a webhook push spent three round trips, now one). A connection lost while the
+    statement runs leaves open whether it committed; as a rerun changes nothing if it did, it runs
+    once more on a fresh connection then too. Elsewhere (SQLite: no round trips) it is
+    :func:`run_in_transaction`. Raises DatabaseUnavailable as that does.
+    """
+    if engine.dialect.name != "postgresql":
+        return run_in_transaction(engine, work)
+    return _run_retrying_once(engine, work, alone=True)
+
+
+def _run_retrying_once(engine: Engine, work: Callable[[Connection], T], *, alone: bool) -> T:
     for attempt in (1, 2):
         committing = False
         try:
             with engine.connect() as connection:
+                if alone:  # the pool puts the connection back to its own level when it returns
+                    connection.execution_options(isolation_level="AUTOCOMMIT")
                 transaction = connection.begin()
                 result = work(connection)
-                committing = True  # from here on the server may have kept the transaction
+                committing = not alone  # from here on the server may have kept the transaction
                 transaction.commit()
             return result
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated and not committing and attempt == 1:
-                log.warning("database connection lost before commit (%s); running the transaction again",
-                            type(exc.orig).__name__)
+                log.warning("database connection lost (%s); running the %s again on a fresh one",
+                            type(exc.orig).__name__, "statement" if alone else "transaction")
                 continue
             if isinstance(exc, UNAVAILABLE_ERRORS):
                 raise DatabaseUnavailable() from exc

@@ -16,7 +16,13 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from accident_service.clock import Clock, SystemClock
-from accident_service.db import make_engine, make_session_factory, run_in_transaction, unit_of_work
+from accident_service.db import (
+    make_engine,
+    make_session_factory,
+    run_in_transaction,
+    run_single_statement,
+    unit_of_work,
+)
 from accident_service.settings import Settings
 from accident_service.storage import ObjectStore, make_store
 
@@ -40,6 +46,11 @@ class Runtime:
         """``work(connection)`` in one transaction, run again on a fresh connection if the first
         died before COMMIT (see accident_service.db.run_in_transaction)."""
         return run_in_transaction(self.engine, work)
+
+    def single_statement(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)``: one statement a rerun of which changes nothing, committed on its own, without
+        the BEGIN and COMMIT round trips on PostgreSQL (see accident_service.db.run_single_statement)."""
+        return run_single_statement(self.engine, work)
 
     @functools.cached_property
     def wechat(self):  # -> accident_service.wechat_api.client.WeChatApi

@@ -13,7 +13,14 @@ from flask import jsonify
 from sqlalchemy import event, func, select, text
 
 from accident_service import create_app, db
-from accident_service.db import DatabaseUnavailable, make_engine, make_session_factory, run_in_transaction, unit_of_work
+from accident_service.db import (
+    DatabaseUnavailable,
+    make_engine,
+    make_session_factory,
+    run_in_transaction,
+    run_single_statement,
+    unit_of_work,
+)
 from accident_service.models import AuditEvent
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
@@ -147,6 +154,67 @@ def test_a_connection_lost_on_the_retry_too_is_database_unavailable(engine, data
     assert len(calls) == 2
 
 
+def transaction_status_after_a_statement(connection):
+    connection.execute(text("SELECT 1"))
+    return connection.connection.dbapi_connection.info.transaction_status
+
+
+@postgres_only
+def test_a_single_statement_spends_no_round_trip_on_begin_and_commit(engine):
+    from psycopg.pq import TransactionStatus
+
+    # Inside a transaction block the server must be told BEGIN before and COMMIT after; here there is none.
+    assert run_single_statement(engine, transaction_status_after_a_statement) is TransactionStatus.IDLE
+    assert run_in_transaction(engine, transaction_status_after_a_statement) is TransactionStatus.INTRANS
+    # The pool hands the connection on at its own level again.
+    assert run_in_transaction(engine, transaction_status_after_a_statement) is TransactionStatus.INTRANS
+
+
+@postgres_only
+def test_a_single_statement_whose_connection_died_under_it_runs_again_on_a_fresh_one(engine, database_url):
+    """Whether the statement committed is unknown then; a rerun changes nothing either way."""
+    attempts: list[int] = []
+
+    def work(connection):
+        attempts.append(connection.connection.dbapi_connection.info.backend_pid)
+        if len(attempts) == 1:
+            terminate(database_url, attempts[0])
+        insert_audit(connection, "single")
+        return "done"
+
+    assert run_single_statement(engine, work) == "done"
+    assert len(attempts) == 2 and attempts[0] != attempts[1]
+    assert audit_rows(make_session_factory(engine), "single") == 1
+
+
+@postgres_only
+def test_a_single_statement_lost_on_the_retry_too_is_database_unavailable(engine, database_url):
+    calls: list[int] = []
+
+    def work(connection):
+        calls.append(1)
+        terminate(database_url, connection.connection.dbapi_connection.info.backend_pid)
+        connection.execute(text("SELECT 1"))
+
+    with pytest.raises(DatabaseUnavailable):
+        run_single_statement(engine, work)
+    assert len(calls) == 2
+
+
+def test_a_single_statement_commits_and_other_errors_are_neither_retried_nor_called_unavailable(engine):
+    run_single_statement(engine, lambda connection: insert_audit(connection, "kept"))
+    assert audit_rows(make_session_factory(engine), "kept") == 1
+    calls: list[int] = []
+
+    def work(connection):
+        calls.append(1)
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_single_statement(engine, work)
+    assert calls == [1]
+
+
 def test_other_errors_are_neither_retried_nor_called_unavailable(engine):
     calls: list[int] = []
 
@@ -234,6 +302,65 @@ def test_the_webhook_stores_a_push_whose_connection_died_mid_transaction(setting
         assert len(killed) == 1 and stored_count(runtime) == 1
     finally:
         runtime.close()
+
+
+@postgres_only
+def test_the_webhook_stores_a_push_in_one_round_trip(settings_overrides, clock, database_url):
+    """The signature record and the inbox row: one statement, outside a transaction block (no BEGIN, no COMMIT)."""
+    from psycopg.pq import TransactionStatus
+
+    from tests.wechat.test_webhook import plain_query, stored_count, text_message
+
+    runtime = build_runtime(load_settings({**settings_overrides, "WECHAT_TOKEN": "webhook-test-token",
+                                           "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)
+    sent: list[tuple[str, object]] = []
+
+    def note(connection, _cursor, statement, *_args) -> None:
+        sent.append((statement, connection.connection.dbapi_connection.info.transaction_status))
+
+    event.listen(runtime.engine, "after_cursor_execute", note)
+    try:
+        response = create_app(runtime=runtime).test_client().post(
+            "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
+        assert (response.status_code, response.data) == (200, b"success")
+        event.remove(runtime.engine, "after_cursor_execute", note)
+        assert len(sent) == 1 and "push_signature" in sent[0][0] and "inbound_message" in sent[0][0]
+        assert sent[0][1] is TransactionStatus.IDLE
+        assert stored_count(runtime) == 1
+    finally:
+        runtime.close()
+
+
+@postgres_only
+def test_a_push_stored_before_its_connection_died_is_answered_and_stored_once(settings_overrides, clock,
+                                                                             database_url):
+    """The statement committed, then the connection died before the answer came back: the rerun finds the
+    push stored (and its signature recorded with the same body), and the platform gets "success"."""
+    from tests.wechat.test_webhook import plain_query, stored_count, text_message
+
+    runtime = build_runtime(load_settings({**settings_overrides, "WECHAT_TOKEN": "webhook-test-token",
+                                           "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)
+    elsewhere = make_engine(database_url)
+    killed: list[int] = []
+
+    def commit_elsewhere_then_kill(connection, _cursor, statement, parameters, *_args) -> None:
+        if "inbound_message" in statement and not killed:
+            with elsewhere.begin() as other:  # the same statement, committed: what the server kept
+                other.exec_driver_sql(statement, parameters)
+            killed.append(connection.connection.dbapi_connection.info.backend_pid)
+            terminate(database_url, killed[0])
+
+    event.listen(runtime.engine, "before_cursor_execute", commit_elsewhere_then_kill)
+    try:
+        response = create_app(runtime=runtime).test_client().post(
+            "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
+        assert (response.status_code, response.data) == (200, b"success")
+        assert len(killed) == 1 and stored_count(runtime) == 1
+        with runtime.unit_of_work() as session:
+            assert session.scalar(text("SELECT count(*) FROM push_signature")) == 1
+    finally:
+        runtime.close()
+        elsewhere.dispose()
 
 
 @postgres_only

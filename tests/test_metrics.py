@@ -126,9 +126,8 @@ def test_inbox_failures_by_reason(runtime, clock):
             Moves("accident_failures_total", queue="inbox", reason="lease_expired") as lapsed:
         ids = []
         for n in range(2):
-            with runtime.unit_of_work() as session:
-                xml = text_message(msg_id=880200 + n, source=f"oFails{n}")
-                ids.append(inbox.store_inbound(session.connection(), inbox_message(xml), xml, clock.now()))
+            xml = text_message(msg_id=880200 + n, source=f"oFails{n}")
+            ids.append(inbox.store_inbound(runtime, inbox_message(xml), xml, clock.now()))
         buggy, dying = ids
         for _ in range(runtime.settings.INBOX_MAX_ATTEMPTS + 1):
             for message_id in inbox.claim_due(runtime, "w1", limit=10):

@@ -53,30 +53,38 @@ def dedupe_key_for(message) -> str:
     return f"evt:{message.source}:{message.time}:{event}"
 
 
-def store_inbound(connection: Connection, message, xml_text: str, now: datetime, *,
+def store_inbound(runtime: Runtime, message, xml_text: str, now: datetime, *,
                   not_before: datetime | None = None, signed: replay.SignedBody | None = None) -> int | None:
     """Insert the push and return its row id; None when it is a retry of one already stored.
 
     The UNIQUE dedupe key settles concurrent retries (ON CONFLICT DO NOTHING). ``not_before``
     defers its processing. With ``signed`` (plain mode) the push's (timestamp, nonce) is
-    recorded as well, on PostgreSQL in the same statement (one round trip); raises
-    replay.SignatureReused, storing nothing, when another body came under it before.
+    recorded as well; raises replay.SignatureReused, storing nothing, when another body came
+    under it before. On PostgreSQL all of it is one statement, committed on its own (one round
+    trip); run again, it changes nothing.
     """
     values = {"dedupe_key": dedupe_key_for(message), "openid": str(message.source)[:64],
               "msg_type": msg_type_of(message)[:32], "payload": xml_text, "received_at": now,
               "status": WorkStatus.PENDING, "attempts": 0, "next_attempt_at": not_before or now}
-    postgres = is_postgres(connection)
-    if signed is None:
-        return connection.execute(_insert_inbound(postgres), values).scalar()
-    if postgres:
-        first_body, row_id = _insert_signed_inbound(connection.dialect).execute(
-            connection, {**values, **signed.params()}).one()
-    else:  # no data-modifying CTEs in SQLite, whose statements cost no round trip anyway
-        first_body = replay.first_body_for_signature(connection, signed)
-        row_id = connection.execute(_insert_inbound(postgres), values).scalar() if first_body else None
+    if not is_postgres(runtime.engine):  # no data-modifying CTEs in SQLite, whose statements cost no round trip
+        first_body, row_id = runtime.transaction(lambda connection: _store_step_by_step(connection, values, signed))
+    elif signed is None:
+        first_body, row_id = True, runtime.single_statement(
+            lambda connection: connection.execute(_insert_inbound(True), values).scalar())
+    else:
+        first_body, row_id = runtime.single_statement(lambda connection: _insert_signed_inbound(
+            connection.dialect).execute(connection, {**values, **signed.params()}).one())
     if not first_body:
         raise replay.SignatureReused()
     return row_id
+
+
+def _store_step_by_step(connection: Connection, values: dict,
+                        signed: replay.SignedBody | None) -> tuple[bool, int | None]:
+    """SQLite: the signature record, then the inbox row if it holds, in the caller's transaction."""
+    if signed is not None and not replay.first_body_for_signature(connection, signed):
+        return False, None
+    return True, connection.execute(_insert_inbound(False), values).scalar()
 
 
 _INBOX_COLUMNS = ("dedupe_key", "openid", "msg_type", "payload", "received_at", "status", "attempts",

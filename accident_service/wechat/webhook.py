@@ -71,8 +71,7 @@ def receive():
     msg_type = inbox.msg_type_of(message)
     not_before = current_app.extensions[intake_limits.EXTENSION_KEY].defer_until(msg_type, str(message.source), now)
     try:
-        row_id = runtime.transaction(lambda connection: inbox.store_inbound(
-            connection, message, xml_text, now, not_before=not_before, signed=signed))
+        row_id = inbox.store_inbound(runtime, message, xml_text, now, not_before=not_before, signed=signed)
     except replay.SignatureReused:
         _refuse_reused_signature()
     metrics.INBOUND_MESSAGES.labels(msg_type, "duplicate" if not row_id else "deferred" if not_before
@@ -153,7 +152,7 @@ def _signed_body(runtime, body: bytes) -> replay.SignedBody | None:
 
 def _record_signature_alone(runtime, signed: replay.SignedBody) -> None:
     """A push refused or ignored still uses up its signature; 403 if another body came under it first."""
-    if not runtime.transaction(lambda connection: replay.first_body_for_signature(connection, signed)):
+    if not runtime.single_statement(lambda connection: replay.first_body_for_signature(connection, signed)):
         _refuse_reused_signature()
 
 

@@ -39,10 +39,9 @@ def push(runtime, openid: str = "oDriverA", *, msg_id: int | None = None, image:
             f"<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[message {msg_id}]]></Content>")
     xml = (f"<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><FromUserName><![CDATA[{openid}]]>"
            f"</FromUserName><CreateTime>1764036000</CreateTime>{body}<MsgId>{msg_id}</MsgId></xml>")
-    with runtime.unit_of_work() as session:
-        row_id = inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now())
-        assert row_id is not None
-        return row_id
+    row_id = inbox.store_inbound(runtime, parse_inbound(xml), xml, runtime.clock.now())
+    assert row_id is not None
+    return row_id
 
 
 def load(runtime, message_id: int) -> InboundMessage:
@@ -77,8 +76,7 @@ def past_lease(clock) -> None:
 
 def test_store_inbound_refuses_a_retry_of_the_same_push(runtime):
     xml = load(runtime, push(runtime, msg_id=42)).payload
-    with runtime.unit_of_work() as session:
-        assert inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now()) is None
+    assert inbox.store_inbound(runtime, parse_inbound(xml), xml, runtime.clock.now()) is None
     with runtime.unit_of_work() as session:
         assert session.scalar(select(func.count()).select_from(InboundMessage)) == 1
 

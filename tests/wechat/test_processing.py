@@ -23,8 +23,8 @@ PUSHES = {
 
 def _lose(runtime, kind: str) -> list[str]:
     xml = PUSHES[kind]
+    row_id = inbox.store_inbound(runtime, parse_inbound(xml), xml, runtime.clock.now())
     with runtime.unit_of_work() as session:
-        row_id = inbox.store_inbound(session.connection(), parse_inbound(xml), xml, runtime.clock.now())
         tell_sender_it_was_lost(session, session.get(InboundMessage, row_id), runtime.clock.now())
     with runtime.unit_of_work() as session:
         return [n.payload["text"] for n in session.scalars(select(Notification).where(Notification.openid == "oLost"))]
