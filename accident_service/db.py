@@ -79,13 +79,14 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, autocommit: bool = False) -> Engine:
     """Create an engine with the per-backend settings the service relies on.
 
     SQLite gets WAL (readers do not block the writer), foreign keys, a busy
     timeout, and ``BEGIN IMMEDIATE`` so that a transaction that reads and then
     writes (a booking) takes the write lock up front instead of failing with
-    "database is locked" on the upgrade.
+    "database is locked" on the upgrade. ``autocommit`` (PostgreSQL): connections
+    that stay in autocommit, for :func:`run_single_statement` only.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -93,7 +94,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         _configure_sqlite(engine)
         return engine
     engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20,
-                           connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+                           connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _drop_if_the_server_hung_up)
     return engine
@@ -184,40 +186,38 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     transaction may have committed). Raises DatabaseUnavailable when the database cannot be
     reached or the retry fails too.
     """
-    return _run_retrying_once(engine, work, alone=False)
+    return _run_retrying_once(engine, work, rerun_safe=False)
 
 
 def run_single_statement(engine: Engine, work: Callable[[Connection], T]) -> T:
     """``work(connection)``, which runs exactly one statement, and a rerun of which changes nothing
     (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``), committed as its own transaction.
 
-    On PostgreSQL the statement runs in autocommit: it is the transaction, so the BEGIN and COMMIT
-    round trips go (a webhook push spent three round trips, now one). A connection lost while the
-    statement runs leaves open whether it committed; as a rerun changes nothing if it did, it runs
-    once more on a fresh connection then too. Elsewhere (SQLite: no round trips) it is
-    :func:`run_in_transaction`. Raises DatabaseUnavailable as that does.
+    Give it an engine made with ``autocommit=True`` on PostgreSQL: the statement is then the
+    transaction, and the BEGIN and COMMIT round trips go (a webhook push spent three round trips,
+    now one). A connection lost while the statement runs leaves open whether it committed; as a
+    rerun changes nothing if it did, it runs once more on a fresh connection then too. Elsewhere
+    (SQLite: no round trips) it is :func:`run_in_transaction`. Raises DatabaseUnavailable as that does.
     """
     if engine.dialect.name != "postgresql":
         return run_in_transaction(engine, work)
-    return _run_retrying_once(engine, work, alone=True)
+    return _run_retrying_once(engine, work, rerun_safe=True)
 
 
-def _run_retrying_once(engine: Engine, work: Callable[[Connection], T], *, alone: bool) -> T:
+def _run_retrying_once(engine: Engine, work: Callable[[Connection], T], *, rerun_safe: bool) -> T:
     for attempt in (1, 2):
         committing = False
         try:
             with engine.connect() as connection:
-                if alone:  # the pool puts the connection back to its own level when it returns
-                    connection.execution_options(isolation_level="AUTOCOMMIT")
                 transaction = connection.begin()
                 result = work(connection)
-                committing = not alone  # from here on the server may have kept the transaction
+                committing = not rerun_safe  # from here on the server may have kept the transaction
                 transaction.commit()
             return result
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated and not committing and attempt == 1:
                 log.warning("database connection lost (%s); running the %s again on a fresh one",
-                            type(exc.orig).__name__, "statement" if alone else "transaction")
+                            type(exc.orig).__name__, "statement" if rerun_safe else "transaction")
                 continue
             if isinstance(exc, UNAVAILABLE_ERRORS):
                 raise DatabaseUnavailable() from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -36,6 +37,8 @@ class Runtime:
     session_factory: sessionmaker[Session]
     store: ObjectStore
     clock: Clock = field(default_factory=SystemClock)
+    _statement_engine: Engine | None = field(default=None, init=False, repr=False)
+    _statement_engine_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @contextlib.contextmanager
     def unit_of_work(self) -> Iterator[Session]:
@@ -50,7 +53,21 @@ class Runtime:
     def single_statement(self, work: Callable[[Connection], T]) -> T:
         """``work(connection)``: one statement a rerun of which changes nothing, committed on its own, without
         the BEGIN and COMMIT round trips on PostgreSQL (see accident_service.db.run_single_statement)."""
-        return run_single_statement(self.engine, work)
+        return run_single_statement(self.statement_engine(), work)
+
+    def statement_engine(self) -> Engine:
+        """The engine :meth:`single_statement` uses.
+
+        On PostgreSQL a second engine, built on first use (a push), whose connections stay in autocommit:
+        switching a pooled connection to autocommit and back costs more CPU than the statement's own
+        bookkeeping (40 µs a push, measured). Elsewhere the engine itself."""
+        if self._statement_engine is None:
+            with self._statement_engine_lock:
+                if self._statement_engine is None:
+                    self._statement_engine = (
+                        make_engine(self.engine.url.render_as_string(hide_password=False), autocommit=True)
+                        if self.engine.dialect.name == "postgresql" else self.engine)
+        return self._statement_engine
 
     @functools.cached_property
     def wechat(self):  # -> accident_service.wechat_api.client.WeChatApi
@@ -61,6 +78,8 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._statement_engine not in (None, self.engine):
+            self._statement_engine.dispose()
 
 
 def build_runtime(settings: Settings, *, clock: Clock | None = None, store: ObjectStore | None = None) -> Runtime:

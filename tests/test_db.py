@@ -159,19 +159,42 @@ def transaction_status_after_a_statement(connection):
     return connection.connection.dbapi_connection.info.transaction_status
 
 
+@pytest.fixture
+def autocommit_engine(database_url):
+    engine = make_engine(database_url, autocommit=True)
+    yield engine
+    engine.dispose()
+
+
 @postgres_only
-def test_a_single_statement_spends_no_round_trip_on_begin_and_commit(engine):
+def test_a_single_statement_spends_no_round_trip_on_begin_and_commit(engine, autocommit_engine):
     from psycopg.pq import TransactionStatus
 
     # Inside a transaction block the server must be told BEGIN before and COMMIT after; here there is none.
-    assert run_single_statement(engine, transaction_status_after_a_statement) is TransactionStatus.IDLE
+    assert run_single_statement(autocommit_engine, transaction_status_after_a_statement) is TransactionStatus.IDLE
     assert run_in_transaction(engine, transaction_status_after_a_statement) is TransactionStatus.INTRANS
-    # The pool hands the connection on at its own level again.
-    assert run_in_transaction(engine, transaction_status_after_a_statement) is TransactionStatus.INTRANS
+
+
+def test_the_runtime_runs_single_statements_on_connections_in_autocommit_on_postgresql(settings_overrides, clock):
+    runtime = build_runtime(load_settings(settings_overrides, environ={}), clock=clock)
+    try:
+        statement_engine = runtime.statement_engine()
+        assert statement_engine is runtime.statement_engine()  # built once
+        if runtime.engine.dialect.name == "postgresql":
+            assert statement_engine is not runtime.engine and statement_engine.url == runtime.engine.url
+            with statement_engine.connect() as connection:
+                assert connection.connection.dbapi_connection.autocommit is True
+            with runtime.engine.connect() as connection:
+                assert connection.connection.dbapi_connection.autocommit is False
+        else:  # SQLite: no round trips to save
+            assert statement_engine is runtime.engine
+    finally:
+        runtime.close()
 
 
 @postgres_only
-def test_a_single_statement_whose_connection_died_under_it_runs_again_on_a_fresh_one(engine, database_url):
+def test_a_single_statement_whose_connection_died_under_it_runs_again_on_a_fresh_one(autocommit_engine,
+                                                                                     database_url):
     """Whether the statement committed is unknown then; a rerun changes nothing either way."""
     attempts: list[int] = []
 
@@ -182,13 +205,13 @@ def test_a_single_statement_whose_connection_died_under_it_runs_again_on_a_fresh
         insert_audit(connection, "single")
         return "done"
 
-    assert run_single_statement(engine, work) == "done"
+    assert run_single_statement(autocommit_engine, work) == "done"
     assert len(attempts) == 2 and attempts[0] != attempts[1]
-    assert audit_rows(make_session_factory(engine), "single") == 1
+    assert audit_rows(make_session_factory(autocommit_engine), "single") == 1
 
 
 @postgres_only
-def test_a_single_statement_lost_on_the_retry_too_is_database_unavailable(engine, database_url):
+def test_a_single_statement_lost_on_the_retry_too_is_database_unavailable(autocommit_engine, database_url):
     calls: list[int] = []
 
     def work(connection):
@@ -197,7 +220,7 @@ def test_a_single_statement_lost_on_the_retry_too_is_database_unavailable(engine
         connection.execute(text("SELECT 1"))
 
     with pytest.raises(DatabaseUnavailable):
-        run_single_statement(engine, work)
+        run_single_statement(autocommit_engine, work)
     assert len(calls) == 2
 
 
@@ -294,7 +317,7 @@ def test_the_webhook_stores_a_push_whose_connection_died_mid_transaction(setting
             killed.append(connection.connection.dbapi_connection.info.backend_pid)
             terminate(database_url, killed[0])
 
-    event.listen(runtime.engine, "before_cursor_execute", kill_once)
+    event.listen(runtime.statement_engine(), "before_cursor_execute", kill_once)
     try:
         response = create_app(runtime=runtime).test_client().post(
             "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
@@ -318,12 +341,12 @@ def test_the_webhook_stores_a_push_in_one_round_trip(settings_overrides, clock, 
     def note(connection, _cursor, statement, *_args) -> None:
         sent.append((statement, connection.connection.dbapi_connection.info.transaction_status))
 
-    event.listen(runtime.engine, "after_cursor_execute", note)
+    event.listen(runtime.statement_engine(), "after_cursor_execute", note)
     try:
         response = create_app(runtime=runtime).test_client().post(
             "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
         assert (response.status_code, response.data) == (200, b"success")
-        event.remove(runtime.engine, "after_cursor_execute", note)
+        event.remove(runtime.statement_engine(), "after_cursor_execute", note)
         assert len(sent) == 1 and "push_signature" in sent[0][0] and "inbound_message" in sent[0][0]
         assert sent[0][1] is TransactionStatus.IDLE
         assert stored_count(runtime) == 1
@@ -350,7 +373,7 @@ def test_a_push_stored_before_its_connection_died_is_answered_and_stored_once(se
             killed.append(connection.connection.dbapi_connection.info.backend_pid)
             terminate(database_url, killed[0])
 
-    event.listen(runtime.engine, "before_cursor_execute", commit_elsewhere_then_kill)
+    event.listen(runtime.statement_engine(), "before_cursor_execute", commit_elsewhere_then_kill)
     try:
         response = create_app(runtime=runtime).test_client().post(
             "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
