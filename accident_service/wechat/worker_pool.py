@@ -73,13 +73,13 @@ def _process_then_follow(runtime: Runtime, message_id: int) -> None:
 
 
 def _drivers_next(runtime: Runtime, message_id: int) -> int | None:
-    """The same driver's next message waiting to be processed and due now, if any."""
-    with runtime.unit_of_work() as session:
-        openid = select(InboundMessage.openid).where(InboundMessage.id == message_id).scalar_subquery()
-        return session.scalar(select(InboundMessage.id).where(
-            InboundMessage.openid == openid, InboundMessage.id > message_id,
-            InboundMessage.status == WorkStatus.PENDING, InboundMessage.next_attempt_at <= runtime.clock.now())
-            .order_by(InboundMessage.id).limit(1))
+    """The same driver's next message waiting to be processed and due now, if any (one read: one round trip)."""
+    openid = select(InboundMessage.openid).where(InboundMessage.id == message_id).scalar_subquery()
+    query = select(InboundMessage.id).where(
+        InboundMessage.openid == openid, InboundMessage.id > message_id,
+        InboundMessage.status == WorkStatus.PENDING, InboundMessage.next_attempt_at <= runtime.clock.now()
+    ).order_by(InboundMessage.id).limit(1)
+    return runtime.single_statement(lambda connection: connection.execute(query).scalar())
 
 
 def shutdown_pools() -> None:
