@@ -89,7 +89,7 @@ def init_app(app) -> None:
 
 @bp.errorhandler(DatabaseUnavailable)
 def _database_unavailable(exc: DatabaseUnavailable):
-    # Every database call here goes through runtime.transaction, which raises this.
+    # Every database call here goes through runtime.single_statement (or runtime.transaction), which raise this.
     # Plain text, as the platform reads it; a 503 makes it push again, and the dedupe key
     # and the one-body-per-signature record let the same push through then.
     log.warning("wechat push not stored: database unavailable")
