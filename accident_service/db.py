@@ -183,41 +183,24 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     costs more than the statement. When the connection dies before COMMIT is sent, nothing
     of the attempt can have been kept, so ``work`` runs once more on a fresh connection:
     keep it to database work. A connection lost during COMMIT is never retried (the
-    transaction may have committed). Raises DatabaseUnavailable when the database cannot be
-    reached or the retry fails too.
+    transaction may have committed). On an engine in autocommit (:func:`run_single_statement`)
+    each statement commits as it runs, so a rerun after a lost connection is safe only for work
+    a rerun leaves unchanged. Raises DatabaseUnavailable when the database cannot be reached or
+    the retry fails too.
     """
-    return _run_retrying_once(engine, work, rerun_safe=False)
-
-
-def run_single_statement(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """``work(connection)``, which runs exactly one statement, and a rerun of which changes nothing
-    (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``), committed as its own transaction.
-
-    Give it an engine made with ``autocommit=True`` on PostgreSQL: the statement is then the
-    transaction, and the BEGIN and COMMIT round trips go (a webhook push spent three round trips,
-    now one). A connection lost while the statement runs leaves open whether it committed; as a
-    rerun changes nothing if it did, it runs once more on a fresh connection then too. Elsewhere
-    (SQLite: no round trips) it is :func:`run_in_transaction`. Raises DatabaseUnavailable as that does.
-    """
-    if engine.dialect.name != "postgresql":
-        return run_in_transaction(engine, work)
-    return _run_retrying_once(engine, work, rerun_safe=True)
-
-
-def _run_retrying_once(engine: Engine, work: Callable[[Connection], T], *, rerun_safe: bool) -> T:
     for attempt in (1, 2):
         committing = False
         try:
             with engine.connect() as connection:
                 transaction = connection.begin()
                 result = work(connection)
-                committing = not rerun_safe  # from here on the server may have kept the transaction
+                committing = True  # from here on the server may have kept the transaction
                 transaction.commit()
             return result
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated and not committing and attempt == 1:
-                log.warning("database connection lost (%s); running the %s again on a fresh one",
-                            type(exc.orig).__name__, "statement" if rerun_safe else "transaction")
+                log.warning("database connection lost before commit (%s); running the work again",
+                            type(exc.orig).__name__)
                 continue
             if isinstance(exc, UNAVAILABLE_ERRORS):
                 raise DatabaseUnavailable() from exc
@@ -225,6 +208,19 @@ def _run_retrying_once(engine: Engine, work: Callable[[Connection], T], *, rerun
         except sa_exc.TimeoutError as exc:  # no connection free in the pool
             raise DatabaseUnavailable() from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run_single_statement(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(connection)``, which runs exactly one statement, and a rerun of which changes nothing
+    (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``), committed as its own transaction.
+
+    Give it an engine made with ``autocommit=True`` on PostgreSQL: the statement is then the
+    transaction (BEGIN and COMMIT are no-ops), so the two round trips go (a webhook push spent three,
+    now one). It is :func:`run_in_transaction` on that engine: a connection lost while the statement
+    runs leaves open whether it committed, and the rerun on a fresh connection changes nothing if it
+    did. On SQLite (no round trips) the engine is the ordinary one.
+    """
+    return run_in_transaction(engine, work)
 
 
 class DriverStatement:
