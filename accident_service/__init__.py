@@ -15,7 +15,7 @@ from accident_service.errors import ServiceError
 from accident_service.logs import configure_logging
 from accident_service.runtime import Runtime, build_runtime
 from accident_service.settings import Settings, SettingsError, load_settings
-from accident_service.web import EXTENSION_KEY, CookieSessions
+from accident_service.web import EXTENSION_KEY, CookieSessions, NoSessions
 
 __all__ = ["create_app", "SettingsError"]
 
@@ -71,6 +71,7 @@ def _platform_app(settings: Settings, runtime: Runtime) -> Flask:
     from accident_service.wechat import webhook
 
     platform = _bare_app(settings, runtime)
+    platform.session_interface = NoSessions()
     webhook.init_app(platform)
     return platform
 

@@ -11,13 +11,14 @@ import base64
 import re
 import secrets
 
-from flask import Flask, Response, g, request
+from flask import Flask
 
 from accident_service.logs import reset_request_id, set_request_id
 
 HEADER = "X-Request-Id"
 # Short, and nothing that could break a log line or a header (spaces, quotes, newlines, control characters).
 _SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_ENVIRON_KEY = "HTTP_" + HEADER.upper().replace("-", "_")
 
 
 def request_id_from(header_value: str | None) -> str:
@@ -35,19 +36,23 @@ def new_request_id() -> str:
 
 
 def install(app: Flask) -> None:
-    @app.before_request
-    def _start() -> None:
-        g.request_id = request_id_from(request.headers.get(HEADER))
-        g.request_id_token = set_request_id(g.request_id)
+    """Give every request to ``app`` an id, around the app rather than in its request hooks (three hooks cost a
+    WeChat push more than the work they do): lines logged while it is served carry it, the answer echoes it."""
+    app.wsgi_app = _with_request_id(app.wsgi_app)  # type: ignore[method-assign]
 
-    @app.after_request
-    def _echo(response: Response) -> Response:
-        if "request_id" in g:
-            response.headers[HEADER] = g.request_id
-        return response
 
-    @app.teardown_request
-    def _end(_exc: BaseException | None) -> None:
-        token = g.pop("request_id_token", None)
-        if token is not None:
+def _with_request_id(wsgi_app):
+    def app(environ, start_response):
+        request_id = request_id_from(environ.get(_ENVIRON_KEY))
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info=None):
+            headers.append((HEADER, request_id))
+            return start_response(status, headers, exc_info)
+
+        token = set_request_id(request_id)
+        try:
+            return wsgi_app(environ, start)
+        finally:
             reset_request_id(token)
+
+    return app

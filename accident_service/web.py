@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flask import current_app
-from flask.sessions import SecureCookieSessionInterface
+from flask.sessions import SecureCookieSessionInterface, SessionInterface
 
 if TYPE_CHECKING:  # the runtime is built by the app factory; views only fetch it
     from accident_service.runtime import Runtime
@@ -29,3 +29,16 @@ class CookieSessions(SecureCookieSessionInterface):
         if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
             return self.session_class()
         return super().open_session(app, request)
+
+
+class NoSessions(SessionInterface):
+    """No session at all, not even a cookie looked for: for the WeChat platform's app, whose pushes carry none.
+
+    Flask gives each request a null session instead, which refuses writes.
+    """
+
+    def open_session(self, app, request):
+        return None
+
+    def save_session(self, app, session, response) -> None:
+        return None

@@ -247,25 +247,24 @@ def test_a_push_runs_on_the_platform_s_own_app_without_the_staff_pages_machinery
     assert platform.before_request_funcs.keys() <= {None, "wechat"}
 
 
-def test_a_push_builds_no_session_signer(client, runtime, monkeypatch):
-    """The platform sends no cookie: nothing to verify, so no itsdangerous serializer is built for a push."""
-    from flask import request_started
+def test_a_push_opens_no_session_even_with_a_cookie(client, runtime):
+    """The platform sends no cookie: a push gets a null session (no cookie read, no signer built), and a
+    cookie sent anyway is neither read nor answered."""
+    from flask import request_finished, session
+    from flask.sessions import NullSession
 
-    apps = []
+    sessions = []
 
     def _seen(sender, **_extra):
-        apps.append(sender)
+        sessions.append(session._get_current_object())
 
-    with request_started.connected_to(_seen):
-        assert_success(post(client, text_message(msg_id=778), plain_query()))
-    platform = apps[0]
-    built = []
-    real = platform.session_interface.get_signing_serializer
-    monkeypatch.setattr(platform.session_interface, "get_signing_serializer",
-                        lambda app: built.append(app) or real(app))
-    assert_success(post(client, text_message(msg_id=779), plain_query()))
-    assert stored_count(runtime) == 2
-    assert built == []
+    client.set_cookie("session", "forged.cookie.value")
+    with request_finished.connected_to(_seen):
+        response = post(client, text_message(msg_id=778), plain_query())
+    assert_success(response)
+    assert "Set-Cookie" not in response.headers
+    assert stored_count(runtime) == 1
+    assert len(sessions) == 1 and isinstance(sessions[0], NullSession)
 
 
 def test_distinct_messages_of_one_driver_are_all_kept(client, runtime):
