@@ -10,7 +10,7 @@ import time
 
 import pytest
 from flask import jsonify
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, make_url, select, text
 
 from accident_service import create_app, db
 from accident_service.db import (
@@ -25,6 +25,7 @@ from accident_service.models import AuditEvent
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.conftest import T0
+from tests.support.pg_cut import CuttingProxy
 from tests.support.servers import free_port
 
 postgres_only = pytest.mark.postgres_only
@@ -357,33 +358,28 @@ def test_the_webhook_stores_a_push_in_one_round_trip(settings_overrides, clock, 
 @postgres_only
 def test_a_push_stored_before_its_connection_died_is_answered_and_stored_once(settings_overrides, clock,
                                                                              database_url):
-    """The statement committed, then the connection died before the answer came back: the rerun finds the
-    push stored (and its signature recorded with the same body), and the platform gets "success"."""
+    """PostgreSQL committed the store, then the connection died before a byte of the answer came back (a proxy
+    on loopback drops it after the server's ReadyForQuery): the rerun on a fresh connection finds the push
+    stored and its signature recorded with the same body, and the platform gets "success"."""
     from tests.wechat.test_webhook import plain_query, stored_count, text_message
 
-    runtime = build_runtime(load_settings({**settings_overrides, "WECHAT_TOKEN": "webhook-test-token",
-                                           "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)
-    elsewhere = make_engine(database_url)
-    killed: list[int] = []
-
-    def commit_elsewhere_then_kill(connection, _cursor, statement, parameters, *_args) -> None:
-        if "inbound_message" in statement and not killed:
-            with elsewhere.begin() as other:  # the same statement, committed: what the server kept
-                other.exec_driver_sql(statement, parameters)
-            killed.append(connection.connection.dbapi_connection.info.backend_pid)
-            terminate(database_url, killed[0])
-
-    event.listen(runtime.statement_engine(), "before_cursor_execute", commit_elsewhere_then_kill)
-    try:
-        response = create_app(runtime=runtime).test_client().post(
-            "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
-        assert (response.status_code, response.data) == (200, b"success")
-        assert len(killed) == 1 and stored_count(runtime) == 1
-        with runtime.unit_of_work() as session:
-            assert session.scalar(text("SELECT count(*) FROM push_signature")) == 1
-    finally:
-        runtime.close()
-        elsewhere.dispose()
+    url = make_url(database_url)
+    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy,
+                                               "WECHAT_TOKEN": "webhook-test-token",
+                                               "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)
+        try:
+            proxy.arm(b"inbound_message")
+            response = create_app(runtime=runtime).test_client().post(
+                "/wechat", query_string=plain_query(), data=text_message().encode(), content_type="text/xml")
+            assert proxy.cut == 1, "no answer was lost: the test proved nothing"
+            assert (response.status_code, response.data) == (200, b"success")
+            assert stored_count(runtime) == 1
+            with runtime.unit_of_work() as session:
+                assert session.scalar(text("SELECT count(*) FROM push_signature")) == 1
+        finally:
+            runtime.close()
 
 
 @postgres_only

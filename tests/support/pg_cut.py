@@ -1,0 +1,101 @@
+"""A TCP proxy on loopback in front of PostgreSQL that can lose one answer: the connection dies after the
+server has finished a statement (and, in autocommit, committed it) but before the client reads a byte of it.
+
+    with CuttingProxy(("127.0.0.1", 5432)) as proxy:
+        url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
+        proxy.arm(b"inbound_message")   # the next statement whose text holds this ...
+        ...                             # ... runs to its end on the server; its answer never arrives
+
+The server's answer is held until it ends with ReadyForQuery (``Z``), which PostgreSQL sends only after the
+statement's implicit transaction committed; then both sockets are closed and the answer dropped. TLS is
+refused by the server's own answer to the client's SSLRequest, passed through like every other byte.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+
+_READY_FOR_QUERY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, no transaction open: the statement committed
+_TIMEOUT_SECONDS = 10.0
+
+
+class CuttingProxy:
+    def __init__(self, server: tuple[str, int]) -> None:
+        self._server = server
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._marker: bytes | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.cut = 0  # answers dropped so far
+
+    def arm(self, marker: bytes) -> None:
+        """Lose the answer to the next statement, on any connection, whose bytes hold ``marker``."""
+        with self._lock:
+            self._marker = marker
+
+    def __enter__(self) -> CuttingProxy:
+        accepting = threading.Thread(target=self._accept, daemon=True)
+        accepting.start()
+        self._threads.append(accepting)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=_TIMEOUT_SECONDS)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            relay = threading.Thread(target=self._relay, args=(client,), daemon=True)
+            relay.start()
+            self._threads.append(relay)
+
+    def _take_marker(self, sent: bytes) -> bool:
+        with self._lock:
+            if self._marker is not None and self._marker in sent:
+                self._marker = None
+                return True
+        return False
+
+    def _relay(self, client: socket.socket) -> None:
+        server = socket.create_connection(self._server, timeout=_TIMEOUT_SECONDS)
+        cutting, held = False, b""
+        try:
+            while not self._stopped.is_set():
+                readable, _, _ = select.select([client, server], [], [], 0.2)
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    cutting = cutting or self._take_marker(data)
+                    server.sendall(data)
+                if server in readable:
+                    data = server.recv(65536)
+                    if not data:
+                        return
+                    if not cutting:
+                        client.sendall(data)
+                        continue
+                    held += data
+                    if held.endswith(_READY_FOR_QUERY_IDLE):
+                        self.cut += 1
+                        return  # both closed below: the client reads nothing of the answer
+        except OSError:
+            return
+        finally:
+            for end in (client, server):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                end.close()
