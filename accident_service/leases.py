@@ -10,7 +10,7 @@ are applied, and answered, in order.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ Overtake = Callable[[Any, Any], ColumnElement[bool]]
 def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
           limit: int, only_id: int | None = None, max_attempts: int | None = None,
           may_overtake: Overtake | None = None, on_failed: Callable[[list[int]], None] | None = None,
-          waiting_until: Any = None) -> list[int]:
+          waiting_until: Any = None, recipients: Collection[str] | None = None) -> list[int]:
     """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids.
 
     With ``max_attempts``, a row whose lease lapsed after its last allowed attempt
@@ -40,7 +40,7 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
     and ``on_failed`` gets their ids in this transaction — unless the row's
     ``waiting_until`` column (a row waiting out an outage) is still ahead.
     ``may_overtake(earlier, row)``: when an unfinished older row of the same
-    recipient does not hold a row back.
+    recipient does not hold a row back. ``recipients``: only rows for these people.
     """
     if max_attempts is not None:
         failed = _fail_exhausted(session, model, now=now, max_attempts=max_attempts, waiting_until=waiting_until)
@@ -48,8 +48,10 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
             metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__], "lease_expired").inc(len(failed))
         if failed and on_failed is not None:
             on_failed(failed)
-    candidates, take = _claim_statements(model, is_postgres(session), only_id is not None, may_overtake)
-    ids = list(session.scalars(candidates, {"now": now, "limit": limit, "only_id": only_id}))
+    candidates, take = _claim_statements(model, is_postgres(session), only_id is not None, may_overtake,
+                                         recipients is not None)
+    ids = list(session.scalars(candidates, {"now": now, "limit": limit, "only_id": only_id,
+                                            "recipients": list(recipients or ())}))
     if ids:
         session.execute(take, {"ids": ids, "now": now, "worker_id": worker_id,
                                "lease_until": now + timedelta(seconds=lease_seconds)})
@@ -57,7 +59,8 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
 
 
 @functools.cache
-def _claim_statements(model: LeasedModel, postgres: bool, by_id: bool, may_overtake: Overtake | None):
+def _claim_statements(model: LeasedModel, postgres: bool, by_id: bool, may_overtake: Overtake | None,
+                      by_recipient: bool = False):
     """The claim's SELECT and UPDATE, built once per kind of claim: every processed message and every
     send runs a claim, and building these ORM statements cost more CPU than running them (py-spy
     through the load test's burst). The values (now, limit, the row, the worker) are bound per call."""
@@ -74,6 +77,8 @@ def _claim_statements(model: LeasedModel, postgres: bool, by_id: bool, may_overt
     candidates = select(model.id).where(due, ~blocked).order_by(model.id).limit(bindparam("limit"))
     if by_id:
         candidates = candidates.where(model.id == bindparam("only_id"))
+    if by_recipient:
+        candidates = candidates.where(model.openid.in_(bindparam("recipients", expanding=True)))
     if postgres:
         candidates = candidates.with_for_update(skip_locked=True)
     take = (update(model).where(model.id.in_(bindparam("ids", expanding=True)), due)

@@ -11,7 +11,9 @@ once, and no transaction fails over it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +26,26 @@ from accident_service.models import Notification, WorkStatus
 
 #: In a text written with ``join_qr``: where the dispatcher puts the link of the case's join QR code.
 JOIN_QR_PLACEHOLDER = "{qr_url}"
+_RECIPIENTS: ContextVar[set[str] | None] = ContextVar("outbox_recipients", default=None)
+
+
+@contextmanager
+def recipients_written() -> Iterator[set[str]]:
+    """The people messages are written (or released) for inside the block, in this thread: what the inline
+    hand-off sends at once. A write rolled back leaves its person in the set, which then finds nothing due."""
+    recipients: set[str] = set()
+    token = _RECIPIENTS.set(recipients)
+    try:
+        yield recipients
+    finally:
+        _RECIPIENTS.reset(token)
+
+
+def note_recipients(openids: Iterable[str]) -> None:
+    """Count ``openids`` as written for, inside :func:`recipients_written` (elsewhere nothing happens)."""
+    recipients = _RECIPIENTS.get()
+    if recipients is not None:
+        recipients.update(openids)
 
 
 def enqueue(session: Session, *, openid: str, kind: str, dedupe_key: str, now: datetime,
@@ -48,12 +70,14 @@ def enqueue(session: Session, *, openid: str, kind: str, dedupe_key: str, now: d
         payload["join_qr"] = True
     row = message_row(openid=openid, kind=kind, dedupe_key=dedupe_key, now=now, case_id=case_id, language=language,
                       payload=payload)
+    note_recipients((openid,))
     return session.connection().execute(_insert(is_postgres(session), returning=True), row).scalar_one_or_none()
 
 
 def enqueue_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Add several messages (rows from :func:`message_row`) in one statement; a row whose key exists is skipped."""
     if rows:
+        note_recipients(row["openid"] for row in rows)
         session.connection().execute(_insert(is_postgres(session), returning=False), list(rows))
 
 

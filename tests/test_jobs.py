@@ -64,8 +64,8 @@ def test_run_all_once_answers_a_stored_push(live_app, wechat_runtime, wechat):
 
     result = jobs.run_all_once(wechat_runtime, "w1")
 
-    assert result["process_inbox"] == 1 and result["dispatch_outbox"] >= 1  # inbox runs before the outbox
-    assert wechat.messages_to("oDriverA")
+    assert result["process_inbox"] == 1
+    assert wechat.messages_to("oDriverA")  # the reply: sent right after its message, by the inbox job itself
 
 
 def test_run_all_once_sends_what_the_other_jobs_wrote_in_the_same_run(wechat_runtime, wechat, clock):

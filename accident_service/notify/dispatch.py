@@ -33,6 +33,7 @@ in the language the party has when it is sent; replies are stored as text.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -50,7 +51,7 @@ from accident_service.notify.channels import (
     WeChatTemplate,
     WeChatText,
 )
-from accident_service.outbox import JOIN_QR_PLACEHOLDER
+from accident_service.outbox import JOIN_QR_PLACEHOLDER, note_recipients
 from accident_service.runtime import Runtime
 from accident_service.wechat_api.client import WeChatApiError
 
@@ -72,9 +73,11 @@ class Route:
     address: str
 
 
-def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
-    """Send up to ``limit`` due notifications; returns how many were handled.
+def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50,
+                 recipients: Collection[str] | None = None) -> int:
+    """Send up to ``limit`` due notifications, oldest first; returns how many were handled.
 
+    ``recipients``: only those for these people (the inline hand-off's: the people its message wrote to).
     Delivery failures are recorded on the rows, never raised; database errors propagate.
     """
     handled = 0
@@ -82,7 +85,7 @@ def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
         with runtime.unit_of_work() as session:
             ids = leases.claim(session, Notification, worker_id, now=runtime.clock.now(),
                                lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=1,
-                               max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS)
+                               max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS, recipients=recipients)
         if not ids:
             break
         _dispatch_one(runtime, ids[0], worker_id)
@@ -146,6 +149,8 @@ def release_held(session: Session, openid: str, now) -> int:
                                     Notification.kind.not_in(FOLDED))
                              .values(status=WorkStatus.PENDING, next_attempt_at=now, attempts=0, last_error=None)
                              .execution_options(synchronize_session=False))
+    if result.rowcount:
+        note_recipients((openid,))
     return result.rowcount
 
 

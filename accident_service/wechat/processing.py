@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from accident_service import messages
+from accident_service import messages, outbox
 from accident_service.cases import parties
 from accident_service.cases import service as cases
 from accident_service.models import Case, InboundMessage, Notification, Party
@@ -36,21 +36,35 @@ DOWNLOAD_TIMEOUT_FACTOR = 4
 log = logging.getLogger(__name__)
 
 
+#: Notices sent right after a message, at most: what is due for the people it wrote to.
+SENDS_AFTER_A_MESSAGE = 20
+
+
 def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_id: int | None = None) -> int:
-    """Claim and process due messages; returns how many were processed."""
+    """Claim and process due messages, each followed by its notices; returns how many were processed."""
     done = 0
     if first_id is not None:
         for message_id in inbox.claim_due(runtime, worker_id, limit=1, only_id=first_id,
                                           on_give_up=tell_sender_it_was_lost):
-            inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
+            _process_then_send(runtime, message_id, worker_id)
             done += 1
     for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
         ids = inbox.claim_due(runtime, worker_id, limit=1, on_give_up=tell_sender_it_was_lost)
         if not ids:
             break
-        inbox.process(runtime, ids[0], worker_id, handle_inbound, tell_sender_it_was_lost)
+        _process_then_send(runtime, ids[0], worker_id)
         done += 1
     return done
+
+
+def _process_then_send(runtime: Runtime, message_id: int, worker_id: str) -> None:
+    """Process a leased message, then send at once what is due for the people it wrote to (oldest first, so an
+    earlier notice to the same person goes before). Only theirs: other people's notices are the dispatcher's
+    job (or their own messages'), and the next message must not wait behind a backlog."""
+    with outbox.recipients_written() as recipients:
+        inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
+    if recipients:
+        dispatch.dispatch_due(runtime, worker_id, limit=SENDS_AFTER_A_MESSAGE, recipients=recipients)
 
 
 def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> None:

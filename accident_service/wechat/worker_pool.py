@@ -50,20 +50,19 @@ FOLLOW = 5
 
 
 def _process_then_follow(runtime: Runtime, message_id: int) -> None:
-    """Process ``message_id`` and send what it wrote at once; then the same driver's next message, if one is due.
+    """Process ``message_id`` and send what is due for the people it wrote to (processing's rule); then the
+    same driver's next message, if one is due.
 
     A driver's message handed off while their previous one was still processing could not be claimed
     then (one message per driver at a time): the thread that finishes the previous one takes it on. No
     other driver's message: in the text lane it could be a photo, and texts would wait behind it.
     """
-    from accident_service.notify.dispatch import dispatch_due
     from accident_service.wechat.processing import run_inbox_once
 
     worker_id = f"web-{os.getpid()}-{threading.get_ident()}"
     try:
         for _ in range(1 + FOLLOW):
             run_inbox_once(runtime, worker_id, limit=0, first_id=message_id)
-            dispatch_due(runtime, worker_id, limit=20)
             next_id = _drivers_next(runtime, message_id)
             if next_id is None:
                 return

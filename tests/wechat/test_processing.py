@@ -38,3 +38,26 @@ def test_what_the_driver_did_is_asked_for_again(runtime, kind, key):
 
 def test_a_follow_event_is_not_answered(runtime):
     assert _lose(runtime, "subscribe") == []
+
+
+def test_the_sweep_sends_each_message_s_notices_right_after_it_and_no_one_else_s(wechat_runtime, wechat):
+    """The scheduler's sweep, like the hand-off: after each message what is due for the people it wrote to
+    (an earlier notice to the same person first); another person's due notice is left to the dispatcher."""
+    from accident_service.models import WorkStatus
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.notify.test_dispatch import acted, add, load
+    from tests.wechat.test_inbox import load as load_message
+    from tests.wechat.test_inbox import push
+
+    rt = wechat_runtime
+    someone_elses = add(rt, "oSweepOther", "another person's notice", wechat=wechat)
+    earlier = add(rt, "oSweepA", "an earlier notice to the driver", wechat=wechat)
+    acted(rt, wechat, "oSweepA")
+    message_id = push(rt, "oSweepA")
+
+    assert run_inbox_once(rt, "sched-test", limit=5) == 1
+
+    assert load_message(rt, message_id).status is WorkStatus.DONE
+    assert [m["touser"] for m in wechat.sent] == ["oSweepA", "oSweepA"]
+    assert wechat.sent[0]["text"] == "an earlier notice to the driver" and load(rt, earlier).status is WorkStatus.DONE
+    assert load(rt, someone_elses).status is WorkStatus.PENDING

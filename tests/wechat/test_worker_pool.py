@@ -1,4 +1,5 @@
-"""The web process's hand-off: after a message, the thread takes on its driver's next one, and only theirs."""
+"""The web process's hand-off: after a message, the thread sends what is due for the people it wrote to, and only
+that, then takes on its driver's next message, and only theirs."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
+from accident_service import outbox
 from accident_service.models import InboundMessage, WorkStatus
-from accident_service.wechat.worker_pool import _drivers_next
+from accident_service.notify.dispatch import release_held
+from accident_service.wechat.worker_pool import _drivers_next, _process_then_follow
+from tests.notify.test_dispatch import acted, add, load
+from tests.wechat.test_inbox import load as load_message
 from tests.wechat.test_inbox import push
 
 
@@ -29,3 +34,35 @@ def test_the_next_message_is_the_same_drivers_earliest_one_pending_and_due(runti
     assert _drivers_next(runtime, later) is None
     clock.advance(minutes=2)
     assert _drivers_next(runtime, first) == deferred  # due now, and earlier than the others
+
+
+def test_the_hand_off_sends_what_is_due_for_the_people_its_message_wrote_to_and_leaves_the_rest(
+        wechat_runtime, wechat):
+    """Another person's due notice is the scheduler's: the lane's next messages must not wait behind a backlog.
+    An earlier notice to the driver goes out first, before their reply (one person's notices in order)."""
+    rt = wechat_runtime
+    someone_elses = add(rt, "oHandOffOther", "another person's notice", wechat=wechat)
+    earlier = add(rt, "oHandOffA", "an earlier notice to the driver", wechat=wechat)
+    acted(rt, wechat, "oHandOffA")
+    message_id = push(rt, "oHandOffA")
+
+    _process_then_follow(rt, message_id)
+
+    assert load_message(rt, message_id).status is WorkStatus.DONE
+    assert [m["touser"] for m in wechat.sent] == ["oHandOffA", "oHandOffA"]  # the earlier notice, then the reply
+    assert wechat.sent[0]["text"] == "an earlier notice to the driver" and load(rt, earlier).status is WorkStatus.DONE
+    assert load(rt, someone_elses).status is WorkStatus.PENDING
+
+
+def test_the_people_written_to_are_collected_inside_the_block_only(runtime):
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        outbox.enqueue(session, openid="oOutside", kind="reply", text="before", dedupe_key="t:outside", now=now)
+        with outbox.recipients_written() as recipients:
+            outbox.enqueue(session, openid="oOne", kind="reply", text="hi", dedupe_key="t:one", now=now)
+            outbox.enqueue_many(session, [outbox.message_row(openid=openid, kind="notice", dedupe_key=f"t:{openid}",
+                                                             now=now, case_id=None, language="zh",
+                                                             payload={"text": "x", "template_data": {}})
+                                          for openid in ("oTwo", "oThree")])
+            release_held(session, "oNothingHeld", now)  # nothing released: nobody to send to
+        assert recipients == {"oOne", "oTwo", "oThree"}
