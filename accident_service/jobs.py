@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
-    return f"sched-{socket.gethostname()}-{os.getpid()}"
+    """This scheduler process's name in the leases (up to 54 characters; a job's own adds 3, the column holds 64)."""
+    return f"sched-{socket.gethostname()[:40]}-{os.getpid()}"
 
 
 def process_inbox(runtime: Runtime, worker_id: str) -> int:
@@ -126,8 +127,11 @@ def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
     worker_id = worker_id or worker_name()
     scheduler = scheduler or BlockingScheduler(timezone="UTC")
     defaults = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
-    for job, seconds in PERIODIC_JOBS:
-        scheduler.add_job(_guarded, "interval", seconds=seconds, args=(job, runtime, worker_id),
+    for number, (job, seconds) in enumerate(PERIODIC_JOBS):
+        # Each job a lease holder of its own: the jobs run in parallel threads, and the inbox sweep sends
+        # its messages' notices as the dispatcher does; sharing a name, each would take the other's lease
+        # (lapsed mid-send) for its own.
+        scheduler.add_job(_guarded, "interval", seconds=seconds, args=(job, runtime, f"{worker_id}-{number}"),
                           id=job.__name__, name=job.__name__, **defaults)
     scheduler.add_job(_guarded, CronTrigger(hour=2, minute=0, timezone="Asia/Shanghai"),
                       args=(generate_slots, runtime, worker_id), id="generate_slots", name="generate_slots",

@@ -365,7 +365,8 @@ def test_a_push_stored_before_its_connection_died_is_answered_and_stored_once(se
 
     url = make_url(database_url)
     with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
-        through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+            {"sslmode": "disable"}).render_as_string(hide_password=False)
         runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy,
                                                "WECHAT_TOKEN": "webhook-test-token",
                                                "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)

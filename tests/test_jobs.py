@@ -64,8 +64,8 @@ def test_run_all_once_answers_a_stored_push(live_app, wechat_runtime, wechat):
 
     result = jobs.run_all_once(wechat_runtime, "w1")
 
-    assert result["process_inbox"] == 1
-    assert wechat.messages_to("oDriverA")  # the reply: sent right after its message, by the inbox job itself
+    assert result["process_inbox"] == 1 and result["dispatch_outbox"] == 0  # sent right after its message
+    assert wechat.messages_to("oDriverA")
 
 
 def test_run_all_once_sends_what_the_other_jobs_wrote_in_the_same_run(wechat_runtime, wechat, clock):
@@ -457,3 +457,15 @@ def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, schedul
         raise AssertionError(f"job runs did not move on :{port}/metrics\n{logs(tmp_path, 1)}")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0, logs(tmp_path, 1)
+
+
+def test_each_periodic_job_holds_leases_under_a_name_of_its_own_that_fits_the_column(runtime, monkeypatch):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    monkeypatch.setattr(jobs.socket, "gethostname", lambda: "h" * 63)  # the longest a host name may be
+    scheduler = jobs.build_scheduler(runtime, scheduler=BackgroundScheduler(timezone="UTC"))
+    names = {job.name: job.args[2] for job in scheduler.get_jobs()}
+    periodic = [names[job.__name__] for job, _ in jobs.PERIODIC_JOBS]
+    assert len(set(periodic)) == len(periodic)
+    assert names["process_inbox"] != names["dispatch_outbox"]
+    assert max(len(name) for name in names.values()) <= 64

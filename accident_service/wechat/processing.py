@@ -42,29 +42,27 @@ SENDS_AFTER_A_MESSAGE = 20
 
 def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_id: int | None = None) -> int:
     """Claim and process due messages, each followed by its notices; returns how many were processed."""
-    done = 0
-    if first_id is not None:
-        for message_id in inbox.claim_due(runtime, worker_id, limit=1, only_id=first_id,
-                                          on_give_up=tell_sender_it_was_lost):
-            _process_then_send(runtime, message_id, worker_id)
-            done += 1
+    done = _claim_process_send(runtime, worker_id, only_id=first_id) if first_id is not None else 0
     for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
-        ids = inbox.claim_due(runtime, worker_id, limit=1, on_give_up=tell_sender_it_was_lost)
-        if not ids:
+        processed = _claim_process_send(runtime, worker_id)
+        if not processed:
             break
-        _process_then_send(runtime, ids[0], worker_id)
-        done += 1
+        done += processed
     return done
 
 
-def _process_then_send(runtime: Runtime, message_id: int, worker_id: str) -> None:
-    """Process a leased message, then send at once what is due for the people it wrote to (oldest first, so an
-    earlier notice to the same person goes before). Only theirs: other people's notices are the dispatcher's
-    job (or their own messages'), and the next message must not wait behind a backlog."""
+def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None = None) -> int:
+    """Claim a message (``only_id``, or the next due), process it, then send at once what is due for the people
+    it wrote to, the claim's "message lost" notices included (oldest first, so an earlier notice to the same
+    person goes before). Only theirs: other people's notices are the dispatcher's job (or their own
+    messages'), and the next message must not wait behind a backlog. Returns how many were processed."""
     with outbox.recipients_written() as recipients:
-        inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
+        ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, on_give_up=tell_sender_it_was_lost)
+        for message_id in ids:
+            inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
     if recipients:
         dispatch.dispatch_due(runtime, worker_id, limit=SENDS_AFTER_A_MESSAGE, recipients=recipients)
+    return len(ids)
 
 
 def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> None:

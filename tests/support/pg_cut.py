@@ -7,8 +7,9 @@ server has finished a statement (and, in autocommit, committed it) but before th
         ...                             # ... runs to its end on the server; its answer never arrives
 
 The server's answer is held until it ends with ReadyForQuery (``Z``), which PostgreSQL sends only after the
-statement's implicit transaction committed; then both sockets are closed and the answer dropped. TLS is
-refused by the server's own answer to the client's SSLRequest, passed through like every other byte.
+statement's implicit transaction committed; then both sockets are closed and the answer dropped (at the
+latest 10 s after the statement went through: a statement inside a transaction block never ends idle).
+Connect with ``sslmode=disable``: inside TLS the marker cannot be seen.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 
 _READY_FOR_QUERY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, no transaction open: the statement committed
 _TIMEOUT_SECONDS = 10.0
@@ -68,16 +70,20 @@ class CuttingProxy:
         return False
 
     def _relay(self, client: socket.socket) -> None:
-        server = socket.create_connection(self._server, timeout=_TIMEOUT_SECONDS)
-        cutting, held = False, b""
+        ends = [client]
+        cutting, held, cut_by = False, b"", float("inf")
         try:
-            while not self._stopped.is_set():
+            server = socket.create_connection(self._server, timeout=_TIMEOUT_SECONDS)
+            ends.append(server)
+            client.settimeout(_TIMEOUT_SECONDS)
+            while not self._stopped.is_set() and time.monotonic() < cut_by:
                 readable, _, _ = select.select([client, server], [], [], 0.2)
                 if client in readable:
                     data = client.recv(65536)
                     if not data:
                         return
-                    cutting = cutting or self._take_marker(data)
+                    if not cutting and self._take_marker(data):
+                        cutting, cut_by = True, time.monotonic() + _TIMEOUT_SECONDS  # never held open for long
                     server.sendall(data)
                 if server in readable:
                     data = server.recv(65536)
@@ -93,7 +99,7 @@ class CuttingProxy:
         except OSError:
             return
         finally:
-            for end in (client, server):
+            for end in ends:
                 try:
                     end.shutdown(socket.SHUT_RDWR)
                 except OSError:

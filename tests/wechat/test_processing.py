@@ -61,3 +61,25 @@ def test_the_sweep_sends_each_message_s_notices_right_after_it_and_no_one_else_s
     assert [m["touser"] for m in wechat.sent] == ["oSweepA", "oSweepA"]
     assert wechat.sent[0]["text"] == "an earlier notice to the driver" and load(rt, earlier).status is WorkStatus.DONE
     assert load(rt, someone_elses).status is WorkStatus.PENDING
+
+
+def test_the_sweep_sends_the_lost_notice_of_a_message_it_gives_up_on_at_once(wechat_runtime, wechat, clock):
+    """Given up while claiming (its worker died on every attempt): the sender is asked again right away, not
+    after the dispatcher's next round."""
+    from accident_service.models import WorkStatus
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.notify.test_dispatch import acted
+    from tests.wechat.test_inbox import load as load_message
+    from tests.wechat.test_inbox import past_lease, push
+
+    rt = wechat_runtime
+    acted(rt, wechat, "oSweepLost")
+    message_id = push(rt, "oSweepLost")
+    for attempt in range(rt.settings.INBOX_MAX_ATTEMPTS):
+        assert inbox.claim_due(rt, f"dying-{attempt}") == [message_id]
+        past_lease(clock)  # ...and the worker dies without a word
+
+    assert run_inbox_once(rt, "sched-test", limit=5) == 0
+
+    assert load_message(rt, message_id).status is WorkStatus.FAILED
+    assert [(m["touser"], m["text"]) for m in wechat.sent] == [("oSweepLost", text("conv.message_lost", "zh"))]
