@@ -128,3 +128,23 @@ def test_made_request_ids_are_never_masked_on_their_lines():
     for _ in range(5000):
         request_id = new_request_id()
         assert len(request_id) == 24 and mask_personal_data(request_id) == request_id
+
+
+def test_error_answers_carry_the_request_id_once_and_a_crash_is_logged_under_it(app, log_lines):
+    """The id is set around the whole app: a refused push, a missing page and a crash (Flask's own 500 and its
+    log line) all have it, once."""
+    def crashes():
+        raise RuntimeError("boom")
+
+    app.add_url_rule("/test-crash", "test_crash", crashes)
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production: Flask answers 500 and logs the traceback
+    client = app.test_client()
+    refused = client.post("/wechat?signature=wrong&timestamp=1&nonce=2", data=b"<xml></xml>",
+                          headers={"X-Request-Id": "push-403"})
+    missing = client.get("/no-such-page", headers={"X-Request-Id": "page-404"})
+    crashed = client.get("/test-crash", headers={"X-Request-Id": "crash-500"})
+
+    assert [(r.status_code, r.headers.getlist("X-Request-Id")) for r in (refused, missing, crashed)] == [
+        (403, ["push-403"]), (404, ["page-404"]), (500, ["crash-500"])]
+    (crash_line,) = [line for line in log_lines("text") if "Exception on /test-crash" in line]
+    assert "[crash-500]" in crash_line
