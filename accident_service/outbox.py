@@ -31,8 +31,9 @@ _RECIPIENTS: ContextVar[set[str] | None] = ContextVar("outbox_recipients", defau
 
 @contextmanager
 def recipients_written() -> Iterator[set[str]]:
-    """The people messages are written (or released) for inside the block, in this thread: what the inline
-    hand-off sends at once. A write rolled back leaves its person in the set, which then finds nothing due."""
+    """The people messages are written (or released) for inside the block, in this thread: whose due notices
+    go out right after a message is processed (wechat.processing), wherever it was. A write rolled back
+    leaves its person in the set, which then finds nothing due."""
     recipients: set[str] = set()
     token = _RECIPIENTS.set(recipients)
     try:

@@ -77,7 +77,7 @@ def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50,
                  recipients: Collection[str] | None = None) -> int:
     """Send up to ``limit`` due notifications, oldest first; returns how many were handled.
 
-    ``recipients``: only those for these people (the inline hand-off's: the people its message wrote to).
+    ``recipients``: only those for these people (after a message: the people it wrote to, wechat.processing).
     Delivery failures are recorded on the rows, never raised; database errors propagate.
     """
     handled = 0
