@@ -26,6 +26,7 @@ from accident_service.booking.appointments import SlotUnavailable
 from accident_service.desk import actions
 from accident_service.errors import ServiceError
 from accident_service.models import Case, Slot
+from accident_service.notify.background import notices_follow
 from accident_service.runtime import Runtime
 from accident_service.settings import Settings
 
@@ -87,6 +88,8 @@ ACTIONS: dict[str, Callable[[_Context, Mapping[str, Any]], Any]] = {
 def perform(runtime: Runtime, caller: Caller, request: Request, render: Render) -> Answer:
     """Apply ``request`` once and answer it, or answer a retry of it with the first answer.
 
+    The action's notices go out right after it, as after a desk officer's (notify.background).
+
     Raises KeyReused (the key answered another request), the action's
     refusal (see ``desk/actions.py``: TransitionRefused, SlotUnavailable)
     or NotFound.
@@ -94,7 +97,7 @@ def perform(runtime: Runtime, caller: Caller, request: Request, render: Render) 
     now = runtime.clock.now()
     keep = timedelta(hours=runtime.settings.IDEMPOTENCY_KEY_HOURS)
     try:
-        with runtime.unit_of_work() as session:
+        with notices_follow(runtime), runtime.unit_of_work() as session:
             answer = stored_answer(session, caller.owner, request.key, request.fingerprint, now=now)
             if answer is not None:
                 return answer

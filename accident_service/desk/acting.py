@@ -24,7 +24,7 @@ from accident_service.desk import actions
 from accident_service.desk.auth import Staff
 from accident_service.errors import NotFound, ServiceError
 from accident_service.models import Case, Slot
-from accident_service.notify.background import send_soon
+from accident_service.notify.background import notices_follow
 from accident_service.runtime import Runtime
 from accident_service.settings import Settings
 
@@ -106,15 +106,14 @@ def perform(runtime: Runtime, staff: Staff, case_no: str, action: str, form: Map
     Raises NotFound (unknown action, or a case out of the staff member's
     scope), InvalidDeskInput, TransitionRefused (StaleCase when
     ``expected_version`` is not the case's version) or SlotUnavailable.
-    The notices go to the outbox in the same transaction and out right after.
+    The notices go to the outbox in the same transaction and out right after (to the people they are for).
     """
     desk_action = ACTIONS.get(action)
     if desk_action is None:
         raise NotFound(f"no desk action {action!r}")
     version = number(form, "expected_version")
     options = desk_action.parse(form, runtime.settings)
-    with runtime.unit_of_work() as session:
+    with notices_follow(runtime), runtime.unit_of_work() as session:
         case = actions.lock_case(session, case_no, station_id=staff.station_scope)
         desk_action.run(session, case, staff=staff.username, settings=runtime.settings, now=runtime.clock.now(),
                         expected_version=version, **options)
-    send_soon(runtime)

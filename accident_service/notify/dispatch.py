@@ -73,6 +73,17 @@ class Route:
     address: str
 
 
+#: Notices sent right after a change or a message, at most: the rest wait for the dispatcher.
+SENDS_RIGHT_AFTER = 20
+
+
+def dispatch_after_change(runtime: Runtime, worker_id: str, recipients: Collection[str]) -> int:
+    """What is due for the people a change (or a message) just wrote to, oldest first, so an earlier notice
+    to the same person goes before. Only theirs: other people's are the dispatcher's job, and whatever
+    comes next must not wait behind a backlog."""
+    return dispatch_due(runtime, worker_id, limit=SENDS_RIGHT_AFTER, recipients=recipients) if recipients else 0
+
+
 def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50,
                  recipients: Collection[str] | None = None) -> int:
     """Send up to ``limit`` due notifications, oldest first; returns how many were handled.

@@ -36,10 +36,6 @@ DOWNLOAD_TIMEOUT_FACTOR = 4
 log = logging.getLogger(__name__)
 
 
-#: Notices sent right after a message, at most: what is due for the people it wrote to.
-SENDS_AFTER_A_MESSAGE = 20
-
-
 def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_id: int | None = None) -> int:
     """Claim and process due messages, each followed by its notices; returns how many were processed."""
     done = _claim_process_send(runtime, worker_id, only_id=first_id) if first_id is not None else 0
@@ -53,15 +49,13 @@ def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_i
 
 def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None = None) -> int:
     """Claim a message (``only_id``, or the next due), process it, then send at once what is due for the people
-    it wrote to, the claim's "message lost" notices included (oldest first, so an earlier notice to the same
-    person goes before). Only theirs: other people's notices are the dispatcher's job (or their own
-    messages'), and the next message must not wait behind a backlog. Returns how many were processed."""
+    it wrote to (dispatch.dispatch_after_change), the claim's "message lost" notices included: the next message
+    must not wait behind other people's backlog. Returns how many were processed."""
     with outbox.recipients_written() as recipients:
         ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, on_give_up=tell_sender_it_was_lost)
         for message_id in ids:
             inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
-    if recipients:
-        dispatch.dispatch_due(runtime, worker_id, limit=SENDS_AFTER_A_MESSAGE, recipients=recipients)
+    dispatch.dispatch_after_change(runtime, worker_id, recipients)
     return len(ids)
 
 

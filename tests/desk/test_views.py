@@ -273,3 +273,34 @@ def test_with_inline_processing_the_notices_go_out_right_after_the_action(settin
         assert wait_until(attempts, timeout=10)
     finally:
         runtime.close()
+
+
+def test_an_action_sends_at_once_only_the_notices_of_the_people_it_wrote_to(settings_overrides, clock, wechat):
+    """Another person's older due notice is the dispatcher's: it does not go out (nor go first) after the action."""
+    from accident_service import create_app, outbox
+    from accident_service.runtime import build_runtime
+    from accident_service.settings import load_settings
+    from tests.desk.factories import seed_desk
+    from tests.support.live import wait_until
+
+    runtime = build_runtime(load_settings({**settings_overrides, "INBOX_PROCESS_INLINE": True,
+                                           "WECHAT_API_BASE_URL": wechat.api_base_url}, environ={}), clock=clock)
+    try:
+        desk = seed_desk(runtime)
+        with runtime.unit_of_work() as session:
+            outbox.enqueue(session, openid="oSomeoneElse", kind="text", dedupe_key="someone-else",
+                           now=T0 - timedelta(hours=1), text="an older notice to someone else")
+        client = create_app(runtime=runtime).test_client()
+        sign_in(client, "th")
+
+        def attempted(*, confirmed: bool) -> int:
+            mine = Notification.kind == "confirmed" if confirmed else Notification.openid == "oSomeoneElse"
+            with runtime.unit_of_work() as session:
+                return sum(session.scalars(select(Notification.attempts).where(mine)))
+
+        confirm = form_to(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "/confirm")
+        client.post(confirm.action, data=confirm.fields)
+        assert wait_until(lambda: attempted(confirmed=True) >= 2, timeout=10)  # both parties', tried at once
+        assert attempted(confirmed=False) == 0
+    finally:
+        runtime.close()
