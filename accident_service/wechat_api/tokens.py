@@ -33,6 +33,11 @@ from accident_service.clock import Clock, SystemClock
 Fetch = Callable[[], tuple[str, int]]
 
 SAFETY_MARGIN = timedelta(minutes=5)
+#: How long a process trusts the shared token it last read before reading the shared store again. Well
+#: inside the ~5 minutes a replaced token still works (WECHAT.md §4): a process that missed a refresh
+#: sends with the old token meanwhile, and one the platform rejects comes back as ``stale`` and is read
+#: again at once. Every API call (each reply, each photo download) used to read it: a transaction each.
+LOCAL_TRUST = timedelta(seconds=30)
 LOCK_SECONDS = 30
 WAIT_SECONDS = 15.0
 POLL_SECONDS = 0.05
@@ -103,13 +108,19 @@ class _SharedTokenStore:
     _margin: timedelta
     _wait_seconds: float
     _poll_seconds: float
+    #: The token this process last read from the shared store, and when (trusted for LOCAL_TRUST).
+    _last_read: tuple[_Cached, datetime] | None = None
 
     def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
+        last_read, now = self._last_read, self._clock.now()
+        if last_read is not None and now < last_read[1] + LOCAL_TRUST and last_read[0].usable(now, stale, self._margin):
+            return last_read[0].token
         deadline = time.monotonic() + self._wait_seconds
         while True:
             now = self._clock.now()
             cached = self._read()
             if cached and cached.usable(now, stale, self._margin):
+                self._last_read = (cached, now)
                 return cached.token
             lock = self._try_lock(now)
             if lock is not None:

@@ -149,6 +149,27 @@ def test_token_is_refreshed_within_the_safety_margin(backend, clock) -> None:
     assert store.get_token(fetch) == "tok-2"
 
 
+def test_a_process_trusts_the_token_it_read_for_30_seconds(backend, clock) -> None:
+    """Not read from the shared store on every call; a token replaced elsewhere still works ~5 min (WECHAT.md §4)."""
+    backend.make_store(clock).get_token(CountingFetch("first"))
+    mine = backend.make_store(clock)
+    assert mine.get_token(must_not_fetch) == "first-1"
+    backend.make_store(clock).get_token(CountingFetch("second"), stale="first-1")  # another process replaced it
+
+    clock.advance(seconds=29)
+    assert mine.get_token(must_not_fetch) == "first-1"
+    clock.advance(seconds=2)
+    assert mine.get_token(must_not_fetch) == "second-1"
+
+
+def test_a_token_the_platform_rejected_is_read_again_at_once(backend, clock) -> None:
+    mine = backend.make_store(clock)
+    assert mine.get_token(CountingFetch("first")) == "first-1"
+    backend.make_store(clock).get_token(CountingFetch("second"), stale="first-1")  # another process replaced it
+
+    assert mine.get_token(must_not_fetch, stale="first-1") == "second-1"
+
+
 def test_failed_fetch_releases_the_lock(backend, clock) -> None:
     def failing() -> tuple[str, int]:
         raise RuntimeError("platform down")
