@@ -71,7 +71,9 @@ def record_action(session: Session, openid: str, action: str | None, at: datetim
     table = WechatAllowance.__table__
     statement = insert.values(openid=openid, **values).on_conflict_do_update(
         index_elements=["openid"], set_=values, where=table.c.granted_at <= at)
-    return session.execute(statement).rowcount == 1
+    # A row back when written, none when skipped: the rowcount of an INSERT is not one SQLAlchemy keeps for
+    # psycopg (it read -1 there, so on PostgreSQL no action ever released what waited for the person).
+    return session.execute(statement.returning(table.c.openid)).first() is not None
 
 
 def can_send(session: Session, openid: str, now: datetime) -> bool:

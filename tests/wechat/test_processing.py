@@ -83,3 +83,26 @@ def test_the_sweep_sends_the_lost_notice_of_a_message_it_gives_up_on_at_once(wec
 
     assert load_message(rt, message_id).status is WorkStatus.FAILED
     assert [(m["touser"], m["text"]) for m in wechat.sent] == [("oSweepLost", text("conv.message_lost", "zh"))]
+
+
+def test_a_notice_that_waited_for_the_driver_goes_with_their_next_message(wechat_runtime, wechat):
+    """No allowance, no template, no SMS: it waits ("held"); the driver's message opens the allowance, and it
+    goes out right after the message, before the answer."""
+    from accident_service.models import WorkStatus
+    from accident_service.notify.dispatch import dispatch_due
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.notify.test_dispatch import add, load
+    from tests.wechat.test_inbox import push
+
+    rt = wechat_runtime
+    waited = add(rt, "oHeld", "a notice that waited for the driver")  # no template or SMS is for a plain text
+    assert dispatch_due(rt, "dispatcher") == 1
+    assert load(rt, waited).status is WorkStatus.HELD and wechat.sent == []
+    wechat.note_user_activity("oHeld")
+    push(rt, "oHeld")
+
+    assert run_inbox_once(rt, "sched-test", limit=5) == 1
+
+    assert [m["touser"] for m in wechat.sent] == ["oHeld", "oHeld"]
+    assert wechat.sent[0]["text"] == "a notice that waited for the driver"
+    assert load(rt, waited).status is WorkStatus.DONE
