@@ -36,7 +36,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from accident_service import leases, metrics
@@ -153,12 +153,21 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
 def release_held(session: Session, openid: str, now) -> int:
     """The person acted, so the platform allows texts again: what waited for them goes out now (oldest first).
 
-    Notes about the other driver stay held: the next text carries them. Returns how many were released.
+    That is what was held for them (no channel could carry it), and what waits out a retry after a failed
+    attempt: a notice backing off holds back every later one to the same person (their order), so after a
+    platform outage their answer would otherwise wait minutes for it; its attempts are kept (it fails for
+    good at the same limit). Notes about the other driver stay held: the next text carries them. Returns
+    how many were released or brought forward.
     """
+    held = Notification.status == WorkStatus.HELD
+    backing_off = and_(Notification.status == WorkStatus.PENDING, Notification.attempts > 0,
+                       Notification.next_attempt_at > now)
     result = session.execute(update(Notification)
-                             .where(Notification.openid == openid, Notification.status == WorkStatus.HELD,
-                                    Notification.kind.not_in(FOLDED))
-                             .values(status=WorkStatus.PENDING, next_attempt_at=now, attempts=0, last_error=None)
+                             .where(Notification.openid == openid, Notification.kind.not_in(FOLDED),
+                                    or_(held, backing_off))
+                             .values(status=WorkStatus.PENDING, next_attempt_at=now,
+                                     attempts=case((held, 0), else_=Notification.attempts),
+                                     last_error=case((held, None), else_=Notification.last_error))
                              .execution_options(synchronize_session=False))
     if result.rowcount:
         note_recipients((openid,))

@@ -517,6 +517,27 @@ def test_busy_and_quota_errors_are_retried_after_a_backoff(rt, wechat, clock, er
     assert row.status is WorkStatus.DONE and row.attempts == 2 and row.last_error is None
 
 
+def test_a_notice_waiting_out_a_retry_goes_at_the_person_s_next_action_with_its_attempts_kept(rt, wechat, clock):
+    """It holds back every later notice to the same person (their order): once the platform is back, their
+    answer must not wait minutes for its backoff. Another person's keeps its time."""
+    first = add(rt, "oDriverA", "the first notice", wechat=wechat)
+    other = add(rt, "oDriverB", "another person's notice", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=2)
+    assert dispatch_due(rt, "w1") == 2  # both fail: each waits out a retry
+    clock.advance(seconds=1)
+
+    with rt.unit_of_work() as session:  # the person writes again; processing their message releases what waited
+        allowance.record_action(session, "oDriverA", "message", clock.now())
+        assert dispatch.release_held(session, "oDriverA", clock.now()) == 1
+    wechat.note_user_activity("oDriverA")
+    add(rt, "oDriverA", "the reply")
+
+    assert dispatch_due(rt, "w1") == 2
+    assert wechat.messages_to("oDriverA") == ["the first notice", "the reply"]
+    assert (load(rt, first).status, load(rt, first).attempts) == (WorkStatus.DONE, 2)
+    assert load(rt, other).status is WorkStatus.PENDING and load(rt, other).next_attempt_at > clock.now()
+
+
 def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
     notification_id = add(rt, "oDriverA", "after the 502", wechat=wechat)
     wechat.inject_http_status("message/custom/send", 502, times=1)
