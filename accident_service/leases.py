@@ -123,6 +123,7 @@ def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: Any
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
     """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile."""
     statement = _complete_statement(model, tuple(sorted(values)))
+    session.flush()  # as the ORM would before its own UPDATE: pending writes go first, this one last
     return session.connection().execute(statement, {**values, "row_id": row_id, "worker_id": worker_id}).rowcount == 1
 
 
@@ -130,7 +131,7 @@ def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, 
 def _complete_statement(model: LeasedModel, columns: tuple[str, ...]):
     """Built once per set of columns written, and run on the session's connection (Core): every message and
     every notice ends with one, and building and running it through the ORM cost three times as much CPU
-    (398 against 129 µs, measured on PostgreSQL)."""
+    (398 against 127 µs, measured on PostgreSQL)."""
     table = model.__table__
     return (update(table)
             .where(table.c.id == bindparam("row_id"), table.c.leased_by == bindparam("worker_id"),

@@ -33,10 +33,11 @@ from accident_service.clock import Clock, SystemClock
 Fetch = Callable[[], tuple[str, int]]
 
 SAFETY_MARGIN = timedelta(minutes=5)
-#: How long a process trusts the shared token it last read before reading the shared store again. Well
-#: inside the ~5 minutes a replaced token still works (WECHAT.md §4): a process that missed a refresh
-#: sends with the old token meanwhile, and one the platform rejects comes back as ``stale`` and is read
-#: again at once. Every API call (each reply, each photo download) used to read it: a transaction each.
+#: How long a process trusts the shared token it last read before reading the shared store again. A
+#: token replaced by an ordinary refresh still works about 5 minutes (WECHAT.md §4), so a process that
+#: missed it sends with the old one meanwhile; one replaced by a forced refresh (after the platform
+#: rejected it) fails once in each process that still trusts it, comes back as ``stale`` and is read again
+#: at once. Every API call (each reply, each photo download) used to read it: a transaction each.
 LOCAL_TRUST = timedelta(seconds=30)
 LOCK_SECONDS = 30
 WAIT_SECONDS = 15.0
@@ -124,7 +125,9 @@ class _SharedTokenStore:
                 return cached.token
             lock = self._try_lock(now)
             if lock is not None:
-                return self._refresh_holding(lock, fetch, stale)
+                token = self._refresh_holding(lock, fetch, stale)
+                self._last_read = None  # what it trusted may be the token just replaced: read the new one next
+                return token
             # Someone else is refreshing: a token that is merely close to expiry still works meanwhile.
             if cached and cached.still_valid(now, stale):
                 return cached.token

@@ -170,6 +170,15 @@ def test_a_token_the_platform_rejected_is_read_again_at_once(backend, clock) -> 
     assert mine.get_token(must_not_fetch, stale="first-1") == "second-1"
 
 
+def test_after_refreshing_it_itself_a_process_hands_out_the_new_token(backend, clock) -> None:
+    mine = backend.make_store(clock)
+    mine.get_token(CountingFetch("first"))
+    assert mine.get_token(must_not_fetch) == "first-1"  # read from the store: trusted
+    assert mine.get_token(CountingFetch("second"), stale="first-1") == "second-1"  # rejected: this one refreshes
+
+    assert mine.get_token(must_not_fetch) == "second-1"
+
+
 def test_failed_fetch_releases_the_lock(backend, clock) -> None:
     def failing() -> tuple[str, int]:
         raise RuntimeError("platform down")
