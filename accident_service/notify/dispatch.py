@@ -155,9 +155,10 @@ def release_held(session: Session, openid: str, now) -> int:
 
     That is what was held for them (no channel could carry it), and what waits out a retry after a failed
     attempt: a notice backing off holds back every later one to the same person (their order), so after a
-    platform outage their answer would otherwise wait minutes for it; its attempts are kept (it fails for
-    good at the same limit). Notes about the other driver stay held: the next text carries them. Returns
-    how many were released or brought forward.
+    platform outage their answer would otherwise wait minutes for it. The try brought forward is not
+    counted against the limit (nor does it shorten the backoff): a driver writing during an outage must
+    not spend, in seconds, the attempts that its backoff spreads over minutes. Notes about the other
+    driver stay held: the next text carries them. Returns how many were released or brought forward.
     """
     held = Notification.status == WorkStatus.HELD
     backing_off = and_(Notification.status == WorkStatus.PENDING, Notification.attempts > 0,
@@ -166,7 +167,7 @@ def release_held(session: Session, openid: str, now) -> int:
                              .where(Notification.openid == openid, Notification.kind.not_in(FOLDED),
                                     or_(held, backing_off))
                              .values(status=WorkStatus.PENDING, next_attempt_at=now,
-                                     attempts=case((held, 0), else_=Notification.attempts),
+                                     attempts=case((held, 0), else_=Notification.attempts - 1),
                                      last_error=case((held, None), else_=Notification.last_error))
                              .execution_options(synchronize_session=False))
     if result.rowcount:

@@ -517,7 +517,7 @@ def test_busy_and_quota_errors_are_retried_after_a_backoff(rt, wechat, clock, er
     assert row.status is WorkStatus.DONE and row.attempts == 2 and row.last_error is None
 
 
-def test_a_notice_waiting_out_a_retry_goes_at_the_person_s_next_action_with_its_attempts_kept(rt, wechat, clock):
+def test_a_notice_waiting_out_a_retry_goes_at_the_person_s_next_action(rt, wechat, clock):
     """It holds back every later notice to the same person (their order): once the platform is back, their
     answer must not wait minutes for its backoff. Another person's keeps its time."""
     first = add(rt, "oDriverA", "the first notice", wechat=wechat)
@@ -534,8 +534,34 @@ def test_a_notice_waiting_out_a_retry_goes_at_the_person_s_next_action_with_its_
 
     assert dispatch_due(rt, "w1") == 2
     assert wechat.messages_to("oDriverA") == ["the first notice", "the reply"]
-    assert (load(rt, first).status, load(rt, first).attempts) == (WorkStatus.DONE, 2)
+    assert (load(rt, first).status, load(rt, first).attempts) == (WorkStatus.DONE, 1)  # the try it brought: free
     assert load(rt, other).status is WorkStatus.PENDING and load(rt, other).next_attempt_at > clock.now()
+
+
+def test_a_driver_writing_during_an_outage_does_not_spend_the_attempts_of_their_waiting_notice(rt, wechat, clock):
+    """Each action brings it forward; each try fails while the platform is busy, and none counts: after
+    more actions than the limit it still waits (its backoff unchanged), and goes once the platform is back."""
+    booked = add(rt, "oDriverA", "your booking", kind="booked", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=None)  # busy until cleared
+    assert dispatch_due(rt, "w1") == 1
+    backoff_after_the_first = load(rt, booked).next_attempt_at - clock.now()
+
+    for _ in range(rt.settings.OUTBOX_MAX_ATTEMPTS + 2):  # the driver writes every 2 s meanwhile (inside the 5 s)
+        clock.advance(seconds=2)
+        with rt.unit_of_work() as session:
+            allowance.record_action(session, "oDriverA", "message", clock.now())
+            assert dispatch.release_held(session, "oDriverA", clock.now()) == 1
+        assert dispatch_due(rt, "w1", recipients={"oDriverA"}) == 1
+
+    row = load(rt, booked)
+    assert (row.status, row.attempts) == (WorkStatus.PENDING, 1)
+    assert row.next_attempt_at - clock.now() == backoff_after_the_first
+    wechat.clear_faults()
+    with rt.unit_of_work() as session:
+        allowance.record_action(session, "oDriverA", "message", clock.now())
+        dispatch.release_held(session, "oDriverA", clock.now())
+    assert dispatch_due(rt, "w1", recipients={"oDriverA"}) == 1
+    assert load(rt, booked).status is WorkStatus.DONE and wechat.messages_to("oDriverA") == ["your booking"]
 
 
 def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
