@@ -32,8 +32,9 @@ _RECIPIENTS: ContextVar[set[str] | None] = ContextVar("outbox_recipients", defau
 @contextmanager
 def recipients_written() -> Iterator[set[str]]:
     """The people messages are written (or released) for inside the block, in this thread: whose due notices
-    go out right after a message is processed (wechat.processing), wherever it was. A write rolled back
-    leaves its person in the set, which then finds nothing due."""
+    go out right after it (notify.dispatch.dispatch_after_change: after a driver's message in
+    wechat.processing, after a desk or API action through notify.background). A write rolled back leaves
+    its person in the set, which then finds nothing due."""
     recipients: set[str] = set()
     token = _RECIPIENTS.set(recipients)
     try:

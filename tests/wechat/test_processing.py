@@ -85,29 +85,38 @@ def test_the_sweep_sends_the_lost_notice_of_a_message_it_gives_up_on_at_once(wec
     assert [(m["touser"], m["text"]) for m in wechat.sent] == [("oSweepLost", text("conv.message_lost", "zh"))]
 
 
+def _driver_writes_and_hears_first(rt, wechat, openid: str, waited: int, text_of_waited: str) -> None:
+    """``openid`` writes; the sweep processes it: the notice that waited goes first, then the answer."""
+    from accident_service.models import WorkStatus
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.notify.test_dispatch import load
+    from tests.wechat.test_inbox import push
+
+    wechat.note_user_activity(openid)
+    push(rt, openid)
+
+    assert run_inbox_once(rt, "sched-test", limit=5) == 1
+
+    assert [m["touser"] for m in wechat.sent] == [openid, openid]
+    assert wechat.sent[0]["text"] == text_of_waited
+    assert load(rt, waited).status is WorkStatus.DONE
+
+
 def test_after_an_outage_a_driver_s_message_is_answered_at_once_behind_the_notice_that_waited(wechat_runtime,
                                                                                               wechat, clock):
     """A notice waiting out a retry (the platform was busy) would hold their answer back for its backoff
     (up to minutes); the driver's message brings it forward: it goes first, then the answer."""
     from accident_service.models import WorkStatus
     from accident_service.notify.dispatch import dispatch_due
-    from accident_service.wechat.processing import run_inbox_once
     from tests.notify.test_dispatch import add, load
-    from tests.wechat.test_inbox import push
 
     rt = wechat_runtime
     waited = add(rt, "oAfterOutage", "a notice sent while the platform was busy", wechat=wechat)
     wechat.inject_error("message/custom/send", -1, times=1)
     assert dispatch_due(rt, "dispatcher") == 1
     assert load(rt, waited).status is WorkStatus.PENDING and load(rt, waited).next_attempt_at > clock.now()
-    wechat.note_user_activity("oAfterOutage")
-    push(rt, "oAfterOutage")
 
-    assert run_inbox_once(rt, "sched-test", limit=5) == 1
-
-    assert [m["touser"] for m in wechat.sent] == ["oAfterOutage", "oAfterOutage"]
-    assert wechat.sent[0]["text"] == "a notice sent while the platform was busy"
-    assert load(rt, waited).status is WorkStatus.DONE
+    _driver_writes_and_hears_first(rt, wechat, "oAfterOutage", waited, "a notice sent while the platform was busy")
 
 
 def test_a_notice_that_waited_for_the_driver_goes_with_their_next_message(wechat_runtime, wechat):
@@ -115,19 +124,11 @@ def test_a_notice_that_waited_for_the_driver_goes_with_their_next_message(wechat
     goes out right after the message, before the answer."""
     from accident_service.models import WorkStatus
     from accident_service.notify.dispatch import dispatch_due
-    from accident_service.wechat.processing import run_inbox_once
     from tests.notify.test_dispatch import add, load
-    from tests.wechat.test_inbox import push
 
     rt = wechat_runtime
     waited = add(rt, "oHeld", "a notice that waited for the driver")  # no template or SMS is for a plain text
     assert dispatch_due(rt, "dispatcher") == 1
     assert load(rt, waited).status is WorkStatus.HELD and wechat.sent == []
-    wechat.note_user_activity("oHeld")
-    push(rt, "oHeld")
 
-    assert run_inbox_once(rt, "sched-test", limit=5) == 1
-
-    assert [m["touser"] for m in wechat.sent] == ["oHeld", "oHeld"]
-    assert wechat.sent[0]["text"] == "a notice that waited for the driver"
-    assert load(rt, waited).status is WorkStatus.DONE
+    _driver_writes_and_hears_first(rt, wechat, "oHeld", waited, "a notice that waited for the driver")

@@ -314,3 +314,19 @@ def test_processes_hit_by_42001_together_cause_one_token_request(backend, clock,
 
     assert emulator.stable_token_requests == 2
     assert sorted(m["touser"] for m in emulator.sent[1:]) == sorted(f"o-{i}" for i in range(THREADS))
+
+
+def test_a_process_still_trusting_a_token_another_forced_out_recovers_at_its_next_call(backend, clock,
+                                                                                      emulator) -> None:
+    """The platform rejects the token for one process, which forces a new one (the old one dies at once,
+    WECHAT.md §4); another process that trusts the old one for 30 s gets 40001 once, reads the new one, sends."""
+    first, second = make_apis(backend, clock, emulator)[:2]
+    first.send_text("o-warm", "warm up")
+    second.send_text("o-0", "both trust the token now")
+    emulator.inject_error("message/custom/send", 40001, times=1)
+
+    first.send_text("o-1", "after the platform rejected its token")
+    assert emulator.force_refreshes == 1
+    second.send_text("o-2", "with the token it still trusted")
+
+    assert [m["touser"] for m in emulator.sent] == ["o-warm", "o-0", "o-1", "o-2"]
