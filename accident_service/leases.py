@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, exists, or_, select, upda
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
-from accident_service.db import is_postgres
+from accident_service.db import is_postgres, run_prebuilt
 from accident_service.models import InboundMessage, Notification, WorkStatus
 
 LeasedModel = type[InboundMessage] | type[Notification]
@@ -123,8 +123,7 @@ def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: Any
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
     """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile."""
     statement = _complete_statement(model, tuple(sorted(values)))
-    session.flush()  # as the ORM would before its own UPDATE: pending writes go first, this one last
-    return session.connection().execute(statement, {**values, "row_id": row_id, "worker_id": worker_id}).rowcount == 1
+    return run_prebuilt(session, statement, {**values, "row_id": row_id, "worker_id": worker_id}).rowcount == 1
 
 
 @functools.cache

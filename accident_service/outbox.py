@@ -17,11 +17,11 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, update
+from sqlalchemy import Insert, Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from accident_service.db import is_postgres
+from accident_service.db import is_postgres, run_prebuilt
 from accident_service.models import Notification, WorkStatus
 
 #: In a text written with ``join_qr``: where the dispatcher puts the link of the case's join QR code.
@@ -98,6 +98,17 @@ def _insert(postgres: bool, *, returning: bool) -> Insert:
     statement = (postgresql.insert if postgres else sqlite.insert)(table).on_conflict_do_nothing(
         index_elements=[table.c.dedupe_key])
     return statement.returning(table.c.id) if returning else statement
+
+
+def is_written(session: Session, dedupe_key: str) -> bool:
+    """Whether a message under ``dedupe_key`` was written, sent or not."""
+    return run_prebuilt(session, _by_key(), {"dedupe_key": dedupe_key}).first() is not None
+
+
+@functools.cache
+def _by_key() -> Select:
+    """Built once: every message processed asks it."""
+    return select(Notification.__table__.c.id).where(Notification.__table__.c.dedupe_key == bindparam("dedupe_key"))
 
 
 def drop_pending(session: Session, *, dedupe_prefix: str, reason: str) -> int:

@@ -32,15 +32,17 @@ in the language the party has when it is sent; replies are stored as text.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from accident_service import leases, metrics
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
+from accident_service.db import run_prebuilt
 from accident_service.models import Case, Notification, Party, WorkStatus
 from accident_service.notify import allowance, notices
 from accident_service.notify.channels import (
@@ -160,19 +162,26 @@ def release_held(session: Session, openid: str, now) -> int:
     not spend, in seconds, the attempts that its backoff spreads over minutes. Notes about the other
     driver stay held: the next text carries them. Returns how many were released or brought forward.
     """
-    held = Notification.status == WorkStatus.HELD
-    backing_off = and_(Notification.status == WorkStatus.PENDING, Notification.attempts > 0,
-                       Notification.next_attempt_at > now)
-    result = session.execute(update(Notification)
-                             .where(Notification.openid == openid, Notification.kind.not_in(FOLDED),
-                                    or_(held, backing_off))
-                             .values(status=WorkStatus.PENDING, next_attempt_at=now,
-                                     attempts=case((held, 0), else_=Notification.attempts - 1),
-                                     last_error=case((held, None), else_=Notification.last_error))
-                             .execution_options(synchronize_session=False))
-    if result.rowcount:
+    released = run_prebuilt(session, _release_statement(), {"recipient": openid, "now": now}).rowcount
+    if released:
         note_recipients((openid,))
-    return result.rowcount
+    return released
+
+
+@functools.cache
+def _release_statement():
+    """Built once: every message a driver sends runs it (an UPDATE with CASEs cost more CPU to build than to run)."""
+    table = Notification.__table__
+    columns = table.c
+    now = bindparam("now", type_=columns.next_attempt_at.type)
+    held = columns.status == WorkStatus.HELD
+    backing_off = and_(columns.status == WorkStatus.PENDING, columns.attempts > 0, columns.next_attempt_at > now)
+    return (update(table)
+            .where(columns.openid == bindparam("recipient", type_=columns.openid.type),
+                   columns.kind.not_in(sorted(FOLDED)), or_(held, backing_off))
+            .values(status=WorkStatus.PENDING, next_attempt_at=now,
+                    attempts=case((held, 0), else_=columns.attempts - 1),
+                    last_error=case((held, None), else_=columns.last_error)))
 
 
 def _route(session: Session, runtime: Runtime, row: Notification, rendered: Rendered, now) -> Route | None:
@@ -232,9 +241,7 @@ def _phone_of(session: Session, row: Notification) -> str | None:
 
 def _folded_notes(session: Session, row: Notification) -> list[tuple[Notification, str]]:
     """The held notes about the other driver that this text to the same person carries, oldest first."""
-    held = session.scalars(select(Notification).where(
-        Notification.openid == row.openid, Notification.status == WorkStatus.HELD,
-        Notification.kind.in_(FOLDED), Notification.id < row.id).order_by(Notification.id)).all()
+    held = session.scalars(_folded_statement(), {"openid": row.openid, "before_id": row.id}).all()
     notes = []
     for note in held:
         try:
@@ -244,6 +251,15 @@ def _folded_notes(session: Session, row: Notification) -> list[tuple[Notificatio
     for note, _ in notes:
         session.expunge(note)
     return notes
+
+
+@functools.cache
+def _folded_statement():
+    """Built once: every text sent runs it, and it mostly finds nothing."""
+    return (select(Notification)
+            .where(Notification.openid == bindparam("openid"), Notification.status == WorkStatus.HELD,
+                   Notification.kind.in_(sorted(FOLDED)), Notification.id < bindparam("before_id"))
+            .order_by(Notification.id))
 
 
 def _with_notes_and_qr(runtime: Runtime, row: Notification, rendered: Rendered,

@@ -13,12 +13,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-
 from accident_service import messages, outbox
 from accident_service.cases import parties
 from accident_service.cases import service as cases
-from accident_service.models import Case, InboundMessage, Notification, Party
+from accident_service.models import Case, InboundMessage, Party
 from accident_service.notify import allowance, dispatch
 from accident_service.outbox import enqueue
 from accident_service.photos.intake import PreparedPhoto, prepare_photo, refused_before_inspection
@@ -70,8 +68,7 @@ def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> Non
         # before their reply is dispatched, and what waited for them can go now.
         if allowance.record_action(session, row.openid, allowance.action_of(message), row.received_at):
             dispatch.release_held(session, row.openid, now)
-        told_saving = session.scalar(select(Notification.id).where(
-            Notification.dedupe_key == _saving_key(row))) is not None
+        told_saving = outbox.is_written(session, _saving_key(row))
         Conversation(session, runtime, message, row, now).run(prepared, told_saving=told_saving)
         inbox.finish(session, row, worker_id, now)
 
