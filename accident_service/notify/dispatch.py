@@ -129,9 +129,8 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
             _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error=WAITING)
             return
         notes = _folded_notes(session, row) if route.channel.name == WeChatText.name else []
-        session.execute(update(Notification).where(Notification.id == row.id)
-                        .values(channel=route.channel.name, address=route.address, sending_at=now)
-                        .execution_options(synchronize_session=False))
+        run_prebuilt(session, _mark_sending(), {"row_id": row.id, "channel": route.channel.name,
+                                                "address": route.address, "sending_at": now})
         session.expunge(row)
     try:
         rendered = _with_notes_and_qr(runtime, row, rendered, notes)
@@ -251,6 +250,14 @@ def _folded_notes(session: Session, row: Notification) -> list[tuple[Notificatio
     for note, _ in notes:
         session.expunge(note)
     return notes
+
+
+@functools.cache
+def _mark_sending():
+    """Built once: every send runs it (committed just before the provider is called; see the module's notes)."""
+    table = Notification.__table__
+    return update(table).where(table.c.id == bindparam("row_id")).values(
+        {name: bindparam(name, type_=table.c[name].type) for name in ("channel", "address", "sending_at")})
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from accident_service import messages
@@ -23,6 +23,7 @@ from accident_service.cases import lifecycle, parties
 from accident_service.cases import service as cases
 from accident_service.cases.lifecycle import Actor, TransitionRefused, active_appointment
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
+from accident_service.db import run_prebuilt
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
 from accident_service.runtime import Runtime
@@ -34,6 +35,9 @@ REPORT_KEYS = {"REPORT_ACCIDENT"}
 STATUS_KEYS = {"MY_CASE"}
 PHOTO_TYPES = ("image", "file")  # a file from the chat is checked as a photo
 CONFIRM_WITHIN = timedelta(minutes=10)
+#: Whether anything was written to a person about a case; built once, as every photo asks it.
+_ANY_MESSAGE_IN_CASE = select(Notification.id).where(
+    Notification.case_id == bindparam("case_id"), Notification.openid == bindparam("openid")).limit(1)
 
 
 class Conversation:
@@ -238,8 +242,8 @@ class Conversation:
 
     def _replied_in_case(self) -> bool:
         assert self.case is not None
-        return self.session.scalar(select(Notification.id).where(
-            Notification.case_id == self.case.id, Notification.openid == self.openid).limit(1)) is not None
+        params = {"case_id": self.case.id, "openid": self.openid}
+        return run_prebuilt(self.session, _ANY_MESSAGE_IN_CASE, params).first() is not None
 
     def on_location(self, lat: float, lng: float, label: str) -> None:
         if self.case is None or self.party is None:
