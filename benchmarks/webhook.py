@@ -1,6 +1,6 @@
 """Webhook throughput and latency under gunicorn, against a durable floor and a bare endpoint (DESIGN.md §8).
 
-    python benchmarks/webhook.py [--seconds 5] [--rounds 3] [--connections 16] [--workers 2]
+    python benchmarks/webhook.py [--seconds 1] [--rounds 15] [--connections 16] [--workers 2]
     BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test python benchmarks/webhook.py
 
 Three gunicorn servers with the same settings (config/gunicorn.conf.py: gthread workers) run on
@@ -16,7 +16,9 @@ nonce of its own, timestamp now):
   Processing happens elsewhere (``INBOX_PROCESS_INLINE=false``, as with a scheduler doing the work).
 
 The servers take turns in ``--rounds`` slices (in a rotating order), so drift in the load of a shared
-machine hits them alike. Prints one JSON object: requests/s and p50/p99 of each (latency merged
+machine hits them alike: short ones, as this machine's own speed drifts by up to twice over a few
+seconds (the same Python loop took 58 to 115 ms on 2026-12-04, the machine idle otherwise), and three
+slices of 5 s gave one server a slow phase and another a fast one (0.52 to 0.81 in one hour). Prints one JSON object: requests/s and p50/p99 of each (latency merged
 over the rounds from wrk's quantiles), the ratios service/floor and service/bare, the p99
 ratio service/floor, and ``lost``: pushes answered "success" that are not in the inbox (must be 0).
 ``unanswered_stored`` counts pushes stored whose answer wrk did not wait for (in flight when a run's
@@ -48,8 +50,8 @@ SERVERS = {"bare": "webhook_baselines:bare_app", "floor": "webhook_baselines:flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one wrk run (whole seconds)")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load per server before measuring")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
