@@ -18,8 +18,9 @@ nonce of its own, timestamp now):
 The servers take turns in ``--rounds`` slices (in a rotating order), so drift in the load of a shared
 machine hits them alike: short ones, as this machine's own speed drifts by up to twice over a few
 seconds (the same Python loop took 58 to 115 ms on 2026-12-04, the machine idle otherwise), and three
-slices of 5 s gave one server a slow phase and another a fast one (0.52 to 0.81 in one hour). Prints one JSON object: requests/s and p50/p99 of each (latency merged
-over the rounds from wrk's quantiles), the ratios service/floor and service/bare, the p99
+slices of 5 s gave one server a slow phase and another a fast one (0.52 to 0.81 in one hour).
+Prints one JSON object: requests/s and p50/p99 of each (latency merged over the rounds from wrk's
+quantiles), the ratios service/floor and service/bare, the p99
 ratio service/floor, and ``lost``: pushes answered "success" that are not in the inbox (must be 0).
 ``unanswered_stored`` counts pushes stored whose answer wrk did not wait for (in flight when a run's
 time was up; at most the connections per run). The database is a temporary SQLite file, or, with
