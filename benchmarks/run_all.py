@@ -68,14 +68,16 @@ def main() -> None:
     document: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(database_url),
                       "database": _safe_url(database_url), "quick": args.quick}
     for number, benchmark in enumerate(chosen):
-        settled = _settle(database_url) if number else None
+        settled = _settle(database_url) if number else None  # (seconds, the CHECKPOINT's outcome)
         environ = {**os.environ, "BENCH_DATABASE_URL": database_url}
         if args.sqlite and benchmark.database == "either":
             environ.pop("BENCH_DATABASE_URL")
         bound = (max(120.0, benchmark.seconds / 2) if args.quick else benchmark.seconds) * args.timeout_factor
         document[benchmark.name] = _run(benchmark, benchmark.quick if args.quick else benchmark.full, environ, bound)
         if settled is not None:
-            document[benchmark.name]["settled_before_s"] = settled
+            document[benchmark.name]["settled_before_s"], checkpoint = settled
+            if checkpoint is not None:
+                document[benchmark.name]["checkpoint_before"] = checkpoint
     document["load_average_after"] = list(os.getloadavg())
     document["failed"] = [b.name for b in chosen if not document[b.name]["ok"]]
     print(json.dumps(document, indent=2, ensure_ascii=False))
@@ -121,13 +123,16 @@ QUIET_IDLE_SHARE = 0.9
 SETTLE_BOUND_SECONDS = 60.0
 
 
-def _settle(database_url: str) -> float:
-    """Let what the last script left behind finish before the next one measures; returns the seconds it took.
+def _settle(database_url: str) -> tuple[float, str | None]:
+    """Let what the last script left behind finish before the next one measures: the seconds it took, and
+    on PostgreSQL the CHECKPOINT's outcome ("done", or "failed: " and the error's type, reported in the JSON
+    as ``checkpoint_before`` so a figure measured without it can be told apart).
 
     desk_queue writes a million rows: PostgreSQL flushes them for minutes after it has finished (its
     checkpointer, autovacuum), and the commits of the next script wait on that disk. A CHECKPOINT writes
     them out now; then this waits (bounded) for a second of an idle machine."""
     started = time.monotonic()
+    checkpoint = None
     if database_url.startswith("postgresql"):
         try:
             from sqlalchemy import create_engine, text
@@ -136,10 +141,11 @@ def _settle(database_url: str) -> float:
             try:
                 with engine.connect() as connection:
                     connection.execute(text("CHECKPOINT"))
+                checkpoint = "done"
             finally:
                 engine.dispose()
-        except Exception:  # noqa: BLE001 - a role that may not CHECKPOINT still gets the wait below
-            pass
+        except Exception as exc:  # noqa: BLE001 - a role that may not CHECKPOINT still gets the wait below
+            checkpoint = f"failed: {type(exc).__name__}"
     while time.monotonic() - started < SETTLE_BOUND_SECONDS:
         before = _cpu_ticks()
         time.sleep(1.0)
@@ -148,7 +154,7 @@ def _settle(database_url: str) -> float:
         idle = after[3] - before[3]  # iowait is not quiet: the flush this waits out is disk work
         if total <= 0 or idle / total >= QUIET_IDLE_SHARE:
             break
-    return round(time.monotonic() - started, 1)
+    return round(time.monotonic() - started, 1), checkpoint
 
 
 def _cpu_ticks() -> list[int]:

@@ -101,7 +101,8 @@ def test_the_load_benchmark_stores_every_photo_once_overbooks_nothing_and_is_ref
 
 @pytest.mark.slow
 def test_run_all_prints_one_document_and_reports_a_failing_script_without_stopping():
-    """photo_check runs (no database); booking is given a database nobody answers on: it fails, and is reported."""
+    """photo_check runs (no database); booking is given a database nobody answers on: it fails, and is reported,
+    as is the CHECKPOINT before it."""
     environ = os.environ | {"BENCH_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only",
                            "photo_check", "--only", "booking"],
@@ -112,5 +113,6 @@ def test_run_all_prints_one_document_and_reports_a_failing_script_without_stoppi
     assert document["photo_check"]["ok"] and document["photo_check"]["figures"]["ratio"] > 0
     assert not document["booking"]["ok"] and document["booking"]["returncode"] != 0
     assert "figures" not in document["booking"] and document["booking"]["stderr_tail"]
+    assert document["booking"]["checkpoint_before"].startswith("failed: ")  # the settling said so, too
     assert document["failed"] == ["booking"]
     assert "webhook" not in document and "load" not in document
