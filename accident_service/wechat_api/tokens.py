@@ -114,7 +114,9 @@ class _SharedTokenStore:
 
     def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
         last_read, now = self._last_read, self._clock.now()
-        if last_read is not None and now < last_read[1] + LOCAL_TRUST and last_read[0].usable(now, stale, self._margin):
+        # Trusted from its reading on, not before: a wall clock set back (NTP stepping) would stretch the window.
+        if (last_read is not None and last_read[1] <= now < last_read[1] + LOCAL_TRUST
+                and last_read[0].usable(now, stale, self._margin)):
             return last_read[0].token
         deadline = time.monotonic() + self._wait_seconds
         while True:

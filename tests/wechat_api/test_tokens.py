@@ -162,6 +162,17 @@ def test_a_process_trusts_the_token_it_read_for_30_seconds(backend, clock) -> No
     assert mine.get_token(must_not_fetch) == "second-1"
 
 
+def test_a_wall_clock_set_back_ends_the_trust_at_once(backend, clock) -> None:
+    """The trust window is 30 s from the reading: after the clock is stepped back an hour, the store is read again."""
+    backend.make_store(clock).get_token(CountingFetch("first"))
+    mine = backend.make_store(clock)
+    assert mine.get_token(must_not_fetch) == "first-1"
+    backend.make_store(clock).get_token(CountingFetch("second"), stale="first-1")  # another process replaced it
+
+    clock.advance(hours=-1)
+    assert mine.get_token(must_not_fetch) == "second-1"
+
+
 def test_a_token_the_platform_rejected_is_read_again_at_once(backend, clock) -> None:
     mine = backend.make_store(clock)
     assert mine.get_token(CountingFetch("first")) == "first-1"
