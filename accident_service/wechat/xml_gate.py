@@ -17,6 +17,7 @@ Use in the webhook::
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from xml.etree.ElementTree import ParseError
@@ -197,21 +198,29 @@ def _require_sane_fields(message: BaseMessage | None) -> None:
     """
     if message is None:
         raise ValueError("empty message")
+    values = {}
+    for name, expected in _field_kinds(type(message)):
+        value = values[name] = getattr(message, name)  # each converted once: wechatpy converts on every read
+        if expected is not None and value is not None and not isinstance(value, expected):
+            raise ValueError(f"field {name} has the wrong shape")
     for required in ("source", "target"):
-        value = getattr(message, required)
+        value = values.get(required)
         if not isinstance(value, str) or not value:
             raise ValueError(f"missing {required}")
         if len(value) > MAX_ACCOUNT_ID_CHARS:  # the inbox keeps openids in 64 characters
             raise ValueError(f"{required} too long")
-    if not isinstance(message.time, int):
+    if not isinstance(values.get("time"), int):
         raise ValueError("missing CreateTime")
-    if not 0 <= message.id < 2**64:  # MsgId is a 64-bit number; the dedupe key column is 200 characters
+    if not 0 <= values.get("id", 0) < 2**64:  # MsgId is a 64-bit number; the dedupe key column is 200 characters
         raise ValueError("MsgId out of range")
-    for name, field in type(message)._fields.items():
-        value = getattr(message, name)
-        expected = next((kind for cls, kind in _FIELD_TYPES if isinstance(field, cls)), None)
-        if expected is not None and value is not None and not isinstance(value, expected):
-            raise ValueError(f"field {name} has the wrong shape")
+
+
+@functools.cache
+def _field_kinds(message_class: type[BaseMessage]) -> tuple[tuple[str, type | None], ...]:
+    """Each declared field of a message class and the type its value must come out as (None: any), found once
+    per class: every push is checked, and matching field kinds per push cost more than reading the fields."""
+    return tuple((name, next((kind for cls, kind in _FIELD_TYPES if isinstance(field, cls)), None))
+                 for name, field in message_class._fields.items())
 
 
 def _outside_cdata(text: str) -> str:
