@@ -11,8 +11,9 @@ need PostgreSQL; webhook and load create and drop a database of their own on it 
 SQLite file for those two instead). A script that fails, prints no JSON or outlives its time bound (it gets
 SIGINT, so it stops its servers and drops its database; its process group is killed 30 s later) is reported
 in the document with the end of its error output; the others still run. Exits 1 when any script failed.
-Between two scripts the runner settles the machine (a CHECKPOINT on PostgreSQL, then up to a minute for a
-quiet second: ``settled_before_s``), so one script's leftovers do not land on the next one's figures.
+Between two scripts the runner settles the machine (a CHECKPOINT on PostgreSQL, its outcome in
+``checkpoint_before``, then up to a minute for a quiet second: ``settled_before_s``), so one script's
+leftovers do not land on the next one's figures.
 """
 
 from __future__ import annotations
