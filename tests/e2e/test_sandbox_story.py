@@ -150,6 +150,7 @@ def test_the_readme_run_command_serves_the_whole_story_in_a_browser(sandbox_proc
     desk.get_by_role("searchbox").press("Enter")
     row = desk.locator(f"tr[data-case-no='{case_no}']")
     expect(row).to_be_visible()
+    screenshot(desk, "sandbox-desk-search")
     row.locator("a.case-link").click()
     desk.wait_for_url(f"**/desk/cases/{case_no}")
     desk.click("form[data-action=confirm] button")
