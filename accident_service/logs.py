@@ -29,15 +29,21 @@ _PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})[A-Za-z])[\s·.-]?
 # An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
 # glued to a word by "_" or "-" (user_o...); a long identifier starting so is masked as well, harmlessly.
 _OPENID = re.compile(r"(?<![A-Za-z0-9])(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
+# The platform's credentials as a URL or a JSON document carries them: urllib3's DEBUG lines quote every call's
+# URL (``?access_token=…``, the token request's ``&secret=…``), a token response ``"access_token": "…"`` and a
+# database error's parameters ``{'access_token': '…'}``.
+_CREDENTIAL = re.compile(r"""(?<![A-Za-z0-9])((?:access_token|secret)(?:=|["']?\s*:\s*["']))[^&\s"'<>]+""")
 
 TEXT_FORMAT = "{asctime} {levelname} {name} [{request_id}] {message}"
 _LOG_CONTEXT: ContextVar[str | None] = ContextVar("log_context", default=None)
 
 
 def mask_personal_data(text: str) -> str:
-    """Mask mobile numbers, plates and openids, keeping enough to correlate lines."""
+    """Mask mobile numbers, plates and openids, keeping enough to correlate lines; and the platform's access
+    tokens and app secret, whole."""
     text = _PHONE.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}****{m.group(3)}", text)
     text = _PLATE.sub(r"\1***\2", text)
+    text = _CREDENTIAL.sub(r"\1***", text)
     return _OPENID.sub(r"\1***", text)
 
 

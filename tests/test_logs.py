@@ -28,6 +28,19 @@ def test_masked_forms(secret, shown):
         assert shown in masked, (line, masked)
 
 
+@pytest.mark.parametrize("line,shown", [
+    ('"POST /cgi-bin/message/custom/send?access_token=tok1796400865 HTTP/1.1" 200 27', "access_token=*** HTTP"),
+    ("GET /cgi-bin/token?grant_type=client_credential&appid=wx1&secret=9f8e7d6c5b4a HTTP/1.1", "&secret=*** HTTP"),
+    ('{"access_token": "tok1796400865", "expires_in": 7200}', '"access_token": "***"'),
+    ("[parameters: {'appid': 'wx1', 'access_token': 'tok1796400865'}]", "'access_token': '***'"),
+])
+def test_the_platforms_credentials_are_masked_whole(line, shown):
+    """urllib3's DEBUG lines quote each call's URL; a token response or a database error quotes the token."""
+    masked = mask_personal_data(line)
+    assert "tok1796400865" not in masked and "9f8e7d6c5b4a" not in masked, masked
+    assert shown in masked, masked
+
+
 def test_json_escaped_plates_are_masked():
     """A JSON column's parameter, as a database error quotes it, escapes the province."""
     escaped = json.dumps({"plate": NEV_PLATE})
@@ -35,7 +48,8 @@ def test_json_escaped_plates_are_masked():
 
 
 @pytest.mark.parametrize("innocent", ["MsgId 1234567890123456", "CreateTime 1348831860", "case 20261125-ABCDE",
-                                      "2026-11-25T02:00:00.000+00:00", "切换到English版本", "slot 13:30-14:00"])
+                                      "2026-11-25T02:00:00.000+00:00", "切换到English版本", "slot 13:30-14:00",
+                                      "configuration error: SECRET_KEY: too short", "secret_key unset"])
 def test_ordinary_text_is_left_alone(innocent):
     assert mask_personal_data(innocent) == innocent
 
