@@ -294,6 +294,20 @@ def _prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, str]:
             if name.startswith(prefix) and str(value).strip()}
 
 
+def process_count(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> int:
+    """A count of processes or threads gunicorn takes from the environment (WEB_CONCURRENCY, GUNICORN_THREADS):
+    a whole number of at least 1; raises SettingsError naming the variable. Not a setting: gunicorn reads them
+    (config/gunicorn.conf.py, and gunicorn itself WEB_CONCURRENCY), the service never does."""
+    raw = (os.environ if environ is None else environ).get(name, default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingsError(f"{name}: expected a whole number of at least 1, got {raw!r}")
+    return value
+
+
 def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from defaults, the environment and ``overrides`` (highest).
 

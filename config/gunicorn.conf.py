@@ -5,16 +5,13 @@ import sys
 
 def _whole_number(name, default):
     """A positive whole number from the environment, or `configuration error: NAME: ...` and exit 2."""
-    raw = os.environ.get(name, default)
+    from accident_service.settings import SettingsError, process_count
+
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        print(f"configuration error: {name}: expected a whole number of at least 1, got {raw!r}",
-              file=sys.stderr, flush=True)
+        return process_count(name, default)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    return value
 
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
@@ -23,6 +20,10 @@ threads = _whole_number("GUNICORN_THREADS", "4")
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20
+# No control socket (gunicorn 25.1+, for its `gunicornc` tool, which nothing here uses): its default path,
+# $XDG_RUNTIME_DIR/gunicorn.ctl or $HOME/.gunicorn/gunicorn.ctl, is one per user, so a second instance on the
+# host took the first one's over, and in the image $HOME is not writable. Older gunicorns ignore the name.
+control_socket_disable = True
 accesslog = "-"
 # The query string carries WeChat signatures and openids: log the path only; then the request id
 # the service echoed (X-Request-Id), which its own lines about the request carry too.

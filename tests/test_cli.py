@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,20 +49,25 @@ def test_malformed_database_url_fails_naming_it(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_serve_keeps_the_callers_directory_for_relative_paths(tmp_path):
-    """The quick start's relative defaults (./var) mean the same to `serve` as to every other command."""
+def serving_serve(tmp_path, *args: str, **env: str):
+    """`accident-service serve` on a free port, run from tmp_path with the quick start's relative defaults (none of
+    this process's DATA_DIR, DATABASE_URL, STORAGE_URL), ``env`` on top; a context manager yielding its URL."""
     from pathlib import Path
 
     from tests.support.servers import free_port, serving
 
     port = free_port()
-    env = {key: value for key, value in os.environ.items()
-           if key not in {"DATA_DIR", "DATABASE_URL", "STORAGE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
-    env |= {"APP_ENV": "development", "LOG_LEVEL": "WARNING"}
-    with serving([str(Path(sys.executable).with_name("accident-service")), "serve", "--bind", f"127.0.0.1:{port}",
-                  "--workers", "1"], env=env, port=port, log_path=tmp_path / "serve.log", cwd=tmp_path,
-                 ready_path="/readyz"):
+    base = {key: value for key, value in os.environ.items()
+            if key not in {"DATA_DIR", "DATABASE_URL", "STORAGE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
+    return serving([str(Path(sys.executable).with_name("accident-service")), "serve", "--bind", f"127.0.0.1:{port}",
+                    *args], env=base | {"APP_ENV": "development", "LOG_LEVEL": "WARNING"} | env, port=port,
+                   log_path=tmp_path / "serve.log", cwd=tmp_path, ready_path="/readyz")
+
+
+@pytest.mark.slow
+def test_serve_keeps_the_callers_directory_for_relative_paths(tmp_path):
+    """The quick start's relative defaults (./var) mean the same to `serve` as to every other command."""
+    with serving_serve(tmp_path, "--workers", "1"):
         assert (tmp_path / "var" / "accident.db").exists()
         assert (tmp_path / "var" / "objects").is_dir()  # the readiness probe wrote its object here
 
@@ -127,3 +133,24 @@ def test_a_weak_production_secret_key_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("configuration error: SECRET_KEY: ")
     assert "secrets.token_hex(32)" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+def test_serve_names_a_bad_web_concurrency_before_gunicorn_reads_it(tmp_path, workers):
+    """gunicorn reads WEB_CONCURRENCY itself, before its configuration: a value that is not a number stopped it with
+    a traceback, whatever --workers said."""
+    result = run_cli("serve", "--bind", "127.0.0.1:0", *workers,
+                     env={"DATA_DIR": str(tmp_path), "APP_ENV": "development", "WEB_CONCURRENCY": "abc"})
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: WEB_CONCURRENCY: expected a whole number of at least 1, got 'abc'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_runs_as_many_workers_as_web_concurrency_says(tmp_path):
+    log = tmp_path / "serve.log"
+    with serving_serve(tmp_path, WEB_CONCURRENCY="3"):
+        deadline = time.monotonic() + 20
+        while log.read_text(errors="replace").count("Booting worker") < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert log.read_text(errors="replace").count("Booting worker") == 3

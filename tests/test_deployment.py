@@ -73,6 +73,15 @@ def test_compose_has_the_services_and_their_order():
         assert SERVICES[name]["build"] == "." and (ROOT / "Dockerfile").is_file()
 
 
+def test_the_scheduler_serves_its_metrics_on_a_port_it_exposes():
+    """Its job runs and durations are scraped from the scheduler itself (the web's /metrics cannot see them)."""
+    scheduler = SERVICES["scheduler"]
+    port = int(scheduler["environment"]["SCHEDULER_METRICS_PORT"])
+    assert port > 0 and str(port) in [str(exposed) for exposed in scheduler["expose"]]
+    assert app_environment("scheduler", OPERATOR) == app_environment("web", OPERATOR) | {
+        "SCHEDULER_METRICS_PORT": str(port)}
+
+
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_every_variable_compose_sets_is_a_setting(service):
     names = set(SERVICES[service]["environment"])

@@ -45,7 +45,8 @@ def test_a_bad_setting_is_one_line_and_exit_2_before_any_worker(tmp_path, gunico
     assert metrics_dirs(tmp_path) == []  # the directory made for this start went with it
 
 
-@pytest.mark.parametrize("name,value", [("DATA_DIR", "/etc/passwd/x"), ("S3_REGION", "bad region")])
+@pytest.mark.parametrize("name,value", [("DATA_DIR", "/etc/passwd/x"), ("S3_REGION", "bad region"),
+                                        ("GUNICORN_THREADS", "x"), ("GUNICORN_THREADS", "0")])
 def test_other_bad_settings_name_their_variable(tmp_path, gunicorn_env, name, value):
     result = subprocess.run(gunicorn_args(free_port()), cwd=REPO_ROOT, env=gunicorn_env | {name: value},
                             capture_output=True, text=True, timeout=60)
@@ -101,3 +102,15 @@ def test_workers_freeze_the_loaded_app_out_of_full_collections(tmp_path, gunicor
     with serving(args, env=gunicorn_env, port=port, log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT) as url:
         frozen = int(requests.get(url + "/", timeout=10).text)
     assert frozen > 1000
+
+
+def test_no_control_socket_is_made(tmp_path, gunicorn_env):
+    """gunicorn's default control socket is one path per user: two instances on a host would take it from each
+    other. Nothing here uses it, so none is made."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in gunicorn_env.items() if key != "XDG_RUNTIME_DIR"} | {"HOME": str(home)}
+    port = free_port()
+    with serving(gunicorn_args(port), env=env, port=port, log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT):
+        made = sorted(path.relative_to(home) for path in home.rglob("*"))
+    assert made == [], made
