@@ -8,6 +8,7 @@ a phone number), so masking only the message is not enough.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import re
@@ -29,22 +30,38 @@ _PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})[A-Za-z])[\s·.-]?
 # An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
 # glued to a word by "_" or "-" (user_o...); a long identifier starting so is masked as well, harmlessly.
 _OPENID = re.compile(r"(?<![A-Za-z0-9])(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
-# The platform's credentials as a URL or a JSON document carries them: urllib3's DEBUG lines quote every call's
-# URL (``?access_token=…``, the token request's ``&secret=…``), a token response ``"access_token": "…"`` and a
-# database error's parameters ``{'access_token': '…'}``.
-_CREDENTIAL = re.compile(r"""(?<![A-Za-z0-9])((?:access_token|secret)(?:=|["']?\s*:\s*["']))[^&\s"'<>]+""")
+#: Credentials masked by value wherever a line quotes them, in any form (a URL's query, a JSON body, a database
+#: error's parameters, positional on SQLite): the app secret, and the latest access tokens as this process got
+#: them (a token lives two hours; a few cover rotation and a forced refresh).
+_NEVER_LOGGED_SECRETS: set[str] = set()
+_NEVER_LOGGED_TOKENS: collections.deque[str] = collections.deque(maxlen=8)
+_SHORTEST_MASKED = 8  # a shorter value (a test's "secret") would mask ordinary words
 
 TEXT_FORMAT = "{asctime} {levelname} {name} [{request_id}] {message}"
 _LOG_CONTEXT: ContextVar[str | None] = ContextVar("log_context", default=None)
 
 
 def mask_personal_data(text: str) -> str:
-    """Mask mobile numbers, plates and openids, keeping enough to correlate lines; and the platform's access
-    tokens and app secret, whole."""
+    """Mask mobile numbers, plates and openids, keeping enough to correlate lines; and, whole, the credentials
+    given to :func:`never_log` (first: a token's digits must not be taken for a phone number's)."""
+    for value in (*_NEVER_LOGGED_SECRETS, *_NEVER_LOGGED_TOKENS):
+        if value in text:
+            text = text.replace(value, "***")
     text = _PHONE.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}****{m.group(3)}", text)
     text = _PLATE.sub(r"\1***\2", text)
-    text = _CREDENTIAL.sub(r"\1***", text)
     return _OPENID.sub(r"\1***", text)
+
+
+def never_log(value: str, *, token: bool = False) -> None:
+    """Mask ``value`` in every line logged from now on: a secret for good, a ``token`` while it is one of the
+    latest few. urllib3's DEBUG lines quote each call's URL (``?access_token=…``), and a database error quotes
+    the token being stored."""
+    if len(value) < _SHORTEST_MASKED:
+        return
+    if not token:
+        _NEVER_LOGGED_SECRETS.add(value)
+    elif value not in _NEVER_LOGGED_TOKENS:
+        _NEVER_LOGGED_TOKENS.append(value)
 
 
 @contextlib.contextmanager

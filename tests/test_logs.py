@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from accident_service.logs import configure_logging, log_context, mask_personal_data
+from accident_service.logs import configure_logging, log_context, mask_personal_data, never_log
 
 PHONE, PLATE, NEV_PLATE, OPENID = "13800138000", "粤A12345", "粤AD12345", "oAbCdEfGhIjKlMnOpQrStUvWxYz12"
 
@@ -28,19 +28,6 @@ def test_masked_forms(secret, shown):
         assert shown in masked, (line, masked)
 
 
-@pytest.mark.parametrize("line,shown", [
-    ('"POST /cgi-bin/message/custom/send?access_token=tok1796400865 HTTP/1.1" 200 27', "access_token=*** HTTP"),
-    ("GET /cgi-bin/token?grant_type=client_credential&appid=wx1&secret=9f8e7d6c5b4a HTTP/1.1", "&secret=*** HTTP"),
-    ('{"access_token": "tok1796400865", "expires_in": 7200}', '"access_token": "***"'),
-    ("[parameters: {'appid': 'wx1', 'access_token': 'tok1796400865'}]", "'access_token': '***'"),
-])
-def test_the_platforms_credentials_are_masked_whole(line, shown):
-    """urllib3's DEBUG lines quote each call's URL; a token response or a database error quotes the token."""
-    masked = mask_personal_data(line)
-    assert "tok1796400865" not in masked and "9f8e7d6c5b4a" not in masked, masked
-    assert shown in masked, masked
-
-
 def test_json_escaped_plates_are_masked():
     """A JSON column's parameter, as a database error quotes it, escapes the province."""
     escaped = json.dumps({"plate": NEV_PLATE})
@@ -49,7 +36,7 @@ def test_json_escaped_plates_are_masked():
 
 @pytest.mark.parametrize("innocent", ["MsgId 1234567890123456", "CreateTime 1348831860", "case 20261125-ABCDE",
                                       "2026-11-25T02:00:00.000+00:00", "切换到English版本", "slot 13:30-14:00",
-                                      "configuration error: SECRET_KEY: too short", "secret_key unset"])
+                                      "configuration error: SECRET_KEY: too short"])
 def test_ordinary_text_is_left_alone(innocent):
     assert mask_personal_data(innocent) == innocent
 
@@ -162,3 +149,47 @@ def test_error_answers_carry_the_request_id_once_and_a_crash_is_logged_under_it(
         (403, ["push-403"]), (404, ["page-404"]), (500, ["crash-500"])]
     (crash_line,) = [line for line in log_lines("text") if "Exception on /test-crash" in line]
     assert "[crash-500]" in crash_line
+
+
+# As the WeChat client registers them (tests/wechat_api/test_client.py checks that it does).
+APP_SECRET, TOKEN = "9f8e7d6c5b4a39281706f5e4d3c2b1a0", "86_tok1796400865Xy-Z_13800138000"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_credentials_are_masked_by_value_in_every_form(log_lines, log_format):
+    """urllib3's DEBUG lines quote each call's URL; a database error quotes the token being stored, by name on
+    PostgreSQL and by position on SQLite; a token response is JSON. In JSON lines every quote is escaped."""
+    configure_logging("DEBUG", log_format)
+    never_log(APP_SECRET)
+    never_log(TOKEN, token=True)
+    logger = logging.getLogger("accident_service.test_credentials")
+    logger.debug('"POST /cgi-bin/message/custom/send?access_token=%s HTTP/1.1" 200 27', TOKEN)
+    logger.debug('{"access_token": "%s", "expires_in": 7200} {"secret": "%s"}', TOKEN, APP_SECRET)
+    try:
+        raise RuntimeError(f"(sqlite3.OperationalError) database is locked [SQL: UPDATE wechat_token SET "
+                           f"access_token=?, expires_at=? WHERE wechat_token.appid = ?] [parameters: ('{TOKEN}', "
+                           f"'2030-01-01 00:00:00', 'wx123')] {{'access_token': '{TOKEN}'}}")
+    except RuntimeError:
+        logger.exception("storing the token failed")
+    lines = log_lines(log_format)
+    assert len(lines) >= 3
+    assert not [line for line in lines if TOKEN in line or APP_SECRET in line or "13800138000" in line]
+    assert any("access_token=*** HTTP/1.1" in line for line in lines)
+    assert any("SET access_token=?, expires_at=?" in line for line in lines)  # the statement itself is kept
+    if log_format == "json":
+        for line in lines:
+            json.loads(line)
+
+
+def test_short_values_are_not_taken_for_credentials():
+    never_log("secret")
+    never_log("tok1", token=True)
+    assert mask_personal_data("a secret tok1 x") == "a secret tok1 x"
+
+
+def test_the_app_secret_outlives_any_number_of_tokens():
+    never_log(APP_SECRET)
+    for n in range(20):
+        never_log(f"another-token-{n:04d}", token=True)
+    assert APP_SECRET not in mask_personal_data(f"secret={APP_SECRET}")
+    assert "another-token-0019" not in mask_personal_data("access_token=another-token-0019")

@@ -23,6 +23,7 @@ import requests
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 
+from accident_service.logs import never_log
 from accident_service.wechat_api.tokens import LocalTokenStore, TokenStore, TokenUnavailable
 
 DEFAULT_API_BASE_URL = "https://api.weixin.qq.com/cgi-bin/"
@@ -131,6 +132,7 @@ class GatewayClient(WeChatClient):
     def __init__(self, appid: str, secret: str, *, api_base_url: str = DEFAULT_API_BASE_URL,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS, token_store: TokenStore | None = None) -> None:
         super().__init__(appid, secret, timeout=timeout, auto_retry=False)
+        never_log(secret)
         if not api_base_url.endswith("/"):
             raise ValueError("api_base_url must end with '/' (like https://api.weixin.qq.com/cgi-bin/)")
         self.API_BASE_URL = api_base_url
@@ -157,6 +159,8 @@ class GatewayClient(WeChatClient):
         except requests.RequestException as exc:
             raise WeChatClientException(None, None, client=self, request=exc.request, response=exc.response) from exc
         result = res.json()
+        if result.get("access_token"):  # before anything can fail and log it (the store's write)
+            never_log(str(result["access_token"]), token=True)
         if result.get("errcode"):
             raise WeChatClientException(result["errcode"], result.get("errmsg", ""), client=self,
                                         request=res.request, response=res)
@@ -180,7 +184,9 @@ class GatewayClient(WeChatClient):
     def current_token(self, *, stale: str | None = None) -> str:
         """The shared token (refreshed through the store if needed). Raises WeChatApiError."""
         with _translated_errors():
-            return self.token_store.get_token(lambda: self.fetch_token_pair(stale), stale=stale)
+            token = self.token_store.get_token(lambda: self.fetch_token_pair(stale), stale=stale)
+        never_log(token, token=True)  # one another process fetched: this one's calls quote it too
+        return token
 
     @property
     def access_token(self) -> str:  # what wechatpy's own API helpers use

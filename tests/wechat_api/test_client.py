@@ -256,3 +256,27 @@ def test_build_wechat_api_uses_settings_and_the_database_store(runtime, emulator
 def settings_overrides(settings_overrides, emulator: WeChatEmulator):
     return {**settings_overrides, "WECHAT_API_BASE_URL": emulator.api_base_url, "WECHAT_APP_ID": APPID,
             "WECHAT_APP_SECRET": SECRET}
+
+
+def test_the_app_secret_and_every_token_are_never_logged(emulator: WeChatEmulator) -> None:
+    """What the client gets from the platform or from the shared store is masked in every log line from then on
+    (accident_service.logs.never_log): urllib3 quotes each call's URL, a failed write of the token quotes it."""
+    from accident_service.logs import mask_personal_data
+
+    secret = "an-app-secret-for-masking-0001"
+    emulator_with_secret = WeChatEmulator(APPID, secret, "token")
+    with emulator_with_secret:
+        client = GatewayClient(APPID, secret, api_base_url=emulator_with_secret.api_base_url,
+                               token_store=LocalTokenStore())
+        fetched, _ = client.fetch_token_pair()
+    assert secret not in mask_personal_data(f"&secret={secret}")
+    assert fetched not in mask_personal_data(f"?access_token={fetched} ('{fetched}', 'wx')")
+
+    class AnotherProcessFetchedIt:
+        def get_token(self, fetch, *, stale=None):
+            return "a-token-another-process-fetched-01"
+
+    shared = GatewayClient(APPID, "ignored-secret-000", api_base_url=emulator.api_base_url,
+                           token_store=AnotherProcessFetchedIt())
+    token = shared.current_token()
+    assert token not in mask_personal_data(f"?access_token={token}")
