@@ -66,7 +66,8 @@ def create_staff_command(username: str, role: str, station_code: str | None, pas
 
 @cli.command("serve")
 @click.option("--bind", default=lambda: os.environ.get("BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000")
-@click.option("--workers", type=click.IntRange(min=1), default=None, show_default="WEB_CONCURRENCY, else 2")
+@click.option("--workers", type=click.IntRange(min=1), default=None, show_default="WEB_CONCURRENCY, else 2",
+              help="gunicorn worker processes.")
 def serve(bind: str, workers: int | None) -> None:
     """Run the web service under gunicorn (schema upgraded first when AUTO_MIGRATE)."""
     # Checked even with --workers: gunicorn reads WEB_CONCURRENCY itself before its configuration, and a
