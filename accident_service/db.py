@@ -212,7 +212,9 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
 
 def run_single_statement(engine: Engine, work: Callable[[Connection], T]) -> T:
     """``work(connection)``, which runs exactly one statement, and a rerun of which changes nothing
-    (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``), committed as its own transaction.
+    (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``) or nothing that is not undone in time (a lease's
+    claim: the rows of a first run that committed lapse and are claimed again), committed as its own
+    transaction.
 
     Give it an engine made with ``autocommit=True`` on PostgreSQL: the statement is then the
     transaction (BEGIN and COMMIT are no-ops), so the two round trips go (a webhook push spent three,

@@ -1,10 +1,12 @@
 """Leased work items (inbox messages, outbox notifications) shared by many workers.
 
-A row is claimed by an atomic UPDATE of its lease columns: ``FOR UPDATE SKIP
-LOCKED`` on PostgreSQL, SQLite's single writer (BEGIN IMMEDIATE) elsewhere.
-A crashed worker's claim lapses when ``lease_until`` passes. Rows for one
-recipient are handed out one at a time, oldest first, so a driver's messages
-are applied, and answered, in order.
+A row is claimed by one atomic statement, an UPDATE of its lease columns on
+the rows a sub-SELECT picks: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+SQLite's single writer (BEGIN IMMEDIATE) elsewhere. A crashed worker's claim
+lapses when ``lease_until`` passes. Rows for one recipient are handed out one
+at a time, oldest first, so a driver's messages are applied, and answered, in
+order. A row whose worker died on its last allowed attempt is never claimed
+again; the sweeps (the scheduler's jobs) mark it failed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
@@ -29,88 +31,107 @@ QUEUE_NAMES = {"inbound_message": "inbox", "notification": "outbox"}  # the labe
 Overtake = Callable[[Any, Any], ColumnElement[bool]]
 
 
-def claim(session: Session, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
+def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
           limit: int, only_id: int | None = None, max_attempts: int | None = None,
-          may_overtake: Overtake | None = None, on_failed: Callable[[list[int]], None] | None = None,
-          waiting_until: Any = None, recipients: Collection[str] | None = None) -> list[int]:
-    """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids.
+          may_overtake: Overtake | None = None, waiting_until: Any = None,
+          recipients: Collection[str] | None = None) -> list[int]:
+    """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids, oldest first.
 
-    With ``max_attempts``, a row whose lease lapsed after its last allowed attempt
-    (its worker died or hung every time) is marked FAILED instead of claimed again,
-    and ``on_failed`` gets their ids in this transaction — unless the row's
-    ``waiting_until`` column (a row waiting out an outage) is still ahead.
-    ``may_overtake(earlier, row)``: when an unfinished older row of the same
-    recipient does not hold a row back. ``recipients``: only rows for these people.
+    One statement (an UPDATE of the rows its sub-SELECT picks, RETURNING them): run it as its own
+    transaction (``runtime.single_statement``), one round trip. It counts the attempt as it leases, so
+    a row that kills its worker is counted all the same. With ``max_attempts``, a row whose lease
+    lapsed after its last allowed attempt (its worker died or hung every time) is never claimed
+    again — unless its ``waiting_until`` column (a row waiting out an outage) is still ahead: the
+    sweep marks it FAILED (:func:`fail_exhausted`). Run again after a lost connection, a claim that
+    had committed leaves its rows leased to nobody who knows: they lapse and are claimed again (a
+    crash's delay, the attempt counted), never lost nor run twice at once.
+    ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
+    a row back. ``recipients``: only rows for these people.
     """
-    if max_attempts is not None:
-        failed = _fail_exhausted(session, model, now=now, max_attempts=max_attempts, waiting_until=waiting_until)
-        if failed:
-            metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__], "lease_expired").inc(len(failed))
-        if failed and on_failed is not None:
-            on_failed(failed)
-    candidates, take = _claim_statements(model, is_postgres(session), only_id is not None, may_overtake,
-                                         recipients is not None)
-    connection = session.connection()  # Core: built once, these need nothing of the ORM's per-statement work
-    ids = list(connection.execute(candidates, {"now": now, "limit": limit, "only_id": only_id,
-                                               "recipients": list(recipients or ())}).scalars())
-    if ids:
-        connection.execute(take, {"ids": ids, "now": now, "worker_id": worker_id,
-                                  "lease_until": now + timedelta(seconds=lease_seconds)})
-    return ids
+    take = _claim_statement(model, connection.dialect.name == "postgresql", only_id is not None, may_overtake,
+                            recipients is not None, max_attempts is not None,
+                            None if waiting_until is None else waiting_until.key)
+    return sorted(connection.execute(take, {
+        "now": now, "limit": limit, "only_id": only_id, "recipients": list(recipients or ()),
+        "max_attempts": max_attempts, "worker_id": worker_id,
+        "lease_until": now + timedelta(seconds=lease_seconds)}).scalars())
+
+
+def _out_of_attempts(row, now, waiting_until: str | None) -> ColumnElement[bool]:
+    """A row that has had its last allowed attempt: one waiting out an outage (its ``waiting_until`` column
+    still ahead) has attempts to spare until then."""
+    used_up = row.attempts >= bindparam("max_attempts")
+    if waiting_until is None:
+        return used_up
+    waits = getattr(row, waiting_until)
+    return and_(used_up, or_(waits.is_(None), waits < now))
+
+
+def _due(row, now, limited: bool, waiting_until: str | None) -> ColumnElement[bool]:
+    lapsed = and_(row.status == WorkStatus.PROCESSING, row.lease_until < now)
+    if limited:
+        lapsed = and_(lapsed, ~_out_of_attempts(row, now, waiting_until))
+    return or_(and_(row.status == WorkStatus.PENDING, row.next_attempt_at <= now), lapsed)
 
 
 @functools.cache
-def _claim_statements(model: LeasedModel, postgres: bool, by_id: bool, may_overtake: Overtake | None,
-                      by_recipient: bool = False):
-    """The claim's SELECT and UPDATE, built once per kind of claim: every processed message and every
-    send runs a claim, and building these ORM statements cost more CPU than running them (py-spy
-    through the load test's burst). The values (now, limit, the row, the worker) are bound per call."""
+def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, may_overtake: Overtake | None,
+                     by_recipient: bool, limited: bool, waiting_until: str | None):
+    """The claim, built once per kind of claim: every processed message and every send runs one, and
+    building these statements cost more CPU than running them (py-spy through the load test's burst).
+    The values (now, limit, the row, the worker) are bound per call."""
     now = bindparam("now", type_=model.__table__.c.next_attempt_at.type)
-    earlier = aliased(model)
-    due = or_(and_(model.status == WorkStatus.PENDING, model.next_attempt_at <= now),
-              and_(model.status == WorkStatus.PROCESSING, model.lease_until < now))
+    row, earlier = aliased(model), aliased(model)  # the picking sub-SELECT reads the table under names of its own
     # Any unfinished older row of the same recipient blocks: one waiting for its retry
     # (backoff) or held by a crashed worker must go first, not be overtaken.
     blocked = exists().where(
-        earlier.openid == model.openid, earlier.id < model.id,
+        earlier.openid == row.openid, earlier.id < row.id,
         earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
-        *([~may_overtake(earlier, model)] if may_overtake is not None else []))
-    candidates = select(model.id).where(due, ~blocked).order_by(model.id).limit(bindparam("limit"))
+        *([~may_overtake(earlier, row)] if may_overtake is not None else []))
+    candidates = (select(row.id).where(_due(row, now, limited, waiting_until), ~blocked)
+                  .order_by(row.id).limit(bindparam("limit")))
     if by_id:
-        candidates = candidates.where(model.id == bindparam("only_id"))
+        candidates = candidates.where(row.id == bindparam("only_id"))
     if by_recipient:
-        candidates = candidates.where(model.openid.in_(bindparam("recipients", expanding=True)))
-    if postgres:
+        candidates = candidates.where(row.openid.in_(bindparam("recipients", expanding=True)))
+    if postgres:  # rows another claim is taking are skipped, not waited for
         candidates = candidates.with_for_update(skip_locked=True)
-    take = (update(model).where(model.id.in_(bindparam("ids", expanding=True)), due)
+    # Picked once (MATERIALIZED): as a plain sub-SELECT, PostgreSQL may run it again for each row it
+    # updates, and each run, past the rows already taken, picks another (a claim of one took two).
+    picked = candidates.cte("picked").prefix_with("MATERIALIZED")
+    # Due again: on PostgreSQL a row another claim committed meanwhile is looked at once more.
+    return (update(model).where(model.id.in_(select(picked.c.id)), _due(model, now, limited, waiting_until))
             .values(status=WorkStatus.PROCESSING, leased_by=bindparam("worker_id"),
                     lease_until=bindparam("lease_until", type_=model.__table__.c.lease_until.type),
                     attempts=model.attempts + 1)
-            .execution_options(synchronize_session=False))
-    return candidates, take
+            .returning(model.id))
 
 
-def _fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int,
-                    waiting_until: Any = None) -> list[int]:
-    # Without this a message that kills its worker would be claimed (and maybe re-sent) forever.
-    stuck, fail = _exhausted_statements(model, is_postgres(session), waiting_until)
+def fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int,
+                   waiting_until: Any = None) -> list[int]:
+    """Mark FAILED the rows whose lease lapsed after their last allowed attempt; returns their ids.
+
+    The sweep's step (the scheduler's jobs), before it claims: without it a row that kills its worker
+    would hold back its recipient's later rows forever. A claim never takes such a row.
+    """
+    stuck, fail = _exhausted_statements(model, is_postgres(session),
+                                        None if waiting_until is None else waiting_until.key)
     params = {"now": now, "max_attempts": max_attempts}
     connection = session.connection()
     ids = list(connection.execute(stuck, params).scalars())
     if ids:
         error = f"lease expired on each of {max_attempts} attempts (worker died or hung)"
         connection.execute(fail, {**params, "ids": ids, "last_error": error})
+        metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__], "lease_expired").inc(len(ids))
     return ids
 
 
 @functools.cache
-def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: Any):
-    """Built once, like the claim's: every claim with an attempt limit runs the SELECT first."""
+def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: str | None):
+    """Built once, like the claim."""
     now = bindparam("now", type_=model.__table__.c.lease_until.type)
     exhausted = and_(model.status == WorkStatus.PROCESSING, model.lease_until < now,
-                     model.attempts >= bindparam("max_attempts"))
-    if waiting_until is not None:  # one waiting out an outage has attempts to spare until then
-        exhausted = and_(exhausted, or_(waiting_until.is_(None), waiting_until < now))
+                     _out_of_attempts(model, now, waiting_until))
     stuck = select(model.id).where(exhausted).order_by(model.id)
     if postgres:
         stuck = stuck.with_for_update(skip_locked=True)

@@ -130,6 +130,7 @@ def test_inbox_failures_by_reason(runtime, clock):
             ids.append(inbox.store_inbound(runtime, inbox_message(xml), xml, clock.now()))
         buggy, dying = ids
         for _ in range(runtime.settings.INBOX_MAX_ATTEMPTS + 1):
+            inbox.give_up_on_exhausted(runtime)  # the sweep's step
             for message_id in inbox.claim_due(runtime, "w1", limit=10):
                 if message_id == buggy:  # its handler raises every time
                     inbox.process(runtime, message_id, "w1", _raise)

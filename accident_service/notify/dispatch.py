@@ -83,27 +83,38 @@ def dispatch_after_change(runtime: Runtime, worker_id: str, recipients: Collecti
     """What is due for the people a change (or a message) just wrote to, oldest first, so an earlier notice
     to the same person goes before. Only theirs: other people's are the dispatcher's job, and whatever
     comes next must not wait behind a backlog."""
-    return dispatch_due(runtime, worker_id, limit=SENDS_RIGHT_AFTER, recipients=recipients) if recipients else 0
+    return _send_due(runtime, worker_id, limit=SENDS_RIGHT_AFTER, recipients=recipients) if recipients else 0
 
 
-def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50,
-                 recipients: Collection[str] | None = None) -> int:
-    """Send up to ``limit`` due notifications, oldest first; returns how many were handled.
+def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
+    """The dispatcher's sweep: give up on notifications whose worker died on their last attempt, then send
+    up to ``limit`` due ones, oldest first; returns how many were handled.
 
-    ``recipients``: only those for these people (after a message: the people it wrote to, wechat.processing).
     Delivery failures are recorded on the rows, never raised; database errors propagate.
     """
+    with runtime.unit_of_work() as session:
+        leases.fail_exhausted(session, Notification, now=runtime.clock.now(),
+                              max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS)
+    return _send_due(runtime, worker_id, limit=limit)
+
+
+def _send_due(runtime: Runtime, worker_id: str, *, limit: int, recipients: Collection[str] | None = None) -> int:
+    """Claim and send due notifications one at a time (``recipients``: only theirs); how many were handled."""
     handled = 0
     for _ in range(limit):
-        with runtime.unit_of_work() as session:
-            ids = leases.claim(session, Notification, worker_id, now=runtime.clock.now(),
-                               lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=1,
-                               max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS, recipients=recipients)
+        ids = _claim_one(runtime, worker_id, recipients)
         if not ids:
             break
         _dispatch_one(runtime, ids[0], worker_id)
         handled += 1
     return handled
+
+
+def _claim_one(runtime: Runtime, worker_id: str, recipients: Collection[str] | None) -> list[int]:
+    now, settings = runtime.clock.now(), runtime.settings
+    return runtime.single_statement(lambda connection: leases.claim(
+        connection, Notification, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS, limit=1,
+        max_attempts=settings.OUTBOX_MAX_ATTEMPTS, recipients=recipients))
 
 
 def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> None:

@@ -2,7 +2,8 @@
 
 The webhook only calls :func:`store_inbound` and answers. Workers (the
 scheduler's sweeper, the web process's small pool) call :func:`claim_due` and
-:func:`process`. Claims are atomic (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+:func:`process`; the sweeper first gives up on messages whose worker died on
+their last allowed attempt (:func:`give_up_on_exhausted`). Claims are atomic (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
 an atomic conditional UPDATE inside SQLite's write lock), one message per
 driver at a time and in arrival order, and a crashed worker's lease simply
 expires. The effects of a message and marking it done commit together, and
@@ -125,23 +126,33 @@ GiveUpHook = Callable[[Session, InboundMessage, datetime], None]
 
 
 def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None,
-              on_give_up: GiveUpHook | None = None) -> list[int]:
-    """Lease up to ``limit`` due messages for ``worker_id`` and return their ids (committed).
+              openid: str | None = None) -> list[int]:
+    """Lease up to ``limit`` due messages for ``worker_id`` and return their ids (committed: one statement).
 
-    ``on_give_up`` runs for each message whose worker died on its last allowed attempt.
+    ``only_id``: that message, if it is due and its sender has nothing unfinished before it. ``openid``:
+    only that sender's. A message whose worker died on its last allowed attempt is left to
+    :func:`give_up_on_exhausted`.
     """
     now = runtime.clock.now()
-    with runtime.unit_of_work() as session:
-        def failed(ids: list[int]) -> None:
-            for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(ids))):
-                _run_give_up_hook(on_give_up, session, row, now)
+    settings = runtime.settings
+    return runtime.single_statement(lambda connection: leases.claim(
+        connection, InboundMessage, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS, limit=limit,
+        only_id=only_id, recipients=None if openid is None else (openid,), max_attempts=settings.INBOX_MAX_ATTEMPTS,
+        may_overtake=_past_photos_held_up_by_an_outage, waiting_until=InboundMessage.waiting_until))
 
-        return leases.claim(session, InboundMessage, worker_id, now=now,
-                            lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id,
-                            max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS,
-                            may_overtake=_past_photos_held_up_by_an_outage,
-                            on_failed=failed if on_give_up is not None else None,
-                            waiting_until=InboundMessage.waiting_until)
+
+def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None) -> list[int]:
+    """The sweep's step: mark FAILED the messages whose worker died (or hung) on their last allowed attempt,
+    ``on_give_up`` running for each in that transaction; returns their ids."""
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        failed = leases.fail_exhausted(session, InboundMessage, now=now,
+                                       max_attempts=runtime.settings.INBOX_MAX_ATTEMPTS,
+                                       waiting_until=InboundMessage.waiting_until)
+        if failed and on_give_up is not None:
+            for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(failed))):
+                _run_give_up_hook(on_give_up, session, row, now)
+        return failed
 
 
 def _past_photos_held_up_by_an_outage(earlier, row):

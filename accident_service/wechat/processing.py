@@ -34,9 +34,14 @@ DOWNLOAD_TIMEOUT_FACTOR = 4
 log = logging.getLogger(__name__)
 
 
-def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_id: int | None = None) -> int:
-    """Claim and process due messages, each followed by its notices; returns how many were processed."""
-    done = _claim_process_send(runtime, worker_id, only_id=first_id) if first_id is not None else 0
+def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20) -> int:
+    """The sweep: give up on messages whose worker died on their last attempt (their senders told at once),
+    then claim and process up to ``limit`` due messages, each followed by its notices; returns how many
+    were processed."""
+    with outbox.recipients_written() as recipients:
+        inbox.give_up_on_exhausted(runtime, on_give_up=tell_sender_it_was_lost)
+    dispatch.dispatch_after_change(runtime, worker_id, recipients)
+    done = 0
     for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
         processed = _claim_process_send(runtime, worker_id)
         if not processed:
@@ -45,12 +50,30 @@ def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20, first_i
     return done
 
 
-def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None = None) -> int:
-    """Claim a message (``only_id``, or the next due), process it, then send at once what is due for the people
-    it wrote to (dispatch.dispatch_after_change), the claim's "message lost" notices included: the next message
-    must not wait behind other people's backlog. Returns how many were processed."""
+def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid: str, *, follow: int) -> int:
+    """Message ``first_id`` of driver ``openid``, then up to ``follow`` of their next ones as they come due,
+    each followed by its notices; returns how many were processed.
+
+    The web's pool, right after a push: a driver's message handed off while their previous one was still
+    processing cannot be claimed then (one message per driver at a time), so the thread that finishes the
+    previous one takes it on. Nothing for this driver: the thread stops (another has their message).
+    """
+    done = _claim_process_send(runtime, worker_id, only_id=first_id)
+    for _ in range(follow if done else 0):
+        processed = _claim_process_send(runtime, worker_id, openid=openid)
+        if not processed:
+            break
+        done += processed
+    return done
+
+
+def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None = None,
+                        openid: str | None = None) -> int:
+    """Claim a message (``only_id``, the next due of ``openid``, or the next due), process it, then send at
+    once what is due for the people it wrote to (dispatch.dispatch_after_change): the next message must not
+    wait behind other people's backlog. Returns how many were processed."""
     with outbox.recipients_written() as recipients:
-        ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, on_give_up=tell_sender_it_was_lost)
+        ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, openid=openid)
         for message_id in ids:
             inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
     dispatch.dispatch_after_change(runtime, worker_id, recipients)
@@ -68,7 +91,8 @@ def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> Non
         # before their reply is dispatched, and what waited for them can go now.
         if allowance.record_action(session, row.openid, allowance.action_of(message), row.received_at):
             dispatch.release_held(session, row.openid, now)
-        told_saving = outbox.is_written(session, _saving_key(row))
+        # Only a retry can find it: the notice is written by the attempt that met the outage.
+        told_saving = row.attempts > 1 and outbox.is_written(session, _saving_key(row))
         Conversation(session, runtime, message, row, now).run(prepared, told_saving=told_saving)
         inbox.finish(session, row, worker_id, now)
 

@@ -78,7 +78,7 @@ def receive():
     metrics.INBOUND_MESSAGES.labels(msg_type, "duplicate" if not row_id else "deferred" if not_before
                                     else "stored").inc()
     if row_id and not not_before and settings.INBOX_PROCESS_INLINE:
-        submit_after_response(runtime, row_id, msg_type)
+        submit_after_response(runtime, row_id, msg_type, str(message.source))
     return _success()
 
 

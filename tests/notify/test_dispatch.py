@@ -327,7 +327,7 @@ def test_the_platform_refusing_what_our_ledger_allowed_sends_it_another_way(make
 def test_a_text_whose_worker_died_while_sending_is_not_sent_again(rt, wechat, clock):
     notification_id = add(rt, "oDriverA", "maybe delivered", wechat=wechat)
     with rt.unit_of_work() as session:  # a worker leased it, recorded the attempt, called the platform, died
-        assert leases.claim(session, Notification, "died", now=clock.now(), limit=1,
+        assert leases.claim(session.connection(), Notification, "died", now=clock.now(), limit=1,
                             lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
         session.get(Notification, notification_id).channel = "wechat"
         session.get(Notification, notification_id).sending_at = clock.now()
@@ -345,7 +345,7 @@ def test_a_template_whose_worker_died_while_sending_is_sent_again_with_the_same_
     wechat.note_user_activity("oDriverA")
     notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
     with rt.unit_of_work() as session:
-        assert leases.claim(session, Notification, "died", now=clock.now(), limit=1,
+        assert leases.claim(session.connection(), Notification, "died", now=clock.now(), limit=1,
                             lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
         session.get(Notification, notification_id).channel = "template"
         session.get(Notification, notification_id).sending_at = clock.now()
@@ -551,7 +551,7 @@ def test_a_driver_writing_during_an_outage_does_not_spend_the_attempts_of_their_
         with rt.unit_of_work() as session:
             allowance.record_action(session, "oDriverA", "message", clock.now())
             assert dispatch.release_held(session, "oDriverA", clock.now()) == 1
-        assert dispatch_due(rt, "w1", recipients={"oDriverA"}) == 1
+        assert dispatch.dispatch_after_change(rt, "w1", {"oDriverA"}) == 1
 
     row = load(rt, booked)
     assert (row.status, row.attempts) == (WorkStatus.PENDING, 1)
@@ -560,7 +560,7 @@ def test_a_driver_writing_during_an_outage_does_not_spend_the_attempts_of_their_
     with rt.unit_of_work() as session:
         allowance.record_action(session, "oDriverA", "message", clock.now())
         dispatch.release_held(session, "oDriverA", clock.now())
-    assert dispatch_due(rt, "w1", recipients={"oDriverA"}) == 1
+    assert dispatch.dispatch_after_change(rt, "w1", {"oDriverA"}) == 1
     assert load(rt, booked).status is WorkStatus.DONE and wechat.messages_to("oDriverA") == ["your booking"]
 
 
@@ -679,8 +679,25 @@ def test_order_per_recipient_survives_a_retry(rt, wechat, clock):
 
 def claim_as(rt, worker_id: str, max_attempts: int | None = None) -> list[int]:
     with rt.unit_of_work() as session:
-        return leases.claim(session, Notification, worker_id, now=rt.clock.now(), limit=10,
+        return leases.claim(session.connection(), Notification, worker_id, now=rt.clock.now(), limit=10,
                             lease_seconds=rt.settings.INBOX_LEASE_SECONDS, max_attempts=max_attempts)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+@pytest.mark.parametrize("by_recipient", [False, True], ids=["all", "by_recipient"])
+def test_a_claim_takes_at_most_its_limit_of_rows_and_the_oldest(rt, limit, by_recipient):
+    """One statement whose picking sub-SELECT PostgreSQL could run once per row it updates: each run, past the
+    rows just taken, picked another (a claim of one took two, and the second was never sent)."""
+    people = [f"oClaim{n}" for n in range(4)]
+    rows = [add(rt, openid, f"note {n}") for n in range(2) for openid in people]
+    with rt.unit_of_work() as session:
+        claimed = leases.claim(session.connection(), Notification, "w1", now=rt.clock.now(), limit=limit,
+                               lease_seconds=rt.settings.INBOX_LEASE_SECONDS, max_attempts=3,
+                               recipients=people if by_recipient else None)
+    assert claimed == rows[:limit]
+    with rt.unit_of_work() as session:
+        leased = session.scalars(select(Notification.id).where(Notification.status == WorkStatus.PROCESSING))
+        assert sorted(leased) == claimed
 
 
 def test_crashed_workers_lease_is_recovered_and_its_late_completion_ignored(rt, wechat, clock):

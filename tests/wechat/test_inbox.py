@@ -310,7 +310,7 @@ def test_worker_dying_on_every_attempt_ends_failed_not_in_a_loop(runtime, clock)
         if inbox.claim_due(runtime, f"w{attempt}") == [message_id]:
             claims += 1
         past_lease(clock)  # ...and the worker dies without a word
-    inbox.claim_due(runtime, "sweeper")
+    assert inbox.give_up_on_exhausted(runtime) == [message_id]  # the sweep
     row = load(runtime, message_id)
     assert claims == MAX_ATTEMPTS
     assert row.status is WorkStatus.FAILED and row.attempts == MAX_ATTEMPTS
@@ -320,8 +320,10 @@ def test_a_message_whose_worker_died_on_its_last_attempt_tells_the_sender(runtim
     message_id = push(runtime)
     told: list[int] = []
     for attempt in range(MAX_ATTEMPTS + 1):
-        inbox.claim_due(runtime, f"w{attempt}", on_give_up=lambda session, row, now: told.append(row.id))
+        inbox.give_up_on_exhausted(runtime, on_give_up=lambda session, row, now: told.append(row.id))  # the sweep
+        inbox.claim_due(runtime, f"w{attempt}")
         past_lease(clock)
+    inbox.give_up_on_exhausted(runtime, on_give_up=lambda session, row, now: told.append(row.id))
     assert load(runtime, message_id).status is WorkStatus.FAILED and told == [message_id]
 
 
@@ -338,7 +340,7 @@ def test_a_message_waiting_out_an_outage_survives_dying_workers_until_its_deadli
     past_lease(clock)
     assert inbox.claim_due(runtime, "w3") == [message_id]  # still waiting, not failed
     clock.advance(deadline - clock.now() + timedelta(minutes=1))
-    inbox.claim_due(runtime, "sweeper")
+    assert inbox.give_up_on_exhausted(runtime) == [message_id]  # the sweep
     assert load(runtime, message_id).status is WorkStatus.FAILED
 
 

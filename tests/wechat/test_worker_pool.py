@@ -10,18 +10,18 @@ from sqlalchemy import update
 from accident_service import outbox
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.notify.dispatch import release_held
-from accident_service.wechat.worker_pool import _drivers_next, _process_then_follow
+from accident_service.wechat import inbox
+from accident_service.wechat.worker_pool import _process_then_follow
 from tests.notify.test_dispatch import acted, add, load
 from tests.wechat.test_inbox import load as load_message
-from tests.wechat.test_inbox import push
+from tests.wechat.test_inbox import push, record_and_finish
 
 
-def test_the_next_message_is_the_same_drivers_earliest_one_pending_and_due(runtime, clock):
+def test_the_drivers_next_message_is_their_earliest_unfinished_one_once_due(runtime, clock):
     first = push(runtime, "oNextA")
-    push(runtime, "oNextB")  # another driver's: never taken on here
+    someone_elses = push(runtime, "oNextB")  # another driver's: never taken on here
     done_already = push(runtime, "oNextA")
     deferred = push(runtime, "oNextA")
-    due = push(runtime, "oNextA")
     later = push(runtime, "oNextA")
     with runtime.unit_of_work() as session:
         session.execute(update(InboundMessage).where(InboundMessage.id == done_already)
@@ -29,11 +29,20 @@ def test_the_next_message_is_the_same_drivers_earliest_one_pending_and_due(runti
         session.execute(update(InboundMessage).where(InboundMessage.id == deferred)
                         .values(next_attempt_at=clock.now() + timedelta(minutes=1)))
 
-    assert _drivers_next(runtime, first) == due  # not the done one, not the one deferred by the intake limit
-    assert _drivers_next(runtime, due) == later
-    assert _drivers_next(runtime, later) is None
+    def next_of_the_driver() -> list[int]:
+        return inbox.claim_due(runtime, "w1", limit=1, openid="oNextA")
+
+    assert next_of_the_driver() == [first]
+    assert next_of_the_driver() == []  # one message per driver at a time
+    assert inbox.process(runtime, first, "w1", record_and_finish) == "done"
+    assert next_of_the_driver() == []  # the one deferred by the intake limit holds the later one back
     clock.advance(minutes=2)
-    assert _drivers_next(runtime, first) == deferred  # due now, and earlier than the others
+    assert next_of_the_driver() == [deferred]  # due now: the earliest unfinished, not the done one
+    assert inbox.process(runtime, deferred, "w1", record_and_finish) == "done"
+    assert next_of_the_driver() == [later]
+    assert inbox.process(runtime, later, "w1", record_and_finish) == "done"
+    assert next_of_the_driver() == []
+    assert load_message(runtime, someone_elses).status is WorkStatus.PENDING
 
 
 def test_the_hand_off_sends_what_is_due_for_the_people_its_message_wrote_to_and_leaves_the_rest(
@@ -46,7 +55,7 @@ def test_the_hand_off_sends_what_is_due_for_the_people_its_message_wrote_to_and_
     acted(rt, wechat, "oHandOffA")
     message_id = push(rt, "oHandOffA")
 
-    _process_then_follow(rt, message_id)
+    _process_then_follow(rt, message_id, "oHandOffA")
 
     assert load_message(rt, message_id).status is WorkStatus.DONE
     assert [m["touser"] for m in wechat.sent] == ["oHandOffA", "oHandOffA"]  # the earlier notice, then the reply
