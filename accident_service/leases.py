@@ -44,7 +44,8 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     again — unless its ``waiting_until`` column (a row waiting out an outage) is still ahead: the
     sweep marks it FAILED (:func:`fail_exhausted`). Run again after a lost connection, a claim that
     had committed leaves its rows leased to nobody who knows: they lapse and are claimed again (a
-    crash's delay, the attempt counted), never lost nor run twice at once.
+    crash's delay, the attempt counted), never run twice at once; a row on its last allowed attempt
+    is then given up by the sweep without having run (known; not yet mended).
     ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
     a row back. ``recipients``: only rows for these people.
     """

@@ -51,8 +51,8 @@ class Runtime:
         return run_in_transaction(self.engine, work)
 
     def single_statement(self, work: Callable[[Connection], T]) -> T:
-        """``work(connection)``: one statement a rerun of which changes nothing, committed on its own, without
-        the BEGIN and COMMIT round trips on PostgreSQL (see accident_service.db.run_single_statement)."""
+        """``work(connection)``: one statement, committed on its own, without the BEGIN and COMMIT round trips on
+        PostgreSQL; see accident_service.db.run_single_statement for what a rerun after a lost connection does."""
         return run_single_statement(self.statement_engine(), work)
 
     def statement_engine(self) -> Engine:
