@@ -32,7 +32,7 @@ Overtake = Callable[[Any, Any], ColumnElement[bool]]
 
 
 def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
-          limit: int, only_id: int | None = None, max_attempts: int | None = None,
+          limit: int, only_id: int | None = None, after_id: int | None = None, max_attempts: int | None = None,
           may_overtake: Overtake | None = None, waiting_until: Any = None,
           recipients: Collection[str] | None = None) -> list[int]:
     """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids, oldest first.
@@ -47,13 +47,13 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     crash's delay, the attempt counted), never run twice at once; a row on its last allowed attempt
     is then given up by the sweep without having run (known; not yet mended).
     ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
-    a row back. ``recipients``: only rows for these people.
+    a row back. ``recipients``: only rows for these people. ``after_id``: only rows newer than that one.
     """
-    take = _claim_statement(model, connection.dialect.name == "postgresql", only_id is not None, may_overtake,
-                            recipients is not None, max_attempts is not None,
+    take = _claim_statement(model, connection.dialect.name == "postgresql", only_id is not None, after_id is not None,
+                            may_overtake, recipients is not None, max_attempts is not None,
                             None if waiting_until is None else waiting_until.key)
     return sorted(connection.execute(take, {
-        "now": now, "limit": limit, "only_id": only_id, "recipients": list(recipients or ()),
+        "now": now, "limit": limit, "only_id": only_id, "after_id": after_id, "recipients": list(recipients or ()),
         "max_attempts": max_attempts, "worker_id": worker_id,
         "lease_until": now + timedelta(seconds=lease_seconds)}).scalars())
 
@@ -76,7 +76,7 @@ def _due(row, now, limited: bool, waiting_until: str | None) -> ColumnElement[bo
 
 
 @functools.cache
-def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, may_overtake: Overtake | None,
+def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: bool, may_overtake: Overtake | None,
                      by_recipient: bool, limited: bool, waiting_until: str | None):
     """The claim, built once per kind of claim: every processed message and every send runs one, and
     building these statements cost more CPU than running them (py-spy through the load test's burst).
@@ -93,6 +93,8 @@ def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, may_overta
                   .order_by(row.id).limit(bindparam("limit")))
     if by_id:
         candidates = candidates.where(row.id == bindparam("only_id"))
+    if newer:
+        candidates = candidates.where(row.id > bindparam("after_id"))
     if by_recipient:
         candidates = candidates.where(row.openid.in_(bindparam("recipients", expanding=True)))
     if postgres:  # rows another claim is taking are skipped, not waited for

@@ -126,19 +126,20 @@ GiveUpHook = Callable[[Session, InboundMessage, datetime], None]
 
 
 def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None,
-              openid: str | None = None) -> list[int]:
+              openid: str | None = None, after_id: int | None = None) -> list[int]:
     """Lease up to ``limit`` due messages for ``worker_id`` and return their ids (committed: one statement).
 
     ``only_id``: that message, if it is due and its sender has nothing unfinished before it. ``openid``:
-    only that sender's. A message whose worker died on its last allowed attempt is left to
-    :func:`give_up_on_exhausted`.
+    only that sender's. ``after_id``: only messages that came after that one. A message whose worker died
+    on its last allowed attempt is left to :func:`give_up_on_exhausted`.
     """
     now = runtime.clock.now()
     settings = runtime.settings
     return runtime.single_statement(lambda connection: leases.claim(
         connection, InboundMessage, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS, limit=limit,
-        only_id=only_id, recipients=None if openid is None else (openid,), max_attempts=settings.INBOX_MAX_ATTEMPTS,
-        may_overtake=_past_photos_held_up_by_an_outage, waiting_until=InboundMessage.waiting_until))
+        only_id=only_id, after_id=after_id, recipients=None if openid is None else (openid,),
+        max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_past_photos_held_up_by_an_outage,
+        waiting_until=InboundMessage.waiting_until))
 
 
 def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None) -> list[int]:

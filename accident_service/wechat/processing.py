@@ -43,10 +43,9 @@ def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20) -> int:
     dispatch.dispatch_after_change(runtime, worker_id, recipients)
     done = 0
     for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
-        processed = _claim_process_send(runtime, worker_id)
-        if not processed:
+        if _claim_process_send(runtime, worker_id) is None:
             break
-        done += processed
+        done += 1
     return done
 
 
@@ -56,28 +55,31 @@ def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid
 
     The web's pool, right after a push: a driver's message handed off while their previous one was still
     processing cannot be claimed then (one message per driver at a time), so the thread that finishes the
-    previous one takes it on. Nothing for this driver: the thread stops (another has their message).
+    previous one takes it on. Only messages sent after the one just processed: an earlier one is a retry
+    (a photo waiting out a storage outage that a text overtook), the sweep's, and in the text lane other
+    drivers' texts would wait behind its download. Nothing for this driver: the thread stops.
     """
-    done = _claim_process_send(runtime, worker_id, only_id=first_id)
-    for _ in range(follow if done else 0):
-        processed = _claim_process_send(runtime, worker_id, openid=openid)
-        if not processed:
+    last = _claim_process_send(runtime, worker_id, only_id=first_id)
+    done = 0
+    for _ in range(follow):
+        if last is None:
             break
-        done += processed
-    return done
+        done += 1
+        last = _claim_process_send(runtime, worker_id, openid=openid, after_id=last)
+    return done + (last is not None)
 
 
 def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None = None,
-                        openid: str | None = None) -> int:
-    """Claim a message (``only_id``, the next due of ``openid``, or the next due), process it, then send at
-    once what is due for the people it wrote to (dispatch.dispatch_after_change): the next message must not
-    wait behind other people's backlog. Returns how many were processed."""
+                        openid: str | None = None, after_id: int | None = None) -> int | None:
+    """Claim a message (``only_id``, the next due of ``openid`` after ``after_id``, or the next due), process
+    it, then send at once what is due for the people it wrote to (dispatch.dispatch_after_change): the next
+    message must not wait behind other people's backlog. Returns the id processed, None if none was due."""
     with outbox.recipients_written() as recipients:
-        ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, openid=openid)
+        ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, openid=openid, after_id=after_id)
         for message_id in ids:
             inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost)
     dispatch.dispatch_after_change(runtime, worker_id, recipients)
-    return len(ids)
+    return ids[0] if ids else None
 
 
 def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> None:

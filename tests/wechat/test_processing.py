@@ -85,6 +85,32 @@ def test_the_sweep_sends_the_lost_notice_of_a_message_it_gives_up_on_at_once(wec
     assert [(m["touser"], m["text"]) for m in wechat.sent] == [("oSweepLost", text("conv.message_lost", "zh"))]
 
 
+def test_a_message_given_up_on_holds_back_the_driver_s_later_one_only_until_the_sweep(wechat_runtime, wechat, clock):
+    """A claim never takes a message whose worker died on its last attempt, and that message, unfinished,
+    holds the driver's later one back; the sweep gives it up, then processes the later one."""
+    from accident_service.models import WorkStatus
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.notify.test_dispatch import acted
+    from tests.wechat.test_inbox import load as load_message
+    from tests.wechat.test_inbox import past_lease, push
+
+    rt = wechat_runtime
+    acted(rt, wechat, "oHeldBack")
+    stuck = push(rt, "oHeldBack")
+    for attempt in range(rt.settings.INBOX_MAX_ATTEMPTS):
+        assert inbox.claim_due(rt, f"dying-{attempt}") == [stuck]
+        past_lease(clock)
+    later = push(rt, "oHeldBack")
+    assert inbox.claim_due(rt, "web", openid="oHeldBack") == []  # held back, and the stuck one not taken
+
+    assert run_inbox_once(rt, "sched-test", limit=5) == 1
+
+    assert load_message(rt, stuck).status is WorkStatus.FAILED
+    assert load_message(rt, later).status is WorkStatus.DONE
+    assert wechat.sent[0] == {**wechat.sent[0], "touser": "oHeldBack", "text": text("conv.message_lost", "zh")}
+    assert [m["touser"] for m in wechat.sent] == ["oHeldBack", "oHeldBack"]  # then the later one's answer
+
+
 def _driver_writes_and_hears_first(rt, wechat, openid: str, waited: int, text_of_waited: str) -> None:
     """``openid`` writes; the sweep processes it: the notice that waited goes first, then the answer."""
     from accident_service.models import WorkStatus

@@ -13,8 +13,8 @@ from accident_service.notify.dispatch import release_held
 from accident_service.wechat import inbox
 from accident_service.wechat.worker_pool import _process_then_follow
 from tests.notify.test_dispatch import acted, add, load
+from tests.wechat.test_inbox import failing_with, push, record_and_finish
 from tests.wechat.test_inbox import load as load_message
-from tests.wechat.test_inbox import push, record_and_finish
 
 
 def test_the_drivers_next_message_is_their_earliest_unfinished_one_once_due(runtime, clock):
@@ -75,3 +75,23 @@ def test_the_people_written_to_are_collected_inside_the_block_only(runtime):
                                           for openid in ("oTwo", "oThree")])
             release_held(session, "oNothingHeld", now)  # nothing released: nobody to send to
         assert recipients == {"oOne", "oTwo", "oThree"}
+
+
+def test_the_hand_off_follows_the_driver_s_later_messages_only_not_a_photo_retry_its_text_overtook(
+        wechat_runtime, wechat, clock):
+    """A photo waiting out a storage outage is overtaken by the driver's texts; its retry, due again, is the
+    sweep's: in the text lane, other drivers' texts would wait behind its download."""
+    rt = wechat_runtime
+    photo = push(rt, "oOvertook", image=True)
+    assert inbox.claim_due(rt, "w1") == [photo]
+    outage = inbox.RetryLater("storage unavailable", keep_trying_until=clock.now() + timedelta(hours=2))
+    assert inbox.process(rt, photo, "w1", failing_with(outage)) == "retry"
+    first_text, second_text = push(rt, "oOvertook"), push(rt, "oOvertook")
+    clock.set(load_message(rt, photo).next_attempt_at)  # the photo's retry is due again
+
+    _process_then_follow(rt, first_text, "oOvertook")
+
+    assert load_message(rt, first_text).status is WorkStatus.DONE
+    assert load_message(rt, second_text).status is WorkStatus.DONE  # sent after it: followed
+    waiting = load_message(rt, photo)
+    assert (waiting.status, waiting.attempts) == (WorkStatus.PENDING, 1)  # not tried again here
