@@ -61,6 +61,8 @@ OPERATOR = {"SECRET_KEY": "6a26b75ffc2f6e9e20f8f3332a7a63b4afafd4336493d20f0ce46
 def test_compose_has_the_services_and_their_order():
     assert set(SERVICES) >= {"postgres", "minio", "minio-init", "migrate", "web", "scheduler"}
     assert SERVICES["postgres"]["image"].startswith("postgres:15")
+    for name in ("minio", "minio-init"):  # a release of the evidence store, never whatever "latest" is that day
+        assert ":RELEASE." in SERVICES[name]["image"], name
     assert SERVICES["migrate"]["command"] == ["accident-service", "db", "upgrade"]
     assert SERVICES["scheduler"]["command"] == ["accident-service", "scheduler"]
     assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
