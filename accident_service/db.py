@@ -176,7 +176,8 @@ class DatabaseUnavailable(ServiceError):
 UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.TimeoutError)
 
 
-def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *,
+                       rerun: Callable[[Connection], T] | None = None) -> T:
     """``work(connection)`` in one transaction (committed, or rolled back on error), and its result.
 
     Core, not a Session: the webhook runs this on every push, and a Session's bookkeeping
@@ -185,15 +186,15 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     keep it to database work. A connection lost during COMMIT is never retried (the
     transaction may have committed). On an engine in autocommit (:func:`run_single_statement`)
     each statement commits as it runs, so a rerun after a lost connection is safe only for work
-    a rerun leaves unchanged. Raises DatabaseUnavailable when the database cannot be reached or
-    the retry fails too.
+    a rerun leaves unchanged, or for a ``rerun`` that finds what a first run that committed did.
+    Raises DatabaseUnavailable when the database cannot be reached or the retry fails too.
     """
     for attempt in (1, 2):
         committing = False
         try:
             with engine.connect() as connection:
                 transaction = connection.begin()
-                result = work(connection)
+                result = (work if attempt == 1 or rerun is None else rerun)(connection)
                 committing = True  # from here on the server may have kept the transaction
                 transaction.commit()
             return result
@@ -210,19 +211,20 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def run_single_statement(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """``work(connection)``, which runs exactly one statement, and a rerun of which changes nothing
-    (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``) or nothing that is not undone in time (a lease's
-    claim: the rows of a first run that committed lapse and are claimed again), committed as its own
-    transaction.
+def run_single_statement(engine: Engine, work: Callable[[Connection], T], *,
+                         rerun: Callable[[Connection], T] | None = None) -> T:
+    """``work(connection)``, which runs exactly one statement, committed as its own transaction. Either a
+    rerun of it changes nothing (an upsert, an ``INSERT … ON CONFLICT DO NOTHING``), or ``rerun`` is what
+    to run instead after a lost connection (a lease's claim: take back the rows a first run that committed
+    leased, else claim).
 
     Give it an engine made with ``autocommit=True`` on PostgreSQL: the statement is then the
     transaction (BEGIN and COMMIT are no-ops), so the two round trips go (a webhook push spent three,
     now one). It is :func:`run_in_transaction` on that engine: a connection lost while the statement
-    runs leaves open whether it committed, and the rerun on a fresh connection changes nothing if it
-    did. On SQLite (no round trips) the engine is the ordinary one.
+    runs leaves open whether it committed, and the rerun on a fresh connection settles it. On SQLite
+    (no round trips) the engine is the ordinary one.
     """
-    return run_in_transaction(engine, work)
+    return run_in_transaction(engine, work, rerun=rerun)
 
 
 class DriverStatement:

@@ -38,14 +38,11 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids, oldest first.
 
     One statement (an UPDATE of the rows its sub-SELECT picks, RETURNING them): run it as its own
-    transaction (``runtime.single_statement``), one round trip. It counts the attempt as it leases, so
-    a row that kills its worker is counted all the same. With ``max_attempts``, a row whose lease
-    lapsed after its last allowed attempt (its worker died or hung every time) is never claimed
+    transaction, one round trip, with :func:`claim_as_own_transaction`. It counts the attempt as it
+    leases, so a row that kills its worker is counted all the same. With ``max_attempts``, a row whose
+    lease lapsed after its last allowed attempt (its worker died or hung every time) is never claimed
     again — unless its ``waiting_until`` column (a row waiting out an outage) is still ahead: the
-    sweep marks it FAILED (:func:`fail_exhausted`). Run again after a lost connection, a claim that
-    had committed leaves its rows leased to nobody who knows: they lapse and are claimed again (a
-    crash's delay, the attempt counted), never run twice at once; a row on its last allowed attempt
-    is then given up by the sweep without having run (known; not yet mended).
+    sweep marks it FAILED (:func:`fail_exhausted`).
     ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
     a row back. ``recipients``: only rows for these people. ``after_id``: only rows newer than that one.
     """
@@ -56,6 +53,35 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
         "now": now, "limit": limit, "only_id": only_id, "after_id": after_id, "recipients": list(recipients or ()),
         "max_attempts": max_attempts, "worker_id": worker_id,
         "lease_until": now + timedelta(seconds=lease_seconds)}).scalars())
+
+
+def claim_as_own_transaction(single_statement: Callable[..., list[int]], model: LeasedModel, worker_id: str, *,
+                             now: datetime, lease_seconds: int, **options: Any) -> list[int]:
+    """:func:`claim` (``options``: its keywords) through ``single_statement`` (``runtime.single_statement``).
+
+    When the connection is lost under it, whether it committed is unknown. Claiming again would leave the
+    rows a first run leased to nobody who knows: held until their lease lapsed, with an attempt counted
+    that never ran (and one on its last allowed attempt given up unrun). So the rerun takes back what this
+    very claim leased (this worker, this lease's end), and claims only if it finds nothing.
+    """
+    def run(connection: Connection) -> list[int]:
+        return claim(connection, model, worker_id, now=now, lease_seconds=lease_seconds, **options)
+
+    def rerun(connection: Connection) -> list[int]:
+        taken = connection.execute(_taken_back_statement(model), {
+            "worker_id": worker_id, "lease_until": now + timedelta(seconds=lease_seconds)}).scalars().all()
+        return list(taken) or run(connection)
+
+    return single_statement(run, rerun=rerun)
+
+
+@functools.cache
+def _taken_back_statement(model: LeasedModel):
+    table = model.__table__
+    return (select(table.c.id)
+            .where(table.c.status == WorkStatus.PROCESSING, table.c.leased_by == bindparam("worker_id"),
+                   table.c.lease_until == bindparam("lease_until", type_=table.c.lease_until.type))
+            .order_by(table.c.id))
 
 
 def _out_of_attempts(row, now, waiting_until: str | None) -> ColumnElement[bool]:

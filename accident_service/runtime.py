@@ -50,10 +50,11 @@ class Runtime:
         died before COMMIT (see accident_service.db.run_in_transaction)."""
         return run_in_transaction(self.engine, work)
 
-    def single_statement(self, work: Callable[[Connection], T]) -> T:
+    def single_statement(self, work: Callable[[Connection], T], *,
+                         rerun: Callable[[Connection], T] | None = None) -> T:
         """``work(connection)``: one statement, committed on its own, without the BEGIN and COMMIT round trips on
-        PostgreSQL; see accident_service.db.run_single_statement for what a rerun after a lost connection does."""
-        return run_single_statement(self.statement_engine(), work)
+        PostgreSQL; see accident_service.db.run_single_statement for a rerun after a lost connection."""
+        return run_single_statement(self.statement_engine(), work, rerun=rerun)
 
     def statement_engine(self) -> Engine:
         """The engine :meth:`single_statement` uses.

@@ -384,6 +384,35 @@ def test_a_push_stored_before_its_connection_died_is_answered_and_stored_once(se
 
 
 @postgres_only
+def test_a_claim_committed_before_its_connection_died_is_taken_back_on_the_rerun(settings_overrides, clock,
+                                                                                database_url):
+    """The claim leased the message and committed, then its answer was lost (the proxy drops it after the
+    server's ReadyForQuery): the rerun on a fresh connection hands that message to its worker, its attempt
+    counted once. Claiming again would find nothing due and leave it leased to nobody who knows until its
+    lease lapsed, an attempt spent that never ran."""
+    from accident_service.models import WorkStatus
+    from accident_service.wechat import inbox
+    from tests.wechat.test_inbox import load, push
+
+    url = make_url(database_url)
+    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+            {"sslmode": "disable"}).render_as_string(hide_password=False)
+        runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy},
+                                              environ={}), clock=clock)
+        try:
+            message_id = push(runtime, "oClaimCut")
+            proxy.arm(b"leased_by")  # the claim's UPDATE; the answer to it is lost
+            assert inbox.claim_due(runtime, "w1") == [message_id]
+            assert proxy.cut == 1, "no answer was lost: the test proved nothing"
+            row = load(runtime, message_id)
+            assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", 1)
+            assert inbox.claim_due(runtime, "w2") == []  # still leased: not handed out twice
+        finally:
+            runtime.close()
+
+
+@postgres_only
 def test_a_driver_statement_runs_the_core_statement_with_its_type_conversions(engine):
     """Compiled once, run with exec_driver_sql: the enum column gets its stored value, as through execute."""
     from sqlalchemy import bindparam, insert

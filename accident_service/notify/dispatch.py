@@ -112,9 +112,9 @@ def _send_due(runtime: Runtime, worker_id: str, *, limit: int, recipients: Colle
 
 def _claim_one(runtime: Runtime, worker_id: str, recipients: Collection[str] | None) -> list[int]:
     now, settings = runtime.clock.now(), runtime.settings
-    return runtime.single_statement(lambda connection: leases.claim(
-        connection, Notification, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS, limit=1,
-        max_attempts=settings.OUTBOX_MAX_ATTEMPTS, recipients=recipients))
+    return leases.claim_as_own_transaction(
+        runtime.single_statement, Notification, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS,
+        limit=1, max_attempts=settings.OUTBOX_MAX_ATTEMPTS, recipients=recipients)
 
 
 def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> None:

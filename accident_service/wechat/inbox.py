@@ -135,11 +135,11 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
     """
     now = runtime.clock.now()
     settings = runtime.settings
-    return runtime.single_statement(lambda connection: leases.claim(
-        connection, InboundMessage, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS, limit=limit,
-        only_id=only_id, after_id=after_id, recipients=None if openid is None else (openid,),
+    return leases.claim_as_own_transaction(
+        runtime.single_statement, InboundMessage, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS,
+        limit=limit, only_id=only_id, after_id=after_id, recipients=None if openid is None else (openid,),
         max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_past_photos_held_up_by_an_outage,
-        waiting_until=InboundMessage.waiting_until))
+        waiting_until=InboundMessage.waiting_until)
 
 
 def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None) -> list[int]:
