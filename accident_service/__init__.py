@@ -35,6 +35,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     if settings.AUTO_MIGRATE:
         _migrate_or_explain(settings)
     runtime = runtime or build_runtime(settings)
+    from accident_service import metrics  # here, not at the top: see config/gunicorn.conf.py
+
+    metrics.start_series()
 
     app = _bare_app(settings, runtime)
     from accident_service.desk import auth

@@ -48,6 +48,27 @@ JOB_RUNS = Counter("accident_job_runs_total", "Scheduler job runs, by job and ou
 JOB_SECONDS = Histogram("accident_job_seconds", "Scheduler job run time", ["job"],
                         buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
+#: What work is given up for, by queue; besides these, a notice the platform refused for good counts as
+#: ``wechat_<its error code>`` (:func:`outbox_failure_reason`).
+FAILURE_REASONS = {"inbox": ("lease_expired", "attempts_exhausted", "outage_outlasted"),
+                   "outbox": ("lease_expired", "attempts_exhausted", "unsendable")}
+
+
+def start_series(jobs: tuple[str, ...] = ()) -> None:
+    """Every failure series, and each of ``jobs``' runs and durations, at 0 from the process's start.
+
+    A labelled series appears only when first counted, and Prometheus takes a series that appears with
+    1 for one that was always 1: ``increase()`` over it, and so an alert on it, would miss the first
+    failure (or the first failed run) after every restart.
+    """
+    for queue, reasons in FAILURE_REASONS.items():
+        for reason in reasons:
+            FAILURES.labels(queue, reason)
+    for job in jobs:
+        JOB_SECONDS.labels(job)
+        for outcome in ("ok", "error"):
+            JOB_RUNS.labels(job, outcome)
+
 
 class QueueFigures(Collector):
     """Inbox and outbox rows per status, and the age of the oldest unfinished push, read when scraped.

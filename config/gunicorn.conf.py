@@ -2,6 +2,26 @@
 import os
 import sys
 
+# Workers count into files here, so /metrics adds them all up (prometheus_client multiprocess mode).
+# Set first, before anything below imports the service: prometheus_client picks its mode when imported,
+# and workers forked from a master that imported it without this count in memory, each for itself.
+# A directory made here is removed on exit; one the operator set is theirs and kept. The marker
+# is an environment variable, not a global, so it survives a reload (HUP re-reads this file).
+_CREATED_METRICS_DIR = "ACCIDENT_SERVICE_CREATED_METRICS_DIR"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = tempfile.mkdtemp(
+        prefix="accident-metrics-")
+
+
+def _remove_created_metrics_dir():
+    import shutil
+
+    created = os.environ.get(_CREATED_METRICS_DIR)
+    if created and created == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(created, ignore_errors=True)
+
 
 def _whole_number(name, default):
     """A positive whole number from the environment, or `configuration error: NAME: ...` and exit 2."""
@@ -11,6 +31,7 @@ def _whole_number(name, default):
         return process_count(name, default)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        _remove_created_metrics_dir()
         sys.exit(2)
 
 
@@ -52,25 +73,6 @@ if _log_format() == "json":
                     "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False}},
         "root": {"level": "INFO", "handlers": []},
     }
-
-# Workers count into files here, so /metrics adds them all up (prometheus_client multiprocess mode).
-# A directory made here is removed on exit; one the operator set is theirs and kept. The marker
-# is an environment variable, not a global, so it survives a reload (HUP re-reads this file).
-_CREATED_METRICS_DIR = "ACCIDENT_SERVICE_CREATED_METRICS_DIR"
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    import tempfile
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = tempfile.mkdtemp(
-        prefix="accident-metrics-")
-
-
-def _remove_created_metrics_dir():
-    import shutil
-
-    created = os.environ.get(_CREATED_METRICS_DIR)
-    if created and created == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        shutil.rmtree(created, ignore_errors=True)
-
 
 def on_starting(server):
     """Check the settings before any worker starts: a bad one is one line and exit 2, as with the CLI."""

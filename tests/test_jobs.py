@@ -437,6 +437,9 @@ def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, schedul
                    for family in text_string_to_metric_families(text) for s in family.samples}
         runs = samples.get(("accident_job_runs_total", (("job", "dispatch_outbox"), ("outcome", "ok"))), 0.0)
         assert not runs or samples[("accident_job_seconds_count", (("job", "dispatch_outbox"),))] >= runs
+        # There from the start at 0 (an alert sees the first failed run), the nightly job's too.
+        assert samples[("accident_job_runs_total", (("job", "purge_personal_data"), ("outcome", "error")))] == 0
+        assert samples[("accident_job_seconds_count", (("job", "purge_personal_data"),))] == 0
         return runs
 
     deadline = time.monotonic() + 90  # a cold start on a busy machine, not a speed requirement

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from accident_service import create_app
+from accident_service.metrics import FAILURE_REASONS
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.support.servers import MotoS3Server, free_port, serving
@@ -159,3 +160,7 @@ def test_metrics_add_up_every_gunicorn_worker_and_show_queue_depths(tmp_path):
             assert _sample(text, "accident_inbound_messages_total", 'outcome="stored"') == pushes
             assert _sample(text, "accident_inbox_messages", 'status="pending"') == pushes
             assert _sample(text, "accident_inbox_messages", 'status="failed"') == 0
+            # Before any failure, every series of one is there at 0: an alert can see the first.
+            for queue, reasons in FAILURE_REASONS.items():
+                for reason in reasons:
+                    assert f'accident_failures_total{{queue="{queue}",reason="{reason}"}} 0.0' in text
