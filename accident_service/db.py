@@ -182,8 +182,8 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *,
 
     Core, not a Session: the webhook runs this on every push, and a Session's bookkeeping
     costs more than the statement. When the connection dies before COMMIT is sent, nothing
-    of the attempt can have been kept, so ``work`` runs once more on a fresh connection:
-    keep it to database work. A connection lost during COMMIT is never retried (the
+    of the attempt can have been kept, so ``work`` (or ``rerun``, when given) runs once more on a
+    fresh connection: keep it to database work. A connection lost during COMMIT is never retried (the
     transaction may have committed). On an engine in autocommit (:func:`run_single_statement`)
     each statement commits as it runs, so a rerun after a lost connection is safe only for work
     a rerun leaves unchanged, or for a ``rerun`` that finds what a first run that committed did.

@@ -55,33 +55,46 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
         "lease_until": now + timedelta(seconds=lease_seconds)}).scalars())
 
 
-def claim_as_own_transaction(single_statement: Callable[..., list[int]], model: LeasedModel, worker_id: str, *,
-                             now: datetime, lease_seconds: int, **options: Any) -> list[int]:
-    """:func:`claim` (``options``: its keywords) through ``single_statement`` (``runtime.single_statement``).
+def claim_as_own_transaction(single_statement: Callable[..., list[int]], clock: Callable[[], datetime],
+                             model: LeasedModel, worker_id: str, *, lease_seconds: int, **options: Any) -> list[int]:
+    """:func:`claim` at ``clock()`` (``options``: its keywords) through ``single_statement``
+    (``runtime.single_statement``).
 
     When the connection is lost under it, whether it committed is unknown. Claiming again would leave the
     rows a first run leased to nobody who knows: held until their lease lapsed, with an attempt counted
     that never ran (and one on its last allowed attempt given up unrun). So the rerun takes back what this
-    very claim leased (this worker, this lease's end), and claims only if it finds nothing.
+    very claim leased (this worker, this lease's end) while that lease lasts, renewing it, and claims
+    afresh only if it finds nothing. Not closed: a connection lost while the server still runs the first
+    claim, which then commits, leaves its rows to lapse as before.
     """
+    now = clock()
+    leased_until = now + timedelta(seconds=lease_seconds)
+
     def run(connection: Connection) -> list[int]:
         return claim(connection, model, worker_id, now=now, lease_seconds=lease_seconds, **options)
 
     def rerun(connection: Connection) -> list[int]:
-        taken = connection.execute(_taken_back_statement(model), {
-            "worker_id": worker_id, "lease_until": now + timedelta(seconds=lease_seconds)}).scalars().all()
-        return list(taken) or run(connection)
+        again = clock()
+        if again >= leased_until:  # lapsed meanwhile: anyone may claim those rows now, this worker too
+            taken = []
+        else:
+            taken = connection.execute(_take_back_statement(model), {
+                "worker_id": worker_id, "leased_until": leased_until,
+                "lease_until": again + timedelta(seconds=lease_seconds)}).scalars().all()
+        return sorted(taken) or claim(connection, model, worker_id, now=again, lease_seconds=lease_seconds,
+                                      **options)
 
     return single_statement(run, rerun=rerun)
 
 
 @functools.cache
-def _taken_back_statement(model: LeasedModel):
+def _take_back_statement(model: LeasedModel):
     table = model.__table__
-    return (select(table.c.id)
+    return (update(table)
             .where(table.c.status == WorkStatus.PROCESSING, table.c.leased_by == bindparam("worker_id"),
-                   table.c.lease_until == bindparam("lease_until", type_=table.c.lease_until.type))
-            .order_by(table.c.id))
+                   table.c.lease_until == bindparam("leased_until", type_=table.c.lease_until.type))
+            .values(lease_until=bindparam("lease_until", type_=table.c.lease_until.type))
+            .returning(table.c.id))
 
 
 def _out_of_attempts(row, now, waiting_until: str | None) -> ColumnElement[bool]:

@@ -7,6 +7,7 @@ from a connection of their own, as a server restart or an operator would.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from flask import jsonify
@@ -383,33 +384,71 @@ def test_a_push_stored_before_its_connection_died_is_answered_and_stored_once(se
             runtime.close()
 
 
+class _ClockThatMovesWhenAsked:
+    """The test clock, which moves ``step`` at each reading once ``moving`` is set: the rerun of a claim reads
+    it again, so the time between a claim's two runs can be as long as a test needs."""
+
+    def __init__(self, clock, step: timedelta) -> None:
+        self._clock, self._step, self.moving = clock, step, False
+
+    def now(self):
+        return self._clock.advance(self._step) if self.moving else self._clock.now()
+
+
+def _claim_whose_answer_is_lost(settings_overrides, clock, database_url, *, rerun_after: timedelta):
+    """Claim a driver's message through a proxy that loses the claim's answer, the rerun coming
+    ``rerun_after`` later; returns (what the claim returned, the message's row, when the claim ran)."""
+    from accident_service.wechat import inbox
+    from tests.wechat.test_inbox import load, push
+
+    url = make_url(database_url)
+    moving_clock = _ClockThatMovesWhenAsked(clock, rerun_after)
+    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+            {"sslmode": "disable"}).render_as_string(hide_password=False)
+        runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy,
+                                               "INBOX_LEASE_SECONDS": 60}, environ={}), clock=moving_clock)
+        try:
+            message_id = push(runtime, "oClaimCut")
+            claimed_at = clock.now() + rerun_after  # the first reading, once moving
+            proxy.arm(b"leased_by")  # the claim's UPDATE; the answer to it is lost
+            moving_clock.moving = rerun_after > timedelta(0)
+            claimed = inbox.claim_due(runtime, "w1")
+            moving_clock.moving = False
+            assert proxy.cut == 1, "no answer was lost: the test proved nothing"
+            assert inbox.claim_due(runtime, "w2") == []  # still leased: not handed out twice
+            return claimed, load(runtime, message_id), claimed_at
+        finally:
+            runtime.close()
+
+
 @postgres_only
 def test_a_claim_committed_before_its_connection_died_is_taken_back_on_the_rerun(settings_overrides, clock,
                                                                                 database_url):
     """The claim leased the message and committed, then its answer was lost (the proxy drops it after the
     server's ReadyForQuery): the rerun on a fresh connection hands that message to its worker, its attempt
-    counted once. Claiming again would find nothing due and leave it leased to nobody who knows until its
-    lease lapsed, an attempt spent that never ran."""
+    counted once and its lease renewed from the rerun. Claiming again would find nothing due and leave it
+    leased to nobody who knows until its lease lapsed, an attempt spent that never ran."""
     from accident_service.models import WorkStatus
-    from accident_service.wechat import inbox
-    from tests.wechat.test_inbox import load, push
 
-    url = make_url(database_url)
-    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
-        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
-            {"sslmode": "disable"}).render_as_string(hide_password=False)
-        runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy},
-                                              environ={}), clock=clock)
-        try:
-            message_id = push(runtime, "oClaimCut")
-            proxy.arm(b"leased_by")  # the claim's UPDATE; the answer to it is lost
-            assert inbox.claim_due(runtime, "w1") == [message_id]
-            assert proxy.cut == 1, "no answer was lost: the test proved nothing"
-            row = load(runtime, message_id)
-            assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", 1)
-            assert inbox.claim_due(runtime, "w2") == []  # still leased: not handed out twice
-        finally:
-            runtime.close()
+    claimed, row, claimed_at = _claim_whose_answer_is_lost(settings_overrides, clock, database_url,
+                                                           rerun_after=timedelta(seconds=20))
+    assert claimed == [row.id]
+    assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", 1)
+    assert row.lease_until == claimed_at + timedelta(seconds=20 + 60)
+
+
+@postgres_only
+def test_a_claim_whose_lease_lapsed_before_its_rerun_claims_afresh(settings_overrides, clock, database_url):
+    """Past its lease the row is anyone's (the sweep may have it already): the rerun does not take it back as
+    its own but claims as any claim would, counting the attempt; here nobody else did, so it is this one's."""
+    from accident_service.models import WorkStatus
+
+    claimed, row, claimed_at = _claim_whose_answer_is_lost(settings_overrides, clock, database_url,
+                                                           rerun_after=timedelta(seconds=61))
+    assert claimed == [row.id]
+    assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", 2)
+    assert row.lease_until == claimed_at + timedelta(seconds=61 + 60)
 
 
 @postgres_only

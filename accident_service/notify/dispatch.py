@@ -111,10 +111,11 @@ def _send_due(runtime: Runtime, worker_id: str, *, limit: int, recipients: Colle
 
 
 def _claim_one(runtime: Runtime, worker_id: str, recipients: Collection[str] | None) -> list[int]:
-    now, settings = runtime.clock.now(), runtime.settings
+    settings = runtime.settings
     return leases.claim_as_own_transaction(
-        runtime.single_statement, Notification, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS,
-        limit=1, max_attempts=settings.OUTBOX_MAX_ATTEMPTS, recipients=recipients)
+        runtime.single_statement, runtime.clock.now, Notification, worker_id,
+        lease_seconds=settings.INBOX_LEASE_SECONDS, limit=1, max_attempts=settings.OUTBOX_MAX_ATTEMPTS,
+        recipients=recipients)
 
 
 def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> None:

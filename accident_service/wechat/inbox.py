@@ -133,11 +133,11 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
     only that sender's. ``after_id``: only messages that came after that one. A message whose worker died
     on its last allowed attempt is left to :func:`give_up_on_exhausted`.
     """
-    now = runtime.clock.now()
     settings = runtime.settings
     return leases.claim_as_own_transaction(
-        runtime.single_statement, InboundMessage, worker_id, now=now, lease_seconds=settings.INBOX_LEASE_SECONDS,
-        limit=limit, only_id=only_id, after_id=after_id, recipients=None if openid is None else (openid,),
+        runtime.single_statement, runtime.clock.now, InboundMessage, worker_id,
+        lease_seconds=settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id, after_id=after_id,
+        recipients=None if openid is None else (openid,),
         max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_past_photos_held_up_by_an_outage,
         waiting_until=InboundMessage.waiting_until)
 
