@@ -423,32 +423,22 @@ def _claim_whose_answer_is_lost(settings_overrides, clock, database_url, *, reru
 
 
 @postgres_only
-def test_a_claim_committed_before_its_connection_died_is_taken_back_on_the_rerun(settings_overrides, clock,
-                                                                                database_url):
+@pytest.mark.parametrize(("rerun_after", "attempts"), [(20, 1), (61, 2)], ids=["lease-lasts", "lease-lapsed"])
+def test_a_claim_committed_before_its_connection_died_is_taken_back_on_the_rerun_while_its_lease_lasts(
+        settings_overrides, clock, database_url, rerun_after, attempts):
     """The claim leased the message and committed, then its answer was lost (the proxy drops it after the
     server's ReadyForQuery): the rerun on a fresh connection hands that message to its worker, its attempt
     counted once and its lease renewed from the rerun. Claiming again would find nothing due and leave it
-    leased to nobody who knows until its lease lapsed, an attempt spent that never ran."""
+    leased to nobody who knows until its lease lapsed, an attempt spent that never ran. Past its lease
+    (60 s) the row is anyone's, the sweep's perhaps: the rerun claims as any claim would, counting the
+    attempt; here nobody else did, so it is this one's."""
     from accident_service.models import WorkStatus
 
     claimed, row, claimed_at = _claim_whose_answer_is_lost(settings_overrides, clock, database_url,
-                                                           rerun_after=timedelta(seconds=20))
+                                                           rerun_after=timedelta(seconds=rerun_after))
     assert claimed == [row.id]
-    assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", 1)
-    assert row.lease_until == claimed_at + timedelta(seconds=20 + 60)
-
-
-@postgres_only
-def test_a_claim_whose_lease_lapsed_before_its_rerun_claims_afresh(settings_overrides, clock, database_url):
-    """Past its lease the row is anyone's (the sweep may have it already): the rerun does not take it back as
-    its own but claims as any claim would, counting the attempt; here nobody else did, so it is this one's."""
-    from accident_service.models import WorkStatus
-
-    claimed, row, claimed_at = _claim_whose_answer_is_lost(settings_overrides, clock, database_url,
-                                                           rerun_after=timedelta(seconds=61))
-    assert claimed == [row.id]
-    assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", 2)
-    assert row.lease_until == claimed_at + timedelta(seconds=61 + 60)
+    assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", attempts)
+    assert row.lease_until == claimed_at + timedelta(seconds=rerun_after + 60)
 
 
 @postgres_only
