@@ -123,6 +123,8 @@ def _insert_signed_inbound(dialect: Dialect) -> DriverStatement:
 
 Handler = Callable[[Runtime, InboundMessage, str], None]
 GiveUpHook = Callable[[Session, InboundMessage, datetime], None]
+#: (the leased message, its lease holder) -> True when it was handed on to be processed elsewhere, lease and all.
+HandOn = Callable[[InboundMessage, str], bool]
 
 
 def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None,
@@ -180,19 +182,22 @@ def _run_give_up_hook(hook: GiveUpHook | None, session: Session, row: InboundMes
 
 
 def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
-            on_give_up: GiveUpHook | None = None) -> str:
-    """Run ``handler`` for one leased message; returns "done", "retry", "failed" or "lost".
+            on_give_up: GiveUpHook | None = None, *, hand_on: HandOn | None = None) -> str:
+    """Run ``handler`` for one leased message; returns "done", "retry", "failed", "lost" or "handed_on".
 
     ``handler(runtime, row, worker_id)`` does its own network work first and
     then calls :func:`finish` inside its final unit of work. ``on_give_up``
     runs in the transaction that marks the message failed for good (to tell
-    the sender), never otherwise.
+    the sender), never otherwise. ``hand_on(row, worker_id)`` may take the
+    message elsewhere first, still leased to ``worker_id`` ("handed_on").
     """
     with runtime.unit_of_work() as session:
         row = session.get(InboundMessage, message_id)
         if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
             return "lost"
         session.expunge(row)
+    if hand_on is not None and hand_on(row, worker_id):
+        return "handed_on"
     try:
         handler(runtime, row, worker_id)
         outcome = "done"

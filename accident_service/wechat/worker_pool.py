@@ -38,23 +38,39 @@ def _pool_for(runtime: Runtime, lane: str) -> ThreadPoolExecutor:
 
 
 def submit_after_response(runtime: Runtime, message_id: int, msg_type: str, openid: str) -> None:
-    lane = "photo" if msg_type in PHOTO_TYPES else "other"
-    _pool_for(runtime, lane).submit(_process_then_follow, runtime, message_id, openid)
+    _submit(runtime, _lane_of(msg_type), message_id, openid)
+
+
+def _lane_of(msg_type: str) -> str:
+    return "photo" if msg_type in PHOTO_TYPES else "other"
+
+
+def _submit(runtime: Runtime, lane: str, message_id: int, openid: str, leased_by: str | None = None) -> None:
+    _pool_for(runtime, lane).submit(_process_then_follow, runtime, lane, message_id, openid, leased_by)
 
 
 #: How many of the same driver's next messages a thread takes on after its own.
 FOLLOW = 5
 
 
-def _process_then_follow(runtime: Runtime, message_id: int, openid: str) -> None:
-    """Process ``message_id`` and what it wrote, then the same driver's next messages as they come due
-    (processing.run_drivers_messages). No other driver's message: in the text lane it could be a photo,
-    and texts would wait behind it."""
+def _process_then_follow(runtime: Runtime, lane: str, message_id: int, openid: str,
+                         leased_by: str | None = None) -> None:
+    """Process ``message_id`` (claimed already when ``leased_by``) and what it wrote, then the same driver's
+    next messages as they come due (processing.run_drivers_messages). No other driver's message. In the
+    text lane a photo of theirs goes on to the photo lane, lease and all: other drivers' texts must not
+    wait behind its download (a text is answered first, and the photo sent while it was, behind it)."""
     from accident_service.wechat.processing import run_drivers_messages
+
+    def photos_to_their_lane(row, holder: str) -> bool:
+        if _lane_of(row.msg_type) == lane:
+            return False
+        _submit(runtime, "photo", row.id, openid, leased_by=holder)
+        return True
 
     worker_id = f"web-{os.getpid()}-{threading.get_ident()}"
     try:
-        run_drivers_messages(runtime, worker_id, message_id, openid, follow=FOLLOW)
+        run_drivers_messages(runtime, worker_id, message_id, openid, follow=FOLLOW, leased_by=leased_by,
+                             hand_on=photos_to_their_lane if lane == "other" else None)
     except Exception:
         log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
 

@@ -3,6 +3,7 @@ that, then takes on its driver's next message, and only theirs."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -10,7 +11,8 @@ from sqlalchemy import update
 from accident_service import outbox
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.notify.dispatch import release_held
-from accident_service.wechat import inbox
+from accident_service.wechat import inbox, worker_pool
+from accident_service.wechat.processing import run_drivers_messages
 from accident_service.wechat.worker_pool import _process_then_follow
 from tests.notify.test_dispatch import acted, add, load
 from tests.wechat.test_inbox import failing_with, push, record_and_finish
@@ -55,7 +57,7 @@ def test_the_hand_off_sends_what_is_due_for_the_people_its_message_wrote_to_and_
     acted(rt, wechat, "oHandOffA")
     message_id = push(rt, "oHandOffA")
 
-    _process_then_follow(rt, message_id, "oHandOffA")
+    _process_then_follow(rt, "other", message_id, "oHandOffA")
 
     assert load_message(rt, message_id).status is WorkStatus.DONE
     assert [m["touser"] for m in wechat.sent] == ["oHandOffA", "oHandOffA"]  # the earlier notice, then the reply
@@ -89,9 +91,40 @@ def test_the_hand_off_follows_the_driver_s_later_messages_only_not_a_photo_retry
     first_text, second_text = push(rt, "oOvertook"), push(rt, "oOvertook")
     clock.set(load_message(rt, photo).next_attempt_at)  # the photo's retry is due again
 
-    _process_then_follow(rt, first_text, "oOvertook")
+    _process_then_follow(rt, "other", first_text, "oOvertook")
 
     assert load_message(rt, first_text).status is WorkStatus.DONE
     assert load_message(rt, second_text).status is WorkStatus.DONE  # sent after it: followed
     waiting = load_message(rt, photo)
     assert (waiting.status, waiting.attempts) == (WorkStatus.PENDING, 1)  # not tried again here
+
+
+def test_a_thread_takes_on_at_most_its_follow_of_the_driver_s_next_messages(wechat_runtime):
+    rt = wechat_runtime
+    messages = [push(rt, "oFollowBound") for _ in range(4)]
+
+    assert run_drivers_messages(rt, "w1", messages[0], "oFollowBound", follow=2) == 3
+
+    assert [load_message(rt, m).status for m in messages] == [WorkStatus.DONE] * 3 + [WorkStatus.PENDING]
+
+
+def test_in_the_text_lane_a_photo_of_the_driver_goes_on_to_the_photo_lane_with_its_lease(wechat_runtime):
+    """The driver's photo, sent while their text was processing, could not be claimed by its own hand-off;
+    the text's thread claims it following the driver, and hands it on: other drivers' texts must not wait
+    behind its download. Both photo threads are busy here, so it waits for one, still leased."""
+    rt = wechat_runtime
+    text, photo = push(rt, "oTextThenPhoto"), push(rt, "oTextThenPhoto", image=True)
+    release = threading.Event()
+    photo_lane = worker_pool._pool_for(rt, "photo")
+    busy = [photo_lane.submit(release.wait, 30) for _ in range(worker_pool.LANES["photo"])]
+
+    _process_then_follow(rt, "other", text, "oTextThenPhoto")
+
+    assert load_message(rt, text).status is WorkStatus.DONE
+    waiting = load_message(rt, photo)
+    assert (waiting.status, waiting.attempts) == (WorkStatus.PROCESSING, 1)  # claimed, not tried here
+    release.set()
+    worker_pool.shutdown_pools()  # waits for what the lanes hold: the handed-on photo
+    assert all(done.done() for done in busy)
+    tried = load_message(rt, photo)
+    assert tried.status is not WorkStatus.PROCESSING and tried.attempts == 1  # tried once, in the photo lane
