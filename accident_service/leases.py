@@ -183,6 +183,31 @@ def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: str
     return stuck, fail
 
 
+def take_over(connection: Connection, model: LeasedModel, row_id: int, from_worker: str, to_worker: str, *,
+              now: datetime, lease_seconds: int) -> bool:
+    """Move a live lease of ``from_worker`` on row ``row_id`` to ``to_worker``, renewed from ``now``; False if it
+    lapsed or moved meanwhile (then it is anyone's, or someone's, to claim: not ``to_worker``'s to run).
+
+    One statement (run it with ``runtime.single_statement``); run again after it committed, it finds the
+    lease already ``to_worker``'s and renews it again.
+    """
+    return connection.execute(_take_over_statement(model), {
+        "row_id": row_id, "holders": [from_worker, to_worker], "to_worker": to_worker, "now": now,
+        "lease_until": now + timedelta(seconds=lease_seconds)}).first() is not None
+
+
+@functools.cache
+def _take_over_statement(model: LeasedModel):
+    table = model.__table__
+    stamp = table.c.lease_until.type
+    return (update(table)
+            .where(table.c.id == bindparam("row_id"), table.c.status == WorkStatus.PROCESSING,
+                   table.c.leased_by.in_(bindparam("holders", expanding=True)),
+                   table.c.lease_until > bindparam("now", type_=stamp))
+            .values(leased_by=bindparam("to_worker"), lease_until=bindparam("lease_until", type_=stamp))
+            .returning(table.c.id))
+
+
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
     """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile."""
     statement = _complete_statement(model, tuple(sorted(values)))

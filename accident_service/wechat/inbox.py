@@ -123,7 +123,8 @@ def _insert_signed_inbound(dialect: Dialect) -> DriverStatement:
 
 Handler = Callable[[Runtime, InboundMessage, str], None]
 GiveUpHook = Callable[[Session, InboundMessage, datetime], None]
-#: (the leased message, its lease holder) -> True when it was handed on to be processed elsewhere, lease and all.
+#: (the leased message, its lease holder) -> True when it was handed on, still leased, for another worker to
+#: take over (:func:`take_over`) and process.
 HandOn = Callable[[InboundMessage, str], bool]
 
 
@@ -142,6 +143,15 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
         recipients=None if openid is None else (openid,),
         max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_past_photos_held_up_by_an_outage,
         waiting_until=InboundMessage.waiting_until)
+
+
+def take_over(runtime: Runtime, message_id: int, from_worker: str, to_worker: str) -> bool:
+    """A message claimed by ``from_worker`` and handed on (``process``'s ``hand_on``), now ``to_worker``'s with a
+    fresh lease; False when its lease lapsed while it waited (the sweep's now, or already someone's)."""
+    now = runtime.clock.now()
+    return runtime.single_statement(lambda connection: leases.take_over(
+        connection, InboundMessage, message_id, from_worker, to_worker, now=now,
+        lease_seconds=runtime.settings.INBOX_LEASE_SECONDS))
 
 
 def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None) -> list[int]:

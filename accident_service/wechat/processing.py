@@ -59,7 +59,8 @@ def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid
     previous one takes it on. Only messages sent after the one just processed: an earlier one is a retry
     (a photo waiting out a storage outage that a text overtook), the sweep's, and in the text lane other
     drivers' texts would wait behind its download. Nothing for this driver: the thread stops.
-    ``leased_by``: ``first_id`` is claimed already, by that lease holder (handed on from another lane).
+    ``leased_by``: ``first_id`` is claimed already, by that lease holder (handed on from another lane); its
+    lease is taken over, and the message left to the sweep if it lapsed while it waited.
     ``hand_on(row, holder)``: True when a message claimed here went on elsewhere with its lease (a photo
     out of the text lane); the thread stops there, as whoever took it follows the driver from it.
     """
@@ -77,17 +78,17 @@ def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None
                         openid: str | None = None, after_id: int | None = None, leased_by: str | None = None,
                         hand_on: inbox.HandOn | None = None) -> int | None:
     """Claim a message (``only_id``, the next due of ``openid`` after ``after_id``, or the next due; with
-    ``leased_by``, ``only_id`` is claimed already), process it, then send at once what is due for the people
-    it wrote to (dispatch.dispatch_after_change): the next message must not wait behind other people's
-    backlog. Returns the id processed, None if none was due or it was handed on."""
+    ``leased_by``, take over that holder's lease on ``only_id`` if it is still live), process it, then send
+    at once what is due for the people it wrote to (dispatch.dispatch_after_change): the next message must
+    not wait behind other people's backlog. Returns the id processed, None if none was due or it was
+    handed on."""
     with outbox.recipients_written() as recipients:
         if leased_by is not None and only_id is not None:
-            holder, ids = leased_by, [only_id]
+            ids = [only_id] if inbox.take_over(runtime, only_id, leased_by, worker_id) else []
         else:
-            holder, ids = worker_id, inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, openid=openid,
-                                                     after_id=after_id)
+            ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, openid=openid, after_id=after_id)
         processed = [message_id for message_id in ids
-                     if inbox.process(runtime, message_id, holder, handle_inbound, tell_sender_it_was_lost,
+                     if inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost,
                                       hand_on=hand_on) != "handed_on"]
     dispatch.dispatch_after_change(runtime, worker_id, recipients)
     return processed[0] if processed else None

@@ -64,7 +64,10 @@ def _process_then_follow(runtime: Runtime, lane: str, message_id: int, openid: s
     def photos_to_their_lane(row, holder: str) -> bool:
         if _lane_of(row.msg_type) == lane:
             return False
-        _submit(runtime, "photo", row.id, openid, leased_by=holder)
+        try:
+            _submit(runtime, "photo", row.id, openid, leased_by=holder)
+        except RuntimeError:  # the pools are shutting down: processed here, rather than left to lapse
+            return False
         return True
 
     worker_id = f"web-{os.getpid()}-{threading.get_ident()}"
@@ -76,10 +79,16 @@ def _process_then_follow(runtime: Runtime, lane: str, message_id: int, openid: s
 
 
 def shutdown_pools() -> None:
+    """Wait for what the lanes hold. Outside the lock: a text-lane thread may still hand a photo on (which
+    takes the lock to find the photo lane), and the text lanes first, so what they hand on is waited for."""
     with _lock:
-        for pool in _pools.values():
-            pool.shutdown(wait=True)
-        _pools.clear()
+        pools = sorted(_pools.items(), key=lambda item: item[0][1] == "photo")
+    for _key, pool in pools:
+        pool.shutdown(wait=True)
+    with _lock:
+        for key, pool in pools:
+            if _pools.get(key) is pool:
+                del _pools[key]
 
 
 atexit.register(shutdown_pools)

@@ -4,6 +4,7 @@ that, then takes on its driver's next message, and only theirs."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -108,23 +109,68 @@ def test_a_thread_takes_on_at_most_its_follow_of_the_driver_s_next_messages(wech
     assert [load_message(rt, m).status for m in messages] == [WorkStatus.DONE] * 3 + [WorkStatus.PENDING]
 
 
+class _PhotoLaneBusy:
+    """Both photo threads held until the block ends (or ``release()``), then every lane shut down: waited for."""
+
+    def __init__(self, runtime) -> None:
+        self._runtime, self._release = runtime, threading.Event()
+
+    def __enter__(self) -> _PhotoLaneBusy:
+        lane = worker_pool._pool_for(self._runtime, "photo")
+        self._busy = [lane.submit(self._release.wait, 30) for _ in range(worker_pool.LANES["photo"])]
+        return self
+
+    def release(self) -> None:
+        self._release.set()
+
+    def __exit__(self, *exc_info) -> None:
+        self._release.set()
+        worker_pool.shutdown_pools()
+        assert all(done.done() for done in self._busy)
+
+
 def test_in_the_text_lane_a_photo_of_the_driver_goes_on_to_the_photo_lane_with_its_lease(wechat_runtime):
     """The driver's photo, sent while their text was processing, could not be claimed by its own hand-off;
     the text's thread claims it following the driver, and hands it on: other drivers' texts must not wait
-    behind its download. Both photo threads are busy here, so it waits for one, still leased."""
+    behind its download. Both photo threads are busy here, so it waits for one, still leased; a photo
+    thread then takes the lease over and processes it (once: the attempt the text's thread counted)."""
     rt = wechat_runtime
     text, photo = push(rt, "oTextThenPhoto"), push(rt, "oTextThenPhoto", image=True)
-    release = threading.Event()
-    photo_lane = worker_pool._pool_for(rt, "photo")
-    busy = [photo_lane.submit(release.wait, 30) for _ in range(worker_pool.LANES["photo"])]
+    with _PhotoLaneBusy(rt):
+        _process_then_follow(rt, "other", text, "oTextThenPhoto")
 
-    _process_then_follow(rt, "other", text, "oTextThenPhoto")
-
-    assert load_message(rt, text).status is WorkStatus.DONE
-    waiting = load_message(rt, photo)
-    assert (waiting.status, waiting.attempts) == (WorkStatus.PROCESSING, 1)  # claimed, not tried here
-    release.set()
-    worker_pool.shutdown_pools()  # waits for what the lanes hold: the handed-on photo
-    assert all(done.done() for done in busy)
+        assert load_message(rt, text).status is WorkStatus.DONE
+        waiting = load_message(rt, photo)
+        assert (waiting.status, waiting.attempts) == (WorkStatus.PROCESSING, 1)  # claimed, not tried here
     tried = load_message(rt, photo)
-    assert tried.status is not WorkStatus.PROCESSING and tried.attempts == 1  # tried once, in the photo lane
+    assert (tried.status, tried.attempts) == (WorkStatus.DONE, 1)
+    assert tried.leased_by.startswith("web-") and tried.leased_by != waiting.leased_by  # a photo thread's
+
+
+def test_a_photo_handed_on_whose_lease_lapsed_while_it_waited_is_left_to_the_sweep(wechat_runtime, clock):
+    """Past its lease the sweep may hold it already: the photo thread must not run it beside the sweep."""
+    rt = wechat_runtime
+    text, photo = push(rt, "oLapsedInQueue"), push(rt, "oLapsedInQueue", image=True)
+    with _PhotoLaneBusy(rt):
+        _process_then_follow(rt, "other", text, "oLapsedInQueue")
+        handed_on = load_message(rt, photo)
+        clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+    left = load_message(rt, photo)
+    assert (left.status, left.attempts, left.leased_by) == (WorkStatus.PROCESSING, 1, handed_on.leased_by)
+    assert inbox.claim_due(rt, "sweep") == [photo]  # lapsed: the sweep's, its attempt counted
+
+
+def test_the_lanes_shut_down_while_a_text_thread_hands_a_photo_on(wechat_runtime):
+    """Shutting down waits for the text lane while it hands a photo on, then for the photo lane, which ran it.
+    (It held the pools' lock while it waited, and the hand-on needs that lock: neither ever finished.)"""
+    rt = wechat_runtime
+    text, photo = push(rt, "oShutdownHandOn"), push(rt, "oShutdownHandOn", image=True)
+    with _PhotoLaneBusy(rt) as photo_lane:
+        worker_pool.submit_after_response(rt, text, "text", "oShutdownHandOn")
+        stopping = threading.Thread(target=worker_pool.shutdown_pools, daemon=True)
+        stopping.start()
+        time.sleep(0.3)  # the text is answered and its driver's photo handed on meanwhile
+        photo_lane.release()
+        stopping.join(timeout=20)
+        assert not stopping.is_alive(), "shutting the lanes down never finished"
+    assert [load_message(rt, m).status for m in (text, photo)] == [WorkStatus.DONE, WorkStatus.DONE]
