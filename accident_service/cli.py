@@ -12,7 +12,7 @@ from flask.cli import FlaskGroup
 from accident_service import create_app
 from accident_service.cli_runtime import command_runtime
 from accident_service.errors import ServiceError
-from accident_service.settings import SettingsError, load_settings, process_count
+from accident_service.settings import PROCESS_COUNT_DEFAULTS, SettingsError, load_settings, process_count
 
 
 def _app_factory():
@@ -64,16 +64,18 @@ def create_staff_command(username: str, role: str, station_code: str | None, pas
         click.echo(f"created {user.role.value} {user.username}")
 
 
-@cli.command("serve")
+@cli.command("serve", with_appcontext=False)  # the app is built after the process counts are checked
 @click.option("--bind", default=lambda: os.environ.get("BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000")
-@click.option("--workers", type=click.IntRange(min=1), default=None, show_default="WEB_CONCURRENCY, else 2",
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              show_default=f"WEB_CONCURRENCY, else {PROCESS_COUNT_DEFAULTS['WEB_CONCURRENCY']}",
               help="gunicorn worker processes.")
 def serve(bind: str, workers: int | None) -> None:
     """Run the web service under gunicorn (schema upgraded first when AUTO_MIGRATE)."""
     # Checked even with --workers: gunicorn reads WEB_CONCURRENCY itself before its configuration, and a
     # value that is not a number stops it with a traceback.
-    from_environment = process_count("WEB_CONCURRENCY", "2")
+    from_environment = process_count("WEB_CONCURRENCY")
     workers = workers or from_environment
+    process_count("GUNICORN_THREADS")  # refused by the gunicorn config too, but only after a migration here
     command_runtime().close()  # the app was built: settings and schema are fine; gunicorn's workers build their own
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
     args = [sys.executable, "-m", "gunicorn", "--config", os.path.join(root, "config", "gunicorn.conf.py"),

@@ -294,11 +294,15 @@ def _prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, str]:
             if name.startswith(prefix) and str(value).strip()}
 
 
-def process_count(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> int:
+#: The counts gunicorn takes from the environment, and their defaults (README, Configuration).
+PROCESS_COUNT_DEFAULTS = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}
+
+
+def process_count(name: str, *, environ: Mapping[str, str] | None = None) -> int:
     """A count of processes or threads gunicorn takes from the environment (WEB_CONCURRENCY, GUNICORN_THREADS):
     a whole number of at least 1; raises SettingsError naming the variable. Not a setting: gunicorn reads them
     (config/gunicorn.conf.py, and gunicorn itself WEB_CONCURRENCY), the service never does."""
-    raw = (os.environ if environ is None else environ).get(name, default)
+    raw = (os.environ if environ is None else environ).get(name, PROCESS_COUNT_DEFAULTS[name])
     try:
         value = int(raw)
     except ValueError:

@@ -23,12 +23,12 @@ def _remove_created_metrics_dir():
         shutil.rmtree(created, ignore_errors=True)
 
 
-def _whole_number(name, default):
+def _whole_number(name):
     """A positive whole number from the environment, or `configuration error: NAME: ...` and exit 2."""
     from accident_service.settings import SettingsError, process_count
 
     try:
-        return process_count(name, default)
+        return process_count(name)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr, flush=True)
         _remove_created_metrics_dir()
@@ -36,8 +36,8 @@ def _whole_number(name, default):
 
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
-workers = _whole_number("WEB_CONCURRENCY", "2")
-threads = _whole_number("GUNICORN_THREADS", "4")
+workers = _whole_number("WEB_CONCURRENCY")
+threads = _whole_number("GUNICORN_THREADS")
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20

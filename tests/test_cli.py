@@ -137,15 +137,18 @@ def test_a_weak_production_secret_key_is_one_line_and_exit_2(tmp_path):
     assert "secrets.token_hex(32)" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
-def test_serve_names_a_bad_web_concurrency_before_gunicorn_reads_it(tmp_path, workers):
+@pytest.mark.parametrize(("name", "workers"), [("WEB_CONCURRENCY", []), ("WEB_CONCURRENCY", ["--workers", "1"]),
+                                              ("GUNICORN_THREADS", [])])
+def test_serve_names_a_bad_process_count_before_it_builds_the_app(tmp_path, name, workers):
     """gunicorn reads WEB_CONCURRENCY itself, before its configuration: a value that is not a number stopped it with
-    a traceback, whatever --workers said."""
+    a traceback, whatever --workers said. Either refused before the app is built: no schema is migrated for a
+    start that cannot happen."""
     result = run_cli("serve", "--bind", "127.0.0.1:0", *workers,
-                     env={"DATA_DIR": str(tmp_path), "APP_ENV": "development", "WEB_CONCURRENCY": "abc"})
+                     env={"DATA_DIR": str(tmp_path), "APP_ENV": "development", name: "abc"})
     assert result.returncode == 2, result.stderr
-    assert "configuration error: WEB_CONCURRENCY: expected a whole number of at least 1, got 'abc'" in result.stderr
+    assert f"configuration error: {name}: expected a whole number of at least 1, got 'abc'" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "accident.db").exists()
 
 
 @pytest.mark.slow

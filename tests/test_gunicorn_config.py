@@ -53,6 +53,7 @@ def test_other_bad_settings_name_their_variable(tmp_path, gunicorn_env, name, va
     assert result.returncode == 2, result.stderr
     assert f"configuration error: {name}: " in result.stderr
     assert "Traceback" not in result.stderr
+    assert metrics_dirs(tmp_path) == []  # the directory made for this start went with it
 
 
 def test_the_metrics_directory_made_for_a_run_is_removed_on_exit(tmp_path, gunicorn_env):
