@@ -35,7 +35,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     if settings.AUTO_MIGRATE:
         _migrate_or_explain(settings)
     runtime = runtime or build_runtime(settings)
-    from accident_service import metrics  # here, not at the top: see config/gunicorn.conf.py
+    # Here, not at the top: gunicorn's master imports this package to read its settings, and must not import
+    # prometheus_client (it picks its mode, one process or many, when imported).
+    from accident_service import metrics
 
     metrics.start_series()
 

@@ -139,7 +139,7 @@ def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
     scheduler.add_job(_guarded, CronTrigger(hour=3, minute=30, timezone="Asia/Shanghai"),
                       args=(purge_personal_data, runtime, worker_id), id="purge_personal_data",
                       name="purge_personal_data", **defaults)
-    metrics.start_series(tuple(job.name for job in scheduler.get_jobs()))
+    metrics.start_series(tuple(job.args[0].__name__ for job in scheduler.get_jobs()))  # _guarded's label
     if runtime.settings.SCHEDULER_METRICS_PORT:
         _serve_metrics_while_running(scheduler, runtime.settings.SCHEDULER_METRICS_PORT)
     return scheduler

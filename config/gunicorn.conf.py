@@ -74,6 +74,7 @@ if _log_format() == "json":
         "root": {"level": "INFO", "handlers": []},
     }
 
+
 def on_starting(server):
     """Check the settings before any worker starts: a bad one is one line and exit 2, as with the CLI."""
     from accident_service.settings import SettingsError, load_settings
