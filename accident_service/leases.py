@@ -46,7 +46,7 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
     a row back. ``recipients``: only rows for these people. ``after_id``: only rows newer than that one.
     """
-    take = _claim_statement(model, connection.dialect.name == "postgresql", only_id is not None, after_id is not None,
+    take = _claim_statement(model, is_postgres(connection), only_id is not None, after_id is not None,
                             may_overtake, recipients is not None, max_attempts is not None,
                             None if waiting_until is None else waiting_until.key)
     return sorted(connection.execute(take, {
@@ -74,27 +74,12 @@ def claim_as_own_transaction(single_statement: Callable[..., list[int]], clock: 
         return claim(connection, model, worker_id, now=now, lease_seconds=lease_seconds, **options)
 
     def rerun(connection: Connection) -> list[int]:
-        again = clock()
-        if again >= leased_until:  # lapsed meanwhile: anyone may claim those rows now, this worker too
-            taken = []
-        else:
-            taken = connection.execute(_take_back_statement(model), {
-                "worker_id": worker_id, "leased_until": leased_until,
-                "lease_until": again + timedelta(seconds=lease_seconds)}).scalars().all()
-        return sorted(taken) or claim(connection, model, worker_id, now=again, lease_seconds=lease_seconds,
-                                      **options)
+        again = clock()  # a lease lapsed meanwhile is not taken back: anyone may claim those rows now
+        taken = _relet(connection, model, (worker_id,), worker_id, now=again, lease_seconds=lease_seconds,
+                       leased_until=leased_until)
+        return taken or claim(connection, model, worker_id, now=again, lease_seconds=lease_seconds, **options)
 
     return single_statement(run, rerun=rerun)
-
-
-@functools.cache
-def _take_back_statement(model: LeasedModel):
-    table = model.__table__
-    return (update(table)
-            .where(table.c.status == WorkStatus.PROCESSING, table.c.leased_by == bindparam("worker_id"),
-                   table.c.lease_until == bindparam("leased_until", type_=table.c.lease_until.type))
-            .values(lease_until=bindparam("lease_until", type_=table.c.lease_until.type))
-            .returning(table.c.id))
 
 
 def _out_of_attempts(row, now, waiting_until: str | None) -> ColumnElement[bool]:
@@ -191,19 +176,32 @@ def take_over(connection: Connection, model: LeasedModel, row_id: int, from_work
     One statement (run it with ``runtime.single_statement``); run again after it committed, it finds the
     lease already ``to_worker``'s and renews it again.
     """
-    return connection.execute(_take_over_statement(model), {
-        "row_id": row_id, "holders": [from_worker, to_worker], "to_worker": to_worker, "now": now,
-        "lease_until": now + timedelta(seconds=lease_seconds)}).first() is not None
+    return bool(_relet(connection, model, (from_worker, to_worker), to_worker, now=now, lease_seconds=lease_seconds,
+                       row_id=row_id))
+
+
+def _relet(connection: Connection, model: LeasedModel, holders: tuple[str, ...], to_worker: str, *,
+           now: datetime, lease_seconds: int, row_id: int | None = None,
+           leased_until: datetime | None = None) -> list[int]:
+    """Leases still live at ``now`` and held by one of ``holders`` (on row ``row_id``, or ending at
+    ``leased_until``: one claim's rows) given to ``to_worker``, renewed; their ids, oldest first."""
+    statement = _relet_statement(model, row_id is not None, leased_until is not None)
+    return sorted(connection.execute(statement, {
+        "holders": list(holders), "to_worker": to_worker, "now": now, "row_id": row_id,
+        "leased_until": leased_until, "lease_until": now + timedelta(seconds=lease_seconds)}).scalars())
 
 
 @functools.cache
-def _take_over_statement(model: LeasedModel):
+def _relet_statement(model: LeasedModel, by_id: bool, by_lease_end: bool):
     table = model.__table__
     stamp = table.c.lease_until.type
-    return (update(table)
-            .where(table.c.id == bindparam("row_id"), table.c.status == WorkStatus.PROCESSING,
-                   table.c.leased_by.in_(bindparam("holders", expanding=True)),
-                   table.c.lease_until > bindparam("now", type_=stamp))
+    live = [table.c.status == WorkStatus.PROCESSING, table.c.leased_by.in_(bindparam("holders", expanding=True)),
+            table.c.lease_until > bindparam("now", type_=stamp)]
+    if by_id:
+        live.append(table.c.id == bindparam("row_id"))
+    if by_lease_end:
+        live.append(table.c.lease_until == bindparam("leased_until", type_=stamp))
+    return (update(table).where(*live)
             .values(leased_by=bindparam("to_worker"), lease_until=bindparam("lease_until", type_=stamp))
             .returning(table.c.id))
 

@@ -3,8 +3,9 @@
 The webhook only calls :func:`store_inbound` and answers. Workers (the
 scheduler's sweeper, the web process's small pool) call :func:`claim_due` and
 :func:`process`; the sweeper first gives up on messages whose worker died on
-their last allowed attempt (:func:`give_up_on_exhausted`). Claims are atomic (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
-an atomic conditional UPDATE inside SQLite's write lock), one message per
+their last allowed attempt (:func:`give_up_on_exhausted`). Claims are atomic
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, an atomic conditional UPDATE inside
+SQLite's write lock), one message per
 driver at a time and in arrival order, and a crashed worker's lease simply
 expires. The effects of a message and marking it done commit together, and
 only while the lease is still ours: one effect per message.
