@@ -203,3 +203,35 @@ def test_job_runs_and_durations(runtime, monkeypatch):
             Moves("accident_job_seconds_count", job="expire_drafts") as timed:
         jobs.run_all_once(runtime, "w1")
     assert (ok.by, failed.by, timed.by) == (1, 1, 1)
+
+
+_FORKED_COUNTS = """
+import os
+from prometheus_client import CollectorRegistry, multiprocess
+from accident_service import metrics
+
+metrics.BOOKINGS.labels("booked").inc()
+child = os.fork()
+if child == 0:
+    metrics.BOOKINGS.labels("booked").inc()
+    os._exit(0)
+os.waitpid(child, 0)
+metrics.BOOKINGS.labels("booked").inc()
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+print(registry.get_sample_value("accident_bookings_total", {"action": "booked"}))
+"""
+
+
+def test_a_process_forked_after_the_metrics_were_made_counts_in_a_file_of_its_own(tmp_path):
+    """Multiprocess mode reads the process id once (metrics._ProcessId), so a fork must renew it: else the child
+    writes into its parent's file and the parent's next count overwrites what the child counted."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", _FORKED_COUNTS], env=env, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert float(done.stdout.strip()) == 3.0
+    assert len(list(tmp_path.glob("counter_*.db"))) == 2
