@@ -48,6 +48,7 @@ class _ProcessId:
 if values.ValueClass is not values.MutexValue:  # multiprocess mode, chosen by prometheus_client at its import
     # Before the first metric below is made: each takes the value class there is at the time.
     values.ValueClass = values.MultiProcessValue(process_identifier=_ProcessId())
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 WEBHOOK_REQUESTS = Counter("accident_webhook_requests_total", "Requests to /wechat, by method and HTTP status",
