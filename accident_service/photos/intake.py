@@ -19,7 +19,6 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accident_service import metrics
@@ -116,12 +115,11 @@ def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party
     bytes are kept all the same (``evidence_locked`` once the case is sealed
     and the desk asked this party for nothing). A photo that answers the
     desk's last pending retake renews the fingerprint and tells both parties.
+    Once per push, with no look for an earlier row of it: the photo commits with its inbox message
+    marked done, and a worker whose lease lapsed meanwhile rolls back on the lost lease (inbox.finish).
     """
     settings = runtime.settings
     own = items_of(settings, party.role)
-    existing_row = session.scalar(select(Photo).where(Photo.inbound_message_id == inbound_id))
-    if existing_row is not None:  # defensive: the inbox already guarantees one effect
-        return _outcome_of(existing_row, case, party, own)
     target, replacing = _target_item(case, party, own, len(settings.PHOTO_CHECKLIST))
     current = accepted_photos(case)
     verdict = prepared.rejection
