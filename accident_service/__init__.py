@@ -38,8 +38,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     # Here, not at the top: gunicorn's master imports this package to read its settings, and must not import
     # prometheus_client (it picks its mode, one process or many, when imported).
     from accident_service import metrics
+    from accident_service.photos.checks import REJECTION_CODES
 
-    metrics.start_series()
+    metrics.start_series(photo_rejections=REJECTION_CODES)
 
     app = _bare_app(settings, runtime)
     from accident_service.desk import auth

@@ -78,27 +78,21 @@ FAILURE_REASONS = {"inbox": ("lease_expired", "attempts_exhausted", "outage_outl
                    "outbox": ("lease_expired", "attempts_exhausted", "unsendable")}
 
 
-#: The key under which the message catalogue has each reason a photo is refused for (its last part).
-PHOTO_REJECTION_KEY = "photos.reject."
-
-
-def start_series(jobs: tuple[str, ...] = ()) -> None:
-    """Every failure series, the photo series (accepted, and refused for each reason the message catalogue
-    has words for), and each of ``jobs``' runs and durations, at 0 from the process's start.
+def start_series(*, photo_rejections: tuple[str, ...], jobs: tuple[str, ...] = ()) -> None:
+    """Every failure series, the photo series (accepted, and refused for each of ``photo_rejections``: the
+    photo checks' REJECTION_CODES, passed in as this module sits below the features), and each of ``jobs``'
+    runs and durations, at 0 from the process's start.
 
     A labelled series appears only when first counted, and Prometheus takes a series that appears with
     1 for one that was always 1: ``increase()`` over it, and so an alert on it, would miss the first
     failure (or the first failed run, or the first blurred photo) after every restart.
     """
-    from accident_service import messages
-
     for queue, reasons in FAILURE_REASONS.items():
         for reason in reasons:
             FAILURES.labels(queue, reason)
     PHOTOS.labels("accepted", "")
-    for key in messages.catalogue():
-        if key.startswith(PHOTO_REJECTION_KEY):
-            PHOTOS.labels("rejected", key.removeprefix(PHOTO_REJECTION_KEY))
+    for reason in photo_rejections:
+        PHOTOS.labels("rejected", reason)
     for job in jobs:
         JOB_SECONDS.labels(job)
         for outcome in ("ok", "error"):

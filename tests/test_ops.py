@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from accident_service import create_app
-from accident_service.messages import catalogue
-from accident_service.metrics import FAILURE_REASONS, PHOTO_REJECTION_KEY
+from accident_service.metrics import FAILURE_REASONS
+from accident_service.photos.checks import REJECTION_CODES
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.support.servers import MotoS3Server, free_port, serving
@@ -165,10 +165,8 @@ def test_metrics_add_up_every_gunicorn_worker_and_show_queue_depths(tmp_path):
             for queue, reasons in FAILURE_REASONS.items():
                 for reason in reasons:
                     assert f'accident_failures_total{{queue="{queue}",reason="{reason}"}} 0.0' in text
-            # So are the photos, refused for each reason the drivers are told of, before the first photo.
-            reasons = [key.removeprefix(PHOTO_REJECTION_KEY) for key in catalogue() if key.startswith(
-                PHOTO_REJECTION_KEY)]
-            assert "too_blurry" in reasons and "evidence_locked" in reasons
-            for reason in reasons:
+            # So are the photos, refused for each reason the checks know, before the first photo.
+            assert "too_blurry" in REJECTION_CODES and "evidence_locked" in REJECTION_CODES
+            for reason in REJECTION_CODES:
                 assert f'accident_photos_total{{outcome="rejected",reason="{reason}"}} 0.0' in text
             assert 'accident_photos_total{outcome="accepted",reason=""} 0.0' in text
