@@ -66,12 +66,12 @@ def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid
     """
     last = _claim_process_send(runtime, worker_id, only_id=first_id, leased_by=leased_by, hand_on=hand_on)
     done = 0
-    for _ in range(follow):
-        if last is None:
-            break
+    while last is not None:  # bounded: at most 1 + follow rounds
         done += 1
+        if done > follow:
+            break
         last = _claim_process_send(runtime, worker_id, openid=openid, after_id=last, hand_on=hand_on)
-    return done + (last is not None)
+    return done
 
 
 def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None = None,
