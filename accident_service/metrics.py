@@ -64,7 +64,9 @@ FAILURES = Counter("accident_failures_total", "Work given up for good, by queue 
                    ["queue", "reason"])
 PHOTOS = Counter("accident_photos_total", "Photos checked: accepted, or rejected with the reason",
                  ["outcome", "reason"])
-BOOKINGS = Counter("accident_bookings_total", "Appointment changes", ["action"])
+BOOKINGS = Counter("accident_bookings_total", "Appointments booked, moved (rescheduled) and cancelled, whoever did it "
+                                              "(a driver, the desk, the API)", ["action"])
+BOOKING_ACTIONS = ("booked", "rescheduled", "cancelled")
 SENDS = Counter("accident_sends_total", "Outbox rows handled by the dispatcher, by channel (wechat, template, sms; "
                                         "- when none could carry it), kind and result (sent, held: waiting for the "
                                         "person, retry, rerouted, failed, unconfirmed)", ["channel", "kind", "result"])
@@ -80,8 +82,8 @@ FAILURE_REASONS = {"inbox": ("lease_expired", "attempts_exhausted", "outage_outl
 
 def start_series(*, photo_rejections: tuple[str, ...], jobs: tuple[str, ...] = ()) -> None:
     """Every failure series, the photo series (accepted, and refused for each of ``photo_rejections``: the
-    photo checks' REJECTION_CODES, passed in as this module sits below the features), and each of ``jobs``'
-    runs and durations, at 0 from the process's start.
+    photo checks' REJECTION_CODES, passed in as this module sits below the features), every booking action,
+    and each of ``jobs``' runs and durations, at 0 from the process's start.
 
     A labelled series appears only when first counted, and Prometheus takes a series that appears with
     1 for one that was always 1: ``increase()`` over it, and so an alert on it, would miss the first
@@ -93,6 +95,8 @@ def start_series(*, photo_rejections: tuple[str, ...], jobs: tuple[str, ...] = (
     PHOTOS.labels("accepted", "")
     for reason in photo_rejections:
         PHOTOS.labels("rejected", reason)
+    for action in BOOKING_ACTIONS:
+        BOOKINGS.labels(action)
     for job in jobs:
         JOB_SECONDS.labels(job)
         for outcome in ("ok", "error"):

@@ -16,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from accident_service import jobs
-from accident_service.models import WorkStatus
+from accident_service.booking.appointments import SlotUnavailable
+from accident_service.desk import actions as desk
+from accident_service.models import Case, Slot, WorkStatus
 from accident_service.notify import allowance
 from accident_service.notify.dispatch import dispatch_due
 from accident_service.outbox import enqueue
@@ -185,12 +187,35 @@ def test_photos_accepted_and_rejected_by_reason(live_app, wechat_runtime, wechat
 
 def test_bookings_by_action(runtime, world):  # noqa: F811  (the fixture)
     with Moves("accident_bookings_total", action="booked") as booked, \
-            Moves("accident_bookings_total", action="rescheduled") as moved:
+            Moves("accident_bookings_total", action="rescheduled") as moved, \
+            Moves("accident_bookings_total", action="cancelled") as cancelled:
         make.offer(runtime, world["case"], now=T0)
         make.choose(runtime, world["case"], 1, now=T0)
         make.offer(runtime, world["case"], now=T0 + timedelta(minutes=1))
         make.choose(runtime, world["case"], 2, now=T0 + timedelta(minutes=1))
-    assert (booked.by, moved.by) == (1, 1)
+    assert (booked.by, moved.by, cancelled.by) == (1, 1, 0)
+
+
+def test_the_desks_moves_and_cancellations_count_and_a_full_slot_does_not(runtime, world):  # noqa: F811
+    """Every change of an appointment counts, whoever made it; a booking refused for a full slot never happened."""
+    make.offer(runtime, world["case"], now=T0)
+    make.choose(runtime, world["case"], 1, now=T0)  # 天河 14:00
+    full = world["slots"][("GZ-YX", 0)]
+    with runtime.unit_of_work() as session:
+        session.get(Slot, full).booked = 2  # taken by others
+    with Moves("accident_bookings_total", action="booked") as booked, \
+            Moves("accident_bookings_total", action="rescheduled") as moved, \
+            Moves("accident_bookings_total", action="cancelled") as cancelled:
+        with pytest.raises(SlotUnavailable), runtime.unit_of_work() as session:
+            desk.reschedule(session, session.get(Case, world["case"]), full, staff="officer", settings=runtime.settings,
+                            now=T0)
+        with runtime.unit_of_work() as session:
+            desk.reschedule(session, session.get(Case, world["case"]), world["slots"][("GZ-TH", 1)], staff="officer",
+                            settings=runtime.settings, now=T0)
+        with runtime.unit_of_work() as session:
+            desk.cancel_appointment(session, session.get(Case, world["case"]), staff="officer",
+                                    reason="the driver phoned", settings=runtime.settings, now=T0)
+    assert (booked.by, moved.by, cancelled.by) == (0, 1, 1)
 
 
 def test_job_runs_and_durations(runtime, monkeypatch):

@@ -170,3 +170,5 @@ def test_metrics_add_up_every_gunicorn_worker_and_show_queue_depths(tmp_path):
             for reason in REJECTION_CODES:
                 assert f'accident_photos_total{{outcome="rejected",reason="{reason}"}} 0.0' in text
             assert 'accident_photos_total{outcome="accepted",reason=""} 0.0' in text
+            for action in ("booked", "rescheduled", "cancelled"):  # and the bookings, before the first
+                assert f'accident_bookings_total{{action="{action}"}} 0.0' in text

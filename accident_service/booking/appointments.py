@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from accident_service import metrics
 from accident_service.booking import slots
 from accident_service.cases import lifecycle
 from accident_service.cases.facts import Visit
@@ -67,6 +68,9 @@ def book(session: Session, case: Case, slot_id: int, *, actor: Actor, settings: 
                 raise _NoSeat
     except _NoSeat:
         raise SlotUnavailable(f"slot {slot_id} is full") from None
+    # Counted here, after the seat was taken: every booking and move (a driver's, the desk's, the API's) comes
+    # through, and one refused for a full slot never happened.
+    metrics.BOOKINGS.labels(action="booked" if current is None else "rescheduled").inc()
     return appointment
 
 
@@ -126,8 +130,10 @@ def withdraw(session: Session, case: Case, *, actor: Actor, settings: Settings, 
 
 
 def _release(session: Session, appointment: Appointment) -> None:
+    """A cancelled appointment's seat and reminder go (a cancellation, or the whole case withdrawn)."""
     slots.free_seat(session, appointment.slot_id)
     _drop_reminder(session, appointment)
+    metrics.BOOKINGS.labels(action="cancelled").inc()
 
 
 def _drop_reminder(session: Session, appointment: Appointment) -> None:

@@ -19,7 +19,6 @@ from accident_service.booking.availability import Offer, find_offers
 from accident_service.cases import lifecycle
 from accident_service.cases.facts import Visit
 from accident_service.cases.lifecycle import Actor, active_appointment
-from accident_service.metrics import BOOKINGS
 from accident_service.models import Appointment, Case, Party
 from accident_service.runtime import Runtime
 
@@ -90,13 +89,11 @@ def book_choice(session: Session, runtime: Runtime, case: Case, party: Party, nu
     fresh = party.offered_at is not None and now - party.offered_at <= OFFER_TTL
     if not fresh or not 1 <= number <= len(offered):
         return BookResult(False, None, STALE_OFFER)
-    moving = active_appointment(case) is not None
     try:
         appointment = appointments.book(session, case, int(offered[number - 1]), actor=Actor.of(party), party=party,
                                         settings=runtime.settings, now=now)
     except appointments.SlotUnavailable:
         return BookResult(False, None, STALE_OFFER)
-    BOOKINGS.labels(action="rescheduled" if moving else "booked").inc()
     return BookResult(True, appointment, None)
 
 
