@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
@@ -74,10 +75,20 @@ JOB_RUNS = Counter("accident_job_runs_total", "Scheduler job runs, by job and ou
 JOB_SECONDS = Histogram("accident_job_seconds", "Scheduler job run time", ["job"],
                         buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
+class Failure(StrEnum):
+    """Why work was given up for good: the ``reason`` label, named once here so that the places that count one
+    and the series started at 0 (:data:`FAILURE_REASONS`) cannot spell it two ways."""
+
+    LEASE_EXPIRED = "lease_expired"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    OUTAGE_OUTLASTED = "outage_outlasted"
+    UNSENDABLE = "unsendable"
+
+
 #: What work is given up for, by queue; besides these, a notice the platform refused for good counts as
 #: ``wechat_<its error code>`` (:func:`outbox_failure_reason`).
-FAILURE_REASONS = {"inbox": ("lease_expired", "attempts_exhausted", "outage_outlasted"),
-                   "outbox": ("lease_expired", "attempts_exhausted", "unsendable")}
+FAILURE_REASONS = {"inbox": (Failure.LEASE_EXPIRED, Failure.ATTEMPTS_EXHAUSTED, Failure.OUTAGE_OUTLASTED),
+                   "outbox": (Failure.LEASE_EXPIRED, Failure.ATTEMPTS_EXHAUSTED, Failure.UNSENDABLE)}
 
 
 def start_series(*, photo_rejections: tuple[str, ...], jobs: tuple[str, ...] = ()) -> None:
@@ -169,5 +180,5 @@ def serve_scheduler_metrics(port: int):
 def outbox_failure_reason(errcode: int | None, *, permanent: bool) -> str:
     """A bounded label: the platform's error code, or what else ended the notification."""
     if not permanent:
-        return "attempts_exhausted"
-    return f"wechat_{errcode}" if errcode is not None else "unsendable"
+        return Failure.ATTEMPTS_EXHAUSTED
+    return f"wechat_{errcode}" if errcode is not None else Failure.UNSENDABLE

@@ -248,7 +248,8 @@ def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error
         return "lost"
     if give_up:
         log.error("inbox message %s failed for good after %s attempts: %s", row.id, row.attempts, error)
-        metrics.FAILURES.labels("inbox", "outage_outlasted" if keep_trying_until else "attempts_exhausted").inc()
+        metrics.FAILURES.labels("inbox", metrics.Failure.OUTAGE_OUTLASTED if keep_trying_until
+                                else metrics.Failure.ATTEMPTS_EXHAUSTED).inc()
         return "failed"
     return "retry"
 
