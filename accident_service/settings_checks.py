@@ -191,6 +191,17 @@ def database_url(value: str) -> str:
     if (url.get_backend_name(), url.get_driver_name()) not in SUPPORTED_DRIVERS:
         raise ValueError(f"unsupported driver {url.drivername!r}; use sqlite:///path or "
                          "postgresql://user@host/db (postgresql+psycopg://)")
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "postgresql":
+        # Without them the driver falls back to the local socket and a database named after the user: a service
+        # that migrates at start would build its schema in whatever database that is.
+        if not (url.host or url.query.get("host")):
+            raise ValueError(f"no host in {shown!r}; use postgresql://user@host/db")
+        if not url.database:
+            raise ValueError(f"no database in {shown!r}; use postgresql://user@host/db")
+    elif not url.database or url.database == ":memory:":
+        raise ValueError(f"no database file in {shown!r}; use sqlite:///path (a database in memory is lost with "
+                         "the process, and everything drivers sent with it)")
     return value
 
 

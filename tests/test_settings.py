@@ -32,6 +32,13 @@ def test_environment_overrides_defaults(tmp_path):
 @pytest.mark.parametrize("name,value", [
     ("DATABASE_URL", "not a url"),
     ("DATABASE_URL", "mysql://x@localhost/db"),
+    # No host or no database: the driver would pick the local socket and a database named after the user.
+    ("DATABASE_URL", "postgresql://postgres@"),
+    ("DATABASE_URL", "postgresql://postgres@/accident"),
+    ("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"),
+    ("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/"),
+    ("DATABASE_URL", "sqlite://"),
+    ("DATABASE_URL", "sqlite:///:memory:"),
     ("STORAGE_URL", "ftp://bucket"),
     ("STORAGE_URL", "s3://"),
     ("PHOTO_MIN_SHORT_SIDE", "big"),
@@ -119,6 +126,12 @@ def test_malformed_setting_names_the_variable(tmp_path, name, value):
     assert str(excinfo.value).startswith(name)
 
 
+def test_a_database_url_refused_does_not_show_its_password(tmp_path):
+    with pytest.raises(SettingsError, match="^DATABASE_URL: no database") as excinfo:
+        load_settings(environ={"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://app:s3cret-pw@db:5432"})
+    assert "s3cret-pw" not in str(excinfo.value)
+
+
 @pytest.mark.parametrize("app_env", ["development", "test", "production"])
 def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env):
     """A GET signed with an empty token is a signature anybody can compute; it must never be echoed."""
@@ -141,6 +154,9 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("PHOTO_MAX_PIXELS", "89478485", 89478485),
     ("WECHAT_TIMESTAMP_TOLERANCE_SECONDS", "0", 0),  # documented: 0 turns the check off
     ("BOOKING_OFFER_COUNT", "9", 9),
+    ("DATABASE_URL", "postgresql://app@/accident?host=/var/run/postgresql",  # a local socket, named
+     "postgresql://app@/accident?host=/var/run/postgresql"),
+    ("DATABASE_URL", "postgresql+psycopg://app:pw@db:5432/accident", "postgresql+psycopg://app:pw@db:5432/accident"),
     ("BOOKING_LEAD_MINUTES", "0", 0),
     ("NO_SHOW_GRACE_MINUTES", "0", 0),
     ("WECHAT_API_TIMEOUT_SECONDS", "0.5", 0.5),
