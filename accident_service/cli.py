@@ -11,6 +11,7 @@ from flask.cli import FlaskGroup
 
 from accident_service import create_app
 from accident_service.cli_runtime import command_runtime
+from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from accident_service.errors import ServiceError
 from accident_service.settings import PROCESS_COUNT_DEFAULTS, SettingsError, load_settings, process_count
 
@@ -19,9 +20,21 @@ def _app_factory():
     return create_app()
 
 
+class _ServiceGroup(FlaskGroup):
+    """Finds and lists only its own commands, without building the app: the app adds none, and building it
+    to look (``--help``, a mistyped command) would read every setting, printing a bad one as a traceback,
+    and migrate the database when AUTO_MIGRATE is on. A command builds the app when it runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return click.Group.list_commands(self, ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return click.Group.get_command(self, ctx, name)
+
+
 # Settings come from the environment and config/defaults.toml only: no .env file is read (python-dotenv
 # is installed as a dependency of pydantic-settings, and Flask would otherwise load one from the cwd).
-@click.group(cls=FlaskGroup, create_app=_app_factory, add_default_commands=False, add_version_option=False,
+@click.group(cls=_ServiceGroup, create_app=_app_factory, add_default_commands=False, add_version_option=False,
              load_dotenv=False)
 def cli() -> None:
     """Traffic-accident self-report service.
@@ -203,6 +216,10 @@ def main() -> None:
         sys.exit(2)
     except ServiceError as exc:
         click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    except UNAVAILABLE_ERRORS as exc:  # a command's own statements (db upgrade, purge) outside run_in_transaction
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        click.echo(f"error: {DatabaseUnavailable().message} ({reason})", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         sys.exit(1)

@@ -49,6 +49,30 @@ def test_malformed_database_url_fails_naming_it(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_help_and_a_mistyped_command_build_nothing_and_read_no_setting(tmp_path):
+    """Listing and finding commands needs no app: a bad setting is no traceback, and nothing is migrated."""
+    database = tmp_path / "never.db"
+    for args in (("--help",), ("purg",)):
+        broken = run_cli(*args, env={"DATA_DIR": str(tmp_path), "DATABASE_URL": "notaurl"})
+        assert "Traceback" not in broken.stderr and "DATABASE_URL" not in broken.stderr, broken.stderr
+        run_cli(*args, env={"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{database}", "AUTO_MIGRATE": "true"})
+        assert not database.exists()  # AUTO_MIGRATE did not run for a look at the commands
+    assert broken.returncode == 2 and "Did you mean 'purge'?" in broken.stderr
+    help_text = run_cli("--help", env={"DATA_DIR": str(tmp_path)})
+    assert help_text.returncode == 0 and "purge" in help_text.stdout and "create-staff" in help_text.stdout
+
+
+@pytest.mark.parametrize("args", [("db", "upgrade"), ("purge", "--dry-run")])
+def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path, args):
+    from tests.support.servers import free_port
+
+    result = run_cli(*args, env={"DATA_DIR": str(tmp_path), "AUTO_MIGRATE": "false",
+                                 "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: the database is unavailable") and len(result.stderr.splitlines()) == 1
+
+
 def serving_serve(tmp_path, *args: str, **env: str):
     """`accident-service serve` on a free port, run from tmp_path with the quick start's relative defaults (none of
     this process's DATA_DIR, DATABASE_URL, STORAGE_URL), ``env`` on top; a context manager yielding its URL."""
