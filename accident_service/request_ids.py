@@ -8,8 +8,10 @@ and a proxy's id ties our lines to its own.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import secrets
+from collections.abc import Mapping
 
 from flask import Flask
 
@@ -19,6 +21,24 @@ HEADER = "X-Request-Id"
 # Short, and nothing that could break a log line or a header (spaces, quotes, newlines, control characters).
 _SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _ENVIRON_KEY = "HTTP_" + HEADER.upper().replace("-", "_")
+
+
+class AccessLineRequestId(logging.Filter):
+    """Fills the ``request_id`` field of gunicorn's access line (config/gunicorn.conf.py, JSON logs).
+
+    gunicorn writes that line after the request's own context has ended, so the field said "-" and a search
+    by id found every line of the request but its access line. The id is the one the answer carried: the
+    line's ``{x-request-id}o`` atom.
+    """
+
+    ATOM = "{" + HEADER.lower() + "}o"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        answered = atoms.get(self.ATOM) if isinstance(atoms, Mapping) else None
+        if answered and answered != "-":
+            record.request_id = answered
+        return True
 
 
 def request_id_from(header_value: str | None) -> str:

@@ -67,8 +67,9 @@ if _log_format() == "json":
     _json = {"class": "logging.StreamHandler", "formatter": "json"}
     logconfig_dict = {
         "formatters": {"json": {"()": "accident_service.logs.MaskedJsonFormatter"}},
+        "filters": {"request_id": {"()": "accident_service.request_ids.AccessLineRequestId"}},
         "handlers": {"error_console": {**_json, "stream": "ext://sys.stderr"},
-                     "console": {**_json, "stream": "ext://sys.stdout"}},
+                     "console": {**_json, "stream": "ext://sys.stdout", "filters": ["request_id"]}},
         "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
                     "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False}},
         "root": {"level": "INFO", "handlers": []},

@@ -90,8 +90,11 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(tmp_path, gunicor
         requests.get(url + "/readyz", timeout=10)
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert {"gunicorn.error", "gunicorn.access"} <= {r["logger"] for r in records}
-    access = [r["message"] for r in records if r["logger"] == "gunicorn.access" and "/healthz" in r["message"]]
-    assert any(line.endswith("gunicorn-json-1") for line in access), access
+    access = [r for r in records if r["logger"] == "gunicorn.access" and "/healthz" in r["message"]]
+    assert any(r["message"].endswith("gunicorn-json-1") for r in access), access
+    # The field too, as on the service's own lines: filtering on it finds the access line.
+    assert all(r["message"].endswith(" " + r["request_id"]) for r in access), access
+    assert "gunicorn-json-1" in {r["request_id"] for r in access}
 
 
 def test_workers_freeze_the_loaded_app_out_of_full_collections(tmp_path, gunicorn_env):
