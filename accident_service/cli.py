@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -14,6 +15,8 @@ from accident_service.cli_runtime import command_runtime
 from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from accident_service.errors import ServiceError
 from accident_service.settings import PROCESS_COUNT_DEFAULTS, SettingsError, load_settings, process_count
+
+log = logging.getLogger(__name__)
 
 
 def _app_factory():
@@ -157,7 +160,8 @@ def scheduler_command(once: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         jobs.generate_slots(runtime, jobs.worker_name())
-        click.echo(f"scheduler {jobs.worker_name()} running")
+        # A log line, not a print: with LOG_FORMAT=json every line of the process is one JSON object.
+        log.info("scheduler %s running", jobs.worker_name())
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
         pass

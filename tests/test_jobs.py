@@ -419,6 +419,20 @@ def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exa
         engine.dispose()
 
 
+def test_with_json_logs_every_line_of_a_scheduler_is_one_json_object(start_scheduler, scheduler_env, tmp_path):
+    scheduler_env.update(LOG_FORMAT="json", LOG_LEVEL="INFO")
+    process = start_scheduler(0)
+    log_path = tmp_path / "scheduler0.log"
+    deadline = time.monotonic() + 60  # a cold start on a busy machine, not a speed requirement
+    while "running" not in log_path.read_text(errors="replace"):
+        assert process.poll() is None and time.monotonic() < deadline, logs(tmp_path, 1)
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert any(r["message"].startswith("scheduler ") and r["message"].endswith(" running") for r in records)
+
+
 @pytest.mark.slow
 def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, scheduler_env, wechat, tmp_path):
     """SCHEDULER_METRICS_PORT: the scheduler's job runs and durations, scraped from the scheduler itself."""
