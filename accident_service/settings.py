@@ -330,6 +330,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
         raise SettingsError(f"{CONFIG_DIR / 'defaults.toml'}: {exc.__cause__ or exc}") from exc
     finally:
         _LOADING.reset(token)
+    try:
+        check.make_data_dir(settings.DATA_DIR)
+    except ValueError as exc:
+        raise SettingsError(f"DATA_DIR: {exc}") from None
     if not settings.SECRET_KEY:
         settings = settings.model_copy(update={"SECRET_KEY": _development_secret(Path(settings.DATA_DIR))})
     return settings

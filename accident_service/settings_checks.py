@@ -159,17 +159,23 @@ def api_base_url(value: str) -> str:
 
 
 def data_dir(value: str) -> str:
-    """DATA_DIR exists (created if missing) and is a directory; the OS's reason otherwise.
-
-    Checked even when nothing is kept there yet, so a typo stops startup here,
-    not at the first photo or the first SQLite connection.
-    """
+    """DATA_DIR names a directory (one that exists, or a path that is nothing yet): made by :func:`make_data_dir`
+    once every setting has passed, so a refused setting leaves nothing behind."""
     if not value.strip():
         # An empty DATA_DIR would put sqlite:///{data_dir}/... and file://{data_dir}/... at the filesystem root.
         raise ValueError("must not be empty (a directory for the SQLite file, photos and the "
                          "development secret key, like ./var)")
     if "\x00" in value:
         raise ValueError(f"contains a NUL character: {value!r}")
+    return value
+
+
+def make_data_dir(value: str) -> None:
+    """DATA_DIR exists (created if missing) and is a directory; ValueError with the OS's reason otherwise.
+
+    Made even when nothing is kept there yet, so a typo stops startup here,
+    not at the first photo or the first SQLite connection.
+    """
     shown = value if len(value) <= 200 else value[:200] + "..."
     try:
         Path(value).mkdir(parents=True, exist_ok=True)
@@ -177,7 +183,6 @@ def data_dir(value: str) -> str:
         raise ValueError(f"{shown!r} exists and is not a directory") from exc
     except OSError as exc:  # a file on the way (Not a directory), permissions, a name too long, ...
         raise ValueError(f"cannot create the directory {shown!r}: {exc.strerror or type(exc).__name__}") from exc
-    return value
 
 
 def database_url(value: str) -> str:

@@ -231,6 +231,12 @@ def test_a_data_dir_that_cannot_be_created_gives_the_os_reason(tmp_path):
         load_settings(environ={"DATA_DIR": str(tmp_path / ("x" * 300))})
 
 
+def test_a_refused_setting_leaves_no_data_dir_behind(tmp_path):
+    with pytest.raises(SettingsError, match="^BOOKING_OFFER_COUNT"):
+        load_settings(environ={"DATA_DIR": str(tmp_path / "new"), "BOOKING_OFFER_COUNT": "ten"})
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_missing_data_dir_is_created(tmp_path):
     settings = load_settings(environ={"DATA_DIR": str(tmp_path / "a" / "b"), "SECRET_KEY": "real"})
     assert (tmp_path / "a" / "b").is_dir()
