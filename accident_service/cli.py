@@ -26,7 +26,15 @@ def _app_factory():
 class _ServiceGroup(FlaskGroup):
     """Finds and lists only its own commands, without building the app: the app adds none, and building it
     to look (``--help``, a mistyped command) would read every setting, printing a bad one as a traceback,
-    and migrate the database when AUTO_MIGRATE is on. A command builds the app when it runs."""
+    and migrate the database when AUTO_MIGRATE is on. A command builds the app when it runs.
+
+    Without Flask's own options: the app is this one (``--app``), settings come from the environment and
+    config/defaults.toml only (``--env-file`` would read a dotenv file), and debug mode is never on (``--debug``).
+    """
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.params = [param for param in self.params if param.name not in {"env_file", "app", "debug"}]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return click.Group.list_commands(self, ctx)

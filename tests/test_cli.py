@@ -60,6 +60,9 @@ def test_help_and_a_mistyped_command_build_nothing_and_read_no_setting(tmp_path)
     assert broken.returncode == 2 and "Did you mean 'purge'?" in broken.stderr
     help_text = run_cli("--help", env={"DATA_DIR": str(tmp_path)})
     assert help_text.returncode == 0 and "purge" in help_text.stdout and "create-staff" in help_text.stdout
+    # Flask's own options do not apply here: another app, a dotenv file, debug mode.
+    assert not {"--app", "--env-file", "--debug"} & set(help_text.stdout.split())
+    assert run_cli("--debug", "purge", "--help", env={"DATA_DIR": str(tmp_path)}).returncode == 2
 
 
 @pytest.mark.parametrize("args", [("db", "upgrade"), ("purge", "--dry-run")])
