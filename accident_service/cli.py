@@ -8,7 +8,7 @@ import os
 import sys
 
 import click
-from flask.cli import FlaskGroup
+from flask.cli import FlaskGroup, ScriptInfo
 
 from accident_service import create_app
 from accident_service.cli_runtime import command_runtime
@@ -24,9 +24,8 @@ def _app_factory():
 
 
 class _ServiceGroup(FlaskGroup):
-    """Finds and lists only its own commands, without building the app: the app adds none, and building it
-    to look (``--help``, a mistyped command) would read every setting, printing a bad one as a traceback,
-    and migrate the database when AUTO_MIGRATE is on. A command builds the app when it runs.
+    """Flask's group, listing the app's commands (flask-smorest's ``openapi``) beside its own, with a bad setting
+    named in one line rather than a traceback when the app cannot be built to list them.
 
     Without Flask's own options: the app is this one (``--app``), settings come from the environment and
     config/defaults.toml only (``--env-file`` would read a dotenv file), and debug mode is never on (``--debug``).
@@ -37,10 +36,13 @@ class _ServiceGroup(FlaskGroup):
         self.params = [param for param in self.params if param.name not in {"env_file", "app", "debug"}]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return click.Group.list_commands(self, ctx)
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return click.Group.get_command(self, ctx, name)
+        self._load_plugin_commands()
+        names = set(click.Group.list_commands(self, ctx))
+        try:
+            names.update(ctx.ensure_object(ScriptInfo).load_app().cli.list_commands(ctx))
+        except SettingsError as exc:
+            click.echo(f"configuration error: {exc}", err=True)
+        return sorted(names)
 
 
 # Settings come from the environment and config/defaults.toml only: no .env file is read (python-dotenv
