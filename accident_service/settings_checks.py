@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import math
+import os
 import re
 import secrets
 from base64 import b64decode
@@ -200,9 +201,12 @@ def database_url(value: str) -> str:
     if url.get_backend_name() == "postgresql":
         # Without them the driver falls back to the local socket and a database named after the user: a service
         # that migrates at start would build its schema in whatever database that is.
-        if not (url.host or url.query.get("host")):
+        # libpq's other ways of naming them count: query parameters, a service file entry, its own variables.
+        named = set(url.query) | {name for name in ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE")
+                                   if os.environ.get(name)}
+        if not (url.host or named & {"host", "hostaddr", "service", "PGHOST", "PGHOSTADDR", "PGSERVICE"}):
             raise ValueError(f"no host in {shown!r}; use postgresql://user@host/db")
-        if not url.database:
+        if not (url.database or named & {"dbname", "service", "PGDATABASE", "PGSERVICE"}):
             raise ValueError(f"no database in {shown!r}; use postgresql://user@host/db")
     elif not url.database or url.database == ":memory:":
         raise ValueError(f"no database file in {shown!r}; use sqlite:///path (a database in memory is lost with "

@@ -157,6 +157,9 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("DATABASE_URL", "postgresql://app@/accident?host=/var/run/postgresql",  # a local socket, named
      "postgresql://app@/accident?host=/var/run/postgresql"),
     ("DATABASE_URL", "postgresql+psycopg://app:pw@db:5432/accident", "postgresql+psycopg://app:pw@db:5432/accident"),
+    ("DATABASE_URL", "postgresql://app@/accident?hostaddr=10.0.0.5", "postgresql://app@/accident?hostaddr=10.0.0.5"),
+    ("DATABASE_URL", "postgresql:///?service=prod", "postgresql:///?service=prod"),
+    ("DATABASE_URL", "postgresql://app@db/?dbname=accident", "postgresql://app@db/?dbname=accident"),
     ("BOOKING_LEAD_MINUTES", "0", 0),
     ("NO_SHOW_GRACE_MINUTES", "0", 0),
     ("WECHAT_API_TIMEOUT_SECONDS", "0.5", 0.5),
