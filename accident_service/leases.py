@@ -149,7 +149,8 @@ def fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_a
     if ids:
         error = f"lease expired on each of {max_attempts} attempts (worker died or hung)"
         connection.execute(fail, {**params, "ids": ids, "last_error": error})
-        metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__], metrics.Failure.LEASE_EXPIRED).inc(len(ids))
+        metrics.count_on_commit(session, metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__],
+                                                                 metrics.Failure.LEASE_EXPIRED), len(ids))
     return ids
 
 

@@ -23,7 +23,8 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
-from sqlalchemy import String, func, select, type_coerce
+from sqlalchemy import String, event, func, select, type_coerce
+from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,54 @@ SENDS = Counter("accident_sends_total", "Outbox rows handled by the dispatcher, 
 JOB_RUNS = Counter("accident_job_runs_total", "Scheduler job runs, by job and outcome (ok, error)", ["job", "outcome"])
 JOB_SECONDS = Histogram("accident_job_seconds", "Scheduler job run time", ["job"],
                         buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+
+def count_on_commit(session: Session, series, amount: float = 1) -> None:
+    """Add ``amount`` to ``series`` (a counter's child) once ``session``'s transaction commits; never if it rolls back.
+
+    For what a transaction does (a booking, a photo checked, a send's outcome): counted at once, a rollback (a lost
+    lease, a failed COMMIT, a race retried) would leave a count of something that never happened, and the retry
+    would count it again. Counted at once, too, when ``session`` has no transaction (nothing to wait for).
+    """
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        series.inc(amount)
+        return
+    session.info.setdefault(_PENDING, []).append((transaction, series, amount))
+
+
+_PENDING = "metrics.pending_counts"
+
+
+@event.listens_for(Session, "after_commit")
+def _count_committed(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: its counts wait for the transaction around it
+        return
+    for _transaction, series, amount in session.info.pop(_PENDING, ()):
+        series.inc(amount)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    """A savepoint rolled back: what was counted in it (or in savepoints inside it) did not happen."""
+    pending = session.info.get(_PENDING)
+    if pending:
+        pending[:] = [entry for entry in pending if not _within(entry[0], previous_transaction)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    """The outermost transaction ended: whatever is still pending was not committed (its commit counted the rest)."""
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+def _within(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
+
 
 class Failure(StrEnum):
     """Why work was given up for good: the ``reason`` label, named once here so that the places that count one

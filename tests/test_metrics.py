@@ -11,14 +11,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session
 
-from accident_service import jobs
+from accident_service import jobs, metrics
 from accident_service.booking.appointments import SlotUnavailable
 from accident_service.desk import actions as desk
-from accident_service.models import Case, Slot, WorkStatus
+from accident_service.models import Case, Photo, Slot, WorkStatus
 from accident_service.notify import allowance
 from accident_service.notify.dispatch import dispatch_due
 from accident_service.outbox import enqueue
@@ -216,6 +217,78 @@ def test_the_desks_moves_and_cancellations_count_and_a_full_slot_does_not(runtim
             desk.cancel_appointment(session, session.get(Case, world["case"]), staff="officer",
                                     reason="the driver phoned", settings=runtime.settings, now=T0)
     assert (booked.by, moved.by, cancelled.by) == (0, 1, 1)
+
+
+def test_a_rescheduling_rolled_back_is_not_counted(runtime, world):  # noqa: F811  (the fixture)
+    """Counted on commit: a transaction that fails after the move (a lost lease, a failed COMMIT) moved nothing."""
+    make.offer(runtime, world["case"], now=T0)
+    make.choose(runtime, world["case"], 1, now=T0)
+    with Moves("accident_bookings_total", action="rescheduled") as moved:
+        with pytest.raises(RuntimeError), runtime.unit_of_work() as session:
+            desk.reschedule(session, session.get(Case, world["case"]), world["slots"][("GZ-TH", 1)], staff="officer",
+                            settings=runtime.settings, now=T0)
+            raise RuntimeError("the transaction fails after the move")
+    assert moved.by == 0
+
+
+def test_a_photo_whose_commit_failed_counts_once_when_its_retry_commits(live_app, wechat_runtime, wechat, clock):
+    failed = []
+
+    def fail_the_first_commit_with_a_photo(session):
+        if not failed and any(isinstance(each, Photo) for each in session.identity_map.values()):
+            failed.append(True)
+            raise RuntimeError("COMMIT failed")
+
+    wechat.post_text("oRetried", "快处")
+    drain(wechat_runtime)
+    event.listen(Session, "before_commit", fail_the_first_commit_with_a_photo)
+    try:
+        before = counter("accident_photos_total", outcome="accepted", reason="")
+        wechat.post_image("oRetried", wechat.add_media("good", make_jpeg("good", 1600, 1200)))
+        drain(wechat_runtime)
+        assert failed
+        assert counter("accident_photos_total", outcome="accepted", reason="") == before  # its commit failed
+        clock.advance(minutes=10)  # past the retry's back-off
+        drain(wechat_runtime)
+    finally:
+        event.remove(Session, "before_commit", fail_the_first_commit_with_a_photo)
+    with wechat_runtime.unit_of_work() as session:
+        assert session.query(Photo).count() == 1
+    assert counter("accident_photos_total", outcome="accepted", reason="") == before + 1
+
+
+@pytest.mark.parametrize(("steps", "counted"), [
+    ("count, commit", 1),
+    ("count, rollback", 0),
+    ("savepoint: count, release; commit", 1),
+    ("savepoint: count, release; rollback", 0),
+    ("savepoint: count, roll back; commit", 0),
+    ("count; savepoint: roll back; commit", 1),
+])
+def test_counted_on_commit_only(runtime, steps, counted):
+    series = Counter("accident_test_total", "a count for this test", registry=CollectorRegistry())
+    session = runtime.session_factory()
+    try:
+        session.execute(text("SELECT 1"))
+        if steps.startswith("count"):
+            metrics.count_on_commit(session, series)
+        if "savepoint" in steps:
+            savepoint = session.begin_nested()
+            if steps.startswith("savepoint"):
+                metrics.count_on_commit(session, series)
+            (savepoint.commit if "release" in steps else savepoint.rollback)()
+        assert series._value.get() == 0  # nothing before the transaction commits
+        (session.commit if steps.endswith("commit") else session.rollback)()
+    finally:
+        session.close()
+    assert series._value.get() == counted
+
+
+def test_counted_at_once_without_a_transaction(runtime):
+    series = Counter("accident_test_total", "a count for this test", registry=CollectorRegistry())
+    with runtime.session_factory() as session:
+        metrics.count_on_commit(session, series, 2)
+        assert series._value.get() == 2
 
 
 def test_job_runs_and_durations(runtime, monkeypatch):

@@ -70,7 +70,7 @@ def book(session: Session, case: Case, slot_id: int, *, actor: Actor, settings: 
         raise SlotUnavailable(f"slot {slot_id} is full") from None
     # Counted here, after the seat was taken: every booking and move (a driver's, the desk's, the API's) comes
     # through, and one refused for a full slot never happened.
-    metrics.BOOKINGS.labels(action="booked" if current is None else "rescheduled").inc()
+    metrics.count_on_commit(session, metrics.BOOKINGS.labels(action="booked" if current is None else "rescheduled"))
     return appointment
 
 
@@ -133,7 +133,7 @@ def _release(session: Session, appointment: Appointment) -> None:
     """A cancelled appointment's seat and reminder go (a cancellation, or the whole case withdrawn)."""
     slots.free_seat(session, appointment.slot_id)
     _drop_reminder(session, appointment)
-    metrics.BOOKINGS.labels(action="cancelled").inc()
+    metrics.count_on_commit(session, metrics.BOOKINGS.labels(action="cancelled"))
 
 
 def _drop_reminder(session: Session, appointment: Appointment) -> None:

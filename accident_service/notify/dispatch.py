@@ -335,8 +335,8 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
         else:
             _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
                     sending_at=None)
-            metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
-                exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)).inc()
+            metrics.count_on_commit(session, metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
+                exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)))
             log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
 
 
@@ -348,5 +348,6 @@ def _finish(session: Session, row: Notification, worker_id: str, status: WorkSta
     """
     done = leases.complete(session, Notification, row.id, worker_id, status=status, **values)
     if done:
-        metrics.SENDS.labels(tried or values.get("channel") or row.channel or "-", row.kind, outcome).inc()
+        metrics.count_on_commit(session, metrics.SENDS.labels(tried or values.get("channel") or row.channel or "-",
+                                                              row.kind, outcome))
     return done

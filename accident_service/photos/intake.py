@@ -153,7 +153,8 @@ def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party
     case.photos.append(photo)
     session.flush()
     retakes_done = answered_desk and _finish_retake(session, case, settings, now)
-    metrics.PHOTOS.labels(*(("accepted", "") if verdict.accepted else ("rejected", verdict.code))).inc()
+    metrics.count_on_commit(session, metrics.PHOTOS.labels(*(("accepted", "") if verdict.accepted
+                                                             else ("rejected", verdict.code))))
     params = {"min_px": settings.PHOTO_MIN_SHORT_SIDE, "max_mb": settings.PHOTO_MAX_BYTES // 2**20,
               **verdict.params}
     return _outcome_of(photo, case, party, own, replaced=replacing and verdict.accepted, params=params,
