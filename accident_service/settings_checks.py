@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 from pydantic_core import core_schema
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 SUPPORTED_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
@@ -208,10 +208,18 @@ def database_url(value: str) -> str:
             raise ValueError(f"no host in {shown!r}; use postgresql://user@host/db")
         if not (url.database or named & {"dbname", "service", "PGDATABASE", "PGSERVICE"}):
             raise ValueError(f"no database in {shown!r}; use postgresql://user@host/db")
-    elif not url.database or url.database == ":memory:":
+    elif not url.database or _sqlite_in_memory(url):
         raise ValueError(f"no database file in {shown!r}; use sqlite:///path (a database in memory is lost with "
                          "the process, and everything drivers sent with it)")
     return value
+
+
+def _sqlite_in_memory(url: URL) -> bool:
+    """``:memory:``, or its URI forms (``file::memory:?uri=true``, ``file:name?mode=memory&uri=true``)."""
+    if url.database == ":memory:":
+        return True
+    uri = str(url.query.get("uri", "")).lower() in {"true", "1"}
+    return uri and (url.query.get("mode") == "memory" or url.database.removeprefix("file:") == ":memory:")
 
 
 def storage_url(value: str) -> str:

@@ -39,6 +39,8 @@ def test_environment_overrides_defaults(tmp_path):
     ("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/"),
     ("DATABASE_URL", "sqlite://"),
     ("DATABASE_URL", "sqlite:///:memory:"),
+    ("DATABASE_URL", "sqlite:///file::memory:?uri=true"),
+    ("DATABASE_URL", "sqlite:///file:evidence?mode=memory&cache=shared&uri=true"),
     ("STORAGE_URL", "ftp://bucket"),
     ("STORAGE_URL", "s3://"),
     ("PHOTO_MIN_SHORT_SIDE", "big"),
@@ -168,6 +170,8 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("DATABASE_URL", "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db"),  # psycopg 3 in SQLAlchemy 2.1
     ("DATABASE_URL", "postgresql+psycopg://u@127.0.0.1/db", "postgresql+psycopg://u@127.0.0.1/db"),
     ("DATABASE_URL", "sqlite+pysqlite:///x.db", "sqlite+pysqlite:///x.db"),
+    # A file named in SQLite's URI form is a file all the same.
+    ("DATABASE_URL", "sqlite:///file:x.db?uri=true&mode=rwc", "sqlite:///file:x.db?uri=true&mode=rwc"),
     ("S3_REGION", "us-east-1", "us-east-1"),
     ("S3_REGION", "cn-north-1", "cn-north-1"),
     ("S3_REGION", "ap-southeast-2", "ap-southeast-2"),
