@@ -8,11 +8,12 @@ import os
 import sys
 
 import click
+import sqlalchemy.exc
 from flask.cli import FlaskGroup, ScriptInfo
 
 from accident_service import create_app
 from accident_service.cli_runtime import command_runtime
-from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
+from accident_service.db import DatabaseUnavailable, may_succeed_later
 from accident_service.errors import ServiceError
 from accident_service.settings import PROCESS_COUNT_DEFAULTS, SettingsError, load_settings, process_count
 
@@ -231,9 +232,12 @@ def main() -> None:
     except ServiceError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
-    except UNAVAILABLE_ERRORS as exc:  # a command's own statements (db upgrade, purge) outside run_in_transaction
+    except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
+        # A command's own statements (db upgrade, purge) outside run_in_transaction: one line, and "try again"
+        # only where trying again can help.
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        click.echo(f"error: {DatabaseUnavailable().message} ({reason})", err=True)
+        told = DatabaseUnavailable().message if may_succeed_later(exc) else "the database could not run the command"
+        click.echo(f"error: {told} ({reason})", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         sys.exit(1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -174,6 +175,28 @@ class DatabaseUnavailable(ServiceError):
 #: Errors that say "not now" rather than "never": lost or refused connections, a server shutting
 #: down, lock or statement timeouts, SQLite's busy database (OperationalError), an exhausted pool.
 UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.TimeoutError)
+
+#: SQLSTATE classes of a server that is not there, going down, out of resources, or in a lock or timeout
+#: that ends: connection exception, insufficient resources, operator intervention, transaction rollback.
+_NOT_NOW_SQLSTATE_CLASSES = ("08", "53", "57", "40")
+
+
+def may_succeed_later(exc: BaseException) -> bool:
+    """Whether the same command could work later, as is: a connection refused or lost, a server going down, an
+    exhausted pool, a lock held by someone else; not a missing schema, an unwritable file or a bad statement."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return any(word in str(orig) for word in ("locked", "busy"))
+    sqlstate = getattr(orig, "sqlstate", "") or ""
+    if isinstance(exc, sa_exc.OperationalError) and not sqlstate:
+        return True  # the driver's own: no connection could be made, or it broke
+    return sqlstate.startswith(_NOT_NOW_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock not available
 
 
 def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *,

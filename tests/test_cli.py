@@ -80,6 +80,28 @@ def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path, args):
     assert result.stderr.startswith("error: the database is unavailable") and len(result.stderr.splitlines()) == 1
 
 
+def _databases_without_the_schema() -> list[str]:
+    from tests import conftest
+
+    # SQLite: an empty file (OperationalError); PostgreSQL: a search path with no tables (ProgrammingError).
+    return ["sqlite"] + (["postgresql"] if conftest.ON_POSTGRES else [])
+
+
+@pytest.mark.parametrize("database", _databases_without_the_schema())
+def test_a_database_without_the_schema_is_one_line_that_does_not_say_try_again(tmp_path, database):
+    """Trying again will not create the tables: the line says what the database answered, not "try again"."""
+    from tests import conftest
+
+    url = (f"sqlite:///{tmp_path}/empty.db" if database == "sqlite"
+           else f"{conftest.POSTGRES_URL}?options=-csearch_path%3Dno_schema_here")
+    result = run_cli("purge", "--dry-run", env={"DATA_DIR": str(tmp_path), "AUTO_MIGRATE": "false",
+                                                "DATABASE_URL": url})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: the database could not run the command (")
+    assert "try again" not in result.stderr
+
+
 def serving_serve(tmp_path, *args: str, **env: str):
     """`accident-service serve` on a free port, run from tmp_path with the quick start's relative defaults (none of
     this process's DATA_DIR, DATABASE_URL, STORAGE_URL), ``env`` on top; a context manager yielding its URL."""

@@ -6,12 +6,14 @@ from a connection of their own, as a server restart or an operator would.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import timedelta
 
 import pytest
 from flask import jsonify
 from sqlalchemy import event, func, make_url, select, text
+from sqlalchemy import exc as sa_exc
 
 from accident_service import create_app, db
 from accident_service.db import (
@@ -467,3 +469,29 @@ def test_a_driver_statement_refuses_a_dialect_with_positional_parameters():
 
     with pytest.raises(ValueError):
         db.DriverStatement(select(bindparam("x")), sqlite.dialect())
+
+
+class _DriverError(Exception):
+    """A driver's error carrying a SQLSTATE, as psycopg's do."""
+
+    def __init__(self, message: str, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(("error", "later"), [
+    (sa_exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked")), True),
+    (sa_exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: cases")), False),
+    (sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("attempt to write a readonly database")), False),
+    (sa_exc.OperationalError("", {}, _DriverError("connection refused", None)), True),
+    (sa_exc.OperationalError("", {}, _DriverError("terminating connection due to administrator command", "57P01")),
+     True),
+    (sa_exc.OperationalError("", {}, _DriverError("canceling statement due to statement timeout", "57014")), True),
+    (sa_exc.OperationalError("", {}, _DriverError("could not obtain lock", "55P03")), True),
+    (sa_exc.ProgrammingError("", {}, _DriverError('relation "cases" does not exist', "42P01")), False),
+    (sa_exc.IntegrityError("", {}, _DriverError("duplicate key", "23505")), False),
+    (sa_exc.TimeoutError("QueuePool limit reached"), True),
+    (ValueError("not a database error"), False),
+])
+def test_may_succeed_later_only_where_trying_again_can_help(error, later):
+    assert db.may_succeed_later(error) is later
