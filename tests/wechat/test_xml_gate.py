@@ -204,6 +204,13 @@ def test_text_sample_parses() -> None:
     assert (message.id, message.time) == (1234567890123456, 1348831860)
 
 
+@pytest.mark.parametrize("create_time", [0, 1348831860, 2**32 - 1])
+def test_any_unix_time_in_32_bits_passes_and_reads_as_a_date(create_time: int) -> None:
+    message = parse_inbound(TEXT.replace("1348831860", str(create_time)))
+    assert message.time == create_time
+    assert message.create_time.timestamp() == create_time
+
+
 def test_image_sample_parses() -> None:
     message = parse_inbound(IMAGE)
     assert isinstance(message, ImageMessage)
@@ -262,6 +269,8 @@ def test_unknown_types_pass_as_unknown_message(payload: str) -> None:
         TEXT.replace("<FromUserName><![CDATA[fromUser]]></FromUserName>", ""),
         TEXT.replace("1348831860", "yesterday"),
         TEXT.replace("1348831860", "9" * 40),
+        TEXT.replace("1348831860", str(2**32)),  # a Unix time past 2106: wechatpy's create_time is never read
+        TEXT.replace("1348831860", "-1"),
         TEXT.replace("1234567890123456", "not-a-number"),
         TEXT.replace("<![CDATA[this is a test]]>", "<b>bold</b>"),
         TEXT.replace("<Content>", "<Content>a</Content><Content>"),
