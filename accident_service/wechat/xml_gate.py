@@ -192,11 +192,13 @@ def parse_inbound(xml_text: str) -> BaseMessage:
 
 
 def _require_sane_fields(message: BaseMessage | None) -> None:
-    """Convert every declared field now, so the caller never meets a bad one later.
+    """Check every declared field now, so the caller never meets a bad one later.
 
     wechatpy converts fields lazily on attribute access; a repeated element
     arrives as a list and a nested one as a dict, which the conversation code
-    must not have to expect. Raises ValueError (or a conversion error).
+    must not have to expect. Each field is checked as :func:`_field_kinds` says:
+    a plain string on its parsed text, a Unix time by its range, any other by
+    running wechatpy's conversion once. Raises ValueError (or a conversion error).
     """
     if message is None:
         raise ValueError("empty message")

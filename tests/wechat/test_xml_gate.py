@@ -269,7 +269,7 @@ def test_unknown_types_pass_as_unknown_message(payload: str) -> None:
         TEXT.replace("<FromUserName><![CDATA[fromUser]]></FromUserName>", ""),
         TEXT.replace("1348831860", "yesterday"),
         TEXT.replace("1348831860", "9" * 40),
-        TEXT.replace("1348831860", str(2**32)),  # a Unix time past 2106: wechatpy's create_time is never read
+        TEXT.replace("1348831860", str(2**32)),  # past 2106: refused by its range before any read
         TEXT.replace("1348831860", "-1"),
         TEXT.replace("1234567890123456", "not-a-number"),
         TEXT.replace("<![CDATA[this is a test]]>", "<b>bold</b>"),
