@@ -65,7 +65,7 @@ from typing import Any
 
 import requests
 
-from accident_service.sandbox.http_server import EmulatorServer, handler_for
+from accident_service.sandbox.http_server import LoopbackServing, handler_for
 from accident_service.sandbox.platform_api import PlatformApi
 from accident_service.sandbox.push_messages import (
     Envelope,
@@ -82,7 +82,7 @@ from accident_service.sandbox.templates import Card
 _FROM_USER = re.compile(rb"<FromUserName>\s*(?:<!\[CDATA\[)?(.*?)(?:\]\]>)?\s*</FromUserName>", re.S)
 
 
-class WeChatEmulator(PlatformApi):
+class WeChatEmulator(PlatformApi, LoopbackServing):
     """Loopback HTTP server playing the WeChat platform. Start/stop it, or use it as a context manager.
 
     ``encoding_aes_key`` enables safe mode, the default for pushes when set (``encrypted_by_default``
@@ -90,12 +90,14 @@ class WeChatEmulator(PlatformApi):
     ``token_grace_seconds`` (300: how long a token replaced through ``cgi-bin/token`` still works).
     """
 
+    _thread_name = "wechat-emulator"
+
     def __init__(self, appid: str, secret: str, token: str, encoding_aes_key: str | None = None,
                  callback_url: str | None = None, *, original_id: str = "gh_0123456789ab",
                  encrypted_by_default: bool | None = None, push_timeout: float = 5.0, port: int = 0,
                  **api_options: Any) -> None:
         super().__init__(appid, secret, **api_options)
-        self.port = port  # 0: a free port chosen at start()
+        self._init_serving(port)
         self.token = token
         self.encoding_aes_key = encoding_aes_key
         self.callback_url = callback_url
@@ -107,43 +109,15 @@ class WeChatEmulator(PlatformApi):
         # Random start: MsgIds stay unique across emulators sharing one test database.
         self._msg_ids = itertools.count(random.SystemRandom().randrange(10**17, 9 * 10**18))
         self._last_event_time: dict[str, int] = {}
-        self._server: EmulatorServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
 
-    # -- lifecycle ----------------------------------------------------------
+    # -- lifecycle: start(), stop() and ``with`` are LoopbackServing's --------
 
-    def start(self) -> WeChatEmulator:
-        if self._server is not None:
-            return self
-        self._stopping.clear()
-        self._server = EmulatorServer(("127.0.0.1", self.port), handler_for(self, self._stopping))
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="wechat-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._stopping.set()  # wakes handlers sleeping in an injected delay
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> WeChatEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _handler(self):
+        return handler_for(self, self._stopping)
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the emulator is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._bound_port('emulator')}"
 
     @property
     def api_base_url(self) -> str:

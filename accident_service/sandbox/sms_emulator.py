@@ -29,9 +29,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from accident_service.sandbox.http_server import LoopbackServing
 
 ACTION, VERSION, SERVICE = "SendSms", "2021-01-11", "sms"
 REGIONS = ("ap-beijing", "ap-guangzhou", "ap-nanjing")  # the regions SMS serves
@@ -89,13 +91,15 @@ class SentSms:
     at: float
 
 
-class SmsEmulator:
+class SmsEmulator(LoopbackServing):
     """Loopback HTTP server playing Tencent Cloud SMS. Start/stop it, or use it as a context manager.
 
     ``max_param_chars``: each parameter's limit (the console's figure: 6 for new accounts);
     ``same_text_seconds`` / ``daily_limit_per_number``: the frequency policy (None turns a rule off);
     ``clock``: the server's time in UNIX seconds (signature expiry, calendar days).
     """
+
+    _thread_name = "sms-emulator"
 
     def __init__(self, secret_id: str, secret_key: str, sdk_app_id: str, *, sign_names: Iterable[str] = ("交警快处",),
                  max_param_chars: int = 6, same_text_seconds: float | None = 30,
@@ -105,7 +109,7 @@ class SmsEmulator:
         self.sign_names = set(sign_names)
         self.max_param_chars = max_param_chars
         self.same_text_seconds, self.daily_limit_per_number = same_text_seconds, daily_limit_per_number
-        self.clock, self.port = clock, port
+        self.clock = clock
         self.templates: dict[str, Template] = {}
         self.sent: list[SentSms] = []
         self.request_count = 0
@@ -113,9 +117,7 @@ class SmsEmulator:
         self._faults: dict[str, deque[Any]] = {"delay": deque(), "http": deque(), "error": deque()}
         self._serials = itertools.count(1)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._init_serving(port)
 
     def register_template(self, template_id: str, text: str, *, verification: bool = False) -> None:
         """An approved template; its parameters are {1}, {2}… numbered from 1 without gaps."""
@@ -259,38 +261,13 @@ class SmsEmulator:
             return "LimitExceeded.PhoneNumberDailyLimit"
         return None
 
-    def start(self) -> SmsEmulator:
-        if self._server is None:
-            self._stopping.clear()
-            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
-            self._server.daemon_threads = True
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="sms-emulator", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._stopping.set()  # wakes handlers sleeping in an injected delay
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> SmsEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _handler(self):
+        return _handler_for(self)
 
     @property
     def endpoint(self) -> str:
         """host:port, as the SDK's HttpProfile(protocol="http", endpoint=...) takes it."""
-        if self._server is None:
-            raise RuntimeError("the SMS emulator is not started")
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self._bound_port('SMS emulator')}"
 
     @property
     def endpoint_url(self) -> str:
