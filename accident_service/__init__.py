@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from accident_service import request_ids
@@ -33,7 +32,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
         settings = config if isinstance(config, Settings) else load_settings(config)
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     if settings.AUTO_MIGRATE:
-        _migrate_or_explain(settings)
+        from accident_service.schema import upgrade_or_explain
+
+        upgrade_or_explain(settings.DATABASE_URL)
     runtime = runtime or build_runtime(settings)
     # Here, not at the top: gunicorn's master imports this package to read its settings, and must not import
     # prometheus_client (it picks its mode, one process or many, when imported).
@@ -144,17 +145,3 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(storage_views.bp)
     desk_web.init_app(app)
     api.init_app(app)
-
-
-def _migrate_or_explain(settings: Settings) -> None:
-    from alembic.util import CommandError
-
-    from accident_service.schema import upgrade_database
-
-    try:
-        upgrade_database(settings.DATABASE_URL)
-    except SQLAlchemyError as exc:
-        raise SettingsError(f"DATABASE_URL: cannot open the database: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200]}") from exc
-    except CommandError as exc:  # e.g. the database is at a revision this release does not know
-        raise SettingsError(f"DATABASE_URL: cannot upgrade the schema: {exc}") from exc

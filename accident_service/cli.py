@@ -43,6 +43,8 @@ class _ServiceGroup(FlaskGroup):
             names.update(ctx.ensure_object(ScriptInfo).load_app().cli.list_commands(ctx))
         except SettingsError as exc:
             click.echo(f"configuration error: {exc}", err=True)
+        except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:  # met while migrating (AUTO_MIGRATE)
+            click.echo(f"error: {_database_error(exc)}", err=True)
         return sorted(names)
 
 
@@ -67,10 +69,17 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create or upgrade the schema (SQLite or PostgreSQL, from DATABASE_URL)."""
-    from accident_service.schema import upgrade_database
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
 
-    settings = load_settings()
-    upgrade_database(settings.DATABASE_URL, revision)
+    from accident_service.schema import alembic_config, upgrade_or_explain
+
+    database_url = load_settings().DATABASE_URL
+    try:  # a revision this release does not have is the option's fault, not the database's
+        ScriptDirectory.from_config(alembic_config(database_url)).get_revisions(revision)
+    except CommandError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--revision'") from None
+    upgrade_or_explain(database_url, revision)
     click.echo(f"schema at {revision}")
 
 
@@ -223,6 +232,13 @@ def _register_feature_commands() -> None:
 _register_feature_commands()
 
 
+def _database_error(exc: BaseException) -> str:
+    """What the database answered, in a line, with "try again" only where trying again can help."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    told = DatabaseUnavailable().message if may_succeed_later(exc) else "the database could not run the command"
+    return f"{told} ({reason})"
+
+
 def main() -> None:
     try:
         cli.main(prog_name="accident-service", standalone_mode=False)
@@ -233,11 +249,9 @@ def main() -> None:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
-        # A command's own statements (db upgrade, purge) outside run_in_transaction: one line, and "try again"
-        # only where trying again can help.
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        told = DatabaseUnavailable().message if may_succeed_later(exc) else "the database could not run the command"
-        click.echo(f"error: {told} ({reason})", err=True)
+        # A command's own statements (purge) outside run_in_transaction, or a database not reachable now while
+        # migrating first: one line.
+        click.echo(f"error: {_database_error(exc)}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         sys.exit(1)

@@ -181,9 +181,16 @@ UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.TimeoutError)
 _NOT_NOW_SQLSTATE_CLASSES = ("08", "53", "57", "40")
 
 
+#: What a PostgreSQL server says, refusing a connection, when the settings name a database or a user it does not
+#: know or credentials it does not take (SQLSTATE 3D000, 28000, 28P01, which libpq does not pass on).
+_REFUSED_FOR_GOOD = ("FATAL:  database \"", "FATAL:  role \"", "password authentication failed",
+                     "no pg_hba.conf entry")
+
+
 def may_succeed_later(exc: BaseException) -> bool:
     """Whether the same command could work later, as is: a connection refused or lost, a server going down, an
-    exhausted pool, a lock held by someone else; not a missing schema, an unwritable file or a bad statement."""
+    exhausted pool, a lock held by someone else; not a missing schema, an unwritable file, a bad statement, or a
+    database or user the server does not know."""
     if isinstance(exc, sa_exc.TimeoutError):
         return True
     if not isinstance(exc, sa_exc.DBAPIError):
@@ -195,7 +202,10 @@ def may_succeed_later(exc: BaseException) -> bool:
         return any(word in str(orig) for word in ("locked", "busy"))
     sqlstate = getattr(orig, "sqlstate", "") or ""
     if isinstance(exc, sa_exc.OperationalError) and not sqlstate:
-        return True  # the driver's own: no connection could be made, or it broke
+        # The driver's own: no connection could be made, or it broke. libpq gives no SQLSTATE for a server that
+        # refused the connection, only its message: one naming a database or user it does not know, or failed
+        # credentials, is an answer that stays the same (an English server's words; others are tried again).
+        return not any(refusal in str(orig) for refusal in _REFUSED_FOR_GOOD)
     return sqlstate.startswith(_NOT_NOW_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock not available
 
 

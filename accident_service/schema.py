@@ -6,6 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
+from sqlalchemy.exc import SQLAlchemyError
+
+from accident_service.db import may_succeed_later
+from accident_service.settings import SettingsError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -22,6 +27,27 @@ def upgrade_database(database_url: str, revision: str = "head") -> None:
     if database_url.startswith("sqlite:///"):
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), revision)
+
+
+def upgrade_or_explain(database_url: str, revision: str = "head") -> None:
+    """:func:`upgrade_database` for ``db upgrade`` and AUTO_MIGRATE, with what stops it said in one line.
+
+    A database that cannot be reached now (refused, timed out, starting up) raises the driver's error as it is:
+    the caller says "try again" (the CLI, exit 1). Anything else is DATABASE_URL's to fix, a SettingsError
+    naming it (exit 2): a database or user the server does not know, a SQLite file that cannot be made, a
+    schema at a revision this release does not know.
+    """
+    try:
+        upgrade_database(database_url, revision)
+    except SQLAlchemyError as exc:
+        if may_succeed_later(exc):
+            raise
+        raise SettingsError(f"DATABASE_URL: cannot open the database: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}") from exc
+    except OSError as exc:  # SQLite's directory cannot be made (read-only, a file in the way)
+        raise SettingsError(f"DATABASE_URL: cannot make the database's directory: {exc}") from exc
+    except CommandError as exc:  # e.g. the database is at a revision this release does not know
+        raise SettingsError(f"DATABASE_URL: cannot upgrade the schema to {revision}: {exc}") from exc
 
 
 def make_revision(database_url: str, message: str) -> None:

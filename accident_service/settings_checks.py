@@ -250,23 +250,33 @@ def http_url(value: str, *, example: str, path_allowed: bool = False) -> str:
 def redis_url(value: str) -> str:
     """The shapes redis.Redis.from_url accepts; parsed only, Redis is not contacted at startup."""
     parsed = urlparse(value)
+    shown = _without_password(value)  # what the errors quote
     example = "redis://host:6379/0, rediss://host:6380/0 or unix:///run/redis.sock"
     if parsed.scheme == "unix":
         if not parsed.path:
-            raise ValueError(f"no socket path in {value!r}; expected {example}")
+            raise ValueError(f"no socket path in {shown!r}; expected {example}")
         return value
     if parsed.scheme not in {"redis", "rediss"}:
-        raise ValueError(f"expected {example}, got {value!r}")
+        raise ValueError(f"expected {example}, got {shown!r}")
     try:
         parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
     except ValueError as exc:
-        raise ValueError(f"bad port in {value!r} ({exc}); expected {example}") from exc
+        raise ValueError(f"bad port in {shown!r} ({exc}); expected {example}") from exc
     if not parsed.hostname:
-        raise ValueError(f"no host in {value!r}; expected {example}")
+        raise ValueError(f"no host in {shown!r}; expected {example}")
     database = parsed.path.strip("/")
     if database and not database.isdigit():
         raise ValueError(f"the database after the host must be a number, got {database!r}")
     return value
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password in it, if any, shown as ``***`` (as SQLAlchemy shows a database URL's)."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    user, _, host = parsed.netloc.rpartition("@")
+    return parsed._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
 
 
 def s3_region(value: str) -> str:

@@ -62,6 +62,15 @@ def test_help_lists_the_apps_commands_and_names_a_bad_setting_in_one_line(tmp_pa
     assert typo.returncode == 2 and "Did you mean 'purge'?" in typo.stderr
 
 
+def test_help_with_the_database_unreachable_still_lists_the_commands(tmp_path):
+    from tests.support.servers import free_port
+
+    result = run_cli("--help", env={"DATA_DIR": str(tmp_path),
+                                    "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"})
+    assert result.returncode == 0 and {"purge", "db", "serve"} <= set(result.stdout.split())
+    assert result.stderr.startswith("error: the database is unavailable") and len(result.stderr.splitlines()) == 1
+
+
 def test_openapi_write_writes_the_api_description(tmp_path):
     target = tmp_path / "openapi.json"
     result = run_cli("openapi", "write", str(target), env={"DATA_DIR": str(tmp_path)})
@@ -69,15 +78,61 @@ def test_openapi_write_writes_the_api_description(tmp_path):
     assert json.loads(target.read_text())["openapi"].startswith("3.")
 
 
-@pytest.mark.parametrize("args", [("db", "upgrade"), ("purge", "--dry-run")])
-def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path, args):
+@pytest.mark.parametrize("auto_migrate", ["false", "true"])
+@pytest.mark.parametrize("args", [("db", "upgrade"), ("purge", "--dry-run"), ("scheduler", "--once")])
+def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path, args, auto_migrate):
+    """Whether the command's own statements or the schema upgrade before them (AUTO_MIGRATE) met it: an outage,
+    not a setting to change."""
     from tests.support.servers import free_port
 
-    result = run_cli(*args, env={"DATA_DIR": str(tmp_path), "AUTO_MIGRATE": "false",
+    result = run_cli(*args, env={"DATA_DIR": str(tmp_path), "AUTO_MIGRATE": auto_migrate,
                                  "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"})
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: the database is unavailable") and len(result.stderr.splitlines()) == 1
+
+
+def _missing_database_url() -> str:
+    from sqlalchemy import make_url
+
+    return make_url(POSTGRES_URL).set(database="no_such_database_here").render_as_string(hide_password=False)
+
+
+@pytest.mark.postgres_only  # a server that answers
+@pytest.mark.parametrize("args", [("db", "upgrade"), ("purge", "--dry-run")])
+def test_a_database_the_server_does_not_know_is_the_settings_fault_not_an_outage(tmp_path, args):
+    """Trying again will not create it: DATABASE_URL named in one line, exit 2, no "try again"."""
+    result = run_cli(*args, env={"DATA_DIR": str(tmp_path), "DATABASE_URL": _missing_database_url()})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("configuration error: DATABASE_URL: cannot open the database: ")
+    assert "no_such_database_here" in result.stderr and "try again" not in result.stderr
+
+
+@pytest.mark.postgres_only  # a server that answers
+def test_a_command_meeting_a_database_the_server_does_not_know_does_not_say_try_again(tmp_path):
+    result = run_cli("purge", "--dry-run", env={"DATA_DIR": str(tmp_path), "AUTO_MIGRATE": "false",
+                                                "DATABASE_URL": _missing_database_url()})
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: the database could not run the command (")
+    assert "try again" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [("db", "upgrade"), ("purge", "--dry-run")])
+def test_a_sqlite_file_whose_directory_cannot_be_made_is_one_line(tmp_path, args):
+    (tmp_path / "a-file").write_text("not a directory")
+    result = run_cli(*args, env={"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/a-file/sub/x.db"})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("configuration error: DATABASE_URL: cannot make the database's directory: ")
+
+
+def test_db_upgrade_to_a_revision_this_release_does_not_have_names_the_option(tmp_path):
+    result = run_cli("db", "upgrade", "--revision", "no-such-revision",
+                     env={"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Invalid value for '--revision'" in result.stderr and "no-such-revision" in result.stderr
+    assert not (tmp_path / "x.db").exists() or (tmp_path / "x.db").stat().st_size == 0
 
 
 def _databases_without_the_schema() -> list[str]:

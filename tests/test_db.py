@@ -479,11 +479,22 @@ class _DriverError(Exception):
         self.sqlstate = sqlstate
 
 
+def _refused_at_connect(fatal: str) -> sa_exc.OperationalError:
+    return sa_exc.OperationalError("", {}, _DriverError(
+        f'connection failed: connection to server at "db", port 5432 failed: FATAL:  {fatal}', None))
+
+
 @pytest.mark.parametrize(("error", "later"), [
     (sa_exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked")), True),
     (sa_exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: cases")), False),
     (sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("attempt to write a readonly database")), False),
     (sa_exc.OperationalError("", {}, _DriverError("connection refused", None)), True),
+    # Refused by the server at connect time: libpq passes on only the words (no SQLSTATE).
+    (_refused_at_connect('database "evidence" does not exist'), False),
+    (_refused_at_connect('role "app" does not exist'), False),
+    (_refused_at_connect('password authentication failed for user "app"'), False),
+    (_refused_at_connect("the database system is starting up"), True),
+    (_refused_at_connect("sorry, too many clients already"), True),
     (sa_exc.OperationalError("", {}, _DriverError("terminating connection due to administrator command", "57P01")),
      True),
     (sa_exc.OperationalError("", {}, _DriverError("canceling statement due to statement timeout", "57014")), True),

@@ -134,6 +134,14 @@ def test_a_database_url_refused_does_not_show_its_password(tmp_path):
     assert "s3cret-pw" not in str(excinfo.value)
 
 
+@pytest.mark.parametrize("value", ["http://:s3cret-pw@cache", "redis://app:s3cret-pw@cache:notaport/0",
+                                   "redis://:s3cret-pw@/0", "unix://:s3cret-pw@", "redis://app:s3c@ret-pw@cache:x/0"])
+def test_a_redis_url_refused_does_not_show_its_password(tmp_path, value):
+    with pytest.raises(SettingsError, match="^REDIS_URL: ") as excinfo:
+        load_settings(environ={"DATA_DIR": str(tmp_path), "REDIS_URL": value})
+    assert "s3c" not in str(excinfo.value) and ":***@" in str(excinfo.value)
+
+
 @pytest.mark.parametrize("app_env", ["development", "test", "production"])
 def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env):
     """A GET signed with an empty token is a signature anybody can compute; it must never be echoed."""
@@ -306,12 +314,17 @@ def test_production_refuses_development_secrets(tmp_path):
         load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production"})
 
 
-def test_unreachable_database_at_startup_names_database_url(tmp_path):
+def test_unreachable_database_at_startup_is_an_outage_not_a_setting_to_change(tmp_path):
+    """The driver's error as it is, which the CLI tells as "try again shortly" (exit 1): DATABASE_URL may be right."""
+    from sqlalchemy.exc import OperationalError
+
+    from accident_service.db import may_succeed_later
     from tests.support.servers import free_port
 
-    with pytest.raises(SettingsError, match="^DATABASE_URL"):
+    with pytest.raises(OperationalError) as excinfo:
         create_app({"DATA_DIR": str(tmp_path), "AUTO_MIGRATE": True,
                     "DATABASE_URL": f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"})
+    assert may_succeed_later(excinfo.value)
 
 
 PRODUCTION = {"APP_ENV": "production", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok"}
