@@ -24,7 +24,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
 
     ``config`` is a Settings object or a mapping of setting names to values
     that override the environment (tests). Raises SettingsError, naming the
-    variable, when a setting is missing, malformed or unusable.
+    variable, when a setting is missing, malformed or unusable; with AUTO_MIGRATE,
+    the driver's error for a database not reachable now (schema.upgrade_or_explain).
     """
     if runtime is not None:
         settings = runtime.settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 
 import click
@@ -65,6 +66,10 @@ def db() -> None:
     """Database schema."""
 
 
+#: Alembic's relative revisions: steps from the database's revision ("+1") or from a named one ("ae10+2").
+RELATIVE_REVISION = re.compile(r"[+-]\d+$")
+
+
 @db.command("upgrade", with_appcontext=False)  # no app: AUTO_MIGRATE would migrate before the command does
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
@@ -76,7 +81,8 @@ def db_upgrade(revision: str) -> None:
 
     database_url = load_settings().DATABASE_URL
     try:  # a revision this release does not have is the option's fault, not the database's
-        ScriptDirectory.from_config(alembic_config(database_url)).get_revisions(revision)
+        if not RELATIVE_REVISION.search(revision):  # "+1", "ae10+2": resolved against the database by Alembic
+            ScriptDirectory.from_config(alembic_config(database_url)).get_revisions(revision)
     except CommandError as exc:
         raise click.BadParameter(str(exc), param_hint="'--revision'") from None
     upgrade_or_explain(database_url, revision)

@@ -24,7 +24,8 @@ _CLOSE_REGISTERED = "accident_service.runtime_close_registered"
 def command_runtime() -> Runtime:
     """The runtime of the app this command runs in; its engine is disposed when the command ends.
 
-    Raises SettingsError (a bad setting, an unreachable database while migrating).
+    Raises SettingsError (a bad setting, a database the settings name wrongly), or the driver's error for a
+    database not reachable now.
     """
     ctx = click.get_current_context()
     root = ctx.find_root()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import select
 import sqlite3
 import time
@@ -182,9 +183,10 @@ _NOT_NOW_SQLSTATE_CLASSES = ("08", "53", "57", "40")
 
 
 #: What a PostgreSQL server says, refusing a connection, when the settings name a database or a user it does not
-#: know or credentials it does not take (SQLSTATE 3D000, 28000, 28P01, which libpq does not pass on).
-_REFUSED_FOR_GOOD = ("FATAL:  database \"", "FATAL:  role \"", "password authentication failed",
-                     "no pg_hba.conf entry")
+#: know or credentials it does not take (SQLSTATE 3D000, 28000, 28P01, which libpq does not pass on). Not "database
+#: … is not currently accepting connections": an administrator's pause, which ends.
+_REFUSED_FOR_GOOD = re.compile(r'FATAL:  (database|role) "[^"]*" does not exist|FATAL:  role "[^"]*" is not '
+                               r"permitted to log in|password authentication failed|no pg_hba\.conf entry")
 
 
 def may_succeed_later(exc: BaseException) -> bool:
@@ -205,7 +207,7 @@ def may_succeed_later(exc: BaseException) -> bool:
         # The driver's own: no connection could be made, or it broke. libpq gives no SQLSTATE for a server that
         # refused the connection, only its message: one naming a database or user it does not know, or failed
         # credentials, is an answer that stays the same (an English server's words; others are tried again).
-        return not any(refusal in str(orig) for refusal in _REFUSED_FOR_GOOD)
+        return _REFUSED_FOR_GOOD.search(str(orig)) is None
     return sqlstate.startswith(_NOT_NOW_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock not available
 
 

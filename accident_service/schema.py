@@ -32,15 +32,17 @@ def upgrade_database(database_url: str, revision: str = "head") -> None:
 def upgrade_or_explain(database_url: str, revision: str = "head") -> None:
     """:func:`upgrade_database` for ``db upgrade`` and AUTO_MIGRATE, with what stops it said in one line.
 
-    A database that cannot be reached now (refused, timed out, starting up) raises the driver's error as it is:
-    the caller says "try again" (the CLI, exit 1). Anything else is DATABASE_URL's to fix, a SettingsError
-    naming it (exit 2): a database or user the server does not know, a SQLite file that cannot be made, a
-    schema at a revision this release does not know.
+    A database that cannot be reached now (refused, timed out, starting up), and a statement of a migration the
+    database refused (it carries a SQLSTATE: a permission, a constraint), raise the driver's error as it is: the
+    CLI says "try again" or what the database answered (exit 1). What stops the connection itself is
+    DATABASE_URL's to fix, a SettingsError naming it (exit 2): a database or user the server does not know,
+    refused credentials, a SQLite file that cannot be opened or made, a schema at a revision this release does
+    not know.
     """
     try:
         upgrade_database(database_url, revision)
     except SQLAlchemyError as exc:
-        if may_succeed_later(exc):
+        if may_succeed_later(exc) or getattr(getattr(exc, "orig", None), "sqlstate", None):
             raise
         raise SettingsError(f"DATABASE_URL: cannot open the database: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}") from exc

@@ -235,15 +235,15 @@ def storage_url(value: str) -> str:
 
 
 def http_url(value: str, *, example: str, path_allowed: bool = False) -> str:
-    parsed = urlparse(value)
+    parsed = urlparse(value)  # the errors quote it without a password in it, as redis_url's do
     try:
         parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
     except ValueError as exc:
-        raise ValueError(f"bad port in {value!r} ({exc}); expected a URL like {example}") from exc
+        raise ValueError(f"bad port in {_without_password(value)!r}; expected a URL like {example}") from exc
     extra = (parsed.path not in {"", "/"} and not path_allowed) or parsed.query or parsed.fragment
     if parsed.scheme not in {"http", "https"} or not parsed.hostname or extra:
         shape = "http(s)://host[:port]/path/" if path_allowed else "http(s)://host[:port]"
-        raise ValueError(f"expected {shape} (like {example}), got {value!r}")
+        raise ValueError(f"expected {shape} (like {example}), got {_without_password(value)!r}")
     return value
 
 
@@ -261,7 +261,7 @@ def redis_url(value: str) -> str:
     try:
         parsed.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
     except ValueError as exc:
-        raise ValueError(f"bad port in {shown!r} ({exc}); expected {example}") from exc
+        raise ValueError(f"bad port in {shown!r}; expected {example}") from exc
     if not parsed.hostname:
         raise ValueError(f"no host in {shown!r}; expected {example}")
     database = parsed.path.strip("/")
@@ -271,12 +271,18 @@ def redis_url(value: str) -> str:
 
 
 def _without_password(url: str) -> str:
-    """``url`` with the password in it, if any, shown as ``***`` (as SQLAlchemy shows a database URL's)."""
-    parsed = urlparse(url)
-    if not parsed.password:
+    """``url`` as error messages quote it: whatever stands between ``user:`` and the last ``@`` shown as ``***``.
+
+    By the characters, not by ``urlparse``: a password with an unescaped ``/``, ``?`` or ``#`` in it (the URLs that
+    fail the checks) ends urlparse's host part early, and the password would be quoted whole.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user, _, host = parsed.netloc.rpartition("@")
-    return parsed._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
+    return f"{scheme}{separator}{userinfo.partition(':')[0]}:***@{host}"
 
 
 def s3_region(value: str) -> str:

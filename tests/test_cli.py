@@ -127,6 +127,35 @@ def test_a_sqlite_file_whose_directory_cannot_be_made_is_one_line(tmp_path, args
     assert result.stderr.startswith("configuration error: DATABASE_URL: cannot make the database's directory: ")
 
 
+def test_db_upgrade_takes_alembics_relative_revisions(tmp_path):
+    env = {"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    first = run_cli("db", "upgrade", "--revision", "+1", env=env)
+    assert first.returncode == 0, first.stderr
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+
+
+@pytest.mark.postgres_only
+def test_a_migration_statement_the_database_refuses_is_not_blamed_on_database_url(tmp_path):
+    """Connected, then a statement refused (a user without rights on the schema: SQLSTATE 42501): told as what the
+    database answered, exit 1, not 'configuration error: DATABASE_URL'."""
+    from sqlalchemy import create_engine, make_url, text
+
+    role = f"accident_no_rights_{os.getpid()}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        url = make_url(POSTGRES_URL).set(username=role, password=None).render_as_string(hide_password=False)
+        result = run_cli("db", "upgrade", env={"DATA_DIR": str(tmp_path), "DATABASE_URL": url})
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: the database could not run the command (")
+    assert "permission denied" in result.stderr and "DATABASE_URL" not in result.stderr
+
+
 def test_db_upgrade_to_a_revision_this_release_does_not_have_names_the_option(tmp_path):
     result = run_cli("db", "upgrade", "--revision", "no-such-revision",
                      env={"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})

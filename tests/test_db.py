@@ -495,6 +495,8 @@ def _refused_at_connect(fatal: str) -> sa_exc.OperationalError:
     (_refused_at_connect('password authentication failed for user "app"'), False),
     (_refused_at_connect("the database system is starting up"), True),
     (_refused_at_connect("sorry, too many clients already"), True),
+    (_refused_at_connect('role "app" is not permitted to log in'), False),
+    (_refused_at_connect('database "evidence" is not currently accepting connections'), True),  # a pause, which ends
     (sa_exc.OperationalError("", {}, _DriverError("terminating connection due to administrator command", "57P01")),
      True),
     (sa_exc.OperationalError("", {}, _DriverError("canceling statement due to statement timeout", "57014")), True),

@@ -99,7 +99,8 @@ def settings_for(wechat: WeChatEmulator, sms: SmsEmulator, aes_key: str, data_di
 
 def start(bind: str = "127.0.0.1:8000", *, data_dir: str | None = None,
           environ: Mapping[str, str] | None = None) -> Sandbox:
-    """Start every part (port 0 in ``bind`` picks a free one). Raises SandboxRefused, SettingsError, OSError."""
+    """Start every part (port 0 in ``bind`` picks a free one). Raises SandboxRefused, SettingsError, OSError,
+    or the driver's error for a database not reachable now."""
     environ = os.environ if environ is None else environ
     reason = refusal(environ)
     if reason:
