@@ -266,7 +266,8 @@ def redis_url(value: str) -> str:
         raise ValueError(f"no host in {shown!r}; expected {example}")
     database = parsed.path.strip("/")
     if database and not database.isdigit():
-        raise ValueError(f"the database after the host must be a number, got {database!r}")
+        # The whole URL, masked: with a '/' in the password, urlparse's "path" holds the rest of the password.
+        raise ValueError(f"the database after the host must be a number, got {shown!r}")
     return value
 
 

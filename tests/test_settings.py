@@ -141,6 +141,7 @@ def test_a_database_url_refused_does_not_show_its_password(tmp_path):
     # Unescaped '/', '?', '#' in the password end urlparse's host part early; no '//' at all.
     ("REDIS_URL", "redis://app:s3c/ret@cache/12"), ("REDIS_URL", "redis://app:s3c?ret@cache"),
     ("REDIS_URL", "redis:app:s3cret@cache"), ("REDIS_URL", "app:s3cret@cache:6379"),
+    ("REDIS_URL", "redis://app:6379/s3cret@cache/0"),  # a valid "port" first: the rest lands in the path
     ("S3_ENDPOINT_URL", "http://key:s3cret@minio:9000/path"), ("S3_ENDPOINT_URL", "http://key:s3c/ret@minio:x"),
 ])
 def test_a_url_refused_does_not_show_its_password(tmp_path, name, value):
