@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 
 import click
@@ -66,10 +65,6 @@ def db() -> None:
     """Database schema."""
 
 
-#: Alembic's relative revisions: steps from the database's revision ("+1") or from a named one ("ae10+2").
-RELATIVE_REVISION = re.compile(r"[+-]\d+$")
-
-
 @db.command("upgrade", with_appcontext=False)  # no app: AUTO_MIGRATE would migrate before the command does
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
@@ -77,16 +72,23 @@ def db_upgrade(revision: str) -> None:
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
-    from accident_service.schema import alembic_config, upgrade_or_explain
+    from accident_service.schema import (
+        RELATIVE_REVISION,
+        RevisionOutOfReach,
+        alembic_config,
+        current_revision,
+        upgrade_or_explain,
+    )
 
     database_url = load_settings().DATABASE_URL
     try:  # a revision this release does not have is the option's fault, not the database's
         if not RELATIVE_REVISION.search(revision):  # "+1", "ae10+2": resolved against the database by Alembic
             ScriptDirectory.from_config(alembic_config(database_url)).get_revisions(revision)
-    except CommandError as exc:
+        upgrade_or_explain(database_url, revision)
+    except (CommandError, RevisionOutOfReach) as exc:
         raise click.BadParameter(str(exc), param_hint="'--revision'") from None
-    upgrade_or_explain(database_url, revision)
-    click.echo(f"schema at {revision}")
+    # What the database is at now, not what was asked: an upgrade to an older revision ("base") changes nothing.
+    click.echo(f"schema at {current_revision(database_url)}")
 
 
 @cli.command("create-staff")

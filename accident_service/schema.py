@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from accident_service.db import may_succeed_later
 from accident_service.settings import SettingsError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Alembic's relative revisions: steps from the database's revision ("+1", "-1") or from a named one ("ae10+2").
+RELATIVE_REVISION = re.compile(r"[+-]\d+$")
+
+
+class RevisionOutOfReach(Exception):
+    """A relative ``--revision`` that leads nowhere an upgrade can go from the database's revision: behind it
+    ("-1"), or past the newest ("+1" at head, "head+1"). The option's fault; nothing was changed."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(f"{revision} leads nowhere an upgrade can go from the database's revision (behind it, or "
+                         "past the newest); db upgrade never goes back")
 
 
 def alembic_config(database_url: str) -> Config:
@@ -41,6 +56,10 @@ def upgrade_or_explain(database_url: str, revision: str = "head") -> None:
     """
     try:
         upgrade_database(database_url, revision)
+    except AssertionError as exc:  # Alembic's own check, when "head+1" or the like points past the newest
+        if RELATIVE_REVISION.search(revision):
+            raise RevisionOutOfReach(revision) from exc
+        raise
     except SQLAlchemyError as exc:
         if may_succeed_later(exc) or getattr(getattr(exc, "orig", None), "sqlstate", None):
             raise
@@ -49,7 +68,23 @@ def upgrade_or_explain(database_url: str, revision: str = "head") -> None:
     except OSError as exc:  # SQLite's directory cannot be made (read-only, a file in the way)
         raise SettingsError(f"DATABASE_URL: cannot make the database's directory: {exc}") from exc
     except CommandError as exc:  # e.g. the database is at a revision this release does not know
+        if RELATIVE_REVISION.search(revision) and str(exc).startswith("Relative revision"):
+            raise RevisionOutOfReach(revision) from exc
         raise SettingsError(f"DATABASE_URL: cannot upgrade the schema to {revision}: {exc}") from exc
+
+
+def current_revision(database_url: str) -> str:
+    """The database's schema revision as an operator reads it: "head", "<id> (head is <id>)", or "base" (empty)."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    if current is None:
+        return "base"
+    return "head" if current == head else f"{current} (head is {head})"
 
 
 def make_revision(database_url: str, message: str) -> None:

@@ -131,7 +131,29 @@ def test_db_upgrade_takes_alembics_relative_revisions(tmp_path):
     env = {"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
     first = run_cli("db", "upgrade", "--revision", "+1", env=env)
     assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("schema at ") and "(head is " in first.stdout  # one step, not the newest
+    assert run_cli("db", "upgrade", env=env).stdout == "schema at head\n"
+
+
+@pytest.mark.parametrize("revision", ["-1", "+1", "head+1"])
+def test_db_upgrade_to_a_relative_revision_out_of_reach_names_the_option_and_changes_nothing(tmp_path, revision):
+    """Behind the database ("-1") or past the newest ("+1", "head+1" at head): the option's fault (exit 2), not
+    DATABASE_URL's nor a traceback; the schema stays where it was."""
+    env = {"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
     assert run_cli("db", "upgrade", env=env).returncode == 0
+    result = run_cli("db", "upgrade", "--revision", revision, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Invalid value for '--revision'" in result.stderr and "DATABASE_URL" not in result.stderr
+    assert run_cli("db", "upgrade", "--revision", "base", env=env).stdout == "schema at head\n"
+
+
+def test_db_upgrade_says_where_the_schema_is_not_what_was_asked(tmp_path):
+    """An upgrade to an older revision changes nothing: the line says the schema is still at head."""
+    env = {"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    for revision in ("base", "head-1"):
+        result = run_cli("db", "upgrade", "--revision", revision, env=env)
+        assert (result.returncode, result.stdout) == (0, "schema at head\n"), result.stderr
 
 
 @pytest.mark.postgres_only
