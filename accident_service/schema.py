@@ -52,7 +52,8 @@ def upgrade_or_explain(database_url: str, revision: str = "head") -> None:
     CLI says "try again" or what the database answered (exit 1). What stops the connection itself is
     DATABASE_URL's to fix, a SettingsError naming it (exit 2): a database or user the server does not know,
     refused credentials, a SQLite file that cannot be opened or made, a schema at a revision this release does
-    not know.
+    not know. A relative ``revision`` that leads behind the database's revision or past the newest raises
+    :class:`RevisionOutOfReach` (the CLI's option error), before any migration runs.
     """
     try:
         upgrade_database(database_url, revision)
