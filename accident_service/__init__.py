@@ -40,9 +40,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     # Here, not at the top: gunicorn's master imports this package to read its settings, and must not import
     # prometheus_client (it picks its mode, one process or many, when imported).
     from accident_service import metrics
+    from accident_service.notify.channels import SEND_SERIES
     from accident_service.photos.checks import REJECTION_CODES
 
-    metrics.start_series(photo_rejections=REJECTION_CODES)
+    metrics.start_series(photo_rejections=REJECTION_CODES, sends=SEND_SERIES)
 
     app = _bare_app(settings, runtime)
     from accident_service.desk import auth

@@ -19,6 +19,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from accident_service import metrics
+from accident_service.notify.channels import SEND_SERIES
 from accident_service.photos.checks import REJECTION_CODES
 from accident_service.runtime import Runtime
 
@@ -140,7 +141,7 @@ def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
     scheduler.add_job(_guarded, CronTrigger(hour=3, minute=30, timezone="Asia/Shanghai"),
                       args=(purge_personal_data, runtime, worker_id), id="purge_personal_data",
                       name="purge_personal_data", **defaults)
-    metrics.start_series(photo_rejections=REJECTION_CODES,  # the sweep checks photos too
+    metrics.start_series(photo_rejections=REJECTION_CODES, sends=SEND_SERIES,  # the sweep checks photos too
                          jobs=tuple(job.args[0].__name__ for job in scheduler.get_jobs()))  # _guarded's label
     if runtime.settings.SCHEDULER_METRICS_PORT:
         _serve_metrics_while_running(scheduler, runtime.settings.SCHEDULER_METRICS_PORT)

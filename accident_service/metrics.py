@@ -140,10 +140,16 @@ FAILURE_REASONS = {"inbox": (Failure.LEASE_EXPIRED, Failure.ATTEMPTS_EXHAUSTED, 
                    "outbox": (Failure.LEASE_EXPIRED, Failure.ATTEMPTS_EXHAUSTED, Failure.UNSENDABLE)}
 
 
-def start_series(*, photo_rejections: tuple[str, ...], jobs: tuple[str, ...] = ()) -> None:
+#: The results of a send that an alert watches, started at 0 for each (channel, kind) a send can be counted under.
+WATCHED_SEND_RESULTS = ("sent", "failed")
+
+
+def start_series(*, photo_rejections: tuple[str, ...], sends: tuple[tuple[str, str], ...] = (),
+                 jobs: tuple[str, ...] = ()) -> None:
     """Every failure series, the photo series (accepted, and refused for each of ``photo_rejections``: the
     photo checks' REJECTION_CODES, passed in as this module sits below the features), every booking action,
-    and each of ``jobs``' runs and durations, at 0 from the process's start.
+    the sends sent and failed for each of ``sends``' (channel, kind) pairs (notify's SEND_SERIES), and each of
+    ``jobs``' runs and durations, at 0 from the process's start.
 
     A labelled series appears only when first counted, and Prometheus takes a series that appears with
     1 for one that was always 1: ``increase()`` over it, and so an alert on it, would miss the first
@@ -157,6 +163,9 @@ def start_series(*, photo_rejections: tuple[str, ...], jobs: tuple[str, ...] = (
         PHOTOS.labels("rejected", reason)
     for action in BOOKING_ACTIONS:
         BOOKINGS.labels(action)
+    for channel, kind in sends:
+        for result in WATCHED_SEND_RESULTS:
+            SENDS.labels(channel, kind, result)
     for job in jobs:
         JOB_SECONDS.labels(job)
         for outcome in ("ok", "error"):

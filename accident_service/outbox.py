@@ -26,6 +26,8 @@ from accident_service.models import Notification, WorkStatus
 
 #: In a text written with ``join_qr``: where the dispatcher puts the link of the case's join QR code.
 JOIN_QR_PLACEHOLDER = "{qr_url}"
+#: The kind of a conversation's answer to what a driver sent (a notice about a case has its own kinds).
+REPLY_KIND = "reply"
 _RECIPIENTS: ContextVar[set[str] | None] = ContextVar("outbox_recipients", default=None)
 
 

@@ -454,6 +454,7 @@ def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, schedul
         # There from the start at 0 (an alert sees the first failed run), the nightly job's too.
         assert samples[("accident_job_runs_total", (("job", "purge_personal_data"), ("outcome", "error")))] == 0
         assert samples[("accident_job_seconds_count", (("job", "purge_personal_data"),))] == 0
+        assert ("accident_sends_total", (("channel", "sms"), ("kind", "booked"), ("result", "failed"))) in samples
         return runs
 
     deadline = time.monotonic() + 90  # a cold start on a busy machine, not a speed requirement

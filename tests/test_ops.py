@@ -15,6 +15,7 @@ import requests
 
 from accident_service import create_app
 from accident_service.metrics import FAILURE_REASONS
+from accident_service.notify.channels import SEND_SERIES
 from accident_service.photos.checks import REJECTION_CODES
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
@@ -172,3 +173,8 @@ def test_metrics_add_up_every_gunicorn_worker_and_show_queue_depths(tmp_path):
             assert 'accident_photos_total{outcome="accepted",reason=""} 0.0' in text
             for action in ("booked", "rescheduled", "cancelled"):  # and the bookings, before the first
                 assert f'accident_bookings_total{{action="{action}"}} 0.0' in text
+            # And the sends, sent and failed, for each channel a notice may take and the replies' one.
+            assert {("wechat", "reply"), ("template", "booked"), ("sms", "booked")} <= set(SEND_SERIES)
+            for channel, kind in SEND_SERIES:
+                for result in ("sent", "failed"):
+                    assert f'accident_sends_total{{channel="{channel}",kind="{kind}",result="{result}"}} 0.0' in text

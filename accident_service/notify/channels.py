@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from accident_service.cases.facts import NOTICE_KINDS
+from accident_service.outbox import REPLY_KIND
 from accident_service.wechat_api.client import WeChatApi, WeChatApiError
 
 
@@ -90,6 +92,12 @@ class WeChatTemplate:
     def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> None:
         with _as_delivery_error(self.name):
             self.api.send_template(address, self.template_id, rendered.template_data, client_msg_id=dedupe_key)
+
+
+#: The (channel, kind) pairs a send is counted under (metrics.SENDS), whose series start at 0: a conversation's
+#: replies go as customer-service texts only, a notice about a case by whichever channel reaches the person.
+SEND_SERIES: tuple[tuple[str, str], ...] = ((WeChatText.name, REPLY_KIND), *(
+    (channel, kind) for channel in (WeChatText.name, WeChatTemplate.name, SMS_CHANNEL) for kind in NOTICE_KINDS))
 
 
 @contextlib.contextmanager

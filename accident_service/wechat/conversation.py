@@ -25,7 +25,7 @@ from accident_service.cases.lifecycle import Actor, TransitionRefused, active_ap
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import run_prebuilt
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
-from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
+from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, enqueue
 from accident_service.runtime import Runtime
 from accident_service.wechat import preferences
 from accident_service.wechat.guidance import item_name, next_step
@@ -69,7 +69,7 @@ class Conversation:
     def _send_reply(self) -> None:
         if not self.lines:
             return
-        enqueue(self.session, openid=self.openid, kind="reply", text="\n".join(self.lines),
+        enqueue(self.session, openid=self.openid, kind=REPLY_KIND, text="\n".join(self.lines),
                 dedupe_key=f"reply:{self.row.id}", now=self.now, case_id=self.case.id if self.case else None,
                 language=self.language, join_qr=self.with_join_qr)
 

@@ -18,7 +18,7 @@ from accident_service.cases import parties
 from accident_service.cases import service as cases
 from accident_service.models import Case, InboundMessage, Party
 from accident_service.notify import allowance, dispatch
-from accident_service.outbox import enqueue
+from accident_service.outbox import REPLY_KIND, enqueue
 from accident_service.photos.intake import PreparedPhoto, prepare_photo, refused_before_inspection
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
@@ -183,7 +183,7 @@ def _reply(session, openid: str, found: tuple[Case, Party] | None, key: str, *, 
            now: datetime) -> int | None:
     """A reply outside a conversation, in the driver's language; the outbox id, or None if already written."""
     language = preferences.language_for(session, openid, found[1] if found else None)
-    return enqueue(session, openid=openid, kind="reply", text=messages.text(key, language), dedupe_key=dedupe_key,
+    return enqueue(session, openid=openid, kind=REPLY_KIND, text=messages.text(key, language), dedupe_key=dedupe_key,
                    now=now, case_id=found[0].id if found else None, language=language)
 
 
