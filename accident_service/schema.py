@@ -10,10 +10,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from accident_service.db import may_succeed_later
+from accident_service.db import make_engine, may_succeed_later
 from accident_service.settings import SettingsError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -76,7 +75,7 @@ def upgrade_or_explain(database_url: str, revision: str = "head") -> None:
 
 def current_revision(database_url: str) -> str:
     """The database's schema revision as an operator reads it: "head", "<id> (head is <id>)", or "base" (empty)."""
-    engine = create_engine(database_url)
+    engine = make_engine(database_url)  # as migrations/env.py opens it: SQLite's busy timeout, WAL
     try:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
