@@ -312,6 +312,9 @@ class Notification(Base):
     # Set, and committed, just before the provider is called: a worker that dies during the call leaves it,
     # and the next attempt knows the message may have gone out (see notify.dispatch).
     sending_at: Mapped[datetime | None]
+    # When its last try ended in a transient failure (busy, quota, network): what a delivery by the same
+    # provider must come after before its backoff is cut short (notify.dispatch.bring_forward_after_recovery).
+    last_failure_at: Mapped[datetime | None]
     # The message that carried this one to the person (a note folded into their next message).
     carried_by: Mapped[int | None] = mapped_column(Integer)
 

@@ -23,7 +23,8 @@ next attempt finds ``sending_at`` set: a template is sent again with the same
 ``client_msg_id`` (the platform drops the repeat), a text or an SMS is not —
 neither provider can drop a repeat, and a person told twice is worse than
 the rare case of the call never having left (README, "Notices").
-Transient errors retry with backoff; an allowance the platform says is spent
+Transient errors retry with backoff, cut short once the provider is back
+(:func:`bring_forward_after_recovery`); an allowance the platform says is spent
 or closed (45047, 45015) or a person who does not follow (43004) sends the row
 back for another channel; permanent errors end it ``failed`` with the reason.
 Notices about a case are stored as facts and rendered here (notify.notices)
@@ -36,8 +37,9 @@ import functools
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, case, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from accident_service import leases, metrics
@@ -75,6 +77,13 @@ class Route:
     address: str
 
 
+#: Channels one provider carries: a delivery by one of them shows that provider is back for all of them.
+PROVIDERS = ((WeChatText.name, WeChatTemplate.name), (SMS_CHANNEL,))
+#: How long a provider must have gone without a transient failure before what backs off is tried at once: a
+#: platform still failing now and then must not have every waiting notice tried at each of its good moments.
+RECOVERY_QUIET = timedelta(seconds=10)
+
+
 #: Notices sent right after a change or a message, at most: the rest wait for the dispatcher.
 SENDS_RIGHT_AFTER = 20
 
@@ -93,9 +102,67 @@ def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
     Delivery failures are recorded on the rows, never raised; database errors propagate.
     """
     with runtime.unit_of_work() as session:
-        leases.fail_exhausted(session, Notification, now=runtime.clock.now(),
-                              max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS)
+        now = runtime.clock.now()
+        leases.fail_exhausted(session, Notification, now=now, max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS)
+        bring_forward_after_recovery(session, now)
     return _send_due(runtime, worker_id, limit=limit)
+
+
+def bring_forward_after_recovery(session: Session, now: datetime) -> int:
+    """What waits out a backoff after a provider's transient failure is due now, once that provider has
+    delivered since its latest such failure and that failure is :data:`RECOVERY_QUIET` old; returns how many.
+
+    A backoff doubles through an outage (up to 10 minutes), so without this a driver waiting at the
+    roadside for "you may leave" would get it minutes after the platform is back, unless they write again
+    (:func:`release_held`). A try brought forward counts like any other: a notice that fails whatever the
+    platform does still ends after its attempts. The proof of a delivery is a notice done by the same
+    provider that was not due before the failure (it cannot have been sent before it), read from the index
+    the claims use. The dispatcher's sweep runs this (every 2 s), never a send: nothing on the hot path.
+    """
+    latest = dict(session.execute(_latest_failures_statement()).all())
+    brought = 0
+    for channels in PROVIDERS:
+        failures = [latest[channel] for channel in channels if latest.get(channel) is not None]
+        if not failures or now - max(failures) < RECOVERY_QUIET:
+            continue
+        params = {"channels": channels, "since": max(failures), "now": now}
+        if session.scalar(_delivered_since_statement(), params):
+            brought += session.execute(_bring_forward_statement(), params).rowcount
+    if brought:
+        log.info("%d notices waiting out a backoff brought forward: their provider delivers again", brought)
+    return brought
+
+
+def _backing_off(columns, now):
+    """Waiting out a backoff after a failed try (a try not yet due)."""
+    return and_(columns.status == WorkStatus.PENDING, columns.attempts > 0, columns.next_attempt_at > now)
+
+
+@functools.cache
+def _latest_failures_statement():
+    """Built once (every sweep runs it): the latest transient failure of what is still to be sent, by channel
+    (a row due again after a short backoff keeps its failure in the count until it goes)."""
+    columns = Notification.__table__.c
+    return (select(columns.channel, func.max(columns.last_failure_at))
+            .where(columns.status == WorkStatus.PENDING, columns.last_failure_at.is_not(None))
+            .group_by(columns.channel))
+
+
+@functools.cache
+def _delivered_since_statement():
+    columns = Notification.__table__.c
+    since = bindparam("since", type_=columns.next_attempt_at.type)
+    return select(exists().where(
+        columns.status == WorkStatus.DONE, columns.next_attempt_at > since,
+        columns.channel.in_(bindparam("channels", expanding=True)), columns.last_error.is_(None)))
+
+
+@functools.cache
+def _bring_forward_statement():
+    table = Notification.__table__
+    now = bindparam("now", type_=table.c.next_attempt_at.type)
+    return (update(table).where(_backing_off(table.c, now), table.c.channel.in_(bindparam("channels", expanding=True)))
+            .values(next_attempt_at=now))
 
 
 def _send_due(runtime: Runtime, worker_id: str, *, limit: int, recipients: Collection[str] | None = None) -> int:
@@ -186,7 +253,7 @@ def _release_statement():
     columns = table.c
     now = bindparam("now", type_=columns.next_attempt_at.type)
     held = columns.status == WorkStatus.HELD
-    backing_off = and_(columns.status == WorkStatus.PENDING, columns.attempts > 0, columns.next_attempt_at > now)
+    backing_off = _backing_off(columns, now)
     return (update(table)
             .where(columns.openid == bindparam("recipient", type_=columns.openid.type),
                    columns.kind.not_in(sorted(FOLDED)), or_(held, backing_off))
@@ -331,7 +398,7 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
                     last_error=f"{WAITING}; {error}"[:500], sending_at=None, channel=None, address=None)
         elif exc.retryable and not out_of_attempts:
             _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name, last_error=error,
-                    sending_at=None, next_attempt_at=now + leases.backoff(row.attempts))
+                    sending_at=None, next_attempt_at=now + leases.backoff(row.attempts), last_failure_at=now)
         else:
             _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
                     sending_at=None)

@@ -564,6 +564,86 @@ def test_a_driver_writing_during_an_outage_does_not_spend_the_attempts_of_their_
     assert load(rt, booked).status is WorkStatus.DONE and wechat.messages_to("oDriverA") == ["your booking"]
 
 
+def busy_through(rt, wechat, clock, tries: int) -> None:
+    """The platform answers -1 to every send through ``tries`` tries of what is due (each backoff doubles), then
+    recovers; the clock stays at the last failure."""
+    wechat.inject_error("message/custom/send", -1, times=None)
+    for attempt in range(1, tries + 1):
+        dispatch_due(rt, "w1")
+        if attempt < tries:
+            clock.advance(seconds=leases.backoff(attempt).total_seconds())
+    wechat.clear_faults()
+
+
+def test_notices_waiting_out_a_backoff_go_once_the_platform_delivers_again(rt, wechat, clock):
+    """Not at the end of a backoff that doubled through the outage: once another notice has gone out and no
+    failure came for RECOVERY_QUIET, the driver waiting at the roadside gets theirs. The try counts."""
+    booked = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    busy_through(rt, wechat, clock, tries=4)
+    due_by_backoff = load(rt, booked).next_attempt_at
+    assert due_by_backoff - clock.now() == leases.backoff(4)
+
+    clock.advance(seconds=1)
+    add(rt, "oDriverB", "another driver's answer", wechat=wechat)
+    assert dispatch_due(rt, "w1") == 1  # the platform delivers again, but its failure is a second old
+    assert wechat.messages_to("oDriverA") == []
+
+    clock.advance(dispatch.RECOVERY_QUIET)
+    assert dispatch_due(rt, "w1") == 1
+
+    assert wechat.messages_to("oDriverA") == ["you may leave the scene"]
+    row = load(rt, booked)
+    assert (row.status, row.attempts) == (WorkStatus.DONE, 5) and clock.now() < due_by_backoff
+
+
+def test_a_quiet_platform_is_no_proof_of_recovery(rt, wechat, clock):
+    booked = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    busy_through(rt, wechat, clock, tries=4)
+
+    clock.advance(seconds=30)  # no failure for longer than the quiet time, but nothing went out either
+    assert dispatch_due(rt, "w1") == 0
+
+    assert wechat.sent == [] and load(rt, booked).attempts == 4
+
+
+def test_a_failure_after_the_delivery_keeps_what_backs_off_waiting(rt, wechat, clock):
+    """A platform failing now and then: each failure starts the quiet time again, and only a delivery after
+    the latest failure counts."""
+    booked = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    busy_through(rt, wechat, clock, tries=4)
+    clock.advance(seconds=1)
+    add(rt, "oDriverB", "delivered", wechat=wechat)
+    assert dispatch_due(rt, "w1") == 1
+    clock.advance(seconds=5)
+    add(rt, "oDriverC", "busy again", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=1)
+    assert dispatch_due(rt, "w1") == 1  # C's notice fails: it waits out 5 s
+
+    clock.advance(seconds=6)  # A's failure is 12 s old, C's 6: C's is due again, still unsent
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverC") == ["busy again"] and wechat.messages_to("oDriverA") == []
+
+    clock.advance(seconds=5)  # C's went: A's failure is the latest left, and B's delivery came after it
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverA") == ["you may leave the scene"]
+    assert load(rt, booked).status is WorkStatus.DONE
+
+
+def test_a_delivery_by_another_provider_is_no_proof_the_platform_is_back(make_runtime, wechat, clock, sms):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="", **notice_templates(sms))
+    waiting = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    busy_through(rt, wechat, clock, tries=4)
+    clock.advance(seconds=1)
+    by_sms = add_case_notice(rt, a_party_with_a_phone(rt, "oDriverB", "13800138000"), "oDriverB", "booked",
+                             BOOKED_FACTS)  # no allowance, no template: an SMS
+    assert dispatch_due(rt, "w1") == 1 and load(rt, by_sms).channel == "sms"
+
+    clock.advance(seconds=15)
+    assert dispatch_due(rt, "w1") == 0
+
+    assert wechat.messages_to("oDriverA") == [] and load(rt, waiting).attempts == 4
+
+
 def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
     notification_id = add(rt, "oDriverA", "after the 502", wechat=wechat)
     wechat.inject_http_status("message/custom/send", 502, times=1)
