@@ -112,6 +112,25 @@ def _spend_statement():
             .values(sends_left=columns.sends_left - 1, updated_at=now))
 
 
+def refund(session: Session, openid: str, spent_at: datetime, now: datetime) -> bool:
+    """Give back a send taken at ``spent_at`` whose text the platform answered with an error: it went nowhere
+    (the platform counts what it delivers; an outage answering -1 must not use up, try by try, the allowance
+    the notice needs once it is over). Not to an allowance a newer action granted since (that one is whole);
+    False when there is none to give it back to."""
+    return run_prebuilt(session, _refund_statement(), {"recipient": openid, "spent_at": spent_at, "now": now}
+                        ).rowcount == 1
+
+
+@functools.cache
+def _refund_statement():
+    columns = _TABLE.c
+    return (update(_TABLE)
+            .where(columns.openid == bindparam("recipient", type_=columns.openid.type),
+                   columns.granted_at <= bindparam("spent_at", type_=columns.granted_at.type),
+                   columns.following.is_(True))
+            .values(sends_left=columns.sends_left + 1, updated_at=bindparam("now", type_=columns.updated_at.type)))
+
+
 def may_follow(session: Session, openid: str) -> bool:
     """False once we know the person does not follow the account (unsubscribed, or the platform said 43004)."""
     following = session.scalar(select(WechatAllowance.following).where(WechatAllowance.openid == openid))

@@ -75,6 +75,7 @@ WAITING = "waiting for the person: no WeChat allowance, no template or SMS for i
 class Route:
     channel: Channel
     address: str
+    spent_at: datetime | None = None  # when a send of the person's allowance was taken for it (a text)
 
 
 #: Channels one provider carries: a delivery by one of them shows that provider is back for all of them.
@@ -266,7 +267,7 @@ def _route(session: Session, runtime: Runtime, row: Notification, rendered: Rend
     """The first channel that can carry ``row`` now (see the module's list); None: it waits for the person."""
     api = runtime.wechat
     if allowance.spend(session, row.openid, now):  # taken before the call: a crash cannot overspend it
-        return Route(WeChatText(api), row.openid)
+        return Route(WeChatText(api), row.openid, spent_at=now)
     template_id = runtime.settings.template_for(row.kind)
     if template_id and rendered.template_data and allowance.may_follow(session, row.openid):
         return Route(WeChatTemplate(api, template_id), row.openid)
@@ -385,6 +386,9 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
     error = f"{exc.code}: {exc}"[:500]
     with runtime.unit_of_work() as session:
+        if route.spent_at is not None and isinstance(exc.code, int) and not exc.reroute:
+            # The platform answered with an error: nothing went out (a transport error may have delivered).
+            allowance.refund(session, row.openid, route.spent_at, now)
         if exc.reroute and not out_of_attempts:
             allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
                               channel=route.channel.name)

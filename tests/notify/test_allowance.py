@@ -32,3 +32,27 @@ def test_recording_an_action_says_whether_it_granted_an_allowance(runtime, clock
 def test_events_that_are_no_action_grant_nothing(runtime, clock):
     assert record(runtime, None, clock.now()) is False
     assert record(runtime, "unsubscribe", clock.now()) is False
+
+
+def sends_left(runtime) -> int:
+    with runtime.unit_of_work() as session:
+        return allowance.window_of(session, "oLedger")[0]
+
+
+def test_a_send_given_back_returns_to_the_allowance_it_came_from_only(runtime, clock):
+    """Not to one a newer action granted since: that one is whole, and one more would be a send the platform
+    refuses (45047)."""
+    now = clock.now()
+    record(runtime, "message", now)
+    with runtime.unit_of_work() as session:
+        assert allowance.spend(session, "oLedger", now)
+    with runtime.unit_of_work() as session:
+        assert allowance.refund(session, "oLedger", now, now) is True
+    assert sends_left(runtime) == 5
+
+    with runtime.unit_of_work() as session:
+        assert allowance.spend(session, "oLedger", now)
+    record(runtime, "click", now + timedelta(seconds=1))
+    with runtime.unit_of_work() as session:
+        assert allowance.refund(session, "oLedger", now, now + timedelta(seconds=2)) is False
+    assert sends_left(runtime) == 3

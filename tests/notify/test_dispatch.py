@@ -644,6 +644,33 @@ def test_a_delivery_by_another_provider_is_no_proof_the_platform_is_back(make_ru
     assert wechat.messages_to("oDriverA") == [] and load(rt, waiting).attempts == 4
 
 
+def test_texts_the_platform_answered_with_an_error_do_not_use_up_the_allowance(make_runtime, wechat, clock):
+    """It counts what it delivers: after more failed tries than the person's message allows sends, the notice
+    still goes as a text once the platform is back, where it would otherwise wait for their next action."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="")
+    booked = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    busy_through(rt, wechat, clock, tries=6)
+
+    clock.set(load(rt, booked).next_attempt_at)
+    assert dispatch_due(rt, "w1") == 1
+
+    assert wechat.messages_to("oDriverA") == ["you may leave the scene"]
+    assert load(rt, booked).channel == "wechat"
+    with rt.unit_of_work() as session:
+        assert allowance.window_of(session, "oDriverA")[0] == 4
+
+
+def test_a_text_lost_in_transport_stays_spent(rt, wechat, clock):
+    """No answer from the platform (a 502 from its gateway, a timeout): the text may have reached the person."""
+    add(rt, "oDriverA", "maybe delivered", wechat=wechat)
+    wechat.inject_http_status("message/custom/send", 502, times=1)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    with rt.unit_of_work() as session:
+        assert allowance.window_of(session, "oDriverA")[0] == 4
+
+
 def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
     notification_id = add(rt, "oDriverA", "after the 502", wechat=wechat)
     wechat.inject_http_status("message/custom/send", 502, times=1)
