@@ -312,11 +312,22 @@ class Notification(Base):
     # Set, and committed, just before the provider is called: a worker that dies during the call leaves it,
     # and the next attempt knows the message may have gone out (see notify.dispatch).
     sending_at: Mapped[datetime | None]
-    # When its last try ended in a transient failure (busy, quota, network): what a delivery by the same
-    # provider must come after before its backoff is cut short (notify.dispatch.bring_forward_after_recovery).
+    # When its last try met a transient failure of the provider (busy, quota, network): a row that failed after
+    # the sweep read the provider's latest failure is not brought forward (notify.dispatch).
     last_failure_at: Mapped[datetime | None]
     # The message that carried this one to the person (a note folded into their next message).
     carried_by: Mapped[int | None] = mapped_column(Integer)
+
+
+class ProviderFailure(Base):
+    """The latest transient failure (busy, quota, network) of each provider notices go through: what waits out
+    a backoff goes at once when that provider has delivered since and been quiet for a while
+    (notify.dispatch.bring_forward_after_recovery). One row per provider ("wechat", "sms")."""
+
+    __tablename__ = "provider_failure"
+
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_failure_at: Mapped[datetime]
 
 
 class WechatAllowance(Base):

@@ -96,9 +96,22 @@ def can_send(session: Session, openid: str, now: datetime) -> bool:
     return row is not None and row.following and row.expires_at > now and row.sends_left > 0
 
 
-def spend(session: Session, openid: str, now: datetime) -> bool:
-    """Take one send of the allowance (before sending); False when none is left (another worker took it)."""
-    return run_prebuilt(session, _spend_statement(), {"recipient": openid, "now": now}).rowcount == 1
+@dataclass(frozen=True)
+class Taken:
+    """A send taken from the allowance an action granted (the one granted at ``granted_at``, of ``sends``)."""
+
+    openid: str
+    granted_at: datetime
+    sends: int
+
+
+def spend(session: Session, openid: str, now: datetime) -> Taken | None:
+    """Take one send of the allowance (before sending); None when none is left (another worker took it)."""
+    taken = run_prebuilt(session, _spend_statement(), {"recipient": openid, "now": now}).first()
+    if taken is None:
+        return None
+    grant = GRANTS.get(taken.granted_by)
+    return Taken(openid, taken.granted_at, grant.sends if grant else 0)
 
 
 @functools.cache
@@ -109,16 +122,17 @@ def _spend_statement():
     return (update(_TABLE)
             .where(columns.openid == bindparam("recipient", type_=columns.openid.type), columns.sends_left > 0,
                    columns.expires_at > now, columns.following.is_(True))
-            .values(sends_left=columns.sends_left - 1, updated_at=now))
+            .values(sends_left=columns.sends_left - 1, updated_at=now)
+            .returning(columns.granted_at, columns.granted_by))
 
 
-def refund(session: Session, openid: str, spent_at: datetime, now: datetime) -> bool:
-    """Give back a send taken at ``spent_at`` whose text the platform answered with an error: it went nowhere
-    (the platform counts what it delivers; an outage answering -1 must not use up, try by try, the allowance
-    the notice needs once it is over). Not to an allowance a newer action granted since (that one is whole);
-    False when there is none to give it back to."""
-    return run_prebuilt(session, _refund_statement(), {"recipient": openid, "spent_at": spent_at, "now": now}
-                        ).rowcount == 1
+def refund(session: Session, taken: Taken, now: datetime) -> bool:
+    """Give back a send whose text certainly did not go out (the platform answered busy, over quota or a bad
+    token; DeliveryError.undelivered): an outage must not use up, try by try, the allowance the notice needs
+    once it is over. Only to the allowance it was taken from, never beyond what that one allowed: a newer
+    action's is whole already. False when there is none to give it back to."""
+    params = {"recipient": taken.openid, "grant": taken.granted_at, "sends": taken.sends, "now": now}
+    return run_prebuilt(session, _refund_statement(), params).rowcount == 1
 
 
 @functools.cache
@@ -126,8 +140,8 @@ def _refund_statement():
     columns = _TABLE.c
     return (update(_TABLE)
             .where(columns.openid == bindparam("recipient", type_=columns.openid.type),
-                   columns.granted_at <= bindparam("spent_at", type_=columns.granted_at.type),
-                   columns.following.is_(True))
+                   columns.granted_at == bindparam("grant", type_=columns.granted_at.type),
+                   columns.sends_left < bindparam("sends"), columns.following.is_(True))
             .values(sends_left=columns.sends_left + 1, updated_at=bindparam("now", type_=columns.updated_at.type)))
 
 

@@ -27,17 +27,22 @@ class DeliveryError(Exception):
     code) or None for transport problems. ``retryable``: worth retrying with
     backoff (busy, quota, network). ``permanent``: this message will never go
     this way. ``reroute``: this channel cannot carry it now, another may (the
-    message is not failed for that).
+    message is not failed for that). ``undelivered``: it certainly did not reach
+    the person (the provider said so, or was never called). ``provider_fault``:
+    the provider failed, not our own code.
     """
 
     def __init__(self, channel: str, message: str, *, code: str | int | None = None, retryable: bool = False,
-                 permanent: bool = False, reroute: bool = False) -> None:
+                 permanent: bool = False, reroute: bool = False, undelivered: bool = False,
+                 provider_fault: bool = True) -> None:
         super().__init__(f"{channel}: {message}")
         self.channel = channel
         self.code = code
         self.retryable = retryable
         self.permanent = permanent
         self.reroute = reroute
+        self.undelivered = undelivered
+        self.provider_fault = provider_fault
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,9 @@ class WeChatTemplate:
             self.api.send_template(address, self.template_id, rendered.template_data, client_msg_id=dedupe_key)
 
 
+#: Who carries each channel: a delivery by one of a provider's channels shows that provider works again.
+PROVIDER_OF = {WeChatText.name: "wechat", WeChatTemplate.name: "wechat", SMS_CHANNEL: "sms"}
+
 #: The (channel, kind) pairs a send is counted under (metrics.SENDS), whose series start at 0: a conversation's
 #: replies go as customer-service texts only, a notice about a case by whichever channel reaches the person.
 SEND_SERIES: tuple[tuple[str, str], ...] = ((WeChatText.name, REPLY_KIND), *(
@@ -107,7 +115,7 @@ def _as_delivery_error(channel: str) -> Iterator[None]:
         yield
     except WeChatApiError as exc:
         reroute = exc.errcode in REROUTE_ERRCODES
-        raise DeliveryError(channel, exc.errmsg, code=exc.errcode, reroute=reroute,
+        raise DeliveryError(channel, exc.errmsg, code=exc.errcode, reroute=reroute, undelivered=exc.undelivered,
                             permanent=exc.permanent and not reroute,
                             # neither flag: a configuration problem, retried a bounded number of times
                             retryable=exc.retryable or not (exc.permanent or reroute)) from exc

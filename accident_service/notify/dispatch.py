@@ -39,15 +39,17 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from accident_service import leases, metrics
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
-from accident_service.db import run_prebuilt
-from accident_service.models import Case, Notification, Party, WorkStatus
+from accident_service.db import is_postgres, run_prebuilt
+from accident_service.models import Case, Notification, Party, ProviderFailure, WorkStatus
 from accident_service.notify import allowance, notices
 from accident_service.notify.channels import (
+    PROVIDER_OF,
     SMS_CHANNEL,
     Channel,
     DeliveryError,
@@ -75,11 +77,9 @@ WAITING = "waiting for the person: no WeChat allowance, no template or SMS for i
 class Route:
     channel: Channel
     address: str
-    spent_at: datetime | None = None  # when a send of the person's allowance was taken for it (a text)
+    taken: allowance.Taken | None = None  # the send of the person's allowance taken for it (a text)
 
 
-#: Channels one provider carries: a delivery by one of them shows that provider is back for all of them.
-PROVIDERS = ((WeChatText.name, WeChatTemplate.name), (SMS_CHANNEL,))
 #: How long a provider must have gone without a transient failure before what backs off is tried at once: a
 #: platform still failing now and then must not have every waiting notice tried at each of its good moments.
 RECOVERY_QUIET = timedelta(seconds=10)
@@ -116,22 +116,26 @@ def bring_forward_after_recovery(session: Session, now: datetime) -> int:
     A backoff doubles through an outage (up to 10 minutes), so without this a driver waiting at the
     roadside for "you may leave" would get it minutes after the platform is back, unless they write again
     (:func:`release_held`). A try brought forward counts like any other: a notice that fails whatever the
-    platform does still ends after its attempts. The proof of a delivery is a notice done by the same
-    provider that was not due before the failure (it cannot have been sent before it), read from the index
-    the claims use. The dispatcher's sweep runs this (every 2 s), never a send: nothing on the hot path.
+    platform does still ends after its attempts. Only rows the provider failed are brought forward (not one
+    our own code failed), and only those that failed by the latest failure read here (one failing meanwhile
+    keeps its backoff). The proof of a delivery is a notice done through the provider that was not due before
+    the failure (it cannot have been sent before it), read from the index the claims use. The dispatcher's
+    sweep runs this (every 2 s), never a send: nothing on the hot path.
     """
-    latest = dict(session.execute(_latest_failures_statement()).all())
     brought = 0
-    for channels in PROVIDERS:
-        failures = [latest[channel] for channel in channels if latest.get(channel) is not None]
-        if not failures or now - max(failures) < RECOVERY_QUIET:
-            continue
-        params = {"channels": channels, "since": max(failures), "now": now}
-        if session.scalar(_delivered_since_statement(), params):
-            brought += session.execute(_bring_forward_statement(), params).rowcount
+    for provider, since in session.execute(select(ProviderFailure.provider, ProviderFailure.last_failure_at)):
+        if now - since >= RECOVERY_QUIET:
+            channels = sorted(channel for channel, owner in PROVIDER_OF.items() if owner == provider)
+            brought += session.execute(_bring_forward_statement(),
+                                       {"channels": channels, "since": since, "now": now}).rowcount
     if brought:
         log.info("%d notices waiting out a backoff brought forward: their provider delivers again", brought)
     return brought
+
+
+def _note_provider_failure(session: Session, provider: str, now: datetime) -> None:
+    """The provider's latest transient failure is ``now`` (unless a later one is recorded already)."""
+    run_prebuilt(session, _provider_failure_statement(is_postgres(session)), {"provider": provider, "now": now})
 
 
 def _backing_off(columns, now):
@@ -140,30 +144,29 @@ def _backing_off(columns, now):
 
 
 @functools.cache
-def _latest_failures_statement():
-    """Built once (every sweep runs it): the latest transient failure of what is still to be sent, by channel
-    (a row due again after a short backoff keeps its failure in the count until it goes)."""
-    columns = Notification.__table__.c
-    return (select(columns.channel, func.max(columns.last_failure_at))
-            .where(columns.status == WorkStatus.PENDING, columns.last_failure_at.is_not(None))
-            .group_by(columns.channel))
-
-
-@functools.cache
-def _delivered_since_statement():
-    columns = Notification.__table__.c
-    since = bindparam("since", type_=columns.next_attempt_at.type)
-    return select(exists().where(
-        columns.status == WorkStatus.DONE, columns.next_attempt_at > since,
-        columns.channel.in_(bindparam("channels", expanding=True)), columns.last_error.is_(None)))
-
-
-@functools.cache
 def _bring_forward_statement():
-    table = Notification.__table__
-    now = bindparam("now", type_=table.c.next_attempt_at.type)
-    return (update(table).where(_backing_off(table.c, now), table.c.channel.in_(bindparam("channels", expanding=True)))
+    """Built once (every sweep may run it): the rows the provider failed by ``since``, if it delivered since."""
+    columns = Notification.__table__.c
+    now = bindparam("now", type_=columns.next_attempt_at.type)
+    since = bindparam("since", type_=columns.last_failure_at.type)
+    channels = bindparam("channels", expanding=True)
+    done = Notification.__table__.alias("delivered")
+    delivered_since = exists().where(done.c.status == WorkStatus.DONE, done.c.next_attempt_at > since,
+                                     done.c.channel.in_(channels), done.c.last_error.is_(None))
+    return (update(Notification.__table__)
+            .where(_backing_off(columns, now), columns.channel.in_(channels), columns.last_failure_at <= since,
+                   delivered_since)
             .values(next_attempt_at=now))
+
+
+@functools.cache
+def _provider_failure_statement(postgres: bool):
+    table = ProviderFailure.__table__
+    insert = (postgresql.insert if postgres else sqlite.insert)(table).values(
+        provider=bindparam("provider"), last_failure_at=bindparam("now", type_=table.c.last_failure_at.type))
+    return insert.on_conflict_do_update(index_elements=["provider"],
+                                        set_={"last_failure_at": insert.excluded.last_failure_at},
+                                        where=table.c.last_failure_at < insert.excluded.last_failure_at)
 
 
 def _send_due(runtime: Runtime, worker_id: str, *, limit: int, recipients: Collection[str] | None = None) -> int:
@@ -220,7 +223,8 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
         return
     except Exception as exc:  # a bug must not abort the batch nor leave the row leased until it lapses
         log.exception("notification %s (%s) failed unexpectedly", row.id, row.kind)
-        _after_failure(runtime, row, worker_id, route, DeliveryError(route.channel.name, repr(exc), retryable=True))
+        _after_failure(runtime, row, worker_id, route,
+                       DeliveryError(route.channel.name, repr(exc), retryable=True, provider_fault=False))
         return
     with runtime.unit_of_work() as session:
         if _finish(session, row, worker_id, WorkStatus.DONE, "sent", channel=route.channel.name,
@@ -266,8 +270,9 @@ def _release_statement():
 def _route(session: Session, runtime: Runtime, row: Notification, rendered: Rendered, now) -> Route | None:
     """The first channel that can carry ``row`` now (see the module's list); None: it waits for the person."""
     api = runtime.wechat
-    if allowance.spend(session, row.openid, now):  # taken before the call: a crash cannot overspend it
-        return Route(WeChatText(api), row.openid, spent_at=now)
+    taken = allowance.spend(session, row.openid, now)  # before the call: a crash cannot overspend it
+    if taken:
+        return Route(WeChatText(api), row.openid, taken=taken)
     template_id = runtime.settings.template_for(row.kind)
     if template_id and rendered.template_data and allowance.may_follow(session, row.openid):
         return Route(WeChatTemplate(api, template_id), row.openid)
@@ -356,7 +361,8 @@ def _with_notes_and_qr(runtime: Runtime, row: Notification, rendered: Rendered,
         try:
             text = text.replace(JOIN_QR_PLACEHOLDER, join_qr_url(runtime, row.case_id))
         except WeChatApiError as exc:
-            raise DeliveryError("wechat", f"join QR code: {exc.errmsg}", code=exc.errcode, retryable=True) from exc
+            raise DeliveryError("wechat", f"join QR code: {exc.errmsg}", code=exc.errcode, retryable=True,
+                                undelivered=True) from exc
     return Rendered(text=text, template_data=rendered.template_data, sms_params=rendered.sms_params)
 
 
@@ -386,9 +392,10 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
     error = f"{exc.code}: {exc}"[:500]
     with runtime.unit_of_work() as session:
-        if route.spent_at is not None and isinstance(exc.code, int) and not exc.reroute:
-            # The platform answered with an error: nothing went out (a transport error may have delivered).
-            allowance.refund(session, row.openid, route.spent_at, now)
+        if route.taken is not None and exc.undelivered:
+            allowance.refund(session, route.taken, now)
+        if exc.retryable and exc.provider_fault:
+            _note_provider_failure(session, PROVIDER_OF[route.channel.name], now)
         if exc.reroute and not out_of_attempts:
             allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
                               channel=route.channel.name)
@@ -402,7 +409,8 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
                     last_error=f"{WAITING}; {error}"[:500], sending_at=None, channel=None, address=None)
         elif exc.retryable and not out_of_attempts:
             _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name, last_error=error,
-                    sending_at=None, next_attempt_at=now + leases.backoff(row.attempts), last_failure_at=now)
+                    sending_at=None, next_attempt_at=now + leases.backoff(row.attempts),
+                    last_failure_at=now if exc.provider_fault else None)
         else:
             _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
                     sending_at=None)

@@ -62,6 +62,9 @@ class WeChatApiError(Exception):
     closed window, invalid openid...); callers give up or fall back.
     Neither flag set (e.g. 40125 bad AppSecret): a configuration problem;
     callers retry a bounded number of times and surface it.
+    ``undelivered``: the call certainly did not deliver: the platform answered that it is busy, over
+    its quota or that the token is bad, or no token could be had to call it (a transport error after
+    the call was sent may have delivered).
     """
 
     def __init__(self, errcode: int | None, errmsg: str, *, retryable: bool | None = None,
@@ -73,6 +76,11 @@ class WeChatApiError(Exception):
         self.retryable = (errcode in RETRYABLE_ERRCODES or errcode in TOKEN_ERRCODES) if retryable is None \
             else retryable
         self.permanent = (errcode in PERMANENT_ERRCODES) if permanent is None else permanent
+        self.before_call = False  # set when getting the token failed: the call itself was never made
+
+    @property
+    def undelivered(self) -> bool:
+        return self.before_call or self.errcode in RETRYABLE_ERRCODES or self.errcode in TOKEN_ERRCODES
 
     @property
     def is_token_error(self) -> bool:
@@ -257,14 +265,21 @@ class WeChatApi:
     # -- plumbing ---------------------------------------------------------
 
     def _with_token(self, call: Callable[[str], T]) -> T:
-        token = self.client.current_token()
+        token = self._token()
         try:
             return call(token)
         except WeChatApiError as exc:
             if not exc.is_token_error:
                 raise
         # Exactly one refresh (shared: every caller passes the same stale token) and one retry.
-        return call(self.client.current_token(stale=token))
+        return call(self._token(stale=token))
+
+    def _token(self, stale: str | None = None) -> str:
+        try:
+            return self.client.current_token(stale=stale)
+        except WeChatApiError as exc:
+            exc.before_call = True
+            raise
 
     def _post_json(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         def attempt(token: str) -> dict[str, Any]:

@@ -40,19 +40,24 @@ def sends_left(runtime) -> int:
 
 
 def test_a_send_given_back_returns_to_the_allowance_it_came_from_only(runtime, clock):
-    """Not to one a newer action granted since: that one is whole, and one more would be a send the platform
-    refuses (45047)."""
+    """Never beyond what that allowance allowed, and not to one a newer action granted since, even an action
+    received before the send and processed after it: that one is whole, and one more would be a send the
+    platform refuses (45047)."""
     now = clock.now()
     record(runtime, "message", now)
     with runtime.unit_of_work() as session:
-        assert allowance.spend(session, "oLedger", now)
+        taken = allowance.spend(session, "oLedger", now + timedelta(seconds=2))
+    assert (taken.granted_at, taken.sends) == (now, 5)
     with runtime.unit_of_work() as session:
-        assert allowance.refund(session, "oLedger", now, now) is True
+        assert allowance.refund(session, taken, now + timedelta(seconds=2)) is True
+    assert sends_left(runtime) == 5
+    with runtime.unit_of_work() as session:
+        assert allowance.refund(session, taken, now + timedelta(seconds=2)) is False  # given back once only
     assert sends_left(runtime) == 5
 
     with runtime.unit_of_work() as session:
-        assert allowance.spend(session, "oLedger", now)
-    record(runtime, "click", now + timedelta(seconds=1))
+        taken = allowance.spend(session, "oLedger", now + timedelta(seconds=3))
+    record(runtime, "click", now + timedelta(seconds=1))  # received before that send, processed after it
     with runtime.unit_of_work() as session:
-        assert allowance.refund(session, "oLedger", now, now + timedelta(seconds=2)) is False
+        assert allowance.refund(session, taken, now + timedelta(seconds=4)) is False
     assert sends_left(runtime) == 3

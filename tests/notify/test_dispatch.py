@@ -9,15 +9,16 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from accident_service import leases
 from accident_service.cases.parties import start_case
 from accident_service.messages import text as catalogue_text
-from accident_service.models import Case, Notification, WorkStatus
+from accident_service.models import Case, Notification, ProviderFailure, WorkStatus
 from accident_service.notify import allowance, dispatch
 from accident_service.notify.dispatch import dispatch_due
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
@@ -596,14 +597,73 @@ def test_notices_waiting_out_a_backoff_go_once_the_platform_delivers_again(rt, w
     assert (row.status, row.attempts) == (WorkStatus.DONE, 5) and clock.now() < due_by_backoff
 
 
-def test_a_quiet_platform_is_no_proof_of_recovery(rt, wechat, clock):
+def test_a_quiet_platform_is_no_proof_of_recovery_nor_a_delivery_before_its_failure(rt, wechat, clock):
+    add(rt, "oDriverB", "delivered before the outage", wechat=wechat)
+    assert dispatch_due(rt, "w1") == 1
+    clock.advance(seconds=1)
     booked = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
     busy_through(rt, wechat, clock, tries=4)
 
-    clock.advance(seconds=30)  # no failure for longer than the quiet time, but nothing went out either
+    clock.advance(seconds=30)  # no failure for longer than the quiet time, but nothing went out since
     assert dispatch_due(rt, "w1") == 0
 
-    assert wechat.sent == [] and load(rt, booked).attempts == 4
+    assert wechat.messages_to("oDriverA") == [] and load(rt, booked).attempts == 4
+
+
+def test_a_failure_counts_in_the_quiet_time_even_once_its_notice_went(rt, wechat, clock):
+    """A platform failing now and then is not back: B's failure, though B went 5 s later, keeps A waiting
+    until the platform has been quiet for RECOVERY_QUIET."""
+    booked = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    busy_through(rt, wechat, clock, tries=4)
+    clock.advance(seconds=11)
+    add(rt, "oDriverB", "fails once", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=1)
+    assert dispatch_due(rt, "w1") == 1
+    clock.advance(seconds=5)
+    assert dispatch_due(rt, "w1") == 1 and wechat.messages_to("oDriverB") == ["fails once"]
+
+    clock.advance(seconds=3)  # A's failure 19 s old, B's 8 s: B is done, its failure still counts
+    assert dispatch_due(rt, "w1") == 0
+    clock.advance(seconds=2)
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverA") == ["you may leave the scene"] and load(rt, booked).attempts == 5
+
+
+def test_a_notice_failing_after_the_sweep_read_the_latest_failure_keeps_its_backoff(rt, wechat, clock):
+    """Another dispatcher's failure may commit between the sweep's read of the provider's latest failure and
+    its update: that notice was not part of what the read saw, and must not skip its backoff."""
+    add(rt, "oDriverB", "delivered", wechat=wechat)
+    assert dispatch_due(rt, "w1") == 1
+    clock.advance(seconds=1)
+    booked = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=1)
+    assert dispatch_due(rt, "w1") == 1
+    clock.advance(seconds=3)
+
+    with rt.unit_of_work() as session:  # what a sweep that read before A's failure committed goes on with
+        session.execute(update(ProviderFailure).values(last_failure_at=clock.now() - timedelta(seconds=30)))
+        assert dispatch.bring_forward_after_recovery(session, clock.now()) == 0
+
+    assert load(rt, booked).next_attempt_at > clock.now()
+
+
+def test_a_failure_of_our_own_code_is_not_the_provider_s(rt, wechat, clock):
+    """A notice our own code cannot send (here a text with a lone surrogate, which the client cannot encode)
+    says nothing about the platform, and is not tried again at every recovery: it ends by its backoff."""
+    broken = add(rt, "oDriverA", "\ud800", wechat=wechat)
+    assert dispatch_due(rt, "w1") == 1
+    row = load(rt, broken)
+    assert (row.status, row.attempts, row.last_failure_at) == (WorkStatus.PENDING, 1, None)
+    clock.advance(seconds=1)
+    add(rt, "oDriverB", "delivered", wechat=wechat)
+    assert dispatch_due(rt, "w1") == 1
+
+    clock.advance(seconds=3)
+    with rt.unit_of_work() as session:
+        assert session.scalars(select(ProviderFailure)).all() == []
+        session.add(ProviderFailure(provider="wechat", last_failure_at=clock.now() - timedelta(seconds=30)))
+        assert dispatch.bring_forward_after_recovery(session, clock.now()) == 0
+    assert load(rt, broken).next_attempt_at == row.next_attempt_at
 
 
 def test_a_failure_after_the_delivery_keeps_what_backs_off_waiting(rt, wechat, clock):
@@ -658,6 +718,18 @@ def test_texts_the_platform_answered_with_an_error_do_not_use_up_the_allowance(m
     assert load(rt, booked).channel == "wechat"
     with rt.unit_of_work() as session:
         assert allowance.window_of(session, "oDriverA")[0] == 4
+
+
+def test_a_text_that_never_got_a_token_gives_its_send_back(rt, wechat, clock):
+    """The token endpoint unreachable: the text was never sent, whatever the error's kind."""
+    add(rt, "oDriverA", "no token to send it with", wechat=wechat)
+    wechat.inject_http_status("stable_token", 502, times=None)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert wechat.stable_token_requests == 1 and custom_sends(wechat) == 0
+    with rt.unit_of_work() as session:
+        assert allowance.window_of(session, "oDriverA")[0] == 5
 
 
 def test_a_text_lost_in_transport_stays_spent(rt, wechat, clock):

@@ -1,4 +1,4 @@
-"""notices remember when their last try failed
+"""notices and their providers remember their last transient failure
 
 Revision ID: d2c5e8a1f4b7
 Revises: 7c177b5e3c99
@@ -16,6 +16,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('provider_failure',
+    sa.Column('provider', sa.String(length=16), nullable=False),
+    sa.Column('last_failure_at', accident_service.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('provider', name=op.f('pk_provider_failure'))
+    )
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.add_column(sa.Column('last_failure_at', accident_service.db.UTCDateTime(timezone=True),
                                       nullable=True))
@@ -24,3 +29,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.drop_column('last_failure_at')
+    op.drop_table('provider_failure')
