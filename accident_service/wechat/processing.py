@@ -132,22 +132,13 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
             # The platform has no file for this id (expired, or a link rather than a photo).
             code = "truncated" if exc.errcode is not None else "not_an_image"
             return refused_before_inspection(media_id, row.received_at, code)
-        if exc.retryable:  # busy, quota, network: the platform keeps the file three days (WECHAT.md §6)
-            raise _waiting_out_an_outage(runtime, row, message, f"wechat {exc.errcode}") from exc
         raise inbox.RetryLater(f"wechat {exc.errcode}") from exc
     try:
         return prepare_photo(runtime, media.data, media_id=media_id, case_no=case_no, received_at=row.received_at)
     except StorageUnavailable as exc:
-        raise _waiting_out_an_outage(runtime, row, message, "storage unavailable") from exc
-
-
-def _waiting_out_an_outage(runtime: Runtime, row: InboundMessage, message, reason: str) -> inbox.RetryLater:
-    """A photo that cannot be fetched or stored now is kept, not failed after INBOX_MAX_ATTEMPTS: it is tried
-    again for as long as a quiet draft lives, the driver's texts are answered meanwhile (the inbox lets them
-    overtake it), and the driver is told once that it is being saved."""
-    _tell_once_photo_is_saving(runtime, row, message)
-    patience = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)
-    return inbox.RetryLater(reason, keep_trying_until=row.received_at + patience)
+        _tell_once_photo_is_saving(runtime, row, message)
+        patience = timedelta(minutes=settings.DRAFT_EXPIRY_MINUTES)
+        raise inbox.RetryLater("storage unavailable", keep_trying_until=row.received_at + patience) from exc
 
 
 def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:

@@ -126,35 +126,6 @@ def test_download_is_retried_with_backoff_after_a_platform_error_and_a_timeout(w
     assert reply("conv.photo_received", received=1, total=3) in seen_lines(wechat)
 
 
-def test_a_photo_the_platform_cannot_hand_over_waits_its_outage_out_while_texts_are_answered(wechat, start_live,
-                                                                                            clock, photos):
-    """media/get busy past INBOX_MAX_ATTEMPTS: the platform keeps the file three days, so the photo is not lost
-    (nor the driver asked to send it again); told once it is being saved, answered meanwhile, saved after."""
-    runtime = start_live(INBOX_MAX_ATTEMPTS=2)
-    start_case(wechat, runtime)
-    wechat.inject_error("media/get", -1, times=None)
-    send_photo(wechat, runtime, photos.medium_jpeg("astronaut"))
-    for _ in range(3):  # half an hour busy: three attempts past the first, beyond the limit
-        clock.advance(minutes=10)
-        drain(runtime)
-    [message] = image_messages(runtime)
-    assert message.status is WorkStatus.PENDING and message.attempts >= 3
-    wechat.post_text(DRIVER, "粤A12345")
-    drain(runtime)
-    assert seen_lines(wechat)[-2] == reply("conv.plate_saved", plate="粤A12345")  # not held behind the photo
-
-    wechat.clear_faults()
-    clock.advance(minutes=11)
-    drain(runtime)
-
-    [message] = image_messages(runtime)
-    assert message.status is WorkStatus.DONE
-    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
-    seen = seen_lines(wechat)
-    assert seen.count(reply("conv.photo_saving")) == 1 and seen.count(reply("conv.photo_saved_late")) == 1
-    assert reply("conv.photo_lost") not in seen
-
-
 def test_the_checklist_comes_from_the_configuration(wechat, start_live, photos):
     runtime = start_live(PHOTO_CHECKLIST="scene,plate_a", PHOTO_CHECKLIST_B="")  # no item for the other party
     start_case(wechat, runtime)
