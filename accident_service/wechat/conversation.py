@@ -29,11 +29,11 @@ from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, enqueue
 from accident_service.runtime import Runtime
 from accident_service.wechat import preferences
 from accident_service.wechat.guidance import item_name, next_step
+from accident_service.wechat.inbox import PHOTO_TYPES
 from accident_service.wechat.parsing import Intent, IntentKind, classify
 
 REPORT_KEYS = {"REPORT_ACCIDENT"}
 STATUS_KEYS = {"MY_CASE"}
-PHOTO_TYPES = ("image", "file")  # a file from the chat is checked as a photo
 CONFIRM_WITHIN = timedelta(minutes=10)
 #: Whether anything was written to a person about a case; built once, as every photo asks it.
 _ANY_MESSAGE_IN_CASE = select(Notification.id).where(

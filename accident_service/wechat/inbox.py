@@ -29,6 +29,8 @@ from accident_service.runtime import Runtime
 from accident_service.wechat import replay
 
 log = logging.getLogger(__name__)
+#: The pushes checked as photos: an image, and a file sent from the chat.
+PHOTO_TYPES = ("image", "file")
 
 
 class RetryLater(Exception):
@@ -175,9 +177,9 @@ def _past_photos_held_up_by_an_outage(earlier, row):
     behind that one. Photos keep their order among themselves (they fill the checklist in the
     order they were sent)."""
     waiting = aliased(InboundMessage)
-    return and_(row.msg_type != "image", earlier.msg_type == "image",
+    return and_(row.msg_type.not_in(PHOTO_TYPES), earlier.msg_type.in_(PHOTO_TYPES),
                 exists().where(waiting.openid == earlier.openid, waiting.id <= earlier.id,
-                               waiting.msg_type == "image", waiting.waiting_until.is_not(None),
+                               waiting.msg_type.in_(PHOTO_TYPES), waiting.waiting_until.is_not(None),
                                waiting.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
 
 

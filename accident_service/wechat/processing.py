@@ -23,7 +23,8 @@ from accident_service.photos.intake import PreparedPhoto, prepare_photo, refused
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
 from accident_service.wechat import inbox, preferences
-from accident_service.wechat.conversation import PHOTO_TYPES, Conversation
+from accident_service.wechat.conversation import Conversation
+from accident_service.wechat.inbox import PHOTO_TYPES
 from accident_service.wechat.xml_gate import parse_inbound
 from accident_service.wechat_api.client import MediaTooLarge, WeChatApiError
 

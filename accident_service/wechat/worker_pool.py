@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from accident_service.runtime import Runtime
-from accident_service.wechat.conversation import PHOTO_TYPES
+from accident_service.wechat.inbox import PHOTO_TYPES
 
 log = logging.getLogger(__name__)
 #: Threads per lane in each web process.

@@ -15,6 +15,7 @@ from accident_service.photos.intake import prepare_photo
 from accident_service.wechat import inbox
 from tests.photos import images
 from tests.photos.driver import DRIVER, case_no_of, image_messages, photos_of, reply, seen_lines, send_photo, start_case
+from tests.support.chat import post_file
 from tests.support.live import drain
 from tests.support.servers import MotoS3Server
 
@@ -217,3 +218,39 @@ def test_texts_are_answered_while_three_photos_wait_out_a_storage_outage(wechat,
     progress = [seen.index(reply("conv.photo_received", received=n, total=3)) for n in (1, 2, 3)]
     assert progress == sorted(progress) and seen.index(reply("conv.plate_saved", plate="粤A12345")) < progress[0]
 
+
+
+def test_a_file_from_the_chat_waiting_out_a_storage_outage_holds_no_text_back(wechat, start_live, own_s3, clock,
+                                                                              photos):
+    """A file sent from the chat is checked as a photo, and waits an outage out as one: the driver's texts go
+    past it as they go past an image."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    own_s3.stop()
+    post_file(wechat, DRIVER, wechat.add_media("chat-file", photos.medium_jpeg("coffee"), "image/jpeg"))
+    drain(runtime)
+    wechat.post_text(DRIVER, "粤A12345")
+    drain(runtime)
+
+    assert reply("conv.plate_saved", plate="粤A12345") in seen_lines(wechat)
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+
+
+def test_a_file_from_the_chat_does_not_overtake_an_image_waiting_out_an_outage(wechat, start_live, own_s3, clock,
+                                                                               photos):
+    """Photos fill the checklist in the order they were sent, whichever way they came."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    own_s3.stop()
+    image = send_photo(wechat, runtime, photos.medium_jpeg("astronaut"))  # meets the outage, waits 5 s
+    own_s3.start()
+    chat_file = wechat.add_media("chat-file", photos.medium_jpeg("coffee"), "image/jpeg")
+    post_file(wechat, DRIVER, chat_file)
+    drain(runtime)
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    assert [(p.item, p.media_id) for p in photos_of(runtime)] == [(1, image), (2, chat_file)]
