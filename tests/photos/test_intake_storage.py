@@ -254,3 +254,47 @@ def test_a_file_from_the_chat_does_not_overtake_an_image_waiting_out_an_outage(w
     drain(runtime)
 
     assert [(p.item, p.media_id) for p in photos_of(runtime)] == [(1, image), (2, chat_file)]
+
+
+def withdraw_while_a_photo_waits(wechat, runtime, own_s3, clock, photos) -> None:
+    start_case(wechat, runtime)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))  # waits the outage out
+    for word in ("撤案", "确认撤案"):  # the driver's texts go past it
+        clock.advance(seconds=1)
+        wechat.post_text(DRIVER, word)
+        drain(runtime)
+
+
+def cases_of_the_driver(runtime) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from accident_service.models import Case, Party
+
+    with runtime.unit_of_work() as session:
+        return [(case.case_no, case.status.value) for case in session.scalars(
+            select(Case).join(Party, Party.case_id == Case.id).where(Party.openid == DRIVER).order_by(Case.id))]
+
+
+@pytest.mark.parametrize("new_case_meanwhile", [False, True], ids=["no_case_since", "a_new_case_since"])
+def test_a_photo_that_waited_out_an_outage_is_not_added_after_its_case_was_withdrawn(wechat, start_live, own_s3,
+                                                                                      clock, photos,
+                                                                                      new_case_meanwhile):
+    """The photo was for the case the driver withdrew while it waited: it opens no case of its own, joins no
+    case opened since, and the driver is told it was not added."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    withdraw_while_a_photo_waits(wechat, runtime, own_s3, clock, photos)
+    if new_case_meanwhile:
+        clock.advance(seconds=1)
+        start_case(wechat, runtime)
+    before = cases_of_the_driver(runtime)
+
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.DONE
+    assert photos_of(runtime) == [] and cases_of_the_driver(runtime) == before
+    assert before[0][1] == "cancelled" and len(before) == (2 if new_case_meanwhile else 1)
+    assert seen_lines(wechat)[-1] == reply("conv.photo_case_closed")
