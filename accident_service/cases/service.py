@@ -60,13 +60,6 @@ def open_case_for(session: Session, openid: str, *, for_update: bool = False) ->
     return case, next(party for party in case.parties if party.openid == openid)
 
 
-def closed_since(session: Session, openid: str, since: datetime) -> bool:
-    """Whether a case the caller was a party to closed (withdrawn, expired, done) after ``since``: what they
-    sent before then was for that case, not for a new one."""
-    return session.scalar(select(Case.id).join(Party, Party.case_id == Case.id)
-                          .where(Party.openid == openid, Case.closed_at > since).limit(1)) is not None
-
-
 def _callers_open_case(stmt: Select) -> Select:
     me = aliased(Party)
     return stmt.join(me, and_(me.case_id == Case.id, me.openid == bindparam("openid"), me.case_open == true()))

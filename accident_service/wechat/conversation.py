@@ -210,9 +210,6 @@ class Conversation:
     # -- evidence and details ---------------------------------------------------
 
     def on_photo(self, prepared) -> None:
-        if prepared is None:  # sent for a case that has closed since (processing._case_no_for_photo)
-            self.say("conv.photo_case_closed")
-            return
         if self.case is None or self.party is None:
             self.start()
         elif not self._replied_in_case():

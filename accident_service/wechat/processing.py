@@ -117,11 +117,8 @@ def download_timeout(settings) -> float:
     return DOWNLOAD_TIMEOUT_FACTOR * settings.WECHAT_API_TIMEOUT_SECONDS
 
 
-def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPhoto | None:
-    """The photo downloaded, checked and stored; None when the case it was sent for has closed since."""
+def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPhoto:
     case_no = _case_no_for_photo(runtime, row, message)
-    if case_no is None:
-        return None
     media_id = str(message.media_id)
     settings = runtime.settings
     try:
@@ -145,17 +142,11 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
         raise inbox.RetryLater("storage unavailable", keep_trying_until=row.received_at + patience) from exc
 
 
-def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str | None:
-    """The open case the photo belongs to; a photo with no case starts one (committed first). None when a
-    case of the driver's closed after the photo came (a withdrawal went past it while it waited out an
-    outage): the photo was for that case, not for the open one nor for a new one."""
+def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
+    """The open case the photo belongs to; a photo with no case starts one (committed first)."""
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source))
-        if found and found[0].created_at <= row.received_at:  # the case it was sent in, still open
-            return found[0].case_no
-        if cases.closed_since(session, str(message.source), row.received_at):
-            return None
-        if found:  # opened by this photo's own first attempt
+        if found:
             return found[0].case_no
         case, _party, _ = parties.start_case(session, openid=str(message.source),
                                            language=preferences.language_of(session, str(message.source)),
