@@ -107,11 +107,6 @@ def is_written(session: Session, dedupe_key: str) -> bool:
     return run_prebuilt(session, _by_key(), {"dedupe_key": dedupe_key}).first() is not None
 
 
-def case_of(session: Session, dedupe_key: str) -> int | None:
-    """The case the message written under ``dedupe_key`` is about, or None (none written, or about no case)."""
-    return session.scalar(select(Notification.case_id).where(Notification.dedupe_key == dedupe_key))
-
-
 @functools.cache
 def _by_key() -> Select:
     """Built once: every message processed asks it."""

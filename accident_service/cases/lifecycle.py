@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from accident_service.cases import service as cases
@@ -382,9 +382,8 @@ def apply(session: Session, case: Case, name: str, *, actor: Actor, settings: Se
             each.retake_item = each.retake_due_at = None
     if target in CLOSED_STATUSES:
         _close(case, now)
-    event = cases.record_audit(session, actor_type=_actor_type(actor), actor=by or actor.value,
-                               action=audit_action(name), case_id=case.id,
-                               before={"status": was.value, **(before or {})},
+    event = cases.record_audit(session, actor_type=_actor_type(actor), actor=by or actor.value, action=f"case.{name}",
+                               case_id=case.id, before={"status": was.value, **(before or {})},
                                after={"status": target.value, **(after or {})}, now=now)
     if transition.notice is not None and transition.tells is not Tell.NOBODY:
         facts = case_facts(case, visit) | {"by": actor.value} | dict(notice or {})
@@ -404,22 +403,6 @@ def _move_appointment(appointment: Appointment, status: AppointmentStatus, now: 
         appointment.checked_in_at = now
     elif status is AppointmentStatus.COMPLETED:
         appointment.completed_at = now
-
-
-def audit_action(transition: str) -> str:
-    """The audit event's action for a transition."""
-    return f"case.{transition}"
-
-
-def closed_for_good(session: Session, case_id: int) -> Case | None:
-    """The case, if it has closed other than by its reporter leaving an empty draft to join another driver's
-    case (``abandon``: what they sent for it belongs to the case they joined); None while it is open."""
-    case = session.get(Case, case_id)
-    if case is None or case.closed_at is None:
-        return None
-    abandoned = session.scalar(select(AuditEvent.id).where(AuditEvent.case_id == case_id,
-                                                            AuditEvent.action == audit_action("abandon")).limit(1))
-    return None if abandoned is not None else case
 
 
 def _close(case: Case, now: datetime) -> None:

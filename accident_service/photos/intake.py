@@ -37,13 +37,6 @@ _INT64 = 1 << 64
 
 
 @dataclass(frozen=True)
-class PhotoForClosedCase:
-    """A photo that waited out an outage for a case that has closed for good since: it goes to no case."""
-
-    case_no: str
-
-
-@dataclass(frozen=True)
 class PreparedPhoto:
     media_id: str
     received_at: datetime

@@ -210,16 +210,13 @@ class Conversation:
     # -- evidence and details ---------------------------------------------------
 
     def on_photo(self, prepared) -> None:
-        from accident_service.photos.intake import PhotoForClosedCase, record_photo
-
-        if isinstance(prepared, PhotoForClosedCase):  # it waited out an outage for a case that has closed since
-            self.say("conv.photo_case_closed", case_no=prepared.case_no)
-            return
         if self.case is None or self.party is None:
             self.start()
         elif not self._replied_in_case():
             self._greet_new_case()  # the case was opened by this photo (before the download)
         assert self.case is not None and self.party is not None
+        from accident_service.photos.intake import record_photo
+
         outcome = record_photo(self.session, self.runtime, case=self.case, party=self.party, prepared=prepared,
                                inbound_id=self.row.id, now=self.now)
         if outcome.retakes_done:

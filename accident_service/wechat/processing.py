@@ -14,17 +14,12 @@ import logging
 from datetime import datetime, timedelta
 
 from accident_service import messages, outbox
-from accident_service.cases import lifecycle, parties
+from accident_service.cases import parties
 from accident_service.cases import service as cases
 from accident_service.models import Case, InboundMessage, Party
 from accident_service.notify import allowance, dispatch
 from accident_service.outbox import REPLY_KIND, enqueue
-from accident_service.photos.intake import (
-    PhotoForClosedCase,
-    PreparedPhoto,
-    prepare_photo,
-    refused_before_inspection,
-)
+from accident_service.photos.intake import PreparedPhoto, prepare_photo, refused_before_inspection
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
 from accident_service.wechat import inbox, preferences
@@ -122,10 +117,8 @@ def download_timeout(settings) -> float:
     return DOWNLOAD_TIMEOUT_FACTOR * settings.WECHAT_API_TIMEOUT_SECONDS
 
 
-def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPhoto | PhotoForClosedCase:
+def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPhoto:
     case_no = _case_no_for_photo(runtime, row, message)
-    if isinstance(case_no, PhotoForClosedCase):
-        return case_no
     media_id = str(message.media_id)
     settings = runtime.settings
     try:
@@ -149,19 +142,9 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
         raise inbox.RetryLater("storage unavailable", keep_trying_until=row.received_at + patience) from exc
 
 
-def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str | PhotoForClosedCase:
-    """The open case the photo belongs to; a photo with no case starts one (committed first).
-
-    A photo that waited out an outage was being saved for the case its "saving" notice names: if that case
-    has closed for good meanwhile (the driver's texts go past a waiting photo, a withdrawal among them), the
-    photo belongs to no case, neither a new one nor one opened since.
-    """
+def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
+    """The open case the photo belongs to; a photo with no case starts one (committed first)."""
     with runtime.unit_of_work() as session:
-        if row.waiting_until is not None:
-            meant = outbox.case_of(session, _saving_key(row))
-            closed = lifecycle.closed_for_good(session, meant) if meant is not None else None
-            if closed is not None:
-                return PhotoForClosedCase(closed.case_no)
         found = cases.open_case_for(session, str(message.source))
         if found:
             return found[0].case_no

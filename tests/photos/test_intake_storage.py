@@ -9,9 +9,8 @@ from pathlib import Path
 import boto3
 import pytest
 from PIL import Image, ImageDraw
-from sqlalchemy import select
 
-from accident_service.models import Case, Party, PhotoStatus, WorkStatus
+from accident_service.models import PhotoStatus, WorkStatus
 from accident_service.photos.intake import prepare_photo
 from accident_service.wechat import inbox
 from tests.photos import images
@@ -255,89 +254,3 @@ def test_a_file_from_the_chat_does_not_overtake_an_image_waiting_out_an_outage(w
     drain(runtime)
 
     assert [(p.item, p.media_id) for p in photos_of(runtime)] == [(1, image), (2, chat_file)]
-
-
-OTHER_DRIVER = "oPhotoDriver00000000000002"
-
-
-def driver_cases(runtime, openid: str = DRIVER) -> list[tuple[str, str]]:
-    with runtime.unit_of_work() as session:
-        return [(case.case_no, case.status.value) for case in session.scalars(
-            select(Case).join(Party, Party.case_id == Case.id).where(Party.openid == openid).order_by(Case.id))]
-
-
-@pytest.mark.parametrize("new_case_meanwhile", [False, True], ids=["no_case_since", "a_new_case_since"])
-def test_a_photo_that_waited_out_an_outage_is_not_added_after_its_case_was_withdrawn(wechat, start_live, own_s3,
-                                                                                      clock, photos,
-                                                                                      new_case_meanwhile):
-    """It was being saved for the case the driver withdrew meanwhile (their texts go past it): it opens no case
-    of its own, joins none opened since, and the driver is told, naming the case."""
-    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
-    start_case(wechat, runtime)
-    withdrawn = case_no_of(runtime)
-    own_s3.stop()
-    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))  # waits the outage out
-    for word in ("撤案", "确认撤案"):
-        clock.advance(seconds=1)
-        wechat.post_text(DRIVER, word)
-        drain(runtime)
-    if new_case_meanwhile:
-        clock.advance(seconds=1)
-        start_case(wechat, runtime)
-    before = driver_cases(runtime)
-    assert before[0] == (withdrawn, "cancelled") and len(before) == (2 if new_case_meanwhile else 1)
-
-    own_s3.start()
-    clock.advance(seconds=6)
-    drain(runtime)
-
-    [message] = image_messages(runtime)
-    assert message.status is WorkStatus.DONE
-    assert photos_of(runtime) == [] and driver_cases(runtime) == before
-    assert seen_lines(wechat)[-1] == reply("conv.photo_case_closed", case_no=withdrawn)
-
-
-def test_a_photo_sent_after_a_withdrawal_starts_a_new_case_however_late_it_is_processed(wechat, start_live, clock,
-                                                                                        photos):
-    """No outage: the photo came after the withdrawal, so it is for a new case, even when the worker reaches
-    the withdrawal after the photo came in."""
-    runtime = start_live()
-    start_case(wechat, runtime)
-    for word in ("撤案", "确认撤案"):
-        clock.advance(seconds=1)
-        wechat.post_text(DRIVER, word)
-        drain(runtime)
-    clock.advance(seconds=1)
-    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), process=False)
-    clock.advance(seconds=1)
-    drain(runtime)
-
-    assert [status for _, status in driver_cases(runtime)] == ["cancelled", "draft"]
-    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
-
-
-def test_a_photo_that_waited_out_an_outage_goes_to_the_case_its_sender_joined_meanwhile(wechat, start_live, own_s3,
-                                                                                       clock, photos):
-    """The other driver's photo opened a draft of their own; joining the reporter's case closed that empty
-    draft (abandoned, not ended): the photo is for the accident, in the case they joined."""
-    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
-    start_case(wechat, runtime)
-    reporters = case_no_of(runtime)
-    with runtime.unit_of_work() as session:
-        code = session.scalar(select(Case.join_code).where(Case.case_no == reporters))
-    own_s3.stop()
-    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER)  # opens their own draft, waits
-    clock.advance(seconds=1)
-    wechat.post_text(OTHER_DRIVER, code)
-    drain(runtime)
-    assert sorted(status for _, status in driver_cases(runtime, OTHER_DRIVER)) == ["cancelled", "draft"]
-
-    own_s3.start()
-    clock.advance(seconds=6)
-    drain(runtime)
-
-    [photo] = photos_of(runtime)
-    assert photo.status is PhotoStatus.ACCEPTED
-    with runtime.unit_of_work() as session:
-        assert session.get(Case, photo.case_id).case_no == reporters
-    assert reply("conv.photo_case_closed", case_no=reporters) not in seen_lines(wechat, OTHER_DRIVER)
