@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from accident_service.cases import service as cases
@@ -382,8 +382,9 @@ def apply(session: Session, case: Case, name: str, *, actor: Actor, settings: Se
             each.retake_item = each.retake_due_at = None
     if target in CLOSED_STATUSES:
         _close(case, now)
-    event = cases.record_audit(session, actor_type=_actor_type(actor), actor=by or actor.value, action=f"case.{name}",
-                               case_id=case.id, before={"status": was.value, **(before or {})},
+    event = cases.record_audit(session, actor_type=_actor_type(actor), actor=by or actor.value,
+                               action=_audit_action(name), case_id=case.id,
+                               before={"status": was.value, **(before or {})},
                                after={"status": target.value, **(after or {})}, now=now)
     if transition.notice is not None and transition.tells is not Tell.NOBODY:
         facts = case_facts(case, visit) | {"by": actor.value} | dict(notice or {})
@@ -403,6 +404,43 @@ def _move_appointment(appointment: Appointment, status: AppointmentStatus, now: 
         appointment.checked_in_at = now
     elif status is AppointmentStatus.COMPLETED:
         appointment.completed_at = now
+
+
+#: In a closing transition's audit, when it was asked for, if not when it happened (a driver's withdrawal: when
+#: their message came, which may be well before it was processed).
+REQUESTED_AT = "requested_at"
+
+
+def _audit_action(transition: str) -> str:
+    return f"case.{transition}"
+
+
+def closed_after(session: Session, openid: str, sent_at: datetime, *, open_case: Case | None) -> Case | None:
+    """The case ``openid`` is a party to that closed for good by an action asked for after ``sent_at``: what they
+    sent then was for it, not for the case open now nor a new one. None when ``open_case`` (theirs now) was
+    open already at ``sent_at``, or no such case closed.
+
+    The action's time is when it was asked for: a driver's withdrawal when their message came
+    (:data:`REQUESTED_AT`), the desk's or the scheduler's when it happened. An empty draft its reporter left to
+    join the other driver's case (``abandon``) does not count: what they sent is for the case they joined.
+    """
+    if open_case is not None and open_case.created_at <= sent_at:
+        return None
+    closed = session.scalars(select(Case).join(Party, Party.case_id == Case.id)
+                             .where(Party.openid == openid, Case.closed_at > sent_at).order_by(Case.closed_at))
+    for case in closed:
+        closing = next((event for event in session.scalars(
+            select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id.desc()))
+            if (event.after or {}).get("status") in _CLOSED_VALUES), None)
+        if closing is None or closing.action == _audit_action("abandon"):
+            continue
+        asked = (closing.after or {}).get(REQUESTED_AT)
+        if (datetime.fromisoformat(asked) if asked else closing.at) > sent_at:
+            return case
+    return None
+
+
+_CLOSED_VALUES = frozenset(status.value for status in CLOSED_STATUSES)
 
 
 def _close(case: Case, now: datetime) -> None:

@@ -37,6 +37,13 @@ _INT64 = 1 << 64
 
 
 @dataclass(frozen=True)
+class PhotoForClosedCase:
+    """A photo sent for a case that has closed since (cases.lifecycle.closed_after): it goes to no case."""
+
+    case_no: str
+
+
+@dataclass(frozen=True)
 class PreparedPhoto:
     media_id: str
     received_at: datetime
@@ -46,6 +53,7 @@ class PreparedPhoto:
     thumb_key: str | None = None
     facts: ImageFacts | None = None
     rejection: Verdict | None = None  # decided before any case context (not an image, too big…)
+    case_no: str | None = None  # the case it was stored for (None: refused before there were bytes)
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ def prepare_photo(runtime: Runtime, data: bytes, *, media_id: str, case_no: str,
         key = evidence_key(case_no, received_at, digest, "bin")
         runtime.store.put(key, data, content_type="application/octet-stream",
                           metadata={"sha256": digest, "case_no": case_no, "rejected": rejected.code})
-        return PreparedPhoto(media_id, received_at, digest, len(data), key, rejection=Verdict.from_rejection(rejected))
+        return PreparedPhoto(media_id, received_at, digest, len(data), key, rejection=Verdict.from_rejection(rejected),
+                             case_no=case_no)
     digest = facts.sha256
     key = evidence_key(case_no, received_at, digest, facts.extension)
     thumb_key = evidence_key(case_no, received_at, digest, "thumb.jpg")
@@ -103,7 +112,7 @@ def prepare_photo(runtime: Runtime, data: bytes, *, media_id: str, case_no: str,
     runtime.store.put(key, data, content_type=facts.content_type, metadata={"sha256": digest, "case_no": case_no})
     runtime.store.put(thumb_key, make_thumbnail(preview, orientation=facts.orientation),
                       content_type=THUMBNAIL_CONTENT_TYPE, metadata={"sha256-of-original": digest, "case_no": case_no})
-    return PreparedPhoto(media_id, received_at, digest, len(data), key, thumb_key, facts)
+    return PreparedPhoto(media_id, received_at, digest, len(data), key, thumb_key, facts, case_no=case_no)
 
 
 def record_photo(session: Session, runtime: Runtime, *, case: Case, party: Party, prepared: PreparedPhoto,

@@ -26,6 +26,7 @@ from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import run_prebuilt
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, enqueue
+from accident_service.photos.intake import PhotoForClosedCase
 from accident_service.runtime import Runtime
 from accident_service.wechat import preferences
 from accident_service.wechat.guidance import item_name, next_step
@@ -210,6 +211,15 @@ class Conversation:
     # -- evidence and details ---------------------------------------------------
 
     def on_photo(self, prepared) -> None:
+        if isinstance(prepared, PhotoForClosedCase) or (
+                prepared.case_no is not None and (self.case is None or self.case.case_no != prepared.case_no)):
+            # sent for a case that has closed since (checked again here: it may have closed while the photo was
+            # being stored), not for a case opened since nor a new one
+            closed = prepared if isinstance(prepared, PhotoForClosedCase) else lifecycle.closed_after(
+                self.session, self.openid, self.row.received_at, open_case=self.case)
+            if closed is not None:
+                self.say("conv.photo_case_closed", case_no=closed.case_no)
+                return
         if self.case is None or self.party is None:
             self.start()
         elif not self._replied_in_case():
@@ -367,10 +377,13 @@ class Conversation:
         if self.case is None or party is None or pending is None or pending != wanted:
             self.say("conv.nothing_to_confirm")
             return
-        act = appointments.cancel if pending == "cancel_appointment" else appointments.withdraw
         try:  # the notice to both parties is the reply
-            act(self.session, self.case, actor=self.actor, party=party, settings=self.settings, now=self.now,
-                confirmed=True)
+            if pending == "cancel_appointment":
+                appointments.cancel(self.session, self.case, actor=self.actor, party=party, settings=self.settings,
+                                    now=self.now, confirmed=True)
+            else:  # asked for when the message came: a photo sent before it was for this case (lifecycle)
+                appointments.withdraw(self.session, self.case, actor=self.actor, party=party, settings=self.settings,
+                                      now=self.now, confirmed=True, requested_at=self.row.received_at)
         except TransitionRefused:
             self.status()
 

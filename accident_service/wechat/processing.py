@@ -14,12 +14,17 @@ import logging
 from datetime import datetime, timedelta
 
 from accident_service import messages, outbox
-from accident_service.cases import parties
+from accident_service.cases import lifecycle, parties
 from accident_service.cases import service as cases
 from accident_service.models import Case, InboundMessage, Party
 from accident_service.notify import allowance, dispatch
 from accident_service.outbox import REPLY_KIND, enqueue
-from accident_service.photos.intake import PreparedPhoto, prepare_photo, refused_before_inspection
+from accident_service.photos.intake import (
+    PhotoForClosedCase,
+    PreparedPhoto,
+    prepare_photo,
+    refused_before_inspection,
+)
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
 from accident_service.wechat import inbox, preferences
@@ -117,8 +122,10 @@ def download_timeout(settings) -> float:
     return DOWNLOAD_TIMEOUT_FACTOR * settings.WECHAT_API_TIMEOUT_SECONDS
 
 
-def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPhoto:
+def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPhoto | PhotoForClosedCase:
     case_no = _case_no_for_photo(runtime, row, message)
+    if isinstance(case_no, PhotoForClosedCase):
+        return case_no  # nothing to download: it goes to no case
     media_id = str(message.media_id)
     settings = runtime.settings
     try:
@@ -142,11 +149,19 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
         raise inbox.RetryLater("storage unavailable", keep_trying_until=row.received_at + patience) from exc
 
 
-def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str:
-    """The open case the photo belongs to; a photo with no case starts one (committed first)."""
+def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str | PhotoForClosedCase:
+    """The open case the photo belongs to; a photo with no case starts one (committed first). A photo sent for
+    a case that has closed since (its sender's texts go past a photo waiting out an outage, a withdrawal among
+    them) belongs to none (lifecycle.closed_after)."""
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source))
-        if found:
+        if found and found[0].created_at <= row.received_at:  # the case it was sent in: the common path
+            return found[0].case_no
+        closed = lifecycle.closed_after(session, str(message.source), row.received_at,
+                                        open_case=found[0] if found else None)
+        if closed is not None:
+            return PhotoForClosedCase(closed.case_no)
+        if found:  # opened since the photo came (by its own first attempt, or a join)
             return found[0].case_no
         case, _party, _ = parties.start_case(session, openid=str(message.source),
                                            language=preferences.language_of(session, str(message.source)),

@@ -9,14 +9,15 @@ from pathlib import Path
 import boto3
 import pytest
 from PIL import Image, ImageDraw
+from sqlalchemy import select
 
-from accident_service.models import PhotoStatus, WorkStatus
+from accident_service.models import Case, Party, PhotoStatus, WorkStatus
 from accident_service.photos.intake import prepare_photo
 from accident_service.wechat import inbox
 from tests.photos import images
 from tests.photos.driver import DRIVER, case_no_of, image_messages, photos_of, reply, seen_lines, send_photo, start_case
 from tests.support.chat import post_file
-from tests.support.live import drain
+from tests.support.live import drain, wait_until
 from tests.support.servers import MotoS3Server
 
 
@@ -254,3 +255,172 @@ def test_a_file_from_the_chat_does_not_overtake_an_image_waiting_out_an_outage(w
     drain(runtime)
 
     assert [(p.item, p.media_id) for p in photos_of(runtime)] == [(1, image), (2, chat_file)]
+
+
+OTHER_DRIVER = "oPhotoDriver00000000000002"
+
+
+def withdraw(wechat, runtime, clock) -> None:
+    """The reporter withdraws their case, a second apart (their texts go past a photo waiting out an outage)."""
+    for word in ("撤案", "确认撤案"):
+        clock.advance(seconds=1)
+        wechat.post_text(DRIVER, word)
+        drain(runtime)
+
+
+def driver_cases(runtime, openid: str = DRIVER) -> list[tuple[str, str]]:
+    with runtime.unit_of_work() as session:
+        return [(case.case_no, case.status.value) for case in session.scalars(
+            select(Case).join(Party, Party.case_id == Case.id).where(Party.openid == openid).order_by(Case.id))]
+
+
+@pytest.mark.parametrize("new_case_meanwhile", [False, True], ids=["no_case_since", "a_new_case_since"])
+def test_a_photo_that_waited_out_an_outage_is_not_added_after_its_case_was_withdrawn(wechat, start_live, own_s3,
+                                                                                      clock, photos,
+                                                                                      new_case_meanwhile):
+    """It was sent for the case the driver withdrew meanwhile (their texts go past it): it opens no case of its
+    own, joins none opened since, and the driver is told, naming the case."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    withdrawn = case_no_of(runtime)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))  # waits the outage out
+    withdraw(wechat, runtime, clock)
+    if new_case_meanwhile:
+        clock.advance(seconds=1)
+        start_case(wechat, runtime)
+    before = driver_cases(runtime)
+    assert before[0] == (withdrawn, "cancelled") and len(before) == (2 if new_case_meanwhile else 1)
+
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.DONE
+    assert photos_of(runtime) == [] and driver_cases(runtime) == before
+    assert seen_lines(wechat)[-1] == reply("conv.photo_case_closed", case_no=withdrawn)
+
+
+def test_a_photo_sent_after_a_withdrawal_starts_a_new_case_however_late_it_is_processed(wechat, start_live, clock,
+                                                                                        photos):
+    """No outage: the photo came after the withdrawal, so it is for a new case, even when the worker reaches
+    the withdrawal after the photo came in."""
+    runtime = start_live()
+    start_case(wechat, runtime)
+    wechat.post_text(DRIVER, "撤案")
+    drain(runtime)
+    clock.advance(seconds=1)
+    wechat.post_text(DRIVER, "确认撤案")
+    clock.advance(seconds=1)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), process=False)
+    clock.advance(seconds=1)
+    drain(runtime)  # the withdrawal is processed after the photo came, but was asked for before it
+
+    assert [status for _, status in driver_cases(runtime)] == ["cancelled", "draft"]
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+
+
+def test_a_photo_that_waited_out_an_outage_goes_to_the_case_its_sender_joined_meanwhile(wechat, start_live, own_s3,
+                                                                                       clock, photos):
+    """The other driver's photo opened a draft of their own; joining the reporter's case closed that empty
+    draft (abandoned, not ended): the photo is for the accident, in the case they joined."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    reporters = case_no_of(runtime)
+    code = join_code_of(runtime, reporters)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER)  # opens their own draft, waits
+    clock.advance(seconds=1)
+    wechat.post_text(OTHER_DRIVER, code)
+    drain(runtime)
+    assert sorted(status for _, status in driver_cases(runtime, OTHER_DRIVER)) == ["cancelled", "draft"]
+
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    [photo] = photos_of(runtime)
+    assert photo.status is PhotoStatus.ACCEPTED
+    with runtime.unit_of_work() as session:
+        assert session.get(Case, photo.case_id).case_no == reporters
+    assert reply("conv.photo_case_closed", case_no=reporters) not in seen_lines(wechat, OTHER_DRIVER)
+
+
+def join_code_of(runtime, case_no: str) -> str:
+    with runtime.unit_of_work() as session:
+        return session.scalar(select(Case.join_code).where(Case.case_no == case_no))
+
+
+def test_photos_queued_behind_a_waiting_one_are_not_added_after_the_case_was_withdrawn(wechat, start_live, own_s3,
+                                                                                      clock, photos):
+    """Every photo sent before the withdrawal was for the withdrawn case, not only the one that met the outage."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    withdrawn = case_no_of(runtime)
+    own_s3.stop()
+    for name in ("coffee", "astronaut"):
+        send_photo(wechat, runtime, photos.medium_jpeg(name), process=False)
+    drain(runtime)  # the first meets the outage, the second queues behind it
+    withdraw(wechat, runtime, clock)
+
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    assert [m.status for m in image_messages(runtime)] == [WorkStatus.DONE] * 2
+    assert photos_of(runtime) == [] and [status for _, status in driver_cases(runtime)] == ["cancelled"]
+    assert seen_lines(wechat).count(reply("conv.photo_case_closed", case_no=withdrawn)) == 2
+
+
+def test_a_photo_that_waited_is_not_added_after_the_case_its_sender_joined_was_withdrawn(wechat, start_live,
+                                                                                         own_s3, clock, photos):
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    reporters = case_no_of(runtime)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER)  # opens their own draft, waits
+    clock.advance(seconds=1)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, reporters))
+    drain(runtime)
+    withdraw(wechat, runtime, clock)  # the reporter withdraws the case the other driver joined
+
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    assert photos_of(runtime) == []
+    assert sorted(status for _, status in driver_cases(runtime, OTHER_DRIVER)) == ["cancelled", "cancelled"]
+    assert seen_lines(wechat, OTHER_DRIVER)[-1] == reply("conv.photo_case_closed", case_no=reporters)
+
+
+def test_a_withdrawal_processed_while_the_photo_is_stored_is_seen_before_the_photo_is_recorded(wechat, start_live,
+                                                                                               own_s3, clock,
+                                                                                               photos):
+    """The photo's retry checks its case before the download and again when it records the photo: a withdrawal
+    the driver's texts make while the download runs (they go past a waiting photo) is not missed."""
+    import threading
+
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    withdrawn = case_no_of(runtime)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))  # waits the outage out
+    own_s3.start()
+    wechat.set_delay("media/get", 1.5)
+    clock.advance(seconds=6)
+    retry = threading.Thread(target=drain, args=(runtime,), kwargs={"worker_id": "photo-worker"})
+    retry.start()
+    try:
+        assert wait_until(lambda: image_messages(runtime)[0].status is WorkStatus.PROCESSING, timeout=5)
+        for word in ("撤案", "确认撤案"):
+            wechat.post_text(DRIVER, word)
+            drain(runtime, worker_id="text-worker")
+    finally:
+        retry.join(timeout=30)
+    wechat.set_delay("media/get", 0)
+    drain(runtime)
+
+    assert image_messages(runtime)[0].status is WorkStatus.DONE
+    assert photos_of(runtime) == [] and [status for _, status in driver_cases(runtime)] == ["cancelled"]
+    assert reply("conv.photo_case_closed", case_no=withdrawn) in seen_lines(wechat)
