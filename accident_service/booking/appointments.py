@@ -117,16 +117,16 @@ def cancel(session: Session, case: Case, *, actor: Actor, settings: Settings, no
 def withdraw(session: Session, case: Case, *, actor: Actor, settings: Settings, now: datetime,
              party: Party | None = None, by: str | None = None, reason: str | None = None,
              confirmed: bool = False, expected_version: int | None = None,
-             requested_at: datetime | None = None) -> None:
+             requested: tuple[str, datetime] | None = None) -> None:
     """End the whole case (the reporter, confirmed; or the desk, with a reason); any appointment is cancelled.
 
-    ``requested_at``: when the driver's message asking for it came, if before ``now`` (see
-    lifecycle.closed_after). Raises TransitionRefused.
+    ``requested``: the driver who asked for it and when their message came (lifecycle.closed_after).
+    Raises TransitionRefused.
     """
     appointment = active_appointment(case)
     lifecycle.apply(session, case, "withdraw", actor=actor, party=party, by=by, settings=settings, now=now,
                     details={"confirmed": confirmed, "reason": reason}, expected_version=expected_version,
-                    after={lifecycle.REQUESTED_AT: requested_at.isoformat()} if requested_at else None,
+                    after=lifecycle.requested(*requested) if requested else None,
                     visit=Visit.of(appointment) if appointment else None, notice=_reason(reason))
     if appointment is not None:
         _release(session, appointment)

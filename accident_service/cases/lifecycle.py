@@ -406,9 +406,10 @@ def _move_appointment(appointment: Appointment, status: AppointmentStatus, now: 
         appointment.completed_at = now
 
 
-#: In a closing transition's audit, when it was asked for, if not when it happened (a driver's withdrawal: when
-#: their message came, which may be well before it was processed).
-REQUESTED_AT = "requested_at"
+def requested(openid: str, at: datetime) -> dict[str, str]:
+    """For a closing transition's audit: who asked for it and when, if not when it happened (a driver's
+    withdrawal: when their message came, which may be well before it was processed)."""
+    return {"requested_by": openid, "requested_at": at.isoformat()}
 
 
 def _audit_action(transition: str) -> str:
@@ -420,9 +421,9 @@ def closed_after(session: Session, openid: str, sent_at: datetime, *, open_case:
     sent then was for it, not for the case open now nor a new one. None when ``open_case`` (theirs now) was
     open already at ``sent_at``, or no such case closed.
 
-    The action's time is when it was asked for: a driver's withdrawal when their message came
-    (:data:`REQUESTED_AT`), the desk's or the scheduler's when it happened. An empty draft its reporter left to
-    join the other driver's case (``abandon``) does not count: what they sent is for the case they joined.
+    The action's time is when it happened, or for ``openid``'s own withdrawal when they asked for it
+    (:func:`requested`): the other driver could not know of it before. An empty draft its reporter left to join
+    the other driver's case (``abandon``) does not count: what they sent is for the case they joined.
     """
     if open_case is not None and open_case.created_at <= sent_at:
         return None
@@ -434,7 +435,8 @@ def closed_after(session: Session, openid: str, sent_at: datetime, *, open_case:
             if (event.after or {}).get("status") in _CLOSED_VALUES), None)
         if closing is None or closing.action == _audit_action("abandon"):
             continue
-        asked = (closing.after or {}).get(REQUESTED_AT)
+        after = closing.after or {}
+        asked = after.get("requested_at") if after.get("requested_by") == openid else None
         if (datetime.fromisoformat(asked) if asked else closing.at) > sent_at:
             return case
     return None

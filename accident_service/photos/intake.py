@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from accident_service import metrics
@@ -53,7 +54,7 @@ class PreparedPhoto:
     thumb_key: str | None = None
     facts: ImageFacts | None = None
     rejection: Verdict | None = None  # decided before any case context (not an image, too big…)
-    case_no: str | None = None  # the case it was stored for (None: refused before there were bytes)
+    case_no: str | None = None  # the case it was prepared for
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,20 @@ def evidence_key(case_no: str, received_at: datetime, sha256: str, extension: st
     return f"cases/{received_at:%Y}/{received_at:%m}/{case_no}/{sha256}.{extension}"
 
 
-def refused_before_inspection(media_id: str, received_at: datetime, code: str, **params: object) -> PreparedPhoto:
+def refused_before_inspection(media_id: str, received_at: datetime, code: str, *, case_no: str,
+                              **params: object) -> PreparedPhoto:
     """A photo refused before there were bytes to check (too big to download, no file on the platform)."""
-    return PreparedPhoto(media_id, received_at, "", 0, None, rejection=Verdict.reject(code, **params))
+    return PreparedPhoto(media_id, received_at, "", 0, None, rejection=Verdict.reject(code, **params),
+                         case_no=case_no)
+
+
+def discard(session: Session, runtime: Runtime, prepared: PreparedPhoto) -> None:
+    """Delete what was stored for a photo that will have no row (its case closed meanwhile), unless a row of the
+    same case holds the same bytes (keys are content addresses): retention deletes only what rows point to."""
+    for key in (prepared.object_key, prepared.thumb_key):
+        if key and session.scalar(select(Photo.id).where(or_(Photo.object_key == key, Photo.thumb_key == key))
+                                  .limit(1)) is None:
+            runtime.store.delete(key)
 
 
 def prepare_photo(runtime: Runtime, data: bytes, *, media_id: str, case_no: str,

@@ -26,7 +26,7 @@ from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import run_prebuilt
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, enqueue
-from accident_service.photos.intake import PhotoForClosedCase
+from accident_service.photos.intake import PhotoForClosedCase, discard
 from accident_service.runtime import Runtime
 from accident_service.wechat import preferences
 from accident_service.wechat.guidance import item_name, next_step
@@ -218,6 +218,8 @@ class Conversation:
             closed = prepared if isinstance(prepared, PhotoForClosedCase) else lifecycle.closed_after(
                 self.session, self.openid, self.row.received_at, open_case=self.case)
             if closed is not None:
+                if not isinstance(prepared, PhotoForClosedCase):
+                    discard(self.session, self.runtime, prepared)
                 self.say("conv.photo_case_closed", case_no=closed.case_no)
                 return
         if self.case is None or self.party is None:
@@ -383,7 +385,7 @@ class Conversation:
                                     now=self.now, confirmed=True)
             else:  # asked for when the message came: a photo sent before it was for this case (lifecycle)
                 appointments.withdraw(self.session, self.case, actor=self.actor, party=party, settings=self.settings,
-                                      now=self.now, confirmed=True, requested_at=self.row.received_at)
+                                      now=self.now, confirmed=True, requested=(self.openid, self.row.received_at))
         except TransitionRefused:
             self.status()
 

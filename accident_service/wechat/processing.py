@@ -133,13 +133,13 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
                                               timeout=download_timeout(settings))
     except MediaTooLarge:
         # The stream was cut at the cap: nothing of it is kept, so no object either.
-        return refused_before_inspection(media_id, row.received_at, "too_many_pixels",
+        return refused_before_inspection(media_id, row.received_at, "too_many_pixels", case_no=case_no,
                                          max_mb=settings.PHOTO_MAX_BYTES // 2**20)
     except WeChatApiError as exc:
         if exc.permanent:
             # The platform has no file for this id (expired, or a link rather than a photo).
             code = "truncated" if exc.errcode is not None else "not_an_image"
-            return refused_before_inspection(media_id, row.received_at, code)
+            return refused_before_inspection(media_id, row.received_at, code, case_no=case_no)
         raise inbox.RetryLater(f"wechat {exc.errcode}") from exc
     try:
         return prepare_photo(runtime, media.data, media_id=media_id, case_no=case_no, received_at=row.received_at)

@@ -424,3 +424,49 @@ def test_a_withdrawal_processed_while_the_photo_is_stored_is_seen_before_the_pho
     assert image_messages(runtime)[0].status is WorkStatus.DONE
     assert photos_of(runtime) == [] and [status for _, status in driver_cases(runtime)] == ["cancelled"]
     assert reply("conv.photo_case_closed", case_no=withdrawn) in seen_lines(wechat)
+    s3 = boto3.client("s3", endpoint_url=own_s3.url, region_name="us-east-1")
+    assert s3.list_objects_v2(Bucket="evidence").get("Contents", []) == []  # stored during the download, deleted
+
+
+def test_a_photo_that_waited_goes_to_a_case_opened_after_it_that_its_sender_joined(wechat, start_live, own_s3,
+                                                                                  clock, photos):
+    """The other driver's photo opened a draft of their own, which they left (abandoned, not ended) to join the
+    reporter's case, opened after the photo: the photo is for the accident, in that case."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER)  # opens their own draft, waits
+    clock.advance(seconds=1)
+    start_case(wechat, runtime)
+    reporters = case_no_of(runtime)
+    clock.advance(seconds=1)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, reporters))
+    drain(runtime)
+
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    [photo] = photos_of(runtime)
+    with runtime.unit_of_work() as session:
+        assert session.get(Case, photo.case_id).case_no == reporters
+
+
+def test_the_other_driver_s_photo_sent_before_they_could_know_of_the_withdrawal_joins_no_case(wechat, start_live,
+                                                                                             clock, photos):
+    """The reporter's withdrawal counts from their message for their own photos only: the other driver's photo,
+    sent after that message came but before it was processed, was for the case."""
+    runtime = start_live()
+    start_case(wechat, runtime)
+    reporters = case_no_of(runtime)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, reporters))
+    wechat.post_text(DRIVER, "撤案")
+    drain(runtime)
+    clock.advance(seconds=1)
+    wechat.post_text(DRIVER, "确认撤案")
+    clock.advance(seconds=1)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER, process=False)
+    clock.advance(seconds=1)
+    drain(runtime)
+
+    assert photos_of(runtime) == [] and [status for _, status in driver_cases(runtime, OTHER_DRIVER)] == ["cancelled"]
+    assert seen_lines(wechat, OTHER_DRIVER)[-1] == reply("conv.photo_case_closed", case_no=reporters)
