@@ -155,13 +155,12 @@ def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str | 
     them) belongs to none (lifecycle.closed_after)."""
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source))
-        if found and found[0].created_at <= row.received_at:  # the case it was sent in: the common path
-            return found[0].case_no
+        # No query when the open case was open already when the photo came: the common path.
         closed = lifecycle.closed_after(session, str(message.source), row.received_at,
                                         open_case=found[0] if found else None)
         if closed is not None:
             return PhotoForClosedCase(closed.case_no)
-        if found:  # opened since the photo came (by its own first attempt, or a join)
+        if found:
             return found[0].case_no
         case, _party, _ = parties.start_case(session, openid=str(message.source),
                                            language=preferences.language_of(session, str(message.source)),
