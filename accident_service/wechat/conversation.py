@@ -25,6 +25,7 @@ from accident_service.cases.lifecycle import Actor, TransitionRefused, active_ap
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import run_prebuilt
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
+from accident_service.notify import allowance
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, enqueue
 from accident_service.photos.intake import PhotoForClosedCase, discard
 from accident_service.runtime import Runtime
@@ -83,8 +84,11 @@ class Conversation:
 
     def run(self, prepared_photo=None, *, told_saving: bool = False) -> None:
         self.told_saving = told_saving
-        if self.party is not None and not (self.intent and self.intent.kind is IntentKind.CONFIRM):
-            self.party.pending_action = self.party.pending_action_until = None  # a confirmation must come next
+        if self.party is not None and allowance.action_of(self.message) is not None \
+                and not (self.intent and self.intent.kind is IntentKind.CONFIRM):
+            # A confirmation must be the driver's next message or action; what the platform pushes on its own
+            # (a template's result, a location report) is neither.
+            self.party.pending_action = self.party.pending_action_until = None
         kind = self.message.type
         if kind == "text":
             self.on_text()

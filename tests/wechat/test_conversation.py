@@ -759,6 +759,27 @@ def test_the_reporter_withdraws_the_case_after_confirming_and_both_are_told(wech
     assert last(wechat, B) == t("notice.withdrawn.other", "zh", case_no=case_no)
 
 
+@pytest.mark.parametrize("event", [
+    ("TEMPLATESENDJOBFINISH", {"MsgID": 1001, "Status": "success"}),  # a template's result (WECHAT.md §5)
+    ("LOCATION", {"Latitude": "23.1066", "Longitude": "113.3245", "Precision": "30"}),  # a location report
+])
+def test_what_the_platform_pushes_on_its_own_does_not_cancel_a_confirmation_the_driver_was_asked_for(
+        wechat, wechat_runtime, desk, event):
+    """Only the driver's own next message or action takes the place of the confirmation: a push the platform
+    makes by itself between the question and the answer is none."""
+    case_id = seed(wechat_runtime, desk, S.BOOKED)
+    case_no = case_of(wechat_runtime, case_id).case_no
+    assert say(wechat, wechat_runtime, A, "撤案") == t("conv.confirm_withdraw", "zh", case_no=case_no)
+
+    name, fields = event
+    assert wechat.post_event(A, name, **fields).text == "success"
+    drain(wechat_runtime)
+    say(wechat, wechat_runtime, A, "确认撤案")
+
+    assert case_of(wechat_runtime, case_id).status is S.CANCELLED
+    assert last(wechat, A) == t("notice.withdrawn.self", "zh", case_no=case_no)
+
+
 @pytest.mark.parametrize("lang", LANGUAGES)
 @pytest.mark.parametrize("word", WITHDRAW_WORDS)
 def test_the_other_driver_cannot_withdraw_the_case(wechat, wechat_runtime, desk, word, lang):
