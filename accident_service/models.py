@@ -317,6 +317,9 @@ class Notification(Base):
     last_failure_at: Mapped[datetime | None]
     # The message that carried this one to the person (a note folded into their next message).
     carried_by: Mapped[int | None] = mapped_column(Integer)
+    # The platform's id for a template it took (its msgid): the template's result event names it, and a
+    # template that did not reach the person is sent another way (notify.dispatch.template_not_delivered).
+    platform_msgid: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
 
 class ProviderFailure(Base):
@@ -347,6 +350,9 @@ class WechatAllowance(Base):
     expires_at: Mapped[datetime]
     sends_left: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime]
+    # When the platform last said a template did not reach the person (``failed:user block``: they turned the
+    # account's messages off; ``failed:system failed``): no template is tried for them until their next action.
+    templates_failed_at: Mapped[datetime | None]
 
 
 class StaffUser(Base):

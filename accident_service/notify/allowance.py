@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, true, update
+from sqlalchemy import bindparam, null, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -81,10 +81,12 @@ def _grant_statement(postgres: bool):
     columns = _TABLE.c
     at = bindparam("granted_at", type_=columns.granted_at.type)
     insert = (postgresql.insert if postgres else sqlite.insert)(_TABLE).values(
-        {"following": true(), "granted_at": at, "updated_at": at,
+        {"following": true(), "granted_at": at, "updated_at": at, "templates_failed_at": null(),
          **{name: bindparam(name, type_=columns[name].type) for name in ("openid", "granted_by", "expires_at",
                                                                          "sends_left")}})
-    replaced = ("following", "granted_by", "granted_at", "expires_at", "sends_left", "updated_at")
+    # The person acting again also lets a template be tried again (templates_failed).
+    replaced = ("following", "granted_by", "granted_at", "expires_at", "sends_left", "updated_at",
+                "templates_failed_at")
     return insert.on_conflict_do_update(
         index_elements=["openid"], set_={name: insert.excluded[name] for name in replaced},
         where=columns.granted_at <= insert.excluded.granted_at).returning(columns.openid)
@@ -145,10 +147,12 @@ def _refund_statement():
             .values(sends_left=columns.sends_left + 1, updated_at=bindparam("now", type_=columns.updated_at.type)))
 
 
-def may_follow(session: Session, openid: str) -> bool:
-    """False once we know the person does not follow the account (unsubscribed, or the platform said 43004)."""
-    following = session.scalar(select(WechatAllowance.following).where(WechatAllowance.openid == openid))
-    return following is not False
+def templates_reach(session: Session, openid: str) -> bool:
+    """False once we know a template cannot reach the person now: they do not follow the account (unsubscribed,
+    or the platform said 43004), or the platform said the last one did not reach them (:func:`templates_failed`)."""
+    row = session.execute(select(WechatAllowance.following, WechatAllowance.templates_failed_at)
+                          .where(WechatAllowance.openid == openid)).first()
+    return row is None or (row.following is not False and row.templates_failed_at is None)
 
 
 def refused(session: Session, openid: str, errcode: int | None, now: datetime, *, channel: str) -> None:
@@ -163,11 +167,25 @@ def refused(session: Session, openid: str, errcode: int | None, now: datetime, *
         values["sends_left"] = 0
     else:
         return
-    session.execute(update(WechatAllowance).where(WechatAllowance.openid == openid).values(**values)
-                    .execution_options(synchronize_session=False))
-    if errcode == 43004 and session.get(WechatAllowance, openid) is None:
-        session.add(WechatAllowance(openid=openid, following=False, granted_by="none", granted_at=now,
-                                    expires_at=now, sends_left=0, updated_at=now))
+    _record(session, openid, values, now, add_missing=errcode == 43004)
+
+
+def templates_failed(session: Session, openid: str, now: datetime) -> None:
+    """The platform said a template it took did not reach the person (its result event: ``failed:user block``,
+    they turned the account's messages off, or ``failed:system failed``). Neither says when one would: none
+    is tried for them until their next action (:func:`record_action` clears this), which lets texts go anyway."""
+    _record(session, openid, {"templates_failed_at": now, "updated_at": now}, now)
+
+
+def _record(session: Session, openid: str, values: dict[str, object], now: datetime, *,
+            add_missing: bool = True) -> None:
+    """``values`` on the person's row; with ``add_missing``, a row granting nothing (as of ``now``: an action
+    older than that does not undo it) when they have none yet."""
+    updated = session.execute(update(WechatAllowance).where(WechatAllowance.openid == openid).values(**values)
+                              .execution_options(synchronize_session=False)).rowcount
+    if not updated and add_missing:
+        session.add(WechatAllowance(**{"openid": openid, "following": True, "granted_by": "none", "granted_at": now,
+                                       "expires_at": now, "sends_left": 0, **values}))
 
 
 def window_of(session: Session, openid: str) -> tuple[int, datetime] | None:

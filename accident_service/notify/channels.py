@@ -57,11 +57,13 @@ class Rendered:
 class Channel(Protocol):
     name: str
 
-    def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> None:
+    def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> int | None:
         """Deliver ``rendered`` to ``address`` (an openid, a mobile number).
 
         ``dedupe_key`` lets a provider that supports it drop a repeated send
-        (WeChat's ``client_msg_id``). Raises DeliveryError.
+        (WeChat's ``client_msg_id``). Returns the provider's id for the message
+        where a later report of its fate names it (a template's msgid), else
+        None. Raises DeliveryError.
         """
 
 
@@ -83,6 +85,7 @@ class WeChatText:
     def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> None:
         with _as_delivery_error(self.name):
             self.api.send_text(address, rendered.text)
+        return None
 
 
 class WeChatTemplate:
@@ -94,9 +97,12 @@ class WeChatTemplate:
         self.api = api
         self.template_id = template_id
 
-    def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> None:
+    def send(self, address: str, rendered: Rendered, *, dedupe_key: str) -> int | None:
+        """Returns the platform's msgid: the template's result event names it (notify.dispatch.template_result)."""
         with _as_delivery_error(self.name):
-            self.api.send_template(address, self.template_id, rendered.template_data, client_msg_id=dedupe_key)
+            msgid = self.api.send_template(address, self.template_id, rendered.template_data,
+                                           client_msg_id=dedupe_key)
+        return msgid if isinstance(msgid, int) else None  # what else came back names nothing to match
 
 
 #: Who carries each channel: a delivery by one of a provider's channels shows that provider works again.

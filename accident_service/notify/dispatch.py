@@ -33,6 +33,7 @@ in the language the party has when it is sent; replies are stored as text.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 from collections.abc import Collection
@@ -217,7 +218,7 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
         session.expunge(row)
     try:
         rendered = _with_notes_and_qr(runtime, row, rendered, notes)
-        route.channel.send(route.address, rendered, dedupe_key=row.dedupe_key)
+        platform_msgid = route.channel.send(route.address, rendered, dedupe_key=row.dedupe_key)
     except DeliveryError as exc:
         _after_failure(runtime, row, worker_id, route, exc)
         return
@@ -228,7 +229,7 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
         return
     with runtime.unit_of_work() as session:
         if _finish(session, row, worker_id, WorkStatus.DONE, "sent", channel=route.channel.name,
-                   sent_at=runtime.clock.now(), last_error=None) and notes:
+                   sent_at=runtime.clock.now(), last_error=None, platform_msgid=platform_msgid) and notes:
             session.execute(update(Notification).where(Notification.id.in_([n.id for n, _ in notes]))
                             .values(status=WorkStatus.DONE, carried_by=row.id, sent_at=runtime.clock.now(),
                                     channel=route.channel.name, address=route.address, last_error=None)
@@ -249,6 +250,49 @@ def release_held(session: Session, openid: str, now) -> int:
     if released:
         note_recipients((openid,))
     return released
+
+
+class TemplateResult(enum.Enum):
+    """What a template's result event did (:func:`template_result`)."""
+
+    NOTHING = "nothing"  # it reached the person, or it names no notice of theirs
+    SENT_BACK = "sent_back"  # it did not: the notice goes another way
+    TOO_EARLY = "too_early"  # a template to them is being sent and not yet recorded: the event may be its
+
+
+#: The status of a template's result event (TEMPLATESENDJOBFINISH) when it reached the person (WECHAT.md §5).
+TEMPLATE_DELIVERED = "success"
+
+
+def template_result(session: Session, openid: str, msgid: int, status: str, now: datetime) -> TemplateResult:
+    """The platform's word on a template it took for ``openid`` (its TEMPLATESENDJOBFINISH push, naming the msgid).
+
+    Anything but ``success`` (``failed:user block``: they turned the account's messages off; ``failed:system
+    failed``) means the person never saw it: no template is tried for them until their next action
+    (allowance.templates_failed), and the notice it carried is sent again another way, as if it had never gone:
+    an SMS for a must-read notice where one is configured, else it waits for the person, whose next action
+    lets a text carry it. Only their own notice: the push comes from their openid.
+    """
+    if status == TEMPLATE_DELIVERED:
+        return TemplateResult.NOTHING
+    rows = session.scalars(select(Notification).where(
+        Notification.platform_msgid == msgid, Notification.openid == openid,
+        Notification.channel == WeChatTemplate.name, Notification.status == WorkStatus.DONE).with_for_update()).all()
+    if not rows and session.scalar(select(Notification.id).where(
+            Notification.openid == openid, Notification.status == WorkStatus.PROCESSING,
+            Notification.channel == WeChatTemplate.name, Notification.sending_at.is_not(None)).limit(1)):
+        return TemplateResult.TOO_EARLY  # the push overtook the record of its send
+    allowance.templates_failed(session, openid, now)
+    for row in rows:
+        row.status, row.attempts, row.next_attempt_at = WorkStatus.PENDING, 0, now
+        row.channel = row.address = row.sending_at = row.sent_at = row.platform_msgid = None
+        row.last_error = f"template not delivered: {status}"[:500]
+        metrics.count_on_commit(session, metrics.SENDS.labels(WeChatTemplate.name, row.kind, "not_delivered"))
+        log.warning("notification %s (%s) not delivered as a template (%s): sent another way", row.id, row.kind,
+                    status)
+    if rows:
+        note_recipients((openid,))
+    return TemplateResult.SENT_BACK if rows else TemplateResult.NOTHING
 
 
 @functools.cache
@@ -274,7 +318,7 @@ def _route(session: Session, runtime: Runtime, row: Notification, rendered: Rend
     if taken:
         return Route(WeChatText(api), row.openid, taken=taken)
     template_id = runtime.settings.template_for(row.kind)
-    if template_id and rendered.template_data and allowance.may_follow(session, row.openid):
+    if template_id and rendered.template_data and allowance.templates_reach(session, row.openid):
         return Route(WeChatTemplate(api, template_id), row.openid)
     if row.kind in MUST_READ and runtime.settings.sms_enabled:
         sms_template = runtime.settings.sms_template_for(row.kind)

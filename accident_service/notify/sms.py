@@ -268,6 +268,7 @@ class SmsTemplateChannel:
         """Raises DeliveryError (see :meth:`SmsChannel.send_notice`)."""
         self.sms.send_notice(address, self.template_id, rendered.sms_params,
                              session_context=session_context_for(dedupe_key), param_count=self.param_count)
+        return None
 
 
 def _refused(code: str, message: str) -> DeliveryError:

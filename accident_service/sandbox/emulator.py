@@ -31,8 +31,10 @@ The platform's rules are always on (there is no switch to turn them off):
 * Template messages (templates.py, template_fields.py): only registered
   templates (40037); keyword values typed and held to 20 characters (47003);
   ``first``/``remark`` and colours accepted, not shown; ``client_msg_id`` drops a
-  repeat within 10 minutes; the receiver must follow (43004), nothing else. Each delivered template
-  is followed by a TEMPLATESENDJOBFINISH push to the callback URL (a platform event: no allowance).
+  repeat within 10 minutes; the receiver must follow (43004), nothing else. Each template taken is
+  followed by a TEMPLATESENDJOBFINISH push to the callback URL (a platform event: no allowance), with
+  Status ``success``, or what ``set_template_result`` set for the user (``failed:user block``: the
+  card is not shown, ``templates_not_delivered`` lists it).
 * Tokens (tokens.py): ``cgi-bin/token`` and ``cgi-bin/stable_token`` as WECHAT.md §4.
 * Time: every time-based rule reads ``clock`` (a callable returning epoch
   seconds; default ``time.time``), so tests move time instead of sleeping.
@@ -45,6 +47,7 @@ Controls and introspection (besides ``post_*`` and ``wait_for_sent``):
 * ``note_user_activity(openid, event=None, *, msg_type=None, action_key=None) -> bool``: an action without a push
 * ``add_follower(openid)``: follows, has done nothing (templates reach them, customer service does not)
 * ``set_user_unsubscribed(openid, unsubscribed=True)``, ``close_window(openid)``
+* ``set_template_result(openid, "failed:user block" | "failed:system failed" | None)``
 * ``allowance(openid) -> Allowance(following, remaining, window_ends_at, granted_by)``
 * ``refusal_counts(kind=None) -> {errcode: count}`` and ``refused`` (the refused sends' records)
 * ``cards_to(openid) -> [Card]``: template messages as shown (``shown``, ``not_shown``, ``url``)
@@ -251,16 +254,16 @@ class WeChatEmulator(PlatformApi, LoopbackServing):
         fields = message_fields(self.original_id, openid, create_time or int(time.time()), msg_type, body, msg_id)
         return self.post_raw(render_xml(fields), encrypted=encrypted, openid=openid)
 
-    def _template_delivered(self, openid: str, msgid: int) -> None:
+    def _template_finished(self, openid: str, msgid: int, status: str) -> None:
         # WECHAT.md §5: after a template send the platform pushes TEMPLATESENDJOBFINISH to the callback URL,
         # on its own time (a platform event, not the user's action: it opens no allowance).
         if self.callback_url:
-            threading.Thread(target=self._push_template_result, args=(openid, msgid), daemon=True,
+            threading.Thread(target=self._push_template_result, args=(openid, msgid, status), daemon=True,
                              name="wechat-template-result").start()
 
-    def _push_template_result(self, openid: str, msgid: int) -> None:
+    def _push_template_result(self, openid: str, msgid: int, status: str) -> None:
         try:
-            self.post_event(openid, "TEMPLATESENDJOBFINISH", MsgID=msgid, Status="success")
+            self.post_event(openid, "TEMPLATESENDJOBFINISH", MsgID=msgid, Status=status)
         except (requests.RequestException, RuntimeError):  # the service is gone or the emulator stopping
             pass
 

@@ -28,6 +28,9 @@ from accident_service.sandbox.responses import ERRMSG, ApiResponse
 from accident_service.sandbox.templates import Card, TemplateBook, TemplateRefused
 from accident_service.sandbox.tokens import TokenIssuer
 
+#: The status of a template's result event when it reached the user (WECHAT.md §5).
+TEMPLATE_SUCCESS = "success"
+
 
 class PlatformApi:
     """State and handlers for tokens, media, messages, QR codes and menu."""
@@ -55,6 +58,8 @@ class PlatformApi:
         self._media = MediaStore()
         self._faults = Faults()
         self._template_msgid = 1000
+        self._template_results: dict[str, str] = {}  # openid -> the result their templates get, if not "success"
+        self.templates_not_delivered: list[dict[str, Any]] = []  # taken (errcode 0), never shown to the user
 
     # -- test controls: the platform's state --------------------------------
 
@@ -110,6 +115,19 @@ class PlatformApi:
         """End ``openid``'s allowance now: customer service answers 45015 until the user acts again."""
         with self._lock:
             self._audience.close_window(openid)
+
+    def set_template_result(self, openid: str, status: str | None) -> None:
+        """What becomes of the templates to ``openid`` from now on (WECHAT.md §5): ``"failed:user block"`` (they
+        turned the account's messages off) or ``"failed:system failed"``; None: ``success`` again.
+
+        The send itself is taken as usual (errcode 0, a msgid); the user never sees the card, and the
+        TEMPLATESENDJOBFINISH push carries the status. Customer-service messages are not affected.
+        """
+        with self._lock:
+            if status is None:
+                self._template_results.pop(openid, None)
+            else:
+                self._template_results[openid] = status
 
     # -- test controls: faults ------------------------------------------------
 
@@ -270,13 +288,19 @@ class PlatformApi:
         if earlier_msgid is not None:  # a repeat within 10 minutes: dropped, nothing reaches the user
             return ApiResponse.json({"errcode": 0, "errmsg": "ok", "msgid": earlier_msgid})
         self._template_msgid += 1
-        self._templates.remember_client_msg_id(openid, client_msg_id, self._template_msgid)
-        self._record("template", openid, "template", card.text, payload, card=card)
-        self._template_delivered(openid, self._template_msgid)
-        return ApiResponse.json({"errcode": 0, "errmsg": "ok", "msgid": self._template_msgid})
+        msgid = self._template_msgid
+        self._templates.remember_client_msg_id(openid, client_msg_id, msgid)
+        status = self._template_results.get(openid, TEMPLATE_SUCCESS)
+        if status == TEMPLATE_SUCCESS:
+            self._record("template", openid, "template", card.text, payload, card=card)
+        else:
+            self.templates_not_delivered.append({"touser": openid, "msgid": msgid, "status": status,
+                                                 "body": payload, "time": self.clock()})
+        self._template_finished(openid, msgid, status)
+        return ApiResponse.json({"errcode": 0, "errmsg": "ok", "msgid": msgid})
 
-    def _template_delivered(self, openid: str, msgid: int) -> None:
-        """A template reached ``openid``: the platform then pushes its result event (see WeChatEmulator)."""
+    def _template_finished(self, openid: str, msgid: int, status: str) -> None:
+        """The platform is done with a template to ``openid``: it then pushes its result event (WeChatEmulator)."""
 
     def _refuse(self, kind: str, openid: Any, payload: dict[str, Any], errcode: int,
                 errmsg: str | None = None) -> ApiResponse:

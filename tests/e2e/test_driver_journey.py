@@ -265,3 +265,52 @@ def test_the_platform_s_template_result_push_is_stored_answered_with_nothing_and
         assert not allowance.can_send(session, A, wechat_runtime.clock.now())
         assert session.scalar(select(func.count()).select_from(Notification)) == 1  # nothing said back
     assert len(wechat.sent_to(A)) == 1 and wechat.refusal_counts() == {}
+
+
+def test_a_template_the_person_blocked_is_not_taken_for_delivered_the_notice_goes_with_their_next_message(
+        wechat, live_app, wechat_runtime):
+    """The platform takes a template to someone who turned the account's messages off, then pushes
+    TEMPLATESENDJOBFINISH with ``failed:user block`` (WECHAT.md §5): the notice was never seen, so it waits for
+    the person and goes as a text with their next message; no template is tried for them until then."""
+    from accident_service.models import Notification
+    from accident_service.notify import allowance
+    from accident_service.outbox import enqueue
+
+    wechat.add_follower(A)
+    wechat.set_template_result(A, "failed:user block")
+    notice = {"case_no": "20261125-BLOCK", "fingerprint": "0123456789abcdef", "station": "天河事故处理点",
+              "address": "广州市天河路 1 号", "timezone": "Asia/Shanghai",
+              "starts_at": "2026-11-25T06:00:00+00:00", "ends_at": "2026-11-25T06:30:00+00:00", "to": "A"}
+    with wechat_runtime.unit_of_work() as session:
+        notification_id = enqueue(session, openid=A, kind="booked", dedupe_key="blocked:1",
+                                  now=wechat_runtime.clock.now(), notice=notice)
+    drain(wechat_runtime)
+    [taken] = wechat.templates_not_delivered
+    assert wechat.sent_to(A) == []
+
+    deadline = time.monotonic() + 10  # the result push comes on the platform's own time
+    while time.monotonic() < deadline:
+        drain(wechat_runtime)
+        with wechat_runtime.unit_of_work() as session:
+            row = session.get(Notification, notification_id)
+            if row.status is WorkStatus.HELD:
+                break
+        time.sleep(0.05)
+    assert (row.status, row.channel, row.platform_msgid) == (WorkStatus.HELD, None, None), row.last_error
+    with wechat_runtime.unit_of_work() as session:
+        assert not allowance.templates_reach(session, A)
+    with wechat_runtime.unit_of_work() as session:  # a second notice is not tried as a template
+        enqueue(session, openid=A, kind="reminder", dedupe_key="blocked:2", now=wechat_runtime.clock.now(),
+                notice=notice)
+    drain(wechat_runtime)
+    assert len(wechat.templates_not_delivered) == 1 and taken["msgid"]
+
+    wechat.post_text(A, "状态")
+    drain(wechat_runtime)
+    received = wechat.messages_to(A)
+    assert len(received) == 3 and received[0].startswith("预约成功") and "20261125-BLOCK" in received[0]
+    with wechat_runtime.unit_of_work() as session:
+        row = session.get(Notification, notification_id)
+        assert (row.status, row.channel) == (WorkStatus.DONE, "wechat")
+        assert allowance.templates_reach(session, A)  # they acted: a template may be tried again
+    assert wechat.refusal_counts() == {}

@@ -263,6 +263,72 @@ def test_a_party_without_a_phone_or_a_refused_number_is_never_lost(make_runtime,
     assert wechat.messages_to("oDriverB")[0].startswith("预约成功")
 
 
+def template_result(rt, openid: str, msgid: int, status: str) -> dispatch.TemplateResult:
+    """The platform's TEMPLATESENDJOBFINISH for ``openid``, as the inbox hands it on."""
+    with rt.unit_of_work() as session:
+        return dispatch.template_result(session, openid, msgid, status, rt.clock.now())
+
+
+@pytest.mark.parametrize("status", ["failed:user block", "failed:system failed"])
+def test_a_template_the_platform_says_did_not_reach_the_person_goes_by_sms_and_no_template_is_tried_again(
+        make_runtime, wechat, sms, status):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_TEMPLATE_REMINDER="tpl-reminder",
+                      **notice_templates(sms))
+    wechat.note_user_activity("oDriverA")  # a follower: a template is taken for them
+    wechat.set_template_result("oDriverA", status)
+    case_id = a_party_with_a_phone(rt, "oDriverA", "13800138000")
+    booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
+    dispatch_due(rt, "w1")
+    [taken] = wechat.templates_not_delivered
+    row = load(rt, booked)
+    assert (row.status, row.channel, row.platform_msgid) == (WorkStatus.DONE, "template", taken["msgid"])
+
+    assert template_result(rt, "oDriverA", taken["msgid"], status) is dispatch.TemplateResult.SENT_BACK
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, booked)
+    assert (row.status, row.channel, row.address) == (WorkStatus.DONE, "sms", "13800138000")
+    assert sms.messages_to("+8613800138000")[0].startswith("【交警快处】事故快处案件(尾号ABCDE)已预约")
+    with rt.unit_of_work() as session:  # the next must-read notice goes straight by SMS
+        enqueue(session, openid="oDriverA", kind="reminder", notice=BOOKED_FACTS, dedupe_key="reminder:A",
+                now=rt.clock.now(), case_id=case_id, language="zh")
+    dispatch_due(rt, "w1")
+    assert len(wechat.templates_not_delivered) == 1 and len(sms.messages_to("+8613800138000")) == 2
+    assert wechat.sent == []
+
+
+def test_a_template_result_changes_only_a_notice_of_its_sender_and_only_when_it_failed(make_runtime, wechat):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    wechat.note_user_activity("oDriverA")
+    booked = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    dispatch_due(rt, "w1")
+    msgid = load(rt, booked).platform_msgid
+    assert msgid is not None
+
+    assert template_result(rt, "oDriverA", msgid, "success") is dispatch.TemplateResult.NOTHING
+    # A push from another openid naming A's msgid (the platform never makes one): A's notice stays as it is.
+    assert template_result(rt, "oDriverB", msgid, "failed:user block") is dispatch.TemplateResult.NOTHING
+    assert template_result(rt, "oDriverA", msgid + 1, "failed:user block") is dispatch.TemplateResult.NOTHING
+    row = load(rt, booked)
+    assert (row.status, row.channel, row.platform_msgid) == (WorkStatus.DONE, "template", msgid)
+    with rt.unit_of_work() as session:
+        assert not allowance.templates_reach(session, "oDriverB")  # what B's own push says is about B
+        assert not allowance.templates_reach(session, "oDriverA")  # A's failed (unknown) one: about A
+
+
+def test_a_template_result_that_overtakes_the_record_of_its_send_is_read_again_later(make_runtime, wechat, clock):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    booked = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    with rt.unit_of_work() as session:  # a worker is calling the platform: the row is leased, not yet done
+        session.execute(update(Notification).where(Notification.id == booked).values(
+            status=WorkStatus.PROCESSING, leased_by="w0", lease_until=clock.now() + timedelta(minutes=1),
+            channel="template", address="oDriverA", sending_at=clock.now()))
+
+    assert template_result(rt, "oDriverA", 4242, "failed:user block") is dispatch.TemplateResult.TOO_EARLY
+    with rt.unit_of_work() as session:
+        assert allowance.templates_reach(session, "oDriverA")  # nothing was written
+
+
 @pytest.mark.parametrize(("action", "sends"), [("message", 5), ("click", 3), ("subscribe", 3), ("scan", 3)])
 def test_texts_stop_at_the_allowance_the_last_action_granted(rt, wechat, clock, action, sends):
     acted(rt, wechat, "oDriverA", action)
@@ -795,7 +861,7 @@ def test_a_text_the_platform_refuses_waits_for_the_person_instead_of_failing(rt,
     assert custom_sends(wechat) == 1 and wechat.sent == []
     with rt.unit_of_work() as session:
         assert not allowance.can_send(session, "oDriverA", clock.now())
-        assert allowance.may_follow(session, "oDriverA") is (errcode != 43004)
+        assert allowance.templates_reach(session, "oDriverA") is (errcode != 43004)
     clock.advance(hours=1)
     assert dispatch_due(rt, "w1") == 0
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from wechatpy import parse_message
 
 from accident_service.sandbox.emulator import WeChatEmulator
 from accident_service.sandbox.template_fields import value_problem
@@ -159,3 +162,34 @@ def test_an_overlong_client_msg_id_is_refused(emulator, token) -> None:
     result = send_template(emulator, token, "o-user", "TPL-BOOKED", BOOKED_DATA, client_msg_id="x" * 65)
 
     assert result["errcode"] == 45067
+
+
+@pytest.mark.parametrize("status", ["failed:user block", "failed:system failed"])
+def test_a_template_that_does_not_reach_the_user_is_taken_and_its_result_push_says_so(emulator, token, receiver,
+                                                                                    status) -> None:
+    """WECHAT.md §5: the send answers ok with a msgid; TEMPLATESENDJOBFINISH then carries what became of it."""
+    emulator.set_template_result("o-user", status)
+    result = send_template(emulator, token, "o-user", "TPL-BOOKED", BOOKED_DATA)
+
+    assert result["errcode"] == 0 and isinstance(result["msgid"], int)
+    assert emulator.messages_to("o-user") == [] and emulator.refusal_counts() == {}
+    assert [(t["touser"], t["msgid"], t["status"]) for t in emulator.templates_not_delivered] == [
+        ("o-user", result["msgid"], status)]
+    event = wait_for_template_result(receiver)
+    assert (event.source, event.id, event.status) == ("o-user", result["msgid"], status)
+
+    emulator.set_template_result("o-user", None)  # back to normal: shown, and "success"
+    again = send_template(emulator, token, "o-user", "TPL-BOOKED", BOOKED_DATA)
+    assert len(emulator.messages_to("o-user")) == 1
+    assert wait_for_template_result(receiver, msgid=again["msgid"]).status == "success"
+
+
+def wait_for_template_result(receiver, *, msgid: int | None = None, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for request in list(receiver.requests):
+            message = parse_message(request.body)
+            if getattr(message, "event", "") == "templatesendjobfinish" and msgid in (None, message.id):
+                return message
+        time.sleep(0.02)
+    raise AssertionError("no TEMPLATESENDJOBFINISH push")

@@ -158,3 +158,53 @@ def test_a_notice_that_waited_for_the_driver_goes_with_their_next_message(wechat
     assert load(rt, waited).status is WorkStatus.HELD and wechat.sent == []
 
     _driver_writes_and_hears_first(rt, wechat, "oHeld", waited, "a notice that waited for the driver")
+
+
+def test_a_template_s_failed_result_that_overtakes_the_record_of_its_send_is_processed_again_later(
+        wechat_settings_overrides, wechat, clock):
+    """The platform may push TEMPLATESENDJOBFINISH before the worker that sent the template has recorded the send:
+    the push is tried again after a backoff, and then sends the notice back to be delivered another way."""
+    from accident_service.runtime import build_runtime
+    from accident_service.settings import load_settings
+
+    rt = build_runtime(load_settings({**wechat_settings_overrides, "WECHAT_TEMPLATE_BOOKED": "tpl-booked"},
+                                     environ={}), clock=clock)
+    try:
+        _overtaken_template_result(rt, clock)
+    finally:
+        rt.close()
+
+
+def _overtaken_template_result(rt, clock) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from accident_service.models import WorkStatus
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.notify.test_dispatch import BOOKED_FACTS, add_notice, load
+    from tests.wechat.test_inbox import load as load_message
+
+    booked = add_notice(rt, "oEarly", "booked", BOOKED_FACTS, language="zh")
+    with rt.unit_of_work() as session:  # a worker is calling the platform with it
+        session.execute(update(Notification).where(Notification.id == booked).values(
+            status=WorkStatus.PROCESSING, leased_by="w0", lease_until=clock.now() + timedelta(minutes=1),
+            channel="template", address="oEarly", sending_at=clock.now()))
+    xml = ("<xml><ToUserName>gh_x</ToUserName><FromUserName>oEarly</FromUserName><CreateTime>1764036000</CreateTime>"
+           "<MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><MsgID>4242</MsgID>"
+           "<Status>failed:user block</Status></xml>")
+    message_id = inbox.store_inbound(rt, parse_inbound(xml), xml, clock.now())
+
+    run_inbox_once(rt, "w1")
+    assert load_message(rt, message_id).status is WorkStatus.PENDING  # tried again later
+    with rt.unit_of_work() as session:  # the worker records the send
+        session.execute(update(Notification).where(Notification.id == booked).values(
+            status=WorkStatus.DONE, leased_by=None, lease_until=None, sending_at=None, sent_at=clock.now(),
+            platform_msgid=4242))
+    clock.advance(timedelta(minutes=1))
+    run_inbox_once(rt, "w1")
+
+    assert load_message(rt, message_id).status is WorkStatus.DONE
+    row = load(rt, booked)
+    # Sent back: with no allowance, no SMS and templates not reaching them, it waits for the person.
+    assert (row.status, row.channel, row.platform_msgid) == (WorkStatus.HELD, None, None)
