@@ -318,8 +318,9 @@ class Notification(Base):
     # The message that carried this one to the person (a note folded into their next message).
     carried_by: Mapped[int | None] = mapped_column(Integer)
     # The platform's id for a template it took (its msgid): the template's result event names it, and a
-    # template that did not reach the person is sent another way (notify.dispatch.template_not_delivered).
-    platform_msgid: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # template that did not reach the person is sent another way (notify.dispatch.template_result). Looked
+    # up with the openid, which ix_notification_recipient covers.
+    platform_msgid: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ProviderFailure(Base):

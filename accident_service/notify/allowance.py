@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, null, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -167,25 +167,32 @@ def refused(session: Session, openid: str, errcode: int | None, now: datetime, *
         values["sends_left"] = 0
     else:
         return
-    _record(session, openid, values, now, add_missing=errcode == 43004)
+    session.execute(update(WechatAllowance).where(WechatAllowance.openid == openid).values(**values)
+                    .execution_options(synchronize_session=False))
+    if errcode == 43004 and session.get(WechatAllowance, openid) is None:
+        session.add(WechatAllowance(openid=openid, following=False, granted_by="none", granted_at=now,
+                                    expires_at=now, sends_left=0, updated_at=now))
 
 
-def templates_failed(session: Session, openid: str, now: datetime) -> None:
-    """The platform said a template it took did not reach the person (its result event: ``failed:user block``,
-    they turned the account's messages off, or ``failed:system failed``). Neither says when one would: none
-    is tried for them until their next action (:func:`record_action` clears this), which lets texts go anyway."""
-    _record(session, openid, {"templates_failed_at": now, "updated_at": now}, now)
+#: The grant time of a row that records something about a person who has granted nothing yet: any action of
+#: theirs, whenever it is processed, replaces it (record_action keeps a newer grant only).
+_NO_GRANT = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _record(session: Session, openid: str, values: dict[str, object], now: datetime, *,
-            add_missing: bool = True) -> None:
-    """``values`` on the person's row; with ``add_missing``, a row granting nothing (as of ``now``: an action
-    older than that does not undo it) when they have none yet."""
-    updated = session.execute(update(WechatAllowance).where(WechatAllowance.openid == openid).values(**values)
+def templates_failed(session: Session, openid: str, at: datetime, now: datetime) -> None:
+    """The platform said, in its push received ``at``, that a template it took did not reach the person (its
+    result event: ``failed:user block``, they turned the account's messages off, or ``failed:system failed``).
+    Neither says when one would: none is tried for them until their next action (:func:`record_action` clears
+    this; an action received after ``at`` already has), and that action opens the customer-service allowance.
+    A platform failure is treated as the person's block: what must reach them has the SMS, or their next
+    action, either way."""
+    updated = session.execute(update(WechatAllowance)
+                              .where(WechatAllowance.openid == openid, WechatAllowance.granted_at <= at)
+                              .values(templates_failed_at=at, updated_at=now)
                               .execution_options(synchronize_session=False)).rowcount
-    if not updated and add_missing:
-        session.add(WechatAllowance(**{"openid": openid, "following": True, "granted_by": "none", "granted_at": now,
-                                       "expires_at": now, "sends_left": 0, **values}))
+    if not updated and session.get(WechatAllowance, openid) is None:
+        session.add(WechatAllowance(openid=openid, following=True, granted_by="none", granted_at=_NO_GRANT,
+                                    expires_at=_NO_GRANT, sends_left=0, updated_at=now, templates_failed_at=at))
 
 
 def window_of(session: Session, openid: str) -> tuple[int, datetime] | None:

@@ -27,6 +27,8 @@ Transient errors retry with backoff, cut short once the provider is back
 (:func:`bring_forward_after_recovery`); an allowance the platform says is spent
 or closed (45047, 45015) or a person who does not follow (43004) sends the row
 back for another channel; permanent errors end it ``failed`` with the reason.
+A template the platform took but did not deliver (its result push says so) is
+sent back the same way, later (:func:`template_result`).
 Notices about a case are stored as facts and rendered here (notify.notices)
 in the language the party has when it is sent; replies are stored as text.
 """
@@ -58,7 +60,7 @@ from accident_service.notify.channels import (
     WeChatTemplate,
     WeChatText,
 )
-from accident_service.outbox import JOIN_QR_PLACEHOLDER, note_recipients
+from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, note_recipients
 from accident_service.runtime import Runtime
 from accident_service.wechat_api.client import WeChatApiError
 
@@ -253,46 +255,72 @@ def release_held(session: Session, openid: str, now) -> int:
 
 
 class TemplateResult(enum.Enum):
-    """What a template's result event did (:func:`template_result`)."""
+    """What a template's result event did to the notice it names (:func:`template_result`)."""
 
-    NOTHING = "nothing"  # it reached the person, or it names no notice of theirs
-    SENT_BACK = "sent_back"  # it did not: the notice goes another way
-    TOO_EARLY = "too_early"  # a template to them is being sent and not yet recorded: the event may be its
+    KEPT = "kept"  # it reached the person, it names no notice of theirs, or a later notice made it moot
+    SENT_BACK = "sent_back"  # it did not reach them: the notice goes another way
+    TOO_EARLY = "too_early"  # a template to them is still being sent: the event may be about it, read it later
 
 
 #: The status of a template's result event (TEMPLATESENDJOBFINISH) when it reached the person (WECHAT.md §5).
 TEMPLATE_DELIVERED = "success"
 
 
-def template_result(session: Session, openid: str, msgid: int, status: str, now: datetime) -> TemplateResult:
-    """The platform's word on a template it took for ``openid`` (its TEMPLATESENDJOBFINISH push, naming the msgid).
+def template_result(session: Session, openid: str, msgid: int, status: str, *, received_at: datetime,
+                    now: datetime) -> TemplateResult:
+    """The platform's word on a template it took for ``openid`` (its TEMPLATESENDJOBFINISH push, naming the msgid,
+    received at ``received_at``).
 
     Anything but ``success`` (``failed:user block``: they turned the account's messages off; ``failed:system
     failed``) means the person never saw it: no template is tried for them until their next action
     (allowance.templates_failed), and the notice it carried is sent again another way, as if it had never gone:
-    an SMS for a must-read notice where one is configured, else it waits for the person, whose next action
-    lets a text carry it. Only their own notice: the push comes from their openid.
+    an SMS for a must-read notice where one is configured, else it waits for the person, whose next action lets
+    a text carry it. Unless a later notice about the case has reached them since: that one is what holds now
+    (a booking notice must not come after the cancellation), and this one stays as it was, the failure noted.
+    Only the sender's own notice: the push comes from their openid.
     """
     if status == TEMPLATE_DELIVERED:
-        return TemplateResult.NOTHING
+        return TemplateResult.KEPT
+    # One statement: a send recorded between two reads would be seen by neither (still being sent in the
+    # first, not yet done in the second).
     rows = session.scalars(select(Notification).where(
-        Notification.platform_msgid == msgid, Notification.openid == openid,
-        Notification.channel == WeChatTemplate.name, Notification.status == WorkStatus.DONE).with_for_update()).all()
-    if not rows and session.scalar(select(Notification.id).where(
-            Notification.openid == openid, Notification.status == WorkStatus.PROCESSING,
-            Notification.channel == WeChatTemplate.name, Notification.sending_at.is_not(None)).limit(1)):
+        Notification.openid == openid, Notification.channel == WeChatTemplate.name,
+        or_(and_(Notification.status == WorkStatus.DONE, Notification.platform_msgid == msgid),
+            and_(Notification.status == WorkStatus.PROCESSING, Notification.sending_at.is_not(None))))
+        .with_for_update()).all()
+    named = [row for row in rows if row.status is WorkStatus.DONE]
+    if not named and rows:
         return TemplateResult.TOO_EARLY  # the push overtook the record of its send
-    allowance.templates_failed(session, openid, now)
-    for row in rows:
+    allowance.templates_failed(session, openid, received_at, now)
+    if not named:
+        log.warning("a template's result (%s) names no notice sent as a template", status)
+        return TemplateResult.KEPT
+    sent_back = False
+    for row in named:
+        error = f"template not delivered: {status}"
+        if _superseded(session, row):
+            row.last_error = f"{error}; a later notice about the case reached them since"[:500]
+            continue
         row.status, row.attempts, row.next_attempt_at = WorkStatus.PENDING, 0, now
         row.channel = row.address = row.sending_at = row.sent_at = row.platform_msgid = None
-        row.last_error = f"template not delivered: {status}"[:500]
+        row.last_error = error[:500]
+        sent_back = True
         metrics.count_on_commit(session, metrics.SENDS.labels(WeChatTemplate.name, row.kind, "not_delivered"))
         log.warning("notification %s (%s) not delivered as a template (%s): sent another way", row.id, row.kind,
                     status)
-    if rows:
+    if sent_back:
         note_recipients((openid,))
-    return TemplateResult.SENT_BACK if rows else TemplateResult.NOTHING
+    return TemplateResult.SENT_BACK if sent_back else TemplateResult.KEPT
+
+
+def _superseded(session: Session, row: Notification) -> bool:
+    """Whether a later notice about ``row``'s case has reached its person (a reply is no notice)."""
+    if row.case_id is None:
+        return False
+    return session.scalar(select(Notification.id).where(
+        Notification.openid == row.openid, Notification.case_id == row.case_id, Notification.id > row.id,
+        Notification.status == WorkStatus.DONE, Notification.kind.not_in((REPLY_KIND, *sorted(FOLDED))))
+        .limit(1)) is not None
 
 
 @functools.cache

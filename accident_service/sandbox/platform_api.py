@@ -121,7 +121,9 @@ class PlatformApi:
         turned the account's messages off) or ``"failed:system failed"``; None: ``success`` again.
 
         The send itself is taken as usual (errcode 0, a msgid); the user never sees the card, and the
-        TEMPLATESENDJOBFINISH push carries the status. Customer-service messages are not affected.
+        TEMPLATESENDJOBFINISH push carries the status. Customer-service messages are not affected: an
+        assumption, as WECHAT.md does not say (were they, the service would meet the refusal's errcode on the
+        text and handle it as any other).
         """
         with self._lock:
             if status is None:
@@ -285,7 +287,9 @@ class PlatformApi:
             earlier_msgid = self._templates.check_client_msg_id(openid, client_msg_id)
         except TemplateRefused as refused:
             return self._refuse("template", openid, payload, refused.errcode, refused.errmsg)
-        if earlier_msgid is not None:  # a repeat within 10 minutes: dropped, nothing reaches the user
+        # A repeat within 10 minutes: dropped, nothing reaches the user. That the answer names the first send's
+        # msgid is an assumption (WECHAT.md says only that the repeat is dropped).
+        if earlier_msgid is not None:
             return ApiResponse.json({"errcode": 0, "errmsg": "ok", "msgid": earlier_msgid})
         self._template_msgid += 1
         msgid = self._template_msgid

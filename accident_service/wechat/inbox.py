@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, Dialect, and_, bindparam, exists, select, true
+from sqlalchemy import ColumnElement, Connection, Dialect, and_, bindparam, exists, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -31,6 +31,8 @@ from accident_service.wechat import replay
 log = logging.getLogger(__name__)
 #: The pushes checked as photos: an image, and a file sent from the chat.
 PHOTO_TYPES = ("image", "file")
+#: The platform's report of what became of a template (WECHAT.md §5), as :func:`msg_type_of` names it.
+TEMPLATE_RESULT = "event:templatesendjobfinish"
 
 
 class RetryLater(Exception):
@@ -144,7 +146,7 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
         runtime.single_statement, runtime.clock.now, InboundMessage, worker_id,
         lease_seconds=settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id, after_id=after_id,
         recipients=None if openid is None else (openid,),
-        max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_past_photos_held_up_by_an_outage,
+        max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_may_overtake,
         waiting_until=InboundMessage.waiting_until)
 
 
@@ -171,16 +173,18 @@ def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None)
         return failed
 
 
-def _past_photos_held_up_by_an_outage(earlier, row):
-    """A driver's texts and events need not wait behind photos held up by an outage: the first one
-    waiting it out (``waiting_until`` set) and every photo sent after it, which waits its turn
-    behind that one. Photos keep their order among themselves (they fill the checklist in the
-    order they were sent)."""
+def _may_overtake(earlier, row):
+    """What a driver sends need not wait behind a template's result being read again (it overtook the record
+    of its send; nothing the driver does depends on it), and their texts and events need not wait behind
+    photos held up by an outage: the first one waiting it out (``waiting_until`` set) and every photo sent
+    after it, which waits its turn behind that one. Photos keep their order among themselves (they fill the
+    checklist in the order they were sent)."""
     waiting = aliased(InboundMessage)
-    return and_(row.msg_type.not_in(PHOTO_TYPES), earlier.msg_type.in_(PHOTO_TYPES),
-                exists().where(waiting.openid == earlier.openid, waiting.id <= earlier.id,
-                               waiting.msg_type.in_(PHOTO_TYPES), waiting.waiting_until.is_not(None),
-                               waiting.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
+    return or_(earlier.msg_type == TEMPLATE_RESULT,
+               and_(row.msg_type.not_in(PHOTO_TYPES), earlier.msg_type.in_(PHOTO_TYPES),
+                    exists().where(waiting.openid == earlier.openid, waiting.id <= earlier.id,
+                                   waiting.msg_type.in_(PHOTO_TYPES), waiting.waiting_until.is_not(None),
+                                   waiting.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)))))
 
 
 def _run_give_up_hook(hook: GiveUpHook | None, session: Session, row: InboundMessage, now: datetime) -> None:

@@ -111,9 +111,9 @@ def handle_inbound(runtime: Runtime, row: InboundMessage, worker_id: str) -> Non
         # before their reply is dispatched, and what waited for them can go now.
         if allowance.record_action(session, row.openid, allowance.action_of(message), row.received_at):
             dispatch.release_held(session, row.openid, now)
-        if getattr(message, "event", "") == TEMPLATE_RESULT_EVENT:  # what became of a template sent to them
+        if row.msg_type == inbox.TEMPLATE_RESULT:  # what became of a template sent to them
             if dispatch.template_result(session, row.openid, int(message.id or 0), str(message.status or ""),
-                                        now) is dispatch.TemplateResult.TOO_EARLY:
+                                        received_at=row.received_at, now=now) is dispatch.TemplateResult.TOO_EARLY:
                 raise inbox.RetryLater("a template's result came before its send was recorded")
         # Only a retry can find it: the notice is written by the attempt that met the outage.
         told_saving = row.attempts > 1 and outbox.is_written(session, _saving_key(row))
@@ -173,8 +173,6 @@ def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str | 
         return case.case_no
 
 
-#: The platform's push with a template's result (WECHAT.md §5), as wechatpy names its event.
-TEMPLATE_RESULT_EVENT = "templatesendjobfinish"
 #: Events a driver causes and can repeat (a menu click, a QR scan).
 DRIVER_ACTIONS = ("click", "scan", "subscribe_scan")
 

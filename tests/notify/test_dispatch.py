@@ -263,10 +263,11 @@ def test_a_party_without_a_phone_or_a_refused_number_is_never_lost(make_runtime,
     assert wechat.messages_to("oDriverB")[0].startswith("预约成功")
 
 
-def template_result(rt, openid: str, msgid: int, status: str) -> dispatch.TemplateResult:
+def template_result(rt, openid: str, msgid: int, status: str, *, at=None) -> dispatch.TemplateResult:
     """The platform's TEMPLATESENDJOBFINISH for ``openid``, as the inbox hands it on."""
     with rt.unit_of_work() as session:
-        return dispatch.template_result(session, openid, msgid, status, rt.clock.now())
+        return dispatch.template_result(session, openid, msgid, status, received_at=at or rt.clock.now(),
+                                        now=rt.clock.now())
 
 
 @pytest.mark.parametrize("status", ["failed:user block", "failed:system failed"])
@@ -305,15 +306,57 @@ def test_a_template_result_changes_only_a_notice_of_its_sender_and_only_when_it_
     msgid = load(rt, booked).platform_msgid
     assert msgid is not None
 
-    assert template_result(rt, "oDriverA", msgid, "success") is dispatch.TemplateResult.NOTHING
+    assert template_result(rt, "oDriverA", msgid, "success") is dispatch.TemplateResult.KEPT
     # A push from another openid naming A's msgid (the platform never makes one): A's notice stays as it is.
-    assert template_result(rt, "oDriverB", msgid, "failed:user block") is dispatch.TemplateResult.NOTHING
-    assert template_result(rt, "oDriverA", msgid + 1, "failed:user block") is dispatch.TemplateResult.NOTHING
+    assert template_result(rt, "oDriverB", msgid, "failed:user block") is dispatch.TemplateResult.KEPT
+    assert template_result(rt, "oDriverA", msgid + 1, "failed:user block") is dispatch.TemplateResult.KEPT
     row = load(rt, booked)
     assert (row.status, row.channel, row.platform_msgid) == (WorkStatus.DONE, "template", msgid)
     with rt.unit_of_work() as session:
         assert not allowance.templates_reach(session, "oDriverB")  # what B's own push says is about B
         assert not allowance.templates_reach(session, "oDriverA")  # A's failed (unknown) one: about A
+
+
+def test_a_template_s_failed_result_never_keeps_the_person_s_own_action_from_granting_its_allowance(rt, clock):
+    """The result may be read after a message the person sent before it (a photo waiting out an outage): that
+    message still grants what it grants. A result older than the person's latest action blocks nothing."""
+    sent_before = clock.now()
+    clock.advance(timedelta(seconds=2))
+    assert template_result(rt, "oDriverA", 4242, "failed:user block") is dispatch.TemplateResult.KEPT
+    with rt.unit_of_work() as session:
+        assert not allowance.templates_reach(session, "oDriverA")
+        assert allowance.record_action(session, "oDriverA", "message", sent_before)
+        assert allowance.can_send(session, "oDriverA", clock.now()) and allowance.templates_reach(session, "oDriverA")
+
+    with rt.unit_of_work() as session:
+        allowance.record_action(session, "oDriverB", "message", clock.now())
+    assert template_result(rt, "oDriverB", 4243, "failed:user block", at=sent_before) is dispatch.TemplateResult.KEPT
+    with rt.unit_of_work() as session:
+        assert allowance.templates_reach(session, "oDriverB")
+
+
+def test_a_notice_whose_template_failed_is_not_sent_after_a_later_notice_about_the_case_reached_the_person(
+        make_runtime, wechat):
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    wechat.note_user_activity("oDriverA")
+    wechat.set_template_result("oDriverA", "failed:user block")
+    case_id = a_party_with_a_phone(rt, "oDriverA", None)
+    booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
+    dispatch_due(rt, "w1")
+    acted(rt, wechat, "oDriverA")  # then the booking is cancelled and they are told, as a text
+    with rt.unit_of_work() as session:
+        cancelled = enqueue(session, openid="oDriverA", kind="cancelled", notice=BOOKED_FACTS, dedupe_key="cancelled:A",
+                            now=rt.clock.now(), case_id=case_id, language="zh")
+    dispatch_due(rt, "w1")
+    assert load(rt, cancelled).channel == "wechat"
+
+    msgid = wechat.templates_not_delivered[0]["msgid"]
+    assert template_result(rt, "oDriverA", msgid, "failed:user block") is dispatch.TemplateResult.KEPT
+    assert dispatch_due(rt, "w1") == 0
+
+    row = load(rt, booked)  # the failure is on the row; the booking notice never comes after the cancellation
+    assert (row.status, row.channel) == (WorkStatus.DONE, "template") and "failed:user block" in row.last_error
+    assert len(wechat.messages_to("oDriverA")) == 1
 
 
 def test_a_template_result_that_overtakes_the_record_of_its_send_is_read_again_later(make_runtime, wechat, clock):

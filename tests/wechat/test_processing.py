@@ -197,6 +197,11 @@ def _overtaken_template_result(rt, clock) -> None:
 
     run_inbox_once(rt, "w1")
     assert load_message(rt, message_id).status is WorkStatus.PENDING  # tried again later
+    text = HEAD.replace("oLost", "oEarly") + "<MsgType>text</MsgType><Content>状态</Content><MsgId>73</MsgId></xml>"
+    text_id = inbox.store_inbound(rt, parse_inbound(text), text, clock.now())
+    run_inbox_once(rt, "w1")  # what the driver sends meanwhile does not wait for it
+    assert load_message(rt, text_id).status is WorkStatus.DONE
+    assert load_message(rt, message_id).status is WorkStatus.PENDING
     with rt.unit_of_work() as session:  # the worker records the send
         session.execute(update(Notification).where(Notification.id == booked).values(
             status=WorkStatus.DONE, leased_by=None, lease_until=None, sending_at=None, sent_at=clock.now(),

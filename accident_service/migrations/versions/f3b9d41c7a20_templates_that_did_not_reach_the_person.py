@@ -18,7 +18,6 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.add_column(sa.Column('platform_msgid', sa.BigInteger(), nullable=True))
-        batch_op.create_index(batch_op.f('ix_notification_platform_msgid'), ['platform_msgid'], unique=False)
     with op.batch_alter_table('wechat_allowance', schema=None) as batch_op:
         batch_op.add_column(sa.Column('templates_failed_at', accident_service.db.UTCDateTime(timezone=True),
                                       nullable=True))
@@ -28,5 +27,4 @@ def downgrade() -> None:
     with op.batch_alter_table('wechat_allowance', schema=None) as batch_op:
         batch_op.drop_column('templates_failed_at')
     with op.batch_alter_table('notification', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_notification_platform_msgid'))
         batch_op.drop_column('platform_msgid')
