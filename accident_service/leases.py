@@ -5,8 +5,9 @@ the rows a sub-SELECT picks: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
 SQLite's single writer (BEGIN IMMEDIATE) elsewhere. A crashed worker's claim
 lapses when ``lease_until`` passes. Rows for one recipient are handed out one
 at a time, oldest first, so a driver's messages are applied, and answered, in
-order. A row whose worker died on its last allowed attempt is never claimed
-again; the sweeps (the scheduler's jobs) mark it failed.
+order (a claim may name older rows that need not hold a later one back). A row
+whose worker died on its last allowed attempt is never claimed again; the
+sweeps (the scheduler's jobs) mark it failed.
 """
 
 from __future__ import annotations

@@ -72,7 +72,9 @@ BOOKING_ACTIONS = ("booked", "rescheduled", "cancelled")
 SENDS = Counter("accident_sends_total", "Outbox rows handled by the dispatcher, by channel (wechat, template, sms; "
                                         "- when none could carry it), kind and result (sent, held: waiting for the "
                                         "person, retry, rerouted, failed, unconfirmed, not_delivered: a template the "
-                                        "platform later said did not reach the person)", ["channel", "kind", "result"])
+                                        "platform later said did not reach the person, sent again another way; "
+                                        "superseded: such a template a later notice made moot)",
+                ["channel", "kind", "result"])
 JOB_RUNS = Counter("accident_job_runs_total", "Scheduler job runs, by job and outcome (ok, error)", ["job", "outcome"])
 JOB_SECONDS = Histogram("accident_job_seconds", "Scheduler job run time", ["job"],
                         buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))

@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, null, select, true, update
+from sqlalchemy import bindparam, case, null, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -84,11 +84,14 @@ def _grant_statement(postgres: bool):
         {"following": true(), "granted_at": at, "updated_at": at, "templates_failed_at": null(),
          **{name: bindparam(name, type_=columns[name].type) for name in ("openid", "granted_by", "expires_at",
                                                                          "sends_left")}})
-    # The person acting again also lets a template be tried again (templates_failed).
-    replaced = ("following", "granted_by", "granted_at", "expires_at", "sends_left", "updated_at",
-                "templates_failed_at")
+    replaced = ("following", "granted_by", "granted_at", "expires_at", "sends_left", "updated_at")
+    # The person acting again lets a template be tried again (templates_failed), unless the platform said one
+    # failed after this action (a message processed late: a photo that waited out an outage).
+    failed_since = case((columns.templates_failed_at > insert.excluded.granted_at, columns.templates_failed_at),
+                        else_=null())
     return insert.on_conflict_do_update(
-        index_elements=["openid"], set_={name: insert.excluded[name] for name in replaced},
+        index_elements=["openid"],
+        set_={**{name: insert.excluded[name] for name in replaced}, "templates_failed_at": failed_since},
         where=columns.granted_at <= insert.excluded.granted_at).returning(columns.openid)
 
 

@@ -60,7 +60,7 @@ from accident_service.notify.channels import (
     WeChatTemplate,
     WeChatText,
 )
-from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, note_recipients
+from accident_service.outbox import JOIN_QR_PLACEHOLDER, note_recipients
 from accident_service.runtime import Runtime
 from accident_service.wechat_api.client import WeChatApiError
 
@@ -299,7 +299,8 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
     for row in named:
         error = f"template not delivered: {status}"
         if _superseded(session, row):
-            row.last_error = f"{error}; a later notice about the case reached them since"[:500]
+            row.last_error = f"{error}; not sent again: a later notice about the case went to them"[:500]
+            metrics.count_on_commit(session, metrics.SENDS.labels(WeChatTemplate.name, row.kind, "superseded"))
             continue
         row.status, row.attempts, row.next_attempt_at = WorkStatus.PENDING, 0, now
         row.channel = row.address = row.sending_at = row.sent_at = row.platform_msgid = None
@@ -313,14 +314,22 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
     return TemplateResult.SENT_BACK if sent_back else TemplateResult.KEPT
 
 
+#: Notices that say what the case's appointment is now: once a later one has gone to the person, an earlier one
+#: would tell them what no longer holds (a booking after its cancellation, the old time after a move).
+VISIT_STATE = frozenset({"booked", "rescheduled", "cancelled", "confirmed", "reminder"})
+#: Notices that the case has ended: once one has gone to the person, nothing earlier about the case matters.
+CASE_ENDED = frozenset({"withdrawn", "completed", "expired"})
+
+
 def _superseded(session: Session, row: Notification) -> bool:
-    """Whether a later notice about ``row``'s case has reached its person (a reply is no notice)."""
+    """Whether a later notice about ``row``'s case that makes it moot has gone to its person (sent, whatever the
+    channel: a template of theirs that fails as well is sent back by its own result, and says what holds now)."""
+    moot_after = CASE_ENDED | (VISIT_STATE if row.kind in VISIT_STATE else frozenset())
     if row.case_id is None:
         return False
     return session.scalar(select(Notification.id).where(
         Notification.openid == row.openid, Notification.case_id == row.case_id, Notification.id > row.id,
-        Notification.status == WorkStatus.DONE, Notification.kind.not_in((REPLY_KIND, *sorted(FOLDED))))
-        .limit(1)) is not None
+        Notification.status == WorkStatus.DONE, Notification.kind.in_(sorted(moot_after))).limit(1)) is not None
 
 
 @functools.cache

@@ -14,6 +14,7 @@ rules read ``clock`` (seconds since the epoch), so tests can move time.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import Counter
@@ -57,7 +58,9 @@ class PlatformApi:
         self.qrcodes = self._qr.latest_ticket  # scene_str -> latest ticket
         self._media = MediaStore()
         self._faults = Faults()
-        self._template_msgid = 1000
+        # Template msgids: a sequence of their own (not the pushes' MsgIds), from a random start as the platform's
+        # are not small numbers every run (emulators sharing a database must not reuse them).
+        self._template_msgid = random.SystemRandom().randrange(10**9, 10**12)
         self._template_results: dict[str, str] = {}  # openid -> the result their templates get, if not "success"
         self.templates_not_delivered: list[dict[str, Any]] = []  # taken (errcode 0), never shown to the user
 

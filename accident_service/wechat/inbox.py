@@ -6,7 +6,8 @@ scheduler's sweeper, the web process's small pool) call :func:`claim_due` and
 their last allowed attempt (:func:`give_up_on_exhausted`). Claims are atomic
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, an atomic conditional UPDATE inside
 SQLite's write lock), one message per
-driver at a time and in arrival order, and a crashed worker's lease simply
+driver at a time and in arrival order (but for what need not wait, see
+:func:`_may_overtake`), and a crashed worker's lease simply
 expires. The effects of a message and marking it done commit together, and
 only while the lease is still ours: one effect per message.
 """
@@ -52,11 +53,15 @@ class LeaseLost(Exception):
 
 
 def dedupe_key_for(message) -> str:
-    """MsgId for messages; FromUserName+CreateTime+Event for events (their id is 0)."""
-    if getattr(message, "id", 0):
-        return f"msg:{message.id}"
+    """MsgId for messages; FromUserName+CreateTime+Event for events, and the MsgID an event names (a template's
+    result carries its template's): that id is not of the messages' sequence, and one person's two results may
+    share a second."""
+    named = getattr(message, "id", 0)
+    if getattr(message, "type", "") != "event" and named:
+        return f"msg:{named}"
     event = getattr(message, "event", None) or getattr(message, "type", "unknown")
-    return f"evt:{message.source}:{message.time}:{event}"
+    key = f"evt:{message.source}:{message.time}:{event}"
+    return f"{key}:{named}" if named else key
 
 
 def store_inbound(runtime: Runtime, message, xml_text: str, now: datetime, *,
@@ -174,13 +179,13 @@ def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None)
 
 
 def _may_overtake(earlier, row):
-    """What a driver sends need not wait behind a template's result being read again (it overtook the record
-    of its send; nothing the driver does depends on it), and their texts and events need not wait behind
+    """What a driver sends need not wait behind a template's result waiting to be read again (it overtook the
+    record of its send; nothing the driver does depends on it), and their texts and events need not wait behind
     photos held up by an outage: the first one waiting it out (``waiting_until`` set) and every photo sent
     after it, which waits its turn behind that one. Photos keep their order among themselves (they fill the
     checklist in the order they were sent)."""
     waiting = aliased(InboundMessage)
-    return or_(earlier.msg_type == TEMPLATE_RESULT,
+    return or_(and_(earlier.msg_type == TEMPLATE_RESULT, earlier.status == WorkStatus.PENDING, earlier.attempts > 0),
                and_(row.msg_type.not_in(PHOTO_TYPES), earlier.msg_type.in_(PHOTO_TYPES),
                     exists().where(waiting.openid == earlier.openid, waiting.id <= earlier.id,
                                    waiting.msg_type.in_(PHOTO_TYPES), waiting.waiting_until.is_not(None),

@@ -318,15 +318,19 @@ def test_a_template_result_changes_only_a_notice_of_its_sender_and_only_when_it_
 
 
 def test_a_template_s_failed_result_never_keeps_the_person_s_own_action_from_granting_its_allowance(rt, clock):
-    """The result may be read after a message the person sent before it (a photo waiting out an outage): that
-    message still grants what it grants. A result older than the person's latest action blocks nothing."""
+    """The result may be read before a message the person sent before it (a photo waiting out an outage): that
+    message still grants what it grants, but does not undo the failure, which came after it; their next action
+    does. A result older than the person's latest action blocks nothing."""
     sent_before = clock.now()
     clock.advance(timedelta(seconds=2))
     assert template_result(rt, "oDriverA", 4242, "failed:user block") is dispatch.TemplateResult.KEPT
     with rt.unit_of_work() as session:
         assert not allowance.templates_reach(session, "oDriverA")
         assert allowance.record_action(session, "oDriverA", "message", sent_before)
-        assert allowance.can_send(session, "oDriverA", clock.now()) and allowance.templates_reach(session, "oDriverA")
+        assert allowance.can_send(session, "oDriverA", clock.now())
+        assert not allowance.templates_reach(session, "oDriverA")
+        assert allowance.record_action(session, "oDriverA", "click", clock.now() + timedelta(seconds=1))
+        assert allowance.templates_reach(session, "oDriverA")
 
     with rt.unit_of_work() as session:
         allowance.record_action(session, "oDriverB", "message", clock.now())
@@ -335,28 +339,39 @@ def test_a_template_s_failed_result_never_keeps_the_person_s_own_action_from_gra
         assert allowance.templates_reach(session, "oDriverB")
 
 
-def test_a_notice_whose_template_failed_is_not_sent_after_a_later_notice_about_the_case_reached_the_person(
-        make_runtime, wechat):
+@pytest.mark.parametrize(("later", "moot"), [("cancelled", True), ("rescheduled", True), ("withdrawn", True),
+                                             ("retake", False)])
+def test_a_notice_whose_template_failed_is_not_sent_after_a_later_notice_that_makes_it_moot(make_runtime, wechat,
+                                                                                          later, moot):
+    """A booking notice never comes after its cancellation, move or the case's end; a later notice that says
+    nothing of the appointment (a retake request) leaves it to be sent again."""
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
     wechat.note_user_activity("oDriverA")
     wechat.set_template_result("oDriverA", "failed:user block")
     case_id = a_party_with_a_phone(rt, "oDriverA", None)
     booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
     dispatch_due(rt, "w1")
-    acted(rt, wechat, "oDriverA")  # then the booking is cancelled and they are told, as a text
+    acted(rt, wechat, "oDriverA")  # then the later notice goes to them, as a text
+    facts = {**BOOKED_FACTS, "item": 4, "reason": "blurred", "due": "2026-11-25T08:00:00+00:00"}
     with rt.unit_of_work() as session:
-        cancelled = enqueue(session, openid="oDriverA", kind="cancelled", notice=BOOKED_FACTS, dedupe_key="cancelled:A",
-                            now=rt.clock.now(), case_id=case_id, language="zh")
+        notice = enqueue(session, openid="oDriverA", kind=later, notice=facts, dedupe_key=f"{later}:A",
+                         now=rt.clock.now(), case_id=case_id, language="zh")
     dispatch_due(rt, "w1")
-    assert load(rt, cancelled).channel == "wechat"
+    assert load(rt, notice).channel == "wechat"
 
     msgid = wechat.templates_not_delivered[0]["msgid"]
-    assert template_result(rt, "oDriverA", msgid, "failed:user block") is dispatch.TemplateResult.KEPT
-    assert dispatch_due(rt, "w1") == 0
+    result = template_result(rt, "oDriverA", msgid, "failed:user block")
+    dispatch_due(rt, "w1")
 
-    row = load(rt, booked)  # the failure is on the row; the booking notice never comes after the cancellation
-    assert (row.status, row.channel) == (WorkStatus.DONE, "template") and "failed:user block" in row.last_error
-    assert len(wechat.messages_to("oDriverA")) == 1
+    row = load(rt, booked)
+    if moot:  # the failure is on the row, which is not sent again
+        assert result is dispatch.TemplateResult.KEPT
+        assert (row.status, row.channel) == (WorkStatus.DONE, "template") and "failed:user block" in row.last_error
+        assert len(wechat.messages_to("oDriverA")) == 1
+    else:  # sent again: a text now, as the person's allowance lasts
+        assert result is dispatch.TemplateResult.SENT_BACK
+        assert (row.status, row.channel) == (WorkStatus.DONE, "wechat")
+        assert wechat.messages_to("oDriverA")[-1].startswith("预约成功")
 
 
 def test_a_template_result_that_overtakes_the_record_of_its_send_is_read_again_later(make_runtime, wechat, clock):

@@ -81,6 +81,24 @@ def test_store_inbound_refuses_a_retry_of_the_same_push(runtime):
         assert session.scalar(select(func.count()).select_from(InboundMessage)) == 1
 
 
+def template_result_push(openid: str, msgid: int, create_time: int = 1764036000) -> str:
+    return (f"<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><FromUserName><![CDATA[{openid}]]>"
+            f"</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+            f"<Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msgid}</MsgID>"
+            f"<Status><![CDATA[failed:user block]]></Status></xml>")
+
+
+def test_a_template_s_result_is_one_push_of_its_own_not_a_message_with_the_same_id(runtime):
+    """Its MsgID is its template's: not of the messages' sequence, and one person's two results may share
+    a second. Only the platform pushing the same result again is a repeat."""
+    push(runtime, "oDriverA", msg_id=777)
+    pushes = [template_result_push("oDriverA", 777), template_result_push("oDriverB", 777),
+              template_result_push("oDriverA", 778)]
+    for xml in pushes:
+        assert inbox.store_inbound(runtime, parse_inbound(xml), xml, runtime.clock.now()) is not None
+    assert inbox.store_inbound(runtime, parse_inbound(pushes[0]), pushes[0], runtime.clock.now()) is None
+
+
 # --- leases ---------------------------------------------------------------
 
 def test_claim_leases_due_rows_and_counts_the_attempt(runtime, clock):
