@@ -313,6 +313,9 @@ TABLE: tuple[Transition, ...] = (
                tells=Tell.BOTH, notice="expired"),
 )
 TRANSITIONS: dict[str, Transition] = {t.name: t for t in TABLE}
+#: The notices that tell the parties their case closed for good (withdrawn, completed, no-show, expired).
+CLOSING_NOTICES = frozenset(t.notice for t in TABLE
+                            if t.notice and all(to in CLOSED_STATUSES for to in t.moves.values()))
 
 
 # -- applying -------------------------------------------------------------------

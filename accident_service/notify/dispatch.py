@@ -47,6 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from accident_service import leases, metrics
+from accident_service.cases import lifecycle
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import is_postgres, run_prebuilt
 from accident_service.models import Case, Notification, Party, ProviderFailure, WorkStatus
@@ -315,16 +316,16 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
 
 
 #: Notices that say what the case's appointment is now: once a later one has gone to the person, an earlier one
-#: would tell them what no longer holds (a booking after its cancellation, the old time after a move).
-VISIT_STATE = frozenset({"booked", "rescheduled", "cancelled", "confirmed", "reminder"})
-#: Notices that the case has ended: once one has gone to the person, nothing earlier about the case matters.
-CASE_ENDED = frozenset({"withdrawn", "completed", "expired"})
+#: would tell them what no longer holds (a booking after its cancellation, the old time after a move). What only
+#: the earlier one said (the booking's "you may leave the scene") no longer matters by then.
+VISIT_STATE = frozenset({"booked", "rescheduled", "cancelled", "confirmed", "checked_in", "reminder"})
 
 
 def _superseded(session: Session, row: Notification) -> bool:
     """Whether a later notice about ``row``'s case that makes it moot has gone to its person (sent, whatever the
     channel: a template of theirs that fails as well is sent back by its own result, and says what holds now)."""
-    moot_after = CASE_ENDED | (VISIT_STATE if row.kind in VISIT_STATE else frozenset())
+    # Once the case has closed, nothing earlier about it matters.
+    moot_after = lifecycle.CLOSING_NOTICES | (VISIT_STATE if row.kind in VISIT_STATE else frozenset())
     if row.case_id is None:
         return False
     return session.scalar(select(Notification.id).where(

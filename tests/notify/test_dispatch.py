@@ -339,8 +339,8 @@ def test_a_template_s_failed_result_never_keeps_the_person_s_own_action_from_gra
         assert allowance.templates_reach(session, "oDriverB")
 
 
-@pytest.mark.parametrize(("later", "moot"), [("cancelled", True), ("rescheduled", True), ("withdrawn", True),
-                                             ("retake", False)])
+@pytest.mark.parametrize(("later", "moot"), [("cancelled", True), ("rescheduled", True), ("checked_in", True),
+                                             ("withdrawn", True), ("no_show", True), ("retake", False)])
 def test_a_notice_whose_template_failed_is_not_sent_after_a_later_notice_that_makes_it_moot(make_runtime, wechat,
                                                                                           later, moot):
     """A booking notice never comes after its cancellation, move or the case's end; a later notice that says

@@ -190,6 +190,15 @@ def test_different_drivers_are_claimed_in_parallel(runtime):
     assert inbox.claim_due(runtime, "w3", limit=1) == []
 
 
+def test_a_template_s_result_holds_the_driver_s_later_message_back_only_while_it_waits_for_its_retry(runtime, clock):
+    xml = template_result_push("oDriverA", 5555)
+    result = inbox.store_inbound(runtime, parse_inbound(xml), xml, clock.now())
+    text = push(runtime, "oDriverA")
+    assert inbox.claim_due(runtime, "w1") == [result]  # not yet read: in order
+    assert inbox.process(runtime, result, "w1", failing_with(inbox.RetryLater("its send not recorded yet"))) == "retry"
+    assert inbox.claim_due(runtime, "w2") == [text]  # read again later: the text need not wait
+
+
 def test_older_message_waiting_for_its_retry_still_blocks_the_newer(runtime, clock):
     older, newer = push(runtime, "oDriverA"), push(runtime, "oDriverA")
     inbox.claim_due(runtime, "w1")
