@@ -17,6 +17,12 @@ before the cutoff. Then:
   language preference too when no case of theirs is left;
 * ``purged_at`` is set and a ``case.purged`` audit event written.
 
+Then the objects no photo row names are deleted (:func:`_delete_unnamed_objects`):
+what was stored for a photo that never got its row (its message failed for
+good after the upload, or a photo refused late whose delete met an outage).
+Only once they are a day older than the longest a stored photo can wait for
+its row, so nothing on its way is touched.
+
 What stays: case number, status, times, appointments (station, slot), the
 evidence fingerprint, each photo's sha256, the audit trail.
 
@@ -28,6 +34,7 @@ more. A storage failure stops the run before that batch's rows change.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -52,6 +59,7 @@ from accident_service.models import (
     WechatAllowance,
     WorkStatus,
 )
+from accident_service.photos.intake import EVIDENCE_PREFIX
 from accident_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,9 @@ FINAL_STATUSES = (CaseStatus.COMPLETED, CaseStatus.CANCELLED, CaseStatus.EXPIRED
 # What an openid becomes: derived from nothing, so irreversible, and never a real one (those start with "o").
 PURGED = "purged"
 BATCH_SIZE = 100
+#: How much older than the longest a stored photo can wait for its row an object no row names must be before it
+#: is deleted (_delete_unnamed_objects).
+UNNAMED_OBJECT_GRACE = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,7 @@ class PurgeReport:
 
     cases: int = 0
     objects: int = 0
+    unnamed_objects: int = 0  # stored for a photo that never got its row (see the module's notes)
     photos: int = 0
     notifications: int = 0
     inbound_messages: int = 0
@@ -143,7 +155,9 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
     cutoff = now - timedelta(days=days)
     if dry_run:
         with runtime.unit_of_work() as session:
-            return _count(session, cutoff)
+            report = _count(session, cutoff)
+        report.unnamed_objects = _delete_unnamed_objects(runtime, now, dry_run=True)
+        return report
     report = PurgeReport()
     after_id = 0
     while batch := _next_batch(runtime, cutoff, after_id, batch_size):
@@ -153,9 +167,34 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
         report.objects += len(batch.object_keys)
         with runtime.unit_of_work() as session:
             _erase(session, batch, cutoff, now, days, report)
-    if report.cases:
+    report.unnamed_objects = _delete_unnamed_objects(runtime, now)
+    if report.cases or report.unnamed_objects:
         log.info("retention: %s", report.as_dict())
     return report
+
+
+def _delete_unnamed_objects(runtime: Runtime, now: datetime, *, dry_run: bool = False,
+                            batch_size: int = 500) -> int:
+    """Delete the photo objects no row names, written long enough ago; how many (with ``dry_run``, would be).
+
+    A photo is stored before its row is written, and its message may be retried until its patience for an
+    outage runs out (DRAFT_EXPIRY_MINUTES) and the backoff after: a day beyond that, an object no row names
+    will never be named. Retention deletes only what rows name, so without this such an object (and the
+    personal data in it) would stay for good.
+    """
+    written_before = now - timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES) - UNNAMED_OBJECT_GRACE
+    deleted = 0
+    keys = runtime.store.written_before(written_before, prefix=EVIDENCE_PREFIX)
+    while batch := list(itertools.islice(keys, batch_size)):
+        with runtime.unit_of_work() as session:
+            named = {key for pair in session.execute(select(Photo.object_key, Photo.thumb_key).where(
+                or_(Photo.object_key.in_(batch), Photo.thumb_key.in_(batch)))) for key in pair}
+        for key in batch:
+            if key not in named:
+                if not dry_run:
+                    runtime.store.delete(key)
+                deleted += 1
+    return deleted
 
 
 def _purgeable(cutoff: datetime):

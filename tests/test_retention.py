@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,7 +37,14 @@ from accident_service.models import (
     WorkStatus,
 )
 from accident_service.outbox import enqueue
-from accident_service.retention import FINAL_STATUSES, KEPT_COLUMNS, PERSONAL_DATA, PURGED, purge_closed_cases
+from accident_service.retention import (
+    FINAL_STATUSES,
+    KEPT_COLUMNS,
+    PERSONAL_DATA,
+    PURGED,
+    UNNAMED_OBJECT_GRACE,
+    purge_closed_cases,
+)
 
 DAYS = 180
 
@@ -307,3 +315,30 @@ def test_the_purge_command(runtime, database_url, settings_overrides, tmp_path):
     assert not any(runtime.store.exists(key) for key in made.keys)
     refused = subprocess.run([*command, "--days", "0"], env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--days" in refused.stderr
+
+
+def test_a_purge_deletes_the_photo_objects_no_row_names_once_nothing_could_name_them_any_more(runtime, clock):
+    """A photo is stored before its row is written: an object no row names (its message failed for good after
+    the upload) is deleted, but only a day after the longest its row could still come (DRAFT_EXPIRY_MINUTES),
+    and only among the photos' objects."""
+    open_case = make_case(runtime, status=CaseStatus.DRAFT, days_ago=0, drivers=(driver("N"), driver("N")),
+                          closed=False)  # its rows name its objects
+    stray = "cases/2026/12/2026-STRAY/0123abcd.jpg"
+    runtime.store.put(stray, b"a photo whose message failed after its upload", content_type="image/jpeg")
+    runtime.store.put("elsewhere/kept.bin", b"not a photo's", content_type="application/octet-stream")
+    written = datetime.now(UTC)
+    time.sleep(2.1)  # a store may keep the time to the second only
+    recent = "cases/2026/12/2026-STRAY/4567ef01.jpg"
+    runtime.store.put(recent, b"a photo whose row may still come", content_type="image/jpeg")
+    wait = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES) + UNNAMED_OBJECT_GRACE
+    clock.set(written + timedelta(seconds=0.5) + wait)
+
+    assert purge_closed_cases(runtime, days=DAYS, dry_run=True).unnamed_objects == 1
+    assert runtime.store.exists(stray)
+    report = purge_closed_cases(runtime, days=DAYS)
+
+    assert report.unnamed_objects == 1 and not runtime.store.exists(stray)
+    assert runtime.store.exists(recent) and runtime.store.exists("elsewhere/kept.bin")
+    assert all(runtime.store.exists(key) for key in open_case.keys)
+    clock.advance(timedelta(seconds=10))
+    assert purge_closed_cases(runtime, days=DAYS).unnamed_objects == 1 and not runtime.store.exists(recent)

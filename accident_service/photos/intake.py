@@ -77,8 +77,12 @@ def policy_from(settings: Settings) -> PhotoPolicy:
                        max_capture_age=timedelta(minutes=settings.PHOTO_MAX_CAPTURE_AGE_MINUTES))
 
 
+#: Where every object a photo stores goes (its original, its thumbnail, or an upload that could not be used).
+EVIDENCE_PREFIX = "cases/"
+
+
 def evidence_key(case_no: str, received_at: datetime, sha256: str, extension: str) -> str:
-    return f"cases/{received_at:%Y}/{received_at:%m}/{case_no}/{sha256}.{extension}"
+    return f"{EVIDENCE_PREFIX}{received_at:%Y}/{received_at:%m}/{case_no}/{sha256}.{extension}"
 
 
 def refused_before_inspection(media_id: str, received_at: datetime, code: str, *, case_no: str,

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 from urllib.parse import urlparse
 
@@ -45,6 +47,10 @@ class ObjectStore(Protocol):
 
     def check(self) -> None:
         """Raise StorageUnavailable unless the store is reachable (readiness probe)."""
+
+    def written_before(self, cutoff: datetime, *, prefix: str) -> Iterator[str]:
+        """The keys under ``prefix`` of the objects last written before ``cutoff``, every one (a listing of the
+        whole prefix, page by page). Raises StorageUnavailable."""
 
 
 def make_store(settings: Settings) -> ObjectStore:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -72,6 +74,18 @@ class LocalObjectStore:
             raise InvalidObjectUrl("object URL is invalid or expired") from exc
         return str(payload["k"])
 
+    def written_before(self, cutoff: datetime, *, prefix: str) -> Iterator[str]:
+        top = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            for path in sorted(top.rglob("*")) if top.is_dir() else ():
+                name = path.name
+                if not path.is_file() or name.endswith(_META_SUFFIX) or name.startswith(_TEMPORARY):
+                    continue  # an object's metadata, or a write under way
+                if datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
+                    yield path.relative_to(self.root).as_posix()
+        except OSError as exc:
+            raise StorageUnavailable(f"local store: cannot list {prefix}: {exc.strerror}") from exc
+
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -82,12 +96,16 @@ class LocalObjectStore:
             raise StorageUnavailable(f"local store at {self.root} not writable: {exc.strerror}") from exc
 
 
+_META_SUFFIX = ".meta.json"
+_TEMPORARY = ".tmp-"
+
+
 def _meta_path(path: Path) -> Path:
-    return path.with_name(path.name + ".meta.json")
+    return path.with_name(path.name + _META_SUFFIX)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMPORARY)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -91,6 +93,18 @@ class S3ObjectStore:
     def presigned_url(self, key: str, *, expires_in: int) -> str:
         return self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_in)
+
+    def written_before(self, cutoff: datetime, *, prefix: str) -> Iterator[str]:
+        try:
+            self._ensure_bucket()
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                            Prefix=self._key(prefix))
+            for page in pages:
+                for entry in page.get("Contents", ()):
+                    if entry["LastModified"] < cutoff:
+                        yield entry["Key"][len(self.prefix):]
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"s3: cannot list {prefix}: {exc}") from exc
 
     def check(self) -> None:
         try:

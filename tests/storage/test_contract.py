@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -119,3 +121,16 @@ def test_local_url_expires(tmp_path, app):
 
     with pytest.raises(InvalidObjectUrl):
         store.resolve_url_token(token)
+
+
+def test_written_before_lists_every_key_under_the_prefix_written_before_the_cutoff(store):
+    old = [f"cases/2026/12/C{n}/{n:04d}.jpg" for n in range(3)]
+    for key in old:
+        store.put(key, b"old", content_type="image/jpeg", metadata={"case": "C"})
+    store.put("other/old.bin", b"old", content_type="application/octet-stream")
+    cutoff = datetime.now(UTC) + timedelta(seconds=0.5)
+    time.sleep(2.1)  # a store may keep the time to the second only
+    store.put("cases/2026/12/C9/new.jpg", b"new", content_type="image/jpeg")
+
+    assert sorted(store.written_before(cutoff, prefix="cases/")) == old  # no metadata files, nothing newer
+    assert list(store.written_before(cutoff, prefix="none/")) == []
