@@ -61,6 +61,7 @@ from accident_service.models import (
 )
 from accident_service.photos.intake import EVIDENCE_PREFIX
 from accident_service.runtime import Runtime
+from accident_service.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -175,26 +176,46 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
 
 def _delete_unnamed_objects(runtime: Runtime, now: datetime, *, dry_run: bool = False,
                             batch_size: int = 500) -> int:
-    """Delete the photo objects no row names, written long enough ago; how many (with ``dry_run``, would be).
+    """Delete the photo objects no row names, of cases that have closed, written long enough ago;
+    how many (with ``dry_run``, would be). A storage failure ends it with what was done (logged): the next
+    night goes on.
 
-    A photo is stored before its row is written, and its message may be retried until its patience for an
-    outage runs out (DRAFT_EXPIRY_MINUTES) and the backoff after: a day beyond that, an object no row names
-    will never be named. Retention deletes only what rows name, so without this such an object (and the
-    personal data in it) would stay for good.
+    A photo is stored before its row is written, by every attempt of its message (an object is never older
+    than its row's last chance by more than one attempt), and the attempts end with the photo's patience for
+    an outage (DRAFT_EXPIRY_MINUTES): a day beyond that is a wide margin. Only closed cases' objects: keys are
+    content addresses, and an open case may still be sent the same file again, whose row would name the key.
+    Retention deletes what rows name, so without this such an object (a photo, personal data) stayed for good.
     """
     written_before = now - timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES) - UNNAMED_OBJECT_GRACE
     deleted = 0
-    keys = runtime.store.written_before(written_before, prefix=EVIDENCE_PREFIX)
-    while batch := list(itertools.islice(keys, batch_size)):
-        with runtime.unit_of_work() as session:
-            named = {key for pair in session.execute(select(Photo.object_key, Photo.thumb_key).where(
-                or_(Photo.object_key.in_(batch), Photo.thumb_key.in_(batch)))) for key in pair}
-        for key in batch:
-            if key not in named:
+    try:
+        keys = runtime.store.written_before(written_before, prefix=EVIDENCE_PREFIX)
+        while batch := list(itertools.islice(keys, batch_size)):
+            for key in _unnamed_of_closed_cases(runtime, batch):
                 if not dry_run:
                     runtime.store.delete(key)
                 deleted += 1
+    except StorageUnavailable as exc:
+        log.warning("retention: unnamed objects: storage unavailable after %s: %s", deleted, exc)
     return deleted
+
+
+def _unnamed_of_closed_cases(runtime: Runtime, keys: list[str]) -> list[str]:
+    """Of ``keys``, those whose case (the key names it: photos.intake.evidence_key) has closed and none of whose
+    photo rows names them. A key of a case this database does not have is kept: the case is written before
+    any photo is stored for it and never deleted, so such a key is another database's (a shared store) or
+    newer than a restored backup."""
+    by_case: dict[str, list[str]] = defaultdict(list)
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 5:  # cases/YYYY/MM/<case_no>/<file>
+            by_case[parts[3]].append(key)
+    with runtime.unit_of_work() as session:
+        cases = session.execute(select(Case.id, Case.case_no, Case.status).where(Case.case_no.in_(list(by_case))))
+        closed = {case_no: case_id for case_id, case_no, status in cases if status in FINAL_STATUSES}
+        named = {key for pair in session.execute(select(Photo.object_key, Photo.thumb_key)
+                                                 .where(Photo.case_id.in_(list(closed.values())))) for key in pair}
+    return [key for case_no in closed for key in by_case[case_no] if key not in named]
 
 
 def _purgeable(cutoff: datetime):

@@ -45,6 +45,7 @@ from accident_service.retention import (
     UNNAMED_OBJECT_GRACE,
     purge_closed_cases,
 )
+from accident_service.storage import StorageUnavailable
 
 DAYS = 180
 
@@ -319,16 +320,22 @@ def test_the_purge_command(runtime, database_url, settings_overrides, tmp_path):
 
 def test_a_purge_deletes_the_photo_objects_no_row_names_once_nothing_could_name_them_any_more(runtime, clock):
     """A photo is stored before its row is written: an object no row names (its message failed for good after
-    the upload) is deleted, but only a day after the longest its row could still come (DRAFT_EXPIRY_MINUTES),
-    and only among the photos' objects."""
+    the upload) is deleted once its case has closed, a day after the longest its row could still come
+    (DRAFT_EXPIRY_MINUTES), and only among the photos' objects of cases this database has."""
     open_case = make_case(runtime, status=CaseStatus.DRAFT, days_ago=0, drivers=(driver("N"), driver("N")),
                           closed=False)  # its rows name its objects
-    stray = "cases/2026/12/2026-STRAY/0123abcd.jpg"
-    runtime.store.put(stray, b"a photo whose message failed after its upload", content_type="image/jpeg")
+    closed_case = make_case(runtime, status=CaseStatus.CANCELLED, days_ago=1, drivers=(driver("N"), driver("N")))
+    with runtime.unit_of_work() as session:
+        open_case_no, closed_case_no = (session.get(Case, made.case_id).case_no for made in (open_case, closed_case))
+    stray = f"cases/2026/12/{closed_case_no}/0123abcd.jpg"
+    of_open_case = f"cases/2026/12/{open_case_no}/89abcdef.jpg"  # the same file may still come, and be named
+    of_no_case = "cases/2026/12/20261201-OTHER/0123abcd.jpg"  # another database's, or newer than a restore
+    for key in (stray, of_open_case, of_no_case):
+        runtime.store.put(key, b"a photo whose message failed after its upload", content_type="image/jpeg")
     runtime.store.put("elsewhere/kept.bin", b"not a photo's", content_type="application/octet-stream")
     written = datetime.now(UTC)
     time.sleep(2.1)  # a store may keep the time to the second only
-    recent = "cases/2026/12/2026-STRAY/4567ef01.jpg"
+    recent = f"cases/2026/12/{closed_case_no}/4567ef01.jpg"
     runtime.store.put(recent, b"a photo whose row may still come", content_type="image/jpeg")
     wait = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES) + UNNAMED_OBJECT_GRACE
     clock.set(written + timedelta(seconds=0.5) + wait)
@@ -339,6 +346,31 @@ def test_a_purge_deletes_the_photo_objects_no_row_names_once_nothing_could_name_
 
     assert report.unnamed_objects == 1 and not runtime.store.exists(stray)
     assert runtime.store.exists(recent) and runtime.store.exists("elsewhere/kept.bin")
-    assert all(runtime.store.exists(key) for key in open_case.keys)
+    assert runtime.store.exists(of_open_case) and runtime.store.exists(of_no_case)
+    assert all(runtime.store.exists(key) for key in open_case.keys + closed_case.keys)
     clock.advance(timedelta(seconds=10))
     assert purge_closed_cases(runtime, days=DAYS).unnamed_objects == 1 and not runtime.store.exists(recent)
+
+
+class ListingFails:
+    """A store whose listing fails (an outage during the purge, after the cases' objects went)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def written_before(self, cutoff, *, prefix):
+        yield from ()
+        raise StorageUnavailable("the store went away")
+
+
+def test_a_storage_outage_while_looking_for_unnamed_objects_keeps_what_the_purge_did(runtime, world):
+    runtime.store = ListingFails(runtime.store)
+
+    report = purge_closed_cases(runtime, days=DAYS)
+
+    assert report.cases == 4 and report.objects == 32 and report.unnamed_objects == 0  # the next night goes on
+    with runtime.unit_of_work() as session:
+        assert all(session.get(Case, world["cases"][name].case_id).purged_at for name in PURGED_CASES)

@@ -75,14 +75,26 @@ class LocalObjectStore:
         return str(payload["k"])
 
     def written_before(self, cutoff: datetime, *, prefix: str) -> Iterator[str]:
+        """Also what a write that crashed left (a temporary file): deleting its key deletes it."""
         top = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+
+        def fail(exc: OSError) -> None:
+            raise StorageUnavailable(f"local store: cannot list {prefix}: {exc.strerror}") from exc
+
+        if not top.is_dir():
+            return  # nothing stored there yet
         try:
-            for path in sorted(top.rglob("*")) if top.is_dir() else ():
-                name = path.name
-                if not path.is_file() or name.endswith(_META_SUFFIX) or name.startswith(_TEMPORARY):
-                    continue  # an object's metadata, or a write under way
-                if datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
-                    yield path.relative_to(self.root).as_posix()
+            for directory, _subdirectories, names in os.walk(top, onerror=fail):
+                for name in names:
+                    if name.endswith(_META_SUFFIX):
+                        continue  # goes with its object
+                    path = Path(directory, name)
+                    try:
+                        written = path.stat().st_mtime
+                    except FileNotFoundError:
+                        continue  # deleted since the directory was read
+                    if datetime.fromtimestamp(written, UTC) < cutoff:
+                        yield path.relative_to(self.root).as_posix()
         except OSError as exc:
             raise StorageUnavailable(f"local store: cannot list {prefix}: {exc.strerror}") from exc
 
