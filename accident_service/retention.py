@@ -59,7 +59,7 @@ from accident_service.models import (
     WechatAllowance,
     WorkStatus,
 )
-from accident_service.photos.intake import EVIDENCE_PREFIX
+from accident_service.photos.intake import EVIDENCE_PREFIX, case_no_of, named_keys
 from accident_service.runtime import Runtime
 from accident_service.storage import StorageUnavailable
 
@@ -201,21 +201,20 @@ def _delete_unnamed_objects(runtime: Runtime, now: datetime, *, dry_run: bool = 
 
 
 def _unnamed_of_closed_cases(runtime: Runtime, keys: list[str]) -> list[str]:
-    """Of ``keys``, those whose case (the key names it: photos.intake.evidence_key) has closed and none of whose
-    photo rows names them. A key of a case this database does not have is kept: the case is written before
-    any photo is stored for it and never deleted, so such a key is another database's (a shared store) or
-    newer than a restored backup."""
+    """Of ``keys``, those no photo row names (photos.intake.named_keys) whose case (the one the key names: its
+    photo was stored for it) has closed. A key of a case this database does not have is kept: the case is
+    written before any photo is stored for it and never deleted, so such a key is another database's (a shared
+    store) or newer than a restored backup."""
     by_case: dict[str, list[str]] = defaultdict(list)
     for key in keys:
-        parts = key.split("/")
-        if len(parts) == 5:  # cases/YYYY/MM/<case_no>/<file>
-            by_case[parts[3]].append(key)
+        if (case_no := case_no_of(key)) is not None:
+            by_case[case_no].append(key)
     with runtime.unit_of_work() as session:
-        cases = session.execute(select(Case.id, Case.case_no, Case.status).where(Case.case_no.in_(list(by_case))))
-        closed = {case_no: case_id for case_id, case_no, status in cases if status in FINAL_STATUSES}
-        named = {key for pair in session.execute(select(Photo.object_key, Photo.thumb_key)
-                                                 .where(Photo.case_id.in_(list(closed.values())))) for key in pair}
-    return [key for case_no in closed for key in by_case[case_no] if key not in named]
+        closed = session.scalars(select(Case.case_no).where(Case.case_no.in_(list(by_case)),
+                                                            Case.status.in_(FINAL_STATUSES))).all()
+        candidates = [key for case_no in closed for key in by_case[case_no]]
+        named = named_keys(session, candidates)
+    return [key for key in candidates if key not in named]
 
 
 def _purgeable(cutoff: datetime):

@@ -5,6 +5,7 @@ Run on both stores (the local directory and S3 over HTTP) and, with the suite, o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -318,6 +319,29 @@ def test_the_purge_command(runtime, database_url, settings_overrides, tmp_path):
     assert refused.returncode == 2 and "--days" in refused.stderr
 
 
+def digest(n: int) -> str:
+    """A sha256 as evidence keys carry it (the file's name)."""
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def test_an_object_stored_for_a_closed_case_and_recorded_in_another_is_not_unnamed(runtime, clock):
+    """The other driver's photo, stored for their own draft, is recorded in the case they joined meanwhile
+    (their draft closed, abandoned): its key names the draft, the row is the joined case's."""
+    draft = make_case(runtime, status=CaseStatus.CANCELLED, days_ago=1, drivers=(driver("J"), driver("J")))
+    joined = make_case(runtime, status=CaseStatus.DRAFT, days_ago=0, drivers=(driver("J"), driver("J")),
+                       closed=False)
+    with runtime.unit_of_work() as session:
+        key = f"cases/2026/12/{session.get(Case, draft.case_id).case_no}/{digest(7)}.jpg"
+        session.add(Photo(case_id=joined.case_id, item=3, kind="plate_b", status=PhotoStatus.ACCEPTED,
+                          sha256=digest(7), object_key=key, received_at=clock.now()))
+    runtime.store.put(key, b"the other driver's photo", content_type="image/jpeg")
+    clock.set(datetime.now(UTC) + timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES) + UNNAMED_OBJECT_GRACE
+              + timedelta(seconds=5))
+
+    assert purge_closed_cases(runtime, days=DAYS).unnamed_objects == 0
+    assert runtime.store.exists(key)
+
+
 def test_a_purge_deletes_the_photo_objects_no_row_names_once_nothing_could_name_them_any_more(runtime, clock):
     """A photo is stored before its row is written: an object no row names (its message failed for good after
     the upload) is deleted once its case has closed, a day after the longest its row could still come
@@ -327,15 +351,15 @@ def test_a_purge_deletes_the_photo_objects_no_row_names_once_nothing_could_name_
     closed_case = make_case(runtime, status=CaseStatus.CANCELLED, days_ago=1, drivers=(driver("N"), driver("N")))
     with runtime.unit_of_work() as session:
         open_case_no, closed_case_no = (session.get(Case, made.case_id).case_no for made in (open_case, closed_case))
-    stray = f"cases/2026/12/{closed_case_no}/0123abcd.jpg"
-    of_open_case = f"cases/2026/12/{open_case_no}/89abcdef.jpg"  # the same file may still come, and be named
-    of_no_case = "cases/2026/12/20261201-OTHER/0123abcd.jpg"  # another database's, or newer than a restore
+    stray = f"cases/2026/12/{closed_case_no}/{digest(1)}.jpg"
+    of_open_case = f"cases/2026/12/{open_case_no}/{digest(2)}.jpg"  # the same file may still come, and be named
+    of_no_case = f"cases/2026/12/20261201-OTHER/{digest(1)}.jpg"  # another database's, or newer than a restore
     for key in (stray, of_open_case, of_no_case):
         runtime.store.put(key, b"a photo whose message failed after its upload", content_type="image/jpeg")
     runtime.store.put("elsewhere/kept.bin", b"not a photo's", content_type="application/octet-stream")
     written = datetime.now(UTC)
     time.sleep(2.1)  # a store may keep the time to the second only
-    recent = f"cases/2026/12/{closed_case_no}/4567ef01.jpg"
+    recent = f"cases/2026/12/{closed_case_no}/{digest(3)}.jpg"
     runtime.store.put(recent, b"a photo whose row may still come", content_type="image/jpeg")
     wait = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES) + UNNAMED_OBJECT_GRACE
     clock.set(written + timedelta(seconds=0.5) + wait)

@@ -16,10 +16,11 @@ take each other's place), decides against the case's other photos
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accident_service import metrics
@@ -92,13 +93,36 @@ def refused_before_inspection(media_id: str, received_at: datetime, code: str, *
                          case_no=case_no)
 
 
+def case_no_of(key: str) -> str | None:
+    """The case number an :func:`evidence_key` names (the case the photo was stored for); None for another key."""
+    parts = key.split("/")
+    return parts[3] if key.startswith(EVIDENCE_PREFIX) and len(parts) == 5 else None
+
+
+def named_keys(session: Session, keys: Collection[str]) -> set[str]:
+    """Of ``keys``, those a photo row names, and those this cannot tell (not an :func:`evidence_key`).
+
+    Looked up by the digest each key carries (indexed), not by the case it names: a photo may be recorded in
+    another case than the one it was stored for (its sender joined the other driver's case while it waited).
+    """
+    digests = {key: key.rsplit("/", 1)[-1].split(".", 1)[0] for key in keys}
+    unreadable = {key for key, digest in digests.items()
+                  if case_no_of(key) is None or len(digest) != 64 or not all(c in _HEX for c in digest)}
+    wanted = set(keys) - unreadable
+    rows = session.execute(select(Photo.object_key, Photo.thumb_key)
+                           .where(Photo.sha256.in_(sorted({digests[key] for key in wanted})))) if wanted else ()
+    return unreadable | {key for pair in rows for key in pair if key in wanted}
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
 def discard(session: Session, runtime: Runtime, prepared: PreparedPhoto) -> None:
-    """Delete what was stored for a photo that will have no row (its case closed meanwhile), unless a row of the
-    same case holds the same bytes (keys are content addresses): retention deletes only what rows point to."""
-    for key in (prepared.object_key, prepared.thumb_key):
-        if key and session.scalar(select(Photo.id).where(or_(Photo.object_key == key, Photo.thumb_key == key))
-                                  .limit(1)) is None:
-            runtime.store.delete(key)
+    """Delete what was stored for a photo that will have no row (its case closed meanwhile), unless a row holds
+    the same bytes (keys are content addresses): retention deletes only what rows point to."""
+    keys = [key for key in (prepared.object_key, prepared.thumb_key) if key]
+    for key in set(keys) - named_keys(session, keys):
+        runtime.store.delete(key)
 
 
 def prepare_photo(runtime: Runtime, data: bytes, *, media_id: str, case_no: str,
