@@ -24,6 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from accident_service import messages
+from accident_service.cases import lifecycle
 from accident_service.cases.facts import NOTICE_KINDS, Visit
 from accident_service.notify.channels import Rendered
 
@@ -67,7 +68,7 @@ KEYWORD_CHARACTERS = 20
 #: 2024-01-25). Our parameters are short by design, so every account takes them and none is cut.
 SMS_PARAM_CHARACTERS = 6
 #: Notices whose SMS time is when the notice was written (the case ended then), not the visit's.
-_TOLD_AT_WRITING = frozenset({"completed", "withdrawn", "expired", "no_show"})
+_TOLD_AT_WRITING = lifecycle.CLOSING_NOTICES
 
 
 def sms_params(kind: str, facts: dict[str, Any], at: datetime) -> tuple[str, str, str]:
