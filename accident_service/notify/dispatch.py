@@ -258,7 +258,7 @@ def release_held(session: Session, openid: str, now) -> int:
 class TemplateResult(enum.Enum):
     """What a template's result event did to the notice it names (:func:`template_result`)."""
 
-    KEPT = "kept"  # it reached the person, it names no notice of theirs, or a later notice made it moot
+    KEPT = "kept"  # nothing sent back: it reached them, it names no notice of theirs, or a later one made it moot
     SENT_BACK = "sent_back"  # it did not reach them: the notice goes another way
     TOO_EARLY = "too_early"  # a template to them is still being sent: the event may be about it, read it later
 
@@ -277,7 +277,7 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
     (allowance.templates_failed), and the notice it carried is sent again another way, as if it had never gone:
     an SMS for a must-read notice where one is configured, else it waits for the person, whose next action lets
     a text carry it. Unless a later notice about the case has reached them since: that one is what holds now
-    (a booking notice must not come after the cancellation), and this one stays as it was, the failure noted.
+    (a booking notice must not come after the cancellation), and this one is dropped, the failure noted.
     Only the sender's own notice: the push comes from their openid.
     """
     if status == TEMPLATE_DELIVERED:
@@ -299,7 +299,8 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
     sent_back = False
     for row in named:
         error = f"template not delivered: {status}"
-        if _superseded(session, row):
+        if _superseded(session, row):  # no longer true, and never seen: dropped, as a reminder for a moved visit is
+            row.status, row.sent_at = WorkStatus.DROPPED, None
             row.last_error = f"{error}; not sent again: a later notice about the case went to them"[:500]
             metrics.count_on_commit(session, metrics.SENDS.labels(WeChatTemplate.name, row.kind, "superseded"))
             continue

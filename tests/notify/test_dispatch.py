@@ -364,9 +364,10 @@ def test_a_notice_whose_template_failed_is_not_sent_after_a_later_notice_that_ma
     dispatch_due(rt, "w1")
 
     row = load(rt, booked)
-    if moot:  # the failure is on the row, which is not sent again
+    if moot:  # the failure is on the row, which is dropped (the desk shows it was not delivered), not sent again
         assert result is dispatch.TemplateResult.KEPT
-        assert (row.status, row.channel) == (WorkStatus.DONE, "template") and "failed:user block" in row.last_error
+        assert (row.status, row.channel) == (WorkStatus.DROPPED, "template") and "failed:user block" in row.last_error
+        assert row.sent_at is None
         assert len(wechat.messages_to("oDriverA")) == 1
     else:  # sent again: a text now, as the person's allowance lasts
         assert result is dispatch.TemplateResult.SENT_BACK
