@@ -5,7 +5,7 @@ timeout), then checked and stored by ``photos.intake`` (content-addressed, so
 a retry rewrites identical bytes), all before the transaction that records
 it, so no database lock is held during network calls. Transient failures
 become :class:`~accident_service.wechat.inbox.RetryLater`; the driver is told
-once that a photo is being saved when storage is down.
+once that a photo is being saved when the store or the platform's download is down.
 """
 
 from __future__ import annotations
@@ -144,13 +144,21 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
             # The platform has no file for this id (expired, or a link rather than a photo).
             code = "truncated" if exc.errcode is not None else "not_an_image"
             return refused_before_inspection(media_id, row.received_at, code, case_no=case_no)
-        raise inbox.RetryLater(f"wechat {exc.errcode}") from exc
+        raise _waiting_out_an_outage(runtime, row, message, f"wechat {exc.errcode}") from exc
     try:
         return prepare_photo(runtime, media.data, media_id=media_id, case_no=case_no, received_at=row.received_at)
     except StorageUnavailable as exc:
-        _tell_once_photo_is_saving(runtime, row, message)
-        patience = timedelta(minutes=settings.DRAFT_EXPIRY_MINUTES)
-        raise inbox.RetryLater("storage unavailable", keep_trying_until=row.received_at + patience) from exc
+        raise _waiting_out_an_outage(runtime, row, message, "storage unavailable") from exc
+
+
+def _waiting_out_an_outage(runtime: Runtime, row: InboundMessage, message, reason: str) -> inbox.RetryLater:
+    """What a photo needs is down (the platform's download, or the evidence store): the driver is told once that
+    it is being saved, and it is tried again for as long as a quiet draft lives, past INBOX_MAX_ATTEMPTS, with
+    the driver's texts going past it meanwhile. Resending would not help them: the platform keeps the file for
+    three days (WECHAT.md §6), and a resent photo meets the same outage."""
+    _tell_once_photo_is_saving(runtime, row, message)
+    patience = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)
+    return inbox.RetryLater(reason, keep_trying_until=row.received_at + patience)
 
 
 def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str | PhotoForClosedCase:

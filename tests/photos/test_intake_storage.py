@@ -1,8 +1,10 @@
-"""Evidence storage through the whole path: content-addressed originals, thumbnails, retries, storage outages."""
+"""Evidence storage through the whole path: content-addressed originals, thumbnails, retries, outages."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -94,6 +96,24 @@ def own_s3():
     server.stop()
 
 
+@dataclass
+class Outage:
+    """What a photo needs going down and coming back: the evidence store (its S3 server stopped) or the
+    platform's download (media/get answering -1, system busy, to every call)."""
+
+    down: Callable[[], None]
+    up: Callable[[], None]
+
+
+@pytest.fixture(params=["storage", "platform"])
+def outage(request, wechat, own_s3):
+    if request.param == "storage":
+        yield Outage(own_s3.stop, own_s3.start)
+        return
+    yield Outage(lambda: wechat.inject_error("media/get", -1, times=None), wechat.clear_faults)
+    wechat.clear_faults()
+
+
 def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, start_live, own_s3, clock, photos):
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
     data = photos.medium_jpeg("coffee")
@@ -134,13 +154,13 @@ def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, 
     assert seen.index(saving) < seen.index(saved) < seen.index(reply("conv.photo_received", received=1, total=3))
 
 
-def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_live, own_s3, clock, photos):
+def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_live, own_s3, outage, clock, photos):
     """The driver was told "no need to resend": the photo waits the outage out, past INBOX_MAX_ATTEMPTS,
     and the driver's texts meanwhile are answered rather than held behind it."""
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
                          INBOX_MAX_ATTEMPTS=2)
     start_case(wechat, runtime)
-    own_s3.stop()
+    outage.down()
     send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
     for _ in range(6):  # an hour down: six attempts, three times the limit
         clock.advance(minutes=10)
@@ -157,7 +177,7 @@ def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_li
     drain(runtime)  # a later photo waits behind the first: the checklist keeps the order they were sent in
     assert [m.status for m in image_messages(runtime)] == [WorkStatus.PENDING, WorkStatus.PENDING]
 
-    own_s3.start()
+    outage.up()
     clock.advance(minutes=11)
     drain(runtime)
     assert [m.status for m in image_messages(runtime)] == [WorkStatus.DONE, WorkStatus.DONE]
@@ -168,12 +188,12 @@ def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_li
     assert reply("conv.photo_lost") not in seen
 
 
-def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wechat, start_live, own_s3, clock,
-                                                                              photos):
+def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wechat, start_live, own_s3, outage,
+                                                                              clock, photos):
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
                          INBOX_MAX_ATTEMPTS=2)
     start_case(wechat, runtime)
-    own_s3.stop()
+    outage.down()
     send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
     clock.advance(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)  # as long as a quiet draft lives
     drain(runtime)
@@ -185,12 +205,12 @@ def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wec
     assert seen_lines(wechat).count(reply("conv.photo_lost")) == 1
 
 
-def test_texts_are_answered_while_three_photos_wait_out_a_storage_outage(wechat, start_live, own_s3, clock, photos):
+def test_texts_are_answered_while_three_photos_wait_out_an_outage(wechat, start_live, own_s3, outage, clock, photos):
     """Photos sent during an outage queue behind the first one waiting it out; none holds the driver's texts
-    back, and once storage is back they are stored once each, in the order they were sent."""
+    back, and once it is over they are stored once each, in the order they were sent."""
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
     start_case(wechat, runtime)
-    own_s3.stop()
+    outage.down()
     sent = [send_photo(wechat, runtime, photos.medium_jpeg(name), process=False)
             for name in ("coffee", "astronaut", "rocket")]
     drain(runtime)  # the first meets the outage, the other two queue behind it
@@ -203,7 +223,7 @@ def test_texts_are_answered_while_three_photos_wait_out_a_storage_outage(wechat,
     assert [m.status for m in image_messages(runtime)] == [WorkStatus.PENDING] * 3
     assert photos_of(runtime) == []
 
-    own_s3.start()
+    outage.up()
     clock.advance(seconds=6)  # past the first photo's backoff
     drain(runtime)
 
