@@ -421,14 +421,15 @@ def _audit_action(transition: str) -> str:
 
 def closed_after(session: Session, openid: str, sent_at: datetime, *, open_case: Case | None) -> Case | None:
     """The case ``openid`` is a party to that closed for good by an action asked for after ``sent_at``: what they
-    sent then was for it, not for the case open now nor a new one. None when ``open_case`` (theirs now) was
-    open already at ``sent_at``, or no such case closed.
+    sent then was for it, not for the case open now nor a new one. None when they were in ``open_case`` (theirs
+    now) already at ``sent_at`` (a case opened before it that they joined after does not count), or no such
+    case closed.
 
     The action's time is when it happened, or for ``openid``'s own withdrawal when they asked for it
     (:func:`requested`): the other driver could not know of it before. An empty draft its reporter left to join
     the other driver's case (``abandon``) does not count: what they sent is for the case they joined.
     """
-    if open_case is not None and open_case.created_at <= sent_at:
+    if open_case is not None and next(p.joined_at for p in open_case.parties if p.openid == openid) <= sent_at:
         return None
     closed = session.scalars(select(Case).join(Party, Party.case_id == Case.id)
                              .where(Party.openid == openid, Case.closed_at > sent_at).order_by(Case.closed_at))

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
+from accident_service.cases.service import open_case_for
 from accident_service.models import Case, Party, PhotoStatus, WorkStatus
 from accident_service.photos.intake import prepare_photo
 from accident_service.wechat import inbox
@@ -490,3 +491,39 @@ def test_the_other_driver_s_photo_sent_before_they_could_know_of_the_withdrawal_
 
     assert photos_of(runtime) == [] and [status for _, status in driver_cases(runtime, OTHER_DRIVER)] == ["cancelled"]
     assert seen_lines(wechat, OTHER_DRIVER)[-1] == reply("conv.photo_case_closed", case_no=reporters)
+
+
+THIRD_DRIVER = "oPhotoDriver00000000000003"
+
+
+def test_a_photo_that_waited_does_not_join_a_case_opened_before_it_that_its_sender_joined_after(wechat, start_live,
+                                                                                                own_s3, clock, photos):
+    """The other driver's photo was for the reporter's case, which was withdrawn while it waited; they then joined a
+    third driver's case, opened before the photo was sent. That case was open when the photo came, but not
+    theirs: the photo joins no case, and they are told the case it was for has closed."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime, openid=THIRD_DRIVER)
+    thirds = case_no_of(runtime, THIRD_DRIVER)
+    clock.advance(seconds=1)
+    start_case(wechat, runtime)
+    withdrawn = case_no_of(runtime)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, withdrawn))
+    drain(runtime)
+    own_s3.stop()
+    clock.advance(seconds=1)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER)  # waits the outage out
+    withdraw(wechat, runtime, clock)
+    clock.advance(seconds=1)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, thirds))
+    drain(runtime)
+    assert dict(driver_cases(runtime, OTHER_DRIVER))[withdrawn] == "cancelled"
+    with runtime.unit_of_work() as session:
+        assert open_case_for(session, OTHER_DRIVER)[0].case_no == thirds
+
+    own_s3.start()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    assert image_messages(runtime)[0].status is WorkStatus.DONE
+    assert photos_of(runtime) == []
+    assert reply("conv.photo_case_closed", case_no=withdrawn) in seen_lines(wechat, OTHER_DRIVER)
