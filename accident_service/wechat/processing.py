@@ -152,11 +152,13 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
 
 
 def _waiting_out_an_outage(runtime: Runtime, row: InboundMessage, message, reason: str) -> inbox.RetryLater:
-    """What a photo needs is down (the platform's download, or the evidence store): the driver is told once that
-    it is being saved, and it is tried again for as long as a quiet draft lives, past INBOX_MAX_ATTEMPTS, with
-    the driver's texts going past it meanwhile. Resending would not help them: the platform keeps the file for
-    three days (WECHAT.md §6), and a resent photo meets the same outage."""
-    _tell_once_photo_is_saving(runtime, row, message)
+    """What a photo needs is down (the platform's download, or the evidence store): it is tried again for as long
+    as a quiet draft lives, past INBOX_MAX_ATTEMPTS, with the driver's texts going past it meanwhile, and once the
+    first retry (5 s on) meets the outage too, the driver is told, once, that it is being saved. Resending would
+    not help them: the platform keeps the file for three days (WECHAT.md §6), and a resent photo meets the same
+    outage. A blip the first retry outlasts costs them no message: their photo is answered 5 s late."""
+    if row.attempts > 1:
+        _tell_once_photo_is_saving(runtime, row, message)
     patience = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)
     return inbox.RetryLater(reason, keep_trying_until=row.received_at + patience)
 

@@ -123,7 +123,7 @@ def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, 
     own_s3.stop()
 
     send_photo(wechat, runtime, data)
-    assert seen_lines(wechat).count(saving) == 1
+    assert saving not in seen_lines(wechat)  # it may be a blip: nothing said yet
     [message] = image_messages(runtime)
     assert (message.status, message.attempts) == (WorkStatus.PENDING, 1)
     assert message.next_attempt_at > clock.now() and "StorageUnavailable" in message.last_error
@@ -133,10 +133,15 @@ def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, 
     drain(runtime)
     [message] = image_messages(runtime)
     assert (message.status, message.attempts) == (WorkStatus.PENDING, 2)
+    assert seen_lines(wechat).count(saving) == 1
+
+    clock.advance(seconds=11)  # past the second backoff (10 s): still down
+    drain(runtime)
+    assert image_messages(runtime)[0].attempts == 3
     assert seen_lines(wechat).count(saving) == 1  # told once only
 
     own_s3.start()
-    clock.advance(seconds=11)  # past the second backoff (10 s)
+    clock.advance(seconds=21)  # past the third backoff (20 s)
     drain(runtime)
 
     [message] = image_messages(runtime)
@@ -153,6 +158,25 @@ def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, 
     seen = seen_lines(wechat)
     assert seen.count(saving) == 1 and seen.count(saved) == 1
     assert seen.index(saving) < seen.index(saved) < seen.index(reply("conv.photo_received", received=1, total=3))
+
+
+def test_a_blip_the_first_retry_outlasts_costs_the_driver_no_message(wechat, start_live, own_s3, outage, clock,
+                                                                     photos):
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    before = len(wechat.messages_to(DRIVER))
+    outage.down()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    assert len(wechat.messages_to(DRIVER)) == before
+    outage.up()
+    clock.advance(seconds=6)  # past the first backoff (5 s)
+    drain(runtime)
+
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+    assert len(wechat.messages_to(DRIVER)) == before + 1  # the photo's answer, as if nothing had happened
+    seen = seen_lines(wechat)
+    assert reply("conv.photo_received", received=1, total=3) in seen
+    assert reply("conv.photo_saving") not in seen and reply("conv.photo_saved_late") not in seen
 
 
 def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_live, own_s3, outage, clock, photos):
@@ -224,8 +248,12 @@ def test_texts_are_answered_while_three_photos_wait_out_an_outage(wechat, start_
     assert [m.status for m in image_messages(runtime)] == [WorkStatus.PENDING] * 3
     assert photos_of(runtime) == []
 
+    clock.advance(seconds=6)  # past the first photo's backoff: still down, the driver is told
+    drain(runtime)
+    assert seen_lines(wechat).count(reply("conv.photo_saving")) == 1
+
     outage.up()
-    clock.advance(seconds=6)  # past the first photo's backoff
+    clock.advance(seconds=11)  # past its second backoff
     drain(runtime)
 
     assert [m.status for m in image_messages(runtime)] == [WorkStatus.DONE] * 3
