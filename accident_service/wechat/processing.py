@@ -63,7 +63,7 @@ def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid
     The web's pool, right after a push: a driver's message handed off while their previous one was still
     processing cannot be claimed then (one message per driver at a time), so the thread that finishes the
     previous one takes it on. Only messages sent after the one just processed: an earlier one is a retry
-    (a photo waiting out a storage outage that a text overtook), the sweep's, and in the text lane other
+    (a photo waiting out an outage that a text overtook), the sweep's, and in the text lane other
     drivers' texts would wait behind its download. Nothing for this driver: the thread stops.
     ``leased_by``: ``first_id`` is claimed already, by that lease holder (handed on from another lane); its
     lease is taken over, and the message left to the sweep if it lapsed while it waited.
@@ -144,7 +144,12 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
             # The platform has no file for this id (expired, or a link rather than a photo).
             code = "truncated" if exc.errcode is not None else "not_an_image"
             return refused_before_inspection(media_id, row.received_at, code, case_no=case_no)
-        raise _waiting_out_an_outage(runtime, row, message, f"wechat {exc.errcode}") from exc
+        reason = f"wechat {exc.errcode}: {exc.errmsg}"
+        if exc.retryable:  # busy, quota, token, network, 5xx: the platform's outage
+            raise _waiting_out_an_outage(runtime, row, message, reason) from exc
+        # Neither (40125 bad AppSecret, 40164 IP not allowed, an unknown code): the operator's to fix, so the
+        # attempts stay bounded, and the driver is asked to resend once they are spent.
+        raise inbox.RetryLater(reason) from exc
     try:
         return prepare_photo(runtime, media.data, media_id=media_id, case_no=case_no, received_at=row.received_at)
     except StorageUnavailable as exc:
@@ -169,7 +174,7 @@ def _case_no_for_photo(runtime: Runtime, row: InboundMessage, message) -> str | 
     them) belongs to none (lifecycle.closed_after)."""
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source))
-        # No query when the open case was open already when the photo came: the common path.
+        # No query when they were in their open case already when the photo came: the common path.
         closed = lifecycle.closed_after(session, str(message.source), row.received_at,
                                         open_case=found[0] if found else None)
         if closed is not None:

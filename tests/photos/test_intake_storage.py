@@ -179,6 +179,22 @@ def test_a_blip_the_first_retry_outlasts_costs_the_driver_no_message(wechat, sta
     assert reply("conv.photo_saving") not in seen and reply("conv.photo_saved_late") not in seen
 
 
+def test_a_download_refused_for_the_operator_to_fix_is_not_waited_out(wechat, start_live, clock, photos):
+    """40164 (the server's address is not on the account's list) is no outage: tried INBOX_MAX_ATTEMPTS times,
+    then the driver is asked to resend, never told it is being saved."""
+    runtime = start_live(INBOX_MAX_ATTEMPTS=2)
+    start_case(wechat, runtime)
+    wechat.inject_error("media/get", 40164, times=None)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.FAILED and "40164" in message.last_error
+    seen = seen_lines(wechat)
+    assert seen.count(reply("conv.photo_lost")) == 1 and reply("conv.photo_saving") not in seen
+
+
 def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_live, own_s3, outage, clock, photos):
     """The driver was told "no need to resend": the photo waits the outage out, past INBOX_MAX_ATTEMPTS,
     and the driver's texts meanwhile are answered rather than held behind it."""
