@@ -144,7 +144,9 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
             # The platform has no file for this id (expired, or a link rather than a photo).
             code = "truncated" if exc.errcode is not None else "not_an_image"
             return refused_before_inspection(media_id, row.received_at, code, case_no=case_no)
-        reason = f"wechat {exc.errcode}: {exc.errmsg}"
+        # A transport error's text quotes the URL, access token included: only its kind is kept.
+        reason = f"wechat {exc.errcode}: {exc.errmsg}" if exc.errcode is not None else \
+            f"wechat: {exc.errmsg.partition(':')[0]}"
         if exc.retryable:  # busy, quota, token, network, 5xx: the platform's outage
             raise _waiting_out_an_outage(runtime, row, message, reason) from exc
         # Neither (40125 bad AppSecret, 40164 IP not allowed, an unknown code): the operator's to fix, so the
