@@ -144,14 +144,13 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
             # The platform has no file for this id (expired, or a link rather than a photo).
             code = "truncated" if exc.errcode is not None else "not_an_image"
             return refused_before_inspection(media_id, row.received_at, code, case_no=case_no)
-        # A transport error's text quotes the URL, access token included: only its kind is kept.
-        reason = f"wechat {exc.errcode}: {exc.errmsg}" if exc.errcode is not None else \
-            f"wechat: {exc.errmsg.partition(':')[0]}"
+        reason = f"wechat {exc.errcode}: {exc.errmsg}"
         if exc.retryable:  # busy, quota, token, network, 5xx: the platform's outage
             raise _waiting_out_an_outage(runtime, row, message, reason) from exc
         # Neither (40125 bad AppSecret, 40164 IP not allowed, an unknown code): the operator's to fix, so the
-        # attempts stay bounded, and the driver is asked to resend once they are spent.
-        raise inbox.RetryLater(reason) from exc
+        # attempts stay bounded, and the driver is asked to resend once they are spent; a photo waiting out an
+        # outage already keeps the deadline it had (its attempts were spent waiting).
+        raise inbox.RetryLater(reason, keep_trying_until=row.waiting_until) from exc
     try:
         return prepare_photo(runtime, media.data, media_id=media_id, case_no=case_no, received_at=row.received_at)
     except StorageUnavailable as exc:
@@ -164,8 +163,7 @@ def _waiting_out_an_outage(runtime: Runtime, row: InboundMessage, message, reaso
     first retry (5 s on) meets the outage too, the driver is told, once, that it is being saved. Resending would
     not help them: the platform keeps the file for three days (WECHAT.md §6), and a resent photo meets the same
     outage. A blip the first retry outlasts costs them no message: their photo is answered 5 s late."""
-    if row.attempts > 1:
-        _tell_once_photo_is_saving(runtime, row, message)
+    _photo_waits(runtime, row, message)
     patience = timedelta(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES)
     return inbox.RetryLater(reason, keep_trying_until=row.received_at + patience)
 
@@ -204,14 +202,18 @@ def tell_sender_it_was_lost(session, row: InboundMessage, now: datetime) -> None
            dedupe_key=f"lost:{row.id}", now=now)
 
 
-def _tell_once_photo_is_saving(runtime: Runtime, row: InboundMessage, message) -> None:
-    """Tell the driver once; their draft counts the photo as activity, so it outlives the wait."""
+def _photo_waits(runtime: Runtime, row: InboundMessage, message) -> None:
+    """From the photo's first wait its sender's draft counts it as activity, so the draft outlives the wait (and
+    does not expire in the seconds before the first retry); from the first retry on, the driver is told, once."""
+    first_wait, tell = row.waiting_until is None, row.attempts > 1
+    if not (first_wait or tell):
+        return
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source), for_update=True)
-        first_time = _reply(session, str(message.source), found, "conv.photo_saving", dedupe_key=_saving_key(row),
-                            now=now)
-        if first_time is not None and found is not None:
+        if tell:
+            _reply(session, str(message.source), found, "conv.photo_saving", dedupe_key=_saving_key(row), now=now)
+        if first_wait and found is not None:
             cases.touch(found[0], runtime.settings, now)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -123,11 +124,21 @@ def _translated_errors() -> Iterator[None]:
                                  retryable=status is None or status >= 500 or status == 429) from exc
         raise WeChatApiError(int(exc.errcode), str(exc.errmsg)) from exc
     except requests.Timeout as exc:
-        raise WeChatApiError(None, f"timeout: {exc}", retryable=True) from exc
+        raise WeChatApiError(None, f"timeout: {_without_query(str(exc))}", retryable=True) from exc
     except requests.RequestException as exc:
-        raise WeChatApiError(None, f"transport error: {exc}", retryable=True) from exc
+        raise WeChatApiError(None, f"transport error: {_without_query(str(exc))}", retryable=True) from exc
     except TokenUnavailable as exc:
         raise WeChatApiError(None, str(exc), retryable=True) from exc
+
+
+_QUERY = re.compile(r"\?[^\s'\")]*")
+
+
+def _without_query(text: str) -> str:
+    """A transport error's text with the query strings of the URLs it quotes cut: urllib3 quotes the call's URL
+    (``…?access_token=…``), and the text goes where the log filter does not reach (an inbox row's or a notice's
+    ``last_error``, which the desk shows)."""
+    return _QUERY.sub("?…", text)
 
 
 class GatewayClient(WeChatClient):

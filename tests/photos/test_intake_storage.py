@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
+from accident_service.booking.scheduled import expire_idle_drafts
 from accident_service.cases.service import open_case_for
 from accident_service.models import Case, Party, PhotoStatus, WorkStatus
 from accident_service.photos.intake import prepare_photo
@@ -193,6 +194,48 @@ def test_a_download_refused_for_the_operator_to_fix_is_not_waited_out(wechat, st
     assert message.status is WorkStatus.FAILED and "40164" in message.last_error
     seen = seen_lines(wechat)
     assert seen.count(reply("conv.photo_lost")) == 1 and reply("conv.photo_saving") not in seen
+
+
+def test_a_photo_waiting_out_an_outage_keeps_a_draft_about_to_expire_open(wechat, start_live, own_s3, outage, clock,
+                                                                          photos):
+    """The photo is activity from its first wait: the draft does not expire in the seconds before the retry that
+    would tell the driver."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    clock.advance(minutes=runtime.settings.DRAFT_EXPIRY_MINUTES, seconds=-2)
+    outage.down()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    clock.advance(seconds=3)  # the draft's quiet period would be over now
+    assert expire_idle_drafts(runtime) == 0
+    outage.up()
+    clock.advance(seconds=6)
+    drain(runtime)
+
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+    assert [status for _, status in driver_cases(runtime)] == ["draft"]
+
+
+def test_a_photo_waiting_out_an_outage_keeps_its_deadline_through_an_error_the_operator_fixes(wechat, start_live,
+                                                                                               clock, photos):
+    """Its attempts were spent waiting: one refusal for the operator (40164) among them does not end it."""
+    runtime = start_live(INBOX_MAX_ATTEMPTS=2)
+    start_case(wechat, runtime)
+    wechat.inject_error("media/get", -1, times=None)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    for _ in range(3):  # past the attempt limit, waiting
+        clock.advance(minutes=10)
+        drain(runtime)
+    wechat.clear_faults()
+    wechat.inject_error("media/get", 40164, times=1)
+    clock.advance(minutes=10)
+    drain(runtime)
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.PENDING and "40164" in message.last_error
+    clock.advance(minutes=10)
+    drain(runtime)
+
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+    assert reply("conv.photo_lost") not in seen_lines(wechat)
 
 
 def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_live, own_s3, outage, clock, photos):

@@ -280,3 +280,18 @@ def test_the_app_secret_and_every_token_are_never_logged(emulator: WeChatEmulato
                            token_store=AnotherProcessFetchedIt())
     token = shared.current_token()
     assert token not in mask_personal_data(f"?access_token={token}")
+
+
+def test_a_transport_error_does_not_carry_the_access_token(emulator: WeChatEmulator, api: WeChatApi) -> None:
+    """urllib3 quotes the URL of a call it could not make, ``?access_token=…`` included; the error's text goes
+    into rows (an inbox message's or a notice's last error, shown on the desk), where no log filter masks it."""
+    api.send_text("o-a", "warm up")  # the token is fetched
+    token = api.client.current_token()
+    emulator.stop()
+
+    for call in (lambda: api.download_media("m", max_bytes=1024, timeout=2), lambda: api.send_text("o-a", "hi")):
+        with pytest.raises(WeChatApiError) as caught:
+            call()
+        assert caught.value.retryable and caught.value.errcode is None
+        assert caught.value.errmsg.startswith("transport error: ") and "127.0.0.1" in caught.value.errmsg
+        assert token not in caught.value.errmsg and "access_token" not in caught.value.errmsg
