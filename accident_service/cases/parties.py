@@ -65,8 +65,10 @@ def start_case(session, *, openid: str, language: str, settings: Settings, now: 
 
 
 def join_case(session, *, code: str, openid: str, language: str, settings: Settings, now: datetime,
-              typed: bool = True) -> Joined:
-    """Join the case with ``code`` as party B.
+              typed: bool = True, asked_at: datetime | None = None) -> Joined:
+    """Join the case with ``code`` as party B, as asked at ``asked_at`` (when their message came; ``now`` if not
+    given), which is when they joined for what they send after it (``lifecycle.closed_after``): a message
+    processed late, behind the closing of their other case, must not move what they sent after it elsewhere.
 
     Raises JoinRefused: unknown_code, own_case, taken (another B joined),
     closed, in_other_case (the driver is party to another open case that is
@@ -107,7 +109,8 @@ def join_case(session, *, code: str, openid: str, language: str, settings: Setti
                         after={"joined": case.case_no})
         session.flush()  # the abandoned draft lets go of the driver before they join (one open case each)
         closed_draft = other.case_no
-    party = Party(role=PartyRole.B, openid=openid, language=language, case_open=True, joined_at=now)
+    party = Party(role=PartyRole.B, openid=openid, language=language, case_open=True,
+                  joined_at=min(asked_at or now, now))
     lifecycle.apply(session, case, "join", actor=Actor.B, party=party, settings=settings, now=now)
     case.parties.append(party)
     session.flush()

@@ -195,7 +195,8 @@ class Conversation:
     def join(self, code: str, *, by_qr: bool = False) -> None:
         try:
             joined = parties.join_case(self.session, code=code, openid=self.openid, language=self.language,
-                                       settings=self.settings, now=self.now, typed=not by_qr)
+                                       settings=self.settings, now=self.now, typed=not by_qr,
+                                       asked_at=self.row.received_at)
         except parties.JoinRefused as refused:
             # A scanned code was never typed: do not ask to check and resend it.
             reason = "unknown_qr" if by_qr and refused.code == "unknown_code" else refused.code

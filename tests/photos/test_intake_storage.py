@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from accident_service.booking.scheduled import expire_idle_drafts
 from accident_service.cases.service import open_case_for
+from accident_service.desk import actions
 from accident_service.models import Case, Party, PhotoStatus, WorkStatus
 from accident_service.photos.intake import prepare_photo
 from accident_service.wechat import inbox
@@ -614,3 +615,34 @@ def test_a_photo_that_waited_does_not_join_a_case_opened_before_it_that_its_send
     assert image_messages(runtime)[0].status is WorkStatus.DONE
     assert photos_of(runtime) == []
     assert reply("conv.photo_case_closed", case_no=withdrawn) in seen_lines(wechat, OTHER_DRIVER)
+
+
+def test_a_photo_sent_after_asking_to_join_a_case_goes_to_it_though_the_join_waited_for_another_to_close(
+        wechat, start_live, clock, photos):
+    """The other driver, still in the reporter's case, asks to join a third driver's case, then sends a photo; the
+    desk ends the reporter's case before either message is processed. The join then holds, and the photo, sent
+    after they asked, is for the case they joined, not refused for the case the desk ended."""
+    runtime = start_live()
+    start_case(wechat, runtime, openid=THIRD_DRIVER)
+    thirds = case_no_of(runtime, THIRD_DRIVER)
+    clock.advance(seconds=1)
+    start_case(wechat, runtime)
+    reporters = case_no_of(runtime)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, reporters))
+    drain(runtime)
+    clock.advance(seconds=1)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, thirds))
+    clock.advance(seconds=1)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER, process=False)
+    clock.advance(seconds=1)
+    with runtime.unit_of_work() as session:
+        actions.close_case(session, actions.lock_case(session, reporters), reason="双方和解", staff="desk-1",
+                           settings=runtime.settings, now=clock.now())
+    clock.advance(seconds=1)
+    drain(runtime)
+
+    [photo] = photos_of(runtime)
+    with runtime.unit_of_work() as session:
+        assert open_case_for(session, OTHER_DRIVER)[0].case_no == thirds
+        assert session.get(Case, photo.case_id).case_no == thirds
+    assert reply("conv.photo_case_closed", case_no=reporters) not in seen_lines(wechat, OTHER_DRIVER)
