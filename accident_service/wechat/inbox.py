@@ -246,6 +246,10 @@ def finish(session: Session, row: InboundMessage, worker_id: str, now: datetime)
 def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error: str, *,
                     keep_trying_until: datetime | None = None, on_give_up: GiveUpHook | None = None) -> str:
     now = runtime.clock.now()
+    if keep_trying_until is None:
+        # A message waiting out an outage spent its attempts waiting: whatever fails it now (a refusal for the
+        # operator, a database error, a bug) leaves it the deadline it had, not the attempt limit long passed.
+        keep_trying_until = row.waiting_until
     waiting = keep_trying_until is not None and now < keep_trying_until
     give_up = row.attempts >= runtime.settings.INBOX_MAX_ATTEMPTS and not waiting
     with runtime.unit_of_work() as session:

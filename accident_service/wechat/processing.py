@@ -148,9 +148,9 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
         if exc.retryable:  # busy, quota, token, network, 5xx: the platform's outage
             raise _waiting_out_an_outage(runtime, row, message, reason) from exc
         # Neither (40125 bad AppSecret, 40164 IP not allowed, an unknown code): the operator's to fix, so the
-        # attempts stay bounded, and the driver is asked to resend once they are spent; a photo waiting out an
-        # outage already keeps the deadline it had (its attempts were spent waiting).
-        raise inbox.RetryLater(reason, keep_trying_until=row.waiting_until) from exc
+        # attempts stay bounded, and the driver is asked to resend once they are spent (a photo waiting out an
+        # outage keeps its deadline: inbox._schedule_retry).
+        raise inbox.RetryLater(reason) from exc
     try:
         return prepare_photo(runtime, media.data, media_id=media_id, case_no=case_no, received_at=row.received_at)
     except StorageUnavailable as exc:

@@ -371,6 +371,25 @@ def test_a_message_waiting_out_an_outage_survives_dying_workers_until_its_deadli
     assert load(runtime, message_id).status is WorkStatus.FAILED
 
 
+@pytest.mark.parametrize("then", [RuntimeError("a bug"), inbox.RetryLater("wechat 40164: not allowed")],
+                         ids=["an_error", "a_retry_without_patience"])
+def test_a_message_waiting_out_an_outage_keeps_its_deadline_whatever_fails_it_then(runtime, clock, then):
+    message_id = push(runtime)
+    deadline = clock.now() + timedelta(hours=2)
+    outage = inbox.RetryLater("storage unavailable", keep_trying_until=deadline)
+    for _ in range(MAX_ATTEMPTS):  # attempts used up while waiting
+        clock.advance(minutes=10)
+        assert inbox.claim_due(runtime, "w1") == [message_id]
+        inbox.process(runtime, message_id, "w1", failing_with(outage))
+    clock.advance(minutes=10)
+    assert inbox.claim_due(runtime, "w1") == [message_id]
+    assert inbox.process(runtime, message_id, "w1", failing_with(then)) == "retry"
+    assert load(runtime, message_id).waiting_until == deadline  # texts still go past it
+    clock.advance(deadline - clock.now())
+    assert inbox.claim_due(runtime, "w1") == [message_id]
+    assert inbox.process(runtime, message_id, "w1", failing_with(then)) == "failed"
+
+
 def test_a_failing_give_up_hook_does_not_undo_the_failure(runtime, clock):
     message_id = push(runtime)
 
