@@ -508,3 +508,15 @@ def _refused_at_connect(fatal: str) -> sa_exc.OperationalError:
 ])
 def test_may_succeed_later_only_where_trying_again_can_help(error, later):
     assert db.may_succeed_later(error) is later
+
+
+def test_a_database_error_does_not_quote_the_values_of_its_statement(engine):
+    """Its text is logged and stored (an inbox row's or a notice's last_error, shown on the desk)."""
+    with engine.begin() as connection:
+        taken = connection.execute(AuditEvent.__table__.insert().values(
+            at=T0, actor_type="system", actor=None, action="first")).inserted_primary_key[0]
+    with pytest.raises(sa_exc.IntegrityError) as caught, engine.begin() as connection:
+        connection.execute(AuditEvent.__table__.insert(), {"id": taken, "at": T0, "actor_type": "wechat",
+                                                           "actor": "oSecretOpenid13800138000", "action": "again"})
+    assert "oSecretOpenid13800138000" not in str(caught.value) and "13800138000" not in repr(caught.value)
+    assert "INSERT INTO audit_event" in str(caught.value)  # the statement itself is kept
