@@ -197,7 +197,8 @@ class PartyOut(Schema):
     role = fields.String(validate=validate.OneOf(["A", "B"]))
     plate, phone = _nullable(fields.String()), _nullable(fields.String())
     language = fields.String()
-    joined_at = fields.AwareDateTime()
+    joined_at = fields.AwareDateTime(metadata={"description": "the reporter (A): when the case was opened; the other "
+                                                          "driver (B): when their request to join reached the service"})
 
 
 @always_present

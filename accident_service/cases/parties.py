@@ -85,6 +85,8 @@ def join_case(session, *, code: str, openid: str, language: str, settings: Setti
             raise JoinRefused("too_many_attempts")
     current = open_case_for(session, openid, for_update=True)
     case = session.scalar(select(Case).where(Case.join_code == code).with_for_update())
+    if case is not None and asked_at is not None and case.created_at > asked_at:
+        case = None  # a released code that a newer case took while the message waited: not the case they meant
     if case is None:
         if typed:
             record_audit(session, actor_type="wechat", actor=openid[:64], action="case.join_unknown_code",

@@ -90,6 +90,24 @@ def test_join_refusals_name_their_reason_and_change_nothing(runtime, situation, 
         assert session.scalar(select(func.count()).select_from(Party)) == parties_before
 
 
+def test_a_join_asked_for_before_the_case_with_that_code_was_opened_is_not_for_it(runtime):
+    """Codes are released when a case ends and may be taken by a newer case: a join message that waited (an
+    outage) names the case the code was then, not the one that took it since."""
+    case_id, _, code, _, _ = _start(runtime)
+    with runtime.unit_of_work() as session:
+        opened = session.get(Case, case_id).created_at
+    for asked, joins in ((opened - timedelta(seconds=1), False), (opened, True)):
+        with runtime.unit_of_work() as session:
+            try:
+                cases.join_case(session, code=code, openid="oB", language="zh", settings=runtime.settings,
+                                now=opened + timedelta(minutes=5), asked_at=asked)
+                joined = True
+            except cases.JoinRefused as refused:
+                assert refused.code == "unknown_code"
+                joined = False
+        assert joined is joins, asked
+
+
 def test_an_empty_draft_of_the_joining_driver_gives_way_to_the_join(runtime):
     case_id, _, code, _, _ = _start(runtime, openid="oA")
     own_draft_id = _start(runtime, openid="oB")[0]
