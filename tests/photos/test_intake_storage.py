@@ -584,19 +584,25 @@ def test_the_other_driver_s_photo_sent_before_they_could_know_of_the_withdrawal_
 THIRD_DRIVER = "oPhotoDriver00000000000003"
 
 
+def a_third_case_and_the_reporter_s_joined(wechat, runtime, clock) -> tuple[str, str]:
+    """A third driver's case, then a second later the reporter's, which the other driver joins; their numbers."""
+    start_case(wechat, runtime, openid=THIRD_DRIVER)
+    thirds = case_no_of(runtime, THIRD_DRIVER)
+    clock.advance(seconds=1)
+    start_case(wechat, runtime)
+    reporters = case_no_of(runtime)
+    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, reporters))
+    drain(runtime)
+    return thirds, reporters
+
+
 def test_a_photo_that_waited_does_not_join_a_case_opened_before_it_that_its_sender_joined_after(wechat, start_live,
                                                                                                 own_s3, clock, photos):
     """The other driver's photo was for the reporter's case, which was withdrawn while it waited; they then joined a
     third driver's case, opened before the photo was sent. That case was open when the photo came, but not
     theirs: the photo joins no case, and they are told the case it was for has closed."""
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
-    start_case(wechat, runtime, openid=THIRD_DRIVER)
-    thirds = case_no_of(runtime, THIRD_DRIVER)
-    clock.advance(seconds=1)
-    start_case(wechat, runtime)
-    withdrawn = case_no_of(runtime)
-    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, withdrawn))
-    drain(runtime)
+    thirds, withdrawn = a_third_case_and_the_reporter_s_joined(wechat, runtime, clock)
     own_s3.stop()
     clock.advance(seconds=1)
     send_photo(wechat, runtime, photos.medium_jpeg("coffee"), openid=OTHER_DRIVER)  # waits the outage out
@@ -623,13 +629,7 @@ def test_a_photo_sent_after_asking_to_join_a_case_goes_to_it_though_the_join_wai
     desk ends the reporter's case before either message is processed. The join then holds, and the photo, sent
     after they asked, is for the case they joined, not refused for the case the desk ended."""
     runtime = start_live()
-    start_case(wechat, runtime, openid=THIRD_DRIVER)
-    thirds = case_no_of(runtime, THIRD_DRIVER)
-    clock.advance(seconds=1)
-    start_case(wechat, runtime)
-    reporters = case_no_of(runtime)
-    wechat.post_text(OTHER_DRIVER, join_code_of(runtime, reporters))
-    drain(runtime)
+    thirds, reporters = a_third_case_and_the_reporter_s_joined(wechat, runtime, clock)
     clock.advance(seconds=1)
     wechat.post_text(OTHER_DRIVER, join_code_of(runtime, thirds))
     clock.advance(seconds=1)

@@ -354,14 +354,20 @@ def test_a_message_whose_worker_died_on_its_last_attempt_tells_the_sender(runtim
     assert load(runtime, message_id).status is WorkStatus.FAILED and told == [message_id]
 
 
-def test_a_message_waiting_out_an_outage_survives_dying_workers_until_its_deadline(runtime, clock):
+def waiting_past_the_attempt_limit(runtime, clock):
+    """A message that has spent every attempt waiting out an outage; (its id, its deadline)."""
     message_id = push(runtime)
     deadline = clock.now() + timedelta(hours=2)
     outage = inbox.RetryLater("storage unavailable", keep_trying_until=deadline)
-    for _ in range(MAX_ATTEMPTS):  # attempts used up while waiting
+    for _ in range(MAX_ATTEMPTS):
         clock.advance(minutes=10)
         assert inbox.claim_due(runtime, "w1") == [message_id]
         inbox.process(runtime, message_id, "w1", failing_with(outage))
+    return message_id, deadline
+
+
+def test_a_message_waiting_out_an_outage_survives_dying_workers_until_its_deadline(runtime, clock):
+    message_id, deadline = waiting_past_the_attempt_limit(runtime, clock)
     clock.advance(minutes=10)
     assert inbox.claim_due(runtime, "w2") == [message_id]  # ...and this worker dies
     past_lease(clock)
@@ -374,13 +380,7 @@ def test_a_message_waiting_out_an_outage_survives_dying_workers_until_its_deadli
 @pytest.mark.parametrize("then", [RuntimeError("a bug"), inbox.RetryLater("wechat 40164: not allowed")],
                          ids=["an_error", "a_retry_without_patience"])
 def test_a_message_waiting_out_an_outage_keeps_its_deadline_whatever_fails_it_then(runtime, clock, then):
-    message_id = push(runtime)
-    deadline = clock.now() + timedelta(hours=2)
-    outage = inbox.RetryLater("storage unavailable", keep_trying_until=deadline)
-    for _ in range(MAX_ATTEMPTS):  # attempts used up while waiting
-        clock.advance(minutes=10)
-        assert inbox.claim_due(runtime, "w1") == [message_id]
-        inbox.process(runtime, message_id, "w1", failing_with(outage))
+    message_id, deadline = waiting_past_the_attempt_limit(runtime, clock)
     clock.advance(minutes=10)
     assert inbox.claim_due(runtime, "w1") == [message_id]
     assert inbox.process(runtime, message_id, "w1", failing_with(then)) == "retry"
