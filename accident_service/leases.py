@@ -43,7 +43,7 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     leases, so a row that kills its worker is counted all the same. With ``max_attempts``, a row whose
     lease lapsed after its last allowed attempt (its worker died or hung every time) is never claimed
     again — unless its ``waiting_until`` column (a row waiting out an outage) is still ahead: the
-    sweep marks it FAILED (:func:`fail_exhausted`).
+    sweep marks it FAILED (:func:`fail_exhausted`). Rows waiting out an outage are picked after the others.
     ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
     a row back. ``recipients``: only rows for these people. ``after_id``: only rows newer than that one.
     """
@@ -114,8 +114,12 @@ def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: boo
         earlier.openid == row.openid, earlier.id < row.id,
         earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
         *([~may_overtake(earlier, row)] if may_overtake is not None else []))
+    # Oldest first; with ``waiting_until``, rows waiting out an outage after the rest: each retry of one may
+    # take its call's whole timeout (a silent platform), and a sweep going through them oldest first would
+    # keep a text due meanwhile waiting behind every one of them.
+    order = (getattr(row, waiting_until).is_not(None), row.id) if waiting_until is not None else (row.id,)
     candidates = (select(row.id).where(_due(row, now, limited, waiting_until), ~blocked)
-                  .order_by(row.id).limit(bindparam("limit")))
+                  .order_by(*order).limit(bindparam("limit")))
     if by_id:
         candidates = candidates.where(row.id == bindparam("only_id"))
     if newer:

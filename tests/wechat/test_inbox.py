@@ -242,6 +242,21 @@ def test_texts_pass_any_number_of_photos_held_up_by_an_outage_and_photos_keep_th
     assert audit_actors(runtime) == ["w1"] * 6
 
 
+def test_the_sweep_takes_what_is_due_before_photos_waiting_out_an_outage(runtime, clock):
+    # Each retry of a waiting photo may take its download's whole timeout (a silent platform): another
+    # driver's text due meanwhile must not wait behind every one of them, older as they are.
+    outage = inbox.RetryLater("wechat None: timeout", keep_trying_until=clock.now() + timedelta(hours=2))
+    photos = [push(runtime, f"oWaiting{n}", image=True) for n in range(2)]
+    for photo in photos:
+        assert inbox.claim_due(runtime, "w1", limit=1) == [photo]
+        assert inbox.process(runtime, photo, "w1", failing_with(outage)) == "retry"
+    text = push(runtime, "oDriverB")
+    clock.advance(minutes=10)  # the photos' retries are due too
+    assert inbox.claim_due(runtime, "w1", limit=1) == [text]
+    assert inbox.claim_due(runtime, "w1", limit=1) == [photos[0]]  # then the waiting ones, oldest first
+    assert inbox.claim_due(runtime, "w1", limit=10) == [photos[1]]
+
+
 def test_failed_message_does_not_block_the_driver_forever(runtime, clock):
     poison, later = push(runtime, "oDriverA"), push(runtime, "oDriverA")
     for attempt in range(1, MAX_ATTEMPTS + 1):
