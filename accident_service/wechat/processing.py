@@ -159,8 +159,8 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
 
 def _waiting_out_an_outage(runtime: Runtime, row: InboundMessage, message, reason: str) -> inbox.RetryLater:
     """What a photo needs is down (the platform's download, or the evidence store): it is tried again for as long
-    as a quiet draft lives, past INBOX_MAX_ATTEMPTS, with the driver's texts going past it meanwhile, and once the
-    first retry (5 s on) meets the outage too, the driver is told, once, that it is being saved. Resending would
+    as a quiet draft lives, past INBOX_MAX_ATTEMPTS, with the driver's texts going past it meanwhile, and once its
+    retry (5 s on) meets the outage too, the driver is told, once, that it is being saved. Resending would
     not help them: the platform keeps the file for three days (WECHAT.md §6), and a resent photo meets the same
     outage. A blip the first retry outlasts costs them no message: their photo is answered 5 s late."""
     _photo_waits(runtime, row, message)
@@ -204,16 +204,16 @@ def tell_sender_it_was_lost(session, row: InboundMessage, now: datetime) -> None
 
 def _photo_waits(runtime: Runtime, row: InboundMessage, message) -> None:
     """From the photo's first wait its sender's draft counts it as activity, so the draft outlives the wait (and
-    does not expire in the seconds before the first retry); from the first retry on, the driver is told, once."""
-    first_wait, tell = row.waiting_until is None, row.attempts > 1
-    if not (first_wait or tell):
-        return
+    does not expire in the seconds before the retry); once the retry meets the outage too, the driver is told,
+    once. Counted in waits, not attempts: an attempt its worker died in, or one refused for the operator to fix,
+    was no wait, and a blip after it must cost the driver no message either."""
+    first_wait = row.waiting_until is None
     now = runtime.clock.now()
     with runtime.unit_of_work() as session:
         found = cases.open_case_for(session, str(message.source), for_update=True)
-        if tell:
+        if not first_wait:
             _reply(session, str(message.source), found, "conv.photo_saving", dedupe_key=_saving_key(row), now=now)
-        if first_wait and found is not None:
+        elif found is not None:
             cases.touch(found[0], runtime.settings, now)
 
 

@@ -181,6 +181,26 @@ def test_a_blip_the_first_retry_outlasts_costs_the_driver_no_message(wechat, sta
     assert reply("conv.photo_saving") not in seen and reply("conv.photo_saved_late") not in seen
 
 
+def test_a_blip_after_an_attempt_whose_worker_died_costs_the_driver_no_message(wechat, start_live, own_s3, outage,
+                                                                              clock, photos):
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"), process=False)
+    assert len(inbox.claim_due(runtime, "crashed-worker", limit=1)) == 1  # ...and it dies: no wait yet
+    clock.advance(seconds=runtime.settings.INBOX_LEASE_SECONDS + 1)
+    outage.down()
+    drain(runtime)  # its second attempt is its first wait
+    assert image_messages(runtime)[0].attempts == 2
+    outage.up()
+    clock.advance(seconds=11)  # past its backoff (10 s after a second attempt)
+    drain(runtime)
+
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
+    seen = seen_lines(wechat)
+    assert reply("conv.photo_received", received=1, total=3) in seen
+    assert reply("conv.photo_saving") not in seen and reply("conv.photo_saved_late") not in seen
+
+
 def test_a_download_refused_for_the_operator_to_fix_is_not_waited_out(wechat, start_live, clock, photos):
     """40164 (the server's address is not on the account's list) is no outage: tried INBOX_MAX_ATTEMPTS times,
     then the driver is asked to resend, never told it is being saved."""
