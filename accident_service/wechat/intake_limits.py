@@ -7,15 +7,18 @@ by the platform as a failure (retries, then "service unavailable" shown to the d
 and dropping the push would lose evidence. A real driver sends a handful of photos; the
 defaults (WECHAT_MEDIA_PER_MINUTE, WECHAT_MEDIA_PER_HOUR) are far above that.
 
-Moving windows: with REDIS_URL, in Redis through the ``limits`` library (the engine under
-Flask-Limiter; its Lua scripts keep the windows atomic and shared by every web process and
-host), one round trip per limit. Without it, in each process's memory (:class:`_ProcessWindows`):
-``limits``' memory storage starts a timer thread every 10 ms that sweeps every sender's
-entries, which costs a web worker a large share of a core with thousands of senders.
-Flask-Limiter itself is not used: its request hooks run on every request of the app
-(45-80 µs of CPU each, measured, on a webhook that needs about a millisecond) and its answer
-to a breach is a refusal, where this limit defers. When Redis does not answer, pushes are
-not held back: the limit protects capacity, never at the cost of a push.
+Moving windows, and a push over them takes its turn in them: it is counted at the time its processing
+is due, so the pushes held back are spread at the limits' pace (a burst of 1,000 photos is processed 30
+a minute, and 300 an hour), not all let through together once the first minute has passed. With
+REDIS_URL the windows are in Redis, shared by every web process and host: one script, one round trip,
+every limit at once. ``limits`` (Flask-Limiter's engine) counts only at the present, so it cannot hold
+a turn in the future: the script is this module's. Without REDIS_URL they are in each process's memory
+(:class:`_ProcessWindows`; ``limits``' memory storage also started a timer thread every 10 ms that swept
+every sender, a large share of a web worker's core with thousands of senders). Flask-Limiter itself is
+not used: its request hooks run on every request of the app (45-80 µs of CPU each, measured, on a
+webhook that needs about a millisecond) and its answer to a breach is a refusal, where this limit
+defers. When Redis does not answer, pushes are not held back: the limit protects capacity, never at
+the cost of a push.
 """
 
 from __future__ import annotations
@@ -25,89 +28,109 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-
-from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
-from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 
 from accident_service.settings import Settings
 
 log = logging.getLogger(__name__)
 #: Message types whose processing downloads media (wechatpy's names).
 COSTLY_TYPES = frozenset({"image", "voice", "video", "shortvideo", "file"})
-SCOPE = "wechat-media"
+KEY_PREFIX = "accident-service-limits:wechat-media"
 EXTENSION_KEY = "accident_service.intake_limits"
 #: Redis must answer fast: the webhook waits for it (the platform gives 5 s in all).
 REDIS_TIMEOUT_SECONDS = 0.25
+
+
+#: A moving window: at most ``amount`` pushes processed in any ``seconds``.
+Window = tuple[int, float]
 
 
 class IntakeLimits:
     """The limits for one app; :meth:`defer_until` is asked once per push."""
 
     def __init__(self, settings: Settings) -> None:
-        self._limits = [limit(count) for count, limit in ((settings.WECHAT_MEDIA_PER_MINUTE, RateLimitItemPerMinute),
-                                                          (settings.WECHAT_MEDIA_PER_HOUR, RateLimitItemPerHour))
-                        if count]
+        self._limits: list[Window] = [(count, seconds) for count, seconds in (
+            (settings.WECHAT_MEDIA_PER_MINUTE, 60.0), (settings.WECHAT_MEDIA_PER_HOUR, 3600.0)) if count]
         self._windows = _RedisWindows(settings.REDIS_URL) if settings.REDIS_URL else _ProcessWindows()
 
     def defer_until(self, msg_type: str, openid: str, now: datetime) -> datetime | None:
         """When to start processing a costly push over its sender's limits; None to start as usual.
 
-        A push within them is counted. ``now`` is the service's clock; the wait is measured
+        Either way the push is counted, at that time. ``now`` is the service's clock; the wait is measured
         on the windows' own (wall) clock and added to it.
         """
         if not self._limits or msg_type not in COSTLY_TYPES:
             return None
         try:
-            wait = self._windows.wait_or_count(self._limits, openid)
+            wait = self._windows.take_turn(self._limits, openid)
         except Exception as exc:  # the windows' store is down: hold nothing back rather than fail the push
             log.warning("intake limits unavailable (%s); push not held back", type(exc).__name__)
             return None
-        return now + timedelta(seconds=max(1.0, wait)) if wait else None
+        return now + timedelta(seconds=wait) if wait > 0 else None
+
+
+#: KEYS[1]: one sender's turns, a sorted set scored by when each counted push is (or was) due.
+#: ARGV: now, this push's member name, then each window's amount and seconds. Returns the wait, as text
+#: (Redis would cut a number to an integer).
+_TAKE_TURN = """
+local now = tonumber(ARGV[1])
+local turn, longest, most = now, 0, 0
+for i = 3, #ARGV, 2 do
+  local amount, seconds = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  longest, most = math.max(longest, seconds), math.max(most, amount)
+  local nth = redis.call('ZREVRANGE', KEYS[1], amount - 1, amount - 1, 'WITHSCORES')
+  if nth[2] then turn = math.max(turn, tonumber(nth[2]) + seconds) end
+end
+redis.call('ZADD', KEYS[1], turn, ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(most + 1))
+redis.call('PEXPIRE', KEYS[1], math.ceil((turn - now + longest) * 1000))
+return tostring(turn - now)
+"""
 
 
 class _RedisWindows:
     def __init__(self, redis_url: str) -> None:
-        uri = "redis+unix://" + redis_url.removeprefix("unix://") if redis_url.startswith("unix://") else redis_url
-        self._strategy = MovingWindowRateLimiter(storage_from_string(
-            uri, key_prefix="accident-service-limits", socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS))
+        import redis
 
-    def wait_or_count(self, limits: Sequence[RateLimitItem], openid: str) -> float:
-        """Seconds until the sender is within every limit again, or 0.0 after counting the push."""
-        for limit in limits:  # a breach of a later limit leaves the earlier ones counted: a slight overcount
-            if not self._strategy.hit(limit, SCOPE, openid):
-                return self._strategy.get_window_stats(limit, SCOPE, openid).reset_time - time.time()
-        return 0.0
+        client = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                      socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        self._take_turn = client.register_script(_TAKE_TURN)
+
+    def take_turn(self, limits: Sequence[Window], openid: str) -> float:
+        """Seconds until the push's turn in the sender's windows (0.0: now), the turn counted."""
+        args = [time.time(), uuid.uuid4().hex, *itertools.chain.from_iterable(limits)]
+        return max(0.0, float(self._take_turn(keys=[f"{KEY_PREFIX}:{openid}"], args=args)))
 
 
 class _ProcessWindows:
-    """Moving windows in this process, without a thread: the times of each sender's counted pushes.
+    """Moving windows in this process, without a thread: when each of a sender's counted pushes is due.
 
-    Senders are kept in the order they were last counted; those quiet for the longest
-    window are dropped from the front, a few at a time, as others are counted.
+    Senders are kept in the order they were last counted; those quiet for the longest window are
+    dropped from the front, a few at a time, as others are counted.
     """
 
     def __init__(self) -> None:
-        self._times: dict[str, collections.deque[float]] = {}
+        self._turns: dict[str, collections.deque[float]] = {}
         self._lock = threading.Lock()
 
-    def wait_or_count(self, limits: Sequence[RateLimitItem], openid: str) -> float:
-        """Seconds until the sender is within every limit again, or 0.0 after counting the push."""
+    def take_turn(self, limits: Sequence[Window], openid: str) -> float:
+        """Seconds until the push's turn in the sender's windows (0.0: now), the turn counted."""
         now = time.time()
+        longest = max(seconds for _, seconds in limits)
         with self._lock:
-            times = self._times.pop(openid, None) or collections.deque(maxlen=max(lim.amount for lim in limits))
-            self._times[openid] = times  # the most recently seen sender goes last
-            waits = [times[-limit.amount] + limit.get_expiry() - now for limit in limits
-                     if len(times) >= limit.amount and times[-limit.amount] > now - limit.get_expiry()]
-            if waits:
-                return max(waits)
-            times.append(now)
-            longest = max(limit.get_expiry() for limit in limits)
-            for sender in list(itertools.islice(self._times, 16)):
-                if self._times[sender][-1] > now - longest:
+            turns = self._turns.pop(openid, None) or collections.deque(maxlen=max(amount for amount, _ in limits))
+            self._turns[openid] = turns  # the most recently seen sender goes last
+            # Turns are taken in order, so the amount-th latest is the one the window must have passed.
+            turn = max([now, *(turns[-amount] + seconds for amount, seconds in limits if len(turns) >= amount)])
+            turns.append(turn)
+            for sender in list(itertools.islice(self._turns, 16)):
+                last = self._turns[sender][-1]
+                if last <= now - longest:
+                    del self._turns[sender]  # quiet for a whole window
+                elif last > now:  # a push still waiting for its turn: looked at again after the others
+                    self._turns[sender] = self._turns.pop(sender)
+                else:
                     break  # the front is the quietest: everyone after it is more recent
-                del self._times[sender]
-        return 0.0
+        return turn - now

@@ -129,20 +129,54 @@ def test_an_unreachable_redis_holds_no_push_back(settings_overrides, clock):
 
 def test_process_windows_move_with_time_and_forget_quiet_senders(monkeypatch):
     """The memory windows (no REDIS_URL), on a clock of the test's own."""
-    from limits import RateLimitItemPerMinute
-
     from accident_service.wechat import intake_limits
 
     now = [1000.0]
     monkeypatch.setattr(intake_limits.time, "time", lambda: now[0])
-    windows, per_minute = intake_limits._ProcessWindows(), [RateLimitItemPerMinute(2)]
+    windows, per_minute = intake_limits._ProcessWindows(), [(2, 60.0)]
 
     def at(seconds: float, openid: str = "oA") -> float:
         now[0] = 1000.0 + seconds
-        return windows.wait_or_count(per_minute, openid)
+        return windows.take_turn(per_minute, openid)
 
     assert (at(0), at(10)) == (0.0, 0.0)
-    assert at(20) == 40.0  # the first push leaves the window at 60 s
-    assert at(60.5) == 0.0 and at(65) == 5.0  # a moving window, not a fixed minute
-    assert at(200, "oB") == 0.0
-    assert list(windows._times) == ["oB"]  # oA was quiet for a whole window: forgotten
+    assert at(20) == 40.0  # its turn: when the first push leaves the window, at 60 s
+    assert at(30) == 40.0  # at 70 s: a moving window, with the push held back counted at its turn
+    assert at(125) == 0.0  # the turn at 60 s has left the window
+    assert at(300, "oB") == 0.0
+    assert list(windows._turns) == ["oB"]  # oA was quiet for a whole window: forgotten
+
+
+def test_pushes_held_back_take_their_turns_so_every_window_holds(monkeypatch):
+    """Each push held back is counted at its turn: the next one waits for the window after it, and the hour's
+    limit holds as well as the minute's (a burst is not let through together once the first minute is over)."""
+    from accident_service.wechat import intake_limits
+
+    monkeypatch.setattr(intake_limits.time, "time", lambda: 1000.0)
+    windows = intake_limits._ProcessWindows()
+    waits = [windows.take_turn([(2, 60.0), (5, 3600.0)], "oFlood") for _ in range(8)]
+    assert waits == [0.0, 0.0, 60.0, 60.0, 120.0, 3600.0, 3600.0, 3660.0]
+
+
+BURST_LIMITS = {"WECHAT_MEDIA_PER_MINUTE": 3, "WECHAT_MEDIA_PER_HOUR": 5}
+
+
+@pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:6379/0"], ids=["process", "redis"])
+def test_a_burst_of_photos_is_processed_at_the_limits_pace(settings_overrides, clock, redis_url):
+    """Through the webhook: 12 photos at once, 3 a minute and 5 an hour allowed. The three over the minute's
+    limit wait for it, the rest for the hour's, and no minute ever has more than three due."""
+    overrides = {**settings_overrides, **BURST_LIMITS, "REDIS_URL": redis_url}
+    runtime = build_runtime(load_settings(overrides, environ={}), clock=clock)
+    sender = f"oBurst{uuid.uuid4().hex[:12]}"
+    try:
+        client = create_app(runtime=runtime).test_client()
+        for _ in range(12):
+            send(client, image_message(sender))
+        # In whole seconds: each wait is measured from the wall clock at its push, a few ms apart.
+        waits = [round((due - clock.now()).total_seconds()) for due in due_times(runtime, sender)]
+    finally:
+        runtime.close()
+    assert waits == [0, 0, 0, 60, 60, 3600, 3600, 3600, 3660, 3660, 7200, 7200]
+    for first in range(12):  # any minute: at most three; any hour: at most five
+        assert sum(waits[first] <= wait < waits[first] + 60 for wait in waits) <= 3
+        assert sum(waits[first] <= wait < waits[first] + 3600 for wait in waits) <= 5
