@@ -7,15 +7,20 @@ before the cutoff. Then:
 * its photos' objects (originals, thumbnails, rejected uploads) are deleted
   from storage first, so no object outlives the key that names it;
 * every column in :data:`PERSONAL_DATA` is erased on its rows: the case's,
-  its parties', its photos', its notifications' (and those to its drivers
-  that belong to no case and are older than the cutoff);
+  its parties', its photos', its notifications';
 * its audit events keep who/what/when, but the values under
   :data:`AUDIT_PERSONAL_KEYS` in before/after are removed and other text is
-  masked; events whose actor is one of its drivers' openids (wrong join codes)
-  and older than the cutoff lose the openid;
-* its drivers' inbound messages older than the cutoff are deleted, and their
-  language preference too when no case of theirs is left;
+  masked;
 * ``purged_at`` is set and a ``case.purged`` audit event written.
+
+Then what names a person but belongs to no case, older than the cutoff, whoever
+it is about (:func:`_purge_what_no_case_holds`): a driver of no case at all (a
+stranger typing join codes), or one whose messages came after their case was
+purged, has no case to take it with them. Inbound messages are deleted (the
+raw pushes: texts, plates, phones; their facts are in the cases), notices to
+nobody's case erased like a case's, events naming an openid (wrong join codes)
+lose it, and what was kept about a person who is in no case any more (their
+language, what the platform allowed us to send them) is deleted.
 
 Then the objects no photo row names are deleted (:func:`_delete_unnamed_objects`):
 what was stored for a photo that never got its row (its message failed for
@@ -41,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, cast, delete, exists, func, literal, or_, select, update
+from sqlalchemy import String, and_, cast, delete, exists, func, literal, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from accident_service.cases.service import record_audit
@@ -141,7 +146,6 @@ class PurgeReport:
 class _Batch:
     case_ids: list[int]
     object_keys: list[str] = field(default_factory=list)
-    openids: list[str] = field(default_factory=list)
 
 
 def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bool = False,
@@ -168,6 +172,8 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
         report.objects += len(batch.object_keys)
         with runtime.unit_of_work() as session:
             _erase(session, batch, cutoff, now, days, report)
+    with runtime.unit_of_work() as session:  # after the cases: their drivers' openids are erased by now
+        _purge_what_no_case_holds(session, cutoff, report)
     report.unnamed_objects = _delete_unnamed_objects(runtime, now)
     if report.cases or report.unnamed_objects:
         log.info("retention: %s", report.as_dict())
@@ -229,23 +235,12 @@ def _next_batch(runtime: Runtime, cutoff: datetime, after_id: int, size: int) ->
         if not case_ids:
             return None
         keys = session.execute(select(Photo.object_key, Photo.thumb_key).where(Photo.case_id.in_(case_ids))).all()
-        return _Batch(case_ids, sorted({key for pair in keys for key in pair if key}),
-                      _openids_of(session, case_ids))
+        return _Batch(case_ids, sorted({key for pair in keys for key in pair if key}))
 
 
-def _openids_of(session: Session, case_ids: list[int]) -> list[str]:
-    return sorted(set(session.scalars(select(Party.openid).where(Party.case_id.in_(case_ids)))) - {PURGED})
-
-
-def _rows_of(model: type, case_ids: list[int], openids: list[str], cutoff: datetime):
-    """Which rows of ``model`` belong to the purged cases (and, for notifications, to their drivers)."""
-    if model is Case:
-        return Case.id.in_(case_ids)
-    if model is Notification:
-        return or_(Notification.case_id.in_(case_ids),
-                   and_(Notification.case_id.is_(None), Notification.openid.in_(openids),
-                        Notification.created_at < cutoff))
-    return model.case_id.in_(case_ids)  # Party, Photo
+def _rows_of(model: type, case_ids: list[int] | Any):
+    """Which rows of ``model`` belong to the purged cases."""
+    return Case.id.in_(case_ids) if model is Case else model.case_id.in_(case_ids)  # Party, Photo, Notification
 
 
 def _erasures_by_model() -> dict[type, dict[str, Any]]:
@@ -264,30 +259,15 @@ def _erase(session: Session, batch: _Batch, cutoff: datetime, now: datetime, day
     case_ids = list(session.scalars(locked))
     if not case_ids:
         return
-    openids = _openids_of(session, case_ids)  # before the parties lose them
     report.photos += session.scalar(select(func.count()).where(Photo.case_id.in_(case_ids),
                                                                Photo.object_key.is_not(None))) or 0
-    waiting = Notification.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING, WorkStatus.HELD))
-    waiting_ids = list(session.scalars(select(Notification.id).where(
-        _rows_of(Notification, case_ids, openids, cutoff), waiting)))
     for model, values in _erasures_by_model().items():
-        changed = session.execute(update(model).where(_rows_of(model, case_ids, openids, cutoff)).values(values)
-                                  .execution_options(synchronize_session=False)).rowcount
         if model is Notification:
-            report.notifications += changed
-    # A notice still waiting would go out without its text: it fails visibly instead.
-    session.execute(update(Notification).where(Notification.id.in_(waiting_ids))
-                    .values(status=WorkStatus.FAILED, last_error="purged by retention before it was sent"))
-    report.audit_events += _scrub_audit(session, case_ids, openids, cutoff)
-    report.inbound_messages += session.execute(delete(InboundMessage).where(
-        InboundMessage.openid.in_(openids), InboundMessage.received_at < cutoff)).rowcount
-    report.preferences += session.execute(delete(DriverPreference).where(
-        DriverPreference.openid.in_(openids), DriverPreference.updated_at < cutoff,
-        ~exists().where(Party.openid == DriverPreference.openid))).rowcount
-    # What the platform allowed us to send them: keyed by their openid, gone with their last case.
-    session.execute(delete(WechatAllowance).where(
-        WechatAllowance.openid.in_(openids), WechatAllowance.updated_at < cutoff,
-        ~exists().where(Party.openid == WechatAllowance.openid)))
+            report.notifications += _erase_notifications(session, _rows_of(Notification, case_ids))
+        else:
+            session.execute(update(model).where(_rows_of(model, case_ids)).values(values)
+                            .execution_options(synchronize_session=False))
+    report.audit_events += _scrub_audit(session, AuditEvent.case_id.in_(case_ids))
     session.execute(update(Case).where(Case.id.in_(case_ids)).values(purged_at=now))
     for case_id in case_ids:
         record_audit(session, actor_type="system", actor=None, action="case.purged", case_id=case_id,
@@ -295,21 +275,63 @@ def _erase(session: Session, batch: _Batch, cutoff: datetime, now: datetime, day
     report.cases += len(case_ids)
 
 
-def _audit_rows(case_ids: list[int], openids: list[str], cutoff: datetime):
-    return or_(AuditEvent.case_id.in_(case_ids), and_(AuditEvent.actor.in_(openids), AuditEvent.at < cutoff))
+def _erase_notifications(session: Session, rows: Any) -> int:
+    """Erase the personal columns of the notifications ``rows`` selects; how many."""
+    # A notice still waiting would go out without its text: it fails visibly instead.
+    waiting = Notification.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING, WorkStatus.HELD))
+    waiting_ids = list(session.scalars(select(Notification.id).where(rows, waiting)))
+    changed = session.execute(update(Notification).where(rows).values(_erasures_by_model()[Notification])
+                              .execution_options(synchronize_session=False)).rowcount
+    session.execute(update(Notification).where(Notification.id.in_(waiting_ids))
+                    .values(status=WorkStatus.FAILED, last_error="purged by retention before it was sent"))
+    return changed
 
 
-def _scrub_audit(session: Session, case_ids: list[int], openids: list[str], cutoff: datetime) -> int:
-    """Scrub the events of these cases and drivers; returns how many were looked at."""
-    events = list(session.scalars(select(AuditEvent).where(_audit_rows(case_ids, openids, cutoff))))
+#: The audit events whose actor is a driver's openid (``case.join_unknown_code``: a wrong join code typed).
+OPENID_ACTOR = "wechat"
+
+
+def _scrub_audit(session: Session, rows: Any) -> int:
+    """Scrub the events ``rows`` selects; returns how many were looked at."""
+    events = list(session.scalars(select(AuditEvent).where(rows)))
     for event in events:
         before, after = scrub(event.before), scrub(event.after)
         if before != event.before or after != event.after:
             event.before, event.after = before, after
-        if event.actor in openids:
+        if event.actor_type == OPENID_ACTOR:
             event.actor = PURGED
     session.flush()
     return len(events)
+
+
+def _no_case_holds(cutoff: datetime) -> dict[str, Any]:
+    """What :func:`_purge_what_no_case_holds` takes, by its report's name: the same rows whether or not the cases
+    due tonight have been purged yet (a dry run counts them before)."""
+    finished = InboundMessage.status.in_((WorkStatus.DONE, WorkStatus.FAILED))
+
+    def in_no_case(openid: Any) -> Any:  # nobody of a case that stays (a purged case's parties are "purged")
+        return ~exists().where(Party.openid == openid, Party.case_id == Case.id, ~_purgeable(cutoff))
+
+    return {
+        "inbound_messages": and_(InboundMessage.received_at < cutoff, finished),
+        "notifications": and_(Notification.case_id.is_(None), Notification.created_at < cutoff,
+                              Notification.openid != PURGED),
+        "audit_events": and_(AuditEvent.case_id.is_(None), AuditEvent.actor_type == OPENID_ACTOR,
+                             AuditEvent.actor != PURGED, AuditEvent.at < cutoff),
+        "preferences": and_(DriverPreference.updated_at < cutoff, in_no_case(DriverPreference.openid)),
+        "allowances": and_(WechatAllowance.updated_at < cutoff, in_no_case(WechatAllowance.openid)),
+    }
+
+
+def _purge_what_no_case_holds(session: Session, cutoff: datetime, report: PurgeReport) -> None:
+    """What names a person and belongs to no case, older than the cutoff; see the module's notes."""
+    rows = _no_case_holds(cutoff)
+    report.inbound_messages += session.execute(delete(InboundMessage).where(rows["inbound_messages"])).rowcount
+    report.notifications += _erase_notifications(session, rows["notifications"])
+    report.audit_events += _scrub_audit(session, rows["audit_events"])
+    report.preferences += session.execute(delete(DriverPreference).where(rows["preferences"])
+                                          .execution_options(synchronize_session=False)).rowcount
+    session.execute(delete(WechatAllowance).where(rows["allowances"]).execution_options(synchronize_session=False))
 
 
 def scrub(value: Any) -> Any:
@@ -324,21 +346,19 @@ def scrub(value: Any) -> Any:
 def _count(session: Session, cutoff: datetime) -> PurgeReport:
     """What a purge would change now, counted in one read-only transaction (dry run)."""
     ids = select(Case.id).where(_purgeable(cutoff)).scalar_subquery()
-    openids = select(Party.openid).where(Party.case_id.in_(ids)).scalar_subquery()
+    rest = _no_case_holds(cutoff)
 
     def count(model: type, *where: Any) -> int:
         return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
 
-    kept_party = select(Party.id).join(Case).where(Party.openid == DriverPreference.openid, ~_purgeable(cutoff))
     return PurgeReport(
         dry_run=True,
         cases=count(Case, Case.id.in_(ids)),
         objects=count(Photo, Photo.case_id.in_(ids), Photo.object_key.is_not(None))
         + count(Photo, Photo.case_id.in_(ids), Photo.thumb_key.is_not(None)),
         photos=count(Photo, Photo.case_id.in_(ids), Photo.object_key.is_not(None)),
-        notifications=count(Notification, _rows_of(Notification, ids, openids, cutoff)),
-        inbound_messages=count(InboundMessage, InboundMessage.openid.in_(openids), InboundMessage.received_at < cutoff),
-        audit_events=count(AuditEvent, _audit_rows(ids, openids, cutoff)),
-        preferences=count(DriverPreference, DriverPreference.openid.in_(openids), DriverPreference.updated_at < cutoff,
-                          ~exists(kept_party)),
+        notifications=count(Notification, _rows_of(Notification, ids)) + count(Notification, rest["notifications"]),
+        inbound_messages=count(InboundMessage, rest["inbound_messages"]),
+        audit_events=count(AuditEvent, AuditEvent.case_id.in_(ids)) + count(AuditEvent, rest["audit_events"]),
+        preferences=count(DriverPreference, rest["preferences"]),
     )

@@ -35,6 +35,7 @@ from accident_service.models import (
     PhotoStatus,
     Slot,
     Station,
+    WechatAllowance,
     WorkStatus,
 )
 from accident_service.outbox import enqueue
@@ -295,6 +296,48 @@ def test_every_case_and_party_column_is_classified():
     listed = {(e.column.class_, e.column.key) for e in PERSONAL_DATA} | {(c.class_, c.key) for c in KEPT_COLUMNS}
     columns = {(model, column.key) for model in (Case, Party) for column in inspect(model).column_attrs}
     assert columns - listed == set(), "classify these columns in accident_service/retention.py"
+
+
+def leave_traces(runtime, person: Driver, when: datetime) -> None:
+    """What a driver of no case leaves: a push (their plate and phone), a reply to nobody's case, a wrong join
+    code in the audit, their language, what the platform allows us to send them."""
+    n = next(_numbers)
+    with runtime.unit_of_work() as session:
+        session.add(InboundMessage(dedupe_key=f"msg:late:{n}", openid=person.openid, msg_type="text",
+                                   payload=f"<xml><FromUserName>{person.openid}</FromUserName>"
+                                           f"<Content>事故 {person.plate} {person.phone}</Content></xml>",
+                                   received_at=when, status=WorkStatus.DONE, next_attempt_at=when))
+        enqueue(session, openid=person.openid, kind="reply", text=f"手机号 {person.phone} 不在本案。",
+                dedupe_key=f"reply:late:{n}", now=when)
+        record_audit(session, actor_type="wechat", actor=person.openid, action="case.join_unknown_code",
+                     case_id=None, now=when)
+        session.merge(DriverPreference(openid=person.openid, language="en", updated_at=when))
+        session.merge(WechatAllowance(openid=person.openid, following=True, granted_by="message", granted_at=when,
+                                      expires_at=when + timedelta(hours=48), sends_left=5, updated_at=when))
+
+
+def test_what_names_a_person_but_belongs_to_no_case_goes_once_it_is_as_old(runtime, world, clock):
+    """A stranger typing join codes has no case to be purged with; nor has a driver writing after their case was
+    purged (its openid link erased by then). Their traces go once older than the retention all the same."""
+    stranger, newcomer, late = driver("X"), driver("Y"), world["gone"][0]
+    now = clock.now()
+    leave_traces(runtime, stranger, now - timedelta(days=400))
+    leave_traces(runtime, newcomer, now - timedelta(days=10))
+    leave_traces(runtime, late, now - timedelta(days=100))  # after their case closed (200 days ago)
+
+    predicted = purge_closed_cases(runtime, days=DAYS, dry_run=True)
+    done = purge_closed_cases(runtime, days=DAYS)
+
+    assert {**predicted.as_dict(), "dry_run": False} == done.as_dict()
+    everything = json.dumps(snapshot(runtime), default=str, ensure_ascii=False)
+    assert not [secret for secret in stranger.secrets if secret in everything]
+    assert newcomer.openid in everything and newcomer.phone in everything
+    assert late.phone in everything  # 100 days old: not yet
+    clock.advance(days=81)
+    purge_closed_cases(runtime, days=DAYS)
+    everything = json.dumps(snapshot(runtime), default=str, ensure_ascii=False)
+    assert not [secret for secret in late.secrets if secret in everything]
+    assert newcomer.openid in everything
 
 
 def test_the_purge_command(runtime, database_url, settings_overrides, tmp_path):
