@@ -38,6 +38,11 @@ SECRET_KEY_MIN_DISTINCT = 10
 # about 60); words, dates, keyboard runs and repeats score below 25 at that length. A phrase of many
 # words can score more: the error message and the README say to generate the key.
 SECRET_KEY_MIN_GUESSES_LOG10 = 25
+# ...and zxcvbn scores an English phrase of 30 or more characters above that (``my-super-secret-key-for-the-
+# prod``: 28.7). So a key mostly of dictionary words (3 letters or more, as zxcvbn finds them: any case,
+# reversed, l33t) and the separators between them is refused too: such phrases are 0.84 to 1.0 of words,
+# random keys at most 0.72 (8,000 each of 32 and 64 hex characters and token_urlsafe(32), measured).
+SECRET_KEY_MAX_WORDS_SHARE = 0.8
 # Values found in examples and tutorials; compared in lower case.
 WELL_KNOWN_SECRETS = frozenset({"x", "changeme", "change-me", "change_me", "secret", "secret-key", "secret_key",
                                 "secretkey", "password", "test", "test-secret-key", "default", "development",
@@ -313,8 +318,8 @@ def production_secret_key(key: str) -> str:
     """A production SECRET_KEY signs sessions and storage URLs: it must be long and random.
 
     Refuses well-known values (``changeme``, ``dev-…``), keys under 32
-    characters, keys of few different characters, and keys zxcvbn finds
-    guessable (words, dates, sequences, repeats).
+    characters, keys of few different characters, keys zxcvbn finds
+    guessable (words, dates, sequences, repeats), and keys mostly of words.
     """
     if not key.strip():
         raise ValueError(f"must be set when APP_ENV=production; {MAKE_A_KEY}")
@@ -329,7 +334,21 @@ def production_secret_key(key: str) -> str:
     # zxcvbn refuses input over 72 characters; the start of a random key is as random as the rest.
     if zxcvbn(key[:72])["guesses_log10"] < SECRET_KEY_MIN_GUESSES_LOG10:
         raise ValueError(f"guessable (words, dates, sequences or repeats), not random; {MAKE_A_KEY}")
+    if _share_of_words(key[:72]) >= SECRET_KEY_MAX_WORDS_SHARE:
+        raise ValueError(f"mostly words, not random; {MAKE_A_KEY}")
     return key
+
+
+def _share_of_words(text: str) -> float:
+    """How much of ``text`` is dictionary words of 3 letters or more (zxcvbn's dictionaries and matching) and
+    the characters between words that are not letters or digits."""
+    from zxcvbn.matching import omnimatch
+
+    covered = {at for at, char in enumerate(text) if not char.isalnum()}
+    for match in omnimatch(text):
+        if match["pattern"] == "dictionary" and len(match["token"]) >= 3:
+            covered.update(range(match["i"], match["j"] + 1))
+    return len(covered) / len(text)
 
 
 def development_secret(data_dir: Path) -> str:
