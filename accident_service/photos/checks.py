@@ -39,6 +39,8 @@ REJECTION_CODES = (
     "duplicate",
     "near_duplicate",
     "evidence_locked",  # the case is booked: its evidence is sealed unless the desk asks for a retake
+    "too_large",  # bigger than PHOTO_MAX_BYTES: the download was cut there, nothing of it kept
+    "media_unavailable",  # the platform has no file for it any more (kept three days) or never had one
 )
 WARNING_CODES = ("capture_time_old", "capture_time_future", "capture_time_unknown")
 #: Camera clocks drift and EXIF times carry no zone unless the phone wrote one:

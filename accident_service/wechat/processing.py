@@ -137,12 +137,12 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
                                               timeout=download_timeout(settings))
     except MediaTooLarge:
         # The stream was cut at the cap: nothing of it is kept, so no object either.
-        return refused_before_inspection(media_id, row.received_at, "too_many_pixels", case_no=case_no,
-                                         max_mb=settings.PHOTO_MAX_BYTES // 2**20)
+        return refused_before_inspection(media_id, row.received_at, "too_large", case_no=case_no,
+                                         max_mb=f"{settings.PHOTO_MAX_BYTES / 2**20:.3g}")
     except WeChatApiError as exc:
         if exc.permanent:
-            # The platform has no file for this id (expired, or a link rather than a photo).
-            code = "truncated" if exc.errcode is not None else "not_an_image"
+            # The platform has no file for this id (expired, or never uploaded), or a link rather than a photo.
+            code = "media_unavailable" if exc.errcode is not None else "not_an_image"
             return refused_before_inspection(media_id, row.received_at, code, case_no=case_no)
         reason = f"wechat {exc.errcode}: {exc.errmsg}"
         if exc.retryable:  # busy, quota, token, network, 5xx: the platform's outage

@@ -163,6 +163,7 @@ SAMPLE_PARAMS: dict[str, dict[str, object]] = {
     "too_blurry": {"sharpness": 1.2, "min_sharpness": 5.0},
     "duplicate": {"item": 2},
     "near_duplicate": {"item": 2, "distance": 4},
+    "too_large": {"max_mb": "20"},
 }
 
 

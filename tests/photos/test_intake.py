@@ -66,9 +66,9 @@ def test_media_the_platform_no_longer_has_is_asked_for_again(wechat, live_app, w
     start_case(wechat, wechat_runtime)
     assert wechat.post_image(DRIVER, "expired-after-three-days").text == "success"  # never uploaded: 40007
     drain(wechat_runtime)
-    assert reply("photos.reject.truncated") in seen_lines(wechat)
+    assert reply("photos.reject.media_unavailable") in seen_lines(wechat)
     [row] = photos_of(wechat_runtime)
-    assert (row.status, row.reject_code, row.object_key) == (PhotoStatus.REJECTED, "truncated", None)
+    assert (row.status, row.reject_code, row.object_key) == (PhotoStatus.REJECTED, "media_unavailable", None)
     [message] = image_messages(wechat_runtime)
     assert message.status is WorkStatus.DONE
 
@@ -93,10 +93,10 @@ def test_a_photo_over_the_byte_cap_is_refused_without_being_read_whole(wechat, s
         tracemalloc.stop()
     # Reading it whole would hold 40 MB at least twice (the chunks and their join).
     assert peak < 8 * 2**20, f"{peak} bytes traced while refusing a 40 MB download"
-    assert reply("photos.reject.too_many_pixels") in seen_lines(wechat)
+    assert reply("photos.reject.too_large", max_mb="0.191") in seen_lines(wechat)
     row = photos_of(runtime)[-1]
     assert (row.status, row.reject_code, row.media_id, row.object_key, row.size_bytes) == (
-        PhotoStatus.REJECTED, "too_many_pixels", media_id, None, 0)
+        PhotoStatus.REJECTED, "too_large", media_id, None, 0)
     assert not any(row.sha256 and row.sha256 in name for name in _stored_files(runtime))
 
 
