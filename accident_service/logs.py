@@ -65,7 +65,7 @@ def never_log(value: str, *, token: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def log_context(request_id: str) -> Iterator[None]:
+def log_context(request_id: str | None) -> Iterator[None]:
     """Put ``request_id`` (a web request's id, a job's name and run) on every line logged inside."""
     token = _LOG_CONTEXT.set(request_id)
     try:

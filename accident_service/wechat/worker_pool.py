@@ -18,6 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from accident_service.logs import current_request_id, log_context
 from accident_service.runtime import Runtime
 from accident_service.wechat.inbox import PHOTO_TYPES
 
@@ -46,7 +47,10 @@ def _lane_of(msg_type: str) -> str:
 
 
 def _submit(runtime: Runtime, lane: str, message_id: int, openid: str, leased_by: str | None = None) -> None:
-    _pool_for(runtime, lane).submit(_process_then_follow, runtime, lane, message_id, openid, leased_by)
+    # The lines its thread logs carry the id of the push's request (or of the thread handing a photo on): an
+    # operator following a push by its id finds its processing too.
+    _pool_for(runtime, lane).submit(_process_then_follow, runtime, lane, message_id, openid, leased_by,
+                                    request_id=current_request_id())
 
 
 #: How many of the same driver's next messages a thread takes on after its own.
@@ -54,7 +58,7 @@ FOLLOW = 5
 
 
 def _process_then_follow(runtime: Runtime, lane: str, message_id: int, openid: str,
-                         leased_by: str | None = None) -> None:
+                         leased_by: str | None = None, *, request_id: str | None = None) -> None:
     """Process ``message_id`` (claimed already when ``leased_by``) and what it wrote, then the same driver's
     next messages as they come due (processing.run_drivers_messages). No other driver's message. In the
     text lane a photo of theirs goes on to the photo lane, lease and all: other drivers' texts must not
@@ -71,11 +75,12 @@ def _process_then_follow(runtime: Runtime, lane: str, message_id: int, openid: s
         return True
 
     worker_id = f"web-{os.getpid()}-{threading.get_ident()}"
-    try:
-        run_drivers_messages(runtime, worker_id, message_id, openid, follow=FOLLOW, leased_by=leased_by,
-                             hand_on=photos_to_their_lane if lane == "other" else None)
-    except Exception:
-        log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
+    with log_context(request_id):
+        try:
+            run_drivers_messages(runtime, worker_id, message_id, openid, follow=FOLLOW, leased_by=leased_by,
+                                 hand_on=photos_to_their_lane if lane == "other" else None)
+        except Exception:
+            log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
 
 
 def shutdown_pools() -> None:

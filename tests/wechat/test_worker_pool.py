@@ -3,6 +3,7 @@ that, then takes on its driver's next message, and only theirs."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -10,12 +11,14 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from accident_service import outbox
+from accident_service.logs import current_request_id, log_context
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.notify.dispatch import release_held
 from accident_service.wechat import inbox, worker_pool
 from accident_service.wechat.processing import run_drivers_messages
 from accident_service.wechat.worker_pool import _process_then_follow
 from tests.notify.test_dispatch import acted, add, load
+from tests.support.live import wait_until
 from tests.wechat.test_inbox import failing_with, push, record_and_finish
 from tests.wechat.test_inbox import load as load_message
 
@@ -174,3 +177,24 @@ def test_the_lanes_shut_down_while_a_text_thread_hands_a_photo_on(wechat_runtime
         stopping.join(timeout=20)
         assert not stopping.is_alive(), "shutting the lanes down never finished"
     assert [load_message(rt, m).status for m in (text, photo)] == [WorkStatus.DONE, WorkStatus.DONE]
+
+
+def test_what_the_pool_logs_for_a_push_carries_the_push_s_request_id(wechat_runtime, wechat):
+    """An operator following a push by its request id finds its processing too, done after the answer."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), current_request_id()))
+
+    recorder, logger = Recorder(logging.WARNING), logging.getLogger("accident_service")
+    logger.addHandler(recorder)
+    wechat.inject_error("message/custom/send", 40003, times=None)  # the reply fails for good: a warning
+    message_id = push(wechat_runtime, "oLoggedAfterAnswer")
+    try:
+        with log_context("push-42"):
+            worker_pool.submit_after_response(wechat_runtime, message_id, "text", "oLoggedAfterAnswer")
+        wait_until(lambda: any("not delivered" in line for line, _ in seen))
+    finally:
+        logger.removeHandler(recorder)
+    assert {request_id for line, request_id in seen if "not delivered" in line} == {"push-42"}
