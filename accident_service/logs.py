@@ -20,16 +20,21 @@ from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-# An 11-digit mainland mobile, also written +86 138 0013 8000, 0086-138-0013-8000 or 8613800138000.
-_PHONE = re.compile(r"(?<!\d)((?:\+|00)?86[\s-]?)?(1[3-9]\d)[\s-]?\d{4}[\s-]?(\d{4})(?!\d)")
+# An 11-digit mainland mobile, also written +86 138 0013 8000, 0086-138-0013-8000 or 8613800138000, and in
+# full-width digits (１３８…), as a phone's Chinese keyboard may type them.
+_DIGIT = "[0-9０-９]"
+_PHONE = re.compile(rf"(?<!\d)((?:\+|00)?86[\s-]?)?([1１][3-9３-９]{_DIGIT})[\s-]?{_DIGIT}{{4}}[\s-]?({_DIGIT}{{4}})"
+                    r"(?!\d)")
 # A plate: province (or its JSON escape, as in a serialised payload quoted by a database error), region
-# letter, then 5 (6 for new-energy plates) letters and digits, the last possibly 学/警/挂/港/澳; in any case.
+# letter (a space or a dot may come before it, or after it), then 5 (6 for new-energy plates) letters and
+# digits, the last possibly 学/警/挂/港/澳; in any case.
 _PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使"
-_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})[A-Za-z])[\s·.-]?[A-Za-z0-9]{{3,5}}"
+_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})[\s·.-]?[A-Za-z])[\s·.-]?[A-Za-z0-9]{{3,5}}"
                     r"([A-Za-z0-9学警挂港澳领])(?![A-Za-z0-9])")
 # An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
-# glued to a word by "_" or "-" (user_o...); a long identifier starting so is masked as well, harmlessly.
-_OPENID = re.compile(r"(?<![A-Za-z0-9])(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
+# glued to a word by "_" or "-" (user_o...) or after a URL-encoded character (openid%3Do...); a long
+# identifier starting so is masked as well, harmlessly.
+_OPENID = re.compile(r"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{2}))(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
 #: Credentials masked by value wherever a line quotes them, in any form (a URL's query, a JSON body, a database
 #: error's parameters, positional on SQLite): the app secret, and the latest access tokens as this process got
 #: them (a token lives two hours; a few cover rotation and a forced refresh).

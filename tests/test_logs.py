@@ -19,6 +19,9 @@ PHONE, PLATE, NEV_PLATE, OPENID = "13800138000", "粤A12345", "粤AD12345", "oAb
     ("139-0013-9000", "139****9000"),
     (PLATE, "粤A***"), (NEV_PLATE, "粤A***"), ("粤a12345", "粤a***"), ("京B·1234学", "京B***学"),
     (OPENID, "oAbC***"), ("o" + "x" * 27, "oxxx***"),
+    # As drivers' phones type them (acceptance pass): full-width digits, a space after the province.
+    ("１３８００１３８０００", "１３８****８０００"), ("+86 １３９ ００１３ ９０００", "１３９****９０００"),
+    ("粤 B12345", "粤 B***"), ("粤·B12345", "粤·B***"),
 ])
 def test_masked_forms(secret, shown):
     for line in (f"driver {secret} said", f"{secret}", f"<Content><![CDATA[{secret}]]></Content>",
@@ -26,6 +29,11 @@ def test_masked_forms(secret, shown):
         masked = mask_personal_data(line)
         assert secret not in masked, line
         assert shown in masked, (line, masked)
+
+
+def test_url_encoded_openids_are_masked():
+    masked = mask_personal_data(f"GET /callback?state=x%26openid%3D{OPENID}%26lang%3Dzh")
+    assert OPENID not in masked and "%3DoAbC***" in masked
 
 
 def test_json_escaped_plates_are_masked():
