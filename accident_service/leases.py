@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
 from accident_service.db import is_postgres, run_prebuilt
+from accident_service.logs import mask_personal_data
 from accident_service.models import InboundMessage, Notification, WorkStatus
 
 LeasedModel = type[InboundMessage] | type[Notification]
@@ -213,7 +214,13 @@ def _relet_statement(model: LeasedModel, by_id: bool, by_lease_end: bool):
 
 
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
-    """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile."""
+    """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile.
+
+    Its ``last_error`` is masked like a log line: an error's text may quote a row (a database's constraint
+    error, an exception naming the sender), and the desk shows a notice's, where the log filter does not reach.
+    """
+    if values.get("last_error"):
+        values["last_error"] = mask_personal_data(values["last_error"])
     statement = _complete_statement(model, tuple(sorted(values)))
     return run_prebuilt(session, statement, {**values, "row_id": row_id, "worker_id": worker_id}).rowcount == 1
 

@@ -330,6 +330,19 @@ def test_retry_later_keeps_the_cause_in_last_error(runtime):
     assert load(runtime, message_id).last_error == "ConnectionRefusedError: storage unavailable"
 
 
+def test_a_stored_error_text_is_masked_like_a_log_line(runtime):
+    """An error may quote a row (a database's constraint error, an exception naming the sender): the text is
+    stored, and the desk shows a notice's, where the log filter does not reach (acceptance pass)."""
+    openid = "oQuotedInAnError0123456789ab"
+    message_id = push(runtime, openid)
+    inbox.claim_due(runtime, "w1")
+    error = RuntimeError(f"Failing row contains ({openid}, 13800138000, 粤A12345)")
+    assert inbox.process(runtime, message_id, "w1", failing_with(error)) == "retry"
+    stored = load(runtime, message_id).last_error
+    assert "Failing row contains" in stored
+    assert not any(secret in stored for secret in (openid, "13800138000", "A12345"))
+
+
 def test_effects_of_a_failing_handler_roll_back(runtime):
     message_id = push(runtime)
     inbox.claim_due(runtime, "w1")
