@@ -28,6 +28,7 @@ from accident_service.models import InboundMessage, Notification, WorkStatus
 LeasedModel = type[InboundMessage] | type[Notification]
 MAX_BACKOFF = timedelta(minutes=10)
 QUEUE_NAMES = {"inbound_message": "inbox", "notification": "outbox"}  # the label in metrics
+LAST_ERROR_CHARS = 500  # of a row's last error kept (complete)
 
 
 Overtake = Callable[[Any, Any], ColumnElement[bool]]
@@ -216,11 +217,12 @@ def _relet_statement(model: LeasedModel, by_id: bool, by_lease_end: bool):
 def complete(session: Session, model: LeasedModel, row_id: int, worker_id: str, **values) -> bool:
     """Move a row we hold out of PROCESSING; False if our lease was taken over meanwhile.
 
-    Its ``last_error`` is masked like a log line: an error's text may quote a row (a database's constraint
-    error, an exception naming the sender), and the desk shows a notice's, where the log filter does not reach.
+    Its ``last_error`` is masked like a log line, then cut to :data:`LAST_ERROR_CHARS`: an error's text may quote
+    a row (a database's constraint error, an exception naming the sender), and the desk shows a notice's, where
+    the log filter does not reach. Cut first, an openid at the end would keep too much of itself to be known.
     """
     if values.get("last_error"):
-        values["last_error"] = mask_personal_data(values["last_error"])
+        values["last_error"] = mask_personal_data(values["last_error"])[:LAST_ERROR_CHARS]
     statement = _complete_statement(model, tuple(sorted(values)))
     return run_prebuilt(session, statement, {**values, "row_id": row_id, "worker_id": worker_id}).rowcount == 1
 

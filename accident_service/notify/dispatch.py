@@ -209,7 +209,7 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
         try:
             rendered = render(session, row)
         except (KeyError, ValueError) as exc:  # a malformed payload will never send: give up visibly
-            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=f"bad payload: {exc}"[:500])
+            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=f"bad payload: {exc}")
             return
         route = _route(session, runtime, row, rendered, now)
         if route is None:
@@ -473,7 +473,7 @@ def join_qr_url(runtime: Runtime, case_id: int | None) -> str:
 def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: Route, exc: DeliveryError) -> None:
     now = runtime.clock.now()
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
-    error = f"{exc.code}: {exc}"[:500]
+    error = f"{exc.code}: {exc}"
     with runtime.unit_of_work() as session:
         if route.taken is not None and exc.undelivered:
             allowance.refund(session, route.taken, now)
@@ -489,7 +489,7 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
             # This number will never take it (refused, blacklisted, over its daily limit): like a notice no
             # channel can carry, it waits for the person's next action, with the reason shown.
             _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS_CHANNEL,
-                    last_error=f"{WAITING}; {error}"[:500], sending_at=None, channel=None, address=None)
+                    last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
         elif exc.retryable and not out_of_attempts:
             _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name, last_error=error,
                     sending_at=None, next_attempt_at=now + leases.backoff(row.attempts),

@@ -226,11 +226,11 @@ def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
     except LeaseLost:
         outcome = "lost"
     except RetryLater as exc:
-        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc.__cause__ or exc).__name__}: {exc}"[:500],
+        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc.__cause__ or exc).__name__}: {exc}",
                                   keep_trying_until=exc.keep_trying_until, on_give_up=on_give_up)
     except Exception as exc:  # a bug or poison message must not loop forever
         log.exception("inbox message %s failed", message_id)
-        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc).__name__}: {exc}"[:500],
+        outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc).__name__}: {exc}",
                                   on_give_up=on_give_up)
     metrics.INBOX_PROCESSED.labels(outcome).inc()
     return outcome

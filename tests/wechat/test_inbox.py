@@ -330,7 +330,7 @@ def test_retry_later_keeps_the_cause_in_last_error(runtime):
     assert load(runtime, message_id).last_error == "ConnectionRefusedError: storage unavailable"
 
 
-def test_a_stored_error_text_is_masked_like_a_log_line(runtime):
+def test_a_stored_error_text_is_masked_like_a_log_line(runtime, clock):
     """An error may quote a row (a database's constraint error, an exception naming the sender): the text is
     stored, and the desk shows a notice's, where the log filter does not reach (acceptance pass)."""
     openid = "oQuotedInAnError0123456789ab"
@@ -341,6 +341,13 @@ def test_a_stored_error_text_is_masked_like_a_log_line(runtime):
     stored = load(runtime, message_id).last_error
     assert "Failing row contains" in stored
     assert not any(secret in stored for secret in (openid, "13800138000", "A12345"))
+
+    # Masked before it is cut to its 500 characters: an openid across the cut is masked, not cut short.
+    clock.advance(minutes=10)
+    inbox.claim_due(runtime, "w1")
+    assert inbox.process(runtime, message_id, "w1", failing_with(RuntimeError("x" * 469 + " " + openid))) == "retry"
+    stored = load(runtime, message_id).last_error
+    assert len(stored) <= 500 and openid[:8] not in stored
 
 
 def test_effects_of_a_failing_handler_roll_back(runtime):
