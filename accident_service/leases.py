@@ -45,17 +45,25 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     leases, so a row that kills its worker is counted all the same. With ``max_attempts``, a row whose
     lease lapsed after its last allowed attempt (its worker died or hung every time) is never claimed
     again — unless its ``waiting_until`` column (a row waiting out an outage) is still ahead: the
-    sweep marks it FAILED (:func:`fail_exhausted`). Rows waiting out an outage are picked after the others.
+    sweep marks it FAILED (:func:`fail_exhausted`). A claim of any row (no ``only_id``, no ``recipients``: the
+    sweep's) takes rows that do not wait out an outage first: each retry of one may take its call's whole
+    timeout (a silent platform), and oldest first, a message due meanwhile would wait behind every one of them.
     ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
     a row back. ``recipients``: only rows for these people. ``after_id``: only rows newer than that one.
     """
-    take = _claim_statement(model, is_postgres(connection), only_id is not None, after_id is not None,
-                            may_overtake, recipients is not None, max_attempts is not None,
-                            None if waiting_until is None else waiting_until.key)
-    return sorted(connection.execute(take, {
-        "now": now, "limit": limit, "only_id": only_id, "after_id": after_id, "recipients": list(recipients or ()),
-        "max_attempts": max_attempts, "worker_id": worker_id,
-        "lease_until": now + timedelta(seconds=lease_seconds)}).scalars())
+    waits = None if waiting_until is None else waiting_until.key
+    params = {"now": now, "limit": limit, "only_id": only_id, "after_id": after_id,
+              "recipients": list(recipients or ()), "max_attempts": max_attempts, "worker_id": worker_id,
+              "lease_until": now + timedelta(seconds=lease_seconds)}
+    kind = (model, is_postgres(connection), only_id is not None, after_id is not None, may_overtake,
+            recipients is not None, max_attempts is not None, waits)
+    # Two statements, each walking the rows in id order (one ordered by whether a row waits could not: it read
+    # and sorted every due row, 60 ms a claim on PostgreSQL with 20,000 due, against 0.7).
+    if waits is not None and only_id is None and recipients is None:
+        taken = connection.execute(_claim_statement(*kind, not_waiting=True), params).scalars().all()
+        if taken:
+            return sorted(taken)
+    return sorted(connection.execute(_claim_statement(*kind), params).scalars())
 
 
 def claim_as_own_transaction(single_statement: Callable[..., list[int]], clock: Callable[[], datetime],
@@ -104,10 +112,11 @@ def _due(row, now, limited: bool, waiting_until: str | None) -> ColumnElement[bo
 
 @functools.cache
 def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: bool, may_overtake: Overtake | None,
-                     by_recipient: bool, limited: bool, waiting_until: str | None):
+                     by_recipient: bool, limited: bool, waiting_until: str | None, *, not_waiting: bool = False):
     """The claim, built once per kind of claim: every processed message and every send runs one, and
     building these statements cost more CPU than running them (py-spy through the load test's burst).
-    The values (now, limit, the row, the worker) are bound per call."""
+    The values (now, limit, the row, the worker) are bound per call. ``not_waiting``: only rows whose
+    ``waiting_until`` is not set."""
     now = bindparam("now", type_=model.__table__.c.next_attempt_at.type)
     row, earlier = aliased(model), aliased(model)  # the picking sub-SELECT reads the table under names of its own
     # Any unfinished older row of the same recipient blocks: one waiting for its retry
@@ -116,12 +125,10 @@ def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: boo
         earlier.openid == row.openid, earlier.id < row.id,
         earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
         *([~may_overtake(earlier, row)] if may_overtake is not None else []))
-    # Oldest first; with ``waiting_until``, rows waiting out an outage after the rest: each retry of one may
-    # take its call's whole timeout (a silent platform), and a sweep going through them oldest first would
-    # keep a text due meanwhile waiting behind every one of them.
-    order = (getattr(row, waiting_until).is_not(None), row.id) if waiting_until is not None else (row.id,)
     candidates = (select(row.id).where(_due(row, now, limited, waiting_until), ~blocked)
-                  .order_by(*order).limit(bindparam("limit")))
+                  .order_by(row.id).limit(bindparam("limit")))
+    if not_waiting and waiting_until is not None:
+        candidates = candidates.where(getattr(row, waiting_until).is_(None))
     if by_id:
         candidates = candidates.where(row.id == bindparam("only_id"))
     if newer:
