@@ -234,7 +234,9 @@ class Photo(Base):
     capture_time_known: Mapped[bool] = mapped_column(Boolean, default=False)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
     received_at: Mapped[datetime]
-    inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id", ondelete="SET NULL"))
+    # Indexed: deleting an old message (retention) sets its photos' to NULL, which would scan every photo.
+    inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id", ondelete="SET NULL"),
+                                                           index=True)
 
     case: Mapped[Case] = relationship(back_populates="photos")
 

@@ -136,6 +136,7 @@ class PurgeReport:
     inbound_messages: int = 0
     audit_events: int = 0
     preferences: int = 0
+    allowances: int = 0  # what the platform allowed us to send a person in no remaining case
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -172,8 +173,7 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
         report.objects += len(batch.object_keys)
         with runtime.unit_of_work() as session:
             _erase(session, batch, cutoff, now, days, report)
-    with runtime.unit_of_work() as session:  # after the cases: their drivers' openids are erased by now
-        _purge_what_no_case_holds(session, cutoff, report)
+    _purge_what_no_case_holds(runtime, cutoff, report)  # after the cases: their drivers' openids are erased by now
     report.unnamed_objects = _delete_unnamed_objects(runtime, now)
     if report.cases or report.unnamed_objects:
         log.info("retention: %s", report.as_dict())
@@ -323,15 +323,25 @@ def _no_case_holds(cutoff: datetime) -> dict[str, Any]:
     }
 
 
-def _purge_what_no_case_holds(session: Session, cutoff: datetime, report: PurgeReport) -> None:
-    """What names a person and belongs to no case, older than the cutoff; see the module's notes."""
+def _purge_what_no_case_holds(runtime: Runtime, cutoff: datetime, report: PurgeReport) -> None:
+    """What names a person and belongs to no case, older than the cutoff; see the module's notes. Inbound
+    messages in batches of their own (the first night after an upgrade finds the whole backlog)."""
     rows = _no_case_holds(cutoff)
-    report.inbound_messages += session.execute(delete(InboundMessage).where(rows["inbound_messages"])).rowcount
-    report.notifications += _erase_notifications(session, rows["notifications"])
-    report.audit_events += _scrub_audit(session, rows["audit_events"])
-    report.preferences += session.execute(delete(DriverPreference).where(rows["preferences"])
-                                          .execution_options(synchronize_session=False)).rowcount
-    session.execute(delete(WechatAllowance).where(rows["allowances"]).execution_options(synchronize_session=False))
+    oldest = select(InboundMessage.id).where(rows["inbound_messages"]).order_by(InboundMessage.id).limit(BATCH_SIZE)
+    while True:  # bounded: each round deletes what it read, and nothing newer than the cutoff is read
+        with runtime.unit_of_work() as session:
+            ids = list(session.scalars(oldest))
+            if not ids:
+                break
+            report.inbound_messages += session.execute(delete(InboundMessage).where(InboundMessage.id.in_(ids))
+                                                       .execution_options(synchronize_session=False)).rowcount
+    with runtime.unit_of_work() as session:
+        report.notifications += _erase_notifications(session, rows["notifications"])
+        report.audit_events += _scrub_audit(session, rows["audit_events"])
+        report.preferences += session.execute(delete(DriverPreference).where(rows["preferences"])
+                                              .execution_options(synchronize_session=False)).rowcount
+        report.allowances += session.execute(delete(WechatAllowance).where(rows["allowances"])
+                                             .execution_options(synchronize_session=False)).rowcount
 
 
 def scrub(value: Any) -> Any:
@@ -361,4 +371,5 @@ def _count(session: Session, cutoff: datetime) -> PurgeReport:
         inbound_messages=count(InboundMessage, rest["inbound_messages"]),
         audit_events=count(AuditEvent, AuditEvent.case_id.in_(ids)) + count(AuditEvent, rest["audit_events"]),
         preferences=count(DriverPreference, rest["preferences"]),
+        allowances=count(WechatAllowance, rest["allowances"]),
     )
