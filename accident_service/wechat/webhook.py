@@ -70,11 +70,17 @@ def receive():
         return _success()
     now = runtime.clock.now()
     msg_type = inbox.msg_type_of(message)
-    not_before = current_app.extensions[intake_limits.EXTENSION_KEY].defer_until(msg_type, str(message.source), now)
+    limits = current_app.extensions[intake_limits.EXTENSION_KEY]
+    turn = limits.take_turn(msg_type, str(message.source), now)
+    not_before = turn.not_before if turn is not None else None
+    row_id = None
     try:
         row_id = inbox.store_inbound(runtime, message, xml_text, now, not_before=not_before, signed=signed)
     except replay.SignatureReused:
         _refuse_reused_signature()
+    finally:
+        if not row_id:  # a retry of a push stored already, a reused signature, the database down: not counted
+            limits.give_back(turn)
     metrics.INBOUND_MESSAGES.labels(msg_type, "duplicate" if not row_id else "deferred" if not_before
                                     else "stored").inc()
     if row_id and not not_before and settings.INBOX_PROCESS_INLINE:

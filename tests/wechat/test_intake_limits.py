@@ -132,12 +132,12 @@ def test_process_windows_move_with_time_and_forget_quiet_senders(monkeypatch):
     from accident_service.wechat import intake_limits
 
     now = [1000.0]
-    monkeypatch.setattr(intake_limits.time, "time", lambda: now[0])
+    monkeypatch.setattr(intake_limits.time, "monotonic", lambda: now[0])
     windows, per_minute = intake_limits._ProcessWindows(), [(2, 60.0)]
 
     def at(seconds: float, openid: str = "oA") -> float:
         now[0] = 1000.0 + seconds
-        return windows.take_turn(per_minute, openid)
+        return windows.take_turn(per_minute, openid)[0]
 
     assert (at(0), at(10)) == (0.0, 0.0)
     assert at(20) == 40.0  # its turn: when the first push leaves the window, at 60 s
@@ -152,9 +152,9 @@ def test_pushes_held_back_take_their_turns_so_every_window_holds(monkeypatch):
     limit holds as well as the minute's (a burst is not let through together once the first minute is over)."""
     from accident_service.wechat import intake_limits
 
-    monkeypatch.setattr(intake_limits.time, "time", lambda: 1000.0)
+    monkeypatch.setattr(intake_limits.time, "monotonic", lambda: 1000.0)
     windows = intake_limits._ProcessWindows()
-    waits = [windows.take_turn([(2, 60.0), (5, 3600.0)], "oFlood") for _ in range(8)]
+    waits = [windows.take_turn([(2, 60.0), (5, 3600.0)], "oFlood")[0] for _ in range(8)]
     assert waits == [0.0, 0.0, 60.0, 60.0, 120.0, 3600.0, 3600.0, 3660.0]
 
 
@@ -180,3 +180,56 @@ def test_a_burst_of_photos_is_processed_at_the_limits_pace(settings_overrides, c
     for first in range(12):  # any minute: at most three; any hour: at most five
         assert sum(waits[first] <= wait < waits[first] + 60 for wait in waits) <= 3
         assert sum(waits[first] <= wait < waits[first] + 3600 for wait in waits) <= 5
+
+
+def test_a_sender_waiting_for_a_turn_does_not_keep_quiet_senders_in_memory(monkeypatch):
+    from accident_service.wechat import intake_limits
+
+    now = [0.0]
+    monkeypatch.setattr(intake_limits.time, "monotonic", lambda: now[0])
+    windows, per_minute = intake_limits._ProcessWindows(), [(1, 60.0)]
+
+    def at(seconds: float, openid: str) -> float:
+        now[0] = seconds
+        return windows.take_turn(per_minute, openid)[0]
+
+    assert (at(0, "oA"), at(1, "oA"), at(2, "oA")) == (0.0, 59.0, 118.0)  # oA's last turn: at 120 s
+    at(5, "oB")
+    at(100, "oC")  # oB has been quiet for a minute; oA, at the front, still waits for its turn
+    assert "oB" not in windows._turns and "oA" in windows._turns
+
+
+@pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:6379/0"], ids=["process", "redis"])
+def test_a_push_not_stored_after_all_gives_its_turn_back(settings_overrides, clock, redis_url):
+    """The platform pushes again what it had no answer to in 5 s: its retries, stored once, take no turn, and the
+    sender's next photo is not held back by them."""
+    overrides = {**settings_overrides, "REDIS_URL": redis_url}
+    runtime = build_runtime(load_settings(overrides, environ={}), clock=clock)
+    sender = f"oRetried{uuid.uuid4().hex[:12]}"
+    try:
+        client = create_app(runtime=runtime).test_client()
+        retried = image_message(sender)
+        for _ in range(3):
+            send(client, retried)
+        send(client, image_message(sender))
+        assert due_times(runtime, sender) == [clock.now()] * PER_MINUTE
+    finally:
+        runtime.close()
+
+
+def test_with_redis_the_windows_outlive_the_last_turn_by_the_longest_window(settings_overrides, clock):
+    """Redis forgets a sender's turns only once the last one has left every window: forgotten sooner, a burst's
+    held-back photos would no longer hold the next ones back."""
+    import redis
+
+    overrides = {**settings_overrides, **BURST_LIMITS, "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    runtime = build_runtime(load_settings(overrides, environ={}), clock=clock)
+    sender = f"oKept{uuid.uuid4().hex[:12]}"
+    try:
+        client = create_app(runtime=runtime).test_client()
+        for _ in range(12):  # the last turn is two hours ahead
+            send(client, image_message(sender))
+    finally:
+        runtime.close()
+    ttl = redis.Redis.from_url("redis://127.0.0.1:6379/0").pttl(f"accident-service-limits:wechat-media:{sender}")
+    assert 3 * 3600 * 1000 - 60_000 < ttl <= 3 * 3600 * 1000
