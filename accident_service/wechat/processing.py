@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from accident_service import messages, outbox
 from accident_service.cases import lifecycle, parties
 from accident_service.cases import service as cases
+from accident_service.logs import log_context
 from accident_service.models import Case, InboundMessage, Party
 from accident_service.notify import allowance, dispatch
 from accident_service.outbox import REPLY_KIND, enqueue
@@ -72,11 +73,12 @@ def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid
     """
     last = _claim_process_send(runtime, worker_id, only_id=first_id, leased_by=leased_by, hand_on=hand_on)
     done = 0
-    while last is not None:  # bounded: at most 1 + follow rounds
-        done += 1
-        if done > follow:
-            break
-        last = _claim_process_send(runtime, worker_id, openid=openid, after_id=last, hand_on=hand_on)
+    with log_context(None):  # the next ones came in pushes of their own: not under the first one's request id
+        while last is not None:  # bounded: at most 1 + follow rounds
+            done += 1
+            if done > follow:
+                break
+            last = _claim_process_send(runtime, worker_id, openid=openid, after_id=last, hand_on=hand_on)
     return done
 
 

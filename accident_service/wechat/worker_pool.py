@@ -39,18 +39,19 @@ def _pool_for(runtime: Runtime, lane: str) -> ThreadPoolExecutor:
 
 
 def submit_after_response(runtime: Runtime, message_id: int, msg_type: str, openid: str) -> None:
-    _submit(runtime, _lane_of(msg_type), message_id, openid)
+    # What its thread logs for this message carries the id of the push's request: an operator following a push
+    # by its id finds its processing too (the driver's next messages, which the thread may take on, do not).
+    _submit(runtime, _lane_of(msg_type), message_id, openid, request_id=current_request_id())
 
 
 def _lane_of(msg_type: str) -> str:
     return "photo" if msg_type in PHOTO_TYPES else "other"
 
 
-def _submit(runtime: Runtime, lane: str, message_id: int, openid: str, leased_by: str | None = None) -> None:
-    # The lines its thread logs carry the id of the push's request (or of the thread handing a photo on): an
-    # operator following a push by its id finds its processing too.
+def _submit(runtime: Runtime, lane: str, message_id: int, openid: str, leased_by: str | None = None, *,
+            request_id: str | None = None) -> None:
     _pool_for(runtime, lane).submit(_process_then_follow, runtime, lane, message_id, openid, leased_by,
-                                    request_id=current_request_id())
+                                    request_id=request_id)
 
 
 #: How many of the same driver's next messages a thread takes on after its own.
