@@ -43,6 +43,7 @@ def test_json_escaped_plates_are_masked():
 
 
 @pytest.mark.parametrize("innocent", ["MsgId 1234567890123456", "CreateTime 1348831860", "case 20261125-ABCDE",
+                                      "更新 status", "重新 submit", "京 Beijing", '"\\u8f66 Toyota"', "云.Server",
                                       "2026-11-25T02:00:00.000+00:00", "切换到English版本", "slot 13:30-14:00",
                                       "configuration error: SECRET_KEY: too short"])
 def test_ordinary_text_is_left_alone(innocent):
