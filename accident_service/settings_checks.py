@@ -41,8 +41,10 @@ SECRET_KEY_MIN_GUESSES_LOG10 = 25
 # ...and zxcvbn scores an English phrase of 30 or more characters above that (``my-super-secret-key-for-the-
 # prod``: 28.7). So a key mostly of dictionary words (3 letters or more, as zxcvbn finds them: any case,
 # reversed, l33t) and the separators between them is refused too: such phrases are 0.84 to 1.0 of words,
-# random keys at most 0.72 (8,000 each of 32 and 64 hex characters and token_urlsafe(32), measured).
+# token_urlsafe(32) keys at most 0.56 (4,000 measured). Not a key of hex digits only: l33t reads words in
+# them (one of 40,000 keys of 32 scored 0.81), and no phrase is written in them.
 SECRET_KEY_MAX_WORDS_SHARE = 0.8
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 # Values found in examples and tutorials; compared in lower case.
 WELL_KNOWN_SECRETS = frozenset({"x", "changeme", "change-me", "change_me", "secret", "secret-key", "secret_key",
                                 "secretkey", "password", "test", "test-secret-key", "default", "development",
@@ -334,7 +336,7 @@ def production_secret_key(key: str) -> str:
     # zxcvbn refuses input over 72 characters; the start of a random key is as random as the rest.
     if zxcvbn(key[:72])["guesses_log10"] < SECRET_KEY_MIN_GUESSES_LOG10:
         raise ValueError(f"guessable (words, dates, sequences or repeats), not random; {MAKE_A_KEY}")
-    if _share_of_words(key[:72]) >= SECRET_KEY_MAX_WORDS_SHARE:
+    if not set(key) <= _HEX_DIGITS and _share_of_words(key[:72]) >= SECRET_KEY_MAX_WORDS_SHARE:
         raise ValueError(f"mostly words, not random; {MAKE_A_KEY}")
     return key
 

@@ -356,6 +356,13 @@ def test_production_refuses_weak_secret_keys(tmp_path, key):
     assert 'python -c "import secrets; print(secrets.token_hex(32))"' in str(excinfo.value)
 
 
+def test_production_accepts_a_hex_key_that_reads_as_words_in_l33t(tmp_path):
+    """Random, 32 hex digits, and 81 % "words" to zxcvbn's l33t matching (one key in 40,000 is so): hex keys are
+    not held to the words rule (review)."""
+    key = "4ec47ed1dfd70749e149e7e0de35a460"
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), **PRODUCTION, "SECRET_KEY": key}).SECRET_KEY == key
+
+
 @pytest.mark.parametrize("make", [lambda: secrets.token_hex(32), lambda: secrets.token_urlsafe(32),
                                   lambda: secrets.token_hex(64), lambda: secrets.token_hex(16)])
 def test_production_accepts_random_secret_keys(tmp_path, make):
