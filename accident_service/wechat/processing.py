@@ -140,7 +140,7 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
     except MediaTooLarge:
         # The stream was cut at the cap: nothing of it is kept, so no object either.
         return refused_before_inspection(media_id, row.received_at, "too_large", case_no=case_no,
-                                         max_mb=f"{settings.PHOTO_MAX_BYTES / 2**20:.3g}")
+                                         max_mb=f"{round(settings.PHOTO_MAX_BYTES / 2**20, 1):g}")
     except WeChatApiError as exc:
         if exc.permanent:
             # The platform has no file for this id (expired, or never uploaded), or a link rather than a photo.
