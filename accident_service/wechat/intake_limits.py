@@ -161,7 +161,7 @@ class _ProcessWindows:
             turn = max([now, *(turns[-amount] + seconds for amount, seconds in limits if len(turns) >= amount)])
             turns.append(turn)
             for sender in list(itertools.islice(self._turns, 16)):
-                last = self._turns[sender][-1]
+                last = self._turns[sender][-1] if self._turns[sender] else now - longest
                 if last <= now - longest:
                     del self._turns[sender]  # quiet for a whole window
                 elif last > now:  # a push still waiting for its turn: looked at again after the others
@@ -175,3 +175,5 @@ class _ProcessWindows:
             turns = self._turns.get(openid)
             if turns is not None and turn in turns:
                 turns.remove(turn)
+                if not turns:  # nothing left to hold them back: forgotten, as a quiet sender is
+                    del self._turns[openid]

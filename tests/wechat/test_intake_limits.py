@@ -233,3 +233,15 @@ def test_with_redis_the_windows_outlive_the_last_turn_by_the_longest_window(sett
         runtime.close()
     ttl = redis.Redis.from_url("redis://127.0.0.1:6379/0").pttl(f"accident-service-limits:wechat-media:{sender}")
     assert 3 * 3600 * 1000 - 60_000 < ttl <= 3 * 3600 * 1000
+
+
+def test_a_sender_whose_only_turn_was_given_back_does_not_stop_the_limits(monkeypatch):
+    """Their first push was not stored (the database down, another worker's retry): the limits go on for
+    everyone else (review: an empty record of theirs broke every later turn, which then held nothing back)."""
+    from accident_service.wechat import intake_limits
+
+    monkeypatch.setattr(intake_limits.time, "monotonic", lambda: 1000.0)
+    windows, per_minute = intake_limits._ProcessWindows(), [(2, 60.0)]
+    _, turn = windows.take_turn(per_minute, "oFirstPushLost")
+    windows.give_back("oFirstPushLost", turn)
+    assert [windows.take_turn(per_minute, "oNext")[0] for _ in range(3)] == [0.0, 0.0, 60.0]
