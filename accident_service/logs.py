@@ -30,8 +30,8 @@ _PHONE = re.compile(rf"(?<!\d)((?:\+|00)?86[\s-]?)?([1１][3-9３-９]{_DIGIT})[
 # A space or a dot may come after the region letter, or after the province when a digit follows within
 # the plate's first characters (粤 B12345): without that digit, "更新 status" would read as one.
 _PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使"
-_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})[A-Za-z]|[{_PROVINCES}][\s·.-][A-Za-z]"
-                    r"(?=[\s·.-]?[A-Za-z]{0,4}\d))[\s·.-]?[A-Za-z0-9]{3,5}([A-Za-z0-9学警挂港澳领])(?![A-Za-z0-9])")
+_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})(?:[A-Za-z]|[\s·.-][A-Za-z]"
+                    r"(?=[\s·.-]?[A-Za-z]{0,4}\d)))[\s·.-]?[A-Za-z0-9]{3,5}([A-Za-z0-9学警挂港澳领])(?![A-Za-z0-9])")
 # An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
 # glued to a word by "_" or "-" (user_o...) or after a URL-encoded character (openid%3Do...); a long
 # identifier starting so is masked as well, harmlessly.

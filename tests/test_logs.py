@@ -40,6 +40,7 @@ def test_json_escaped_plates_are_masked():
     """A JSON column's parameter, as a database error quotes it, escapes the province."""
     escaped = json.dumps({"plate": NEV_PLATE})
     assert "AD12345" not in mask_personal_data(escaped)
+    assert "B12345" not in mask_personal_data(json.dumps({"plate": "粤 B12345"}))  # with a space, as typed
 
 
 @pytest.mark.parametrize("innocent", ["MsgId 1234567890123456", "CreateTime 1348831860", "case 20261125-ABCDE",
