@@ -349,6 +349,7 @@ PRODUCTION = {"APP_ENV": "production", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SE
     # Phrases zxcvbn scores above its bar: mostly words (acceptance pass).
     "my-super-secret-key-for-the-prod", "ThisIsMyVerySecretKeyForProduction2024",
     "thequickbrownfoxjumpsoverthelazydog", "gz-traffic-police-accident-self-report-prod-key",
+    "deadbeefcafebabefacadedecade0123abbaface",  # words of hex letters
 ])
 def test_production_refuses_weak_secret_keys(tmp_path, key):
     with pytest.raises(SettingsError, match="^SECRET_KEY: ") as excinfo:
