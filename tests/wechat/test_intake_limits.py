@@ -245,3 +245,18 @@ def test_a_sender_whose_only_turn_was_given_back_does_not_stop_the_limits(monkey
     _, turn = windows.take_turn(per_minute, "oFirstPushLost")
     windows.give_back("oFirstPushLost", turn)
     assert [windows.take_turn(per_minute, "oNext")[0] for _ in range(3)] == [0.0, 0.0, 60.0]
+
+
+def test_a_turn_less_than_a_second_away_is_taken_at_once(settings_overrides, monkeypatch, clock):
+    """Deferred, it would wait for the sweep (seconds); the window is kept within a second."""
+    from accident_service.wechat import intake_limits
+
+    now = [1000.0]
+    monkeypatch.setattr(intake_limits.time, "monotonic", lambda: now[0])
+    limits = intake_limits.IntakeLimits(load_settings({**settings_overrides, "WECHAT_MEDIA_PER_MINUTE": 1,
+                                                       "WECHAT_MEDIA_PER_HOUR": 0}, environ={}))
+    assert limits.take_turn("image", "oSoon", clock.now()).not_before is None
+    now[0] += 59.5
+    assert limits.take_turn("image", "oSoon", clock.now()).not_before is None  # its turn: half a second on
+    now[0] += 0.1
+    assert limits.take_turn("image", "oSoon", clock.now()).not_before == clock.now() + timedelta(seconds=60.4)
