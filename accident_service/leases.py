@@ -37,7 +37,7 @@ Overtake = Callable[[Any, Any], ColumnElement[bool]]
 def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
           limit: int, only_id: int | None = None, after_id: int | None = None, max_attempts: int | None = None,
           may_overtake: Overtake | None = None, waiting_until: Any = None,
-          recipients: Collection[str] | None = None) -> list[int]:
+          recipients: Collection[str] | None = None, oldest_first: bool = False) -> list[int]:
     """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids, oldest first.
 
     One statement (an UPDATE of the rows its sub-SELECT picks, RETURNING them): run it as its own
@@ -48,8 +48,10 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     sweep marks it FAILED (:func:`fail_exhausted`). A claim of any row (no ``only_id``, no ``recipients``: the
     sweep's) takes rows that do not wait out an outage first: each retry of one may take its call's whole
     timeout (a silent platform), and oldest first, a message due meanwhile would wait behind every one of them.
-    ``may_overtake(earlier, row)``: when an unfinished older row of the same recipient does not hold
-    a row back. ``recipients``: only rows for these people. ``after_id``: only rows newer than that one.
+    ``oldest_first``: not so, the oldest due rows whichever they are (the sweep's turn for the waiting rows,
+    which a steady stream of others would otherwise hold back for good). ``may_overtake(earlier, row)``:
+    when an unfinished older row of the same recipient does not hold a row back. ``recipients``: only rows
+    for these people. ``after_id``: only rows newer than that one.
     """
     waits = None if waiting_until is None else waiting_until.key
     params = {"now": now, "limit": limit, "only_id": only_id, "after_id": after_id,
@@ -59,7 +61,7 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
             recipients is not None, max_attempts is not None, waits)
     # Two statements, each walking the rows in id order (one ordered by whether a row waits could not: it read
     # and sorted every due row, 60 ms a claim on PostgreSQL with 20,000 due, against 0.7).
-    if waits is not None and only_id is None and recipients is None:
+    if waits is not None and only_id is None and recipients is None and not oldest_first:
         taken = connection.execute(_claim_statement(*kind, not_waiting=True), params).scalars().all()
         if taken:
             return sorted(taken)

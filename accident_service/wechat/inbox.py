@@ -139,11 +139,12 @@ HandOn = Callable[[InboundMessage, str], bool]
 
 
 def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int | None = None,
-              openid: str | None = None, after_id: int | None = None) -> list[int]:
+              openid: str | None = None, after_id: int | None = None, oldest_first: bool = False) -> list[int]:
     """Lease up to ``limit`` due messages for ``worker_id`` and return their ids (committed: one statement).
 
     ``only_id``: that message, if it is due and its sender has nothing unfinished before it. ``openid``:
-    only that sender's. ``after_id``: only messages that came after that one. A message whose worker died
+    only that sender's. ``after_id``: only messages that came after that one. ``oldest_first``: photos waiting
+    out an outage too, rather than after every other due message (:func:`leases.claim`). A message whose worker died
     on its last allowed attempt is left to :func:`give_up_on_exhausted`.
     """
     settings = runtime.settings
@@ -152,7 +153,7 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
         lease_seconds=settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id, after_id=after_id,
         recipients=None if openid is None else (openid,),
         max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_may_overtake,
-        waiting_until=InboundMessage.waiting_until)
+        waiting_until=InboundMessage.waiting_until, oldest_first=oldest_first)
 
 
 def take_over(runtime: Runtime, message_id: int, from_worker: str, to_worker: str) -> bool:

@@ -44,16 +44,18 @@ log = logging.getLogger(__name__)
 def run_inbox_once(runtime: Runtime, worker_id: str, *, limit: int = 20) -> int:
     """The sweep: give up on messages whose worker died on their last attempt (their senders told at once),
     then claim and process up to ``limit`` due messages, each followed by its notices; returns how many
-    were processed."""
+    were processed. Photos waiting out an outage go after every other due message; a run that spent its
+    whole limit on others (a backlog) ends with the oldest due message whichever it is, so a steady stream
+    of others cannot keep a waiting photo from its retries until its patience runs out."""
     with outbox.recipients_written() as recipients:
         inbox.give_up_on_exhausted(runtime, on_give_up=tell_sender_it_was_lost)
     dispatch.dispatch_after_change(runtime, worker_id, recipients)
     done = 0
     for _ in range(limit):  # bounded: a busy inbox is shared with the other workers
         if _claim_process_send(runtime, worker_id) is None:
-            break
+            return done
         done += 1
-    return done
+    return done + (_claim_process_send(runtime, worker_id, oldest_first=True) is not None)
 
 
 def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid: str, *, follow: int,
@@ -84,17 +86,18 @@ def run_drivers_messages(runtime: Runtime, worker_id: str, first_id: int, openid
 
 def _claim_process_send(runtime: Runtime, worker_id: str, *, only_id: int | None = None,
                         openid: str | None = None, after_id: int | None = None, leased_by: str | None = None,
-                        hand_on: inbox.HandOn | None = None) -> int | None:
+                        hand_on: inbox.HandOn | None = None, oldest_first: bool = False) -> int | None:
     """Claim a message (``only_id``, the next due of ``openid`` after ``after_id``, or the next due; with
     ``leased_by``, take over that holder's lease on ``only_id`` if it is still live), process it, then send
     at once what is due for the people it wrote to (dispatch.dispatch_after_change): the next message must
-    not wait behind other people's backlog. Returns the id processed, None if none was due or it was
-    handed on."""
+    not wait behind other people's backlog. ``oldest_first``: see :func:`inbox.claim_due`. Returns the id
+    processed, None if none was due or it was handed on."""
     with outbox.recipients_written() as recipients:
         if leased_by is not None and only_id is not None:
             ids = [only_id] if inbox.take_over(runtime, only_id, leased_by, worker_id) else []
         else:
-            ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, openid=openid, after_id=after_id)
+            ids = inbox.claim_due(runtime, worker_id, limit=1, only_id=only_id, openid=openid, after_id=after_id,
+                                  oldest_first=oldest_first)
         processed = [message_id for message_id in ids
                      if inbox.process(runtime, message_id, worker_id, handle_inbound, tell_sender_it_was_lost,
                                       hand_on=hand_on) != "handed_on"]

@@ -257,6 +257,17 @@ def test_the_sweep_takes_what_is_due_before_photos_waiting_out_an_outage(runtime
     assert inbox.claim_due(runtime, "w1", limit=10) == [photos[1]]
 
 
+def test_oldest_first_takes_a_photo_waiting_out_an_outage_before_later_messages(runtime, clock):
+    outage = inbox.RetryLater("storage unavailable", keep_trying_until=clock.now() + timedelta(hours=2))
+    photo = push(runtime, "oWaiting", image=True)
+    assert inbox.claim_due(runtime, "w1", limit=1) == [photo]
+    assert inbox.process(runtime, photo, "w1", failing_with(outage)) == "retry"
+    texts = [push(runtime, f"oOther{n}") for n in range(2)]
+    clock.advance(minutes=10)
+    assert inbox.claim_due(runtime, "w1", limit=1, oldest_first=True) == [photo]
+    assert inbox.claim_due(runtime, "w1", limit=2, oldest_first=True) == texts
+
+
 def test_failed_message_does_not_block_the_driver_forever(runtime, clock):
     poison, later = push(runtime, "oDriverA"), push(runtime, "oDriverA")
     for attempt in range(1, MAX_ATTEMPTS + 1):

@@ -85,6 +85,30 @@ def test_the_sweep_sends_the_lost_notice_of_a_message_it_gives_up_on_at_once(wec
     assert [(m["touser"], m["text"]) for m in wechat.sent] == [("oSweepLost", text("conv.message_lost", "zh"))]
 
 
+def test_a_sweep_busy_with_others_still_gives_a_photo_waiting_out_an_outage_its_retry(wechat_runtime, clock):
+    """A backlog that fills every run of the sweep must not keep a waiting photo from its retries until its
+    patience (DRAFT_EXPIRY_MINUTES) runs out and the driver is asked to send it again."""
+    from datetime import timedelta
+
+    from accident_service.models import WorkStatus
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.wechat.test_inbox import failing_with, push
+    from tests.wechat.test_inbox import load as load_message
+
+    rt = wechat_runtime
+    outage = inbox.RetryLater("storage unavailable", keep_trying_until=clock.now() + timedelta(hours=2))
+    photo = push(rt, "oWaitingPhoto", image=True)
+    assert inbox.claim_due(rt, "w1", limit=1) == [photo]
+    assert inbox.process(rt, photo, "w1", failing_with(outage)) == "retry"
+    backlog = [push(rt, f"oBacklog{n}") for n in range(3)]  # more of others' messages due than a run may take
+    clock.set(load_message(rt, photo).next_attempt_at)
+
+    assert run_inbox_once(rt, "sched-test", limit=2) == 3
+
+    assert load_message(rt, photo).attempts == 2  # its retry came, after two of the others
+    assert [load_message(rt, n).status for n in backlog] == [WorkStatus.DONE, WorkStatus.DONE, WorkStatus.PENDING]
+
+
 def test_a_message_given_up_on_holds_back_the_driver_s_later_one_only_until_the_sweep(wechat_runtime, wechat, clock):
     """A claim never takes a message whose worker died on its last attempt, and that message, unfinished,
     holds the driver's later one back; the sweep gives it up, then processes the later one."""
