@@ -260,3 +260,25 @@ def test_a_turn_less_than_a_second_away_is_taken_at_once(settings_overrides, mon
     assert limits.take_turn("image", "oSoon", clock.now()).not_before is None  # its turn: half a second on
     now[0] += 0.1
     assert limits.take_turn("image", "oSoon", clock.now()).not_before == clock.now() + timedelta(seconds=60.4)
+
+
+def test_redis_counts_turns_by_its_clock_to_the_microsecond():
+    """Redis's TIME in whole seconds would put a turn up to a second early or late: a photo held back a
+    second too long, or let through before its window allows."""
+    import redis
+
+    from accident_service.wechat import intake_limits
+
+    windows, sender = intake_limits._RedisWindows("redis://127.0.0.1:6379/0"), f"oMicro{uuid.uuid4().hex[:12]}"
+    try:
+        before_first = time.monotonic()
+        assert windows.take_turn([(1, 2.0)], sender)[0] == 0.0
+        after_first = time.monotonic()
+        time.sleep(0.5)
+        before_second = time.monotonic()
+        wait, _ = windows.take_turn([(1, 2.0)], sender)
+        after_second = time.monotonic()
+        # whole seconds: 1.0 or 2.0, half a second off
+        assert 2.0 - (after_second - before_first) - 0.05 <= wait <= 2.0 - (before_second - after_first) + 0.05
+    finally:
+        redis.Redis.from_url("redis://127.0.0.1:6379/0").delete(intake_limits._key(sender))
