@@ -53,6 +53,14 @@ Window = tuple[int, float]
 
 #: A wait shorter than this is no wait: the push is processed at once (the sweep would take it a few seconds on).
 SHORTEST_WAIT_SECONDS = 1.0
+#: A sender's record keeps this many turns beyond the largest limit's amount (the most a window looks back):
+#: a turn given back (a push found stored already) must not have pushed out one still counted. Room for that
+#: many of one sender's turns in flight at once, each from its turn to its push's store (milliseconds).
+TURNS_IN_FLIGHT = 64
+
+
+def _turns_kept(limits: Sequence[Window]) -> int:
+    return max(amount for amount, _ in limits) + TURNS_IN_FLIGHT
 
 
 @dataclass(frozen=True)
@@ -98,20 +106,21 @@ class IntakeLimits:
 
 
 #: KEYS[1]: one sender's turns, a sorted set scored by when each counted push is (or was) due.
-#: ARGV: this push's member name, then each window's amount and seconds. Returns the wait, as text (Redis
-#: would cut a number to an integer). Redis's clock: every web host's is the same one.
+#: ARGV: this push's member name, how many turns the record keeps, then each window's amount and seconds.
+#: Returns the wait, as text (Redis would cut a number to an integer). Redis's clock: every web host's is
+#: the same one.
 _TAKE_TURN = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local turn, longest, most = now, 0, 0
-for i = 2, #ARGV, 2 do
+local turn, longest = now, 0
+for i = 3, #ARGV, 2 do
   local amount, seconds = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  longest, most = math.max(longest, seconds), math.max(most, amount)
+  longest = math.max(longest, seconds)
   local nth = redis.call('ZREVRANGE', KEYS[1], amount - 1, amount - 1, 'WITHSCORES')
   if nth[2] then turn = math.max(turn, tonumber(nth[2]) + seconds) end
 end
 redis.call('ZADD', KEYS[1], turn, ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(most + 1))
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
 redis.call('PEXPIRE', KEYS[1], math.ceil((turn - now + longest) * 1000))
 return tostring(turn - now)
 """
@@ -128,7 +137,8 @@ class _RedisWindows:
     def take_turn(self, limits: Sequence[Window], openid: str) -> tuple[float, str]:
         """Seconds until the push's turn in the sender's windows (0.0: now), the turn counted; and its name."""
         member = uuid.uuid4().hex
-        wait = float(self._take_turn(keys=[_key(openid)], args=[member, *itertools.chain.from_iterable(limits)]))
+        wait = float(self._take_turn(keys=[_key(openid)],
+                                     args=[member, _turns_kept(limits), *itertools.chain.from_iterable(limits)]))
         return max(0.0, wait), member
 
     def give_back(self, openid: str, member: str) -> None:
@@ -155,7 +165,7 @@ class _ProcessWindows:
         now = time.monotonic()  # a step of the wall clock must not hold pushes back, nor let them through
         longest = max(seconds for _, seconds in limits)
         with self._lock:
-            turns = self._turns.pop(openid, None) or collections.deque(maxlen=max(amount for amount, _ in limits))
+            turns = self._turns.pop(openid, None) or collections.deque(maxlen=_turns_kept(limits))
             self._turns[openid] = turns  # the most recently seen sender goes last
             # Turns are taken in order, so the amount-th latest is the one the window must have passed.
             turn = max([now, *(turns[-amount] + seconds for amount, seconds in limits if len(turns) >= amount)])
