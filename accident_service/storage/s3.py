@@ -21,10 +21,12 @@ class S3ObjectStore:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         addressing = Config(signature_version="s3v4", s3={"addressing_style": "path"})
-        # Short timeouts and few retries: a stopped store must surface quickly
-        # (photo intake retries with its own backoff).
+        # One short try: an outage must surface quickly, as photo intake retries with its own backoff (5 s
+        # on) and has the driver told. A photo's attempt holds their next messages back, and through tries
+        # of the client's own (three of 10 s) a store that takes connections but never answers held them
+        # for 32 s. 5 s to answer is ample for a photo written to a store on the same network.
         self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=addressing.merge(
-            Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})))
+            Config(connect_timeout=2, read_timeout=5, retries={"total_max_attempts": 1, "mode": "standard"})))
         # The readiness probe has its own client: one try, 2 s to connect, 2 s to answer. Through
         # the client above, a store that accepts connections but never answers held /readyz for
         # 30 s (3 tries of 10 s) and the orchestrator's probes piled up behind it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -348,6 +349,33 @@ def test_texts_are_answered_while_three_photos_wait_out_an_outage(wechat, start_
     progress = [seen.index(reply("conv.photo_received", received=n, total=3)) for n in (1, 2, 3)]
     assert progress == sorted(progress) and seen.index(reply("conv.plate_saved", plate="粤A12345")) < progress[0]
 
+
+
+def test_a_wedged_store_holds_the_driver_s_text_back_only_for_one_short_try(wechat, start_live, own_s3, clock,
+                                                                             photos):
+    """A store that takes connections but never answers (hung, not down): the photo's first attempt gives up
+    within one short try and the photo waits out the outage from there, so the driver's text sent after it
+    is answered seconds later (acceptance pass: three tries of 10 s each held it for 32 s)."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))  # the store answers: the client's connection is up
+    own_s3.wedge()
+    send_photo(wechat, runtime, photos.medium_jpeg("astronaut"), process=False)
+    wechat.post_text(DRIVER, "状态")
+    started = time.monotonic()
+    drain(runtime)  # the photo's attempt first, then the text
+    held_back = time.monotonic() - started
+
+    assert wechat.messages_to(DRIVER)[-1].startswith("案件")
+    assert held_back < 15  # one try (5 s), not three of 10 s
+    waiting = image_messages(runtime)[-1]
+    assert (waiting.status, waiting.attempts) == (WorkStatus.PENDING, 1) and waiting.waiting_until is not None
+
+    own_s3.unwedge()
+    clock.advance(seconds=6)
+    drain(runtime)
+    assert [m.status for m in image_messages(runtime)] == [WorkStatus.DONE] * 2
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED] * 2
 
 
 def test_a_file_from_the_chat_waiting_out_a_storage_outage_holds_no_text_back(wechat, start_live, own_s3, clock,

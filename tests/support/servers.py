@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,8 +51,18 @@ class MotoS3Server:
 
     def stop(self) -> None:
         if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)  # a wedged one would only end at SIGKILL
             stop_process(self._process, grace=5)
             self._process = None
+
+    def wedge(self) -> None:
+        """Stopped (SIGSTOP): it still takes connections (the kernel's backlog) but never answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def unwedge(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()
