@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -34,3 +36,37 @@ def test_timestamps_come_back_aware_utc(runtime, clock):
         row = session.get(WechatToken, "wx1")
         assert row.expires_at == clock.now()
         assert row.expires_at.utcoffset().total_seconds() == 0
+
+
+def test_processes_starting_together_on_an_empty_database_each_find_the_schema_made_once(tmp_path):
+    """gunicorn's workers (AUTO_MIGRATE, the image's own command) and several web instances upgrade at once:
+    one makes the schema, the others wait for it and find it at head (acceptance pass: on PostgreSQL most
+    workers failed to boot, "alembic_version already exists")."""
+    import subprocess
+    import sys
+
+    from tests.conftest import BASE_POSTGRES_URL, _create_run_database, _drop_database
+
+    url = _create_run_database(BASE_POSTGRES_URL) if ON_POSTGRES else f"sqlite:///{tmp_path}/together.db"
+    try:
+        # Processes (Alembic's context is one per process), each waiting for the same moment to start.
+        at = time.time() + 3
+        code = ("import sys, time; from accident_service.schema import upgrade_database; "
+                "time.sleep(max(0, float(sys.argv[2]) - time.time())); upgrade_database(sys.argv[1])")
+        workers = [subprocess.Popen([sys.executable, "-c", code, url, str(at)], stderr=subprocess.PIPE)
+                   for _ in range(4)]
+        failures = []
+        for worker in workers:
+            _, stderr = worker.communicate(timeout=120)
+            if worker.returncode:
+                failures.append(stderr.decode()[-400:])
+        assert failures == []
+        engine = make_engine(url)
+        try:
+            with engine.connect() as connection:
+                assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        finally:
+            engine.dispose()
+    finally:
+        if ON_POSTGRES:
+            _drop_database(url)
