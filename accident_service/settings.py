@@ -9,6 +9,7 @@ naming the variable, never a stack trace deep inside a request.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -328,6 +329,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
         raise SettingsError(check.describe_problem(exc, CONFIG_DIR / "defaults.toml")) from None
     except pydantic_settings.SettingsError as exc:  # a source could not be read (the defaults file, a value)
         raise SettingsError(f"{CONFIG_DIR / 'defaults.toml'}: {exc.__cause__ or exc}") from exc
+    except (tomllib.TOMLDecodeError, OSError) as exc:  # the defaults file itself: an operator's copy of it
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError(f"ACCIDENT_SERVICE_CONFIG_DIR: {CONFIG_DIR / 'defaults.toml'}: {reason}") from None
     finally:
         _LOADING.reset(token)
     try:

@@ -49,6 +49,19 @@ def test_malformed_database_url_fails_naming_it(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [("db", "upgrade"), ("purge", "--dry-run")], ids=["db-upgrade", "purge"])
+def test_a_malformed_defaults_file_is_named_in_one_line(tmp_path, command):
+    """An operator's own copy of config/defaults.toml (ACCIDENT_SERVICE_CONFIG_DIR) with a TOML error in it
+    (acceptance pass: a traceback, exit 1)."""
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "defaults.toml").write_text('APP_ENV = "development\n', encoding="utf-8")
+    result = run_cli(*command, env={"DATA_DIR": str(tmp_path), "ACCIDENT_SERVICE_CONFIG_DIR": str(config_dir)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"configuration error: ACCIDENT_SERVICE_CONFIG_DIR: {config_dir / 'defaults.toml'}")
+    assert "line 1" in result.stderr
+
+
 def test_help_lists_the_apps_commands_and_names_a_bad_setting_in_one_line(tmp_path):
     broken = run_cli("--help", env={"DATA_DIR": str(tmp_path), "DATABASE_URL": "notaurl"})
     assert "Traceback" not in broken.stderr and broken.stderr.startswith("configuration error: DATABASE_URL")
