@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_STARTED
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -22,6 +22,7 @@ from accident_service import metrics
 from accident_service.notify.channels import SEND_SERIES
 from accident_service.photos.checks import REJECTION_CODES
 from accident_service.runtime import Runtime
+from accident_service.settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +150,21 @@ def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
 
 
 def _serve_metrics_while_running(scheduler: BaseScheduler, port: int) -> None:
-    """/metrics on ``port`` from the scheduler's start to its shutdown: its jobs, processing and sends."""
-    served = []
+    """/metrics on ``port`` from now to the scheduler's shutdown: its jobs, processing and sends.
 
-    def start(_event) -> None:
-        served.append(metrics.serve_scheduler_metrics(port))
-        log.info("scheduler metrics on port %s", port)
+    Bound here, before the scheduler starts: a port taken (another scheduler on the host) stops startup naming
+    the setting. Bound in a start listener, the error went to APScheduler, which logs a listener's error and
+    runs on, so a scrape of the port read the other scheduler's figures (acceptance pass).
+    """
+    try:
+        server = metrics.serve_scheduler_metrics(port)
+    except OSError as exc:
+        raise SettingsError(f"SCHEDULER_METRICS_PORT: cannot serve metrics on port {port}: "
+                            f"{exc.strerror or exc}; one port per scheduler process on a host") from None
+    log.info("scheduler metrics on port %s", port)
 
     def stop(_event) -> None:
-        for server in served:
-            server.shutdown()
-            server.server_close()
+        server.shutdown()
+        server.server_close()
 
-    scheduler.add_listener(start, EVENT_SCHEDULER_STARTED)
     scheduler.add_listener(stop, EVENT_SCHEDULER_SHUTDOWN)

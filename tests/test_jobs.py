@@ -477,6 +477,21 @@ def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, schedul
     assert process.wait(timeout=15) == 0, logs(tmp_path, 1)
 
 
+def test_a_scheduler_whose_metrics_port_is_taken_stops_naming_the_setting(start_scheduler, scheduler_env, tmp_path):
+    """Another scheduler on the host has the port: this one must not run on unseen, its figures nowhere and a
+    scrape of the port reading the other's (acceptance pass)."""
+    import socket as sockets
+
+    with sockets.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        scheduler_env["SCHEDULER_METRICS_PORT"] = str(taken.getsockname()[1])
+        process = start_scheduler(0)
+        assert process.wait(timeout=60) == 2
+    assert logs(tmp_path, 1).startswith(f"configuration error: SCHEDULER_METRICS_PORT: cannot serve metrics on port "
+                                        f"{scheduler_env['SCHEDULER_METRICS_PORT']}")
+
+
 def test_each_periodic_job_holds_leases_under_a_name_of_its_own_that_fits_the_column(runtime, monkeypatch):
     from apscheduler.schedulers.background import BackgroundScheduler
 
