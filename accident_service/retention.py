@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, cast, delete, exists, func, literal, select, update
+from sqlalchemy import String, and_, cast, delete, exists, func, literal, select, union, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from accident_service.cases.service import record_audit
@@ -364,8 +364,10 @@ def _count(session: Session, cutoff: datetime) -> PurgeReport:
     return PurgeReport(
         dry_run=True,
         cases=count(Case, Case.id.in_(ids)),
-        objects=count(Photo, Photo.case_id.in_(ids), Photo.object_key.is_not(None))
-        + count(Photo, Photo.case_id.in_(ids), Photo.thumb_key.is_not(None)),
+        # Each object once, as the purge deletes them (:func:`_next_batch`): a photo sent twice has two rows.
+        objects=session.scalar(select(func.count()).select_from(union(
+            *(select(key.label("key")).where(Photo.case_id.in_(ids), key.is_not(None))
+              for key in (Photo.object_key, Photo.thumb_key))).subquery())) or 0,
         photos=count(Photo, Photo.case_id.in_(ids), Photo.object_key.is_not(None)),
         notifications=count(Notification, _rows_of(Notification, ids)) + count(Notification, rest["notifications"]),
         inbound_messages=count(InboundMessage, rest["inbound_messages"]),

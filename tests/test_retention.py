@@ -273,6 +273,21 @@ def test_dry_run_counts_what_a_purge_changes_and_changes_nothing(runtime, world)
     assert {**predicted.as_dict(), "dry_run": False} == done.as_dict()
 
 
+def test_dry_run_counts_an_object_two_photo_rows_name_once(runtime, world):
+    """The same photo sent twice: a second row naming the first one's objects. The purge deletes each object
+    once (acceptance pass: the dry run counted it twice)."""
+    case_id = world["cases"]["completed_200"].case_id
+    with runtime.unit_of_work() as session:
+        first = session.scalars(select(Photo).where(Photo.case_id == case_id).order_by(Photo.id)).first()
+        session.add(Photo(case_id=case_id, item=None, kind="extra", status=PhotoStatus.REJECTED,
+                          reject_code="duplicate", media_id="m-again", sha256=first.sha256,
+                          object_key=first.object_key, thumb_key=first.thumb_key, received_at=first.received_at))
+
+    predicted = purge_closed_cases(runtime, days=DAYS, dry_run=True)
+
+    assert {**predicted.as_dict(), "dry_run": False} == purge_closed_cases(runtime, days=DAYS).as_dict()
+
+
 def test_a_pending_notice_of_a_purged_case_fails_visibly(runtime, world):
     case_id = world["cases"]["completed_200"].case_id
     with runtime.unit_of_work() as session:
