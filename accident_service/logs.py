@@ -139,6 +139,24 @@ class MaskedJsonFormatter(JsonFormatter):
 FORMATTERS = {"text": MaskedTextFormatter, "json": MaskedJsonFormatter}
 
 
+class AccessLinePathAsSent(logging.Filter):
+    """gunicorn's access line (config/gunicorn.conf.py) with the path as the caller sent it.
+
+    WSGI gives the path with each byte of its UTF-8 a latin-1 character, so a plate in it (``/cases/粤A12345``,
+    URL-encoded or not) came out as ``ç²¤A12345``, which the masking cannot read as a plate.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        path = atoms.get("U") if isinstance(atoms, dict) else None
+        if path:
+            try:
+                atoms["U"] = path.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                pass  # not UTF-8 after all: left as it came
+        return True
+
+
 class ServiceLogHandler(logging.StreamHandler):
     """The service's one handler on the root logger (found again when logging is configured anew)."""
 

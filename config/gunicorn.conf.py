@@ -51,29 +51,34 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms %({x-request-id}o)s'
 
 
-def _log_format():
-    """LOG_FORMAT as the service reads it; a bad setting is reported by on_starting, so "text" meanwhile."""
+def _log_settings():
+    """LOG_FORMAT and LOG_LEVEL as the service reads them; a bad setting is reported by on_starting, so the
+    defaults meanwhile."""
     from accident_service.settings import SettingsError, load_settings
 
     try:
-        return load_settings().LOG_FORMAT
+        settings = load_settings()
     except SettingsError:
-        return "text"
+        return "text", "INFO"
+    return settings.LOG_FORMAT, settings.LOG_LEVEL.upper()
 
 
-if _log_format() == "json":
-    # gunicorn's own lines (workers booting, the access log) as JSON objects like the service's, so
-    # every line of the process is one object; the root logger is left to the service (no handler here).
-    _json = {"class": "logging.StreamHandler", "formatter": "json"}
-    logconfig_dict = {
-        "formatters": {"json": {"()": "accident_service.logs.MaskedJsonFormatter"}},
-        "filters": {"request_id": {"()": "accident_service.request_ids.AccessLineRequestId"}},
-        "handlers": {"error_console": {**_json, "stream": "ext://sys.stderr"},
-                     "console": {**_json, "stream": "ext://sys.stdout", "filters": ["request_id"]}},
-        "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-                    "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False}},
-        "root": {"level": "INFO", "handlers": []},
-    }
+# gunicorn's own lines (workers booting, the access log) in the service's format, masked like its lines (a
+# caller's request id, a probe's path), at its LOG_LEVEL; with JSON every line of the process is one object.
+# The root logger is left to the service (no handler here).
+_format, _level = _log_settings()
+_handler = {"class": "logging.StreamHandler", "formatter": _format}
+logconfig_dict = {
+    "formatters": {"text": {"()": "accident_service.logs.MaskedTextFormatter"},
+                   "json": {"()": "accident_service.logs.MaskedJsonFormatter"}},
+    "filters": {"request_id": {"()": "accident_service.request_ids.AccessLineRequestId"},
+                "path": {"()": "accident_service.logs.AccessLinePathAsSent"}},
+    "handlers": {"error_console": {**_handler, "stream": "ext://sys.stderr"},
+                 "console": {**_handler, "stream": "ext://sys.stdout", "filters": ["request_id", "path"]}},
+    "loggers": {"gunicorn.error": {"level": _level, "handlers": ["error_console"], "propagate": False},
+                "gunicorn.access": {"level": _level, "handlers": ["console"], "propagate": False}},
+    "root": {"level": _level, "handlers": []},
+}
 
 
 def on_starting(server):

@@ -97,6 +97,39 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(tmp_path, gunicor
     assert "gunicorn-json-1" in {r["request_id"] for r in access}
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_gunicorn_s_lines_are_masked_in_either_format(tmp_path, gunicorn_env, log_format):
+    """A caller's request id and a probe's path reach gunicorn's access line (acceptance pass: raw in text, and
+    a plate in a path, decoded by WSGI as latin-1, raw in JSON too)."""
+    import requests
+
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    openid, phone, plate = "oA_ops_reporter_000000001", "13800138000", "粤A12345"
+    with serving(gunicorn_args(port), env=gunicorn_env | {"LOG_FORMAT": log_format, "LOG_LEVEL": "INFO"},
+                 port=port, log_path=log_path, cwd=REPO_ROOT) as url:
+        requests.get(f"{url}/x/{openid}", timeout=10)
+        requests.get(f"{url}/desk/cases/{plate}", timeout=10)
+        requests.get(f"{url}/healthz", headers={"X-Request-Id": phone}, timeout=10)
+    logged = log_path.read_text(encoding="utf-8")
+    access = [line for line in logged.splitlines() if "/x/" in line or "/desk/cases/" in line or "/healthz" in line]
+    assert len(access) >= 3, logged
+    for raw in (openid, phone, plate, plate.encode().decode("latin-1")):
+        assert raw not in logged
+
+
+def test_gunicorn_s_lines_follow_log_level(tmp_path, gunicorn_env):
+    import requests
+
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with serving(gunicorn_args(port), env=gunicorn_env | {"LOG_LEVEL": "WARNING"}, port=port, log_path=log_path,
+                 cwd=REPO_ROOT) as url:
+        requests.get(f"{url}/healthz", timeout=10)
+    logged = log_path.read_text(encoding="utf-8")
+    assert "Booting worker" not in logged and "/healthz" not in logged, logged
+
+
 def test_workers_freeze_the_loaded_app_out_of_full_collections(tmp_path, gunicorn_env):
     """post_worker_init calls gc.freeze(): what a worker loaded is not walked by every full collection."""
     import requests
