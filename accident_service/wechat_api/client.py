@@ -346,6 +346,10 @@ def _raise_for_json_body(data: bytes) -> None:
     raise WeChatApiError(None, "media is a JSON document, not a file (a video link?)", permanent=True)
 
 
+#: Seconds Redis (the shared token) has to connect and to answer each command.
+TOKEN_STORE_TIMEOUT_SECONDS = 2.0
+
+
 def build_wechat_api(runtime: Any) -> WeChatApi:
     """The API client for a Runtime: token shared through Redis if REDIS_URL is set, else the database."""
     from accident_service.wechat_api.tokens import DatabaseTokenStore, RedisTokenStore
@@ -355,7 +359,10 @@ def build_wechat_api(runtime: Any) -> WeChatApi:
     if settings.REDIS_URL:
         import redis
 
-        store = RedisTokenStore(redis.Redis.from_url(settings.REDIS_URL), settings.WECHAT_APP_ID, clock=runtime.clock)
+        # Bounded: a Redis that takes connections and never answers would hold every send (no timeout by default).
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=TOKEN_STORE_TIMEOUT_SECONDS,
+                                      socket_connect_timeout=TOKEN_STORE_TIMEOUT_SECONDS)
+        store = RedisTokenStore(client, settings.WECHAT_APP_ID, clock=runtime.clock)
     else:
         store = DatabaseTokenStore(runtime.session_factory, settings.WECHAT_APP_ID, runtime.clock)
     return WeChatApi(GatewayClient.from_settings(settings, token_store=store))

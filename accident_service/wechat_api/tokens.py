@@ -16,6 +16,7 @@ one refresh serves them all.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accident_service.clock import Clock, SystemClock
 
+log = logging.getLogger(__name__)
 Fetch = Callable[[], tuple[str, int]]
 
 SAFETY_MARGIN = timedelta(minutes=5)
@@ -111,6 +113,8 @@ class _SharedTokenStore:
     _poll_seconds: float
     #: The token this process last read from the shared store, and when (trusted for LOCAL_TRUST).
     _last_read: tuple[_Cached, datetime] | None = None
+    #: The latest token this process read or fetched: what it sends with while the shared store is down.
+    _held: _Cached | None = None
 
     def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
         last_read, now = self._last_read, self._clock.now()
@@ -121,15 +125,18 @@ class _SharedTokenStore:
         deadline = time.monotonic() + self._wait_seconds
         while True:
             now = self._clock.now()
-            cached = self._read()
-            if cached and cached.usable(now, stale, self._margin):
-                self._last_read = (cached, now)
-                return cached.token
-            lock = self._try_lock(now)
+            try:
+                cached = self._read()
+                if cached and cached.usable(now, stale, self._margin):
+                    self._last_read, self._held = (cached, now), cached
+                    return cached.token
+                lock = self._try_lock(now)
+            except Exception as exc:  # the shared store does not answer (Redis down): not the platform's fault
+                return self._held_through_outage(exc, now, stale)
             if lock is not None:
-                token = self._refresh_holding(lock, fetch, stale)
+                self._held = self._refresh_holding(lock, fetch, stale)
                 self._last_read = None  # what it trusted may be the token just replaced: read the new one next
-                return token
+                return self._held.token
             # Someone else is refreshing: a token that is merely close to expiry still works meanwhile.
             if cached and cached.still_valid(now, stale):
                 return cached.token
@@ -137,13 +144,25 @@ class _SharedTokenStore:
                 raise TokenUnavailable(f"access token for {self._appid} is being refreshed elsewhere; gave up waiting")
             time.sleep(self._poll_seconds)
 
+    def _held_through_outage(self, error: Exception, now: datetime, stale: str | None) -> str:
+        """The token this process last read or fetched, for as long as it lasts (about two hours) while the shared
+        store is down; none held: TokenUnavailable, retried later like the platform's own outage. Refreshing
+        without the store would invalidate the token every other process holds (WECHAT.md §4)."""
+        held = self._held
+        if held is not None and held.usable(now, stale, self._margin):
+            log.warning("token store unavailable (%s): sending with the token this process holds",
+                        type(error).__name__)
+            return held.token
+        raise TokenUnavailable(f"the token store is unavailable ({type(error).__name__}) and this process holds "
+                               f"no usable token for {self._appid}") from error
+
     def _read(self) -> _Cached | None:
         raise NotImplementedError
 
     def _try_lock(self, now: datetime) -> Any:
         raise NotImplementedError
 
-    def _refresh_holding(self, lock: Any, fetch: Fetch, stale: str | None) -> str:
+    def _refresh_holding(self, lock: Any, fetch: Fetch, stale: str | None) -> _Cached:
         raise NotImplementedError
 
 
@@ -208,7 +227,7 @@ class DatabaseTokenStore(_SharedTokenStore):
                 return None
             return until
 
-    def _refresh_holding(self, lock: datetime, fetch: Fetch, stale: str | None) -> str:
+    def _refresh_holding(self, lock: datetime, fetch: Fetch, stale: str | None) -> _Cached:
         try:
             now = self._clock.now()
             cached = self._read()
@@ -222,10 +241,11 @@ class DatabaseTokenStore(_SharedTokenStore):
             raise
         if fetched is None:
             self._release(lock)
-            return cached.token  # type: ignore[union-attr]
+            return cached  # type: ignore[return-value]
         token, expires_in = fetched
-        self._store(lock, token, _expiry(now, expires_in), now)
-        return token
+        fresh = _Cached(token, _expiry(now, expires_in))
+        self._store(lock, token, fresh.expires_at, now)
+        return fresh
 
     def _store(self, lock: datetime, token: str, expires_at: datetime, now: datetime) -> None:
         model = self._model()
@@ -291,17 +311,17 @@ class RedisTokenStore(_SharedTokenStore):
         data = json.loads(raw)
         return _Cached(data["access_token"], datetime.fromtimestamp(data["expires_at"], UTC))
 
-    def _refresh_holding(self, owner: str, fetch: Fetch, stale: str | None) -> str:
+    def _refresh_holding(self, owner: str, fetch: Fetch, stale: str | None) -> _Cached:
         try:
             now = self._clock.now()
             cached = self._read()
             if cached and cached.usable(now, stale, self._margin):
-                return cached.token
+                return cached
             token, expires_in = fetch()
-            expires_at = _expiry(now, expires_in)
-            payload = json.dumps({"access_token": token, "expires_at": expires_at.timestamp(),
+            fresh = _Cached(token, _expiry(now, expires_in))
+            payload = json.dumps({"access_token": token, "expires_at": fresh.expires_at.timestamp(),
                                   "refreshed_at": now.timestamp()})
             self._redis.set(self._token_key, payload, ex=max(int(expires_in), 1))
-            return token
+            return fresh
         finally:
             self._redis.eval(_RELEASE_SCRIPT, 1, self._lock_key, owner)

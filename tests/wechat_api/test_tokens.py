@@ -162,6 +162,30 @@ def test_a_process_trusts_the_token_it_read_for_30_seconds(backend, clock) -> No
     assert mine.get_token(must_not_fetch) == "second-1"
 
 
+def test_while_redis_is_down_a_process_sends_with_the_token_it_holds(clock) -> None:
+    """Redis unreachable (through a proxy on loopback, then closed): the token this process read serves until it
+    expires, and then TokenUnavailable, retried like the platform's outage (acceptance pass: every send failed as
+    "wechat: network", its attempts spent, a notice lost in a ten-minute outage)."""
+    from accident_service.wechat_api.tokens import TokenUnavailable
+    from tests.support.pg_cut import CuttingProxy
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    try:
+        with CuttingProxy(("127.0.0.1", 6379)) as proxy:
+            client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=2, socket_connect_timeout=2)
+            store = RedisTokenStore(client, APPID, prefix=prefix, clock=clock)
+            assert store.get_token(CountingFetch("held")) == "held-1"
+        clock.advance(minutes=30)  # past the local trust: the store is asked, and does not answer
+        assert store.get_token(must_not_fetch) == "held-1"
+        with pytest.raises(TokenUnavailable):  # the platform rejected it: not handed out again
+            store.get_token(must_not_fetch, stale="held-1")
+        clock.advance(hours=2)  # the token has run out meanwhile
+        with pytest.raises(TokenUnavailable, match="token store is unavailable"):
+            store.get_token(must_not_fetch)
+    finally:
+        redis.Redis(host="127.0.0.1", port=6379).delete(f"{prefix}{APPID}:token", f"{prefix}{APPID}:lock")
+
+
 def test_a_wall_clock_set_back_ends_the_trust_at_once(backend, clock) -> None:
     """The trust window is 30 s from the reading: after the clock is stepped back an hour, the store is read again."""
     backend.make_store(clock).get_token(CountingFetch("first"))
