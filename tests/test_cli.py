@@ -36,6 +36,12 @@ def test_db_upgrade_then_create_staff(cli_env):
     assert again.returncode != 0 and "taken" in again.stderr
 
 
+def test_create_staff_without_a_password_or_a_terminal_says_why_it_stopped(cli_env):
+    run_cli("db", "upgrade", env=cli_env)
+    result = run_cli("create-staff", "chief", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""}, input="")
+    assert result.returncode == 1 and "aborted: no answer to the prompt" in result.stderr
+
+
 def test_officer_needs_a_known_station(cli_env):
     run_cli("db", "upgrade", env=cli_env)
     result = run_cli("create-staff", "officer1", "--station", "NOPE", env={**cli_env, "STAFF_PASSWORD": "x" * 12})
