@@ -33,12 +33,25 @@ class CuttingProxy:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._open: set[socket.socket] = set()
+        self._refusing_until = 0.0
         self.cut = 0  # answers dropped so far
 
     def arm(self, marker: bytes) -> None:
         """Lose the answer to the next statement, on any connection, whose bytes hold ``marker``."""
         with self._lock:
             self._marker = marker
+
+    def refuse(self, seconds: float) -> None:
+        """A blip: every connection through the proxy closed now, and new ones closed as they come, for
+        ``seconds`` (a server restarting, a failover)."""
+        with self._lock:
+            self._refusing_until = time.monotonic() + seconds
+            for end in self._open:
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def __enter__(self) -> CuttingProxy:
         accepting = threading.Thread(target=self._accept, daemon=True)
@@ -58,6 +71,11 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except TimeoutError:
                 continue
+            with self._lock:
+                if time.monotonic() < self._refusing_until:
+                    client.close()
+                    continue
+                self._open.add(client)
             relay = threading.Thread(target=self._relay, args=(client,), daemon=True)
             relay.start()
             self._threads.append(relay)
@@ -99,6 +117,8 @@ class CuttingProxy:
         except OSError:
             return
         finally:
+            with self._lock:
+                self._open.discard(client)
             for end in ends:
                 try:
                     end.shutdown(socket.SHUT_RDWR)

@@ -521,3 +521,39 @@ def test_concurrent_workers_keep_each_driver_in_order(runtime):
     for openid, handled in order.items():
         assert handled == sorted(handled) and len(handled) == 4, (openid, handled)
     assert len(audit_actors(runtime)) == 20
+
+
+@pytest.mark.postgres_only
+def test_a_database_blip_under_a_message_s_processing_leaves_it_due_again_not_leased(settings_overrides, clock,
+                                                                                     database_url):
+    """The database goes away for a moment (a restart, a failover) while a claimed message is processed: its retry
+    is recorded once the database is back, seconds later, rather than the message staying leased, its driver's
+    next messages behind it, until the lease lapses (acceptance pass: a minute)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from accident_service.runtime import build_runtime
+    from accident_service.settings import load_settings
+    from tests.support.pg_cut import CuttingProxy
+
+    url = make_url(database_url)
+    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+            {"sslmode": "disable"}).render_as_string(hide_password=False)
+        runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy}, environ={}),
+                                clock=clock)
+        try:
+            message_id = push(runtime, "oBlip")
+            assert inbox.claim_due(runtime, "w1") == [message_id]
+
+            def blip_under_it(rt, row, worker_id):
+                proxy.refuse(1.5)
+                with rt.unit_of_work() as session:
+                    session.execute(text("SELECT 1"))
+
+            assert inbox.process(runtime, message_id, "w1", blip_under_it) == "retry"
+            row = load(runtime, message_id)
+            assert (row.status, row.lease_until) == (WorkStatus.PENDING, None)
+            assert "OperationalError" in row.last_error
+        finally:
+            runtime.close()
