@@ -136,8 +136,17 @@ def flag(raw: Any) -> Any:
 
 
 def comma_list(raw: Any) -> tuple[str, ...]:
-    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
+    """Items separated by commas, each stripped; an empty list from an empty value. An empty item between two
+    others (``scene,,plate_a``) is a slip, named rather than dropped; a trailing comma is forgiven."""
+    items = [str(item).strip() for item in (raw if isinstance(raw, list | tuple) else str(raw).split(","))]
+    while items and not items[-1]:
+        items.pop()
+    if "" in items:
+        raise ValueError(f"item {items.index('') + 1} is empty")
+    repeated = sorted({item for item in items if items.count(item) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+    return tuple(items)
 
 
 def optional(check: Callable[..., str], **options: Any) -> Callable[[str], str]:

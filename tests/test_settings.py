@@ -203,10 +203,20 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("AUTO_MIGRATE", "", False),  # blank is false, as in an env file's "AUTO_MIGRATE="
     ("AUTO_MIGRATE", "yes", True),
     ("PHOTO_CHECKLIST", " scene , plate_a,plate_b ", ("scene", "plate_a", "plate_b")),
+    ("PHOTO_CHECKLIST", "scene,plate_a,plate_b,", ("scene", "plate_a", "plate_b")),  # a trailing comma
 ])
 def test_well_formed_values_are_accepted(tmp_path, name, value, expected):
     settings = load_settings(environ={"DATA_DIR": str(tmp_path), name: value})
     assert getattr(settings, name) == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [("scene,,plate_a,plate_b", "item 2 is empty"),
+                                              ("scene,scene,plate_a,plate_b", "scene given more than once")])
+def test_a_checklist_with_an_empty_or_repeated_item_is_named(tmp_path, value, message):
+    """Dropped or kept, either would shift which photo each number asks for (acceptance pass: an empty item was
+    dropped, and the error then blamed PHOTO_CHECKLIST_B)."""
+    with pytest.raises(SettingsError, match=f"^PHOTO_CHECKLIST: {message}"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), "PHOTO_CHECKLIST": value})
 
 
 def test_every_numeric_setting_has_a_range():
