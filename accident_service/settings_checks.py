@@ -209,6 +209,8 @@ def database_url(value: str) -> str:
         url = make_url(value)
     except ArgumentError as exc:
         raise ValueError(f"not a database URL ({value!r}): {exc}") from exc
+    except ValueError:  # SQLAlchemy's int() of the port, whose text would quote only the port
+        raise ValueError("its port is not a number; use postgresql://user@host:5432/db") from None
     if url.get_backend_name() not in {"sqlite", "postgresql"}:
         raise ValueError(f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
     # Only the drivers installed with the service; SQLAlchemy maps a bare postgresql:// to psycopg (3).
