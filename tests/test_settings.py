@@ -210,13 +210,13 @@ def test_well_formed_values_are_accepted(tmp_path, name, value, expected):
     assert getattr(settings, name) == expected
 
 
-@pytest.mark.parametrize(("value", "message"), [("scene,,plate_a,plate_b", "item 2 is empty"),
-                                              ("scene,scene,plate_a,plate_b", "scene given more than once")])
 def test_a_database_url_whose_port_is_not_a_number_says_what_is_expected(tmp_path):
     with pytest.raises(SettingsError, match=r"^DATABASE_URL: its port is not a number; use postgresql://"):
         load_settings(environ={"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://u@db:notaport/x"})
 
 
+@pytest.mark.parametrize(("value", "message"), [("scene,,plate_a,plate_b", "item 2 is empty"),
+                                              ("scene,scene,plate_a,plate_b", "scene given more than once")])
 def test_a_checklist_with_an_empty_or_repeated_item_is_named(tmp_path, value, message):
     """Dropped or kept, either would shift which photo each number asks for (acceptance pass: an empty item was
     dropped, and the error then blamed PHOTO_CHECKLIST_B)."""
