@@ -332,7 +332,7 @@ def test_serve_names_a_bad_process_count_before_it_builds_the_app(tmp_path, name
 @pytest.mark.slow
 def test_serve_runs_as_many_workers_as_web_concurrency_says(tmp_path):
     log = tmp_path / "serve.log"
-    with serving_serve(tmp_path, WEB_CONCURRENCY="3"):
+    with serving_serve(tmp_path, WEB_CONCURRENCY="3", LOG_LEVEL="INFO"):  # gunicorn's boot lines are INFO
         deadline = time.monotonic() + 20
         while log.read_text(errors="replace").count("Booting worker") < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
