@@ -124,4 +124,5 @@ def _as_delivery_error(channel: str) -> Iterator[None]:
         raise DeliveryError(channel, exc.errmsg, code=exc.errcode, reroute=reroute, undelivered=exc.undelivered,
                             permanent=exc.permanent and not reroute,
                             # neither flag: a configuration problem, retried a bounded number of times
-                            retryable=exc.retryable or not (exc.permanent or reroute)) from exc
+                            retryable=exc.retryable or not (exc.permanent or reroute),
+                            provider_fault=not exc.ours) from exc

@@ -66,10 +66,12 @@ class WeChatApiError(Exception):
     ``undelivered``: the call certainly did not deliver: the platform answered that it is busy, over
     its quota or that the token is bad, or no token could be had to call it (a transport error after
     the call was sent may have delivered).
+    ``ours``: the service's own part failed (no token could be had from the shared token store), not the
+    platform: it tells nothing of how the platform is doing.
     """
 
     def __init__(self, errcode: int | None, errmsg: str, *, retryable: bool | None = None,
-                 permanent: bool | None = None, http_status: int | None = None) -> None:
+                 permanent: bool | None = None, http_status: int | None = None, ours: bool = False) -> None:
         super().__init__(f"WeChat API error {errcode}: {errmsg}")
         self.errcode = errcode
         self.errmsg = errmsg
@@ -78,6 +80,7 @@ class WeChatApiError(Exception):
             else retryable
         self.permanent = (errcode in PERMANENT_ERRCODES) if permanent is None else permanent
         self.before_call = False  # set when getting the token failed: the call itself was never made
+        self.ours = ours
 
     @property
     def undelivered(self) -> bool:
@@ -128,7 +131,7 @@ def _translated_errors() -> Iterator[None]:
     except requests.RequestException as exc:
         raise WeChatApiError(None, f"transport error: {_without_query(str(exc))}", retryable=True) from exc
     except TokenUnavailable as exc:
-        raise WeChatApiError(None, str(exc), retryable=True) from exc
+        raise WeChatApiError(None, str(exc), retryable=True, ours=True) from exc
 
 
 _QUERY = re.compile(r"\?[^\s'\")]*")

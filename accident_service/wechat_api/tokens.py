@@ -149,9 +149,14 @@ class _SharedTokenStore:
         store is down; none held: TokenUnavailable, retried later like the platform's own outage. Refreshing
         without the store would invalidate the token every other process holds (WECHAT.md §4)."""
         held = self._held
-        if held is not None and held.usable(now, stale, self._margin):
+        if held is not None and held.token == stale:
+            self._held = self._last_read = None  # the platform rejected it: never handed out again
+        elif held is not None and held.usable(now, stale, self._margin):
             log.warning("token store unavailable (%s): sending with the token this process holds",
                         type(error).__name__)
+            # Trusted as if read now: the store is asked again after LOCAL_TRUST, not on every call (each
+            # would wait out the store's timeout).
+            self._last_read = (held, now)
             return held.token
         raise TokenUnavailable(f"the token store is unavailable ({type(error).__name__}) and this process holds "
                                f"no usable token for {self._appid}") from error

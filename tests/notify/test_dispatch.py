@@ -791,6 +791,17 @@ def test_a_failure_of_our_own_code_is_not_the_provider_s(rt, wechat, clock):
     assert load(rt, broken).next_attempt_at == row.next_attempt_at
 
 
+def test_no_token_from_our_own_token_store_is_not_the_platform_s_failure():
+    """Redis down and no token held (wechat_api.tokens): retried, but it tells nothing of the platform, so it
+    neither starts nor extends the platform's recovery wait (review)."""
+    from accident_service.notify.channels import DeliveryError, _as_delivery_error
+    from accident_service.wechat_api.client import WeChatApiError
+
+    with pytest.raises(DeliveryError) as caught, _as_delivery_error("wechat"):
+        raise WeChatApiError(None, "the token store is unavailable", retryable=True, ours=True)
+    assert caught.value.retryable and not caught.value.provider_fault
+
+
 def test_a_failure_after_the_delivery_keeps_what_backs_off_waiting(rt, wechat, clock):
     """A platform failing now and then: each failure starts the quiet time again, and only a delivery after
     the latest failure counts."""
