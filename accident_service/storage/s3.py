@@ -21,12 +21,17 @@ class S3ObjectStore:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         addressing = Config(signature_version="s3v4", s3={"addressing_style": "path"})
-        # One short try: an outage must surface quickly, as photo intake retries with its own backoff (5 s
-        # on) and has the driver told. A photo's attempt holds their next messages back, and through tries
-        # of the client's own (three of 10 s) a store that takes connections but never answers held them
-        # for 32 s. 5 s to answer is ample for a photo written to a store on the same network.
+        # Reads, deletes and listings (the desk, retention): a few tries, as botocore retries what S3 asks to
+        # be retried (500, 503 SlowDown, a keep-alive connection the server just closed).
         self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=addressing.merge(
-            Config(connect_timeout=2, read_timeout=5, retries={"total_max_attempts": 1, "mode": "standard"})))
+            Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})))
+        # Photo intake's writes (the only writes): one short try. Intake retries with its own backoff (5 s on)
+        # and has the driver told, while a photo's attempt holds their next messages back: through the tries
+        # above (three of 10 s) a store that takes connections but never answers held them for 32 s. 5 s to
+        # answer is ample for a photo on the store's network.
+        self._put_client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                                        config=addressing.merge(Config(connect_timeout=2, read_timeout=5, retries={
+                                            "total_max_attempts": 1, "mode": "standard"})))
         # The readiness probe has its own client: one try, 2 s to connect, 2 s to answer. Through
         # the client above, a store that accepts connections but never answers held /readyz for
         # 30 s (3 tries of 10 s) and the orchestrator's probes piled up behind it.
@@ -52,8 +57,8 @@ class S3ObjectStore:
 
     def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
         try:
-            self._ensure_bucket()
-            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+            self._ensure_bucket(self._put_client)
+            self._put_client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
                                     ContentType=content_type, Metadata=metadata or {})
         except (BotoCoreError, ClientError) as exc:
             if isinstance(exc, ClientError) and _code(exc) == "NoSuchBucket" and self._create_bucket:
