@@ -261,9 +261,9 @@ def main() -> None:
         # migrating first: one line.
         click.echo(f"error: {_database_error(exc)}", err=True)
         sys.exit(1)
-    except click.exceptions.Abort:  # Ctrl-C, or a prompt meeting the end of its input (no terminal)
-        click.echo("aborted: no answer to the prompt (give the value by its option or environment variable)",
-                   err=True)
+    except click.exceptions.Abort as exc:  # Ctrl-C, or a prompt meeting the end of its input (no terminal)
+        click.echo("aborted: no answer to the prompt (give the value by its option or environment variable)"
+                   if isinstance(exc.__context__, EOFError) else "aborted", err=True)
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()

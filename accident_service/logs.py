@@ -151,9 +151,10 @@ class AccessLinePathAsSent(logging.Filter):
         path = atoms.get("U") if isinstance(atoms, dict) else None
         if path:
             try:
-                atoms["U"] = path.encode("latin-1").decode("utf-8")
-            except UnicodeError:
-                pass  # not UTF-8 after all: left as it came
+                # A byte that is not UTF-8 becomes U+FFFD: the plate beside it is still read, and masked.
+                atoms["U"] = path.encode("latin-1").decode("utf-8", errors="replace")
+            except UnicodeEncodeError:
+                pass  # not a WSGI string after all: left as it came
         return True
 
 

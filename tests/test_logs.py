@@ -203,3 +203,19 @@ def test_the_app_secret_outlives_any_number_of_tokens():
         never_log(f"another-token-{n:04d}", token=True)
     assert APP_SECRET not in mask_personal_data(f"secret={APP_SECRET}")
     assert "another-token-0019" not in mask_personal_data("access_token=another-token-0019")
+
+
+@pytest.mark.parametrize("path", ["/desk/cases/粤A12345", "/desk/cases/粤A12345\udcff"])  # the second: a byte 0xff
+def test_a_plate_in_an_access_line_s_path_is_masked_even_beside_a_byte_that_is_not_utf8(path):
+    """gunicorn's access line carries the path as WSGI gives it, each byte a latin-1 character (review: one
+    stray byte kept the whole path undecoded, and the plate in it unmasked)."""
+    import logging
+
+    from accident_service.logs import AccessLinePathAsSent, MaskedTextFormatter
+
+    wsgi_path = path.encode("utf-8", "surrogateescape").decode("latin-1")
+    record = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, '"GET %(U)s" %(s)s', None, None)
+    record.args = {"U": wsgi_path, "s": "404"}
+    assert AccessLinePathAsSent().filter(record)
+    line = MaskedTextFormatter().format(record)
+    assert "A12345" not in line and "ç²¤" not in line
