@@ -115,6 +115,7 @@ class _SharedTokenStore:
     _last_read: tuple[_Cached, datetime] | None = None
     #: The latest token this process read or fetched: what it sends with while the shared store is down.
     _held: _Cached | None = None
+    _held_lock = threading.Lock()  # for every store: held only to compare two expiries
 
     def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
         last_read, now = self._last_read, self._clock.now()
@@ -128,21 +129,29 @@ class _SharedTokenStore:
             try:
                 cached = self._read()
                 if cached and cached.usable(now, stale, self._margin):
-                    self._last_read, self._held = (cached, now), cached
+                    self._last_read = (cached, now)
+                    self._hold(cached)
                     return cached.token
                 lock = self._try_lock(now)
             except Exception as exc:  # the shared store does not answer (Redis down): not the platform's fault
                 return self._held_through_outage(exc, now, stale)
             if lock is not None:
-                self._held = self._refresh_holding(lock, fetch, stale)
+                fresh = self._refresh_holding(lock, fetch, stale)
+                self._hold(fresh)
                 self._last_read = None  # what it trusted may be the token just replaced: read the new one next
-                return self._held.token
+                return fresh.token
             # Someone else is refreshing: a token that is merely close to expiry still works meanwhile.
             if cached and cached.still_valid(now, stale):
                 return cached.token
             if time.monotonic() >= deadline:
                 raise TokenUnavailable(f"access token for {self._appid} is being refreshed elsewhere; gave up waiting")
             time.sleep(self._poll_seconds)
+
+    def _hold(self, token: _Cached) -> None:
+        """Keep the newest: a thread that read a token before another thread's refresh comes back after it."""
+        with self._held_lock:
+            if self._held is None or token.expires_at >= self._held.expires_at:
+                self._held = token
 
     def _held_through_outage(self, error: Exception, now: datetime, stale: str | None) -> str:
         """The token this process last read or fetched, for as long as it lasts (about two hours) while the shared

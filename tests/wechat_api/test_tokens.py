@@ -387,3 +387,17 @@ def test_a_process_still_trusting_a_token_another_forced_out_recovers_at_its_nex
     second.send_text("o-2", "with the token it still trusted")
 
     assert [m["touser"] for m in emulator.sent] == ["o-warm", "o-0", "o-1", "o-2"]
+
+
+def test_the_token_held_for_an_outage_is_the_newest_whatever_order_threads_come_back_in(clock) -> None:
+    """A thread that read the old token before another thread's forced refresh may finish after it (review)."""
+    from datetime import timedelta
+
+    from accident_service.wechat_api.tokens import _Cached
+
+    store = RedisTokenStore(redis.Redis(host="127.0.0.1", port=6379), APPID, prefix=f"test:{uuid.uuid4().hex}:",
+                            clock=clock)
+    newer, older = (_Cached(name, clock.now() + timedelta(hours=hours)) for name, hours in (("new", 2), ("old", 1)))
+    store._hold(newer)
+    store._hold(older)
+    assert store._held is newer
