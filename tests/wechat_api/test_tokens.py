@@ -162,34 +162,10 @@ def test_a_process_trusts_the_token_it_read_for_30_seconds(backend, clock) -> No
     assert mine.get_token(must_not_fetch) == "second-1"
 
 
-def test_while_redis_is_down_a_process_sends_with_the_token_it_holds(clock) -> None:
-    """Redis unreachable (through a proxy on loopback, then closed): the token this process read serves until it
-    expires, and then TokenUnavailable, retried like the platform's outage (acceptance pass: every send failed as
-    "wechat: network", its attempts spent, a notice lost in a ten-minute outage)."""
-    from accident_service.wechat_api.tokens import TokenUnavailable
-    from tests.support.pg_cut import CuttingProxy
-
-    prefix = f"test:{uuid.uuid4().hex}:"
-    try:
-        with CuttingProxy(("127.0.0.1", 6379)) as proxy:
-            # As build_wechat_api makes it.
-            client = redis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=2,
-                                          socket_connect_timeout=2)
-            store = RedisTokenStore(client, APPID, prefix=prefix, clock=clock)
-            assert store.get_token(CountingFetch("held")) == "held-1"
-        clock.advance(minutes=30)  # past the local trust: the store is asked, and does not answer
-        assert store.get_token(must_not_fetch) == "held-1"
-        clock.advance(minutes=30)
-        assert store.get_token(must_not_fetch) == "held-1"
-        clock.advance(hours=2)  # the token has run out meanwhile
-        with pytest.raises(TokenUnavailable, match="token store is unavailable"):
-            store.get_token(must_not_fetch)
-    finally:
-        redis.Redis(host="127.0.0.1", port=6379).delete(f"{prefix}{APPID}:token", f"{prefix}{APPID}:lock")
-
-
-def test_while_redis_is_down_a_token_the_platform_rejected_is_not_handed_out_again(clock) -> None:
-    from accident_service.wechat_api.tokens import TokenUnavailable
+@pytest.fixture
+def store_whose_redis_went_down(clock) -> Iterator[RedisTokenStore]:
+    """A Redis store (its client as build_wechat_api makes it) that fetched and holds "held-1", then lost Redis:
+    it reached Redis through a proxy on loopback, closed since."""
     from tests.support.pg_cut import CuttingProxy
 
     prefix = f"test:{uuid.uuid4().hex}:"
@@ -199,13 +175,37 @@ def test_while_redis_is_down_a_token_the_platform_rejected_is_not_handed_out_aga
                                           socket_connect_timeout=2)
             store = RedisTokenStore(client, APPID, prefix=prefix, clock=clock)
             assert store.get_token(CountingFetch("held")) == "held-1"
-        with pytest.raises(TokenUnavailable):  # rejected by the platform, and no store to refresh through
-            store.get_token(must_not_fetch, stale="held-1")
-        clock.advance(seconds=1)
-        with pytest.raises(TokenUnavailable):  # the next send does not try it again
-            store.get_token(must_not_fetch)
+        yield store
     finally:
         redis.Redis(host="127.0.0.1", port=6379).delete(f"{prefix}{APPID}:token", f"{prefix}{APPID}:lock")
+
+
+def test_while_redis_is_down_a_process_sends_with_the_token_it_holds(store_whose_redis_went_down, clock) -> None:
+    """The token this process read serves until it expires, and then TokenUnavailable, retried like the platform's
+    outage (acceptance pass: every send failed as "wechat: network", its attempts spent, a notice lost in a
+    ten-minute outage)."""
+    from accident_service.wechat_api.tokens import TokenUnavailable
+
+    store = store_whose_redis_went_down
+    clock.advance(minutes=30)  # past the local trust: the store is asked, and does not answer
+    assert store.get_token(must_not_fetch) == "held-1"
+    clock.advance(minutes=30)
+    assert store.get_token(must_not_fetch) == "held-1"
+    clock.advance(hours=2)  # the token has run out meanwhile
+    with pytest.raises(TokenUnavailable, match="token store is unavailable"):
+        store.get_token(must_not_fetch)
+
+
+def test_while_redis_is_down_a_token_the_platform_rejected_is_not_handed_out_again(store_whose_redis_went_down,
+                                                                                   clock) -> None:
+    from accident_service.wechat_api.tokens import TokenUnavailable
+
+    store = store_whose_redis_went_down
+    with pytest.raises(TokenUnavailable):  # rejected by the platform, and no store to refresh through
+        store.get_token(must_not_fetch, stale="held-1")
+    clock.advance(seconds=1)
+    with pytest.raises(TokenUnavailable):  # the next send does not try it again
+        store.get_token(must_not_fetch)
 
 
 def test_a_wall_clock_set_back_ends_the_trust_at_once(backend, clock) -> None:
