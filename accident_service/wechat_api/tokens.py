@@ -335,7 +335,14 @@ class RedisTokenStore(_SharedTokenStore):
             fresh = _Cached(token, _expiry(now, expires_in))
             payload = json.dumps({"access_token": token, "expires_at": fresh.expires_at.timestamp(),
                                   "refreshed_at": now.timestamp()})
-            self._redis.set(self._token_key, payload, ex=max(int(expires_in), 1))
+            try:
+                self._redis.set(self._token_key, payload, ex=max(int(expires_in), 1))
+            except Exception as exc:  # Redis went away after the fetch: the new token is still this process's
+                log.warning("token store unavailable (%s): a new token kept by this process only",
+                            type(exc).__name__)
             return fresh
         finally:
-            self._redis.eval(_RELEASE_SCRIPT, 1, self._lock_key, owner)
+            try:
+                self._redis.eval(_RELEASE_SCRIPT, 1, self._lock_key, owner)
+            except Exception as exc:  # it expires on its own (LOCK_SECONDS); the refresh's outcome stands
+                log.warning("token store unavailable (%s): the refresh lock is left to expire", type(exc).__name__)

@@ -208,6 +208,25 @@ def test_while_redis_is_down_a_token_the_platform_rejected_is_not_handed_out_aga
         store.get_token(must_not_fetch)
 
 
+def test_a_token_fetched_as_redis_goes_away_is_kept_and_sent_with(clock) -> None:
+    """Redis stops answering between the refresh's fetch and its write (the write's answer lost, through a proxy
+    on loopback): the new token, which has just started the end of every other one, is not lost (review)."""
+    from tests.support.pg_cut import CuttingProxy
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    try:
+        with CuttingProxy(("127.0.0.1", 6379)) as proxy:
+            client = redis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=1,
+                                          socket_connect_timeout=1)
+            store = RedisTokenStore(client, APPID, prefix=prefix, clock=clock)
+            proxy.arm(b"fresh-1")  # the SET carrying the new token
+            assert store.get_token(CountingFetch("fresh")) == "fresh-1"
+        clock.advance(minutes=30)  # Redis gone (the proxy closed), the trust window past
+        assert store.get_token(must_not_fetch) == "fresh-1"
+    finally:
+        redis.Redis(host="127.0.0.1", port=6379).delete(f"{prefix}{APPID}:token", f"{prefix}{APPID}:lock")
+
+
 def test_a_wall_clock_set_back_ends_the_trust_at_once(backend, clock) -> None:
     """The trust window is 30 s from the reading: after the clock is stepped back an hour, the store is read again."""
     backend.make_store(clock).get_token(CountingFetch("first"))
