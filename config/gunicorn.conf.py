@@ -51,6 +51,13 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms %({x-request-id}o)s'
 
 
+def _service_formatter(log_format):
+    """The formatter class the service's own lines use (logs.FORMATTERS), by LOG_FORMAT."""
+    from accident_service.logs import FORMATTERS
+
+    return FORMATTERS[log_format]
+
+
 def _log_settings():
     """LOG_FORMAT and LOG_LEVEL as the service reads them; a bad setting is reported by on_starting, so the
     defaults meanwhile."""
@@ -60,17 +67,16 @@ def _log_settings():
         settings = load_settings()
     except SettingsError:
         return "text", "INFO"
-    return settings.LOG_FORMAT, settings.LOG_LEVEL.upper()
+    return settings.LOG_FORMAT, settings.LOG_LEVEL  # upper case already (settings_checks.log_level)
 
 
 # gunicorn's own lines (workers booting, the access log) in the service's format, masked like its lines (a
 # caller's request id, a probe's path), at its LOG_LEVEL; with JSON every line of the process is one object.
 # The root logger is left to the service (no handler here).
 _format, _level = _log_settings()
-_handler = {"class": "logging.StreamHandler", "formatter": _format}
+_handler = {"class": "logging.StreamHandler", "formatter": "service"}
 logconfig_dict = {
-    "formatters": {"text": {"()": "accident_service.logs.MaskedTextFormatter"},
-                   "json": {"()": "accident_service.logs.MaskedJsonFormatter"}},
+    "formatters": {"service": {"()": _service_formatter(_format)}},
     "filters": {"request_id": {"()": "accident_service.request_ids.AccessLineRequestId"},
                 "path": {"()": "accident_service.logs.AccessLinePathAsSent"}},
     "handlers": {"error_console": {**_handler, "stream": "ext://sys.stderr"},

@@ -21,22 +21,23 @@ class S3ObjectStore:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         addressing = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+
+        def client(read_timeout: int, retries: dict[str, Any]):
+            return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=addressing.merge(
+                Config(connect_timeout=2, read_timeout=read_timeout, retries={**retries, "mode": "standard"})))
+
         # Reads, deletes and listings (the desk, retention): a few tries, as botocore retries what S3 asks to
         # be retried (500, 503 SlowDown, a keep-alive connection the server just closed).
-        self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=addressing.merge(
-            Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})))
+        self._client = client(10, {"max_attempts": 2})
         # Photo intake's writes (the only writes): one short try. Intake retries with its own backoff (5 s on)
         # and has the driver told, while a photo's attempt holds their next messages back: through the tries
         # above (three of 10 s) a store that takes connections but never answers held them for 32 s. 5 s to
         # answer is ample for a photo on the store's network.
-        self._put_client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
-                                        config=addressing.merge(Config(connect_timeout=2, read_timeout=5, retries={
-                                            "total_max_attempts": 1, "mode": "standard"})))
+        self._put_client = client(5, {"total_max_attempts": 1})
         # The readiness probe has its own client: one try, 2 s to connect, 2 s to answer. Through
         # the client above, a store that accepts connections but never answers held /readyz for
         # 30 s (3 tries of 10 s) and the orchestrator's probes piled up behind it.
-        self._probe_client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=addressing.merge(
-            Config(connect_timeout=2, read_timeout=2, retries={"total_max_attempts": 1, "mode": "standard"})))
+        self._probe_client = client(2, {"total_max_attempts": 1})
         self._bucket_checked = not create_bucket
         self._create_bucket = create_bucket
 

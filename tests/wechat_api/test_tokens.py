@@ -7,6 +7,7 @@ when TEST_DATABASE_URL is set (tests/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -162,22 +163,28 @@ def test_a_process_trusts_the_token_it_read_for_30_seconds(backend, clock) -> No
     assert mine.get_token(must_not_fetch) == "second-1"
 
 
-@pytest.fixture
-def store_whose_redis_went_down(clock) -> Iterator[RedisTokenStore]:
-    """A Redis store (its client as build_wechat_api makes it) that fetched and holds "held-1", then lost Redis:
-    it reached Redis through a proxy on loopback, closed since."""
+@contextlib.contextmanager
+def store_through_a_proxy(clock, *, timeout: float = 2.0) -> Iterator[tuple[RedisTokenStore, Any]]:
+    """A Redis store (its client as build_wechat_api makes it) reaching Redis through a proxy on loopback; Redis is
+    gone for it once the block ends (the proxy closed). Its keys are deleted after."""
     from tests.support.pg_cut import CuttingProxy
 
     prefix = f"test:{uuid.uuid4().hex}:"
     try:
         with CuttingProxy(("127.0.0.1", 6379)) as proxy:
-            client = redis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=2,
-                                          socket_connect_timeout=2)
-            store = RedisTokenStore(client, APPID, prefix=prefix, clock=clock)
-            assert store.get_token(CountingFetch("held")) == "held-1"
-        yield store
+            client = redis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=timeout,
+                                          socket_connect_timeout=timeout)
+            yield RedisTokenStore(client, APPID, prefix=prefix, clock=clock), proxy
     finally:
         redis.Redis(host="127.0.0.1", port=6379).delete(f"{prefix}{APPID}:token", f"{prefix}{APPID}:lock")
+
+
+@pytest.fixture
+def store_whose_redis_went_down(clock) -> Iterator[RedisTokenStore]:
+    """A Redis store that fetched and holds "held-1", then lost Redis."""
+    with store_through_a_proxy(clock) as (store, _proxy):
+        assert store.get_token(CountingFetch("held")) == "held-1"
+    yield store
 
 
 def test_while_redis_is_down_a_process_sends_with_the_token_it_holds(store_whose_redis_went_down, clock) -> None:
@@ -211,20 +218,11 @@ def test_while_redis_is_down_a_token_the_platform_rejected_is_not_handed_out_aga
 def test_a_token_fetched_as_redis_goes_away_is_kept_and_sent_with(clock) -> None:
     """Redis stops answering between the refresh's fetch and its write (the write's answer lost, through a proxy
     on loopback): the new token, which has just started the end of every other one, is not lost (review)."""
-    from tests.support.pg_cut import CuttingProxy
-
-    prefix = f"test:{uuid.uuid4().hex}:"
-    try:
-        with CuttingProxy(("127.0.0.1", 6379)) as proxy:
-            client = redis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=1,
-                                          socket_connect_timeout=1)
-            store = RedisTokenStore(client, APPID, prefix=prefix, clock=clock)
-            proxy.arm(b"fresh-1")  # the SET carrying the new token
-            assert store.get_token(CountingFetch("fresh")) == "fresh-1"
-        clock.advance(minutes=30)  # Redis gone (the proxy closed), the trust window past
-        assert store.get_token(must_not_fetch) == "fresh-1"
-    finally:
-        redis.Redis(host="127.0.0.1", port=6379).delete(f"{prefix}{APPID}:token", f"{prefix}{APPID}:lock")
+    with store_through_a_proxy(clock, timeout=1.0) as (store, proxy):
+        proxy.arm(b"fresh-1")  # the SET carrying the new token
+        assert store.get_token(CountingFetch("fresh")) == "fresh-1"
+    clock.advance(minutes=30)  # Redis gone (the proxy closed), the trust window past
+    assert store.get_token(must_not_fetch) == "fresh-1"
 
 
 def test_a_wall_clock_set_back_ends_the_trust_at_once(backend, clock) -> None:
