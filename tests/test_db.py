@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 from flask import jsonify
-from sqlalchemy import event, func, make_url, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy import exc as sa_exc
 
 from accident_service import create_app, db
@@ -28,7 +28,7 @@ from accident_service.models import AuditEvent
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.conftest import T0
-from tests.support.pg_cut import CuttingProxy
+from tests.support.pg_cut import postgres_through_a_proxy
 from tests.support.servers import free_port
 
 postgres_only = pytest.mark.postgres_only
@@ -366,10 +366,7 @@ def test_a_push_stored_before_its_connection_died_is_answered_and_stored_once(se
     stored and its signature recorded with the same body, and the platform gets "success"."""
     from tests.wechat.test_webhook import plain_query, stored_count, text_message
 
-    url = make_url(database_url)
-    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
-        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
-            {"sslmode": "disable"}).render_as_string(hide_password=False)
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
         runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy,
                                                "WECHAT_TOKEN": "webhook-test-token",
                                                "WECHAT_TIMESTAMP_TOLERANCE_SECONDS": 300}, environ={}), clock=clock)
@@ -403,11 +400,8 @@ def _claim_whose_answer_is_lost(settings_overrides, clock, database_url, *, reru
     from accident_service.wechat import inbox
     from tests.wechat.test_inbox import load, push
 
-    url = make_url(database_url)
     moving_clock = _ClockThatMovesWhenAsked(clock, rerun_after)
-    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
-        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
-            {"sslmode": "disable"}).render_as_string(hide_password=False)
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
         runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy,
                                                "INBOX_LEASE_SECONDS": 60}, environ={}), clock=moving_clock)
         try:

@@ -230,13 +230,18 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
         _after_failure(runtime, row, worker_id, route,
                        DeliveryError(route.channel.name, repr(exc), retryable=True, provider_fault=False))
         return
-    with runtime.unit_of_work() as session:
-        if _finish(session, row, worker_id, WorkStatus.DONE, "sent", channel=route.channel.name,
-                   sent_at=runtime.clock.now(), last_error=None, platform_msgid=platform_msgid) and notes:
-            session.execute(update(Notification).where(Notification.id.in_([n.id for n, _ in notes]))
-                            .values(status=WorkStatus.DONE, carried_by=row.id, sent_at=runtime.clock.now(),
-                                    channel=route.channel.name, address=route.address, last_error=None)
-                            .execution_options(synchronize_session=False))
+    sent_at = runtime.clock.now()
+
+    def record_sent() -> None:
+        with runtime.unit_of_work() as session:
+            if _finish(session, row, worker_id, WorkStatus.DONE, "sent", channel=route.channel.name, sent_at=sent_at,
+                       last_error=None, platform_msgid=platform_msgid) and notes:
+                session.execute(update(Notification).where(Notification.id.in_([n.id for n, _ in notes]))
+                                .values(status=WorkStatus.DONE, carried_by=row.id, sent_at=sent_at,
+                                        channel=route.channel.name, address=route.address, last_error=None)
+                                .execution_options(synchronize_session=False))
+
+    leases.record_outcome(record_sent)
 
 
 def release_held(session: Session, openid: str, now) -> int:
@@ -474,32 +479,35 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
     now = runtime.clock.now()
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
     error = f"{exc.code}: {exc}"
-    with runtime.unit_of_work() as session:
-        if route.taken is not None and exc.undelivered:
-            allowance.refund(session, route.taken, now)
-        if exc.retryable and exc.provider_fault:
-            _note_provider_failure(session, PROVIDER_OF[route.channel.name], now)
-        if exc.reroute and not out_of_attempts:
-            allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
-                              channel=route.channel.name)
-            # Nothing went out: the next attempt chooses again, with what the platform just told us.
-            _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", tried=route.channel.name, last_error=error,
-                    next_attempt_at=now, channel=None, address=None, sending_at=None)
-        elif exc.permanent and route.channel.name == SMS_CHANNEL:
-            # This number will never take it (refused, blacklisted, over its daily limit): like a notice no
-            # channel can carry, it waits for the person's next action, with the reason shown.
-            _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS_CHANNEL,
-                    last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
-        elif exc.retryable and not out_of_attempts:
-            _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name, last_error=error,
-                    sending_at=None, next_attempt_at=now + leases.backoff(row.attempts),
-                    last_failure_at=now if exc.provider_fault else None)
-        else:
-            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
-                    sending_at=None)
-            metrics.count_on_commit(session, metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
-                exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)))
-            log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
+
+    def record() -> None:  # tried again after a lost COMMIT: the refund stops at what the allowance allowed
+        with runtime.unit_of_work() as session:
+            if route.taken is not None and exc.undelivered:
+                allowance.refund(session, route.taken, now)
+            if exc.retryable and exc.provider_fault:
+                _note_provider_failure(session, PROVIDER_OF[route.channel.name], now)
+            if exc.reroute and not out_of_attempts:
+                allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
+                                  channel=route.channel.name)
+                # Nothing went out: the next attempt chooses again, with what the platform just told us.
+                _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", tried=route.channel.name,
+                        last_error=error, next_attempt_at=now, channel=None, address=None, sending_at=None)
+            elif exc.permanent and route.channel.name == SMS_CHANNEL:
+                # This number will never take it (refused, blacklisted, over its daily limit): like a notice no
+                # channel can carry, it waits for the person's next action, with the reason shown.
+                _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS_CHANNEL,
+                        last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
+            elif exc.retryable and not out_of_attempts:
+                _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name,
+                        last_error=error, sending_at=None, next_attempt_at=now + leases.backoff(row.attempts),
+                        last_failure_at=now if exc.provider_fault else None)
+            elif _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name,
+                         last_error=error, sending_at=None):
+                metrics.count_on_commit(session, metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
+                    exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)))
+                log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
+
+    leases.record_outcome(record)
 
 
 def _finish(session: Session, row: Notification, worker_id: str, status: WorkStatus, outcome: str, *,

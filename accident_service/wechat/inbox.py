@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, Dialect, and_, bindparam, exists, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import leases, metrics
-from accident_service.db import DriverStatement, is_postgres, may_succeed_later
+from accident_service.db import DriverStatement, is_postgres
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import Runtime
 from accident_service.wechat import replay
@@ -246,12 +244,6 @@ def finish(session: Session, row: InboundMessage, worker_id: str, now: datetime)
         raise LeaseLost(row.id)
 
 
-#: Seconds between the tries at recording a retry when the database failed too: what failed the message was
-#: often the database going away for a moment (a restart, a failover), and unrecorded, the message stays
-#: leased, its driver's next messages behind it, until the lease lapses (INBOX_LEASE_SECONDS).
-RECORD_RETRY_WAITS = (1.0, 2.0)
-
-
 def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error: str, *,
                     keep_trying_until: datetime | None = None, on_give_up: GiveUpHook | None = None) -> str:
     now = runtime.clock.now()
@@ -261,20 +253,18 @@ def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error
         keep_trying_until = row.waiting_until
     waiting = keep_trying_until is not None and now < keep_trying_until
     give_up = row.attempts >= runtime.settings.INBOX_MAX_ATTEMPTS and not waiting
-    for wait in (*RECORD_RETRY_WAITS, None):  # bounded: three tries, three seconds
-        try:
-            with runtime.unit_of_work() as session:
-                still_ours = leases.complete(session, InboundMessage, row.id, worker_id,
-                                             status=WorkStatus.FAILED if give_up else WorkStatus.PENDING,
-                                             last_error=error, next_attempt_at=now + leases.backoff(row.attempts),
-                                             waiting_until=keep_trying_until if waiting else None)
-                if still_ours and give_up:
-                    _run_give_up_hook(on_give_up, session, row, now)
-            break
-        except SQLAlchemyError as exc:
-            if wait is None or not may_succeed_later(exc):
-                raise
-            time.sleep(wait)
+
+    def record() -> bool:
+        with runtime.unit_of_work() as session:
+            still_ours = leases.complete(session, InboundMessage, row.id, worker_id,
+                                         status=WorkStatus.FAILED if give_up else WorkStatus.PENDING,
+                                         last_error=error, next_attempt_at=now + leases.backoff(row.attempts),
+                                         waiting_until=keep_trying_until if waiting else None)
+            if still_ours and give_up:
+                _run_give_up_hook(on_give_up, session, row, now)
+            return still_ours
+
+    still_ours = leases.record_outcome(record)
     if not still_ours:
         return "lost"
     if give_up:

@@ -1056,3 +1056,88 @@ def test_recipient_waits_while_an_older_notification_is_leased(rt, wechat, clock
     clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
     assert dispatch_due(rt, "w2") == 2
     assert wechat.messages_to("oDriverA") == ["older", "newer"]
+
+
+# --- the database going away as a send's outcome is recorded ------------------------------------
+
+def _after_each_send(monkeypatch, rt, then) -> None:
+    """``then()`` runs right after each text's call to the platform returns or fails: the send's outcome is known,
+    and not yet recorded."""
+    send_text = rt.wechat.send_text
+
+    def sending(*args, **kwargs):
+        try:
+            return send_text(*args, **kwargs)
+        finally:
+            then()
+
+    monkeypatch.setattr(rt.wechat, "send_text", sending)
+
+
+@pytest.mark.postgres_only
+def test_a_text_sent_as_the_database_blips_is_recorded_sent_not_left_to_look_unconfirmed(make_runtime, wechat,
+                                                                                          database_url, monkeypatch):
+    """The database goes away for a moment (a restart, a failover) just after the platform took the text: its
+    delivery is recorded seconds later, once the database is back, rather than the notice staying leased until
+    the lease lapses and then being recorded as unconfirmed."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
+        rt = make_runtime(DATABASE_URL=through_proxy)
+        notification_id = add(rt, "oBlip", "you may leave the scene", kind="booked", wechat=wechat)
+        _after_each_send(monkeypatch, rt, lambda: proxy.refuse(1.5))
+
+        assert dispatch_due(rt, "w1") == 1
+
+        row = load(rt, notification_id)
+        assert (row.status, row.lease_until, row.channel, row.last_error) == (WorkStatus.DONE, None, "wechat", None)
+        assert wechat.messages_to("oBlip") == ["you may leave the scene"]
+
+
+@pytest.mark.postgres_only
+def test_a_failed_send_recorded_as_the_database_blips_is_due_again_not_left_leased(make_runtime, wechat, clock,
+                                                                                   database_url, monkeypatch):
+    """The platform answered busy, and the database went away as that was recorded: the retry is recorded once it
+    is back, with the text's turn given back, so the notice goes at its backoff, not after its lease lapses."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
+        rt = make_runtime(DATABASE_URL=through_proxy)
+        notification_id = add(rt, "oBlip", "you may leave the scene", kind="booked", wechat=wechat)
+        wechat.inject_error("message/custom/send", -1)
+        _after_each_send(monkeypatch, rt, lambda: proxy.refuse(1.5))
+
+        assert dispatch_due(rt, "w1") == 1
+
+        row = load(rt, notification_id)
+        assert (row.status, row.lease_until) == (WorkStatus.PENDING, None)
+        assert row.last_error.startswith("-1") and row.next_attempt_at == clock.now() + leases.backoff(1)
+        with rt.unit_of_work() as session:
+            assert allowance.window_of(session, "oBlip")[0] == 5
+
+
+@pytest.mark.postgres_only
+def test_a_failed_send_whose_record_committed_unseen_is_recorded_once(make_runtime, wechat, clock, database_url,
+                                                                      monkeypatch):
+    """The record of a failed send committed on the server, and its answer was lost with the connection: the
+    second try finds the lease no longer held and changes nothing (the text's turn given back once), and the
+    dispatcher goes on."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
+        rt = make_runtime(DATABASE_URL=through_proxy)
+        failing = add(rt, "oBlip", "first", kind="booked", wechat=wechat)
+        wechat.inject_error("message/custom/send", -1)
+        _after_each_send(monkeypatch, rt, lambda: proxy.arm(b"COMMIT"))
+
+        assert dispatch_due(rt, "w1", limit=1) == 1
+        assert proxy.cut == 1, "no answer was lost: the test proved nothing"
+
+        row = load(rt, failing)
+        assert (row.status, row.lease_until, row.attempts) == (WorkStatus.PENDING, None, 1)
+        with rt.unit_of_work() as session:
+            assert allowance.window_of(session, "oBlip")[0] == 5
+        proxy.arm(b"never sent")  # disarmed
+        clock.set(row.next_attempt_at)
+        assert dispatch_due(rt, "w1") == 1
+        assert wechat.messages_to("oBlip") == ["first"]

@@ -14,10 +14,14 @@ Connect with ``sslmode=disable``: inside TLS the marker cannot be seen.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
+
+from sqlalchemy.engine import make_url
 
 _READY_FOR_QUERY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, no transaction open: the statement committed
 _TIMEOUT_SECONDS = 10.0
@@ -125,3 +129,12 @@ class CuttingProxy:
                 except OSError:
                     pass
                 end.close()
+
+
+@contextlib.contextmanager
+def postgres_through_a_proxy(database_url: str) -> Iterator[tuple[CuttingProxy, str]]:
+    """A :class:`CuttingProxy` in front of ``database_url``'s server, and the URL that connects through it."""
+    url = make_url(database_url)
+    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        yield proxy, url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+            {"sslmode": "disable"}).render_as_string(hide_password=False)

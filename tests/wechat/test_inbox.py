@@ -530,16 +530,12 @@ def test_a_database_blip_under_a_message_s_processing_leaves_it_due_again_not_le
     is recorded once the database is back, seconds later, rather than the message staying leased, its driver's
     next messages behind it, until the lease lapses (acceptance pass: a minute)."""
     from sqlalchemy import text
-    from sqlalchemy.engine import make_url
 
     from accident_service.runtime import build_runtime
     from accident_service.settings import load_settings
-    from tests.support.pg_cut import CuttingProxy
+    from tests.support.pg_cut import postgres_through_a_proxy
 
-    url = make_url(database_url)
-    with CuttingProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
-        through_proxy = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
-            {"sslmode": "disable"}).render_as_string(hide_password=False)
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
         runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy}, environ={}),
                                 clock=clock)
         try:
