@@ -215,6 +215,32 @@ def may_succeed_later(exc: BaseException) -> bool:
     return sqlstate.startswith(_NOT_NOW_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock not available
 
 
+#: Seconds between the tries of :func:`tried_through_a_blip`.
+BLIP_RETRY_WAITS = (1.0, 2.0)
+
+
+def tried_through_a_blip(work: Callable[[], T]) -> T:
+    """``work()`` (units of work of its own), tried twice more, 1 s and 2 s later, when the database failed under
+    it in a way that may pass: a restart, a failover, a connection the server ended. Bounded: three tries, three
+    seconds; then the error is raised.
+
+    For the steps around a leased row (an inbox message, a notice) that, left undone, keep it leased, its
+    recipient's later rows behind it, until the lease lapses (``INBOX_LEASE_SECONDS``): reading it, and
+    recording how its attempt ended. A try whose COMMIT was lost may have been kept: tried again, the lease is no
+    longer ours (``leases.complete`` says so), and what else ``work`` writes must then change nothing more.
+    """
+    for wait in (*BLIP_RETRY_WAITS, None):
+        try:
+            return work()
+        except sa_exc.SQLAlchemyError as exc:
+            if wait is None or not may_succeed_later(exc):
+                raise
+            log.warning("database unavailable (%s); trying again in %s s", type(exc.orig if isinstance(
+                exc, sa_exc.DBAPIError) else exc).__name__, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *,
                        rerun: Callable[[Connection], T] | None = None) -> T:
     """``work(connection)`` in one transaction (committed, or rolled back on error), and its result.

@@ -13,17 +13,15 @@ sweeps (the scheduler's jobs) mark it failed.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
-from accident_service.db import is_postgres, may_succeed_later, run_prebuilt
+from accident_service.db import is_postgres, run_prebuilt
 from accident_service.logs import mask_personal_data
 from accident_service.models import InboundMessage, Notification, WorkStatus
 
@@ -31,10 +29,6 @@ LeasedModel = type[InboundMessage] | type[Notification]
 MAX_BACKOFF = timedelta(minutes=10)
 QUEUE_NAMES = {"inbound_message": "inbox", "notification": "outbox"}  # the label in metrics
 LAST_ERROR_CHARS = 500  # of a row's last error kept (complete)
-#: Seconds between the tries at recording how an attempt ended when the database failed under the recording
-#: (:func:`record_outcome`).
-RECORD_RETRY_WAITS = (1.0, 2.0)
-T = TypeVar("T")
 
 
 Overtake = Callable[[Any, Any], ColumnElement[bool]]
@@ -252,27 +246,6 @@ def _complete_statement(model: LeasedModel, columns: tuple[str, ...]):
             .where(table.c.id == bindparam("row_id"), table.c.leased_by == bindparam("worker_id"),
                    table.c.status == WorkStatus.PROCESSING)
             .values(lease_until=None, **{column: bindparam(column, type_=table.c[column].type) for column in columns}))
-
-
-def record_outcome(write: Callable[[], T]) -> T:
-    """``write()``: one unit of work that ends our lease on a row (:func:`complete`, and what goes with it), tried
-    twice more, 1 s and 2 s later, when the database failed under it in a way that may pass.
-
-    What failed the attempt, or the recording of its success, is often the database going away for a moment (a
-    restart, a failover); unrecorded, the row stays leased, its recipient's later rows behind it, until the lease
-    lapses (``INBOX_LEASE_SECONDS``), and a notice that went out is then recorded as unconfirmed. A try whose
-    COMMIT was lost may have been kept: tried again, :func:`complete` finds the lease no longer ours, and what
-    else ``write`` does must then change nothing more (depend on that answer, or be safe to repeat). Bounded:
-    three tries, three seconds.
-    """
-    for wait in (*RECORD_RETRY_WAITS, None):
-        try:
-            return write()
-        except SQLAlchemyError as exc:
-            if wait is None or not may_succeed_later(exc):
-                raise
-            time.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def backoff(attempts: int) -> timedelta:

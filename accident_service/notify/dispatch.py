@@ -44,12 +44,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, case, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from accident_service import leases, metrics
 from accident_service.cases import lifecycle
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
-from accident_service.db import is_postgres, run_prebuilt
+from accident_service.db import is_postgres, may_succeed_later, run_prebuilt, tried_through_a_blip
 from accident_service.models import Case, Notification, Party, ProviderFailure, WorkStatus
 from accident_service.notify import allowance, notices
 from accident_service.notify.channels import (
@@ -195,30 +196,19 @@ def _claim_one(runtime: Runtime, worker_id: str, recipients: Collection[str] | N
 
 def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> None:
     now = runtime.clock.now()
-    with runtime.unit_of_work() as session:
-        row = session.get(Notification, notification_id)
-        if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
-            return  # taken over (our lease lapsed) or gone: sending now could send it twice
-        if row.sending_at is not None and row.channel != WeChatTemplate.name:
-            _finish(session, row, worker_id, WorkStatus.DONE, "unconfirmed", sent_at=row.sending_at,
-                    last_error=UNCONFIRMED)
-            return
-        if row.kind in FOLDED:
-            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error="carried by their next message")
-            return
-        try:
-            rendered = render(session, row)
-        except (KeyError, ValueError) as exc:  # a malformed payload will never send: give up visibly
-            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=f"bad payload: {exc}")
-            return
-        route = _route(session, runtime, row, rendered, now)
-        if route is None:
-            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error=WAITING)
-            return
-        notes = _folded_notes(session, row) if route.channel.name == WeChatText.name else []
-        run_prebuilt(session, _mark_sending(), {"row_id": row.id, "channel": route.channel.name,
-                                                "address": route.address, "sending_at": now})
-        session.expunge(row)
+    try:
+        prepared = _prepare_send(runtime, notification_id, worker_id, now)
+    except SQLAlchemyError as exc:
+        if not may_succeed_later(exc):
+            raise
+        # Nothing went out: given back at once rather than left leased, the recipient's later notices behind it,
+        # until the lease lapses.
+        error = f"database: {type(getattr(exc, 'orig', None) or exc).__name__}"
+        tried_through_a_blip(lambda: _give_back_unsent(runtime, notification_id, worker_id, now, error))
+        return
+    if prepared is None:
+        return
+    row, rendered, route, notes = prepared
     try:
         rendered = _with_notes_and_qr(runtime, row, rendered, notes)
         platform_msgid = route.channel.send(route.address, rendered, dedupe_key=row.dedupe_key)
@@ -241,7 +231,48 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
                                         channel=route.channel.name, address=route.address, last_error=None)
                                 .execution_options(synchronize_session=False))
 
-    leases.record_outcome(record_sent)
+    tried_through_a_blip(record_sent)
+
+
+def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: datetime
+                  ) -> tuple[Notification, Rendered, Route, list[tuple[Notification, str]]] | None:
+    """The leased notice, rendered, its route and the notes it carries, marked as being sent (one transaction);
+    None when there is nothing to send: our lease lapsed, or the notice was settled here (unconfirmed, held,
+    failed)."""
+    with runtime.unit_of_work() as session:
+        row = session.get(Notification, notification_id)
+        if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
+            return None  # taken over (our lease lapsed) or gone: sending now could send it twice
+        if row.sending_at is not None and row.channel != WeChatTemplate.name:
+            _finish(session, row, worker_id, WorkStatus.DONE, "unconfirmed", sent_at=row.sending_at,
+                    last_error=UNCONFIRMED)
+            return None
+        if row.kind in FOLDED:
+            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error="carried by their next message")
+            return None
+        try:
+            rendered = render(session, row)
+        except (KeyError, ValueError) as exc:  # a malformed payload will never send: give up visibly
+            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=f"bad payload: {exc}")
+            return None
+        route = _route(session, runtime, row, rendered, now)
+        if route is None:
+            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error=WAITING)
+            return None
+        notes = _folded_notes(session, row) if route.channel.name == WeChatText.name else []
+        run_prebuilt(session, _mark_sending(), {"row_id": row.id, "channel": route.channel.name,
+                                                "address": route.address, "sending_at": now})
+        session.expunge(row)
+        return row, rendered, route, notes
+
+
+def _give_back_unsent(runtime: Runtime, notification_id: int, worker_id: str, now: datetime, error: str) -> None:
+    """Our lease on a notice that did not go out ended, due again now. Its mark of a send under way is cleared
+    too, in case the failed transaction's COMMIT was kept unseen: the next attempt sends it, not records it
+    as unconfirmed (the turn of the allowance it spent then stays spent: one text fewer, never one more)."""
+    with runtime.unit_of_work() as session:
+        leases.complete(session, Notification, notification_id, worker_id, status=WorkStatus.PENDING,
+                        next_attempt_at=now, sending_at=None, channel=None, address=None, last_error=error)
 
 
 def release_held(session: Session, openid: str, now) -> int:
@@ -507,7 +538,7 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
                     exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)))
                 log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
 
-    leases.record_outcome(record)
+    tried_through_a_blip(record)
 
 
 def _finish(session: Session, row: Notification, worker_id: str, status: WorkStatus, outcome: str, *,

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import leases, metrics
-from accident_service.db import DriverStatement, is_postgres
+from accident_service.db import DriverStatement, is_postgres, tried_through_a_blip
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import Runtime
 from accident_service.wechat import replay
@@ -214,11 +214,9 @@ def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
     the sender), never otherwise. ``hand_on(row, worker_id)`` may take the
     message elsewhere first, still leased to ``worker_id`` ("handed_on").
     """
-    with runtime.unit_of_work() as session:
-        row = session.get(InboundMessage, message_id)
-        if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
-            return "lost"
-        session.expunge(row)
+    row = tried_through_a_blip(lambda: _leased_row(runtime, message_id, worker_id))
+    if row is None:
+        return "lost"
     if hand_on is not None and hand_on(row, worker_id):
         return "handed_on"
     try:
@@ -235,6 +233,16 @@ def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
                                   on_give_up=on_give_up)
     metrics.INBOX_PROCESSED.labels(outcome).inc()
     return outcome
+
+
+def _leased_row(runtime: Runtime, message_id: int, worker_id: str) -> InboundMessage | None:
+    """Message ``message_id``, detached, if ``worker_id`` still holds its lease."""
+    with runtime.unit_of_work() as session:
+        row = session.get(InboundMessage, message_id)
+        if row is None or row.leased_by != worker_id or row.status is not WorkStatus.PROCESSING:
+            return None
+        session.expunge(row)
+        return row
 
 
 def finish(session: Session, row: InboundMessage, worker_id: str, now: datetime) -> None:
@@ -264,7 +272,7 @@ def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error
                 _run_give_up_hook(on_give_up, session, row, now)
             return still_ours
 
-    still_ours = leases.record_outcome(record)
+    still_ours = tried_through_a_blip(record)
     if not still_ours:
         return "lost"
     if give_up:

@@ -1141,3 +1141,36 @@ def test_a_failed_send_whose_record_committed_unseen_is_recorded_once(make_runti
         clock.set(row.next_attempt_at)
         assert dispatch_due(rt, "w1") == 1
         assert wechat.messages_to("oBlip") == ["first"]
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("fault", ["connection ended", "commit kept unseen"])
+def test_a_notice_whose_preparation_the_database_failed_under_is_given_back_and_sent_once(make_runtime, wechat,
+                                                                                          database_url, monkeypatch,
+                                                                                          fault):
+    """The database failed under a claimed notice's preparation, before anything went out: the server ended the
+    pooled connection, or the preparation's COMMIT (its mark of a send under way) was kept and its answer lost.
+    The notice is given back at once and sent once, rather than left leased, the recipient's later notices
+    behind it, until the lease lapses, or recorded as unconfirmed though it never went; the dispatcher goes on."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
+        rt = make_runtime(DATABASE_URL=through_proxy)
+        first = add(rt, "oBlip", "you may leave the scene", kind="booked", wechat=wechat)
+        then = add(rt, "oBlip", "see you at the desk")
+        claim_one, faults = dispatch._claim_one, []
+
+        def claim_then_fail(*args):
+            claimed = claim_one(*args)
+            if not faults:
+                faults.append(proxy.refuse(0.8) if fault == "connection ended" else proxy.arm(b"COMMIT"))
+            return claimed
+
+        monkeypatch.setattr(dispatch, "_claim_one", claim_then_fail)
+
+        dispatch_due(rt, "w1")
+
+        assert fault == "connection ended" or proxy.cut == 1, "no answer was lost: the test proved nothing"
+        assert wechat.messages_to("oBlip") == ["you may leave the scene", "see you at the desk"]
+        assert [load(rt, n).status for n in (first, then)] == [WorkStatus.DONE, WorkStatus.DONE]
+        assert load(rt, first).attempts == 2 and load(rt, first).last_error is None

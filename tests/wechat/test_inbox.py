@@ -7,6 +7,7 @@ conversation. Time only moves through the ControlledClock.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import timedelta
 
@@ -523,14 +524,9 @@ def test_concurrent_workers_keep_each_driver_in_order(runtime):
     assert len(audit_actors(runtime)) == 20
 
 
-@pytest.mark.postgres_only
-def test_a_database_blip_under_a_message_s_processing_leaves_it_due_again_not_leased(settings_overrides, clock,
-                                                                                     database_url):
-    """The database goes away for a moment (a restart, a failover) while a claimed message is processed: its retry
-    is recorded once the database is back, seconds later, rather than the message staying leased, its driver's
-    next messages behind it, until the lease lapses (acceptance pass: a minute)."""
-    from sqlalchemy import text
-
+@contextlib.contextmanager
+def runtime_through_a_proxy(settings_overrides, clock, database_url):
+    """(proxy, a runtime whose database connections go through it): see tests.support.pg_cut."""
     from accident_service.runtime import build_runtime
     from accident_service.settings import load_settings
     from tests.support.pg_cut import postgres_through_a_proxy
@@ -539,17 +535,46 @@ def test_a_database_blip_under_a_message_s_processing_leaves_it_due_again_not_le
         runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy}, environ={}),
                                 clock=clock)
         try:
-            message_id = push(runtime, "oBlip")
-            assert inbox.claim_due(runtime, "w1") == [message_id]
-
-            def blip_under_it(rt, row, worker_id):
-                proxy.refuse(1.5)
-                with rt.unit_of_work() as session:
-                    session.execute(text("SELECT 1"))
-
-            assert inbox.process(runtime, message_id, "w1", blip_under_it) == "retry"
-            row = load(runtime, message_id)
-            assert (row.status, row.lease_until) == (WorkStatus.PENDING, None)
-            assert "OperationalError" in row.last_error
+            yield proxy, runtime
         finally:
             runtime.close()
+
+
+@pytest.mark.postgres_only
+def test_a_database_blip_under_a_message_s_processing_leaves_it_due_again_not_leased(settings_overrides, clock,
+                                                                                     database_url):
+    """The database goes away for a moment (a restart, a failover) while a claimed message is processed: its retry
+    is recorded once the database is back, seconds later, rather than the message staying leased, its driver's
+    next messages behind it, until the lease lapses (acceptance pass: a minute)."""
+    from sqlalchemy import text
+
+    with runtime_through_a_proxy(settings_overrides, clock, database_url) as (proxy, runtime):
+        message_id = push(runtime, "oBlip")
+        assert inbox.claim_due(runtime, "w1") == [message_id]
+
+        def blip_under_it(rt, row, worker_id):
+            proxy.refuse(1.5)
+            with rt.unit_of_work() as session:
+                session.execute(text("SELECT 1"))
+
+        assert inbox.process(runtime, message_id, "w1", blip_under_it) == "retry"
+        row = load(runtime, message_id)
+        assert (row.status, row.lease_until) == (WorkStatus.PENDING, None)
+        assert "OperationalError" in row.last_error
+
+
+@pytest.mark.postgres_only
+def test_a_database_blip_as_a_claimed_message_is_read_does_not_leave_it_leased(settings_overrides, clock,
+                                                                               database_url):
+    """The server ended the pooled connection (a restart, pg_terminate_backend) just as a claimed message was to be
+    read for processing: it is read again a second later and processed, rather than left leased, its driver's
+    next messages behind it, until the lease lapses (acceptance pass: a minute without an answer)."""
+    with runtime_through_a_proxy(settings_overrides, clock, database_url) as (proxy, runtime):
+        message_id = push(runtime, "oBlip")
+        assert inbox.claim_due(runtime, "w1") == [message_id]
+        proxy.refuse(0.8)
+
+        assert inbox.process(runtime, message_id, "w1", record_and_finish) == "done"
+
+        assert load(runtime, message_id).status is WorkStatus.DONE
+        assert audit_actors(runtime) == ["w1"]
