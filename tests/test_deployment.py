@@ -75,6 +75,26 @@ def test_compose_has_the_services_and_their_order():
         assert SERVICES[name]["build"] == "." and (ROOT / "Dockerfile").is_file()
 
 
+def test_the_build_context_keeps_what_the_image_copies_and_leaves_the_checkout_s_state_out():
+    """Without .dockerignore the virtualenv (about 1 GB), the git history and var/ (a SQLite database, the development
+    SECRET_KEY file) went to the daemon with every build (acceptance pass)."""
+    import fnmatch
+
+    patterns = [line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        return any(fnmatch.fnmatch("/".join(parts[:depth]), pattern.removeprefix("**/"))
+                   or fnmatch.fnmatch(parts[depth - 1], pattern.removeprefix("**/"))
+                   for pattern in patterns for depth in range(1, len(parts) + 1))
+
+    copied = [source for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+              for source in line.split()[1:-1]]
+    assert copied and not [source for source in copied if ignored(source)]
+    assert all(ignored(path) for path in (".venv/bin/python", ".git/HEAD", "var/accident.db", "var/secret_key"))
+
+
 def test_the_scheduler_serves_its_metrics_on_a_port_it_exposes():
     """Its job runs and durations are scraped from the scheduler itself (the web's /metrics cannot see them)."""
     scheduler = SERVICES["scheduler"]
