@@ -15,7 +15,15 @@ from accident_service import create_app
 from accident_service.cli_runtime import command_runtime
 from accident_service.db import DatabaseUnavailable, may_succeed_later
 from accident_service.errors import ServiceError
-from accident_service.settings import PROCESS_COUNT_DEFAULTS, SettingsError, load_settings, process_count
+from accident_service.settings import (
+    CONFIG_DIR,
+    PROCESS_COUNT_DEFAULTS,
+    SettingsError,
+    bind_address,
+    load_settings,
+    metrics_dir,
+    process_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +128,15 @@ def serve(bind: str, workers: int | None) -> None:
     from_environment = process_count("WEB_CONCURRENCY")
     workers = workers or from_environment
     process_count("GUNICORN_THREADS")  # refused by the gunicorn config too, but only after a migration here
+    bind_address(bind)
     command_runtime().close()  # the app was built: settings and schema are fine; gunicorn's workers build their own
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-    args = [sys.executable, "-m", "gunicorn", "--config", os.path.join(root, "config", "gunicorn.conf.py"),
-            # The project on the import path, but the caller's working directory kept: relative
-            # paths (DATA_DIR, a SQLite file, file:// storage) mean what they mean to every other command.
-            "--pythonpath", root, "--bind", bind, "--workers", str(workers), "wsgi:app"]
+    package_parent = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+    # The gunicorn config beside defaults.toml (ACCIDENT_SERVICE_CONFIG_DIR: an install that is not a checkout),
+    # and the app from the package's factory, not the checkout's wsgi.py; the caller's working directory kept:
+    # relative paths (DATA_DIR, a SQLite file, file:// storage) mean what they mean to every other command.
+    args = [sys.executable, "-m", "gunicorn", "--config", str(CONFIG_DIR / "gunicorn.conf.py"),
+            "--pythonpath", package_parent, "--bind", bind, "--workers", str(workers),
+            "accident_service:create_app()"]
     os.execv(sys.executable, args)
 
 
@@ -249,6 +260,7 @@ def _database_error(exc: BaseException) -> str:
 
 def main() -> None:
     try:
+        metrics_dir()  # before a command counts anything into it
         cli.main(prog_name="accident-service", standalone_mode=False)
     except SettingsError as exc:
         click.echo(f"configuration error: {exc}", err=True)

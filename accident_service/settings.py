@@ -313,6 +313,32 @@ def process_count(name: str, *, environ: Mapping[str, str] | None = None) -> int
     return value
 
 
+def metrics_dir(*, environ: Mapping[str, str] | None = None) -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR when set: a directory this process can write its metrics' files in; raises
+    SettingsError naming the variable otherwise. Not a setting: prometheus_client reads it, as it is imported, and
+    fails on the first count written into a directory that is not there (a traceback, a worker that never boots)."""
+    path = (os.environ if environ is None else environ).get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return None
+    if not os.path.isdir(path):
+        raise SettingsError(f"PROMETHEUS_MULTIPROC_DIR: not a directory: {path}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"PROMETHEUS_MULTIPROC_DIR: not writable by this user: {path}")
+    return path
+
+
+def bind_address(value: str) -> str:
+    """A gunicorn address as ``BIND`` (or ``serve --bind``) gives it: ``HOST:PORT`` with a port gunicorn can listen
+    on, a host alone (port 8000), or ``unix:PATH`` / ``fd://N`` as gunicorn takes them; raises SettingsError naming
+    BIND otherwise (gunicorn's own answer to a port out of range is a traceback)."""
+    if value.startswith(("unix:", "fd://")) or (value and ":" not in value) or value.endswith("]"):
+        return value
+    host, _colon, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535 or not host.strip("[]"):
+        raise SettingsError(f"BIND: expected HOST:PORT with a port from 0 to 65535 (or unix:PATH), got {value!r}")
+    return value
+
+
 def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from defaults, the environment and ``overrides`` (highest).
 

@@ -2,17 +2,14 @@
 import os
 import sys
 
-# Workers count into files here, so /metrics adds them all up (prometheus_client multiprocess mode).
-# Set first, before anything below imports the service: prometheus_client picks its mode when imported,
-# and workers forked from a master that imported it without this count in memory, each for itself.
-# A directory made here is removed on exit; one the operator set is theirs and kept. The marker
-# is an environment variable, not a global, so it survives a reload (HUP re-reads this file).
+# Workers count into files in PROMETHEUS_MULTIPROC_DIR, so /metrics adds them all up (prometheus_client
+# multiprocess mode). It must be set before a worker imports the service: prometheus_client picks its mode when
+# imported, and workers forked from a master that imported it without this count in memory, each for itself.
+# Unless the operator set one, a directory is made once the sockets are bound (when_ready: nothing is left
+# behind by a start that could not bind) and removed on exit; one the operator set is theirs and kept, its
+# files of an earlier run removed at a fresh start (on_starting), as prometheus_client requires. The marker is
+# an environment variable, not a global, so it survives a reload (HUP re-reads this file).
 _CREATED_METRICS_DIR = "ACCIDENT_SERVICE_CREATED_METRICS_DIR"
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    import tempfile
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = tempfile.mkdtemp(
-        prefix="accident-metrics-")
 
 
 def _remove_created_metrics_dir():
@@ -23,19 +20,39 @@ def _remove_created_metrics_dir():
         shutil.rmtree(created, ignore_errors=True)
 
 
-def _whole_number(name):
-    """A positive whole number from the environment, or `configuration error: NAME: ...` and exit 2."""
-    from accident_service.settings import SettingsError, process_count
+def _checked(check, *args):
+    """``check(*args)``'s value, or `configuration error: NAME: ...` and exit 2 (a SettingsError)."""
+    from accident_service.settings import SettingsError
 
     try:
-        return process_count(name)
+        return check(*args)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr, flush=True)
         _remove_created_metrics_dir()
         sys.exit(2)
 
 
-bind = os.environ.get("BIND", "0.0.0.0:8000")
+def _whole_number(name):
+    """A positive whole number from the environment (accident_service.settings.process_count)."""
+    from accident_service.settings import process_count
+
+    return _checked(process_count, name)
+
+
+def _bind_address():
+    from accident_service.settings import bind_address
+
+    return _checked(bind_address, os.environ.get("BIND", "0.0.0.0:8000"))
+
+
+def _operator_metrics_dir():
+    from accident_service.settings import metrics_dir
+
+    return None if os.environ.get(_CREATED_METRICS_DIR) else _checked(metrics_dir)
+
+
+_operator_metrics_dir()
+bind = _bind_address()
 workers = _whole_number("WEB_CONCURRENCY")
 threads = _whole_number("GUNICORN_THREADS")
 worker_class = "gthread"
@@ -99,6 +116,19 @@ def on_starting(server):
             server.pidfile.unlink()
         _remove_created_metrics_dir()
         sys.exit(2)
+    operator_dir = _operator_metrics_dir()
+    if operator_dir and not server.master_pid:  # a fresh start: not a new master beside the old one (USR2)
+        for name in os.listdir(operator_dir):
+            if name.endswith(".db"):
+                os.remove(os.path.join(operator_dir, name))
+
+
+def when_ready(server):
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = tempfile.mkdtemp(
+            prefix="accident-metrics-")
 
 
 def on_exit(server):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -327,6 +328,39 @@ def test_serve_names_a_bad_process_count_before_it_builds_the_app(tmp_path, name
     assert f"configuration error: {name}: expected a whole number of at least 1, got 'abc'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "accident.db").exists()
+
+
+def test_serve_names_a_port_gunicorn_cannot_listen_on_before_it_builds_the_app(tmp_path):
+    """Before, gunicorn's OverflowError and its traceback, after a schema upgrade for a start that could not be."""
+    result = run_cli("serve", env={"DATA_DIR": str(tmp_path), "APP_ENV": "development", "BIND": "127.0.0.1:99999"})
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: BIND: expected HOST:PORT" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "accident.db").exists()
+
+
+@pytest.mark.parametrize("command", [["purge", "--dry-run"], ["scheduler", "--once"], ["serve"]])
+def test_a_metrics_directory_that_is_not_there_is_named_by_every_command(tmp_path, command):
+    """prometheus_client writes a file there at a command's first count: before, a traceback."""
+    result = run_cli(*command, env={"DATA_DIR": str(tmp_path), "APP_ENV": "development",
+                                    "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("configuration error: PROMETHEUS_MULTIPROC_DIR: not a directory: "
+                                     f"{tmp_path}/missing")
+
+
+@pytest.mark.slow
+def test_serve_takes_the_gunicorn_config_beside_the_defaults_it_reads(tmp_path):
+    """An install that is not a checkout (the image's `pip install .`) has no config/ beside the package: serve
+    takes gunicorn's config from ACCIDENT_SERVICE_CONFIG_DIR, like the defaults, and the app from the package."""
+    import shutil
+
+    copy = tmp_path / "config"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "config", copy)
+    with open(copy / "gunicorn.conf.py", "a") as conf:
+        conf.write('\nprint("gunicorn config from the copy", file=sys.stderr, flush=True)\n')
+    with serving_serve(tmp_path, "--workers", "1", ACCIDENT_SERVICE_CONFIG_DIR=str(copy)):
+        pass
+    assert "gunicorn config from the copy" in (tmp_path / "serve.log").read_text(errors="replace")
 
 
 @pytest.mark.slow

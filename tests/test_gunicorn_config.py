@@ -56,6 +56,30 @@ def test_other_bad_settings_name_their_variable(tmp_path, gunicorn_env, name, va
     assert metrics_dirs(tmp_path) == []  # the directory made for this start went with it
 
 
+@pytest.mark.parametrize("env", [{"BIND": "127.0.0.1:99999"}, {"BIND": "127.0.0.1:http"},
+                                 {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"}],
+                         ids=["port out of range", "port not a number", "metrics directory missing"])
+def test_a_bad_process_variable_is_one_line_and_exit_2(tmp_path, gunicorn_env, env):
+    """Not settings, read by gunicorn and prometheus_client, but named all the same: before, a traceback (the
+    port), or workers that crashed as they booted (the metrics directory)."""
+    args = [arg for arg in gunicorn_args(free_port()) if not arg.startswith(("--bind", "127.0.0.1:"))]
+    result = subprocess.run(args, cwd=REPO_ROOT, env=gunicorn_env | env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"configuration error: {next(iter(env))}: " in result.stderr
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
+
+
+def test_a_start_that_cannot_bind_leaves_no_metrics_directory(tmp_path, gunicorn_env):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        result = subprocess.run(gunicorn_args(taken.getsockname()[1]), cwd=REPO_ROOT,
+                                env=gunicorn_env | {"GUNICORN_CMD_ARGS": "--graceful-timeout 1"},
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert metrics_dirs(tmp_path) == []
+
+
 def test_the_metrics_directory_made_for_a_run_is_removed_on_exit(tmp_path, gunicorn_env):
     port = free_port()
     with serving(gunicorn_args(port), env=gunicorn_env, port=port, log_path=tmp_path / "gunicorn.log",
@@ -73,6 +97,30 @@ def test_an_operators_metrics_directory_is_kept(tmp_path, gunicorn_env):
         pass
     assert operators.is_dir()
     assert metrics_dirs(tmp_path) == []  # and none made besides it
+
+
+def test_an_operators_metrics_directory_starts_each_run_without_the_last_run_s_counts(tmp_path, gunicorn_env):
+    """prometheus_client needs the directory wiped between runs: kept, the last run's counts were added into the
+    new run's, and its files piled up, one set per worker ever started."""
+    import requests
+
+    operators = tmp_path / "metrics"
+    operators.mkdir()
+    env = gunicorn_env | {"PROMETHEUS_MULTIPROC_DIR": str(operators)}
+    refused = 'accident_webhook_requests_total{method="GET",status="403"}'
+
+    def counted(url):
+        for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(refused):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    for expected in (1.0, 1.0):  # each run counts its own push only
+        port = free_port()
+        with serving(gunicorn_args(port), env=env, port=port, log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT) as url:
+            assert requests.get(url + "/wechat", timeout=10).status_code == 403  # unsigned
+            assert counted(url) == expected
+    assert operators.is_dir()
 
 
 def test_json_logs_are_one_object_per_line_with_the_request_id(tmp_path, gunicorn_env):
