@@ -8,6 +8,7 @@ naming the variable, never a stack trace deep inside a request.
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -81,7 +82,7 @@ class Settings(BaseSettings):
     SECRET_KEY: str
     STORAGE_URL: str
     S3_ENDPOINT_URL: Annotated[str, AfterValidator(check.optional(check.http_url, example="http://minio:9000"))]
-    S3_REGION: Annotated[str, AfterValidator(check.s3_region)]
+    S3_REGION: Annotated[str, AfterValidator(functools.partial(check.region, example="us-east-1, MinIO's default"))]
     S3_CREATE_BUCKET: Flag
     PRESIGNED_URL_SECONDS: Annotated[int, NumberRange(1, 7 * DAY, why="S3 refuses links valid for over 7 days")]
     LOG_LEVEL: Annotated[str, AfterValidator(check.log_level)]
@@ -133,9 +134,9 @@ class Settings(BaseSettings):
     SMS_SECRET_ID: str
     SMS_SECRET_KEY: str
     SMS_SIGN_NAME: str
-    SMS_REGION: str
-    SMS_ENDPOINT_URL: Annotated[str, AfterValidator(check.optional(check.http_url,
-                                                                   example="https://sms.tencentcloudapi.com"))]
+    SMS_REGION: Annotated[str, AfterValidator(functools.partial(check.region, example="ap-guangzhou"))]
+    SMS_ENDPOINT_URL: Annotated[str, AfterValidator(functools.partial(check.http_url,
+                                                                      example="https://sms.tencentcloudapi.com"))]
     SMS_PARAM_MAX_CHARS: Annotated[int, NumberRange(6, 500, why="a notice's parameters have up to 6 characters; a "
                                                                  "whole SMS at most 500")]
     # Filled from the WECHAT_TEMPLATE_<KIND> and SMS_TEMPLATE_<KIND> variables, keyed by kind in lower case.

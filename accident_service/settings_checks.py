@@ -28,7 +28,7 @@ from sqlalchemy.exc import ArgumentError
 SUPPORTED_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 # botocore's own rule (a DNS label: letters, digits and '-', not all digits), which every AWS
 # region (us-east-1, cn-north-1) and every S3-compatible server's region name (MinIO: us-east-1) meets.
-S3_REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
+REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
@@ -306,10 +306,10 @@ def _without_password(url: str) -> str:
     return f"{scheme}{separator}{userinfo.partition(':')[0]}:***@{host}"
 
 
-def s3_region(value: str) -> str:
-    if not S3_REGION_PATTERN.fullmatch(value):
-        raise ValueError(f"expected a region name like us-east-1 (letters, digits and '-'; "
-                         f"MinIO's default is us-east-1), got {value!r}")
+def region(value: str, *, example: str) -> str:
+    """A cloud region's name (S3_REGION, SMS_REGION): letters, digits and '-'; never blank."""
+    if not REGION_PATTERN.fullmatch(value):
+        raise ValueError(f"expected a region name like {example} (letters, digits and '-'), got {value!r}")
     return value
 
 

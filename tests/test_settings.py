@@ -150,6 +150,23 @@ def test_a_url_refused_does_not_show_its_password(tmp_path, name, value):
     assert "s3c" not in str(excinfo.value) and ":***@" in str(excinfo.value)
 
 
+def _left_blank_is_refused() -> list[str]:
+    """The settings the README says are refused when left blank: not a flag, a default that is not "(empty)", and
+    a meaning that does not say what empty means (written from config/defaults.toml, like the README's table)."""
+    from tests.support.settings_table import rows
+
+    return [name for name, default, meaning in rows()
+            if default not in {"(empty)", "`true`", "`false`"} and "empty" not in meaning]
+
+
+@pytest.mark.parametrize("name", _left_blank_is_refused())
+def test_a_setting_with_a_default_left_blank_is_refused_naming_it(tmp_path, name):
+    """README, Configuration: a blank in an env file is a mistake, not a request for the default or for nothing
+    (acceptance pass: SMS_REGION and SMS_ENDPOINT_URL were taken blank)."""
+    with pytest.raises(SettingsError, match=f"^{name}: "):
+        load_settings(environ={"DATA_DIR": str(tmp_path), name: ""})
+
+
 @pytest.mark.parametrize("app_env", ["development", "test", "production"])
 def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env):
     """A GET signed with an empty token is a signature anybody can compute; it must never be echoed."""
