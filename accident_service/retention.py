@@ -277,13 +277,14 @@ def _erase(session: Session, batch: _Batch, cutoff: datetime, now: datetime, day
 
 def _erase_notifications(session: Session, rows: Any) -> int:
     """Erase the personal columns of the notifications ``rows`` selects; how many."""
-    # A notice still waiting would go out without its text: it fails visibly instead.
+    # A notice still waiting would go out without its text: it is dropped, with the reason, as a notice no longer
+    # true before it went out is; not failed, which an operator's alert on failed deliveries would count.
     waiting = Notification.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING, WorkStatus.HELD))
     waiting_ids = list(session.scalars(select(Notification.id).where(rows, waiting)))
     changed = session.execute(update(Notification).where(rows).values(_erasures_by_model()[Notification])
                               .execution_options(synchronize_session=False)).rowcount
     session.execute(update(Notification).where(Notification.id.in_(waiting_ids))
-                    .values(status=WorkStatus.FAILED, last_error="purged by retention before it was sent"))
+                    .values(status=WorkStatus.DROPPED, last_error="purged by retention before it was sent"))
     return changed
 
 
