@@ -176,7 +176,8 @@ def start_series(*, photo_rejections: tuple[str, ...], sends: tuple[tuple[str, s
 
 
 class QueueFigures(Collector):
-    """Inbox and outbox rows per status, and the age of the oldest unfinished push, read when scraped.
+    """Inbox and outbox rows per status, the age of the oldest unfinished push and how long the longest-due one has
+    waited, read when scraped.
 
     Statuses are the WorkStatus values plus whatever the database holds, so a new state
     (a notice waiting for the person's next action) appears without a change here, even
@@ -206,6 +207,9 @@ class QueueFigures(Collector):
                     families.append(gauge)
                 oldest = session.scalar(select(func.min(InboundMessage.received_at)).where(
                     InboundMessage.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
+                now = self._clock.now()
+                due_since = session.scalar(select(func.min(InboundMessage.next_attempt_at)).where(
+                    InboundMessage.status == WorkStatus.PENDING, InboundMessage.next_attempt_at <= now))
         except Exception as exc:  # any driver error: report the database as down, not a failed scrape
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -213,9 +217,15 @@ class QueueFigures(Collector):
             return
         age = GaugeMetricFamily("accident_inbox_oldest_age_seconds",
                                 "Age of the oldest push not yet processed (0 when none waits)")
-        age.add_metric([], max(0.0, (self._clock.now() - oldest).total_seconds()) if oldest else 0.0)
+        age.add_metric([], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+        # What to alert on: a message held back on purpose (the flood limit, a photo waiting out an outage until its
+        # next try) ages the backlog without anything being stuck; one due and not taken means workers lag or fail.
+        waiting = GaugeMetricFamily("accident_inbox_oldest_due_seconds",
+                                    "How long the longest-due push has waited for a worker since it came due "
+                                    "(0 when none is due)")
+        waiting.add_metric([], max(0.0, (now - due_since).total_seconds()) if due_since else 0.0)
         up.add_metric([], 1)
-        yield from (up, *families, age)
+        yield from (up, *families, age, waiting)
 
 
 def exposition(session_factory, clock) -> bytes:

@@ -103,6 +103,23 @@ def test_inbox_backlog_by_status_and_the_age_of_its_oldest_push(client, runtime,
     assert gauge(samples, "accident_inbox_oldest_age_seconds") == 60
 
 
+def test_a_push_held_back_on_purpose_ages_the_backlog_but_is_not_due(client, runtime, clock):
+    """The flood limit defers a photo (acceptance pass: the age alone climbed for an hour with nothing stuck): the
+    time a push has waited for a worker since it came due tells the two apart."""
+    from accident_service.wechat.xml_gate import parse_inbound
+
+    xml = text_message(msg_id=880201)
+    inbox.store_inbound(runtime, parse_inbound(xml), xml, clock.now(), not_before=clock.now() + timedelta(minutes=5))
+    clock.advance(seconds=120)
+    samples = scraped(client)
+    assert gauge(samples, "accident_inbox_oldest_age_seconds") == 120
+    assert gauge(samples, "accident_inbox_oldest_due_seconds") == 0
+
+    clock.advance(seconds=200)  # due for 20 s, and no worker took it
+    samples = scraped(client)
+    assert gauge(samples, "accident_inbox_oldest_due_seconds") == 20
+
+
 def _finish(runtime, row, worker_id) -> None:
     with runtime.unit_of_work() as session:
         inbox.finish(session, row, worker_id, runtime.clock.now())
