@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
+from urllib.parse import unquote
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -36,6 +37,7 @@ _PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})(?:[A-Za-z]|[\s·.
 # glued to a word by "_" or "-" (user_o...) or after a URL-encoded character (openid%3Do...); a long
 # identifier starting so is masked as well, harmlessly.
 _OPENID = re.compile(r"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{2}))(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
+_PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 #: Credentials masked by value wherever a line quotes them, in any form (a URL's query, a JSON body, a database
 #: error's parameters, positional on SQLite): the app secret, and the latest access tokens as this process got
 #: them (a token lives two hours; a few cover rotation and a forced refresh).
@@ -49,7 +51,21 @@ _LOG_CONTEXT: ContextVar[str | None] = ContextVar("log_context", default=None)
 
 def mask_personal_data(text: str) -> str:
     """Mask mobile numbers, plates and openids, keeping enough to correlate lines; and, whole, the credentials
-    given to :func:`never_log` (first: a token's digits must not be taken for a phone number's)."""
+    given to :func:`never_log` (first: a token's digits must not be taken for a phone number's).
+
+    A line quoting a URL as it was sent (gunicorn's DEBUG line of each request) has a plate's province character
+    percent-encoded (``%E7%B2%A4A12345``): when decoding such a line shows something to mask, it is logged
+    decoded, masked."""
+    masked = _masked(text)
+    if "%" in masked and _PERCENT_ENCODED.search(masked):
+        decoded = unquote(masked, errors="replace")
+        decoded_masked = _masked(decoded)
+        if decoded_masked != decoded:
+            return decoded_masked
+    return masked
+
+
+def _masked(text: str) -> str:
     for value in (*_NEVER_LOGGED_SECRETS, *_NEVER_LOGGED_TOKENS):
         if value in text:
             text = text.replace(value, "***")

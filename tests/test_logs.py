@@ -31,6 +31,19 @@ def test_masked_forms(secret, shown):
         assert shown in masked, (line, masked)
 
 
+@pytest.mark.parametrize("secret", [PHONE, PLATE, NEV_PLATE, "京B·1234学", "粤 B12345", "粤a12345",
+                                    "１３８００１３８０００", OPENID])
+def test_a_line_quoting_a_url_as_it_was_sent_is_masked(secret):
+    """gunicorn's DEBUG line of a request quotes its path percent-encoded (acceptance pass: the access line was
+    masked, the DEBUG line beside it showed /wechat/%E7%B2%A4A12345)."""
+    from urllib.parse import quote
+
+    for path in (f"/wechat/{secret}/x", f"/desk/cases/{secret}", f"/search?q={secret}&page=2"):
+        masked = mask_personal_data(f"GET {quote(path, safe='/?=&')}")
+        assert secret not in masked and quote(secret, safe="") not in masked, masked
+        assert quote(secret[1:], safe="") not in masked, masked  # after its first character, what identifies
+
+
 def test_url_encoded_openids_are_masked():
     masked = mask_personal_data(f"GET /callback?state=x%26openid%3D{OPENID}%26lang%3Dzh")
     assert OPENID not in masked and "%3DoAbC***" in masked
