@@ -3,13 +3,31 @@ import os
 import sys
 
 # Workers count into files in PROMETHEUS_MULTIPROC_DIR, so /metrics adds them all up (prometheus_client
-# multiprocess mode). It must be set before a worker imports the service: prometheus_client picks its mode when
-# imported, and workers forked from a master that imported it without this count in memory, each for itself.
-# Unless the operator set one, a directory is made once the sockets are bound (when_ready: nothing is left
-# behind by a start that could not bind) and removed on exit; one the operator set is theirs and kept, its
-# files of an earlier run removed at a fresh start (on_starting), as prometheus_client requires. The marker is
-# an environment variable, not a global, so it survives a reload (HUP re-reads this file).
+# multiprocess mode). Set first, before anything below imports the service: prometheus_client picks its mode when
+# imported, and workers forked from a master that imported it without this count in memory, each for itself (the
+# master imports the app before any hook runs with --preload). Unless the operator set one, a directory is made
+# here and removed on exit (on_exit; or at the process's exit when gunicorn never got to listen, which runs no
+# hook); one the operator set is theirs and kept, its files of an earlier run removed at a fresh start
+# (on_starting), as prometheus_client requires. The marker is an environment variable, not a global, so it
+# survives a reload (HUP re-reads this file).
 _CREATED_METRICS_DIR = "ACCIDENT_SERVICE_CREATED_METRICS_DIR"
+_listening = False  # when_ready ran: the directory is on_exit's to remove (not after a binary upgrade, USR2)
+
+
+def _remove_unless_listening(master_pid):
+    """At exit of the process that made the directory (not of a worker forked from it), if gunicorn never
+    listened: a start that could not bind, or stopped before, runs no on_exit."""
+    if os.getpid() == master_pid and not _listening:
+        _remove_created_metrics_dir()
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import atexit
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = tempfile.mkdtemp(
+        prefix="accident-metrics-")
+    atexit.register(_remove_unless_listening, os.getpid())
 
 
 def _remove_created_metrics_dir():
@@ -124,11 +142,8 @@ def on_starting(server):
 
 
 def when_ready(server):
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        import tempfile
-
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = tempfile.mkdtemp(
-            prefix="accident-metrics-")
+    global _listening
+    _listening = True
 
 
 def on_exit(server):

@@ -80,6 +80,20 @@ def test_a_start_that_cannot_bind_leaves_no_metrics_directory(tmp_path, gunicorn
     assert metrics_dirs(tmp_path) == []
 
 
+def test_workers_of_a_preloaded_app_count_into_the_metrics_directory(tmp_path, gunicorn_env):
+    """With --preload the master imports the app, prometheus_client with it, before any hook runs: the directory
+    must be set by then, or every worker counts in its own memory and /metrics shows one worker's figures."""
+    import requests
+
+    port = free_port()
+    with serving(gunicorn_args(port), env=gunicorn_env | {"GUNICORN_CMD_ARGS": "--preload"}, port=port,
+                 log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT) as url:
+        requests.get(url + "/wechat", timeout=10)
+        [made] = metrics_dirs(tmp_path)
+        assert list(made.glob("*.db"))
+    assert metrics_dirs(tmp_path) == []
+
+
 def test_the_metrics_directory_made_for_a_run_is_removed_on_exit(tmp_path, gunicorn_env):
     port = free_port()
     with serving(gunicorn_args(port), env=gunicorn_env, port=port, log_path=tmp_path / "gunicorn.log",
