@@ -267,12 +267,23 @@ def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: d
 
 
 def _give_back_unsent(runtime: Runtime, notification_id: int, worker_id: str, now: datetime, error: str) -> None:
-    """Our lease on a notice that did not go out ended, due again now. Its mark of a send under way is cleared
-    too, in case the failed transaction's COMMIT was kept unseen: the next attempt sends it, not records it
-    as unconfirmed (the turn of the allowance it spent then stays spent: one text fewer, never one more)."""
+    """Our lease on a notice that did not go out ended, due again now. The mark of a send under way that this
+    attempt wrote (its time is ``now``: the failed transaction's COMMIT may have been kept unseen) is cleared, so
+    the next attempt sends it rather than record it as unconfirmed; the turn of the allowance that attempt spent
+    then stays spent (one text fewer, never one more). A mark of an earlier attempt, whose worker died while
+    sending, is kept: that notice may have gone, and is recorded unconfirmed, never sent again."""
     with runtime.unit_of_work() as session:
-        leases.complete(session, Notification, notification_id, worker_id, status=WorkStatus.PENDING,
-                        next_attempt_at=now, sending_at=None, channel=None, address=None, last_error=error)
+        if leases.complete(session, Notification, notification_id, worker_id, status=WorkStatus.PENDING,
+                           next_attempt_at=now, last_error=error):
+            run_prebuilt(session, _clear_own_mark(), {"row_id": notification_id, "marked_at": now})
+
+
+@functools.cache
+def _clear_own_mark():
+    table = Notification.__table__
+    return (update(table).where(table.c.id == bindparam("row_id"),
+                                table.c.sending_at == bindparam("marked_at", type_=table.c.sending_at.type))
+            .values(sending_at=None, channel=None, address=None))
 
 
 def release_held(session: Session, openid: str, now) -> int:
@@ -511,8 +522,13 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
     error = f"{exc.code}: {exc}"
 
-    def record() -> None:  # tried again after a lost COMMIT: the refund stops at what the allowance allowed
+    def record() -> None:
         with runtime.unit_of_work() as session:
+            # The lease ended first, and what goes with it only if it was still ours: tried again after a COMMIT
+            # kept unseen, the turn must not be given back twice (a refund stops only at the grant's size).
+            if not _end_failed_attempt(session, row, worker_id, route, exc, error, now=now,
+                                       out_of_attempts=out_of_attempts):
+                return
             if route.taken is not None and exc.undelivered:
                 allowance.refund(session, route.taken, now)
             if exc.retryable and exc.provider_fault:
@@ -520,25 +536,33 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
             if exc.reroute and not out_of_attempts:
                 allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
                                   channel=route.channel.name)
-                # Nothing went out: the next attempt chooses again, with what the platform just told us.
-                _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", tried=route.channel.name,
-                        last_error=error, next_attempt_at=now, channel=None, address=None, sending_at=None)
-            elif exc.permanent and route.channel.name == SMS_CHANNEL:
-                # This number will never take it (refused, blacklisted, over its daily limit): like a notice no
-                # channel can carry, it waits for the person's next action, with the reason shown.
-                _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS_CHANNEL,
-                        last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
-            elif exc.retryable and not out_of_attempts:
-                _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name,
-                        last_error=error, sending_at=None, next_attempt_at=now + leases.backoff(row.attempts),
-                        last_failure_at=now if exc.provider_fault else None)
-            elif _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name,
-                         last_error=error, sending_at=None):
-                metrics.count_on_commit(session, metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
-                    exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)))
-                log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
 
     tried_through_a_blip(record)
+
+
+def _end_failed_attempt(session: Session, row: Notification, worker_id: str, route: Route, exc: DeliveryError,
+                        error: str, *, now: datetime, out_of_attempts: bool) -> bool:
+    """End our lease on ``row`` after a failed send, with what comes next for it; False if it was not ours."""
+    if exc.reroute and not out_of_attempts:
+        # Nothing went out: the next attempt chooses again, with what the platform just told us.
+        return _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", tried=route.channel.name,
+                       last_error=error, next_attempt_at=now, channel=None, address=None, sending_at=None)
+    if exc.permanent and route.channel.name == SMS_CHANNEL:
+        # This number will never take it (refused, blacklisted, over its daily limit): like a notice no
+        # channel can carry, it waits for the person's next action, with the reason shown.
+        return _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS_CHANNEL,
+                       last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
+    if exc.retryable and not out_of_attempts:
+        return _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name,
+                       last_error=error, sending_at=None, next_attempt_at=now + leases.backoff(row.attempts),
+                       last_failure_at=now if exc.provider_fault else None)
+    if not _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
+                   sending_at=None):
+        return False
+    metrics.count_on_commit(session, metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
+        exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)))
+    log.warning("notification %s (%s) not delivered: %s", row.id, row.kind, error)
+    return True
 
 
 def _finish(session: Session, row: Notification, worker_id: str, status: WorkStatus, outcome: str, *,

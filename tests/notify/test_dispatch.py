@@ -1174,3 +1174,63 @@ def test_a_notice_whose_preparation_the_database_failed_under_is_given_back_and_
         assert wechat.messages_to("oBlip") == ["you may leave the scene", "see you at the desk"]
         assert [load(rt, n).status for n in (first, then)] == [WorkStatus.DONE, WorkStatus.DONE]
         assert load(rt, first).attempts == 2 and load(rt, first).last_error is None
+
+
+@pytest.mark.postgres_only
+def test_a_dead_worker_s_mark_of_a_send_survives_a_blip_under_the_next_attempt(make_runtime, wechat, clock,
+                                                                               database_url, monkeypatch):
+    """A worker died while sending the text (it may have gone), and the database failed under the next attempt's
+    preparation: the notice is given back with that mark kept, and is then recorded unconfirmed, never sent again
+    (review: the give-back cleared any mark, and the text went twice)."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
+        rt = make_runtime(DATABASE_URL=through_proxy)
+        notification_id = add(rt, "oBlip", "maybe delivered", wechat=wechat)
+        with rt.unit_of_work() as session:  # a worker leased it, recorded the attempt, called the platform, died
+            assert leases.claim(session.connection(), Notification, "died", now=clock.now(), limit=1,
+                                lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
+            session.get(Notification, notification_id).channel = "wechat"
+            session.get(Notification, notification_id).sending_at = clock.now()
+        clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+        claim_one, faults = dispatch._claim_one, []
+
+        def claim_then_blip(*args):
+            claimed = claim_one(*args)
+            if not faults:
+                faults.append(proxy.refuse(0.8))
+            return claimed
+
+        monkeypatch.setattr(dispatch, "_claim_one", claim_then_blip)
+
+        dispatch_due(rt, "w2")
+
+        row = load(rt, notification_id)
+        assert row.status is WorkStatus.DONE and "unconfirmed" in row.last_error and wechat.sent == []
+
+
+@pytest.mark.postgres_only
+def test_a_failed_text_whose_record_committed_unseen_gives_its_turn_back_once(make_runtime, wechat, clock,
+                                                                              database_url, monkeypatch):
+    """The platform answered busy, the record (the retry and the turn given back) committed, and its answer was
+    lost: the second try finds the lease no longer held and gives nothing back again (review: a refund stops only
+    at the grant's size, so after one text delivered the ledger allowed one more than the platform)."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
+        rt = make_runtime(DATABASE_URL=through_proxy)
+        add(rt, "oBlip", "first", wechat=wechat)
+        assert dispatch_due(rt, "w1") == 1
+        with rt.unit_of_work() as session:
+            assert allowance.window_of(session, "oBlip")[0] == 4
+        failing = add(rt, "oBlip", "second")
+        wechat.inject_error("message/custom/send", -1)
+        _after_each_send(monkeypatch, rt, lambda: proxy.arm(b"COMMIT"))
+
+        assert dispatch_due(rt, "w1") == 1
+        assert proxy.cut == 1, "no answer was lost: the test proved nothing"
+
+        assert load(rt, failing).status is WorkStatus.PENDING
+        with rt.unit_of_work() as session:
+            assert allowance.window_of(session, "oBlip")[0] == 4
+
