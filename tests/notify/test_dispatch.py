@@ -450,14 +450,19 @@ def test_the_platform_refusing_what_our_ledger_allowed_sends_it_another_way(make
         assert not allowance.can_send(session, "oDriverA", clock.now())
 
 
-def test_a_text_whose_worker_died_while_sending_is_not_sent_again(rt, wechat, clock):
-    notification_id = add(rt, "oDriverA", "maybe delivered", wechat=wechat)
-    with rt.unit_of_work() as session:  # a worker leased it, recorded the attempt, called the platform, died
+def died_while_sending(rt, clock, notification_id: int) -> None:
+    """A worker leased the text, recorded the attempt, called the platform, died; its lease lapsed."""
+    with rt.unit_of_work() as session:
         assert leases.claim(session.connection(), Notification, "died", now=clock.now(), limit=1,
                             lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
         session.get(Notification, notification_id).channel = "wechat"
         session.get(Notification, notification_id).sending_at = clock.now()
     clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+
+
+def test_a_text_whose_worker_died_while_sending_is_not_sent_again(rt, wechat, clock):
+    notification_id = add(rt, "oDriverA", "maybe delivered", wechat=wechat)
+    died_while_sending(rt, clock, notification_id)
 
     assert dispatch_due(rt, "w2") == 1
 
@@ -1074,6 +1079,19 @@ def _after_each_send(monkeypatch, rt, then) -> None:
     monkeypatch.setattr(rt.wechat, "send_text", sending)
 
 
+def _after_the_first_claim(monkeypatch, then) -> None:
+    """``then()`` runs once, right after the dispatcher's first claim: the notice is leased, nothing prepared."""
+    claim_one, done = dispatch._claim_one, []
+
+    def claiming(*args):
+        claimed = claim_one(*args)
+        if not done:
+            done.append(then())
+        return claimed
+
+    monkeypatch.setattr(dispatch, "_claim_one", claiming)
+
+
 @pytest.mark.postgres_only
 def test_a_text_sent_as_the_database_blips_is_recorded_sent_not_left_to_look_unconfirmed(make_runtime, wechat,
                                                                                           database_url, monkeypatch):
@@ -1158,15 +1176,8 @@ def test_a_notice_whose_preparation_the_database_failed_under_is_given_back_and_
         rt = make_runtime(DATABASE_URL=through_proxy)
         first = add(rt, "oBlip", "you may leave the scene", kind="booked", wechat=wechat)
         then = add(rt, "oBlip", "see you at the desk")
-        claim_one, faults = dispatch._claim_one, []
-
-        def claim_then_fail(*args):
-            claimed = claim_one(*args)
-            if not faults:
-                faults.append(proxy.refuse(0.8) if fault == "connection ended" else proxy.arm(b"COMMIT"))
-            return claimed
-
-        monkeypatch.setattr(dispatch, "_claim_one", claim_then_fail)
+        _after_the_first_claim(monkeypatch, lambda: proxy.refuse(0.8) if fault == "connection ended"
+                               else proxy.arm(b"COMMIT"))
 
         dispatch_due(rt, "w1")
 
@@ -1187,21 +1198,8 @@ def test_a_dead_worker_s_mark_of_a_send_survives_a_blip_under_the_next_attempt(m
     with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
         rt = make_runtime(DATABASE_URL=through_proxy)
         notification_id = add(rt, "oBlip", "maybe delivered", wechat=wechat)
-        with rt.unit_of_work() as session:  # a worker leased it, recorded the attempt, called the platform, died
-            assert leases.claim(session.connection(), Notification, "died", now=clock.now(), limit=1,
-                                lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
-            session.get(Notification, notification_id).channel = "wechat"
-            session.get(Notification, notification_id).sending_at = clock.now()
-        clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
-        claim_one, faults = dispatch._claim_one, []
-
-        def claim_then_blip(*args):
-            claimed = claim_one(*args)
-            if not faults:
-                faults.append(proxy.refuse(0.8))
-            return claimed
-
-        monkeypatch.setattr(dispatch, "_claim_one", claim_then_blip)
+        died_while_sending(rt, clock, notification_id)
+        _after_the_first_claim(monkeypatch, lambda: proxy.refuse(0.8))
 
         dispatch_due(rt, "w2")
 
