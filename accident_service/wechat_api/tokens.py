@@ -52,7 +52,8 @@ class TokenUnavailable(RuntimeError):
 
 class TokenStore(Protocol):
     def get_token(self, fetch: Fetch, *, stale: str | None = None) -> str:
-        """A token valid for at least the safety margin and different from ``stale``.
+        """A token valid for at least the safety margin and different from ``stale`` (unless ``fetch`` hands that
+        one back: the platform's current token, too young to replace by force).
 
         Calls ``fetch`` at most once, and only while holding the refresh lock.
         Raises what ``fetch`` raises, or TokenUnavailable after waiting in vain.

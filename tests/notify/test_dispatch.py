@@ -896,17 +896,46 @@ def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
     assert wechat.messages_to("oDriverA") == ["after the 502"]
 
 
-def test_token_error_refreshes_the_token_once_and_sends(rt, wechat):
+@pytest.mark.parametrize("token_age,forced", [(0, 0), (11 * 60, 1)], ids=["just issued", "11 minutes old"])
+def test_token_error_refreshes_the_token_once_and_sends(rt, wechat, clock, token_age, forced):
+    """The first token; after 40001 normal mode gives it back: replaced by force once it is 10 minutes old, tried
+    once more before (WeChatApi's one refresh either way)."""
+    rt.wechat.client.current_token()
+    clock.advance(seconds=token_age)
     notification_id = add(rt, "oDriverA", "after a refresh", wechat=wechat)
     wechat.inject_error("message/custom/send", 40001, times=1)
 
     assert dispatch_due(rt, "w1") == 1
 
-    assert wechat.stable_token_requests == 3  # the first token; then normal mode gives it back, so one forced refresh
+    assert (wechat.stable_token_requests, wechat.force_refreshes) == (2 + forced, forced)
     assert custom_sends(wechat) == 2
     assert wechat.messages_to("oDriverA") == ["after a refresh"]
     row = load(rt, notification_id)
     assert row.status is WorkStatus.DONE and row.attempts == 1
+
+
+def test_a_storm_of_token_errors_forces_a_refresh_at_most_once_in_ten_minutes(rt, wechat, clock):
+    """The platform answers 40001 to every send for 15 minutes (a fault pass: 40 s of it forced 28 refreshes, of
+    the 20 a day it allows, and the last ones answered 45009); the notices go once it stops."""
+    rt.wechat.client.current_token()
+    texts = [f"notice {n}" for n in range(6)]
+    ids = [add(rt, "oDriverA", text, wechat=wechat) for text in texts]
+    wechat.inject_error("message/custom/send", 40001, times=None)
+    for _ in range(90):  # bounded: 15 minutes in steps of 10 s, every due notice tried at each
+        dispatch_due(rt, "w1")
+        clock.advance(seconds=10)
+        wechat.note_user_activity("oDriverA")  # the driver keeps writing: texts stay allowed
+        with rt.unit_of_work() as session:
+            allowance.record_action(session, "oDriverA", "message", clock.now())
+
+    assert wechat.force_refreshes == 1 and wechat.sent == []
+    wechat.clear_faults()
+    clock.advance(minutes=10)
+    dispatch_due(rt, "w1")
+    sent = [text for text, notification_id in zip(texts, ids, strict=True)
+            if load(rt, notification_id).status is WorkStatus.DONE]
+    assert sent and wechat.messages_to("oDriverA") == sent  # once each, in order; the rest gave up in the storm
+    assert {load(rt, n).status for n in ids} <= {WorkStatus.DONE, WorkStatus.FAILED}
 
 
 def test_expired_token_is_refreshed_once(rt, wechat):

@@ -21,7 +21,7 @@ import accident_service.models  # noqa: F401  (registers wechat_token for the da
 from accident_service.clock import ControlledClock
 from accident_service.db import make_engine, make_session_factory
 from accident_service.sandbox.emulator import WeChatEmulator
-from accident_service.wechat_api.client import GatewayClient, WeChatApi
+from accident_service.wechat_api.client import FORCED_REFRESH_MIN_AGE_SECONDS, GatewayClient, WeChatApi
 from accident_service.wechat_api.tokens import DatabaseTokenStore, RedisTokenStore, TokenStore, TokenUnavailable
 
 APPID = "wx-token-test"
@@ -356,8 +356,8 @@ def test_a_crashed_refreshers_lock_expires(clock, database_url) -> None:
 
 
 @pytest.fixture
-def emulator() -> Iterator[WeChatEmulator]:
-    with WeChatEmulator(APPID, SECRET, "token") as running:
+def emulator(clock) -> Iterator[WeChatEmulator]:
+    with WeChatEmulator(APPID, SECRET, "token", clock=lambda: clock.now().timestamp()) as running:  # one time
         for openid in ["o-warm", *(f"o-{i}" for i in range(THREADS))]:
             running.note_user_activity(openid)  # each has just written to the account (WECHAT.md §5)
         yield running
@@ -397,6 +397,7 @@ def test_a_process_still_trusting_a_token_another_forced_out_recovers_at_its_nex
     first, second = make_apis(backend, clock, emulator)[:2]
     first.send_text("o-warm", "warm up")
     second.send_text("o-0", "both trust the token now")
+    clock.advance(timedelta(seconds=FORCED_REFRESH_MIN_AGE_SECONDS))  # old enough to be replaced by force
     emulator.inject_error("message/custom/send", 40001, times=1)
 
     first.send_text("o-1", "after the platform rejected its token")
