@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 import sqlalchemy.exc
@@ -128,13 +129,20 @@ def serve(bind: str, workers: int | None) -> None:
     from_environment = process_count("WEB_CONCURRENCY")
     workers = workers or from_environment
     process_count("GUNICORN_THREADS")  # refused by the gunicorn config too, but only after a migration here
-    bind_address(bind)
-    command_runtime().close()  # the app was built: settings and schema are fine; gunicorn's workers build their own
+    os.environ["BIND"] = bind_address(bind)  # what gunicorn's config checks is what it binds
     package_parent = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
     # The gunicorn config beside defaults.toml (ACCIDENT_SERVICE_CONFIG_DIR: an install that is not a checkout),
-    # and the app from the package's factory, not the checkout's wsgi.py; the caller's working directory kept:
-    # relative paths (DATA_DIR, a SQLite file, file:// storage) mean what they mean to every other command.
-    args = [sys.executable, "-m", "gunicorn", "--config", str(CONFIG_DIR / "gunicorn.conf.py"),
+    # else the checkout's (a directory holding only an operator's defaults.toml), and the app from the package's
+    # factory, not the checkout's wsgi.py; the caller's working directory kept: relative paths (DATA_DIR, a SQLite
+    # file, file:// storage) mean what they mean to every other command.
+    gunicorn_config = next((path for path in (CONFIG_DIR / "gunicorn.conf.py",
+                                              Path(package_parent, "config", "gunicorn.conf.py")) if path.is_file()),
+                           None)
+    if gunicorn_config is None:
+        raise SettingsError(f"ACCIDENT_SERVICE_CONFIG_DIR: no gunicorn.conf.py in {CONFIG_DIR} (serve runs gunicorn "
+                            "with it: copy the project's config/gunicorn.conf.py there)")
+    command_runtime().close()  # the app was built: settings and schema are fine; gunicorn's workers build their own
+    args = [sys.executable, "-m", "gunicorn", "--config", str(gunicorn_config),
             "--pythonpath", package_parent, "--bind", bind, "--workers", str(workers),
             "accident_service:create_app()"]
     os.execv(sys.executable, args)

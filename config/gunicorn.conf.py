@@ -38,7 +38,7 @@ def _remove_created_metrics_dir():
         shutil.rmtree(created, ignore_errors=True)
 
 
-def _checked(check, *args):
+def _checked(check, *args, server=None):
     """``check(*args)``'s value, or `configuration error: NAME: ...` and exit 2 (a SettingsError)."""
     from accident_service.settings import SettingsError
 
@@ -46,6 +46,8 @@ def _checked(check, *args):
         return check(*args)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        if server is not None and server.pidfile is not None:
+            server.pidfile.unlink()
         _remove_created_metrics_dir()
         sys.exit(2)
 
@@ -124,31 +126,31 @@ logconfig_dict = {
 
 def on_starting(server):
     """Check the settings before any worker starts: a bad one is one line and exit 2, as with the CLI."""
-    from accident_service.settings import SettingsError, load_settings
+    from accident_service.settings import load_settings
 
-    try:
-        load_settings()
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
-        if server.pidfile is not None:
-            server.pidfile.unlink()
-        _remove_created_metrics_dir()
-        sys.exit(2)
+    _checked(load_settings, server=server)
+
+
+def when_ready(server):
+    """Listening: the made directory is on_exit's to remove now. An operator's directory loses its files of an
+    earlier run here, not before: a second start that cannot bind (a mistake, a deploy starting the new one before
+    the old has stopped) must not delete a running instance's files. Not at a binary upgrade (USR2), whose old
+    master still runs."""
+    global _listening
+    _listening = True
     operator_dir = _operator_metrics_dir()
-    if operator_dir and not server.master_pid:  # a fresh start: not a new master beside the old one (USR2)
+    if operator_dir and not server.master_pid:
         for name in os.listdir(operator_dir):
             if name.endswith(".db"):
                 os.remove(os.path.join(operator_dir, name))
 
 
-def when_ready(server):
-    global _listening
-    _listening = True
-
-
 def on_exit(server):
-    # After a binary upgrade (USR2) the new master inherited the directory: it removes it when it exits.
-    if not server.reexec_pid:
+    # After a binary upgrade (USR2) the new master has the directory only if gunicorn passed it on (it passes the
+    # environment as it was before this file ran, as it was at the last reload, HUP): then that one removes it.
+    inherited = server.reexec_pid and (
+        server.cfg.env_orig.get("PROMETHEUS_MULTIPROC_DIR") == os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    if not inherited:
         _remove_created_metrics_dir()
 
 

@@ -349,6 +349,13 @@ def test_a_metrics_directory_that_is_not_there_is_named_by_every_command(tmp_pat
 
 
 @pytest.mark.slow
+def test_serve_binds_where_its_option_says_whatever_bind_says(tmp_path):
+    """--bind wins over BIND, for gunicorn's config too (review: a bad BIND stopped a good --bind)."""
+    with serving_serve(tmp_path, "--workers", "1", BIND="127.0.0.1:99999"):
+        pass
+
+
+@pytest.mark.slow
 def test_serve_takes_the_gunicorn_config_beside_the_defaults_it_reads(tmp_path):
     """An install that is not a checkout (the image's `pip install .`) has no config/ beside the package: serve
     takes gunicorn's config from ACCIDENT_SERVICE_CONFIG_DIR, like the defaults, and the app from the package."""
@@ -361,6 +368,17 @@ def test_serve_takes_the_gunicorn_config_beside_the_defaults_it_reads(tmp_path):
     with serving_serve(tmp_path, "--workers", "1", ACCIDENT_SERVICE_CONFIG_DIR=str(copy)):
         pass
     assert "gunicorn config from the copy" in (tmp_path / "serve.log").read_text(errors="replace")
+
+
+@pytest.mark.slow
+def test_serve_with_a_config_directory_holding_only_the_defaults_takes_the_project_s_gunicorn_config(tmp_path):
+    """Before serve read gunicorn's config there, such a directory was all an operator needed (review)."""
+    import shutil
+
+    (tmp_path / "config").mkdir()
+    shutil.copy(Path(__file__).resolve().parent.parent / "config" / "defaults.toml", tmp_path / "config")
+    with serving_serve(tmp_path, "--workers", "1", ACCIDENT_SERVICE_CONFIG_DIR=str(tmp_path / "config")):
+        pass
 
 
 @pytest.mark.slow

@@ -76,8 +76,9 @@ def test_compose_has_the_services_and_their_order():
 
 
 def test_the_build_context_keeps_what_the_image_copies_and_leaves_the_checkout_s_state_out():
-    """Without .dockerignore the virtualenv (about 1 GB), the git history and var/ (a SQLite database, the development
-    SECRET_KEY file) went to the daemon with every build (acceptance pass)."""
+    """Without .dockerignore the virtualenv (about 1 GB), the git history, var/ (a SQLite database, the development
+    SECRET_KEY file) and the .env beside docker-compose.yml went to the daemon with every build (acceptance pass,
+    review)."""
     import fnmatch
 
     patterns = [line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -92,7 +93,8 @@ def test_the_build_context_keeps_what_the_image_copies_and_leaves_the_checkout_s
     copied = [source for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
               for source in line.split()[1:-1]]
     assert copied and not [source for source in copied if ignored(source)]
-    assert all(ignored(path) for path in (".venv/bin/python", ".git/HEAD", "var/accident.db", "var/secret_key"))
+    assert all(ignored(path) for path in (".venv/bin/python", ".git/HEAD", "var/accident.db", "var/secret_key",
+                                          ".env", "production.env"))
 
 
 def test_the_scheduler_serves_its_metrics_on_a_port_it_exposes():

@@ -80,6 +80,26 @@ def test_a_start_that_cannot_bind_leaves_no_metrics_directory(tmp_path, gunicorn
     assert metrics_dirs(tmp_path) == []
 
 
+def test_a_second_start_that_cannot_bind_leaves_the_running_one_s_metrics_files(tmp_path, gunicorn_env):
+    """Both with the operator's directory: the second fails to bind, and must not have wiped the first's files
+    (review: the wipe ran before binding)."""
+    import requests
+
+    operators = tmp_path / "metrics"
+    operators.mkdir()
+    env = gunicorn_env | {"PROMETHEUS_MULTIPROC_DIR": str(operators)}
+    port = free_port()
+    with serving(gunicorn_args(port), env=env, port=port, log_path=tmp_path / "first.log", cwd=REPO_ROOT) as url:
+        requests.get(url + "/wechat", timeout=10)
+        files = sorted(path.name for path in operators.glob("*.db"))
+        second = subprocess.run(gunicorn_args(port), cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode != 0
+        assert sorted(path.name for path in operators.glob("*.db")) == files and files
+        assert 'accident_webhook_requests_total{method="GET",status="403"} 1.0' in requests.get(
+            url + "/metrics", timeout=10).text
+
+
 def test_workers_of_a_preloaded_app_count_into_the_metrics_directory(tmp_path, gunicorn_env):
     """With --preload the master imports the app, prometheus_client with it, before any hook runs: the directory
     must be set by then, or every worker counts in its own memory and /metrics shows one worker's figures."""
