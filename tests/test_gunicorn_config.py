@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -120,6 +121,46 @@ def test_the_metrics_directory_made_for_a_run_is_removed_on_exit(tmp_path, gunic
                  cwd=REPO_ROOT):
         assert len(metrics_dirs(tmp_path)) == 1
     assert metrics_dirs(tmp_path) == [], (tmp_path / "gunicorn.log").read_text(errors="replace")
+
+
+def test_a_binary_upgrade_leaves_no_metrics_directory_behind(tmp_path, gunicorn_env):
+    """USR2: the new master starts from the environment as it was before the config ran, so it makes a directory
+    of its own; the old master's goes when the old master stops (review: it was kept for the new one, and leaked)."""
+    import signal
+    import time
+
+    import requests
+
+    def until(condition) -> None:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def master_in(path) -> int | None:
+        try:
+            return int(path.read_text())
+        except (OSError, ValueError):  # not written yet
+            return None
+
+    port, pidfile = free_port(), tmp_path / "gunicorn.pid"
+    new_pidfile = pidfile.with_name(pidfile.name + ".2")  # the new master's until the old one stops
+    args = [str(Path(sys.executable).with_name("gunicorn")), *gunicorn_args(port)[3:], "--pid", str(pidfile)]
+    try:
+        with serving(args, env=gunicorn_env, port=port, log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT) as url:
+            old_master = master_in(pidfile)
+            os.kill(old_master, signal.SIGUSR2)
+            until(lambda: master_in(new_pidfile) and len(metrics_dirs(tmp_path)) == 2)
+            assert len(metrics_dirs(tmp_path)) == 2 and master_in(new_pidfile)
+            os.kill(old_master, signal.SIGTERM)
+            until(lambda: len(metrics_dirs(tmp_path)) == 1)
+            assert len(metrics_dirs(tmp_path)) == 1
+            assert requests.get(url + "/healthz", timeout=10).status_code == 200  # the new master serves
+    finally:  # the one serving() started was the old master
+        new_master = master_in(new_pidfile) or master_in(pidfile)
+        with contextlib.suppress(ProcessLookupError, TypeError):  # gone already, or never started
+            os.kill(new_master, signal.SIGTERM)
+    until(lambda: not metrics_dirs(tmp_path))
+    assert metrics_dirs(tmp_path) == []
 
 
 def test_an_operators_metrics_directory_is_kept(tmp_path, gunicorn_env):
