@@ -29,15 +29,16 @@ _PHONE = re.compile(rf"(?<!\d)((?:\+|00)?86[\s-]?)?([1１][3-9３-９]{_DIGIT})[
 # A plate: province (or its JSON escape, as in a serialised payload quoted by a database error), region
 # letter, then 5 (6 for new-energy plates) letters and digits, the last possibly 学/警/挂/港/澳; in any case.
 # A space or a dot may come after the region letter, or after the province when a digit follows within
-# the plate's first characters (粤 B12345): without that digit, "更新 status" would read as one.
+# the plate's first characters (粤 B12345): without that digit, "更新 status" would read as one. A "+" too: a
+# space as a form sends it in a URL's query (粤+B12345).
 _PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使"
-_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})(?:[A-Za-z]|[\s·.-][A-Za-z]"
-                    r"(?=[\s·.-]?[A-Za-z]{0,4}\d)))[\s·.-]?[A-Za-z0-9]{3,5}([A-Za-z0-9学警挂港澳领])(?![A-Za-z0-9])")
+_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})(?:[A-Za-z]|[\s·.+-][A-Za-z]"
+                    r"(?=[\s·.+-]?[A-Za-z]{0,4}\d)))[\s·.+-]?[A-Za-z0-9]{3,5}([A-Za-z0-9学警挂港澳领])(?![A-Za-z0-9])")
 # An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
 # glued to a word by "_" or "-" (user_o...) or after a URL-encoded character (openid%3Do...); a long
 # identifier starting so is masked as well, harmlessly.
 _OPENID = re.compile(r"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{2}))(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
-_PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+_PERCENT_ENCODED = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 #: Credentials masked by value wherever a line quotes them, in any form (a URL's query, a JSON body, a database
 #: error's parameters, positional on SQLite): the app secret, and the latest access tokens as this process got
 #: them (a token lives two hours; a few cover rotation and a forced refresh).
@@ -58,11 +59,21 @@ def mask_personal_data(text: str) -> str:
     decoded, masked."""
     masked = _masked(text)
     if "%" in masked and _PERCENT_ENCODED.search(masked):
-        decoded = unquote(masked, errors="replace")
+        decoded = _PERCENT_ENCODED.sub(_printable_decoded, masked)
         decoded_masked = _masked(decoded)
         if decoded_masked != decoded:
             return decoded_masked
     return masked
+
+
+def _printable_decoded(run: re.Match[str]) -> str:
+    """A run of percent-encoded bytes decoded, when it is UTF-8 text that prints: a newline decoded would let a
+    request's path write a line of its own into the log, and bytes that are not text are left as they came."""
+    try:
+        decoded = unquote(run.group(), errors="strict")
+    except UnicodeDecodeError:
+        return run.group()
+    return decoded if decoded.isprintable() else run.group()
 
 
 def _masked(text: str) -> str:

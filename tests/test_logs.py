@@ -44,6 +44,14 @@ def test_a_line_quoting_a_url_as_it_was_sent_is_masked(secret):
         assert quote(secret[1:], safe="") not in masked, masked  # after its first character, what identifies
 
 
+def test_a_url_decoded_for_masking_cannot_write_a_line_of_its_own():
+    """Only text that prints is decoded (review: %0A decoded let a path forge a log line), bytes that are not UTF-8
+    are left as they came, and a form's "+" for a space still masks the plate."""
+    assert mask_personal_data("GET /x/%E7%B2%A4A12345%0A2026 INFO forged") == "GET /x/粤A***5%0A2026 INFO forged"
+    assert mask_personal_data("GET /%E7%B2%A4A12345%FF") == "GET /粤A***5%FF"
+    assert mask_personal_data("GET /desk?q=%E7%B2%A4+B12345&page=2") == "GET /desk?q=粤+B***5&page=2"
+
+
 def test_url_encoded_openids_are_masked():
     masked = mask_personal_data(f"GET /callback?state=x%26openid%3D{OPENID}%26lang%3Dzh")
     assert OPENID not in masked and "%3DoAbC***" in masked
