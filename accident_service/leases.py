@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
@@ -112,6 +112,27 @@ def _due(row, now, limited: bool, waiting_until: str | None) -> ColumnElement[bo
     return or_(and_(row.status == WorkStatus.PENDING, row.next_attempt_at <= now), lapsed)
 
 
+def _held_back(model: LeasedModel, row, may_overtake: Overtake | None) -> ColumnElement[bool]:
+    """Any unfinished older row of the same recipient holds ``row`` back: one waiting for its retry (backoff) or
+    held by a crashed worker must go first, not be overtaken (unless ``may_overtake`` says it need not)."""
+    earlier = aliased(model)
+    return exists().where(
+        earlier.openid == row.openid, earlier.id < row.id,
+        earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
+        *([~may_overtake(earlier, row)] if may_overtake is not None else []))
+
+
+def due_since(session: Session, model: LeasedModel, *, now: datetime,
+              may_overtake: Overtake | None = None) -> datetime | None:
+    """When the longest-due row a claim could take now came due (a pending row's next attempt, a lapsed lease's
+    end), or None. A row held back behind an older unfinished one of its recipient is not counted: nothing may
+    take it yet (a text behind a photo the flood limit deferred). The scrape's figure (metrics.QueueFigures)."""
+    row = aliased(model)
+    came_due = case((row.status == WorkStatus.PENDING, row.next_attempt_at), else_=row.lease_until)
+    return session.scalar(select(func.min(came_due)).where(_due(row, now, False, None),
+                                                           ~_held_back(model, row, may_overtake)))
+
+
 @functools.cache
 def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: bool, may_overtake: Overtake | None,
                      by_recipient: bool, limited: bool, waiting_until: str | None, *, not_waiting: bool = False):
@@ -120,14 +141,8 @@ def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: boo
     The values (now, limit, the row, the worker) are bound per call. ``not_waiting``: only rows whose
     ``waiting_until`` is not set."""
     now = bindparam("now", type_=model.__table__.c.next_attempt_at.type)
-    row, earlier = aliased(model), aliased(model)  # the picking sub-SELECT reads the table under names of its own
-    # Any unfinished older row of the same recipient blocks: one waiting for its retry
-    # (backoff) or held by a crashed worker must go first, not be overtaken.
-    blocked = exists().where(
-        earlier.openid == row.openid, earlier.id < row.id,
-        earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
-        *([~may_overtake(earlier, row)] if may_overtake is not None else []))
-    candidates = (select(row.id).where(_due(row, now, limited, waiting_until), ~blocked)
+    row = aliased(model)  # the picking sub-SELECT reads the table under a name of its own
+    candidates = (select(row.id).where(_due(row, now, limited, waiting_until), ~_held_back(model, row, may_overtake))
                   .order_by(row.id).limit(bindparam("limit")))
     if not_waiting and waiting_until is not None:
         candidates = candidates.where(getattr(row, waiting_until).is_(None))

@@ -104,8 +104,9 @@ def test_inbox_backlog_by_status_and_the_age_of_its_oldest_push(client, runtime,
 
 
 def test_a_push_held_back_on_purpose_ages_the_backlog_but_is_not_due(client, runtime, clock):
-    """The flood limit defers a photo (acceptance pass: the age alone climbed for an hour with nothing stuck): the
-    time a push has waited for a worker since it came due tells the two apart."""
+    """The flood limit defers a message (acceptance pass: the age alone climbed for an hour with nothing stuck): the
+    time a push has waited for a worker since it came due tells the two apart; what waits behind it is not due
+    either (review)."""
     from accident_service.wechat.xml_gate import parse_inbound
 
     xml = text_message(msg_id=880201)
@@ -115,9 +116,22 @@ def test_a_push_held_back_on_purpose_ages_the_backlog_but_is_not_due(client, run
     assert gauge(samples, "accident_inbox_oldest_age_seconds") == 120
     assert gauge(samples, "accident_inbox_oldest_due_seconds") == 0
 
-    clock.advance(seconds=200)  # due for 20 s, and no worker took it
+    # A text after it waits its turn behind it (texts overtake only photos waiting out an outage): not due either.
+    xml = text_message(msg_id=880202)
+    inbox.store_inbound(runtime, parse_inbound(xml), xml, clock.now())
+    clock.advance(seconds=60)
+    assert gauge(scraped(client), "accident_inbox_oldest_due_seconds") == 0
+
+    clock.advance(seconds=140)  # the first due for 20 s, and no worker took it
     samples = scraped(client)
     assert gauge(samples, "accident_inbox_oldest_due_seconds") == 20
+
+
+def test_a_message_whose_worker_died_counts_as_due_from_its_lease_s_end(client, runtime, clock):
+    post(client, text_message(msg_id=880301), plain_query())
+    assert inbox.claim_due(runtime, "died", limit=1)  # ... and the worker dies
+    clock.advance(seconds=runtime.settings.INBOX_LEASE_SECONDS + 30)
+    assert gauge(scraped(client), "accident_inbox_oldest_due_seconds") == 30
 
 
 def _finish(runtime, row, worker_id) -> None:
