@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import sqlalchemy.exc
@@ -27,6 +31,7 @@ from accident_service.settings import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _app_factory():
@@ -183,7 +188,30 @@ def sandbox_command(bind: str) -> None:
         sandbox.stop()
 
 
-@cli.command("scheduler")
+#: Seconds between a starting scheduler's tries at the database, doubling to the last.
+STARTUP_WAITS = (1, 2, 4, 8, 15, 30)
+
+
+def _once_the_database_answers(start: Callable[[], T]) -> T:
+    """``start()``, tried again while the database is unavailable (a restart, a failover, the whole stack starting
+    at once): a scheduler is a daemon, and one that exited left messages leased to a worker that died with nobody
+    to sweep them (fault pass). Not what trying again will not cure (a bad setting: exit 2)."""
+    for attempt in itertools.count():
+        try:
+            return start()
+        except (DatabaseUnavailable, sqlalchemy.exc.DBAPIError) as exc:
+            if isinstance(exc, sqlalchemy.exc.DBAPIError) and not may_succeed_later(exc):
+                raise
+            wait = STARTUP_WAITS[min(attempt, len(STARTUP_WAITS) - 1)]
+            # On stderr, not through logging: the app that configures it may be what could not start.
+            cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ else exc
+            reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+            click.echo(f"waiting for the database ({reason}); trying again in {wait} s", err=True)
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@cli.command("scheduler", with_appcontext=False)  # the app is built once the database answers
 @click.option("--once", is_flag=True, help="Run every job once and exit.")
 def scheduler_command(once: bool) -> None:
     """Run the periodic jobs (inbox, outbox, reminders, expiry, no-shows, slots)."""
@@ -191,11 +219,12 @@ def scheduler_command(once: bool) -> None:
 
     from accident_service import jobs
 
-    runtime = command_runtime()
     if once:
+        runtime = command_runtime()
         jobs.generate_slots(runtime, jobs.worker_name())
         click.echo(json.dumps(jobs.run_all_once(runtime, jobs.worker_name())))
         return
+    runtime = _once_the_database_answers(command_runtime)
     scheduler = jobs.build_scheduler(runtime)
 
     def stop(*_: object) -> None:
@@ -206,7 +235,7 @@ def scheduler_command(once: bool) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        jobs.generate_slots(runtime, jobs.worker_name())
+        _once_the_database_answers(lambda: jobs.generate_slots(runtime, jobs.worker_name()))
         # A log line, not a print: with LOG_FORMAT=json every line of the process is one JSON object.
         log.info("scheduler %s running", jobs.worker_name())
         scheduler.start()

@@ -251,6 +251,32 @@ def test_scheduler_once_runs_every_job_and_prints_json(scheduler_env, private_da
     assert wechat.messages_to("oDriverA") == ["sent by --once"]
 
 
+@pytest.mark.postgres_only  # a server that can be away
+def test_a_scheduler_started_while_the_database_is_away_waits_for_it(scheduler_env, private_database_url, wechat,
+                                                                    tmp_path):
+    """It used to exit at once (status 1), leaving what a dead worker held leased with nobody to sweep it (fault
+    pass: the whole stack starting while PostgreSQL was hung)."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    have_written(wechat, "oDriverA")
+    enqueue_committed(private_database_url, [("oDriverA", "sent once the database answered")])
+    with postgres_through_a_proxy(private_database_url) as (proxy, through_proxy):
+        proxy.refuse(4)
+        with open(tmp_path / "waiting.log", "wb") as log:
+            process = subprocess.Popen([*CLI, "scheduler"], env={**scheduler_env, "DATABASE_URL": through_proxy},
+                                       stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while not wechat.messages_to("oDriverA") and time.monotonic() < deadline:
+                assert process.poll() is None, (tmp_path / "waiting.log").read_text(errors="replace")
+                time.sleep(0.25)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    assert wechat.messages_to("oDriverA") == ["sent once the database answered"]
+    assert "waiting for the database (" in (tmp_path / "waiting.log").read_text(errors="replace")
+
+
 @pytest.fixture
 def start_scheduler(scheduler_env, tmp_path):
     """Start `accident-service scheduler` processes; SIGTERM (then kill) them all at teardown."""
