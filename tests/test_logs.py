@@ -50,6 +50,11 @@ def test_a_url_decoded_for_masking_cannot_write_a_line_of_its_own():
     assert mask_personal_data("GET /x/%E7%B2%A4A12345%0A2026 INFO forged") == "GET /x/粤A***5%0A2026 INFO forged"
     assert mask_personal_data("GET /%E7%B2%A4A12345%FF") == "GET /粤A***5%FF"
     assert mask_personal_data("GET /desk?q=%E7%B2%A4+B12345&page=2") == "GET /desk?q=粤+B***5&page=2"
+    # A character that does not print, in the same run as a plate or a phone, keeps neither from being masked.
+    assert (mask_personal_data("GET /x?text=%E4%BA%8B%E6%95%85%0A%E7%B2%A4A12345&y=1")
+            == "GET /x?text=事故%0A粤A***5&y=1")
+    assert mask_personal_data("GET /x?q=%E2%80%AE%E7%B2%A4A12345") == "GET /x?q=%E2%80%AE粤A***5"
+    assert "13800138000" not in mask_personal_data("GET /x?q=%0D%0A%E6%89%8B%E6%9C%BA13800138000")
 
 
 def test_url_encoded_openids_are_masked():
