@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
@@ -120,17 +120,6 @@ def _held_back(model: LeasedModel, row, may_overtake: Overtake | None) -> Column
         earlier.openid == row.openid, earlier.id < row.id,
         earlier.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)),
         *([~may_overtake(earlier, row)] if may_overtake is not None else []))
-
-
-def due_since(session: Session, model: LeasedModel, *, now: datetime,
-              may_overtake: Overtake | None = None) -> datetime | None:
-    """When the longest-due row a claim could take now came due (a pending row's next attempt, a lapsed lease's
-    end), or None. A row held back behind an older unfinished one of its recipient is not counted: nothing may
-    take it yet (a text behind a photo the flood limit deferred). The scrape's figure (metrics.QueueFigures)."""
-    row = aliased(model)
-    came_due = case((row.status == WorkStatus.PENDING, row.next_attempt_at), else_=row.lease_until)
-    return session.scalar(select(func.min(came_due)).where(_due(row, now, False, None),
-                                                           ~_held_back(model, row, may_overtake)))
 
 
 @functools.cache

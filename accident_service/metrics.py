@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from enum import StrEnum
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
@@ -177,10 +175,6 @@ def start_series(*, photo_rejections: tuple[str, ...], sends: tuple[tuple[str, s
             JOB_RUNS.labels(job, outcome)
 
 
-#: When the longest-due inbox message came due, read in a session at a time (wechat.inbox.due_since).
-DueSince = Callable[[Any, datetime], datetime | None]
-
-
 class QueueFigures(Collector):
     """Inbox and outbox rows per status, the age of the oldest unfinished push and how long the longest-due one has
     waited, read when scraped.
@@ -191,10 +185,9 @@ class QueueFigures(Collector):
     rest left out when the database does not answer: the counters are still served.
     """
 
-    def __init__(self, session_factory, clock, inbox_due_since: DueSince) -> None:
+    def __init__(self, session_factory, clock) -> None:
         self._session_factory = session_factory
         self._clock = clock
-        self._inbox_due_since = inbox_due_since  # the inbox's: which messages may overtake which is its rule
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from accident_service.models import InboundMessage, Notification, WorkStatus
@@ -215,7 +208,15 @@ class QueueFigures(Collector):
                 oldest = session.scalar(select(func.min(InboundMessage.received_at)).where(
                     InboundMessage.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING))))
                 now = self._clock.now()
-                due_since = self._inbox_due_since(session, now)
+                # A pending message from its next attempt, a dead worker's from its lease's end. One waiting its turn
+                # behind an older unfinished message of its sender counts too: telling those apart checks each due
+                # message against its sender's others, seconds a scrape on a large backlog (review).
+                due_since = min(filter(None, (
+                    session.scalar(select(func.min(InboundMessage.next_attempt_at)).where(
+                        InboundMessage.status == WorkStatus.PENDING, InboundMessage.next_attempt_at <= now)),
+                    session.scalar(select(func.min(InboundMessage.lease_until)).where(
+                        InboundMessage.status == WorkStatus.PROCESSING, InboundMessage.lease_until < now)))),
+                                default=None)
         except Exception as exc:  # any driver error: report the database as down, not a failed scrape
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -234,16 +235,15 @@ class QueueFigures(Collector):
         yield from (up, *families, age, waiting)
 
 
-def exposition(session_factory, clock, inbox_due_since: DueSince) -> bytes:
-    """The text format for ``/metrics``: every worker's counters, then the queue figures (``inbox_due_since``:
-    wechat.inbox.due_since)."""
+def exposition(session_factory, clock) -> bytes:
+    """The text format for ``/metrics``: every worker's counters, then the queue figures."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counters = CollectorRegistry()
         multiprocess.MultiProcessCollector(counters)
     else:
         counters = REGISTRY
     queues = CollectorRegistry()
-    queues.register(QueueFigures(session_factory, clock, inbox_due_since))
+    queues.register(QueueFigures(session_factory, clock))
     return generate_latest(counters) + generate_latest(queues)
 
 

@@ -11,7 +11,6 @@ from sqlalchemy import text
 from accident_service import metrics as service_metrics
 from accident_service.runtime import Runtime
 from accident_service.web import current_runtime
-from accident_service.wechat import inbox
 
 bp = Blueprint("ops", __name__)
 log = logging.getLogger(__name__)
@@ -33,8 +32,7 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     runtime = current_runtime()
-    return Response(service_metrics.exposition(runtime.session_factory, runtime.clock, inbox.due_since),
-                    mimetype=CONTENT_TYPE_LATEST)
+    return Response(service_metrics.exposition(runtime.session_factory, runtime.clock), mimetype=CONTENT_TYPE_LATEST)
 
 
 def readiness_failures(runtime: Runtime) -> dict[str, str]:

@@ -193,11 +193,6 @@ def _may_overtake(earlier, row):
                                    waiting.status.in_((WorkStatus.PENDING, WorkStatus.PROCESSING)))))
 
 
-def due_since(session: Session, now: datetime) -> datetime | None:
-    """When the longest-due message a worker could take now came due (see leases.due_since), or None."""
-    return leases.due_since(session, InboundMessage, now=now, may_overtake=_may_overtake)
-
-
 def _run_give_up_hook(hook: GiveUpHook | None, session: Session, row: InboundMessage, now: datetime) -> None:
     """The hook's writes or nothing; a failing hook never undoes the FAILED mark."""
     if hook is None:
