@@ -192,21 +192,20 @@ def sandbox_command(bind: str) -> None:
 STARTUP_WAITS = (1, 2, 4, 8, 15, 30)
 
 
-def _once_the_database_answers(start: Callable[[], T]) -> T:
+def _once_the_database_answers(start: Callable[[], T], *, say: Callable[[str], object]) -> T:
     """``start()``, tried again while the database is unavailable (a restart, a failover, the whole stack starting
     at once): a scheduler is a daemon, and one that exited left messages leased to a worker that died with nobody
-    to sweep them (fault pass). Not what trying again will not cure (a bad setting: exit 2)."""
+    to sweep them (fault pass). Not what trying again will not cure (a bad setting: exit 2). ``say``: where each
+    wait is told (stderr before the app, which configures logging, is built; its log after)."""
     for attempt in itertools.count():
         try:
             return start()
-        except (DatabaseUnavailable, sqlalchemy.exc.DBAPIError) as exc:
+        except (DatabaseUnavailable, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
             if isinstance(exc, sqlalchemy.exc.DBAPIError) and not may_succeed_later(exc):
                 raise
             wait = STARTUP_WAITS[min(attempt, len(STARTUP_WAITS) - 1)]
-            # On stderr, not through logging: the app that configures it may be what could not start.
             cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ else exc
-            reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
-            click.echo(f"waiting for the database ({reason}); trying again in {wait} s", err=True)
+            say(f"waiting for the database ({_first_line(cause)}); trying again in {wait} s")
             time.sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -224,7 +223,15 @@ def scheduler_command(once: bool) -> None:
         jobs.generate_slots(runtime, jobs.worker_name())
         click.echo(json.dumps(jobs.run_all_once(runtime, jobs.worker_name())))
         return
-    runtime = _once_the_database_answers(command_runtime)
+
+    def stop_waiting(*_: object) -> None:  # as PID 1 in a container SIGTERM would do nothing by default
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_waiting)
+    try:
+        runtime = _once_the_database_answers(command_runtime, say=lambda line: click.echo(line, err=True))
+    except SystemExit:
+        return
     scheduler = jobs.build_scheduler(runtime)
 
     def stop(*_: object) -> None:
@@ -235,7 +242,7 @@ def scheduler_command(once: bool) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        _once_the_database_answers(lambda: jobs.generate_slots(runtime, jobs.worker_name()))
+        _once_the_database_answers(lambda: jobs.generate_slots(runtime, jobs.worker_name()), say=log.warning)
         # A log line, not a print: with LOG_FORMAT=json every line of the process is one JSON object.
         log.info("scheduler %s running", jobs.worker_name())
         scheduler.start()
@@ -290,9 +297,13 @@ _register_feature_commands()
 
 def _database_error(exc: BaseException) -> str:
     """What the database answered, in a line, with "try again" only where trying again can help."""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     told = DatabaseUnavailable().message if may_succeed_later(exc) else "the database could not run the command"
-    return f"{told} ({reason})"
+    return f"{told} ({_first_line(exc)})"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of what the driver said (a psycopg error's next lines are hints)."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def main() -> None:

@@ -252,18 +252,26 @@ def test_scheduler_once_runs_every_job_and_prints_json(scheduler_env, private_da
 
 
 @pytest.mark.postgres_only  # a server that can be away
+@pytest.mark.parametrize("auto_migrate", ["false", "true"])  # away at the schema's check, or at the first job's
 def test_a_scheduler_started_while_the_database_is_away_waits_for_it(scheduler_env, private_database_url, wechat,
-                                                                    tmp_path):
+                                                                    tmp_path, auto_migrate):
     """It used to exit at once (status 1), leaving what a dead worker held leased with nobody to sweep it (fault
     pass: the whole stack starting while PostgreSQL was hung)."""
     from tests.support.pg_cut import postgres_through_a_proxy
 
     have_written(wechat, "oDriverA")
     enqueue_committed(private_database_url, [("oDriverA", "sent once the database answered")])
+    if auto_migrate == "true":  # the tables were made without Alembic: the schema is at head
+        from alembic import command
+
+        from accident_service.schema import alembic_config
+
+        command.stamp(alembic_config(private_database_url), "head")
     with postgres_through_a_proxy(private_database_url) as (proxy, through_proxy):
         proxy.refuse(4)
         with open(tmp_path / "waiting.log", "wb") as log:
-            process = subprocess.Popen([*CLI, "scheduler"], env={**scheduler_env, "DATABASE_URL": through_proxy},
+            process = subprocess.Popen([*CLI, "scheduler"], env={**scheduler_env, "DATABASE_URL": through_proxy,
+                                                                 "AUTO_MIGRATE": auto_migrate},
                                        stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
@@ -275,6 +283,25 @@ def test_a_scheduler_started_while_the_database_is_away_waits_for_it(scheduler_e
             process.wait(timeout=30)
     assert wechat.messages_to("oDriverA") == ["sent once the database answered"]
     assert "waiting for the database (" in (tmp_path / "waiting.log").read_text(errors="replace")
+
+
+def test_a_scheduler_waiting_for_the_database_stops_at_sigterm(scheduler_env, tmp_path):
+    """At once and with status 0, as a running one does: as PID 1 in a container SIGTERM's default does nothing,
+    and `docker stop` waited out its timeout (review)."""
+    env = {**scheduler_env, "AUTO_MIGRATE": "true", "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/x"}
+    with open(tmp_path / "waiting.log", "wb") as log:
+        process = subprocess.Popen([*CLI, "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for the database" not in (tmp_path / "waiting.log").read_text(errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
