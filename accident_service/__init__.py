@@ -9,7 +9,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from accident_service import request_ids
-from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
+from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable, error_name
 from accident_service.errors import ServiceError
 from accident_service.logs import configure_logging
 from accident_service.runtime import Runtime, build_runtime
@@ -118,7 +118,7 @@ def _map_errors(app: Flask) -> None:
 
     def _database_unavailable(exc: Exception):
         # Not the HTML 500: a 503 the caller can retry on (the webhook answers in plain text itself).
-        app.logger.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
+        app.logger.warning("database unavailable: %s", error_name(exc))
         return _service_error(DatabaseUnavailable())
 
     for error in UNAVAILABLE_ERRORS:

@@ -204,8 +204,7 @@ def _once_the_database_answers(start: Callable[[], T], *, say: Callable[[str], o
             if isinstance(exc, sqlalchemy.exc.DBAPIError) and not may_succeed_later(exc):
                 raise
             wait = STARTUP_WAITS[min(attempt, len(STARTUP_WAITS) - 1)]
-            cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ else exc
-            say(f"waiting for the database ({_first_line(cause)}); trying again in {wait} s")
+            say(f"waiting for the database ({_first_line(exc)}); trying again in {wait} s")
             time.sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -302,8 +301,10 @@ def _database_error(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    """The first line of what the driver said (a psycopg error's next lines are hints)."""
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    """The first line of what the driver said (a psycopg error's next lines are hints), behind SQLAlchemy's wrapper
+    or our DatabaseUnavailable."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None else exc
+    return str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
 
 
 def main() -> None:

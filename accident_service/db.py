@@ -215,6 +215,14 @@ def may_succeed_later(exc: BaseException) -> bool:
     return sqlstate.startswith(_NOT_NOW_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock not available
 
 
+def error_name(exc: BaseException) -> str:
+    """The name a log line or a row's last error gives a database error: the driver's own (``AdminShutdown``,
+    ``OperationalError``), behind SQLAlchemy's wrapper or our DatabaseUnavailable; no message (it may quote a
+    row)."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None else exc
+    return type(getattr(cause, "orig", None) or cause).__name__
+
+
 #: Seconds between the tries of :func:`tried_through_a_blip`.
 BLIP_RETRY_WAITS = (1.0, 2.0)
 
@@ -235,8 +243,7 @@ def tried_through_a_blip(work: Callable[[], T]) -> T:
         except sa_exc.SQLAlchemyError as exc:
             if wait is None or not may_succeed_later(exc):
                 raise
-            log.warning("database unavailable (%s); trying again in %s s", type(exc.orig if isinstance(
-                exc, sa_exc.DBAPIError) else exc).__name__, wait)
+            log.warning("database unavailable (%s); trying again in %s s", error_name(exc), wait)
             time.sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
 

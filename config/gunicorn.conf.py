@@ -7,8 +7,8 @@ import sys
 # imported, and workers forked from a master that imported it without this count in memory, each for itself (the
 # master imports the app before any hook runs with --preload). Unless the operator set one, a directory is made
 # here and removed on exit (on_exit; or at the process's exit when gunicorn never got to listen, which runs no
-# hook); one the operator set is theirs and kept, its files of an earlier run removed at a fresh start
-# (on_starting), as prometheus_client requires. The marker is an environment variable, not a global, so it
+# hook); one the operator set is theirs and kept, its files of an earlier run removed once a fresh start
+# listens (when_ready), as prometheus_client requires. The marker is an environment variable, not a global, so it
 # survives a reload (HUP re-reads this file).
 _CREATED_METRICS_DIR = "ACCIDENT_SERVICE_CREATED_METRICS_DIR"
 _listening = False  # when_ready ran: the directory is on_exit's to remove (not after a binary upgrade, USR2)

@@ -79,22 +79,29 @@ def test_the_build_context_keeps_what_the_image_copies_and_leaves_the_checkout_s
     """Without .dockerignore the virtualenv (about 1 GB), the git history, var/ (a SQLite database, the development
     SECRET_KEY file) and the .env beside docker-compose.yml went to the daemon with every build (acceptance pass,
     review)."""
-    import fnmatch
+    import re
 
     patterns = [line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
 
     def ignored(path: str) -> bool:
+        """As Docker reads the patterns: from the context's root, or at any depth after "**/"; a directory's
+        pattern covers what is under it."""
         parts = path.split("/")
-        return any(fnmatch.fnmatch("/".join(parts[:depth]), pattern.removeprefix("**/"))
-                   or fnmatch.fnmatch(parts[depth - 1], pattern.removeprefix("**/"))
-                   for pattern in patterns for depth in range(1, len(parts) + 1))
+        prefixes = ["/".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+        return any(matches(prefix.rsplit("/", 1)[-1], pattern.removeprefix("**/"))
+                   if pattern.startswith("**/") else matches(prefix, pattern)
+                   for pattern in patterns for prefix in prefixes)
+
+    def matches(path: str, pattern: str) -> bool:  # Go's filepath.Match: "*" and "?" never cross a "/"
+        return re.fullmatch("".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c)
+                                    for c in pattern), path) is not None
 
     copied = [source for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
               for source in line.split()[1:-1]]
     assert copied and not [source for source in copied if ignored(source)]
     assert all(ignored(path) for path in (".venv/bin/python", ".git/HEAD", "var/accident.db", "var/secret_key",
-                                          ".env", "production.env"))
+                                          ".env", "production.env", "config/prod.env", "config/.env"))
 
 
 def test_the_scheduler_serves_its_metrics_on_a_port_it_exposes():

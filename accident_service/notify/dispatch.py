@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session
 from accident_service import leases, metrics
 from accident_service.cases import lifecycle
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
-from accident_service.db import is_postgres, may_succeed_later, run_prebuilt, tried_through_a_blip
+from accident_service.db import error_name, is_postgres, may_succeed_later, run_prebuilt, tried_through_a_blip
 from accident_service.models import Case, Notification, Party, ProviderFailure, WorkStatus
 from accident_service.notify import allowance, notices
 from accident_service.notify.channels import (
@@ -203,7 +203,7 @@ def _dispatch_one(runtime: Runtime, notification_id: int, worker_id: str) -> Non
             raise
         # Nothing went out: given back at once rather than left leased, the recipient's later notices behind it,
         # until the lease lapses.
-        error = f"database: {type(getattr(exc, 'orig', None) or exc).__name__}"
+        error = f"database: {error_name(exc)}"
         tried_through_a_blip(lambda: _give_back_unsent(runtime, notification_id, worker_id, now, error))
         return
     if prepared is None:
@@ -271,7 +271,8 @@ def _give_back_unsent(runtime: Runtime, notification_id: int, worker_id: str, no
     attempt wrote (its time is ``now``: the failed transaction's COMMIT may have been kept unseen) is cleared, so
     the next attempt sends it rather than record it as unconfirmed; the turn of the allowance that attempt spent
     then stays spent (one text fewer, never one more). A mark of an earlier attempt, whose worker died while
-    sending, is kept: that notice may have gone, and is recorded unconfirmed, never sent again."""
+    sending, is kept: a text or an SMS that may have gone is then recorded unconfirmed, never sent again (a
+    template is sent again with its client_msg_id, as after any such death)."""
     with runtime.unit_of_work() as session:
         if leases.complete(session, Notification, notification_id, worker_id, status=WorkStatus.PENDING,
                            next_attempt_at=now, last_error=error):
@@ -524,16 +525,16 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
 
     def record() -> None:
         with runtime.unit_of_work() as session:
-            # The lease ended first, and what goes with it only if it was still ours: tried again after a COMMIT
-            # kept unseen, the turn must not be given back twice (a refund stops only at the grant's size).
-            if not _end_failed_attempt(session, row, worker_id, route, exc, error, now=now,
-                                       out_of_attempts=out_of_attempts):
-                return
-            if route.taken is not None and exc.undelivered:
-                allowance.refund(session, route.taken, now)
+            # What the platform said holds whoever holds the lease now (and is the same written twice); the turn
+            # is given back only if the lease was still ours: tried again after a COMMIT kept unseen, it must not
+            # be given back twice (a refund stops only at the grant's size).
             if exc.retryable and exc.provider_fault:
                 _note_provider_failure(session, PROVIDER_OF[route.channel.name], now)
-            if exc.reroute and not out_of_attempts:
+            ours = _end_failed_attempt(session, row, worker_id, route, exc, error, now=now,
+                                       out_of_attempts=out_of_attempts)
+            if ours and route.taken is not None and exc.undelivered:
+                allowance.refund(session, route.taken, now)
+            if exc.reroute and not out_of_attempts:  # after the refund: what the platform said spent stays spent
                 allowance.refused(session, row.openid, exc.code if isinstance(exc.code, int) else None, now,
                                   channel=route.channel.name)
 

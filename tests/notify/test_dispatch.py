@@ -1261,3 +1261,26 @@ def test_a_failed_text_whose_record_committed_unseen_gives_its_turn_back_once(ma
         with rt.unit_of_work() as session:
             assert allowance.window_of(session, "oBlip")[0] == 4
 
+
+
+def test_what_the_platform_said_is_kept_when_the_lease_was_taken_over_meanwhile(rt, wechat, clock, monkeypatch):
+    """The send outlived its lease and another worker took the notice: the platform's busy answer still counts as
+    its failure (the recovery's clock), and the turn is not given back by the worker that lost the lease (review:
+    both were dropped)."""
+    from accident_service.models import ProviderFailure
+
+    notification_id = add(rt, "oDriverA", "slow", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1)
+
+    def taken_over_meanwhile():
+        clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+        assert claim_as(rt, "w2") == [notification_id]
+
+    _after_each_send(monkeypatch, rt, taken_over_meanwhile)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    with rt.unit_of_work() as session:
+        assert session.get(ProviderFailure, "wechat") is not None
+        assert allowance.window_of(session, "oDriverA")[0] == 4  # spent by w1's try; w2's own try decides
+    assert load(rt, notification_id).leased_by == "w2"
