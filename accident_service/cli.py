@@ -18,7 +18,7 @@ from flask.cli import FlaskGroup, ScriptInfo
 
 from accident_service import create_app
 from accident_service.cli_runtime import command_runtime
-from accident_service.db import DatabaseUnavailable, may_succeed_later
+from accident_service.db import DatabaseUnavailable, driver_error, is_outage, may_succeed_later
 from accident_service.errors import ServiceError
 from accident_service.settings import (
     CONFIG_DIR,
@@ -200,8 +200,8 @@ def _once_the_database_answers(start: Callable[[], T], *, say: Callable[[str], o
     for attempt in itertools.count():
         try:
             return start()
-        except (DatabaseUnavailable, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
-            if isinstance(exc, sqlalchemy.exc.DBAPIError) and not may_succeed_later(exc):
+        except Exception as exc:
+            if not is_outage(exc):
                 raise
             wait = STARTUP_WAITS[min(attempt, len(STARTUP_WAITS) - 1)]
             say(f"waiting for the database ({_first_line(exc)}); trying again in {wait} s")
@@ -301,10 +301,8 @@ def _database_error(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    """The first line of what the driver said (a psycopg error's next lines are hints), behind SQLAlchemy's wrapper
-    or our DatabaseUnavailable."""
-    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None else exc
-    return str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+    """The first line of what the driver said (a psycopg error's next lines are hints)."""
+    return str(driver_error(exc)).strip().splitlines()[0]
 
 
 def main() -> None:

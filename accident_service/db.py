@@ -215,12 +215,23 @@ def may_succeed_later(exc: BaseException) -> bool:
     return sqlstate.startswith(_NOT_NOW_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock not available
 
 
-def error_name(exc: BaseException) -> str:
-    """The name a log line or a row's last error gives a database error: the driver's own (``AdminShutdown``,
-    ``OperationalError``), behind SQLAlchemy's wrapper or our DatabaseUnavailable; no message (it may quote a
-    row)."""
+def driver_error(exc: BaseException) -> BaseException:
+    """What the driver raised (``AdminShutdown``, ``OperationalError``), behind SQLAlchemy's wrapper or our
+    DatabaseUnavailable; else ``exc`` itself."""
     cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None else exc
-    return type(getattr(cause, "orig", None) or cause).__name__
+    return getattr(cause, "orig", None) or cause
+
+
+def error_name(exc: BaseException) -> str:
+    """The name a log line or a row's last error gives a database error: the driver's own; no message (it may quote
+    a row)."""
+    return type(driver_error(exc)).__name__
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database unavailable for now, however it was said: our DatabaseUnavailable, or what
+    :func:`may_succeed_later` tells apart."""
+    return isinstance(exc, DatabaseUnavailable) or may_succeed_later(exc)
 
 
 #: Seconds between the tries of :func:`tried_through_a_blip`.

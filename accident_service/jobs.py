@@ -19,7 +19,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from accident_service import metrics
-from accident_service.db import DatabaseUnavailable, error_name, may_succeed_later
+from accident_service.db import error_name, is_outage
 from accident_service.notify.channels import SEND_SERIES
 from accident_service.photos.checks import REJECTION_CODES
 from accident_service.runtime import Runtime
@@ -118,7 +118,7 @@ def _guarded(job: Job, runtime: Runtime, worker_id: str) -> int:
     try:
         return job(runtime, worker_id)
     except Exception as exc:  # one failing job must not stop the scheduler; the next run retries
-        if isinstance(exc, DatabaseUnavailable) or may_succeed_later(exc):
+        if is_outage(exc):
             # One line: every job meets an outage every run (each 2 s), and a traceback each made a 90 s outage
             # 11,500 lines a scheduler (fault pass).
             log.warning("job %s: the database is unavailable (%s); the next run retries", job.__name__,
