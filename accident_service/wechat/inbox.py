@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, Dialect, and_, bindparam, exists, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 PHOTO_TYPES = ("image", "file")
 #: The platform's report of what became of a template (WECHAT.md §5), as :func:`msg_type_of` names it.
 TEMPLATE_RESULT = "event:templatesendjobfinish"
+#: The longest wait between the tries of a message waiting out an outage (a photo: the evidence store or the
+#: platform's download). Its backoff would double up to 10 minutes, and a driver at the roadside, told their photo
+#: is being saved, would wait up to that long after the store came back; each such try is itself the probe of the
+#: outage (a download and a write), so it comes at least once a minute, and the sender's later photos, queued
+#: behind it, follow it at once.
+OUTAGE_RETRY_WAIT_CAP = timedelta(minutes=1)
 
 
 class RetryLater(Exception):
@@ -255,7 +261,10 @@ def finish(session: Session, row: InboundMessage, worker_id: str, now: datetime)
 def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error: str, *,
                     keep_trying_until: datetime | None = None, on_give_up: GiveUpHook | None = None) -> str:
     now = runtime.clock.now()
-    if keep_trying_until is None:
+    wait = leases.backoff(row.attempts)
+    if keep_trying_until is not None:  # this try met the outage again: the next one is its probe
+        wait = min(wait, OUTAGE_RETRY_WAIT_CAP)
+    else:
         # A message waiting out an outage spent its attempts waiting: whatever fails it now (a refusal for the
         # operator, a database error, a bug) leaves it the deadline it had, not the attempt limit long passed.
         keep_trying_until = row.waiting_until
@@ -266,7 +275,7 @@ def _schedule_retry(runtime: Runtime, row: InboundMessage, worker_id: str, error
         with runtime.unit_of_work() as session:
             still_ours = leases.complete(session, InboundMessage, row.id, worker_id,
                                          status=WorkStatus.FAILED if give_up else WorkStatus.PENDING,
-                                         last_error=error, next_attempt_at=now + leases.backoff(row.attempts),
+                                         last_error=error, next_attempt_at=now + wait,
                                          waiting_until=keep_trying_until if waiting else None)
             if still_ours and give_up:
                 _run_give_up_hook(on_give_up, session, row, now)

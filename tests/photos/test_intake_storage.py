@@ -294,6 +294,32 @@ def test_an_outage_longer_than_the_attempt_limit_loses_no_photo(wechat, start_li
     assert reply("conv.photo_lost") not in seen
 
 
+def test_a_photo_is_saved_within_a_minute_of_the_end_of_a_long_outage(wechat, start_live, own_s3, outage, clock,
+                                                                     photos):
+    """Its backoff would have doubled to 10 minutes through a half-hour outage: the driver, told their photo is
+    being saved, waits at most a minute once the store (or the platform's download) is back, and the photo
+    they sent after it follows it at once."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    outage.down()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    for _ in range(30):  # half an hour down, looked at every minute (the scheduler's sweep looks every 2 s)
+        clock.advance(minutes=1)
+        drain(runtime)
+    second = send_photo(wechat, runtime, photos.medium_jpeg("astronaut"), process=False)
+    drain(runtime)
+    [first, _] = image_messages(runtime)
+    assert first.status is WorkStatus.PENDING and first.next_attempt_at <= clock.now() + inbox.OUTAGE_RETRY_WAIT_CAP
+
+    outage.up()
+    clock.advance(inbox.OUTAGE_RETRY_WAIT_CAP)
+    drain(runtime)
+    assert [m.status for m in image_messages(runtime)] == [WorkStatus.DONE, WorkStatus.DONE]
+    assert [(p.item, p.media_id, p.status) for p in photos_of(runtime)][1] == (2, second, PhotoStatus.ACCEPTED)
+    seen = seen_lines(wechat)
+    assert seen.count(reply("conv.photo_saving")) == 1 and seen.count(reply("conv.photo_saved_late")) == 1
+
+
 def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wechat, start_live, own_s3, outage,
                                                                               clock, photos):
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
