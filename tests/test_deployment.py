@@ -109,6 +109,8 @@ def test_the_scheduler_serves_its_metrics_on_a_port_it_exposes():
     scheduler = SERVICES["scheduler"]
     port = int(scheduler["environment"]["SCHEDULER_METRICS_PORT"])
     assert port > 0 and str(port) in [str(exposed) for exposed in scheduler["expose"]]
+    # Two schedulers, as production runs them: each in a container of its own, so no host port to share.
+    assert scheduler["deploy"]["replicas"] == 2 and "ports" not in scheduler and "container_name" not in scheduler
     assert app_environment("scheduler", OPERATOR) == app_environment("web", OPERATOR) | {
         "SCHEDULER_METRICS_PORT": str(port)}
 
