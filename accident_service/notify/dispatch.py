@@ -88,6 +88,9 @@ class Route:
 #: How long a provider must have gone without a transient failure before what backs off is tried at once: a
 #: platform still failing now and then must not have every waiting notice tried at each of its good moments.
 RECOVERY_QUIET = timedelta(seconds=10)
+#: With nothing delivered since a provider's latest failure, that long after it the oldest notice it failed is tried
+#: again, not counted (:func:`bring_forward_after_recovery`): the probe of its recovery, once a minute at most.
+PROBE_AFTER = timedelta(minutes=1)
 
 
 #: Notices sent right after a change or a message, at most: the rest wait for the dispatcher.
@@ -124,18 +127,27 @@ def bring_forward_after_recovery(session: Session, now: datetime) -> int:
     platform does still ends after its attempts. Only rows the provider failed are brought forward (not one
     our own code failed), and only those that failed by the latest failure read here (one failing meanwhile
     keeps its backoff). The proof of a delivery is a notice done through the provider that was not due before
-    the failure (it cannot have been sent before it), read from the index the claims use. The dispatcher's
-    sweep runs this (every 2 s), never a send: nothing on the hot path.
+    the failure (it cannot have been sent before it), read from the index the claims use. With no such proof
+    :data:`PROBE_AFTER` after the failure (a quiet hour: nothing else goes out), the oldest notice the provider
+    failed is tried at once, not counted, as a driver's action would have it (:func:`release_held`): its try is the
+    probe, which, failing, starts the minute again, and, going out, is the proof. The dispatcher's sweep runs this
+    (every 2 s), never a send: nothing on the hot path.
     """
-    brought = 0
+    brought = probes = 0
     for provider, since in session.execute(select(ProviderFailure.provider, ProviderFailure.last_failure_at)):
-        if now - since >= RECOVERY_QUIET:
-            channels = sorted(channel for channel, owner in PROVIDER_OF.items() if owner == provider)
-            brought += session.execute(_bring_forward_statement(),
-                                       {"channels": channels, "since": since, "now": now}).rowcount
+        if now - since < RECOVERY_QUIET:
+            continue
+        params = {"channels": sorted(channel for channel, owner in PROVIDER_OF.items() if owner == provider),
+                  "since": since, "now": now}
+        brought_now = session.execute(_bring_forward_statement(), params).rowcount
+        if not brought_now and now - since >= PROBE_AFTER:
+            probes += session.execute(_probe_statement(), params).rowcount
+        brought += brought_now
     if brought:
         log.info("%d notices waiting out a backoff brought forward: their provider delivers again", brought)
-    return brought
+    if probes:
+        log.info("the oldest notice waiting out a provider's failure tried again: nothing has gone out since")
+    return brought + probes
 
 
 def _note_provider_failure(session: Session, provider: str, now: datetime) -> None:
@@ -162,6 +174,30 @@ def _bring_forward_statement():
             .where(_backing_off(columns, now), columns.channel.in_(channels), columns.last_failure_at <= since,
                    delivered_since)
             .values(next_attempt_at=now))
+
+
+@functools.cache
+def _probe_statement():
+    """Built once: the oldest notice the provider failed by ``since``, due now and not counted, unless a try of one
+    it failed is due or under way already (that try is the probe)."""
+    table = Notification.__table__
+    columns = table.c
+    now = bindparam("now", type_=columns.next_attempt_at.type)
+    since = bindparam("since", type_=columns.last_failure_at.type)
+    channels = bindparam("channels", expanding=True)
+
+    def failed_by_the_provider(rows):
+        return and_(rows.channel.in_(channels), rows.last_failure_at <= since)
+
+    waiting = table.alias("waiting")
+    oldest = (select(waiting.c.id).where(failed_by_the_provider(waiting.c), _backing_off(waiting.c, now))
+              .order_by(waiting.c.id).limit(1).scalar_subquery())
+    tried = table.alias("tried")
+    try_under_way = exists().where(failed_by_the_provider(tried.c), or_(
+        tried.c.status == WorkStatus.PROCESSING, and_(tried.c.status == WorkStatus.PENDING,
+                                                      tried.c.next_attempt_at <= now)))
+    return (update(table).where(columns.id == oldest, _backing_off(columns, now), ~try_under_way)
+            .values(next_attempt_at=now, attempts=columns.attempts - 1))
 
 
 @functools.cache

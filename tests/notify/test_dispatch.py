@@ -727,6 +727,39 @@ def test_notices_waiting_out_a_backoff_go_once_the_platform_delivers_again(rt, w
     assert (row.status, row.attempts) == (WorkStatus.DONE, 5) and clock.now() < due_by_backoff
 
 
+def test_with_nothing_else_going_out_the_oldest_notice_the_platform_failed_probes_it_each_minute(rt, wechat, clock):
+    """A long outage at a quiet hour: the backoffs have doubled to minutes and no other notice goes out to prove the
+    platform back. A minute after its latest failure the oldest notice it failed is tried again, not counted; once
+    that try goes out, the others follow RECOVERY_QUIET later, not at the end of their backoffs."""
+    first = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    clock.advance(seconds=1)
+    second = add(rt, "oDriverB", "you may leave too", kind="booked", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=None)
+    for attempt in range(1, 7):  # six tries each, through about two and a half minutes
+        if attempt > 1:
+            clock.advance(leases.backoff(attempt - 1))
+        assert dispatch_due(rt, "w1") == 2
+    due_by_backoff = {row_id: load(rt, row_id).next_attempt_at for row_id in (first, second)}
+    assert min(due_by_backoff.values()) - clock.now() > 2 * dispatch.PROBE_AFTER
+
+    clock.advance(dispatch.PROBE_AFTER - timedelta(seconds=1))
+    assert dispatch_due(rt, "w1") == 0  # the latest failure is not a minute old
+    clock.advance(seconds=1)
+    assert dispatch_due(rt, "w1") == 1  # the probe: still down
+    assert load(rt, first).attempts == 6 and load(rt, second).next_attempt_at == due_by_backoff[second]
+    clock.advance(seconds=30)
+    assert dispatch_due(rt, "w1") == 0  # its failure started the minute again
+
+    wechat.clear_faults()
+    clock.advance(seconds=30)
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverA") == ["you may leave the scene"] and load(rt, first).attempts == 6
+    clock.advance(dispatch.RECOVERY_QUIET)
+    assert dispatch_due(rt, "w1") == 1
+    assert wechat.messages_to("oDriverB") == ["you may leave too"]
+    assert clock.now() < due_by_backoff[second]
+
+
 def test_a_quiet_platform_is_no_proof_of_recovery_nor_a_delivery_before_its_failure(rt, wechat, clock):
     add(rt, "oDriverB", "delivered before the outage", wechat=wechat)
     assert dispatch_due(rt, "w1") == 1
@@ -934,8 +967,9 @@ def test_a_storm_of_token_errors_forces_a_refresh_at_most_once_in_ten_minutes(rt
     dispatch_due(rt, "w1")
     sent = [text for text, notification_id in zip(texts, ids, strict=True)
             if load(rt, notification_id).status is WorkStatus.DONE]
-    assert sent and wechat.messages_to("oDriverA") == sent  # once each, in order; the rest gave up in the storm
-    assert {load(rt, n).status for n in ids} <= {WorkStatus.DONE, WorkStatus.FAILED}
+    assert sent and wechat.messages_to("oDriverA") == sent  # once each, in order
+    # The rest gave up in the storm, or wait for the driver's next action: the texts their last one allowed are spent.
+    assert {load(rt, n).status for n in ids} <= {WorkStatus.DONE, WorkStatus.FAILED, WorkStatus.HELD}
 
 
 def test_expired_token_is_refreshed_once(rt, wechat):
