@@ -39,6 +39,14 @@ T = TypeVar("T")
 #: Seconds to wait for a PostgreSQL connection to open: within the platform's 5 s, a webhook
 #: facing an unreachable database answers 503 (and is pushed again) rather than nothing.
 CONNECT_TIMEOUT_SECONDS = 2
+#: libpq's TCP settings: a server that vanishes without a word (a failover's old primary, a network partition) is
+#: found out in seconds, not at Linux's retransmission limit (about 15 minutes, each thread waiting on it holding
+#: its connection): keepalives probe a connection that waits for an answer after 10 s, every 5 s, three times, and
+#: data the server has not acknowledged for 10 s ends it (``tcp_user_timeout``, in ms), as a lost connection: the
+#: retry, then 503. A server that is there but does not answer (hung) still holds the request: its kernel
+#: acknowledges both.
+TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                "tcp_user_timeout": 10_000}
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -100,7 +108,7 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False) -> En
         _configure_sqlite(engine)
         return engine
     engine = create_engine(url, echo=echo, hide_parameters=True, pool_size=10, max_overflow=20,
-                           connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                           connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS},
                            **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _drop_if_the_server_hung_up)

@@ -6,8 +6,10 @@ from a connection of their own, as a server restart or an operator would.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -267,6 +269,44 @@ def test_an_unreachable_database_is_database_unavailable():
             run_in_transaction(engine, lambda connection: connection.execute(text("SELECT 1")))
     finally:
         engine.dispose()
+
+
+@postgres_only
+def test_a_connection_tells_tcp_to_find_out_a_server_that_vanished(engine):
+    """Keepalives and a bound on unacknowledged data, set on the socket itself (what the kernel acts on)."""
+    with engine.connect() as connection:
+        sock = socket.socket(fileno=connection.connection.driver_connection.fileno())
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)) == (10, 5, 3)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10_000
+        finally:
+            sock.detach()  # the connection's socket: not ours to close
+
+
+def test_a_server_that_takes_the_connection_and_never_answers_is_database_unavailable_within_seconds():
+    """A listening socket nobody serves (a hung server, whose kernel still completes the handshake): the connect
+    timeout, then DatabaseUnavailable, within the platform's 5 s (the webhook's 503, pushed again)."""
+    def connect(port: int) -> None:
+        engine = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+        try:
+            run_in_transaction(engine, lambda connection: connection.execute(text("SELECT 1")))
+        finally:
+            engine.dispose()
+
+    with socket.socket() as silent, ThreadPoolExecutor(1) as pool:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        attempt = pool.submit(connect, silent.getsockname()[1])
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                attempt.result(timeout=db.CONNECT_TIMEOUT_SECONDS + 2)
+        finally:
+            silent.close()  # a connection still waiting (no timeout) meets the end of the stream, and the thread ends
+        assert time.monotonic() - started < db.CONNECT_TIMEOUT_SECONDS + 2
 
 
 @pytest.fixture
