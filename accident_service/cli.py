@@ -29,6 +29,7 @@ from accident_service.settings import (
     metrics_dir,
     process_count,
 )
+from accident_service.wechat_api.client import WeChatApiError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -314,6 +315,12 @@ def main() -> None:
         sys.exit(2)
     except ServiceError as exc:
         click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    except WeChatApiError as exc:
+        # The platform refused the call (a wrong AppSecret, an address it does not allow) or could not be reached:
+        # one line, its text without the call's query string. The traceback would quote the transport error's
+        # own text, the access token in its URL with it, on a terminal the log filter does not reach.
+        click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         # A command's own statements (purge) outside run_in_transaction, or a database not reachable now while

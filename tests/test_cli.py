@@ -389,3 +389,21 @@ def test_serve_runs_as_many_workers_as_web_concurrency_says(tmp_path):
         while log.read_text(errors="replace").count("Booting worker") < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
     assert log.read_text(errors="replace").count("Booting worker") == 3
+
+
+@pytest.mark.parametrize("fault", ["wrong_secret", "gateway_error"])
+def test_wechat_menu_refused_or_unreachable_is_one_line_without_the_access_token(tmp_path, wechat, fault):
+    """A wrong AppSecret (40125), or a gateway's 502 once a token was had: one line and exit 1, not a traceback,
+    which quoted the transport error's own text, the menu call's URL and its access token with it."""
+    from tests.conftest import WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
+
+    wechat.inject_http_status("menu/create", 502, times=None)
+    result = run_cli("wechat-menu", env={
+        "DATA_DIR": str(tmp_path), "WECHAT_API_BASE_URL": wechat.api_base_url, "WECHAT_APP_ID": WECHAT_APPID,
+        "WECHAT_APP_SECRET": "not-the-secret" if fault == "wrong_secret" else WECHAT_SECRET,
+        "WECHAT_TOKEN": WECHAT_TOKEN, "REDIS_URL": ""})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: WeChat API ")
+    assert "access_token=" not in result.stderr
+    assert wechat.menu is None

@@ -557,7 +557,7 @@ def join_qr_url(runtime: Runtime, case_id: int | None) -> str:
 def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: Route, exc: DeliveryError) -> None:
     now = runtime.clock.now()
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
-    error = f"{exc.code}: {exc}"
+    error = f"{exc.code}: {exc}" if exc.code is not None else str(exc)  # a transport error has no code
 
     def record() -> None:
         with runtime.unit_of_work() as session:

@@ -76,7 +76,8 @@ class WeChatApiError(Exception):
 
     def __init__(self, errcode: int | None, errmsg: str, *, retryable: bool | None = None,
                  permanent: bool | None = None, http_status: int | None = None, ours: bool = False) -> None:
-        super().__init__(f"WeChat API error {errcode}: {errmsg}")
+        super().__init__(f"WeChat API error {errcode}: {errmsg}" if errcode is not None
+                         else f"WeChat API call failed: {errmsg}")
         self.errcode = errcode
         self.errmsg = errmsg
         self.http_status = http_status

@@ -922,7 +922,9 @@ def test_http_errors_from_the_platform_are_retried(rt, wechat, clock):
     wechat.inject_http_status("message/custom/send", 502, times=1)
 
     dispatch_due(rt, "w1")
-    assert load(rt, notification_id).status is WorkStatus.PENDING
+    row = load(rt, notification_id)
+    assert row.status is WorkStatus.PENDING
+    assert row.last_error == "wechat: HTTP 502"  # no code: none shown (it read "None: wechat: HTTP 502")
     clock.advance(minutes=1)
     dispatch_due(rt, "w1")
 
