@@ -292,8 +292,19 @@ class _Environment(EnvSettingsSource):
 
 
 def _prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, str]:
-    return {name[len(prefix):].lower(): str(value) for name, value in values.items()
-            if name.startswith(prefix) and str(value).strip()}
+    """The ``prefix<KIND>`` variables set, by kind; a kind no notice has is refused (a typo would quietly leave that
+    notice to another channel)."""
+    from accident_service.cases.facts import NOTICE_KINDS  # here: the case's modules read the settings
+
+    found = {}
+    for name, value in values.items():
+        if name.startswith(prefix) and str(value).strip():
+            kind = name[len(prefix):].lower()
+            if kind not in NOTICE_KINDS:
+                raise SettingRefused(name, f"no notice is of the kind {kind.upper()!r}; the kinds are "
+                                           f"{', '.join(kind.upper() for kind in NOTICE_KINDS)}")
+            found[kind] = str(value)
+    return found
 
 
 #: The counts gunicorn takes from the environment, and their defaults (README, Configuration).
@@ -347,6 +358,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
     """
     environ = os.environ if environ is None else environ
     overrides = dict(overrides or {})
+    if not (CONFIG_DIR / "defaults.toml").is_file():  # read as empty, it would blame the first setting it holds
+        raise SettingsError(f"ACCIDENT_SERVICE_CONFIG_DIR: no defaults.toml in {CONFIG_DIR}")
     fields = Settings.model_fields
     given = frozenset(name for name in (*environ, *overrides) if name in fields)
     token = _LOADING.set(_Loading(environ, given))

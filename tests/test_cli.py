@@ -407,3 +407,12 @@ def test_wechat_menu_refused_or_unreachable_is_one_line_without_the_access_token
     assert result.stderr.startswith("error: WeChat API ")
     assert "access_token=" not in result.stderr
     assert wechat.menu is None
+
+
+def test_a_config_directory_without_its_defaults_file_is_named(tmp_path):
+    """Read as empty, it blamed the first setting the file holds (APP_ENV: not set; acceptance pass)."""
+    result = run_cli("db", "upgrade", env={"DATA_DIR": str(tmp_path),
+                                           "ACCIDENT_SERVICE_CONFIG_DIR": str(tmp_path / "nowhere")})
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"configuration error: ACCIDENT_SERVICE_CONFIG_DIR: no defaults.toml in "
+                                     f"{tmp_path / 'nowhere'}")

@@ -417,6 +417,14 @@ def test_prefixed_variables_become_template_ids(tmp_path):
     assert settings.template_for("reminder") == "tpl-2" and settings.template_for("booked") is None
 
 
+@pytest.mark.parametrize("name", ["WECHAT_TEMPLATE_BOOKD", "SMS_TEMPLATE_REMINDERS"])
+def test_a_template_variable_naming_no_kind_of_notice_is_refused(tmp_path, name):
+    """A typo would quietly leave that notice to another channel (a text, an SMS, or waiting for the person)."""
+    with pytest.raises(SettingsError, match=f"^{name}: no notice is of the kind ") as excinfo:
+        load_settings(environ={"DATA_DIR": str(tmp_path), name: "tpl-1"})
+    assert "BOOKED" in str(excinfo.value) and "REMINDER" in str(excinfo.value)
+
+
 def test_overrides_win_over_the_environment(tmp_path):
     settings = load_settings({"PHOTO_MIN_SHORT_SIDE": 800}, environ={"DATA_DIR": str(tmp_path),
                                                                      "PHOTO_MIN_SHORT_SIDE": "1000"})
