@@ -34,6 +34,8 @@ def create_staff(session: Session, *, username: str, password: str, role: str, s
     except ValueError as exc:
         raise InvalidStaffInput(f"role must be one of {[r.value for r in StaffRole]}") from exc
     station_id = None
+    if station_code and staff_role is StaffRole.SUPERVISOR:
+        raise InvalidStaffInput("a supervisor works for every station: leave the station out")
     if station_code:
         station = session.scalar(select(Station).where(Station.code == station_code))
         if station is None:
@@ -57,8 +59,9 @@ def set_password(user: StaffUser, password: str) -> None:
 
 
 def _check_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidStaffInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    # Spaces are fine in a passphrase, but do not count: ten of them would be a password anybody could type.
+    if len("".join(password.split())) < MIN_PASSWORD_LENGTH:
+        raise InvalidStaffInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters other than spaces")
 
 
 def verify_password(user: StaffUser, password: str) -> bool:

@@ -40,3 +40,19 @@ def test_short_passwords_are_refused_and_hashes_verify(runtime):
         user = session.scalar(select(StaffUser))
         assert user.password_hash.startswith("$argon2") and PASSWORD not in user.password_hash
         assert verify_password(user, PASSWORD) and not verify_password(user, PASSWORD + "x")
+
+
+@pytest.mark.parametrize("password", [" " * 12, "a b c d e f g h i"], ids=["only_spaces", "nine_letters_spaced"])
+def test_spaces_do_not_count_towards_a_password_s_length(runtime, password):
+    with pytest.raises(InvalidStaffInput, match="other than spaces"):
+        _create(runtime, "officer.li", password=password)
+    _create(runtime, "officer.li", password="a long passphrase")  # spaces inside one are fine
+
+
+def test_a_supervisor_given_a_station_is_refused_rather_than_stored_half_scoped(runtime):
+    """A supervisor sees every station: a station stored beside the role would say otherwise (acceptance pass)."""
+    with runtime.unit_of_work() as session, pytest.raises(InvalidStaffInput, match="every station"):
+        create_staff(session, username="chief", password=PASSWORD, role="supervisor", station_code="GZ-TH",
+                     clock=runtime.clock)
+    with runtime.unit_of_work() as session:
+        assert session.scalars(select(StaffUser)).all() == []
