@@ -47,6 +47,12 @@ CONNECT_TIMEOUT_SECONDS = 2
 #: acknowledges both.
 TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
                 "tcp_user_timeout": 10_000}
+#: How long a statement on the autocommit engine (a push's store, a lease's claim, the readiness probe: each
+#: answered in milliseconds) may wait for the server's answer. A server that takes it and never answers (hung,
+#: or a proxy in front of one) is not found out by TCP, whose packets its kernel still acknowledges: past this the
+#: connection is closed as lost, the statement runs again on a fresh one (``run_in_transaction``), whose connect
+#: times out, and the push is answered 503 (the platform pushes again) rather than held until the server wakes.
+SINGLE_STATEMENT_DEADLINE_SECONDS = 5.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -89,14 +95,16 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
-def make_engine(url: str, *, echo: bool = False, autocommit: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
+                answer_within: float | None = None) -> Engine:
     """Create an engine with the per-backend settings the service relies on.
 
     SQLite gets WAL (readers do not block the writer), foreign keys, a busy
     timeout, and ``BEGIN IMMEDIATE`` so that a transaction that reads and then
     writes (a booking) takes the write lock up front instead of failing with
     "database is locked" on the upgrade. ``autocommit`` (PostgreSQL): connections
-    that stay in autocommit, for :func:`run_single_statement` only.
+    that stay in autocommit, for :func:`run_single_statement` only. ``answer_within`` (PostgreSQL): seconds each
+    wait for the server may last before the connection is given up as lost (:func:`_connect_with_a_deadline`).
     """
     parsed = make_url(url)
     # A database error's text leaves its statement's values out (hide_parameters): an openid, a phone, a place's
@@ -112,7 +120,32 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False) -> En
                            **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _drop_if_the_server_hung_up)
+    if answer_within is not None:
+        event.listen(engine, "do_connect", _connect_with_a_deadline(answer_within))
     return engine
+
+
+def _connect_with_a_deadline(seconds: float):
+    """SQLAlchemy's ``do_connect`` hook: psycopg connections whose every wait for the server ends after ``seconds``
+    with the connection closed, which SQLAlchemy then takes for a lost connection (its psycopg dialect's
+    ``is_disconnect``). psycopg's own timeout of a wait; the connecting itself keeps ``connect_timeout``."""
+    import psycopg
+
+    class AnsweredInTime(psycopg.Connection):
+        def wait(self, gen, *args, **kwargs):
+            if len(args) < 2 and kwargs.get("timeout") is None:  # psycopg's own waits (a cancel) keep theirs
+                kwargs["timeout"] = seconds
+            try:
+                return super().wait(gen, *args, **kwargs)
+            except psycopg.OperationalError:
+                if not self.closed and self.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                    self.close()  # still waiting for an answer: the deadline passed, and the protocol is mid-way
+                raise
+
+    def connect(_dialect, _record, cargs, cparams):
+        return AnsweredInTime.connect(*cargs, **cparams)
+
+    return connect
 
 
 #: A connection back in the pool for longer than this is looked at before it is handed out.

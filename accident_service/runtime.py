@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accident_service.clock import Clock, SystemClock
 from accident_service.db import (
+    SINGLE_STATEMENT_DEADLINE_SECONDS,
     make_engine,
     make_session_factory,
     run_in_transaction,
@@ -66,7 +67,8 @@ class Runtime:
             with self._statement_engine_lock:
                 if self._statement_engine is None:
                     self._statement_engine = (
-                        make_engine(self.engine.url.render_as_string(hide_password=False), autocommit=True)
+                        make_engine(self.engine.url.render_as_string(hide_password=False), autocommit=True,
+                                    answer_within=SINGLE_STATEMENT_DEADLINE_SECONDS)
                         if self.engine.dialect.name == "postgresql" else self.engine)
         return self._statement_engine
 

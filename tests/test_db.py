@@ -554,3 +554,39 @@ def test_a_database_error_does_not_quote_the_values_of_its_statement(engine):
                                                            "actor": "oSecretOpenid13800138000", "action": "again"})
     assert "oSecretOpenid13800138000" not in str(caught.value) and "13800138000" not in repr(caught.value)
     assert "INSERT INTO audit_event" in str(caught.value)  # the statement itself is kept
+
+
+@postgres_only
+def test_a_server_that_stops_answering_costs_a_push_seconds_and_a_503_not_a_hung_request(settings_overrides, clock,
+                                                                                         database_url, monkeypatch):
+    """A server there but not answering (hung, or a proxy in front of one: its kernel still acknowledges, so TCP
+    finds nothing wrong). An acceptance pass saw a push held 90 s and /readyz past 20 s. The autocommit engine's
+    wait ends at its deadline, the rerun's connect at its timeout: the push is answered 503 in plain text (pushed
+    again by the platform), /readyz 503 naming the database; once the server answers, so does the service."""
+    from accident_service import runtime as runtime_module
+    from tests.wechat.test_webhook import plain_query, text_message
+
+    monkeypatch.setattr(runtime_module, "SINGLE_STATEMENT_DEADLINE_SECONDS", 1.0)
+    with postgres_through_a_proxy(database_url) as (proxy, url), ThreadPoolExecutor(1) as pool:
+        runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": url, "WECHAT_TOKEN": "t"},
+                                              environ={}), clock=clock)
+        client = create_app(runtime=runtime).test_client()
+
+        def push(msg_id: int):
+            return client.post("/wechat", query_string=plain_query("t"), data=text_message(msg_id=msg_id).encode(),
+                               content_type="text/xml")
+
+        try:
+            assert push(1).status_code == 200  # a connection of the autocommit engine is open through the proxy
+            proxy.freeze()
+            started = time.monotonic()
+            frozen_push = pool.submit(push, 2).result(timeout=10)
+            waited = time.monotonic() - started
+            ready = pool.submit(client.get, "/readyz").result(timeout=10)
+        finally:
+            proxy.thaw()  # a request still waiting (no deadline) is answered, and its thread ends
+        assert frozen_push.status_code == 503 and frozen_push.mimetype == "text/plain"
+        assert waited < 1.0 + db.CONNECT_TIMEOUT_SECONDS + 2
+        assert ready.status_code == 503 and "database" in ready.get_json()["failing"]
+        assert push(3).status_code == 200
+        runtime.close()

@@ -1,5 +1,6 @@
 """A TCP proxy on loopback in front of PostgreSQL that can lose one answer: the connection dies after the
 server has finished a statement (and, in autocommit, committed it) but before the client reads a byte of it.
+It can also refuse connections for a while (a restart) and freeze (a server there but not answering).
 
     with CuttingProxy(("127.0.0.1", 5432)) as proxy:
         url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
@@ -39,6 +40,7 @@ class CuttingProxy:
         self._threads: list[threading.Thread] = []
         self._open: set[socket.socket] = set()
         self._refusing_until = 0.0
+        self._frozen = threading.Event()
         self.cut = 0  # answers dropped so far
 
     def arm(self, marker: bytes) -> None:
@@ -56,6 +58,14 @@ class CuttingProxy:
                     end.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def freeze(self) -> None:
+        """A server that is there but does not answer (stopped, hung): from now nothing is passed on either way, and
+        connections, open ones and new ones, are kept open; the kernel still takes what the client sends."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
 
     def __enter__(self) -> CuttingProxy:
         accepting = threading.Thread(target=self._accept, daemon=True)
@@ -99,6 +109,9 @@ class CuttingProxy:
             ends.append(server)
             client.settimeout(_TIMEOUT_SECONDS)
             while not self._stopped.is_set() and time.monotonic() < cut_by:
+                if self._frozen.is_set():
+                    time.sleep(0.05)
+                    continue
                 readable, _, _ = select.select([client, server], [], [], 0.2)
                 if client in readable:
                     data = client.recv(65536)
