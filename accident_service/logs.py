@@ -54,27 +54,43 @@ def mask_personal_data(text: str) -> str:
     """Mask mobile numbers, plates and openids, keeping enough to correlate lines; and, whole, the credentials
     given to :func:`never_log` (first: a token's digits must not be taken for a phone number's).
 
-    A line quoting a URL as it was sent (gunicorn's DEBUG line of each request) has a plate's province character
-    percent-encoded (``%E7%B2%A4A12345``): when decoding such a line shows something to mask, it is logged
-    decoded, masked."""
+    A line may quote text in another form than it was typed, where a plate's province character hides: a URL as
+    it was sent, percent-encoded (``%E7%B2%A4A12345``: gunicorn's DEBUG line of each request), or bytes read as
+    Latin-1 (``ç²¤A12345``: gunicorn's line refusing a request line sent in raw UTF-8). When decoding such a line
+    shows something to mask, it is logged decoded, masked."""
     masked = _masked(text)
-    if "%" in masked and _PERCENT_ENCODED.search(masked):
-        decoded = _PERCENT_ENCODED.sub(_printable_decoded, masked)
-        decoded_masked = _masked(decoded)
-        if decoded_masked != decoded:
-            return decoded_masked
+    for runs, decoded_run in _ENCODED_RUNS:
+        if runs.search(masked):
+            decoded = runs.sub(decoded_run, masked)
+            decoded_masked = _masked(decoded)
+            if decoded_masked != decoded:
+                return decoded_masked
     return masked
 
 
-def _printable_decoded(run: re.Match[str]) -> str:
-    """A run of percent-encoded bytes decoded where it is UTF-8 text, each character that does not print encoded
-    again: a newline decoded would let a request's path write a line of its own into the log, and one beside a
-    plate must not keep the plate from being masked (review). Bytes that are not UTF-8 are left as they came."""
+def _printable(decoded: str) -> str:
+    """Each character that does not print encoded again: a newline decoded would let a request's path write a line
+    of its own into the log, and one beside a plate must not keep the plate from being masked (review)."""
+    return "".join(character if character.isprintable() else quote(character) for character in decoded)
+
+
+def _percent_decoded(run: re.Match[str]) -> str:
+    """A run of percent-encoded bytes decoded where it is UTF-8 text; bytes that are not are left as they came."""
     try:
-        decoded = unquote(run.group(), errors="strict")
+        return _printable(unquote(run.group(), errors="strict"))
     except UnicodeDecodeError:
         return run.group()
-    return "".join(character if character.isprintable() else quote(character) for character in decoded)
+
+
+def _latin1_decoded(run: re.Match[str]) -> str:
+    """A run of characters U+0080-U+00FF read again as the UTF-8 bytes they were; a run that is not is left."""
+    try:
+        return _printable(run.group().encode("latin-1").decode("utf-8"))
+    except UnicodeDecodeError:
+        return run.group()
+
+
+_ENCODED_RUNS = ((_PERCENT_ENCODED, _percent_decoded), (re.compile("[\x80-\xff]+"), _latin1_decoded))
 
 
 def _masked(text: str) -> str:

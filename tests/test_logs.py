@@ -57,6 +57,17 @@ def test_a_url_decoded_for_masking_cannot_write_a_line_of_its_own():
     assert "13800138000" not in mask_personal_data("GET /x?q=%0D%0A%E6%89%8B%E6%9C%BA13800138000")
 
 
+def test_a_request_line_read_as_latin_1_is_masked():
+    """gunicorn refuses a request line sent in raw UTF-8 and quotes it read as Latin-1 (acceptance pass: "粤"
+    logged as "ç²¤", the plate beside it unmasked); a run that was never UTF-8 is left as it came."""
+    refused = "GET /13812345678/粤A12345 HTTP/1.1".encode().decode("latin-1")
+    assert (mask_personal_data(f"Invalid HTTP request line: {refused!r}")
+            == "Invalid HTTP request line: 'GET /138****5678/粤A***5 HTTP/1.1'")
+    assert mask_personal_data("café ç²¤A12345") == "café 粤A***5"
+    assert mask_personal_data("naïve text, nothing to mask") == "naïve text, nothing to mask"
+    assert mask_personal_data("ç²¤A12345\x85") == "粤A***5\x85"
+
+
 def test_url_encoded_openids_are_masked():
     masked = mask_personal_data(f"GET /callback?state=x%26openid%3D{OPENID}%26lang%3Dzh")
     assert OPENID not in masked and "%3DoAbC***" in masked
