@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import leases, metrics
-from accident_service.db import DriverStatement, is_postgres, tried_through_a_blip
+from accident_service.db import DriverStatement, error_name, is_outage, is_postgres, tried_through_a_blip
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import Runtime
 from accident_service.wechat import replay
@@ -234,7 +234,10 @@ def process(runtime: Runtime, message_id: int, worker_id: str, handler: Handler,
         outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc.__cause__ or exc).__name__}: {exc}",
                                   keep_trying_until=exc.keep_trying_until, on_give_up=on_give_up)
     except Exception as exc:  # a bug or poison message must not loop forever
-        log.exception("inbox message %s failed", message_id)
+        if is_outage(exc):  # a failover, a restart: one line, as a job meeting it logs; tried again after its backoff
+            log.warning("inbox message %s not processed: database unavailable (%s)", message_id, error_name(exc))
+        else:
+            log.exception("inbox message %s failed", message_id)
         outcome = _schedule_retry(runtime, row, worker_id, f"{type(exc).__name__}: {exc}",
                                   on_give_up=on_give_up)
     metrics.INBOX_PROCESSED.labels(outcome).inc()

@@ -8,6 +8,7 @@ conversation. Time only moves through the ControlledClock.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from datetime import timedelta
 
@@ -578,3 +579,19 @@ def test_a_database_blip_as_a_claimed_message_is_read_does_not_leave_it_leased(s
 
         assert load(runtime, message_id).status is WorkStatus.DONE
         assert audit_actors(runtime) == ["w1"]
+
+
+def test_a_database_outage_while_processing_is_one_line_and_a_bug_its_traceback(runtime, caplog):
+    """A failover under the conversation's transaction (acceptance pass: a 60-line traceback for each message it
+    met) is an outage like any other: one line, and the message is tried again after its backoff."""
+    from accident_service.db import DatabaseUnavailable
+
+    outage, bug = push(runtime), push(runtime, "oDriverB")
+    assert sorted(inbox.claim_due(runtime, "w1", limit=2)) == sorted([outage, bug])
+    with caplog.at_level(logging.WARNING, logger="accident_service.wechat.inbox"):
+        assert inbox.process(runtime, outage, "w1", failing_with(DatabaseUnavailable())) == "retry"
+        assert inbox.process(runtime, bug, "w1", failing_with(RuntimeError("a bug"))) == "retry"
+    [outage_line, bug_line] = [record for record in caplog.records if record.name == "accident_service.wechat.inbox"]
+    assert outage_line.levelno == logging.WARNING and outage_line.exc_info is None
+    assert "database unavailable (DatabaseUnavailable)" in outage_line.getMessage()
+    assert bug_line.levelno == logging.ERROR and bug_line.exc_info is not None
