@@ -34,7 +34,8 @@ evidence fingerprint, each photo's sha256, the audit trail.
 Work goes in batches of cases, each with two short transactions (read, then
 erase); a case's ``purged_at`` is set in the same transaction as its
 erasure, so running it again, or on two schedulers at once, changes nothing
-more. A storage failure stops the run before that batch's rows change.
+more. A storage failure stops the run before that batch's rows change; what belongs to
+no case is purged all the same.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
     """Purge the cases closed more than ``days`` (RETENTION_DAYS) ago; see the module docstring.
 
     Raises StorageUnavailable when an object cannot be deleted: the cases of
-    that batch and after stay as they are, for the next run.
+    that batch and after stay as they are, for the next run; what belongs to no case goes all the same.
     """
     days = runtime.settings.RETENTION_DAYS if days is None else days
     now = runtime.clock.now()
@@ -166,13 +167,19 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
         return report
     report = PurgeReport()
     after_id = 0
-    while batch := _next_batch(runtime, cutoff, after_id, batch_size):
-        after_id = batch.case_ids[-1]
-        for key in batch.object_keys:
-            runtime.store.delete(key)
-        report.objects += len(batch.object_keys)
-        with runtime.unit_of_work() as session:
-            _erase(session, batch, cutoff, now, days, report)
+    try:
+        while batch := _next_batch(runtime, cutoff, after_id, batch_size):
+            after_id = batch.case_ids[-1]
+            for key in batch.object_keys:
+                runtime.store.delete(key)
+            report.objects += len(batch.object_keys)
+            with runtime.unit_of_work() as session:
+                _erase(session, batch, cutoff, now, days, report)
+    except StorageUnavailable:
+        # What belongs to no case needs no store: it goes tonight all the same (a driver of a case kept for the
+        # next run is in a case, and keeps theirs with it).
+        _purge_what_no_case_holds(runtime, cutoff, report)
+        raise
     _purge_what_no_case_holds(runtime, cutoff, report)  # after the cases: their drivers' openids are erased by now
     report.unnamed_objects = _delete_unnamed_objects(runtime, now)
     if report.cases or report.unnamed_objects:

@@ -465,3 +465,28 @@ def test_a_storage_outage_while_looking_for_unnamed_objects_keeps_what_the_purge
     assert report.cases == 4 and report.objects == 32 and report.unnamed_objects == 0  # the next night goes on
     with runtime.unit_of_work() as session:
         assert all(session.get(Case, world["cases"][name].case_id).purged_at for name in PURGED_CASES)
+
+
+class DeletingFails(ListingFails):
+    """A store that is down for deletes (an outage as the purge begins)."""
+
+    def delete(self, key):
+        raise StorageUnavailable("the store went away")
+
+
+def test_a_storage_outage_keeps_the_cases_for_the_next_run_and_purges_what_belongs_to_no_case(runtime, world,
+                                                                                             clock):
+    """An acceptance pass: with the store down the purge ended at once, and a stranger's traces, which need no
+    store, stayed too."""
+    stranger = driver("X")
+    leave_traces(runtime, stranger, clock.now() - timedelta(days=400))
+    runtime.store = DeletingFails(runtime.store)
+
+    with pytest.raises(StorageUnavailable):
+        purge_closed_cases(runtime, days=DAYS)
+
+    with runtime.unit_of_work() as session:
+        assert not any(session.get(Case, world["cases"][name].case_id).purged_at for name in PURGED_CASES)
+    everything = json.dumps(snapshot(runtime), default=str, ensure_ascii=False)
+    assert not [secret for secret in stranger.secrets if secret in everything]  # as a full purge leaves it
+    assert all(person.phone in everything and person.openid in everything for person in world["gone"])
