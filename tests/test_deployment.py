@@ -59,7 +59,7 @@ OPERATOR = {"SECRET_KEY": "6a26b75ffc2f6e9e20f8f3332a7a63b4afafd4336493d20f0ce46
 
 
 def test_compose_has_the_services_and_their_order():
-    assert set(SERVICES) >= {"postgres", "minio", "minio-init", "migrate", "web", "scheduler"}
+    assert set(SERVICES) >= {"postgres", "minio", "minio-init", "redis", "migrate", "web", "scheduler"}
     assert SERVICES["postgres"]["image"].startswith("postgres:15")
     for name in ("minio", "minio-init"):  # a release of the evidence store, never whatever "latest" is that day
         assert ":RELEASE." in SERVICES[name]["image"], name
@@ -68,8 +68,11 @@ def test_compose_has_the_services_and_their_order():
     assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("web", "scheduler"):
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        # Every process counts the flood windows and sign-in failures, and shares the token, in the one Redis.
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert SERVICES[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert SERVICES[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
-    for name in ("postgres", "minio", "web", "scheduler"):  # the long-running ones
+    for name in ("postgres", "minio", "redis", "web", "scheduler"):  # the long-running ones
         assert SERVICES[name]["healthcheck"]["test"], name
     for name in APP_SERVICES:
         assert SERVICES[name]["build"] == "." and (ROOT / "Dockerfile").is_file()
