@@ -18,6 +18,7 @@ from flask import Blueprint, Response, abort, current_app, request
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.messages import UnknownMessage
+from werkzeug.exceptions import HTTPException
 
 from accident_service import metrics
 from accident_service.db import DatabaseUnavailable
@@ -93,6 +94,14 @@ def init_app(app) -> None:
     app.register_blueprint(bp)
     app.wsgi_app = counted(app.wsgi_app)
     app.extensions[intake_limits.EXTENSION_KEY] = intake_limits.IntakeLimits(app.extensions[EXTENSION_KEY].settings)
+
+
+@bp.errorhandler(HTTPException)
+def _refused(exc: HTTPException):
+    # Plain text, as the platform reads it, and a line in the log: every push refused with 403 is what a wrong
+    # WECHAT_TOKEN (or an old timestamp: a clock far off) looks like, which the metrics alone did not tell.
+    log.warning("wechat request refused: %s %s", exc.code, exc.name)
+    return Response(exc.name, status=exc.code, mimetype="text/plain")
 
 
 @bp.errorhandler(DatabaseUnavailable)

@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import io
 import json
+import logging
 import os
 import secrets
 import sys
@@ -173,6 +174,19 @@ def test_url_verification_refuses_bad_signatures(client, query):
     response = client.get("/wechat", query_string={**query, "echostr": "echo-me"})
     assert response.status_code == 403
     assert b"echo-me" not in response.get_data()
+
+
+def test_a_refused_signature_is_plain_text_and_a_line_in_the_log(client, caplog):
+    """What a wrong WECHAT_TOKEN looks like, on the URL check and on every push: the metrics counted the 403s and
+    nothing was logged; the answer was werkzeug's HTML page (acceptance pass)."""
+    forged = _forged_queries()["other_token"]
+    with caplog.at_level(logging.WARNING, logger="accident_service.wechat.webhook"):
+        checked = client.get("/wechat", query_string={**forged, "echostr": "echo-me"})
+        pushed = client.post("/wechat", query_string=forged, data=text_message().encode(), content_type="text/xml")
+    for response in (checked, pushed):
+        assert response.status_code == 403 and response.mimetype == "text/plain" and b"<" not in response.data
+    assert [record.getMessage() for record in caplog.records
+            if record.name == "accident_service.wechat.webhook"] == ["wechat request refused: 403 Forbidden"] * 2
 
 
 # --- accepted pushes (plain mode) ---------------------------------------
