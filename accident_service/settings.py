@@ -42,6 +42,8 @@ from accident_service.settings_checks import NumberRange, SettingRefused
 
 CONFIG_DIR = Path(os.environ.get("ACCIDENT_SERVICE_CONFIG_DIR", Path(__file__).resolve().parent.parent / "config"))
 TEMPLATE_PREFIX = "WECHAT_TEMPLATE_"
+#: SMS is on when all of these are set, off when none is.
+SMS_CREDENTIALS = ("SMS_SDK_APP_ID", "SMS_SECRET_ID", "SMS_SECRET_KEY", "SMS_SIGN_NAME")
 SMS_TEMPLATE_PREFIX = "SMS_TEMPLATE_"
 
 
@@ -209,6 +211,27 @@ class Settings(BaseSettings):
         if info.data.get("APP_ENV") == "production" and (
                 not value.strip() or value.startswith("dev-") or value == "wx-dev-app"):
             raise ValueError("must be set to a real value when APP_ENV=production")
+        return value
+
+    @field_validator("WECHAT_API_BASE_URL")
+    @classmethod
+    def _check_api_over_tls(cls, value: str, info: ValidationInfo) -> str:
+        # Every call carries the access token in its query, and the token call the AppSecret.
+        if info.data.get("APP_ENV") == "production" and not value.lower().startswith("https://"):
+            raise ValueError("must be https:// when APP_ENV=production (every call carries the access token)")
+        return value
+
+    @field_validator("SMS_SIGN_NAME")
+    @classmethod
+    def _check_sms_all_or_none(cls, value: str, info: ValidationInfo) -> str:
+        # Half of it set leaves SMS off without a word, and a must-read notice no text can carry waiting for the person.
+        four = {name: info.data.get(name, "") for name in SMS_CREDENTIALS[:-1]} | {"SMS_SIGN_NAME": value}
+        missing = [name for name, given in four.items() if not str(given).strip()]
+        if missing and len(missing) < len(four):
+            given = [name for name in four if name not in missing]
+            raise SettingRefused(missing[0], f"empty while {', '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                                             f"set: SMS needs all of "
+                                             f"{', '.join(four)} (or none: SMS off)")
         return value
 
     @field_validator("WECHAT_ENCODING_AES_KEY")

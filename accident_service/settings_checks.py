@@ -338,6 +338,8 @@ def production_secret_key(key: str) -> str:
     """
     if not key.strip():
         raise ValueError(f"must be set when APP_ENV=production; {MAKE_A_KEY}")
+    if key != key.strip():  # pasted with a space or a newline: the key in use would not be the one written down
+        raise ValueError("has spaces or a line break around it; set the key alone")
     if key.lower() in WELL_KNOWN_SECRETS or key.startswith("dev-"):
         raise ValueError(f"a well-known example value; {MAKE_A_KEY}")
     if len(key) < SECRET_KEY_MIN_CHARS:

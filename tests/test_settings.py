@@ -390,6 +390,39 @@ def test_production_refuses_weak_secret_keys(tmp_path, key):
     assert 'python -c "import secrets; print(secrets.token_hex(32))"' in str(excinfo.value)
 
 
+@pytest.mark.parametrize("pasted", [" {key}", "{key}\n", "{key} "])
+def test_production_refuses_a_key_pasted_with_spaces_around_it(tmp_path, pasted):
+    """The key in use would not be the one written down (acceptance pass: a trailing space passed)."""
+    with pytest.raises(SettingsError, match="^SECRET_KEY: has spaces or a line break around it"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), **PRODUCTION,
+                               "SECRET_KEY": pasted.format(key=secrets.token_hex(32))})
+
+
+@pytest.mark.parametrize("url", ["http://api.weixin.qq.com/cgi-bin/", "http://127.0.0.1:8080/cgi-bin/"])
+def test_production_calls_the_platform_over_tls_only(tmp_path, url):
+    """Every call carries the access token in its query (acceptance pass: http:// was accepted in production)."""
+    with pytest.raises(SettingsError, match="^WECHAT_API_BASE_URL: must be https:// when APP_ENV=production"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), **PRODUCTION, "SECRET_KEY": secrets.token_hex(32),
+                               "WECHAT_API_BASE_URL": url})
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), "WECHAT_API_BASE_URL": url}).WECHAT_API_BASE_URL == url
+
+
+SMS_FOUR = {"SMS_SDK_APP_ID": "1400000000", "SMS_SECRET_ID": "AKIDexample", "SMS_SECRET_KEY": "a-secret-key",
+            "SMS_SIGN_NAME": "交警快处"}
+
+
+@pytest.mark.parametrize("given", [("SMS_SDK_APP_ID",), ("SMS_SECRET_ID", "SMS_SECRET_KEY"),
+                                   ("SMS_SDK_APP_ID", "SMS_SECRET_ID", "SMS_SIGN_NAME")])
+def test_sms_half_configured_is_refused_naming_what_is_missing(tmp_path, given):
+    """Half of it set left SMS off without a word, and must-read notices no text could carry waiting (acceptance
+    pass)."""
+    missing = [name for name in SMS_FOUR if name not in given][0]
+    with pytest.raises(SettingsError, match=f"^{missing}: empty while {given[0]}"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), **{name: SMS_FOUR[name] for name in given}})
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), **SMS_FOUR}).sms_enabled
+    assert not load_settings(environ={"DATA_DIR": str(tmp_path)}).sms_enabled
+
+
 def test_production_accepts_a_hex_key_that_reads_as_words_in_l33t(tmp_path):
     """Random, 32 hex digits, and 81 % "words" to zxcvbn's l33t matching (one key in 40,000 is so): hex keys are
     not held to the words rule (review)."""
