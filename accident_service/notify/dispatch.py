@@ -113,11 +113,11 @@ def dispatch_due(runtime: Runtime, worker_id: str, *, limit: int = 50) -> int:
     with runtime.unit_of_work() as session:
         now = runtime.clock.now()
         leases.fail_exhausted(session, Notification, now=now, max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS)
-        bring_forward_after_recovery(session, now)
+        bring_forward_after_recovery(session, now, max_attempts=runtime.settings.OUTBOX_MAX_ATTEMPTS)
     return _send_due(runtime, worker_id, limit=limit)
 
 
-def bring_forward_after_recovery(session: Session, now: datetime) -> int:
+def bring_forward_after_recovery(session: Session, now: datetime, *, max_attempts: int) -> int:
     """What waits out a backoff after a provider's transient failure is due now, once that provider has
     delivered since its latest such failure and that failure is :data:`RECOVERY_QUIET` old; returns how many.
 
@@ -129,9 +129,11 @@ def bring_forward_after_recovery(session: Session, now: datetime) -> int:
     keeps its backoff). The proof of a delivery is a notice done through the provider that was not due before
     the failure (it cannot have been sent before it), read from the index the claims use. With no such proof
     :data:`PROBE_AFTER` after the failure (a quiet hour: nothing else goes out), the oldest notice the provider
-    failed is tried at once, not counted, as a driver's action would have it (:func:`release_held`): its try is the
-    probe, which, failing, starts the minute again, and, going out, is the proof. The dispatcher's sweep runs this
-    (every 2 s), never a send: nothing on the hot path.
+    failed is tried at once: its try is the probe, which, failing, starts the minute again, and, going out, is the
+    proof. It is not counted, as a driver's action would have it (:func:`release_held`), while the notice is younger
+    than the span its counted tries would take (:func:`_probes_counted_from`): each failed probe starts the
+    notice's backoff again, so its counted tries would otherwise never come, and it would never end. The
+    dispatcher's sweep runs this (every 2 s), never a send: nothing on the hot path.
     """
     brought = probes = 0
     for provider, since in session.execute(select(ProviderFailure.provider, ProviderFailure.last_failure_at)):
@@ -141,7 +143,8 @@ def bring_forward_after_recovery(session: Session, now: datetime) -> int:
                   "since": since, "now": now}
         brought_now = session.execute(_bring_forward_statement(), params).rowcount
         if not brought_now and now - since >= PROBE_AFTER:
-            probes += session.execute(_probe_statement(), params).rowcount
+            probes += session.execute(_probe_statement(), {
+                **params, "counted_from": now - _probes_counted_from(max_attempts)}).rowcount
         brought += brought_now
     if brought:
         log.info("%d notices waiting out a backoff brought forward: their provider delivers again", brought)
@@ -176,10 +179,20 @@ def _bring_forward_statement():
             .values(next_attempt_at=now))
 
 
+def _probes_counted_from(max_attempts: int) -> timedelta:
+    """The span of a notice's counted tries through an outage (the backoffs between them): a probe of a notice
+    older than this counts, so one that fails whatever the platform does still ends after its attempts."""
+    return sum((leases.backoff(attempt) for attempt in range(1, max_attempts)), timedelta())
+
+
 @functools.cache
 def _probe_statement():
-    """Built once: the oldest notice the provider failed by ``since``, due now and not counted, unless a try of one
-    it failed is due or under way already (that try is the probe)."""
+    """Built once: the oldest notice the provider failed by ``since``, due now, not counted while younger than
+    ``counted_from``, unless a try of one it failed is due or under way already (that try is the probe).
+
+    Due from ``since`` (in the past), not from the sweep's own clock: another sweep's UPDATE of the same row, waiting
+    on its lock, checks the row again once this one commits, and finds it no longer backing off, whichever clock is
+    ahead (review: two schedulers took the attempt back twice)."""
     table = Notification.__table__
     columns = table.c
     now = bindparam("now", type_=columns.next_attempt_at.type)
@@ -196,8 +209,10 @@ def _probe_statement():
     try_under_way = exists().where(failed_by_the_provider(tried.c), or_(
         tried.c.status == WorkStatus.PROCESSING, and_(tried.c.status == WorkStatus.PENDING,
                                                       tried.c.next_attempt_at <= now)))
+    counted_from = bindparam("counted_from", type_=columns.created_at.type)
     return (update(table).where(columns.id == oldest, _backing_off(columns, now), ~try_under_way)
-            .values(next_attempt_at=now, attempts=columns.attempts - 1))
+            .values(next_attempt_at=since, attempts=case((columns.created_at > counted_from, columns.attempts - 1),
+                                                         else_=columns.attempts)))
 
 
 @functools.cache

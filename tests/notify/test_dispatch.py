@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -760,6 +761,62 @@ def test_with_nothing_else_going_out_the_oldest_notice_the_platform_failed_probe
     assert clock.now() < due_by_backoff[second]
 
 
+def test_a_notice_probed_through_an_endless_outage_still_ends_after_its_attempts(rt, wechat, clock):
+    """Each failed probe starts the notice's backoff again, so its counted tries never came: it was tried once a
+    minute for as long as the platform failed (review: 362 sends in six hours). Probes of a notice older than the
+    span of its counted tries count: it ends, failed, after a bounded number of sends."""
+    notice = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=None)
+    for _ in range(240):  # two hours, the dispatcher's sweep every 30 s (bounded)
+        dispatch_due(rt, "w1")
+        if load(rt, notice).status is not WorkStatus.PENDING:
+            break
+        clock.advance(seconds=30)
+    row = load(rt, notice)
+    assert (row.status, row.attempts) == (WorkStatus.FAILED, rt.settings.OUTBOX_MAX_ATTEMPTS)
+    span = dispatch._probes_counted_from(rt.settings.OUTBOX_MAX_ATTEMPTS)
+    sends = [call for call in wechat.requests_log if call["path"].endswith("message/custom/send")]
+    assert len(sends) <= rt.settings.OUTBOX_MAX_ATTEMPTS + span / dispatch.PROBE_AFTER + 2
+    assert clock.now() - row.created_at < span + rt.settings.OUTBOX_MAX_ATTEMPTS * dispatch.PROBE_AFTER + \
+        timedelta(minutes=1)
+
+
+@pytest.mark.postgres_only
+def test_two_sweeps_probing_at_once_take_the_attempt_back_once(rt, wechat, clock):
+    """Two schedulers' sweeps pick the same notice to probe; the second UPDATE waits for the first's lock, then
+    checks the row again. It was due from the first sweep's clock, which may be ahead of the second's: still
+    backing off to the second, whose UPDATE took the attempt back once more (review: 6 -> 4). Due from the
+    provider's failure, it is found due by either."""
+    notice = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
+    wechat.inject_error("message/custom/send", -1, times=None)
+    for attempt in range(1, 6):
+        if attempt > 1:
+            clock.advance(leases.backoff(attempt - 1))
+        dispatch_due(rt, "w1")
+    with rt.unit_of_work() as session:
+        since = session.scalar(select(ProviderFailure.last_failure_at))
+    attempts = load(rt, notice).attempts
+    channels = sorted(channel for channel, owner in dispatch.PROVIDER_OF.items() if owner == "wechat")
+    ahead = clock.now() + dispatch.PROBE_AFTER + timedelta(seconds=5)
+
+    def probe(session, now) -> int:
+        return session.execute(dispatch._probe_statement(), {"channels": channels, "since": since, "now": now,
+                                                              "counted_from": now - timedelta(days=1)}).rowcount
+
+    first, second = rt.session_factory(), rt.session_factory()
+    try:
+        assert probe(first, ahead) == 1  # its lock held until it commits
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(lambda: (probe(second, ahead - timedelta(milliseconds=300)), second.commit()))
+            time.sleep(0.5)  # the second UPDATE waits for the row's lock
+            first.commit()
+            assert waiting.result(timeout=10)[0] == 0
+    finally:
+        first.close()
+        second.close()
+    assert load(rt, notice).attempts == attempts - 1
+
+
 def test_a_quiet_platform_is_no_proof_of_recovery_nor_a_delivery_before_its_failure(rt, wechat, clock):
     add(rt, "oDriverB", "delivered before the outage", wechat=wechat)
     assert dispatch_due(rt, "w1") == 1
@@ -805,7 +862,7 @@ def test_a_notice_failing_after_the_sweep_read_the_latest_failure_keeps_its_back
 
     with rt.unit_of_work() as session:  # what a sweep that read before A's failure committed goes on with
         session.execute(update(ProviderFailure).values(last_failure_at=clock.now() - timedelta(seconds=30)))
-        assert dispatch.bring_forward_after_recovery(session, clock.now()) == 0
+        assert dispatch.bring_forward_after_recovery(session, clock.now(), max_attempts=8) == 0
 
     assert load(rt, booked).next_attempt_at > clock.now()
 
@@ -825,7 +882,7 @@ def test_a_failure_of_our_own_code_is_not_the_provider_s(rt, wechat, clock):
     with rt.unit_of_work() as session:
         assert session.scalars(select(ProviderFailure)).all() == []
         session.add(ProviderFailure(provider="wechat", last_failure_at=clock.now() - timedelta(seconds=30)))
-        assert dispatch.bring_forward_after_recovery(session, clock.now()) == 0
+        assert dispatch.bring_forward_after_recovery(session, clock.now(), max_attempts=8) == 0
     assert load(rt, broken).next_attempt_at == row.next_attempt_at
 
 
