@@ -137,6 +137,13 @@ def _prepare_photo(runtime: Runtime, row: InboundMessage, message) -> PreparedPh
         return case_no  # nothing to download: it goes to no case
     media_id = str(message.media_id)
     settings = runtime.settings
+    if row.waiting_until is not None:
+        # Waiting out an outage, tried every minute: the store is asked first (one HEAD), rather than the photo
+        # downloaded again, up to PHOTO_MAX_BYTES each time, for a store that still could not keep it (review).
+        try:
+            runtime.store.check()
+        except StorageUnavailable as exc:
+            raise _waiting_out_an_outage(runtime, row, message, "storage unavailable") from exc
     try:
         media = runtime.wechat.download_media(media_id, max_bytes=settings.PHOTO_MAX_BYTES,
                                               timeout=download_timeout(settings))

@@ -320,6 +320,31 @@ def test_a_photo_is_saved_within_a_minute_of_the_end_of_a_long_outage(wechat, st
     assert seen.count(reply("conv.photo_saving")) == 1 and seen.count(reply("conv.photo_saved_late")) == 1
 
 
+def test_a_photo_waiting_out_a_storage_outage_is_not_downloaded_again_while_the_store_is_down(wechat, start_live,
+                                                                                                own_s3, clock, photos):
+    """Tried every minute, it asks the store first: the platform's file (up to PHOTO_MAX_BYTES) is downloaded once
+    as it comes and once more when the store is back, not at every try (review: about 1.2 GB a photo in two
+    hours)."""
+    runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True)
+    start_case(wechat, runtime)
+    own_s3.stop()
+    send_photo(wechat, runtime, photos.medium_jpeg("coffee"))
+    for _ in range(10):  # ten minutes down, looked at every minute
+        clock.advance(minutes=1)
+        drain(runtime)
+    [message] = image_messages(runtime)
+    assert message.status is WorkStatus.PENDING and message.attempts >= 10
+
+    def downloads() -> int:
+        return sum(1 for call in wechat.requests_log if call["path"] == "media/get")
+
+    assert downloads() == 1
+    own_s3.start()
+    clock.advance(inbox.OUTAGE_RETRY_WAIT_CAP)
+    drain(runtime)
+    assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED] and downloads() == 2
+
+
 def test_when_the_outage_outlasts_the_patience_the_driver_is_asked_to_resend(wechat, start_live, own_s3, outage,
                                                                               clock, photos):
     runtime = start_live(STORAGE_URL="s3://evidence", S3_ENDPOINT_URL=own_s3.url, S3_CREATE_BUCKET=True,
