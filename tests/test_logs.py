@@ -151,7 +151,9 @@ def test_text_lines_carry_the_request_id(log_lines):
 
 
 @pytest.mark.parametrize("given,kept", [("req-42", True), ("0f8c2b1e-3c4d-4b5a-9e6f-7a8b9c0d1e2f", True),
-                                        ("bad id", False), ("x" * 200, False), ("a\tb", False), ("", False)])
+                                        ("bad id", False), ("x" * 200, False), ("a\tb", False), ("", False),
+                                        # One the log would mask: logged other than echoed (acceptance pass).
+                                        ("13812345678", False), ("req-oABCDefghijklmnopqrstuvwxyz1", False)])
 def test_requests_get_an_id_echoed_and_on_their_lines(app, log_lines, given, kept):
     def logs_something():
         logging.getLogger("test.web").info("serving")
