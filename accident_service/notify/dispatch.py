@@ -144,7 +144,8 @@ def bring_forward_after_recovery(session: Session, now: datetime, *, max_attempt
         brought_now = session.execute(_bring_forward_statement(), params).rowcount
         if not brought_now and now - since >= PROBE_AFTER:
             probes += session.execute(_probe_statement(), {
-                **params, "counted_from": now - _probes_counted_from(max_attempts)}).rowcount
+                **params, "probed_from": since + PROBE_AFTER,
+                "counted_from": now - _probes_counted_from(max_attempts)}).rowcount
         brought += brought_now
     if brought:
         log.info("%d notices waiting out a backoff brought forward: their provider delivers again", brought)
@@ -190,9 +191,13 @@ def _probe_statement():
     """Built once: the oldest notice the provider failed by ``since``, due now, not counted while younger than
     ``counted_from``, unless a try of one it failed is due or under way already (that try is the probe).
 
-    Due from ``since`` (in the past), not from the sweep's own clock: another sweep's UPDATE of the same row, waiting
-    on its lock, checks the row again once this one commits, and finds it no longer backing off, whichever clock is
-    ahead (review: two schedulers took the attempt back twice)."""
+    Due from ``probed_from`` (``since`` + PROBE_AFTER), which every sweep allowed to probe has reached, not from the
+    sweep's own clock: another sweep's UPDATE of the same row, waiting on its lock, checks the row again once this
+    one commits, and finds it no longer backing off, whichever clock is ahead (review: two schedulers took the
+    attempt back twice).
+    And after ``since``: a probe that goes out is the proof of a delivery since the failure (a notice done that was
+    due after it), so what waits goes at the next sweep but one (review: due from ``since`` it proved nothing, and
+    the backlog went one probe a sweep)."""
     table = Notification.__table__
     columns = table.c
     now = bindparam("now", type_=columns.next_attempt_at.type)
@@ -210,9 +215,10 @@ def _probe_statement():
         tried.c.status == WorkStatus.PROCESSING, and_(tried.c.status == WorkStatus.PENDING,
                                                       tried.c.next_attempt_at <= now)))
     counted_from = bindparam("counted_from", type_=columns.created_at.type)
+    probed_from = bindparam("probed_from", type_=columns.next_attempt_at.type)
     return (update(table).where(columns.id == oldest, _backing_off(columns, now), ~try_under_way)
-            .values(next_attempt_at=since, attempts=case((columns.created_at > counted_from, columns.attempts - 1),
-                                                         else_=columns.attempts)))
+            .values(next_attempt_at=probed_from,
+                    attempts=case((columns.created_at > counted_from, columns.attempts - 1), else_=columns.attempts)))
 
 
 @functools.cache

@@ -735,11 +735,12 @@ def test_with_nothing_else_going_out_the_oldest_notice_the_platform_failed_probe
     first = add(rt, "oDriverA", "you may leave the scene", kind="booked", wechat=wechat)
     clock.advance(seconds=1)
     second = add(rt, "oDriverB", "you may leave too", kind="booked", wechat=wechat)
+    third = add(rt, "oDriverC", "and you", kind="booked", wechat=wechat)
     wechat.inject_error("message/custom/send", -1, times=None)
     for attempt in range(1, 7):  # six tries each, through about two and a half minutes
         if attempt > 1:
             clock.advance(leases.backoff(attempt - 1))
-        assert dispatch_due(rt, "w1") == 2
+        assert dispatch_due(rt, "w1") == 3
     due_by_backoff = {row_id: load(rt, row_id).next_attempt_at for row_id in (first, second)}
     assert min(due_by_backoff.values()) - clock.now() > 2 * dispatch.PROBE_AFTER
 
@@ -756,9 +757,9 @@ def test_with_nothing_else_going_out_the_oldest_notice_the_platform_failed_probe
     assert dispatch_due(rt, "w1") == 1
     assert wechat.messages_to("oDriverA") == ["you may leave the scene"] and load(rt, first).attempts == 6
     clock.advance(dispatch.RECOVERY_QUIET)
-    assert dispatch_due(rt, "w1") == 1
-    assert wechat.messages_to("oDriverB") == ["you may leave too"]
-    assert clock.now() < due_by_backoff[second]
+    assert dispatch_due(rt, "w1") == 2  # the probe that went out is the proof: both others at once, not a probe each
+    assert wechat.messages_to("oDriverB") == ["you may leave too"] and wechat.messages_to("oDriverC") == ["and you"]
+    assert clock.now() < due_by_backoff[second] and load(rt, third).status is WorkStatus.DONE
 
 
 def test_a_notice_probed_through_an_endless_outage_still_ends_after_its_attempts(rt, wechat, clock):
@@ -801,6 +802,7 @@ def test_two_sweeps_probing_at_once_take_the_attempt_back_once(rt, wechat, clock
 
     def probe(session, now) -> int:
         return session.execute(dispatch._probe_statement(), {"channels": channels, "since": since, "now": now,
+                                                              "probed_from": since + dispatch.PROBE_AFTER,
                                                               "counted_from": now - timedelta(days=1)}).rowcount
 
     first, second = rt.session_factory(), rt.session_factory()
