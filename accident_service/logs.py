@@ -59,12 +59,14 @@ def mask_personal_data(text: str) -> str:
     Latin-1 (``ç²¤A12345``: gunicorn's line refusing a request line sent in raw UTF-8). When decoding such a line
     shows something to mask, it is logged decoded, masked."""
     masked = _masked(text)
-    for runs, decoded_run in _ENCODED_RUNS:
-        if runs.search(masked):
-            decoded = runs.sub(decoded_run, masked)
-            decoded_masked = _masked(decoded)
-            if decoded_masked != decoded:
-                return decoded_masked
+    decoded = masked
+    for runs, decoded_run in _ENCODED_RUNS:  # each form decoded: a line may hold both
+        if runs.search(decoded):
+            decoded = runs.sub(decoded_run, decoded)
+    if decoded != masked:
+        decoded_masked = _masked(decoded)
+        if decoded_masked != decoded:
+            return decoded_masked
     return masked
 
 
@@ -83,14 +85,19 @@ def _percent_decoded(run: re.Match[str]) -> str:
 
 
 def _latin1_decoded(run: re.Match[str]) -> str:
-    """A run of characters U+0080-U+00FF read again as the UTF-8 bytes they were; a run that is not is left."""
+    """A run of characters U+0080-U+00FF read again as the UTF-8 bytes they were; a run that is not is left. gunicorn
+    quotes the line with ``%r``, which writes those that do not print (U+0080-U+00A0, U+00AD) as an escape
+    (``\\x8b``): such an escape is one of the run's characters too (review: 苏 is ``è\\x8b\\x8f``)."""
     try:
-        return _printable(run.group().encode("latin-1").decode("utf-8"))
+        raw = _LATIN1_ESCAPE.sub(lambda escape: chr(int(escape.group(1), 16)), run.group())
+        return _printable(raw.encode("latin-1").decode("utf-8"))
     except UnicodeDecodeError:
         return run.group()
 
 
-_ENCODED_RUNS = ((_PERCENT_ENCODED, _percent_decoded), (re.compile("[\x80-\xff]+"), _latin1_decoded))
+_LATIN1_ESCAPE = re.compile(r"\\x([89a][0-9a-f]|ad)")
+_ENCODED_RUNS = ((_PERCENT_ENCODED, _percent_decoded),
+                 (re.compile(r"(?:[\x80-\xff]|\\x(?:[89a][0-9a-f]|ad))+"), _latin1_decoded))
 
 
 def _masked(text: str) -> str:

@@ -68,6 +68,19 @@ def test_a_request_line_read_as_latin_1_is_masked():
     assert mask_personal_data("ç²¤A12345\x85") == "粤A***5\x85"
 
 
+def test_gunicorn_s_refused_request_line_is_masked_for_every_province():
+    """gunicorn quotes the line with %r: the Latin-1 characters that do not print come as escapes (review: 24 of
+    the provinces, 苏 as "è\\x8b\\x8f", went unmasked); and a line with a plate in each form masks both."""
+    from accident_service.logs import _PROVINCES
+
+    for province in _PROVINCES:
+        sent = f"GET /{province}A12345 HTTP/1.1".encode().decode("latin-1")
+        assert mask_personal_data(f"Invalid HTTP request line: {sent!r}") == \
+            f"Invalid HTTP request line: 'GET /{province}A***5 HTTP/1.1'", province
+    both = "GET /%E7%B2%A4A12345 then " + "粤B54321".encode().decode("latin-1")
+    assert mask_personal_data(both) == "GET /粤A***5 then 粤B***1"
+
+
 def test_url_encoded_openids_are_masked():
     masked = mask_personal_data(f"GET /callback?state=x%26openid%3D{OPENID}%26lang%3Dzh")
     assert OPENID not in masked and "%3DoAbC***" in masked
