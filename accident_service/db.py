@@ -51,8 +51,9 @@ TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5
 #: answered in milliseconds) may wait for the server's answer. A server that takes it and never answers (hung,
 #: or a proxy in front of one) is not found out by TCP, whose packets its kernel still acknowledges: past this the
 #: connection is closed as lost, the statement runs again on a fresh one (``run_in_transaction``), whose connect
-#: times out, and the push is answered 503 (the platform pushes again) rather than held until the server wakes.
-SINGLE_STATEMENT_DEADLINE_SECONDS = 5.0
+#: times out, and the push is answered 503 (the platform pushes again) rather than held until the server wakes:
+#: 2 s and the 2 s connect, within the platform's 5 s wait for an answer; a push's store takes milliseconds.
+SINGLE_STATEMENT_DEADLINE_SECONDS = 2.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -133,14 +134,16 @@ def _connect_with_a_deadline(seconds: float):
 
     class AnsweredInTime(psycopg.Connection):
         def wait(self, gen, *args, **kwargs):
-            if len(args) < 2 and kwargs.get("timeout") is None:  # psycopg's own waits (a cancel) keep theirs
+            if len(args) < 2 and kwargs.get("timeout") is None:  # a wait psycopg bounds itself keeps its own
                 kwargs["timeout"] = seconds
             try:
                 return super().wait(gen, *args, **kwargs)
-            except psycopg.OperationalError:
-                if not self.closed and self.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-                    self.close()  # still waiting for an answer: the deadline passed, and the protocol is mid-way
-                raise
+            except psycopg.OperationalError as exc:
+                if self.closed or self.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+                    raise
+                # Still waiting for an answer: the deadline passed, and the protocol is mid-way.
+                self.close()
+                raise psycopg.OperationalError(f"the server did not answer within {seconds:g} s") from exc
 
     def connect(_dialect, _record, cargs, cparams):
         return AnsweredInTime.connect(*cargs, **cparams)

@@ -587,6 +587,13 @@ def test_a_server_that_stops_answering_costs_a_push_seconds_and_a_503_not_a_hung
             proxy.thaw()  # a request still waiting (no deadline) is answered, and its thread ends
         assert frozen_push.status_code == 503 and frozen_push.mimetype == "text/plain"
         assert waited < 1.0 + db.CONNECT_TIMEOUT_SECONDS + 2
+        assert not ready.get_json()["failing"]["database"].startswith("_")  # not the driver's private timeout
         assert ready.status_code == 503 and "database" in ready.get_json()["failing"]
         assert push(3).status_code == 200
         runtime.close()
+
+
+def test_the_deadline_with_the_connect_timeout_answers_within_the_platform_s_wait():
+    """The platform waits 5 s for an answer (WECHAT.md §2): a push meeting a server that does not answer must get its
+    503 before that, its statement's deadline and the rerun's connect timeout together (review: 5 s + 2 s)."""
+    assert db.SINGLE_STATEMENT_DEADLINE_SECONDS + db.CONNECT_TIMEOUT_SECONDS < 5
