@@ -176,8 +176,8 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
             with runtime.unit_of_work() as session:
                 _erase(session, batch, cutoff, now, days, report)
     except StorageUnavailable:
-        # What belongs to no case needs no store: it goes tonight all the same (a driver of a case kept for the
-        # next run is in a case, and keeps theirs with it).
+        # What belongs to no case needs no store: it goes tonight all the same (a driver whose only case is due but
+        # kept for the next run loses tonight what would have gone with it: their language, their allowance).
         _purge_what_no_case_holds(runtime, cutoff, report)
         raise
     _purge_what_no_case_holds(runtime, cutoff, report)  # after the cases: their drivers' openids are erased by now

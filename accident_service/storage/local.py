@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,7 +102,8 @@ class LocalObjectStore:
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".readyz"
+            # A name of its own: a photo waiting out an outage checks the store too, from any thread or process.
+            probe = self.root / f".readyz-{uuid.uuid4().hex}"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:

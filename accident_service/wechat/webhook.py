@@ -100,6 +100,8 @@ def init_app(app) -> None:
 def _refused(exc: HTTPException):
     # Plain text, as the platform reads it, and a line in the log: every push refused with 403 is what a wrong
     # WECHAT_TOKEN (or an old timestamp: a clock far off) looks like, which the metrics alone did not tell.
+    if exc.code is None or exc.code >= 500:
+        return exc  # a bug's 500, logged with its traceback by Flask: not a refusal
     log.warning("wechat request refused: %s %s", exc.code, exc.name)
     return Response(exc.name, status=exc.code, mimetype="text/plain")
 

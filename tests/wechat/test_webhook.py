@@ -189,6 +189,22 @@ def test_a_refused_signature_is_plain_text_and_a_line_in_the_log(client, caplog)
             if record.name == "accident_service.wechat.webhook"] == ["wechat request refused: 403 Forbidden"] * 2
 
 
+def test_a_bug_s_500_is_not_logged_as_a_refusal(client, caplog, monkeypatch):
+    """The handler of refusals sees every HTTP error of the callback, a bug's 500 too (review): Flask logs that one
+    with its traceback, and it is not a refusal."""
+    from accident_service.wechat import webhook
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(webhook.inbox, "store_inbound", broken)
+    with caplog.at_level(logging.WARNING):
+        response = client.post("/wechat", query_string=plain_query(), data=text_message().encode(),
+                               content_type="text/xml")
+    assert response.status_code == 500
+    assert not [record for record in caplog.records if "refused" in record.getMessage()]
+
+
 # --- accepted pushes (plain mode) ---------------------------------------
 
 @pytest.mark.parametrize(("fixture", "dedupe_key", "msg_type", "openid"), [
