@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from accident_service import settings_checks as check
+from accident_service.notice_kinds import NOTICE_KINDS
 from accident_service.settings_checks import NumberRange, SettingRefused
 
 CONFIG_DIR = Path(os.environ.get("ACCIDENT_SERVICE_CONFIG_DIR", Path(__file__).resolve().parent.parent / "config"))
@@ -317,8 +318,6 @@ class _Environment(EnvSettingsSource):
 def _prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, str]:
     """The ``prefix<KIND>`` variables set, by kind; a kind no notice has is refused (a typo would quietly leave that
     notice to another channel)."""
-    from accident_service.cases.facts import NOTICE_KINDS  # here: the case's modules read the settings
-
     found = {}
     for name, value in values.items():
         if name.startswith(prefix) and str(value).strip():

@@ -20,12 +20,8 @@ from sqlalchemy.orm import Session
 
 from accident_service import messages
 from accident_service.models import Appointment, Case, Party, Station
+from accident_service.notice_kinds import NOTICE_KINDS
 from accident_service.outbox import enqueue_many, message_row
-
-#: Every kind of notice about a case. The lifecycle's transitions name theirs; the scheduler
-#: writes reminders; a retaken photo that answers the desk writes evidence_updated.
-NOTICE_KINDS = ("joined", "ready", "booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "checked_in",
-                "completed", "no_show", "retake", "evidence_updated", "expired", "reminder")
 
 
 @dataclass(frozen=True)
