@@ -76,7 +76,8 @@ def test_session_cookies_are_http_only_same_site_and_secure_in_production(client
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
     production = create_app({**settings_overrides, "APP_ENV": "production", "SECRET_KEY": secrets.token_hex(32),
                              "WECHAT_APP_ID": "wx0123456789", "WECHAT_APP_SECRET": "real-secret",
-                             "WECHAT_TOKEN": "real-token"})
+                             "WECHAT_TOKEN": "real-token",
+                             "WECHAT_API_BASE_URL": "https://127.0.0.1:9/cgi-bin/"})  # production: TLS, never called
     cookie = sign_in(production.test_client(), "th").headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
