@@ -190,6 +190,7 @@ class QueueFigures(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from accident_service.db import error_name
         from accident_service.models import InboundMessage, Notification, WorkStatus
 
         up = GaugeMetricFamily("accident_database_up", "1 when the database answered this scrape")
@@ -218,7 +219,7 @@ class QueueFigures(Collector):
                         InboundMessage.status == WorkStatus.PROCESSING, InboundMessage.lease_until < now)))),
                                 default=None)
         except Exception as exc:  # any driver error: report the database as down, not a failed scrape
-            log.warning("metrics: database unavailable: %s", type(exc).__name__)
+            log.warning("metrics: database unavailable: %s", error_name(exc))
             up.add_metric([], 0)
             yield up
             return

@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     @property
     def sms_enabled(self) -> bool:
         """SMS is off unless its application and credentials are configured."""
-        return bool(self.SMS_SDK_APP_ID and self.SMS_SECRET_ID and self.SMS_SECRET_KEY and self.SMS_SIGN_NAME)
+        return all(getattr(self, name) for name in SMS_CREDENTIALS)
 
     # -- where values come from -------------------------------------------------
 

@@ -164,6 +164,12 @@ def _backing_off(columns, now):
     return and_(columns.status == WorkStatus.PENDING, columns.attempts > 0, columns.next_attempt_at > now)
 
 
+def _failed_by_the_provider(columns, channels, since):
+    """Last tried through one of the provider's ``channels``, and failed by it (a transient fault of its own, not of
+    our code) by ``since``."""
+    return and_(columns.channel.in_(channels), columns.last_failure_at <= since)
+
+
 @functools.cache
 def _bring_forward_statement():
     """Built once (every sweep may run it): the rows the provider failed by ``since``, if it delivered since."""
@@ -175,8 +181,7 @@ def _bring_forward_statement():
     delivered_since = exists().where(done.c.status == WorkStatus.DONE, done.c.next_attempt_at > since,
                                      done.c.channel.in_(channels), done.c.last_error.is_(None))
     return (update(Notification.__table__)
-            .where(_backing_off(columns, now), columns.channel.in_(channels), columns.last_failure_at <= since,
-                   delivered_since)
+            .where(_backing_off(columns, now), _failed_by_the_provider(columns, channels, since), delivered_since)
             .values(next_attempt_at=now))
 
 
@@ -203,15 +208,12 @@ def _probe_statement():
     now = bindparam("now", type_=columns.next_attempt_at.type)
     since = bindparam("since", type_=columns.last_failure_at.type)
     channels = bindparam("channels", expanding=True)
-
-    def failed_by_the_provider(rows):
-        return and_(rows.channel.in_(channels), rows.last_failure_at <= since)
-
     waiting = table.alias("waiting")
-    oldest = (select(waiting.c.id).where(failed_by_the_provider(waiting.c), _backing_off(waiting.c, now))
+    oldest = (select(waiting.c.id).where(_failed_by_the_provider(waiting.c, channels, since),
+                                         _backing_off(waiting.c, now))
               .order_by(waiting.c.id).limit(1).scalar_subquery())
     tried = table.alias("tried")
-    try_under_way = exists().where(failed_by_the_provider(tried.c), or_(
+    try_under_way = exists().where(_failed_by_the_provider(tried.c, channels, since), or_(
         tried.c.status == WorkStatus.PROCESSING, and_(tried.c.status == WorkStatus.PENDING,
                                                       tried.c.next_attempt_at <= now)))
     counted_from = bindparam("counted_from", type_=columns.created_at.type)
