@@ -43,8 +43,8 @@ CONNECT_TIMEOUT_SECONDS = 2
 #: found out in seconds, not at Linux's retransmission limit (about 15 minutes, each thread waiting on it holding
 #: its connection): keepalives probe a connection that waits for an answer after 10 s, every 5 s, three times, and
 #: data the server has not acknowledged for 10 s ends it (``tcp_user_timeout``, in ms), as a lost connection: the
-#: retry, then 503. A server that is there but does not answer (hung) still holds the request: its kernel
-#: acknowledges both.
+#: retry, then 503. A server that is there but does not answer (hung) is not found out this way (its kernel
+#: acknowledges both): ``answer_within`` is for that.
 TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
                 "tcp_user_timeout": 10_000}
 #: How long a statement on the autocommit engine (a push's store, a lease's claim, the readiness probe: each

@@ -86,6 +86,8 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, *, clock: Clock | None = None, store: ObjectStore | None = None) -> Runtime:
-    engine = make_engine(settings.DATABASE_URL)
+    # Every wait for the server bounded: a hung server (or its disk) would otherwise hold each desk page, API call
+    # and job that meets it, until every thread of the process waits on it.
+    engine = make_engine(settings.DATABASE_URL, answer_within=settings.DATABASE_ANSWER_TIMEOUT_SECONDS)
     return Runtime(settings=settings, engine=engine, session_factory=make_session_factory(engine),
                    store=store or make_store(settings), clock=clock or SystemClock())

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     APP_ENV: Literal["development", "production", "test"]
     DATA_DIR: Annotated[str, AfterValidator(check.data_dir)]
     DATABASE_URL: str
+    DATABASE_ANSWER_TIMEOUT_SECONDS: Annotated[float, NumberRange(above=0, maximum=3600, why="an hour")]
     AUTO_MIGRATE: Flag
     SECRET_KEY: str
     STORAGE_URL: str

@@ -593,6 +593,36 @@ def test_a_server_that_stops_answering_costs_a_push_seconds_and_a_503_not_a_hung
         runtime.close()
 
 
+@postgres_only
+def test_a_desk_page_meeting_a_server_that_stops_answering_gets_a_503_in_seconds_not_a_held_thread(
+        settings_overrides, clock, database_url):
+    """The ordinary engine's waits end too (DATABASE_ANSWER_TIMEOUT_SECONDS): without it every desk page, API call
+    and job meeting a hung server (or its stalled disk) held its thread until the server woke, until no thread of
+    the process was left for anything else, the platform's pushes included. Once the server answers, so does the
+    page."""
+    from tests.desk.conftest import sign_in
+    from tests.desk.factories import seed_desk
+
+    with postgres_through_a_proxy(database_url) as (proxy, url), ThreadPoolExecutor(1) as pool:
+        runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": url,
+                                               "DATABASE_ANSWER_TIMEOUT_SECONDS": "1.5"}, environ={}), clock=clock)
+        seed_desk(runtime)
+        client = create_app(runtime=runtime).test_client()
+        try:
+            assert sign_in(client, "th").status_code == 303
+            assert client.get("/desk/").status_code == 200
+            proxy.freeze()
+            started = time.monotonic()
+            page = pool.submit(client.get, "/desk/").result(timeout=15)
+            waited = time.monotonic() - started
+        finally:
+            proxy.thaw()  # a request still waiting (no deadline) is answered, and its thread ends
+        assert page.status_code == 503
+        assert 1.5 <= waited < 1.5 + db.CONNECT_TIMEOUT_SECONDS + 2
+        assert client.get("/desk/").status_code == 200
+        runtime.close()
+
+
 def test_the_deadline_with_the_connect_timeout_answers_within_the_platform_s_wait():
     """The platform waits 5 s for an answer (WECHAT.md §2): a push meeting a server that does not answer must get its
     503 before that, its statement's deadline and the rerun's connect timeout together (review: 5 s + 2 s)."""
