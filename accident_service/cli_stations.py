@@ -82,7 +82,8 @@ def import_stations_command(file: str) -> None:
 
 @click.command("generate-slots")
 @click.option("--days", type=click.IntRange(min=0, max=366), default=None,
-              help="Local days to cover (default SLOT_GENERATION_DAYS).")
+              help="Local days to cover (default SLOT_GENERATION_DAYS); 0 creates no slots and only brings the "
+                   "existing future ones in line.")
 @click.option("--start-date", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="First local day, YYYY-MM-DD (default: today at each station; past times are skipped).")
 def generate_slots_command(days: int | None, start_date) -> None:

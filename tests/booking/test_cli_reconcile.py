@@ -171,3 +171,17 @@ def test_an_impossible_date_is_refused_naming_station_and_field(cli_env, runtime
     assert "Traceback" not in result.stderr
     with runtime.unit_of_work() as session:
         assert session.scalars(select(Station)).all() == []
+
+
+def test_generate_slots_for_no_days_creates_none_and_brings_the_existing_ones_in_line(cli_env, runtime):
+    """``--days 0``, as its help says: nothing created, the future slots there are fitted to the stations."""
+    invoke(import_stations_command, str(EXAMPLE), env=cli_env)
+    before = len(gz_th_future_slots(runtime))
+    with runtime.unit_of_work() as session:
+        session.execute(update(Station).where(Station.code == "GZ-TH").values(desks=1))
+
+    generated = invoke(generate_slots_command, "--days", "0", env=cli_env)
+
+    assert "slots: 0 created," in generated and " 0 removed," in generated
+    rows = gz_th_future_slots(runtime)
+    assert len(rows) == before and {slot.capacity for slot in rows} == {1}
