@@ -191,7 +191,16 @@ class Settings(BaseSettings):
     def _expand_data_dir(cls, value: str, info: ValidationInfo) -> str:
         if "DATA_DIR" in info.data:
             value = value.replace("{data_dir}", info.data["DATA_DIR"])
-        return check.database_url(value) if info.field_name == "DATABASE_URL" else check.storage_url(value)
+        if info.field_name == "STORAGE_URL":
+            return check.storage_url(value)
+        if (info.data.get("APP_ENV") == "production" and value.startswith("sqlite")
+                and "DATABASE_URL" not in _loading().given):
+            # The image's DATA_DIR is inside its container: the default SQLite file would go with the container,
+            # and every instance would keep cases of its own.
+            raise ValueError("must be set when APP_ENV=production: the default is an SQLite file in DATA_DIR, for "
+                             "one process on one machine; production runs on PostgreSQL "
+                             "(postgresql+psycopg://user:password@host/database)")
+        return check.database_url(value)
 
     @field_validator("SECRET_KEY")
     @classmethod

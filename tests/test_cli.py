@@ -308,6 +308,7 @@ def test_db_upgrade_migrates_once_even_with_auto_migrate(cli_env, tmp_path):
 
 def test_a_weak_production_secret_key_is_one_line_and_exit_2(tmp_path):
     result = run_cli("create-staff", "x", env={"DATA_DIR": str(tmp_path), "APP_ENV": "production",
+                                                "DATABASE_URL": "postgresql+psycopg://accident@db.internal/accident",
                                                 "SECRET_KEY": "changeme", "WECHAT_APP_ID": "wx0123456789abcdef",
                                                 "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "real",
                                                 "STAFF_PASSWORD": "x" * 12})

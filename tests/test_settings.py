@@ -12,6 +12,8 @@ from accident_service.settings import Settings, SettingsError, load_settings, nu
 
 # A production key as the error message tells operators to make one (secrets.token_hex(32)).
 STRONG_KEY = "6a26b75ffc2f6e9e20f8f3332a7a63b4afafd4336493d20f0ce461074d8490ac"
+#: What production runs on (DATABASE_URL must be set there): the tests below load settings only, never connect.
+PRODUCTION_DATABASE = "postgresql+psycopg://accident@db.internal/accident"
 
 
 def test_defaults_are_embedded(tmp_path):
@@ -173,7 +175,8 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     """A GET signed with an empty token is a signature anybody can compute; it must never be echoed."""
     with pytest.raises(SettingsError, match="^WECHAT_TOKEN"):
         load_settings({"DATA_DIR": str(tmp_path), "APP_ENV": app_env, "WECHAT_TOKEN": "",
-                       "SECRET_KEY": STRONG_KEY, "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real"},
+                       "DATABASE_URL": PRODUCTION_DATABASE, "SECRET_KEY": STRONG_KEY, "WECHAT_APP_ID": "wx1234",
+                       "WECHAT_APP_SECRET": "real"},
                       environ={})
 
 
@@ -308,7 +311,8 @@ def test_an_unreadable_development_secret_is_a_named_error(tmp_path):
 @pytest.mark.parametrize("name", ["SECRET_KEY", "WECHAT_APP_ID", "WECHAT_APP_SECRET", "WECHAT_TOKEN"])
 @pytest.mark.parametrize("blank", [" ", "\t \n"])
 def test_production_refuses_blank_secrets(tmp_path, name, blank):
-    real = {"SECRET_KEY": STRONG_KEY, "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok"}
+    real = {"SECRET_KEY": STRONG_KEY, "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok",
+            "DATABASE_URL": PRODUCTION_DATABASE}
     with pytest.raises(SettingsError, match=f"^{name}: "):
         load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production", **real, name: blank})
 
@@ -352,7 +356,23 @@ def test_the_test_suites_settings_load(settings):
 
 def test_production_refuses_development_secrets(tmp_path):
     with pytest.raises(SettingsError, match="SECRET_KEY|WECHAT"):
-        load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production"})
+        load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production",
+                               "DATABASE_URL": PRODUCTION_DATABASE})
+
+
+def test_production_does_not_fall_back_on_the_embedded_sqlite_file(tmp_path):
+    """The image sets APP_ENV=production and a DATA_DIR inside its container: without DATABASE_URL every instance
+    kept its cases in a file of its own, gone with the container."""
+    secrets_set = {"SECRET_KEY": STRONG_KEY, "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real",
+                   "WECHAT_TOKEN": "tok"}
+    with pytest.raises(SettingsError, match="^DATABASE_URL: must be set when APP_ENV=production: .* PostgreSQL"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production", **secrets_set})
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production", **secrets_set,
+                                  "DATABASE_URL": PRODUCTION_DATABASE}).DATABASE_URL == PRODUCTION_DATABASE
+    chosen = f"sqlite:///{tmp_path}/one-machine.db"  # set on purpose: one machine, its file kept
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production", **secrets_set,
+                                  "DATABASE_URL": chosen}).DATABASE_URL == chosen
+    assert load_settings(environ={"DATA_DIR": str(tmp_path)}).DATABASE_URL.startswith("sqlite:///")
 
 
 def test_unreachable_database_at_startup_is_an_outage_not_a_setting_to_change(tmp_path):
@@ -368,7 +388,8 @@ def test_unreachable_database_at_startup_is_an_outage_not_a_setting_to_change(tm
     assert may_succeed_later(excinfo.value)
 
 
-PRODUCTION = {"APP_ENV": "production", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok"}
+PRODUCTION = {"APP_ENV": "production", "WECHAT_APP_ID": "wx1234", "WECHAT_APP_SECRET": "real", "WECHAT_TOKEN": "tok",
+              "DATABASE_URL": PRODUCTION_DATABASE}
 
 
 @pytest.mark.parametrize("key", [
