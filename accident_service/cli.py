@@ -57,7 +57,7 @@ class _ServiceGroup(FlaskGroup):
         try:
             names.update(ctx.ensure_object(ScriptInfo).load_app().cli.list_commands(ctx))
         except SettingsError as exc:
-            click.echo(f"configuration error: {exc}", err=True)
+            click.echo(exc.report(), err=True)
         except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:  # met while migrating (AUTO_MIGRATE)
             click.echo(f"error: {_database_error(exc)}", err=True)
         return sorted(names)
@@ -311,7 +311,7 @@ def main() -> None:
         metrics_dir()  # before a command counts anything into it
         cli.main(prog_name="accident-service", standalone_mode=False)
     except SettingsError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
+        click.echo(exc.report(), err=True)
         sys.exit(2)
     except ServiceError as exc:
         click.echo(f"error: {exc.message}", err=True)

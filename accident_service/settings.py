@@ -49,7 +49,12 @@ SMS_TEMPLATE_PREFIX = "SMS_TEMPLATE_"
 
 
 class SettingsError(RuntimeError):
-    """A setting is missing or malformed; the message starts with the variable's name."""
+    """A setting is missing or malformed; the message starts with the variable's name (a line for each setting,
+    when several are)."""
+
+    def report(self) -> str:
+        """What the operator is shown: ``configuration error: NAME: ...``, a line for each setting."""
+        return "\n".join(f"configuration error: {line}" for line in str(self).splitlines())
 
 
 def _pillow_pixel_limit() -> int:
@@ -398,7 +403,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(check.describe_problem(exc, CONFIG_DIR / "defaults.toml")) from None
+        raise SettingsError(check.describe_problems(exc, CONFIG_DIR / "defaults.toml")) from None
     except pydantic_settings.SettingsError as exc:  # a source could not be read (the defaults file, a value)
         raise SettingsError(f"{CONFIG_DIR / 'defaults.toml'}: {exc.__cause__ or exc}") from exc
     except (tomllib.TOMLDecodeError, OSError) as exc:  # the defaults file itself: an operator's copy of it

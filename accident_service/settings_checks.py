@@ -61,9 +61,17 @@ class SettingRefused(ValueError):
         self.name = name
 
 
-def describe_problem(exc: ValidationError, defaults_file: Path) -> str:
-    """``NAME: reason, got 'value'`` for the first (in field order) of the problems pydantic found."""
-    error = exc.errors()[0]
+def describe_problems(exc: ValidationError, defaults_file: Path) -> str:
+    """``NAME: reason, got 'value'``, a line for each setting pydantic found a problem with, in field order: an
+    operator fixing an environment file sees all of them at once, not one a restart."""
+    lines: dict[str, str] = {}
+    for error in exc.errors():
+        line = _describe(error, defaults_file)
+        lines.setdefault(line.partition(":")[0], line)
+    return "\n".join(lines.values())
+
+
+def _describe(error, defaults_file: Path) -> str:
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, SettingRefused):
         return f"{cause.name}: {cause}"

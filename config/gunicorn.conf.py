@@ -45,7 +45,7 @@ def _checked(check, *args, server=None):
     try:
         return check(*args)
     except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        print(exc.report(), file=sys.stderr, flush=True)
         if server is not None and server.pidfile is not None:
             server.pidfile.unlink()
         _remove_created_metrics_dir()

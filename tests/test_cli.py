@@ -69,6 +69,15 @@ def test_a_malformed_defaults_file_is_named_in_one_line(tmp_path, command):
     assert "line 1" in result.stderr
 
 
+def test_every_bad_setting_is_a_line_of_its_own_and_exit_2(tmp_path):
+    result = run_cli("purge", "--dry-run", env={"DATA_DIR": str(tmp_path), "RETENTION_DAYS": "0",
+                                                 "AUTO_MIGRATE": "maybe", "DESK_LOGIN_MAX_FAILURES": "x"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line.split(":")[1].strip() for line in result.stderr.splitlines()] == [
+        "AUTO_MIGRATE", "RETENTION_DAYS", "DESK_LOGIN_MAX_FAILURES"]
+    assert all(line.startswith("configuration error: ") for line in result.stderr.splitlines())
+
+
 def test_help_lists_the_apps_commands_and_names_a_bad_setting_in_one_line(tmp_path):
     broken = run_cli("--help", env={"DATA_DIR": str(tmp_path), "DATABASE_URL": "notaurl"})
     assert "Traceback" not in broken.stderr and broken.stderr.startswith("configuration error: DATABASE_URL")

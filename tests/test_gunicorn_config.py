@@ -46,6 +46,18 @@ def test_a_bad_setting_is_one_line_and_exit_2_before_any_worker(tmp_path, gunico
     assert metrics_dirs(tmp_path) == []  # the directory made for this start went with it
 
 
+def test_every_bad_setting_is_named_at_once(tmp_path, gunicorn_env):
+    """An operator fixing an environment file sees each mistake in it, not one a restart."""
+    bad = {"LOG_LEVEL": "loud", "BOOKING_OFFER_COUNT": "12", "WECHAT_API_TIMEOUT_SECONDS": "soon"}
+    result = subprocess.run(gunicorn_args(free_port()), cwd=REPO_ROOT, env=gunicorn_env | bad,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    named = [line.split(":")[1].strip() for line in result.stderr.splitlines()
+             if line.startswith("configuration error: ")]
+    assert named == ["LOG_LEVEL", "WECHAT_API_TIMEOUT_SECONDS", "BOOKING_OFFER_COUNT"]  # in the settings' order
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
+
+
 @pytest.mark.parametrize("name,value", [("DATA_DIR", "/etc/passwd/x"), ("S3_REGION", "bad region"),
                                         ("GUNICORN_THREADS", "x"), ("GUNICORN_THREADS", "0")])
 def test_other_bad_settings_name_their_variable(tmp_path, gunicorn_env, name, value):
