@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
@@ -33,7 +34,18 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     runtime = current_runtime()
+    if not _may_scrape(runtime.settings.METRICS_TOKEN):
+        return Response("a bearer token is required (METRICS_TOKEN)", status=401, mimetype="text/plain",
+                        headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     return Response(service_metrics.exposition(runtime.session_factory, runtime.clock), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _may_scrape(token: str) -> bool:
+    """No token set (the embedded default), or the request's bearer token is it (compared in constant time)."""
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def readiness_failures(runtime: Runtime) -> dict[str, str]:

@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     JOIN_QR_EXPIRE_SECONDS: Annotated[int, NumberRange(1, 30 * DAY, why="WeChat's temporary QR codes last 30 days")]
     RETAKE_DEADLINE_MINUTES: Minutes
     RETENTION_DAYS: Annotated[int, NumberRange(1, 3650, why="10 years")]
+    METRICS_TOKEN: str
     SCHEDULER_METRICS_PORT: Annotated[int, NumberRange(0, 65535, why="0 serves no metrics")]
     WECHAT_MEDIA_PER_MINUTE: Annotated[int, NumberRange(0, 10000, why="0 sets no limit")]
     WECHAT_MEDIA_PER_HOUR: Annotated[int, NumberRange(0, 100000, why="0 sets no limit")]
@@ -258,6 +259,14 @@ class Settings(BaseSettings):
         if value and "WECHAT_APP_ID" in info.data and not info.data["WECHAT_APP_ID"].strip():
             raise SettingRefused("WECHAT_APP_ID", "required when WECHAT_ENCODING_AES_KEY is set (encrypted pushes "
                                                   "are checked against the official account's AppID)")
+        return value
+
+    @field_validator("METRICS_TOKEN")
+    @classmethod
+    def _check_metrics_token(cls, value: str) -> str:
+        # Sent in a header by the scraper: a space in it would be cut there, a blank would be no token at all.
+        if any(char.isspace() for char in value) or not value.isprintable() or not value.isascii():
+            raise ValueError("printable ASCII without spaces (it goes in an Authorization header); empty: no token")
         return value
 
     @field_validator("PHOTO_CHECKLIST_B")

@@ -18,7 +18,7 @@ from accident_service.metrics import FAILURE_REASONS
 from accident_service.notify.channels import SEND_SERIES
 from accident_service.photos.checks import REJECTION_CODES
 from accident_service.runtime import build_runtime
-from accident_service.settings import load_settings
+from accident_service.settings import SettingsError, load_settings
 from tests.support.servers import MotoS3Server, free_port, serving
 
 
@@ -33,6 +33,29 @@ def test_metrics_exposed(client):
     response = client.get("/metrics")
     assert response.status_code == 200
     assert b"accident_inbound_messages_total" in response.data
+
+
+def test_metrics_with_a_token_set_answer_only_its_bearer(settings_overrides, clock):
+    """The webhook must be public, and /metrics is on the same port: with METRICS_TOKEN the load balancer may pass it
+    on, and only the scraper reads it."""
+    token = "scrape-7f3a9c"
+    runtime = build_runtime(load_settings({**settings_overrides, "METRICS_TOKEN": token}, environ={}), clock=clock)
+    client = create_app(runtime=runtime).test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {token}"},
+                    {"Authorization": f"Bearer {token}x"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert b"accident_" not in refused.data
+    scraped = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert scraped.status_code == 200 and b"accident_inbound_messages_total" in scraped.data
+    assert client.get("/readyz").status_code == 200  # the load balancer's checks need no token
+    runtime.close()
+
+
+@pytest.mark.parametrize("token", ["two words", " padded", "tab\there", "令牌"])
+def test_a_metrics_token_a_header_cannot_carry_is_refused(settings_overrides, token):
+    with pytest.raises(SettingsError, match="^METRICS_TOKEN: "):
+        load_settings({**settings_overrides, "METRICS_TOKEN": token}, environ={})
 
 
 def test_readyz_names_storage_when_s3_is_stopped(settings_overrides, clock):
