@@ -355,19 +355,25 @@ def _prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, str]:
 
 #: The counts gunicorn takes from the environment, and their defaults (README, Configuration).
 PROCESS_COUNT_DEFAULTS = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}
+#: Upper bounds, as every number setting has one: a typo with extra zeros forked workers until the machine and the
+#: database's connections ran out (an acceptance pass: 385 workers, "too many clients" for everyone else). Far
+#: above any sizing in the README (gunicorn suggests 2 × cores + 1 workers).
+PROCESS_COUNT_MAXIMA = {"WEB_CONCURRENCY": 128, "GUNICORN_THREADS": 256}
 
 
 def process_count(name: str, *, environ: Mapping[str, str] | None = None) -> int:
     """A count of processes or threads gunicorn takes from the environment (WEB_CONCURRENCY, GUNICORN_THREADS):
-    a whole number of at least 1; raises SettingsError naming the variable. Not a setting: gunicorn reads them
-    (config/gunicorn.conf.py, and gunicorn itself WEB_CONCURRENCY), the service never does."""
+    a whole number between 1 and its maximum (:data:`PROCESS_COUNT_MAXIMA`); raises SettingsError naming the variable.
+    Not a setting: gunicorn reads them (config/gunicorn.conf.py, and gunicorn itself WEB_CONCURRENCY), the service
+    never does."""
     raw = (os.environ if environ is None else environ).get(name, PROCESS_COUNT_DEFAULTS[name])
     try:
         value = int(raw)
     except ValueError:
         value = 0
-    if value < 1:
-        raise SettingsError(f"{name}: expected a whole number of at least 1, got {raw!r}")
+    if not 1 <= value <= PROCESS_COUNT_MAXIMA[name]:
+        raise SettingsError(f"{name}: expected a whole number between 1 and {PROCESS_COUNT_MAXIMA[name]}, "
+                            f"got {raw!r}")
     return value
 
 

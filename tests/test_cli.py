@@ -335,8 +335,24 @@ def test_serve_names_a_bad_process_count_before_it_builds_the_app(tmp_path, name
     result = run_cli("serve", "--bind", "127.0.0.1:0", *workers,
                      env={"DATA_DIR": str(tmp_path), "APP_ENV": "development", name: "abc"})
     assert result.returncode == 2, result.stderr
-    assert f"configuration error: {name}: expected a whole number of at least 1, got 'abc'" in result.stderr
+    assert f"configuration error: {name}: expected a whole number between 1 and " in result.stderr
+    assert "got 'abc'" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "accident.db").exists()
+
+
+@pytest.mark.parametrize(("env", "workers", "named"), [
+    ({"WEB_CONCURRENCY": "99999999999999999999"}, [], "configuration error: WEB_CONCURRENCY: "),
+    ({"GUNICORN_THREADS": "1000000"}, [], "configuration error: GUNICORN_THREADS: "),
+    ({}, ["--workers", "99999999999999999999"], "--workers"),
+])
+def test_serve_refuses_a_process_count_with_extra_zeros(tmp_path, env, workers, named):
+    """An acceptance pass's --workers 99999999999999999999 forked workers until the machine and PostgreSQL's
+    connections ran out. Refused, exit 2, before anything starts."""
+    result = run_cli("serve", "--bind", "127.0.0.1:0", *workers,
+                     env={"DATA_DIR": str(tmp_path), "APP_ENV": "development", **env})
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "accident.db").exists()
 
 
