@@ -54,6 +54,11 @@ TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5
 #: times out, and the push is answered 503 (the platform pushes again) rather than held until the server wakes:
 #: 2 s and the 2 s connect, within the platform's 5 s wait for an answer; a push's store takes milliseconds.
 SINGLE_STATEMENT_DEADLINE_SECONDS = 2.0
+#: How much longer than its deadline a connection waits for the server's own answer to it: the server ends a statement
+#: at the deadline itself (``statement_timeout``: its locks released, its backend free), and says so. Past this,
+#: the server is taken for hung and the connection closed (a statement cut off only there would keep running, or
+#: waiting on its lock, in a backend of its own, one more for each request that met it).
+ANSWER_BACKSTOP_SECONDS = 0.5
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -104,8 +109,10 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
     timeout, and ``BEGIN IMMEDIATE`` so that a transaction that reads and then
     writes (a booking) takes the write lock up front instead of failing with
     "database is locked" on the upgrade. ``autocommit`` (PostgreSQL): connections
-    that stay in autocommit, for :func:`run_single_statement` only. ``answer_within`` (PostgreSQL): seconds each
-    wait for the server may last before the connection is given up as lost (:func:`_connect_with_a_deadline`).
+    that stay in autocommit, for :func:`run_single_statement` only. ``answer_within`` (PostgreSQL): seconds a
+    statement may take: the server ends it then (``statement_timeout``, SQLSTATE 57014: "try again later"), and a
+    server that does not even say so :data:`ANSWER_BACKSTOP_SECONDS` later is given up as lost, its connection closed
+    (:func:`_connect_with_a_deadline`).
     """
     parsed = make_url(url)
     # A database error's text leaves its statement's values out (hide_parameters): an openid, a phone, a place's
@@ -116,13 +123,19 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
                                connect_args={"timeout": 30, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
+    connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS}
+    if answer_within is not None:
+        # libpq's startup options, after any the URL gives (behind PgBouncer: let it pass "options" on).
+        # In whole milliseconds, at least 1: 0 turns PostgreSQL's limit off.
+        given = parsed.query.get("options", ())
+        connect_args["options"] = " ".join([*((given,) if isinstance(given, str) else given),
+                                            f"-c statement_timeout={max(1, round(answer_within * 1000))}"])
     engine = create_engine(url, echo=echo, hide_parameters=True, pool_size=10, max_overflow=20,
-                           connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS},
-                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
+                           connect_args=connect_args, **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _drop_if_the_server_hung_up)
     if answer_within is not None:
-        event.listen(engine, "do_connect", _connect_with_a_deadline(answer_within))
+        event.listen(engine, "do_connect", _connect_with_a_deadline(answer_within + ANSWER_BACKSTOP_SECONDS))
     return engine
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -332,24 +333,37 @@ def _no_case_holds(cutoff: datetime) -> dict[str, Any]:
 
 
 def _purge_what_no_case_holds(runtime: Runtime, cutoff: datetime, report: PurgeReport) -> None:
-    """What names a person and belongs to no case, older than the cutoff; see the module's notes. Inbound
-    messages in batches of their own (the first night after an upgrade finds the whole backlog)."""
+    """What names a person and belongs to no case, older than the cutoff; see the module's notes. In batches, each
+    a transaction of its own: the first night after an upgrade finds the whole backlog, which as one statement
+    could outlast the database's deadline (DATABASE_ANSWER_TIMEOUT_SECONDS) and be rolled back every night."""
     rows = _no_case_holds(cutoff)
-    oldest = select(InboundMessage.id).where(rows["inbound_messages"]).order_by(InboundMessage.id).limit(BATCH_SIZE)
-    while True:  # bounded: each round deletes what it read, and nothing newer than the cutoff is read
+
+    def deleted(model: type) -> Callable[[Session, Any], int]:
+        return lambda session, batch: session.execute(delete(model).where(batch).execution_options(
+            synchronize_session=False)).rowcount
+
+    report.inbound_messages += _in_batches(runtime, InboundMessage.id, rows["inbound_messages"],
+                                           deleted(InboundMessage))
+    report.notifications += _in_batches(runtime, Notification.id, rows["notifications"], _erase_notifications)
+    report.audit_events += _in_batches(runtime, AuditEvent.id, rows["audit_events"], _scrub_audit)
+    report.preferences += _in_batches(runtime, DriverPreference.openid, rows["preferences"],
+                                      deleted(DriverPreference))
+    report.allowances += _in_batches(runtime, WechatAllowance.openid, rows["allowances"], deleted(WechatAllowance))
+
+
+def _in_batches(runtime: Runtime, key: Any, rows: Any, take: Callable[[Session, Any], int]) -> int:
+    """``take(session, batch)`` on the rows ``rows`` selects, BATCH_SIZE of them at a time (by ``key``), each batch
+    in a unit of work of its own; how many it took. ``take`` takes its rows out of ``rows`` (deletes them, or
+    erases what selects them); a batch it left as it was ends the loop rather than repeating it."""
+    oldest = select(key).where(rows).order_by(key).limit(BATCH_SIZE)
+    taken = 0
+    while True:  # bounded: each round takes what it read, and nothing newer than the cutoff is read
         with runtime.unit_of_work() as session:
-            ids = list(session.scalars(oldest))
-            if not ids:
-                break
-            report.inbound_messages += session.execute(delete(InboundMessage).where(InboundMessage.id.in_(ids))
-                                                       .execution_options(synchronize_session=False)).rowcount
-    with runtime.unit_of_work() as session:
-        report.notifications += _erase_notifications(session, rows["notifications"])
-        report.audit_events += _scrub_audit(session, rows["audit_events"])
-        report.preferences += session.execute(delete(DriverPreference).where(rows["preferences"])
-                                              .execution_options(synchronize_session=False)).rowcount
-        report.allowances += session.execute(delete(WechatAllowance).where(rows["allowances"])
-                                             .execution_options(synchronize_session=False)).rowcount
+            keys = list(session.scalars(oldest))
+            took = take(session, key.in_(keys)) if keys else 0
+        taken += took
+        if not took:
+            return taken
 
 
 def scrub(value: Any) -> Any:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 from flask import jsonify
-from sqlalchemy import event, func, select, text
+from sqlalchemy import create_engine, event, func, make_url, select, text
 from sqlalchemy import exc as sa_exc
 
 from accident_service import create_app, db
@@ -26,7 +26,7 @@ from accident_service.db import (
     run_single_statement,
     unit_of_work,
 )
-from accident_service.models import AuditEvent
+from accident_service.models import AuditEvent, Station
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.conftest import T0
@@ -626,4 +626,43 @@ def test_a_desk_page_meeting_a_server_that_stops_answering_gets_a_503_in_seconds
 def test_the_deadline_with_the_connect_timeout_answers_within_the_platform_s_wait():
     """The platform waits 5 s for an answer (WECHAT.md §2): a push meeting a server that does not answer must get its
     503 before that, its statement's deadline and the rerun's connect timeout together (review: 5 s + 2 s)."""
-    assert db.SINGLE_STATEMENT_DEADLINE_SECONDS + db.CONNECT_TIMEOUT_SECONDS < 5
+    assert db.SINGLE_STATEMENT_DEADLINE_SECONDS + db.ANSWER_BACKSTOP_SECONDS + db.CONNECT_TIMEOUT_SECONDS < 5
+
+
+@postgres_only
+def test_a_statement_waiting_on_a_lock_past_the_deadline_is_ended_by_the_server_too(settings_overrides, clock,
+                                                                                    database_url):
+    """Review: cut off at the client alone (its connection closed, nothing sent to the server), every request that
+    met a held lock left a backend waiting on it, one more each time, until PostgreSQL refused connections. The
+    server ends the statement at the deadline itself: the request fails as "try again later", nothing waits on."""
+    runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_ANSWER_TIMEOUT_SECONDS": "1"},
+                                          environ={}), clock=clock)
+    holder = create_engine(database_url)
+    try:
+        with holder.connect() as locking:
+            locking.execute(text("LOCK TABLE station IN ACCESS EXCLUSIVE MODE"))
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(sa_exc.OperationalError) as caught, runtime.unit_of_work() as session:
+                    session.execute(select(Station.id)).all()
+                assert time.monotonic() - started < 1 + db.ANSWER_BACKSTOP_SECONDS
+                assert db.may_succeed_later(caught.value) and not caught.value.connection_invalidated
+            waiting = locking.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                           "AND datname = current_database()")).scalar()
+            locking.rollback()
+        assert waiting == 0
+    finally:
+        holder.dispose()
+        runtime.close()
+
+
+@postgres_only
+def test_the_deadline_keeps_the_startup_options_the_url_gives(database_url):
+    engine = db.make_engine(make_url(database_url).update_query_dict(
+        {"options": "-c application_name=from-url"}).render_as_string(hide_password=False), answer_within=7)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "7s"
+            assert connection.exec_driver_sql("SHOW application_name").scalar() == "from-url"
+    finally:
+        engine.dispose()
