@@ -143,7 +143,11 @@ def _plan(engine, start: datetime, end: datetime) -> dict:
 
 
 def _measure(url: str, runs: int, today: str) -> dict:
-    data_dir = tempfile.mkdtemp(prefix="bench-desk-")
+    with tempfile.TemporaryDirectory(prefix="bench-desk-") as data_dir:  # removed after: stop what you start
+        return _measure_in(url, runs, today, data_dir)
+
+
+def _measure_in(url: str, runs: int, today: str, data_dir: str) -> dict:
     settings = load_settings({"DATABASE_URL": url, "AUTO_MIGRATE": False, "DATA_DIR": data_dir,
                               "SECRET_KEY": "bench-secret", "APP_ENV": "test",
                               "STORAGE_URL": f"file://{data_dir}/objects"}, environ={})
