@@ -13,17 +13,14 @@ from contextlib import contextmanager
 from datetime import date, datetime
 
 import click
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from accident_service.booking.hours import HoursError
-from accident_service.booking.slots import SlotReport, reconcile_slots
+from accident_service.booking.slots import SlotReport, StationHoursError, reconcile_station_by_station
 from accident_service.booking.station_file import StationFileError, load_station_file
 from accident_service.booking.stations import import_stations
 from accident_service.cli_runtime import command_runtime
 from accident_service.db import unit_of_work
-from accident_service.models import Station
 from accident_service.runtime import Runtime
 
 
@@ -38,17 +35,13 @@ def _database(runtime: Runtime) -> Iterator[sessionmaker[Session]]:
         raise click.ClickException(f"database: {str(reason).strip().splitlines()[0]}") from exc
 
 
-def _reconcile(sessions: sessionmaker[Session], codes: Iterable[str], *, days: int, now: datetime,
+def _reconcile(sessions: sessionmaker[Session], codes: Iterable[str] | None, *, days: int, now: datetime,
                start_date: date | None = None) -> SlotReport:
-    """One transaction per station: a failure leaves the stations done so far consistent and committed."""
-    report = SlotReport()
-    for code in codes:
-        try:
-            with unit_of_work(sessions) as session:
-                report += reconcile_slots(session, start_date=start_date, days=days, now=now, station_codes=[code])
-        except HoursError as exc:
-            raise click.ClickException(f"station {code}: stored {exc}") from exc
-    return report
+    try:
+        return reconcile_station_by_station(lambda: unit_of_work(sessions), codes, days=days, now=now,
+                                            start_date=start_date)
+    except StationHoursError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _echo_slots(report: SlotReport) -> None:
@@ -96,8 +89,6 @@ def generate_slots_command(days: int | None, start_date) -> None:
     runtime = command_runtime()
     first: date | None = start_date.date() if start_date is not None else None
     with _database(runtime) as sessions:
-        with unit_of_work(sessions) as session:
-            codes = list(session.scalars(select(Station.code).order_by(Station.code)))
-        report = _reconcile(sessions, codes, days=runtime.settings.SLOT_GENERATION_DAYS if days is None else days,
+        report = _reconcile(sessions, None, days=runtime.settings.SLOT_GENERATION_DAYS if days is None else days,
                             now=runtime.clock.now(), start_date=first)
     _echo_slots(report)

@@ -16,7 +16,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from accident_service.booking.slots import generate_slots
+from accident_service.booking.slots import reconcile_station_by_station, warn_of_kept_slots
 from accident_service.cases import lifecycle
 from accident_service.cases import service as cases
 from accident_service.cases.facts import Visit, case_facts, tell
@@ -108,7 +108,9 @@ def expire_idle_drafts(runtime: Runtime, *, limit: int = 100) -> int:
 
 
 def generate_upcoming_slots(runtime: Runtime) -> int:
-    """Create the missing slots for the next SLOT_GENERATION_DAYS local days; returns how many."""
-    now = runtime.clock.now()
-    with runtime.unit_of_work() as session:
-        return generate_slots(session, days=runtime.settings.SLOT_GENERATION_DAYS, now=now)
+    """Create the missing slots for the next SLOT_GENERATION_DAYS local days, a station a transaction (as the CLI
+    does: :func:`slots.reconcile_station_by_station`); returns how many."""
+    report = reconcile_station_by_station(runtime.unit_of_work, days=runtime.settings.SLOT_GENERATION_DAYS,
+                                          now=runtime.clock.now())
+    warn_of_kept_slots(report)
+    return report.created

@@ -9,7 +9,8 @@ the row lock it takes (PostgreSQL) or the write lock of ``BEGIN IMMEDIATE``
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from accident_service.booking.hours import load_zone, slot_windows
+from accident_service.booking.hours import HoursError, load_zone, slot_windows
 from accident_service.cases.facts import Visit
 from accident_service.db import is_postgres
 from accident_service.models import Appointment, Slot, Station
@@ -43,9 +44,44 @@ def generate_slots(session: Session, *, start_date: date | None = None, days: in
     they are dealt with.
     """
     report = reconcile_slots(session, start_date=start_date, days=days, now=now, station_codes=station_codes)
+    warn_of_kept_slots(report)
+    return report.created
+
+
+def warn_of_kept_slots(report: SlotReport) -> None:
+    """A warning for each slot kept because it holds appointments the station no longer allows."""
     for kept in report.kept:
         log.warning("slot kept with appointments: %s", kept)
-    return report.created
+
+
+class StationHoursError(ValueError):
+    """A station whose stored opening hours are invalid (:class:`HoursError`), named by its code."""
+
+    def __init__(self, code: str, error: HoursError) -> None:
+        super().__init__(f"station {code}: stored {error}")
+
+
+def reconcile_station_by_station(unit_of_work: Callable[[], AbstractContextManager[Session]],
+                                 codes: Iterable[str] | None = None, *, days: int, now: datetime,
+                                 start_date: date | None = None) -> SlotReport:
+    """:func:`reconcile_slots` for each station of ``codes`` (every station when None), a transaction each.
+
+    A failure leaves the stations done before it committed, and a station's row stays locked only while its own
+    slots are fitted: a second scheduler running the same job, or ``import-stations``, waits for one station, not
+    for the whole run (every statement has the database's deadline, DATABASE_ANSWER_TIMEOUT_SECONDS). Raises
+    StationHoursError for a station whose stored hours are invalid.
+    """
+    if codes is None:
+        with unit_of_work() as session:
+            codes = list(session.scalars(select(Station.code).order_by(Station.code)))
+    report = SlotReport()
+    for code in codes:
+        try:
+            with unit_of_work() as session:
+                report += reconcile_slots(session, start_date=start_date, days=days, now=now, station_codes=[code])
+        except HoursError as exc:
+            raise StationHoursError(code, exc) from exc
+    return report
 
 
 def reconcile_slots(session: Session, *, start_date: date | None = None, days: int, now: datetime | None = None,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import OperationalError
 
 from accident_service.booking import slots
 from accident_service.booking.scheduled import generate_upcoming_slots
-from accident_service.models import Slot
+from accident_service.models import Slot, Station
+from accident_service.runtime import build_runtime
+from accident_service.settings import load_settings
 from tests.booking import factories as make
 from tests.conftest import T0
 
@@ -66,6 +70,34 @@ def test_generate_upcoming_slots_covers_the_configured_days(runtime):
     created = generate_upcoming_slots(runtime)  # SLOT_GENERATION_DAYS = 14, from Wed 10:00 local
     assert created == 10 * WEEKDAY_WINDOWS - 3
     assert generate_upcoming_slots(runtime) == 0
+
+
+@pytest.mark.postgres_only
+def test_the_nightly_job_fits_a_station_a_transaction_so_a_locked_one_holds_back_only_itself(settings_overrides,
+                                                                                             clock, database_url):
+    """Review: one transaction over every station meant a second scheduler (or import-stations) waited for the
+    whole run on the first station's lock, and its statement's deadline (DATABASE_ANSWER_TIMEOUT_SECONDS) threw
+    every station's work away. Now each station commits on its own: one held elsewhere fails alone."""
+    runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_ANSWER_TIMEOUT_SECONDS": "1"},
+                                          environ={}), clock=clock)
+    with runtime.unit_of_work() as session:
+        make.station(session, "GZ-A")
+        held = make.station(session, "GZ-B", km_north=5).id
+    holder = create_engine(database_url)
+    try:
+        with holder.connect() as other:
+            other.execute(select(Station.id).where(Station.id == held).with_for_update())
+            with pytest.raises(OperationalError):
+                generate_upcoming_slots(runtime)
+            other.rollback()
+        with runtime.unit_of_work() as session:
+            per_station = dict(session.execute(select(Station.code, func.count(Slot.id)).outerjoin(Slot)
+                                               .group_by(Station.code)).all())
+        assert per_station == {"GZ-A": 10 * WEEKDAY_WINDOWS - 3, "GZ-B": 0}
+        assert generate_upcoming_slots(runtime) == 10 * WEEKDAY_WINDOWS - 3  # the next run does GZ-B
+    finally:
+        holder.dispose()
+        runtime.close()
 
 
 def test_take_seat_stops_at_capacity_and_free_seat_at_zero(runtime):
