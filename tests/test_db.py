@@ -619,6 +619,10 @@ def test_a_desk_page_meeting_a_server_that_stops_answering_gets_a_503_in_seconds
             proxy.thaw()  # a request still waiting (no deadline) is answered, and its thread ends
         assert page.status_code == 503
         assert 1.5 <= waited < 1.5 + db.CONNECT_TIMEOUT_SECONDS + 2
+        # A page for the officer, not the API's JSON, answered after one deadline: the page itself asks the
+        # database nothing more (flask-login would reload the officer's account for it: a second wait, then 500).
+        assert page.mimetype == "text/html" and "数据库暂时无法访问" in page.get_data(as_text=True)
+        assert waited < 2 * (1.5 + db.ANSWER_BACKSTOP_SECONDS)
         assert client.get("/desk/").status_code == 200
         runtime.close()
 

@@ -7,14 +7,16 @@ other typed errors are turned into a message here, not caught view by view.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
 from accident_service.booking.appointments import SlotUnavailable
 from accident_service.cases.lifecycle import NotAllowed, StaleCase, TransitionRefused, WrongState
+from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable, error_name
 from accident_service.desk import i18n
 from accident_service.desk.auth import current_staff
 from accident_service.errors import NotFound, ServiceError
@@ -22,6 +24,7 @@ from accident_service.messages import catalogue
 from accident_service.models import StaffRole
 from accident_service.web import current_runtime
 
+log = logging.getLogger(__name__)
 bp = Blueprint("desk", __name__, url_prefix="/desk", template_folder="templates", static_folder="static",
                static_url_path="/static")
 
@@ -107,6 +110,20 @@ def _not_found(exc: NotFound):
 def _service_error(exc: ServiceError):
     flash(_text_or(f"desk.refused.{exc.code}", exc.message), "error")
     return redirect(back_to(), 303)
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def _database_unavailable(exc: Exception):
+    # A page, not the API's JSON (the app's mapping), nor the refusal's redirect back to a page that fails again.
+    # The page is shown as to nobody signed in: the account is read from that database, and flask-login would ask
+    # it again for every template (another deadline, then a 500). Its own record of the request's user.
+    current_app.login_manager._update_request_context_with_user(None)
+    log.warning("database unavailable: %s", error_name(exc))  # the line the app's own mapping writes elsewhere
+    return render_template("error.html", message=i18n.t("desk.error.database_unavailable")), 503, {"Retry-After": "10"}
+
+
+for _error in UNAVAILABLE_ERRORS:
+    bp.register_error_handler(_error, _database_unavailable)
 
 
 @bp.errorhandler(CSRFError)
