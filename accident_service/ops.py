@@ -12,7 +12,7 @@ from sqlalchemy import text
 from accident_service import metrics as service_metrics
 from accident_service.db import error_name
 from accident_service.runtime import Runtime
-from accident_service.web import current_runtime
+from accident_service.web import bearer_token, current_runtime
 
 bp = Blueprint("ops", __name__)
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def _may_scrape(token: str) -> bool:
     """No token set (the embedded default), or the request's bearer token is it (compared in constant time)."""
     if not token:
         return True
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    given = bearer_token(request.headers.get("Authorization", ""))
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
 
 def readiness_failures(runtime: Runtime) -> dict[str, str]:

@@ -17,6 +17,12 @@ def current_runtime() -> Runtime:
     return current_app.extensions[EXTENSION_KEY]
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme in any case), or None for any other."""
+    scheme, _, token = header.strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 class CookieSessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, with the signing serializer built only when there is a cookie to read.
 

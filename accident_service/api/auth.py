@@ -18,7 +18,7 @@ from accident_service.api.callers import Caller
 from accident_service.api.tokens import TokenHolder, Unauthenticated, authenticate_token
 from accident_service.desk.auth import csrf, current_staff
 from accident_service.errors import ServiceError
-from accident_service.web import current_runtime
+from accident_service.web import bearer_token, current_runtime
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -63,12 +63,12 @@ def current_caller() -> Caller:
 
 
 def _token_holder(header: str) -> TokenHolder:
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(header)
+    if token is None:
         raise Unauthenticated("expected 'Authorization: Bearer <token>'")
     runtime = current_runtime()
     with runtime.unit_of_work() as session:
-        return authenticate_token(session, token.strip(), now=runtime.clock.now())
+        return authenticate_token(session, token, now=runtime.clock.now())
 
 
 def _check_csrf() -> None:
