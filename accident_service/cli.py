@@ -23,7 +23,7 @@ from accident_service.errors import ServiceError
 from accident_service.settings import (
     CONFIG_DIR,
     PROCESS_COUNT_DEFAULTS,
-    PROCESS_COUNT_MAXIMA,
+    PROCESS_COUNT_RANGES,
     SettingsError,
     bind_address,
     load_settings,
@@ -126,8 +126,8 @@ def create_staff_command(username: str, role: str, station_code: str | None, pas
 
 @cli.command("serve", with_appcontext=False)  # the app is built after the process counts are checked
 @click.option("--bind", default=lambda: os.environ.get("BIND", "127.0.0.1:8000"), show_default="127.0.0.1:8000")
-@click.option("--workers", type=click.IntRange(min=1, max=PROCESS_COUNT_MAXIMA["WEB_CONCURRENCY"]), default=None,
-              show_default=f"WEB_CONCURRENCY, else {PROCESS_COUNT_DEFAULTS['WEB_CONCURRENCY']}",
+@click.option("--workers", type=click.IntRange(min=1, max=int(PROCESS_COUNT_RANGES["WEB_CONCURRENCY"].maximum)),
+              default=None, show_default=f"WEB_CONCURRENCY, else {PROCESS_COUNT_DEFAULTS['WEB_CONCURRENCY']}",
               help="gunicorn worker processes.")
 def serve(bind: str, workers: int | None) -> None:
     """Run the web service under gunicorn (schema upgraded first when AUTO_MIGRATE)."""

@@ -197,16 +197,19 @@ class Settings(BaseSettings):
     def _expand_data_dir(cls, value: str, info: ValidationInfo) -> str:
         if "DATA_DIR" in info.data:
             value = value.replace("{data_dir}", info.data["DATA_DIR"])
-        if info.field_name == "STORAGE_URL":
-            return check.storage_url(value)
+        return check.database_url(value) if info.field_name == "DATABASE_URL" else check.storage_url(value)
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _check_production_database(cls, value: str, info: ValidationInfo) -> str:
+        # The image's DATA_DIR is inside its container: the default SQLite file would go with the container, and
+        # every instance would keep cases of its own. An sqlite:// URL set on purpose is the operator's choice.
         if (info.data.get("APP_ENV") == "production" and value.startswith("sqlite")
                 and "DATABASE_URL" not in _loading().given):
-            # The image's DATA_DIR is inside its container: the default SQLite file would go with the container,
-            # and every instance would keep cases of its own.
             raise ValueError("must be set when APP_ENV=production: the default is an SQLite file in DATA_DIR, for "
                              "one process on one machine; production runs on PostgreSQL "
                              "(postgresql+psycopg://user:password@host/database)")
-        return check.database_url(value)
+        return value
 
     @field_validator("SECRET_KEY")
     @classmethod
@@ -358,12 +361,12 @@ PROCESS_COUNT_DEFAULTS = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}
 #: Upper bounds, as every number setting has one: a typo with extra zeros forked workers until the machine and the
 #: database's connections ran out (an acceptance pass: 385 workers, "too many clients" for everyone else). Far
 #: above any sizing in the README (gunicorn suggests 2 × cores + 1 workers).
-PROCESS_COUNT_MAXIMA = {"WEB_CONCURRENCY": 128, "GUNICORN_THREADS": 256}
+PROCESS_COUNT_RANGES = {"WEB_CONCURRENCY": NumberRange(1, 128), "GUNICORN_THREADS": NumberRange(1, 256)}
 
 
 def process_count(name: str, *, environ: Mapping[str, str] | None = None) -> int:
     """A count of processes or threads gunicorn takes from the environment (WEB_CONCURRENCY, GUNICORN_THREADS):
-    a whole number between 1 and its maximum (:data:`PROCESS_COUNT_MAXIMA`); raises SettingsError naming the variable.
+    a whole number in its range (:data:`PROCESS_COUNT_RANGES`); raises SettingsError naming the variable.
     Not a setting: gunicorn reads them (config/gunicorn.conf.py, and gunicorn itself WEB_CONCURRENCY), the service
     never does."""
     raw = (os.environ if environ is None else environ).get(name, PROCESS_COUNT_DEFAULTS[name])
@@ -371,9 +374,9 @@ def process_count(name: str, *, environ: Mapping[str, str] | None = None) -> int
         value = int(raw)
     except ValueError:
         value = 0
-    if not 1 <= value <= PROCESS_COUNT_MAXIMA[name]:
-        raise SettingsError(f"{name}: expected a whole number between 1 and {PROCESS_COUNT_MAXIMA[name]}, "
-                            f"got {raw!r}")
+    accepted = PROCESS_COUNT_RANGES[name]
+    if accepted.refuses(value):
+        raise SettingsError(f"{name}: expected a whole number {accepted.describe()}, got {raw!r}")
     return value
 
 
