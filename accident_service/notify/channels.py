@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 from accident_service.cases.facts import NOTICE_KINDS
@@ -92,6 +93,9 @@ class WeChatTemplate:
     """A template message (message/template/send) with ``client_msg_id``: the platform drops a repeat."""
 
     name = "template"
+    #: How long the platform drops a repeated ``client_msg_id`` (WECHAT.md §5), less a minute for the clocks of
+    #: the process that sent it first and of the one sending it again.
+    repeats_dropped_for = timedelta(minutes=10) - timedelta(minutes=1)
 
     def __init__(self, api: WeChatApi, template_id: str) -> None:
         self.api = api

@@ -22,7 +22,11 @@ just before the provider is called. If a worker dies during the call, the
 next attempt finds ``sending_at`` set: a template is sent again with the same
 ``client_msg_id`` (the platform drops the repeat), a text or an SMS is not —
 neither provider can drop a repeat, and a person told twice is worse than
-the rare case of the call never having left (README, "Notices").
+the rare case of the call never having left (README, "Notices"). A template
+whose call got no answer (a timeout, a gateway's error) keeps its mark too.
+While the platform still drops the repeat, such a template goes again as
+itself first, whatever else could carry it now: a card that may have reached
+the person, then a text, would tell them twice (:func:`_repeat_dropped`).
 Transient errors retry with backoff, cut short once the provider is back
 (:func:`bring_forward_after_recovery`); an allowance the platform says is spent
 or closed (45047, 45015) or a person who does not follow (43004) sends the row
@@ -42,7 +46,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, case, exists, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -325,6 +329,14 @@ def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: d
         return row, rendered, route, notes
 
 
+def _repeat_dropped(row: Notification, now: datetime) -> bool:
+    """Whether ``row`` may have gone as a template already (an earlier attempt's mark) and the platform would still
+    drop it as a repeat of its ``client_msg_id``: counted from the first attempt that may have gone (a later one
+    keeps that mark, :func:`_mark_sending`)."""
+    return (row.sending_at is not None and row.channel == WeChatTemplate.name
+            and now - row.sending_at < WeChatTemplate.repeats_dropped_for)
+
+
 def _give_back_unsent(runtime: Runtime, notification_id: int, worker_id: str, now: datetime, error: str) -> None:
     """Our lease on a notice that did not go out ended, due again now. The mark of a send under way that this
     attempt wrote (its time is ``now``: the failed transaction's COMMIT may have been kept unseen) is cleared, so
@@ -458,14 +470,20 @@ def _release_statement():
 
 
 def _route(session: Session, runtime: Runtime, row: Notification, rendered: Rendered, now) -> Route | None:
-    """The first channel that can carry ``row`` now (see the module's list); None: it waits for the person."""
+    """The first channel that can carry ``row`` now (see the module's list); None: it waits for the person.
+
+    A template that may have reached them already goes again as itself first while the platform drops the repeat
+    (:func:`_repeat_dropped`). Once it no longer does, or if no template can carry it now, whether the first went
+    cannot be settled, and it goes by the first channel, as after any call that got no answer: twice is better
+    than never for a must-read notice."""
     api = runtime.wechat
+    if _repeat_dropped(row, now) and (template := _template_route(session, runtime, row, rendered)):
+        return template
     taken = allowance.spend(session, row.openid, now)  # before the call: a crash cannot overspend it
     if taken:
         return Route(WeChatText(api), row.openid, taken=taken)
-    template_id = runtime.settings.template_for(row.kind)
-    if template_id and rendered.template_data and allowance.templates_reach(session, row.openid):
-        return Route(WeChatTemplate(api, template_id), row.openid)
+    if template := _template_route(session, runtime, row, rendered):
+        return template
     if row.kind in MUST_READ and runtime.settings.sms_enabled:
         sms_template = runtime.settings.sms_template_for(row.kind)
         phone = _phone_of(session, row)
@@ -473,6 +491,13 @@ def _route(session: Session, runtime: Runtime, row: Notification, rendered: Rend
             from accident_service.notify.sms import SmsChannel
 
             return Route(SmsChannel.from_settings(runtime.settings).for_template(sms_template), phone)
+    return None
+
+
+def _template_route(session: Session, runtime: Runtime, row: Notification, rendered: Rendered) -> Route | None:
+    template_id = runtime.settings.template_for(row.kind)
+    if template_id and rendered.template_data and allowance.templates_reach(session, row.openid):
+        return Route(WeChatTemplate(runtime.wechat, template_id), row.openid)
     return None
 
 
@@ -531,8 +556,10 @@ def _folded_notes(session: Session, row: Notification) -> list[tuple[Notificatio
 def _mark_sending():
     """Built once: every send runs it (committed just before the provider is called; see the module's notes)."""
     table = Notification.__table__
+    marked = {name: bindparam(name, type_=table.c[name].type) for name in ("channel", "address", "sending_at")}
+    # An earlier attempt's mark stays: the platform's window for dropping a repeat runs from that send.
     return update(table).where(table.c.id == bindparam("row_id")).values(
-        {name: bindparam(name, type_=table.c[name].type) for name in ("channel", "address", "sending_at")})
+        marked | {"sending_at": func.coalesce(table.c.sending_at, marked["sending_at"])})
 
 
 @functools.cache
@@ -613,9 +640,12 @@ def _end_failed_attempt(session: Session, row: Notification, worker_id: str, rou
         return _finish(session, row, worker_id, WorkStatus.HELD, "held", tried=SMS_CHANNEL,
                        last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
     if exc.retryable and not out_of_attempts:
+        # A template the call may have delivered keeps its mark: it goes again as itself first (_repeat_dropped).
+        may_have_gone = route.channel.name == WeChatTemplate.name and not exc.undelivered
         return _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name,
-                       last_error=error, sending_at=None, next_attempt_at=now + leases.backoff(row.attempts),
-                       last_failure_at=now if exc.provider_fault else None)
+                       last_error=error, next_attempt_at=now + leases.backoff(row.attempts),
+                       last_failure_at=now if exc.provider_fault else None,
+                       **({} if may_have_gone else {"sending_at": None}))
     if not _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
                    sending_at=None):
         return False

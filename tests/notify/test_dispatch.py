@@ -451,12 +451,13 @@ def test_the_platform_refusing_what_our_ledger_allowed_sends_it_another_way(make
         assert not allowance.can_send(session, "oDriverA", clock.now())
 
 
-def died_while_sending(rt, clock, notification_id: int) -> None:
-    """A worker leased the text, recorded the attempt, called the platform, died; its lease lapsed."""
+def died_while_sending(rt, clock, notification_id: int, *, channel: str = "wechat") -> None:
+    """A worker leased the notice, recorded the attempt by ``channel``, called the platform, died; its lease
+    lapsed."""
     with rt.unit_of_work() as session:
         assert leases.claim(session.connection(), Notification, "died", now=clock.now(), limit=1,
                             lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
-        session.get(Notification, notification_id).channel = "wechat"
+        session.get(Notification, notification_id).channel = channel
         session.get(Notification, notification_id).sending_at = clock.now()
     clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
 
@@ -476,17 +477,114 @@ def test_a_template_whose_worker_died_while_sending_is_sent_again_with_the_same_
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
     wechat.note_user_activity("oDriverA")
     notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
-    with rt.unit_of_work() as session:
-        assert leases.claim(session.connection(), Notification, "died", now=clock.now(), limit=1,
-                            lease_seconds=rt.settings.INBOX_LEASE_SECONDS) == [notification_id]
-        session.get(Notification, notification_id).channel = "template"
-        session.get(Notification, notification_id).sending_at = clock.now()
-    clock.advance(seconds=rt.settings.INBOX_LEASE_SECONDS + 1)
+    died_while_sending(rt, clock, notification_id, channel="template")
 
     assert dispatch_due(rt, "w2") == 1
 
     [card] = wechat.sent
     assert card["body"]["client_msg_id"] == load(rt, notification_id).dedupe_key
+
+
+def test_a_template_that_may_have_gone_goes_again_as_that_template_not_as_a_text_the_person_now_allows(
+        make_runtime, wechat, clock):
+    """The person wrote after the worker died: a text could go now, but the card may have reached them, and only
+    the template's client_msg_id lets the platform drop a repeat."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    died_while_sending(rt, clock, notification_id, channel="template")
+    acted(rt, wechat, "oDriverA")
+
+    assert dispatch_due(rt, "w2") == 1
+
+    assert [m["kind"] for m in wechat.sent] == ["template"]
+    row = load(rt, notification_id)
+    assert (row.status, row.channel) == (WorkStatus.DONE, "template")
+    with rt.unit_of_work() as session:  # the person's turn was not spent on it
+        assert allowance.can_send(session, "oDriverA", clock.now())
+
+
+@pytest.mark.parametrize("meanwhile", ["template removed", "repeat no longer dropped"])
+def test_a_template_that_may_have_gone_and_cannot_go_again_unseen_goes_by_the_first_channel(make_runtime, wechat,
+                                                                                             clock, meanwhile):
+    """Whether the card went cannot be settled, and its repeat would no longer be dropped (the operator took the
+    template away, or the platform's 10 minutes have passed, WECHAT.md §5): as after any call that got no answer,
+    it goes by the first channel that can carry it, the text the person allows."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    died_while_sending(rt, clock, notification_id, channel="template")
+    if meanwhile == "template removed":
+        rt = make_runtime(WECHAT_TEMPLATE_BOOKED="")
+    else:
+        clock.advance(minutes=9)
+    acted(rt, wechat, "oDriverA")
+
+    assert dispatch_due(rt, "w2") == 1
+
+    assert [m["kind"] for m in wechat.sent] == ["custom"]
+    assert (load(rt, notification_id).status, load(rt, notification_id).channel) == (WorkStatus.DONE, "wechat")
+
+
+def test_a_template_whose_answer_never_came_is_sent_again_as_that_template_first(make_runtime, wechat, clock):
+    """The platform took the card but answered after our timeout; by the retry the person has written, so a
+    text could go. The retry is the template again, which the platform drops: one card, no text."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
+    wechat.note_user_activity("oDriverA")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    wechat.set_delay("message/template/send", 0.6)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    assert (row.status, row.channel) == (WorkStatus.PENDING, "template") and "timeout" in row.last_error
+    deadline = time.monotonic() + 5
+    while not wechat.sent and time.monotonic() < deadline:  # the platform handles it after its delay
+        time.sleep(0.05)
+    wechat.set_delay("message/template/send", 0)
+    assert [m["kind"] for m in wechat.sent] == ["template"]
+    acted(rt, wechat, "oDriverA")
+    clock.advance(seconds=30)
+
+    assert dispatch_due(rt, "w1") == 1
+
+    assert [m["kind"] for m in wechat.sent] == ["template"] and wechat.duplicate_templates_dropped == 1
+    assert load(rt, notification_id).status is WorkStatus.DONE
+
+
+def test_the_platform_s_window_for_a_repeat_runs_from_the_first_attempt_that_may_have_gone(make_runtime, wechat,
+                                                                                             clock):
+    """A second attempt that gets no answer either keeps the first one's mark: from the first, the platform's
+    10 minutes may be over when the second's would not be, and a card sent again then would be a second card."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
+    wechat.note_user_activity("oDriverA")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    died_while_sending(rt, clock, notification_id, channel="template")
+    first_mark = load(rt, notification_id).sending_at
+    wechat.set_delay("message/template/send", 0.6)
+    assert dispatch_due(rt, "w2") == 1  # sent again as the template: no answer this time either
+    wechat.set_delay("message/template/send", 0)
+    assert load(rt, notification_id).sending_at == first_mark
+    clock.set(first_mark + timedelta(minutes=9))
+    acted(rt, wechat, "oDriverA")
+
+    assert dispatch_due(rt, "w2") == 1
+
+    assert load(rt, notification_id).channel == "wechat" and wechat.messages_to("oDriverA")[-1].startswith("预约成功")
+
+
+def test_a_template_the_platform_certainly_did_not_take_may_go_another_way(make_runtime, wechat, clock):
+    """Busy (-1): nothing went out, so the retry chooses again, and the text the person now allows goes."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    wechat.note_user_activity("oDriverA")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    wechat.inject_error("message/template/send", -1, times=1)
+
+    assert dispatch_due(rt, "w1") == 1
+    acted(rt, wechat, "oDriverA")
+    clock.advance(seconds=30)
+    assert dispatch_due(rt, "w1") == 1
+
+    assert [m["kind"] for m in wechat.sent] == ["custom"]
+    assert (load(rt, notification_id).status, load(rt, notification_id).channel) == (WorkStatus.DONE, "wechat")
 
 
 @pytest.mark.parametrize("facts", [

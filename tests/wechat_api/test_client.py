@@ -147,6 +147,17 @@ def test_http_5xx_is_retryable(emulator: WeChatEmulator, api: WeChatApi) -> None
     assert (caught.value.errcode, caught.value.http_status, caught.value.retryable) == (None, 502, True)
 
 
+def test_a_call_answered_after_its_timeout_may_have_gone_out(emulator: WeChatEmulator) -> None:
+    api = make_api(emulator, timeout=0.3)
+    api.send_text("o-a", "warm up")  # the token is had: what follows is the call itself
+    emulator.set_delay("message/custom/send", 1)
+
+    with pytest.raises(WeChatApiError) as caught:
+        api.send_text("o-a", "x")
+
+    assert caught.value.retryable and not caught.value.undelivered  # the platform took it, late
+
+
 def test_bad_app_secret_is_neither_retryable_nor_permanent(emulator: WeChatEmulator) -> None:
     api = make_api(emulator, secret="wrong")
 
