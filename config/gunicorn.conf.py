@@ -38,43 +38,34 @@ def _remove_created_metrics_dir():
         shutil.rmtree(created, ignore_errors=True)
 
 
-def _checked(check, *args, server=None):
-    """``check(*args)``'s value, or `configuration error: NAME: ...` and exit 2 (a SettingsError)."""
-    from accident_service.settings import SettingsError
+def _checked_environment():
+    """The service's settings and the variables gunicorn and prometheus_client read (BIND, WEB_CONCURRENCY,
+    GUNICORN_THREADS, PROMETHEUS_MULTIPROC_DIR), checked together before gunicorn does anything: an environment file
+    with several mistakes names each of them in one start, not one a restart."""
+    from accident_service.settings import SettingsError, bind_address, load_settings, metrics_dir, process_count
 
-    try:
-        return check(*args)
-    except SettingsError as exc:
-        print(exc.report(), file=sys.stderr, flush=True)
-        if server is not None and server.pidfile is not None:
-            server.pidfile.unlink()
+    checks = {"settings": load_settings,
+              "bind": lambda: bind_address(os.environ.get("BIND", "0.0.0.0:8000")),
+              "workers": lambda: process_count("WEB_CONCURRENCY"),
+              "threads": lambda: process_count("GUNICORN_THREADS"),
+              "metrics_dir": lambda: None if os.environ.get(_CREATED_METRICS_DIR) else metrics_dir()}
+    found, problems = {}, []
+    for name, check in checks.items():
+        try:
+            found[name] = check()
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:  # before gunicorn has written a pid file or listened: only the directory made above to remove
+        print(SettingsError("\n".join(problems)).report(), file=sys.stderr, flush=True)
         _remove_created_metrics_dir()
         sys.exit(2)
+    return found
 
 
-def _whole_number(name):
-    """A positive whole number from the environment (accident_service.settings.process_count)."""
-    from accident_service.settings import process_count
-
-    return _checked(process_count, name)
-
-
-def _bind_address():
-    from accident_service.settings import bind_address
-
-    return _checked(bind_address, os.environ.get("BIND", "0.0.0.0:8000"))
-
-
-def _operator_metrics_dir():
-    from accident_service.settings import metrics_dir
-
-    return None if os.environ.get(_CREATED_METRICS_DIR) else _checked(metrics_dir)
-
-
-_operator_metrics_dir()
-bind = _bind_address()
-workers = _whole_number("WEB_CONCURRENCY")
-threads = _whole_number("GUNICORN_THREADS")
+_checked = _checked_environment()
+bind = _checked["bind"]
+workers = _checked["workers"]
+threads = _checked["threads"]
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20
@@ -95,22 +86,10 @@ def _service_formatter(log_format):
     return FORMATTERS[log_format]
 
 
-def _log_settings():
-    """LOG_FORMAT and LOG_LEVEL as the service reads them; a bad setting is reported by on_starting, so the
-    defaults meanwhile."""
-    from accident_service.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings()
-    except SettingsError:
-        return "text", "INFO"
-    return settings.LOG_FORMAT, settings.LOG_LEVEL  # upper case already (settings_checks.log_level)
-
-
 # gunicorn's own lines (workers booting, the access log) in the service's format, masked like its lines (a
 # caller's request id, a probe's path), at its LOG_LEVEL; with JSON every line of the process is one object.
 # The root logger is left to the service (no handler here).
-_format, _level = _log_settings()
+_format, _level = _checked["settings"].LOG_FORMAT, _checked["settings"].LOG_LEVEL  # upper case already
 _handler = {"class": "logging.StreamHandler", "formatter": "service"}
 logconfig_dict = {
     "formatters": {"service": {"()": _service_formatter(_format)}},
@@ -124,13 +103,6 @@ logconfig_dict = {
 }
 
 
-def on_starting(server):
-    """Check the settings before any worker starts: a bad one is one line and exit 2, as with the CLI."""
-    from accident_service.settings import load_settings
-
-    _checked(load_settings, server=server)
-
-
 def when_ready(server):
     """Listening: the made directory is on_exit's to remove now. An operator's directory loses its files of an
     earlier run here, not before: a second start that cannot bind (a mistake, a deploy starting the new one before
@@ -138,7 +110,7 @@ def when_ready(server):
     master still runs."""
     global _listening
     _listening = True
-    operator_dir = _operator_metrics_dir()
+    operator_dir = _checked["metrics_dir"]
     if operator_dir and not server.master_pid:
         for name in os.listdir(operator_dir):
             if name.endswith(".db"):

@@ -58,6 +58,18 @@ def test_every_bad_setting_is_named_at_once(tmp_path, gunicorn_env):
     assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
 
 
+def test_the_gunicorn_variables_are_named_with_the_settings_in_one_start(tmp_path, gunicorn_env):
+    bad = {"LOG_LEVEL": "loud", "BIND": "127.0.0.1:99999", "WEB_CONCURRENCY": "0", "GUNICORN_THREADS": "many",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "no-such-directory")}
+    args = [arg for arg in gunicorn_args(free_port()) if not arg.startswith(("--bind", "127.0.0.1:"))]
+    result = subprocess.run(args, cwd=REPO_ROOT, env=gunicorn_env | bad, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    named = [line.split(":")[1].strip() for line in result.stderr.splitlines()
+             if line.startswith("configuration error: ")]
+    assert named == ["LOG_LEVEL", "BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS", "PROMETHEUS_MULTIPROC_DIR"]
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr
+
+
 @pytest.mark.parametrize("name,value", [("DATA_DIR", "/etc/passwd/x"), ("S3_REGION", "bad region"),
                                         ("GUNICORN_THREADS", "x"), ("GUNICORN_THREADS", "0")])
 def test_other_bad_settings_name_their_variable(tmp_path, gunicorn_env, name, value):
