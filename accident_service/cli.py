@@ -25,10 +25,9 @@ from accident_service.settings import (
     PROCESS_COUNT_DEFAULTS,
     PROCESS_COUNT_RANGES,
     SettingsError,
-    bind_address,
     load_settings,
     metrics_dir,
-    process_count,
+    serving_environment,
 )
 from accident_service.wechat_api.client import WeChatApiError
 
@@ -131,12 +130,11 @@ def create_staff_command(username: str, role: str, station_code: str | None, pas
               help="gunicorn worker processes.")
 def serve(bind: str, workers: int | None) -> None:
     """Run the web service under gunicorn (schema upgraded first when AUTO_MIGRATE)."""
-    # Checked even with --workers: gunicorn reads WEB_CONCURRENCY itself before its configuration, and a
-    # value that is not a number stops it with a traceback.
-    from_environment = process_count("WEB_CONCURRENCY")
-    workers = workers or from_environment
-    process_count("GUNICORN_THREADS")  # refused by the gunicorn config too, but only after a migration here
-    os.environ["BIND"] = bind_address(bind)  # what gunicorn's config checks is what it binds
+    # Every mistake named before a migration runs; WEB_CONCURRENCY even with --workers: gunicorn reads it itself
+    # before its configuration, and a value that is not a number stops it with a traceback.
+    environment = serving_environment(bind)
+    workers = workers or environment.workers
+    os.environ["BIND"] = environment.bind  # what gunicorn's config checks is what it binds
     package_parent = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
     # The gunicorn config beside defaults.toml (ACCIDENT_SERVICE_CONFIG_DIR: an install that is not a checkout),
     # else the checkout's (a directory holding only an operator's defaults.toml), and the app from the package's

@@ -406,6 +406,35 @@ def bind_address(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class ServingEnvironment:
+    """What gunicorn serves the service with: the settings, and the variables gunicorn and prometheus_client read."""
+
+    settings: Settings
+    bind: str
+    workers: int
+    threads: int
+    metrics_dir: str | None
+
+
+def serving_environment(bind: str) -> ServingEnvironment:
+    """The settings, ``bind`` (BIND or ``serve --bind``), WEB_CONCURRENCY, GUNICORN_THREADS and
+    PROMETHEUS_MULTIPROC_DIR, checked together (config/gunicorn.conf.py, ``accident-service serve``): raises one
+    SettingsError naming each mistake, a line each, so an environment file with several is fixed in one go."""
+    checks = {"settings": load_settings, "bind": lambda: bind_address(bind),
+              "workers": lambda: process_count("WEB_CONCURRENCY"), "threads": lambda: process_count("GUNICORN_THREADS"),
+              "metrics_dir": metrics_dir}
+    found, problems = {}, []
+    for name, value_of in checks.items():
+        try:
+            found[name] = value_of()
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return ServingEnvironment(**found)
+
+
 def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from defaults, the environment and ``overrides`` (highest).
 

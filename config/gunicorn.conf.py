@@ -39,33 +39,23 @@ def _remove_created_metrics_dir():
 
 
 def _checked_environment():
-    """The service's settings and the variables gunicorn and prometheus_client read (BIND, WEB_CONCURRENCY,
-    GUNICORN_THREADS, PROMETHEUS_MULTIPROC_DIR), checked together before gunicorn does anything: an environment file
-    with several mistakes names each of them in one start, not one a restart."""
-    from accident_service.settings import SettingsError, bind_address, load_settings, metrics_dir, process_count
+    """The service's settings and the variables gunicorn and prometheus_client read, checked together before gunicorn
+    does anything (accident_service.settings.serving_environment): each mistake named, a line each, then exit 2.
+    Before gunicorn has written a pid file or listened: only the directory made above to remove."""
+    from accident_service.settings import SettingsError, serving_environment
 
-    checks = {"settings": load_settings,
-              "bind": lambda: bind_address(os.environ.get("BIND", "0.0.0.0:8000")),
-              "workers": lambda: process_count("WEB_CONCURRENCY"),
-              "threads": lambda: process_count("GUNICORN_THREADS"),
-              "metrics_dir": lambda: None if os.environ.get(_CREATED_METRICS_DIR) else metrics_dir()}
-    found, problems = {}, []
-    for name, check in checks.items():
-        try:
-            found[name] = check()
-        except SettingsError as exc:
-            problems.append(str(exc))
-    if problems:  # before gunicorn has written a pid file or listened: only the directory made above to remove
-        print(SettingsError("\n".join(problems)).report(), file=sys.stderr, flush=True)
+    try:
+        return serving_environment(os.environ.get("BIND", "0.0.0.0:8000"))
+    except SettingsError as exc:
+        print(exc.report(), file=sys.stderr, flush=True)
         _remove_created_metrics_dir()
         sys.exit(2)
-    return found
 
 
 _checked = _checked_environment()
-bind = _checked["bind"]
-workers = _checked["workers"]
-threads = _checked["threads"]
+bind = _checked.bind
+workers = _checked.workers
+threads = _checked.threads
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20
@@ -89,7 +79,7 @@ def _service_formatter(log_format):
 # gunicorn's own lines (workers booting, the access log) in the service's format, masked like its lines (a
 # caller's request id, a probe's path), at its LOG_LEVEL; with JSON every line of the process is one object.
 # The root logger is left to the service (no handler here).
-_format, _level = _checked["settings"].LOG_FORMAT, _checked["settings"].LOG_LEVEL  # upper case already
+_format, _level = _checked.settings.LOG_FORMAT, _checked.settings.LOG_LEVEL  # upper case already
 _handler = {"class": "logging.StreamHandler", "formatter": "service"}
 logconfig_dict = {
     "formatters": {"service": {"()": _service_formatter(_format)}},
@@ -110,7 +100,7 @@ def when_ready(server):
     master still runs."""
     global _listening
     _listening = True
-    operator_dir = _checked["metrics_dir"]
+    operator_dir = None if os.environ.get(_CREATED_METRICS_DIR) else _checked.metrics_dir
     if operator_dir and not server.master_pid:
         for name in os.listdir(operator_dir):
             if name.endswith(".db"):

@@ -364,6 +364,16 @@ def test_serve_names_a_port_gunicorn_cannot_listen_on_before_it_builds_the_app(t
     assert not (tmp_path / "accident.db").exists()
 
 
+def test_serve_names_every_mistake_among_the_settings_and_gunicorn_s_variables_at_once(tmp_path):
+    result = run_cli("serve", env={"DATA_DIR": str(tmp_path), "APP_ENV": "development", "LOG_LEVEL": "loud",
+                                   "BIND": "127.0.0.1:99999", "WEB_CONCURRENCY": "abc", "GUNICORN_THREADS": "0"})
+    assert result.returncode == 2, result.stderr
+    named = [line.split(":")[1].strip() for line in result.stderr.splitlines()
+             if line.startswith("configuration error: ")]
+    assert named == ["LOG_LEVEL", "BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS"]
+    assert "Traceback" not in result.stderr and not (tmp_path / "accident.db").exists()
+
+
 @pytest.mark.parametrize("command", [["purge", "--dry-run"], ["scheduler", "--once"], ["serve"]])
 def test_a_metrics_directory_that_is_not_there_is_named_by_every_command(tmp_path, command):
     """prometheus_client writes a file there at a command's first count: before, a traceback."""
