@@ -8,9 +8,8 @@ before the cutoff. Then:
   from storage first, so no object outlives the key that names it;
 * every column in :data:`PERSONAL_DATA` is erased on its rows: the case's,
   its parties', its photos', its notifications';
-* its audit events keep who/what/when, but the values under
-  :data:`AUDIT_PERSONAL_KEYS` in before/after are removed and other text is
-  masked;
+* its audit events keep who/what/when, and of their before/after values only
+  those under :data:`AUDIT_KEPT_KEYS` (masked; the others are emptied);
 * ``purged_at`` is set and a ``case.purged`` audit event written.
 
 Then what names a person but belongs to no case, older than the cutoff, whoever
@@ -122,8 +121,12 @@ KEPT_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = (
     Party.offered_slot_ids, Party.offered_at, Party.pending_action, Party.pending_action_until, Party.joined_at,
 )
 
-#: Keys of audit before/after values that are personal; other strings in them are masked.
-AUDIT_PERSONAL_KEYS = frozenset({"openid", "plate", "phone", "text", "label", "location", "lat", "lng"})
+#: Keys of audit before/after values that say nothing about a person, kept by the purge (their text masked all the
+#: same); every other value is emptied. A list of what stays, not of what goes: free text written about a driver
+#: (an officer's retake or cancellation reason may name them) and whatever a later change records are personal
+#: until listed here (review: a retake reason naming a driver outlived the purge).
+AUDIT_KEPT_KEYS = frozenset({"status", "case_no", "joined", "slot_id", "liability", "item", "due_at", "sha256",
+                             "replaced", "fingerprint", "retention_days", "requested_at", "confirmed"})
 
 
 @dataclass
@@ -367,9 +370,9 @@ def _in_batches(runtime: Runtime, key: Any, rows: Any, take: Callable[[Session, 
 
 
 def scrub(value: Any) -> Any:
-    """An audit value without personal data: AUDIT_PERSONAL_KEYS emptied, other text masked."""
+    """An audit value without personal data: what AUDIT_KEPT_KEYS does not list emptied, other text masked."""
     if isinstance(value, dict):
-        return {key: None if key in AUDIT_PERSONAL_KEYS else scrub(item) for key, item in value.items()}
+        return {key: scrub(item) if key in AUDIT_KEPT_KEYS else None for key, item in value.items()}
     if isinstance(value, list):
         return [scrub(item) for item in value]
     return mask_personal_data(value) if isinstance(value, str) else value

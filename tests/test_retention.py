@@ -252,6 +252,31 @@ def _hashable(value):
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
+def test_the_audit_of_a_purged_case_keeps_only_values_that_say_nothing_about_a_person(runtime, world):
+    """What an officer wrote about a driver (a retake or cancellation reason) may name them, which no mask finds;
+    what the audit keeps is listed, the rest emptied (review: "王小明的车牌照片看不清" outlived the purge)."""
+    case_id = world["cases"]["completed_200"].case_id
+    with runtime.unit_of_work() as session:
+        record_audit(session, actor_type="staff", actor="officer1", action="case.retake_requested", case_id=case_id,
+                     after={"item": 3, "reason": "王小明的车牌照片看不清", "due_at": "2026-05-01T08:00:00Z"},
+                     now=runtime.clock.now() - timedelta(days=199))
+        record_audit(session, actor_type="staff", actor="officer1", action="case.cancelled", case_id=case_id,
+                     before={"status": "booked", "slot_id": 7},
+                     after={"status": "cancelled", "reason": "Li Lei called: wrong phone 13800138000",
+                            "requested_by": "oDriverA-openid", "requested_at": "2026-05-01T08:00:00+00:00"},
+                     now=runtime.clock.now() - timedelta(days=199))
+
+    purge_closed_cases(runtime, days=DAYS)
+
+    with runtime.unit_of_work() as session:
+        events = {event.action: event for event in session.scalars(
+            select(AuditEvent).where(AuditEvent.case_id == case_id, AuditEvent.actor == "officer1"))}
+    assert events["case.retake_requested"].after == {"item": 3, "reason": None, "due_at": "2026-05-01T08:00:00Z"}
+    assert events["case.cancelled"].before == {"status": "booked", "slot_id": 7}
+    assert events["case.cancelled"].after == {"status": "cancelled", "reason": None, "requested_by": None,
+                                              "requested_at": "2026-05-01T08:00:00+00:00"}
+
+
 def test_purge_is_idempotent(runtime, world):
     first = purge_closed_cases(runtime, days=DAYS)
     after_first = snapshot(runtime)
