@@ -18,8 +18,10 @@ stranger typing join codes), or one whose messages came after their case was
 purged, has no case to take it with them. Inbound messages are deleted (the
 raw pushes: texts, plates, phones; their facts are in the cases), notices to
 nobody's case erased like a case's, events naming an openid (wrong join codes)
-lose it, and what was kept about a person who is in no case any more (their
-language, what the platform allowed us to send them) is deleted.
+lose it, what was kept about a person who is in no case any more (their
+language, what the platform allowed us to send them) is deleted, and so are
+the answers kept for API callers' retries (an answer names a case's plates and
+phones, and its key may be kept longer than a short retention).
 
 Then the objects no photo row names are deleted (:func:`_delete_unnamed_objects`):
 what was stored for a photo that never got its row (its message failed for
@@ -58,6 +60,7 @@ from accident_service.models import (
     Case,
     CaseStatus,
     DriverPreference,
+    IdempotencyKey,
     InboundMessage,
     Notification,
     Party,
@@ -142,6 +145,7 @@ class PurgeReport:
     audit_events: int = 0
     preferences: int = 0
     allowances: int = 0  # what the platform allowed us to send a person in no remaining case
+    api_answers: int = 0  # answers kept for an API caller's retries (Idempotency-Key): a case's plates and phones
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -332,6 +336,10 @@ def _no_case_holds(cutoff: datetime) -> dict[str, Any]:
                              AuditEvent.actor != PURGED, AuditEvent.at < cutoff),
         "preferences": and_(DriverPreference.updated_at < cutoff, in_no_case(DriverPreference.openid)),
         "allowances": and_(WechatAllowance.updated_at < cutoff, in_no_case(WechatAllowance.openid)),
+        # An answer is as old as the action it answers, which a case closed at the latest by then: its keys
+        # (IDEMPOTENCY_KEY_HOURS, up to 30 days) may outlive a shorter retention (review: plates replayed after
+        # their case was purged).
+        "api_answers": IdempotencyKey.created_at < cutoff,
     }
 
 
@@ -352,6 +360,10 @@ def _purge_what_no_case_holds(runtime: Runtime, cutoff: datetime, report: PurgeR
     report.preferences += _in_batches(runtime, DriverPreference.openid, rows["preferences"],
                                       deleted(DriverPreference))
     report.allowances += _in_batches(runtime, WechatAllowance.openid, rows["allowances"], deleted(WechatAllowance))
+    # By their time: a batch of times takes every answer of those times, each as old (the table is small: answers
+    # are forgotten as their keys expire, api.idempotency.forget_expired).
+    report.api_answers += _in_batches(runtime, IdempotencyKey.created_at, rows["api_answers"],
+                                      deleted(IdempotencyKey))
 
 
 def _in_batches(runtime: Runtime, key: Any, rows: Any, take: Callable[[Session, Any], int]) -> int:
@@ -399,4 +411,5 @@ def _count(session: Session, cutoff: datetime) -> PurgeReport:
         audit_events=count(AuditEvent, AuditEvent.case_id.in_(ids)) + count(AuditEvent, rest["audit_events"]),
         preferences=count(DriverPreference, rest["preferences"]),
         allowances=count(WechatAllowance, rest["allowances"]),
+        api_answers=count(IdempotencyKey, rest["api_answers"]),
     )

@@ -28,6 +28,7 @@ from accident_service.models import (
     Case,
     CaseStatus,
     DriverPreference,
+    IdempotencyKey,
     InboundMessage,
     Notification,
     Party,
@@ -275,6 +276,24 @@ def test_the_audit_of_a_purged_case_keeps_only_values_that_say_nothing_about_a_p
     assert events["case.cancelled"].before == {"status": "booked", "slot_id": 7}
     assert events["case.cancelled"].after == {"status": "cancelled", "reason": None, "requested_by": None,
                                               "requested_at": "2026-05-01T08:00:00+00:00"}
+
+
+def test_an_api_answer_kept_for_retries_goes_once_older_than_the_retention(runtime, world):
+    """Its key may be kept 30 days (IDEMPOTENCY_KEY_HOURS), a retention may be one day: the answer, with the case's
+    plates, would be replayed after the case was purged (review)."""
+    now = runtime.clock.now()
+    with runtime.unit_of_work() as session:
+        for key, age in (("old", timedelta(days=DAYS, hours=1)), ("recent", timedelta(days=DAYS - 1))):
+            session.add(IdempotencyKey(owner="token:1", key=key, request_hash="0" * 64, status_code=200,
+                                       response_body={"plates": [{"role": "A", "plate": "粤A73519"}]},
+                                       created_at=now - age, expires_at=now + timedelta(days=30)))
+
+    predicted = purge_closed_cases(runtime, days=DAYS, dry_run=True)
+    report = purge_closed_cases(runtime, days=DAYS)
+
+    assert predicted.api_answers == report.api_answers == 1
+    with runtime.unit_of_work() as session:
+        assert session.scalars(select(IdempotencyKey.key)).all() == ["recent"]
 
 
 def test_purge_is_idempotent(runtime, world):
