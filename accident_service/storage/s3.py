@@ -93,8 +93,17 @@ class S3ObjectStore:
             raise StorageUnavailable(f"s3: cannot check {key}: {exc}") from exc
 
     def delete(self, key: str) -> None:
+        """Every version of the object, and any delete marker: on a bucket with versioning on, a DeleteObject
+        without a version only hides the object behind a marker, and retention deletes to be rid of it. On a
+        bucket without, its one version is "null"."""
+        full_key = self._key(key)
         try:
-            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self._client.delete_object(Bucket=self.bucket, Key=full_key)  # the current one first: gone at once
+            pages = self._client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=full_key)
+            for version in (entry["VersionId"] for page in pages
+                            for entry in (*page.get("Versions", ()), *page.get("DeleteMarkers", ()))
+                            if entry["Key"] == full_key):  # the prefix also lists longer keys
+                self._client.delete_object(Bucket=self.bucket, Key=full_key, VersionId=version)
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"s3: cannot delete {key}: {exc}") from exc
 

@@ -47,6 +47,25 @@ def test_exists_and_delete(store):
     store.delete("a/b.txt")  # deleting twice is harmless
 
 
+@pytest.mark.parametrize("writes", [1, 2])
+def test_a_delete_on_a_versioned_bucket_leaves_no_version_behind(moto_s3, s3_bucket_name, writes):
+    """Retention deletes a photo to be rid of it: on a bucket with versioning on (a policy, MinIO's site
+    replication), a plain DeleteObject only hides it behind a delete marker (review)."""
+    store = S3ObjectStore(bucket=s3_bucket_name, endpoint_url=moto_s3.url, create_bucket=True)
+    store.check()
+    store._client.put_bucket_versioning(Bucket=s3_bucket_name, VersioningConfiguration={"Status": "Enabled"})
+    for _ in range(writes):  # a photo's message tried again stores the same key again: one version a try
+        store.put("cases/C1/a.jpg", b"photo", content_type="image/jpeg")
+    store.put("cases/C1/a.jpg.other", b"another object under a longer key", content_type="image/jpeg")
+
+    store.delete("cases/C1/a.jpg")
+
+    listed = store._client.list_object_versions(Bucket=s3_bucket_name, Prefix="cases/C1/")
+    left = [(entry["Key"], "marker" if "Size" not in entry else "version")
+            for entry in (*listed.get("Versions", ()), *listed.get("DeleteMarkers", ()))]
+    assert left == [("cases/C1/a.jpg.other", "version")]
+
+
 def test_overwrite_with_identical_bytes_is_harmless(store):
     store.put("k.bin", b"same", content_type="application/octet-stream")
     store.put("k.bin", b"same", content_type="application/octet-stream")
