@@ -413,6 +413,12 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
         return TemplateResult.TOO_EARLY  # the push overtook the record of its send
     allowance.templates_failed(session, openid, received_at, now)
     if not named:
+        # A template whose call got no answer has no msgid recorded: this may be its result. Sent again, it
+        # would be dropped as a repeat and recorded sent, unseen (review): it is no longer held to the template.
+        freed = run_prebuilt(session, _unmark_unanswered_templates(), {"recipient": openid, "before": received_at})
+        if freed.rowcount:
+            note_recipients((openid,))
+            return TemplateResult.SENT_BACK
         log.warning("a template's result (%s) names no notice sent as a template", status)
         return TemplateResult.KEPT
     sent_back = False
@@ -435,6 +441,18 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
     return TemplateResult.SENT_BACK if sent_back else TemplateResult.KEPT
 
 
+@functools.cache
+def _unmark_unanswered_templates():
+    """Built once: the person's notices waiting to go again as a template that may have gone before ``before``."""
+    columns = Notification.__table__.c
+    return (update(Notification.__table__)
+            .where(columns.openid == bindparam("recipient", type_=columns.openid.type),
+                   columns.status.in_((WorkStatus.PENDING, WorkStatus.HELD)),
+                   columns.channel == WeChatTemplate.name,
+                   columns.sending_at <= bindparam("before", type_=columns.sending_at.type))
+            .values(sending_at=None, next_attempt_at=bindparam("before", type_=columns.next_attempt_at.type)))
+
+
 #: Notices that say what the case's appointment is now: once a later one has gone to the person, an earlier one
 #: would tell them what no longer holds (a booking after its cancellation, the old time after a move). What only
 #: the earlier one said (the booking's "you may leave the scene") no longer matters by then.
@@ -443,14 +461,18 @@ VISIT_STATE = frozenset({"booked", "rescheduled", "cancelled", "confirmed", "che
 
 def _superseded(session: Session, row: Notification) -> bool:
     """Whether a later notice about ``row``'s case that makes it moot has gone to its person (sent, whatever the
-    channel: a template of theirs that fails as well is sent back by its own result, and says what holds now)."""
+    channel: a template of theirs that fails as well is sent back by its own result, and says what holds now), or
+    may have: a template whose call got no answer, whose repeat the platform would drop (review: the booking sent
+    back went after a cancellation card that had reached them)."""
     # Once the case has closed, nothing earlier about it matters.
     moot_after = lifecycle.CLOSING_NOTICES | (VISIT_STATE if row.kind in VISIT_STATE else frozenset())
     if row.case_id is None:
         return False
     return session.scalar(select(Notification.id).where(
         Notification.openid == row.openid, Notification.case_id == row.case_id, Notification.id > row.id,
-        Notification.status == WorkStatus.DONE, Notification.kind.in_(sorted(moot_after))).limit(1)) is not None
+        or_(Notification.status == WorkStatus.DONE,
+            and_(Notification.channel == WeChatTemplate.name, Notification.sending_at.is_not(None))),
+        Notification.kind.in_(sorted(moot_after))).limit(1)) is not None
 
 
 @functools.cache
@@ -557,9 +579,12 @@ def _mark_sending():
     """Built once: every send runs it (committed just before the provider is called; see the module's notes)."""
     table = Notification.__table__
     marked = {name: bindparam(name, type_=table.c[name].type) for name in ("channel", "address", "sending_at")}
-    # An earlier attempt's mark stays: the platform's window for dropping a repeat runs from that send.
-    return update(table).where(table.c.id == bindparam("row_id")).values(
-        marked | {"sending_at": func.coalesce(table.c.sending_at, marked["sending_at"])})
+    # A template's earlier mark keeps its time: the platform's window for dropping a repeat runs from that send.
+    # Another channel's mark is this attempt's own (review: a text's mark under a template's time was not
+    # recognised as its own, and the text was recorded unconfirmed, never sent).
+    return update(table).where(table.c.id == bindparam("row_id")).values(marked | {"sending_at": case(
+        (table.c.channel == marked["channel"], func.coalesce(table.c.sending_at, marked["sending_at"])),
+        else_=marked["sending_at"])})
 
 
 @functools.cache
@@ -629,11 +654,17 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
 
 def _end_failed_attempt(session: Session, row: Notification, worker_id: str, route: Route, exc: DeliveryError,
                         error: str, *, now: datetime, out_of_attempts: bool) -> bool:
-    """End our lease on ``row`` after a failed send, with what comes next for it; False if it was not ours."""
+    """End our lease on ``row`` after a failed send, with what comes next for it; False if it was not ours.
+
+    The mark of a template an earlier attempt may have delivered stays (``row`` is as read before this attempt's
+    own mark, which kept that one's time): what the platform answered this attempt says nothing of that one
+    (review: a busy answer to the repeat let the notice go again as a text)."""
+    earlier_template = route.channel.name == WeChatTemplate.name and row.sending_at is not None
     if exc.reroute and not out_of_attempts:
         # Nothing went out: the next attempt chooses again, with what the platform just told us.
+        unmarked = {} if earlier_template else {"channel": None, "address": None, "sending_at": None}
         return _finish(session, row, worker_id, WorkStatus.PENDING, "rerouted", tried=route.channel.name,
-                       last_error=error, next_attempt_at=now, channel=None, address=None, sending_at=None)
+                       last_error=error, next_attempt_at=now, **unmarked)
     if exc.permanent and route.channel.name == SMS_CHANNEL:
         # This number will never take it (refused, blacklisted, over its daily limit): like a notice no
         # channel can carry, it waits for the person's next action, with the reason shown.
@@ -641,7 +672,7 @@ def _end_failed_attempt(session: Session, row: Notification, worker_id: str, rou
                        last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
     if exc.retryable and not out_of_attempts:
         # A template the call may have delivered keeps its mark: it goes again as itself first (_repeat_dropped).
-        may_have_gone = route.channel.name == WeChatTemplate.name and not exc.undelivered
+        may_have_gone = earlier_template or (route.channel.name == WeChatTemplate.name and not exc.undelivered)
         return _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name,
                        last_error=error, next_attempt_at=now + leases.backoff(row.attempts),
                        last_failure_at=now if exc.provider_fault else None,

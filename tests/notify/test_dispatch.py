@@ -1477,3 +1477,131 @@ def test_what_the_platform_said_is_kept_when_the_lease_was_taken_over_meanwhile(
         assert session.get(ProviderFailure, "wechat") is not None
         assert allowance.window_of(session, "oDriverA")[0] == 4  # spent by w1's try; w2's own try decides
     assert load(rt, notification_id).leased_by == "w2"
+
+
+# --- templates that may have gone: the repeat, later answers, order (an outside review) ---------------------
+
+def template_without_answer(rt, wechat, *, shown: bool = True) -> None:
+    """One dispatch whose template call the platform takes but answers only after our timeout."""
+    before_sent, before_failed = len(wechat.sent), len(wechat.templates_not_delivered)
+    wechat.set_delay("message/template/send", 0.6)
+    try:
+        assert dispatch_due(rt, "w1") == 1
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (len(wechat.sent), len(wechat.templates_not_delivered)) == (
+                before_sent, before_failed):
+            time.sleep(0.05)
+    finally:
+        wechat.set_delay("message/template/send", 0)
+    assert (len(wechat.sent) > before_sent) == shown
+
+
+def test_a_busy_answer_to_the_repeat_does_not_forget_that_the_first_card_may_have_gone(make_runtime, wechat, clock):
+    """Attempt 1: the card reaches the driver, the answer never comes (mark kept). Attempt 2, same card again:
+    the platform answers -1 (busy). That says nothing about attempt 1, yet the retry clears the kept mark, so
+    once the driver writes, the notice goes again as a text: told twice within the platform's 10 minutes."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
+    wechat.note_user_activity("oDriverA")  # a follower; our ledger grants no text yet
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    template_without_answer(rt, wechat)
+    assert load(rt, notification_id).sending_at is not None
+
+    wechat.inject_error("message/template/send", -1, times=1)
+    clock.advance(seconds=30)
+    assert dispatch_due(rt, "w1") == 1  # the repeat, answered busy
+    acted(rt, wechat, "oDriverA")  # the driver writes ("状态?")
+    clock.advance(seconds=60)
+    assert dispatch_due(rt, "w1") == 1
+
+    assert load(rt, notification_id).status is WorkStatus.DONE
+    assert len(wechat.messages_to("oDriverA")) == 1, wechat.messages_to("oDriverA")
+
+
+def test_a_template_the_platform_said_failed_is_not_repeated_into_the_platform_s_drop(make_runtime, wechat, clock):
+    """The unanswered card was taken and then not delivered (TEMPLATESENDJOBFINISH failed; its msgid was never
+    recorded). The driver then writes, which lets templates be tried again: the retry is the same client_msg_id
+    within 10 minutes, the platform drops it as a repeat and answers ok, and the notice is recorded sent as a
+    template the driver never saw, though a text could carry it."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
+    wechat.note_user_activity("oDriverA")
+    wechat.set_template_result("oDriverA", "failed:system failed")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    template_without_answer(rt, wechat, shown=False)
+    wechat.set_template_result("oDriverA", None)
+    [taken] = wechat.templates_not_delivered
+    clock.advance(seconds=2)
+    template_result(rt, "oDriverA", taken["msgid"], "failed:system failed")  # the push, as the inbox hands it on
+
+    clock.advance(seconds=10)
+    acted(rt, wechat, "oDriverA")  # the driver writes after the failure
+    with rt.unit_of_work() as session:
+        dispatch.release_held(session, "oDriverA", clock.now())
+    clock.advance(seconds=30)
+    assert dispatch_due(rt, "w1") == 1
+
+    row = load(rt, notification_id)
+    seen = wechat.messages_to("oDriverA")
+    assert any(m.startswith("预约成功") or "预约成功" in m for m in seen), (row.status, row.channel, seen,
+                                                                      wechat.duplicate_templates_dropped)
+
+
+def test_a_booking_sent_back_never_follows_a_cancellation_card_that_may_have_gone(make_runtime, wechat, clock):
+    """Booked went as a card whose result later says it failed; cancelled went as a card that reached the driver
+    but got no answer (kept mark, not DONE). The booking's failure is read: _superseded looks only at DONE
+    notices, so the booking is sent back, goes first as a text once the driver writes, and the cancellation's
+    repeat is dropped by the platform. The last thing the driver reads is "booked"."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_TEMPLATE_CANCELLED="tpl-cancelled",
+                      WECHAT_API_TIMEOUT_SECONDS=0.2)
+    wechat.note_user_activity("oDriverA")
+    case_id = a_party_with_a_phone(rt, "oDriverA", None)
+    wechat.set_template_result("oDriverA", "failed:system failed")
+    booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
+    assert dispatch_due(rt, "w1") == 1
+    [failed] = wechat.templates_not_delivered
+    assert load(rt, booked).status is WorkStatus.DONE
+
+    wechat.set_template_result("oDriverA", None)
+    clock.advance(seconds=5)
+    with rt.unit_of_work() as session:
+        cancelled = enqueue(session, openid="oDriverA", kind="cancelled", notice=BOOKED_FACTS,
+                            dedupe_key="cancelled:A", now=clock.now(), case_id=case_id, language="zh")
+    template_without_answer(rt, wechat)  # the driver sees the cancellation card
+    clock.advance(seconds=2)
+    template_result(rt, "oDriverA", failed["msgid"], "failed:system failed")  # the booking's result, read now
+
+    acted(rt, wechat, "oDriverA")
+    with rt.unit_of_work() as session:
+        dispatch.release_held(session, "oDriverA", clock.now())
+    clock.advance(seconds=30)
+    for _ in range(3):
+        dispatch_due(rt, "w1")
+        clock.advance(seconds=30)
+
+    seen = wechat.messages_to("oDriverA")
+    assert load(rt, cancelled).status is WorkStatus.DONE
+    assert not seen[-1].startswith("预约成功"), seen
+
+
+@pytest.mark.postgres_only
+def test_a_text_prepared_over_a_dead_template_s_mark_whose_commit_was_unseen_is_sent_not_recorded_unconfirmed(
+        make_runtime, wechat, clock, database_url, monkeypatch):
+    """A worker died during a template's call; 9 minutes later the repeat would no longer be dropped, so the next
+    attempt goes as the text the driver allows (README). Its preparation's COMMIT is kept but its answer lost:
+    _give_back_unsent clears only a mark whose time is this attempt's, but _mark_sending kept the dead attempt's
+    time and wrote channel="wechat" over it. The next attempt reads a text "under way", records it delivered
+    unconfirmed, and nothing is ever sent (the text's turn stays spent)."""
+    from tests.support.pg_cut import postgres_through_a_proxy
+
+    with postgres_through_a_proxy(database_url) as (proxy, through_proxy):
+        rt = make_runtime(DATABASE_URL=through_proxy, WECHAT_TEMPLATE_BOOKED="tpl-booked")
+        notification_id = add_notice(rt, "oBlip", "booked", BOOKED_FACTS, language="zh")
+        died_while_sending(rt, clock, notification_id, channel="template")
+        clock.advance(minutes=9)
+        acted(rt, wechat, "oBlip")
+        _after_the_first_claim(monkeypatch, lambda: proxy.arm(b"COMMIT"))
+
+        dispatch_due(rt, "w2")
+
+        assert proxy.cut == 1, "no answer was lost: the test proved nothing"
+        row = load(rt, notification_id)
+        assert wechat.messages_to("oBlip"), (row.status, row.channel, row.last_error)
