@@ -46,7 +46,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -324,7 +324,8 @@ def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: d
             return None
         notes = _folded_notes(session, row) if route.channel.name == WeChatText.name else []
         run_prebuilt(session, _mark_sending(), {"row_id": row.id, "channel": route.channel.name,
-                                                "address": route.address, "sending_at": now})
+                                                "address": route.address, "sending_at": now,
+                                                "repeat_window_from": now - WeChatTemplate.repeats_dropped_for})
         session.expunge(row)
         return row, rendered, route, notes
 
@@ -402,21 +403,27 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
     if status == TEMPLATE_DELIVERED:
         return TemplateResult.KEPT
     # One statement: a send recorded between two reads would be seen by neither (still being sent in the
-    # first, not yet done in the second).
+    # first, not yet done in the second). Its lock keeps the claims (SKIP LOCKED) off a notice waiting to go again
+    # as a template whose call got no answer, until it is freed below (review: claimed between a read and an
+    # update, its repeat was dropped unseen and recorded sent).
     rows = session.scalars(select(Notification).where(
         Notification.openid == openid, Notification.channel == WeChatTemplate.name,
         or_(and_(Notification.status == WorkStatus.DONE, Notification.platform_msgid == msgid),
-            and_(Notification.status == WorkStatus.PROCESSING, Notification.sending_at.is_not(None))))
+            and_(Notification.status == WorkStatus.PROCESSING, Notification.sending_at.is_not(None)),
+            and_(Notification.status.in_((WorkStatus.PENDING, WorkStatus.HELD)),
+                 Notification.sending_at <= received_at)))
         .with_for_update()).all()
     named = [row for row in rows if row.status is WorkStatus.DONE]
-    if not named and rows:
+    if not named and any(row.status is WorkStatus.PROCESSING for row in rows):
         return TemplateResult.TOO_EARLY  # the push overtook the record of its send
     allowance.templates_failed(session, openid, received_at, now)
     if not named:
         # A template whose call got no answer has no msgid recorded: this may be its result. Sent again, it
         # would be dropped as a repeat and recorded sent, unseen (review): it is no longer held to the template.
-        freed = run_prebuilt(session, _unmark_unanswered_templates(), {"recipient": openid, "before": received_at})
-        if freed.rowcount:
+        unanswered = [row for row in rows if row.status is not WorkStatus.PROCESSING]
+        for row in unanswered:
+            row.sending_at, row.next_attempt_at = None, now
+        if unanswered:
             note_recipients((openid,))
             return TemplateResult.SENT_BACK
         log.warning("a template's result (%s) names no notice sent as a template", status)
@@ -439,18 +446,6 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
     if sent_back:
         note_recipients((openid,))
     return TemplateResult.SENT_BACK if sent_back else TemplateResult.KEPT
-
-
-@functools.cache
-def _unmark_unanswered_templates():
-    """Built once: the person's notices waiting to go again as a template that may have gone before ``before``."""
-    columns = Notification.__table__.c
-    return (update(Notification.__table__)
-            .where(columns.openid == bindparam("recipient", type_=columns.openid.type),
-                   columns.status.in_((WorkStatus.PENDING, WorkStatus.HELD)),
-                   columns.channel == WeChatTemplate.name,
-                   columns.sending_at <= bindparam("before", type_=columns.sending_at.type))
-            .values(sending_at=None, next_attempt_at=bindparam("before", type_=columns.next_attempt_at.type)))
 
 
 #: Notices that say what the case's appointment is now: once a later one has gone to the person, an earlier one
@@ -579,12 +574,14 @@ def _mark_sending():
     """Built once: every send runs it (committed just before the provider is called; see the module's notes)."""
     table = Notification.__table__
     marked = {name: bindparam(name, type_=table.c[name].type) for name in ("channel", "address", "sending_at")}
-    # A template's earlier mark keeps its time: the platform's window for dropping a repeat runs from that send.
-    # Another channel's mark is this attempt's own (review: a text's mark under a template's time was not
-    # recognised as its own, and the text was recorded unconfirmed, never sent).
-    return update(table).where(table.c.id == bindparam("row_id")).values(marked | {"sending_at": case(
-        (table.c.channel == marked["channel"], func.coalesce(table.c.sending_at, marked["sending_at"])),
-        else_=marked["sending_at"])})
+    # A template's earlier mark keeps its time while the platform drops its repeat: that window runs from that
+    # send (:func:`_repeat_dropped`). Any other mark is this attempt's own: another channel's (review: a text's
+    # mark under a template's time was not recognised as its own, and the text was recorded unconfirmed, never
+    # sent), or a template's after the window (review: a fresh card inherited a window already over).
+    earlier = and_(table.c.channel == marked["channel"],
+                   table.c.sending_at > bindparam("repeat_window_from", type_=table.c.sending_at.type))
+    return update(table).where(table.c.id == bindparam("row_id")).values(
+        marked | {"sending_at": case((earlier, table.c.sending_at), else_=marked["sending_at"])})
 
 
 @functools.cache
@@ -659,7 +656,11 @@ def _end_failed_attempt(session: Session, row: Notification, worker_id: str, rou
     The mark of a template an earlier attempt may have delivered stays (``row`` is as read before this attempt's
     own mark, which kept that one's time): what the platform answered this attempt says nothing of that one
     (review: a busy answer to the repeat let the notice go again as a text)."""
-    earlier_template = route.channel.name == WeChatTemplate.name and row.sending_at is not None
+    template = route.channel.name == WeChatTemplate.name
+    earlier_template = template and _repeat_dropped(row, now)
+    # The mark stays, whatever comes next, while the card may have gone: counted by _superseded (review: a
+    # cancellation card whose repeat then failed for good no longer kept a failed booking from going after it).
+    may_have_gone = earlier_template or (template and not exc.undelivered)
     if exc.reroute and not out_of_attempts:
         # Nothing went out: the next attempt chooses again, with what the platform just told us.
         unmarked = {} if earlier_template else {"channel": None, "address": None, "sending_at": None}
@@ -672,13 +673,12 @@ def _end_failed_attempt(session: Session, row: Notification, worker_id: str, rou
                        last_error=f"{WAITING}; {error}", sending_at=None, channel=None, address=None)
     if exc.retryable and not out_of_attempts:
         # A template the call may have delivered keeps its mark: it goes again as itself first (_repeat_dropped).
-        may_have_gone = earlier_template or (route.channel.name == WeChatTemplate.name and not exc.undelivered)
         return _finish(session, row, worker_id, WorkStatus.PENDING, "retry", tried=route.channel.name,
                        last_error=error, next_attempt_at=now + leases.backoff(row.attempts),
                        last_failure_at=now if exc.provider_fault else None,
                        **({} if may_have_gone else {"sending_at": None}))
     if not _finish(session, row, worker_id, WorkStatus.FAILED, "failed", tried=route.channel.name, last_error=error,
-                   sending_at=None):
+                   **({} if may_have_gone else {"sending_at": None})):
         return False
     metrics.count_on_commit(session, metrics.FAILURES.labels("outbox", metrics.outbox_failure_reason(
         exc.code if isinstance(exc.code, int) else None, permanent=exc.permanent)))

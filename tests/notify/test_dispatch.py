@@ -1605,3 +1605,103 @@ def test_a_text_prepared_over_a_dead_template_s_mark_whose_commit_was_unseen_is_
         assert proxy.cut == 1, "no answer was lost: the test proved nothing"
         row = load(rt, notification_id)
         assert wechat.messages_to("oBlip"), (row.status, row.channel, row.last_error)
+
+
+def test_a_fresh_card_sent_after_the_window_of_an_old_mark_gets_its_own_window(make_runtime, wechat, clock):
+    """A worker died during the first card's call (it never reached the platform). 10 minutes later no text is
+    allowed, so the card goes again as the first channel: a fresh send the platform does not drop; it reaches the
+    driver, the answer is lost. _mark_sending kept the dead attempt's time, so 30 s later, once the driver writes,
+    _repeat_dropped says the window is over and the notice goes again as a text: told twice, though the
+    platform would drop a repeat of the card just sent."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
+    wechat.note_user_activity("oDriverA")  # a follower; our ledger grants no text
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    died_while_sending(rt, clock, notification_id, channel="template")
+    clock.advance(minutes=10)
+    template_without_answer(rt, wechat)  # the card is shown
+    assert len(wechat.messages_to("oDriverA")) == 1
+
+    acted(rt, wechat, "oDriverA")
+    clock.advance(seconds=30)
+    dispatch_due(rt, "w1")
+
+    assert load(rt, notification_id).status is WorkStatus.DONE
+    assert len(wechat.messages_to("oDriverA")) == 1, wechat.messages_to("oDriverA")
+
+
+@pytest.mark.parametrize("repeat_fails", ["permanent", "out of attempts"])
+def test_a_cancellation_card_that_may_have_gone_still_counts_once_its_repeat_failed(make_runtime, wechat, clock,
+                                                                                     repeat_fails):
+    """Cancelled went as a card that reached the driver, the answer lost (kept mark). Its repeat is refused for
+    good (40037: the operator replaced the template) or is busy on the last attempt: FAILED with sending_at=None,
+    so _superseded no longer counts it, and the booking whose card failed is sent back and read last."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_TEMPLATE_CANCELLED="tpl-cancelled",
+                      WECHAT_API_TIMEOUT_SECONDS=0.2,
+                      **({"OUTBOX_MAX_ATTEMPTS": 2} if repeat_fails == "out of attempts" else {}))
+    wechat.note_user_activity("oDriverA")
+    case_id = a_party_with_a_phone(rt, "oDriverA", None)
+    wechat.set_template_result("oDriverA", "failed:system failed")
+    booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
+    assert dispatch_due(rt, "w1") == 1
+    [failed] = wechat.templates_not_delivered
+    wechat.set_template_result("oDriverA", None)
+    clock.advance(seconds=5)
+    with rt.unit_of_work() as session:
+        cancelled = enqueue(session, openid="oDriverA", kind="cancelled", notice=BOOKED_FACTS,
+                            dedupe_key="cancelled:A", now=clock.now(), case_id=case_id, language="zh")
+    template_without_answer(rt, wechat)  # the driver sees the cancellation card
+    clock.advance(seconds=30)
+    wechat.inject_error("message/template/send", 40037 if repeat_fails == "permanent" else -1, times=1)
+    assert dispatch_due(rt, "w1") == 1  # the repeat fails
+    assert load(rt, cancelled).status is WorkStatus.FAILED
+
+    template_result(rt, "oDriverA", failed["msgid"], "failed:system failed")  # the booking's result
+    acted(rt, wechat, "oDriverA")
+    with rt.unit_of_work() as session:
+        dispatch.release_held(session, "oDriverA", clock.now())
+    for _ in range(3):
+        dispatch_due(rt, "w1")
+        clock.advance(seconds=30)
+
+    seen = wechat.messages_to("oDriverA")
+    assert load(rt, booked).status is not WorkStatus.DONE or load(rt, booked).channel == "template", seen
+    assert not seen[-1].startswith("预约成功"), seen
+
+
+@pytest.mark.postgres_only
+def test_a_failed_result_read_while_the_repeat_is_claimed_is_not_lost(make_runtime, wechat, clock, monkeypatch):
+    """The unanswered card was taken and not delivered. Its failed result is read (PostgreSQL, READ COMMITTED):
+    template_result's SELECT ... FOR UPDATE finds nothing PROCESSING (the notice is PENDING, backing off, and
+    nothing locks it); a dispatcher then claims it and sends the repeat, which the platform drops and answers ok;
+    nothing then found it PENDING to free. The notice was DONE, the driver saw nothing, and the result was KEPT.
+    Now the SELECT locks it, the claim (SKIP LOCKED) passes it by, and it is freed from its template."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
+    wechat.note_user_activity("oDriverA")
+    wechat.set_template_result("oDriverA", "failed:system failed")
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    template_without_answer(rt, wechat, shown=False)
+    wechat.set_template_result("oDriverA", None)
+    [taken] = wechat.templates_not_delivered
+    clock.advance(seconds=10)  # the retry is due
+
+    original = dispatch.allowance.templates_failed
+    ran = []
+
+    def dispatcher_claims_meanwhile(*args, **kwargs):
+        if not ran:  # between template_result's SELECT and its UPDATE
+            ran.append(dispatch_due(rt, "w2"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch.allowance, "templates_failed", dispatcher_claims_meanwhile)
+    outcome = template_result(rt, "oDriverA", taken["msgid"], "failed:system failed")
+    monkeypatch.undo()
+    assert ran == [0]  # the notice the result may be about was locked: no claim took it meanwhile
+
+    acted(rt, wechat, "oDriverA")
+    with rt.unit_of_work() as session:
+        dispatch.release_held(session, "oDriverA", clock.now())
+    clock.advance(seconds=30)
+    dispatch_due(rt, "w1")
+
+    row = load(rt, notification_id)
+    assert wechat.messages_to("oDriverA"), (outcome, row.status, row.channel, wechat.duplicate_templates_dropped)
