@@ -1496,6 +1496,26 @@ def template_without_answer(rt, wechat, *, shown: bool = True) -> None:
     assert (len(wechat.sent) > before_sent) == shown
 
 
+def a_failed_booking_card_then_a_cancellation_card_without_answer(rt, wechat, clock) -> tuple[dict, int, int]:
+    """The booking went as a card the platform took and did not deliver (its result not read yet); the
+    cancellation then went as a card that reached the driver but whose call got no answer. Returns the booking
+    card as the platform recorded it, and the booking's and the cancellation's notice ids."""
+    wechat.note_user_activity("oDriverA")
+    case_id = a_party_with_a_phone(rt, "oDriverA", None)
+    wechat.set_template_result("oDriverA", "failed:system failed")
+    booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
+    assert dispatch_due(rt, "w1") == 1
+    [failed] = wechat.templates_not_delivered
+    assert load(rt, booked).status is WorkStatus.DONE
+    wechat.set_template_result("oDriverA", None)
+    clock.advance(seconds=5)
+    with rt.unit_of_work() as session:
+        cancelled = enqueue(session, openid="oDriverA", kind="cancelled", notice=BOOKED_FACTS,
+                            dedupe_key="cancelled:A", now=clock.now(), case_id=case_id, language="zh")
+    template_without_answer(rt, wechat)  # the driver sees the cancellation card
+    return failed, booked, cancelled
+
+
 def test_a_busy_answer_to_the_repeat_does_not_forget_that_the_first_card_may_have_gone(make_runtime, wechat, clock):
     """Attempt 1: the card reaches the driver, the answer never comes (mark kept). Attempt 2, same card again:
     the platform answers -1 (busy). That says nothing about attempt 1, yet the retry clears the kept mark, so
@@ -1517,11 +1537,9 @@ def test_a_busy_answer_to_the_repeat_does_not_forget_that_the_first_card_may_hav
     assert len(wechat.messages_to("oDriverA")) == 1, wechat.messages_to("oDriverA")
 
 
-def test_a_template_the_platform_said_failed_is_not_repeated_into_the_platform_s_drop(make_runtime, wechat, clock):
-    """The unanswered card was taken and then not delivered (TEMPLATESENDJOBFINISH failed; its msgid was never
-    recorded). The driver then writes, which lets templates be tried again: the retry is the same client_msg_id
-    within 10 minutes, the platform drops it as a repeat and answers ok, and the notice is recorded sent as a
-    template the driver never saw, though a text could carry it."""
+def a_booking_card_taken_not_delivered_without_answer(make_runtime, wechat):
+    """A runtime whose booking notice went as a card the platform took and did not deliver, its call unanswered;
+    returns the runtime, the notice's id and the card as the platform recorded it."""
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
     wechat.note_user_activity("oDriverA")
     wechat.set_template_result("oDriverA", "failed:system failed")
@@ -1529,6 +1547,15 @@ def test_a_template_the_platform_said_failed_is_not_repeated_into_the_platform_s
     template_without_answer(rt, wechat, shown=False)
     wechat.set_template_result("oDriverA", None)
     [taken] = wechat.templates_not_delivered
+    return rt, notification_id, taken
+
+
+def test_a_template_the_platform_said_failed_is_not_repeated_into_the_platform_s_drop(make_runtime, wechat, clock):
+    """The unanswered card was taken and then not delivered (TEMPLATESENDJOBFINISH failed; its msgid was never
+    recorded). The driver then writes, which lets templates be tried again: the retry is the same client_msg_id
+    within 10 minutes, the platform drops it as a repeat and answers ok, and the notice is recorded sent as a
+    template the driver never saw, though a text could carry it."""
+    rt, notification_id, taken = a_booking_card_taken_not_delivered_without_answer(make_runtime, wechat)
     clock.advance(seconds=2)
     template_result(rt, "oDriverA", taken["msgid"], "failed:system failed")  # the push, as the inbox hands it on
 
@@ -1552,20 +1579,7 @@ def test_a_booking_sent_back_never_follows_a_cancellation_card_that_may_have_gon
     repeat is dropped by the platform. The last thing the driver reads is "booked"."""
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_TEMPLATE_CANCELLED="tpl-cancelled",
                       WECHAT_API_TIMEOUT_SECONDS=0.2)
-    wechat.note_user_activity("oDriverA")
-    case_id = a_party_with_a_phone(rt, "oDriverA", None)
-    wechat.set_template_result("oDriverA", "failed:system failed")
-    booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
-    assert dispatch_due(rt, "w1") == 1
-    [failed] = wechat.templates_not_delivered
-    assert load(rt, booked).status is WorkStatus.DONE
-
-    wechat.set_template_result("oDriverA", None)
-    clock.advance(seconds=5)
-    with rt.unit_of_work() as session:
-        cancelled = enqueue(session, openid="oDriverA", kind="cancelled", notice=BOOKED_FACTS,
-                            dedupe_key="cancelled:A", now=clock.now(), case_id=case_id, language="zh")
-    template_without_answer(rt, wechat)  # the driver sees the cancellation card
+    failed, booked, cancelled = a_failed_booking_card_then_a_cancellation_card_without_answer(rt, wechat, clock)
     clock.advance(seconds=2)
     template_result(rt, "oDriverA", failed["msgid"], "failed:system failed")  # the booking's result, read now
 
@@ -1638,18 +1652,7 @@ def test_a_cancellation_card_that_may_have_gone_still_counts_once_its_repeat_fai
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_TEMPLATE_CANCELLED="tpl-cancelled",
                       WECHAT_API_TIMEOUT_SECONDS=0.2,
                       **({"OUTBOX_MAX_ATTEMPTS": 2} if repeat_fails == "out of attempts" else {}))
-    wechat.note_user_activity("oDriverA")
-    case_id = a_party_with_a_phone(rt, "oDriverA", None)
-    wechat.set_template_result("oDriverA", "failed:system failed")
-    booked = add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
-    assert dispatch_due(rt, "w1") == 1
-    [failed] = wechat.templates_not_delivered
-    wechat.set_template_result("oDriverA", None)
-    clock.advance(seconds=5)
-    with rt.unit_of_work() as session:
-        cancelled = enqueue(session, openid="oDriverA", kind="cancelled", notice=BOOKED_FACTS,
-                            dedupe_key="cancelled:A", now=clock.now(), case_id=case_id, language="zh")
-    template_without_answer(rt, wechat)  # the driver sees the cancellation card
+    failed, booked, cancelled = a_failed_booking_card_then_a_cancellation_card_without_answer(rt, wechat, clock)
     clock.advance(seconds=30)
     wechat.inject_error("message/template/send", 40037 if repeat_fails == "permanent" else -1, times=1)
     assert dispatch_due(rt, "w1") == 1  # the repeat fails
@@ -1675,13 +1678,7 @@ def test_a_failed_result_read_while_the_repeat_is_claimed_is_not_lost(make_runti
     nothing locks it); a dispatcher then claims it and sends the repeat, which the platform drops and answers ok;
     nothing then found it PENDING to free. The notice was DONE, the driver saw nothing, and the result was KEPT.
     Now the SELECT locks it, the claim (SKIP LOCKED) passes it by, and it is freed from its template."""
-    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked", WECHAT_API_TIMEOUT_SECONDS=0.2)
-    wechat.note_user_activity("oDriverA")
-    wechat.set_template_result("oDriverA", "failed:system failed")
-    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
-    template_without_answer(rt, wechat, shown=False)
-    wechat.set_template_result("oDriverA", None)
-    [taken] = wechat.templates_not_delivered
+    rt, notification_id, taken = a_booking_card_taken_not_delivered_without_answer(make_runtime, wechat)
     clock.advance(seconds=10)  # the retry is due
 
     original = dispatch.allowance.templates_failed
