@@ -45,6 +45,12 @@ class DeliveryError(Exception):
         self.undelivered = undelivered
         self.provider_fault = provider_fault
 
+    @property
+    def unanswered(self) -> bool:
+        """No answer came (a timeout, a dropped connection, a gateway's error status): the provider may have taken
+        it. An answer with an error code, whatever the code, says it took nothing."""
+        return self.code is None and not self.undelivered
+
 
 @dataclass(frozen=True)
 class Rendered:

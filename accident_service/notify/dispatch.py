@@ -23,7 +23,8 @@ next attempt finds ``sending_at`` set: a template is sent again with the same
 ``client_msg_id`` (the platform drops the repeat), a text or an SMS is not —
 neither provider can drop a repeat, and a person told twice is worse than
 the rare case of the call never having left (README, "Notices"). A template
-whose call got no answer (a timeout, a gateway's error) keeps its mark too.
+whose call got no answer (a timeout, a gateway's error status; not an error
+code, which says the platform took nothing) keeps its mark too.
 While the platform still drops the repeat, such a template goes again as
 itself first, whatever else could carry it now: a card that may have reached
 the person, then a text, would tell them twice (:func:`_repeat_dropped`).
@@ -660,7 +661,7 @@ def _end_failed_attempt(session: Session, row: Notification, worker_id: str, rou
     earlier_template = template and _repeat_dropped(row, now)
     # The mark stays, whatever comes next, while the card may have gone: counted by _superseded (review: a
     # cancellation card whose repeat then failed for good no longer kept a failed booking from going after it).
-    may_have_gone = earlier_template or (template and not exc.undelivered)
+    may_have_gone = earlier_template or (template and exc.unanswered)
     if exc.reroute and not out_of_attempts:
         # Nothing went out: the next attempt chooses again, with what the platform just told us.
         unmarked = {} if earlier_template else {"channel": None, "address": None, "sending_at": None}

@@ -1702,3 +1702,27 @@ def test_a_failed_result_read_while_the_repeat_is_claimed_is_not_lost(make_runti
 
     row = load(rt, notification_id)
     assert wechat.messages_to("oDriverA"), (outcome, row.status, row.channel, wechat.duplicate_templates_dropped)
+
+
+@pytest.mark.parametrize("errcode", [47003, 48001])
+def test_a_card_the_platform_refused_with_an_error_code_does_not_hold_the_notice_to_the_template(
+        make_runtime, wechat, clock, errcode):
+    """The platform answered the card with an error code (47003 argument invalid, 48001 api unauthorized: neither
+    retryable nor permanent in the client, so retried): it certainly took nothing. Yet exc.undelivered is False,
+    so the mark was kept, and when the driver wrote, the notice was tried again as the failing template for up to
+    9 minutes instead of the text they now allow (a third review)."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    wechat.note_user_activity("oDriverA")  # a follower, no text allowed by our ledger
+    notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh")
+    wechat.inject_error("message/template/send", errcode, times=None)
+
+    assert dispatch_due(rt, "w1") == 1
+    assert load(rt, notification_id).status is WorkStatus.PENDING
+    acted(rt, wechat, "oDriverA")  # the driver writes: a text may go now
+    with rt.unit_of_work() as session:
+        dispatch.release_held(session, "oDriverA", clock.now())
+    clock.advance(seconds=30)
+    dispatch_due(rt, "w1")
+
+    row = load(rt, notification_id)
+    assert wechat.messages_to("oDriverA"), (row.status, row.channel, row.sending_at, row.last_error)
