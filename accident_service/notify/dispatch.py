@@ -324,9 +324,14 @@ def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: d
             _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error=WAITING)
             return None
         notes = _folded_notes(session, row) if route.channel.name == WeChatText.name else []
+        # A template's earlier mark keeps its time while the platform drops its repeat (that window runs from that
+        # send); any other mark is this attempt's own (review: a text's mark under a template's time was recorded
+        # unconfirmed, never sent; a fresh card inherited a window already over). The row is ours (leased), and a
+        # template's result leaves a notice being sent alone (TOO_EARLY), so what was read here still holds.
+        kept = route.channel.name == WeChatTemplate.name and _repeat_dropped(row, now)
         run_prebuilt(session, _mark_sending(), {"row_id": row.id, "channel": route.channel.name,
-                                                "address": route.address, "sending_at": now,
-                                                "repeat_window_from": now - WeChatTemplate.repeats_dropped_for})
+                                                "address": route.address,
+                                                "sending_at": row.sending_at if kept else now})
         session.expunge(row)
         return row, rendered, route, notes
 
@@ -334,7 +339,7 @@ def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: d
 def _repeat_dropped(row: Notification, now: datetime) -> bool:
     """Whether ``row`` may have gone as a template already (an earlier attempt's mark) and the platform would still
     drop it as a repeat of its ``client_msg_id``: counted from the first attempt that may have gone (a later one
-    keeps that mark, :func:`_mark_sending`)."""
+    keeps that mark, :func:`_prepare_send`)."""
     return (row.sending_at is not None and row.channel == WeChatTemplate.name
             and now - row.sending_at < WeChatTemplate.repeats_dropped_for)
 
@@ -574,15 +579,8 @@ def _folded_notes(session: Session, row: Notification) -> list[tuple[Notificatio
 def _mark_sending():
     """Built once: every send runs it (committed just before the provider is called; see the module's notes)."""
     table = Notification.__table__
-    marked = {name: bindparam(name, type_=table.c[name].type) for name in ("channel", "address", "sending_at")}
-    # A template's earlier mark keeps its time while the platform drops its repeat: that window runs from that
-    # send (:func:`_repeat_dropped`). Any other mark is this attempt's own: another channel's (review: a text's
-    # mark under a template's time was not recognised as its own, and the text was recorded unconfirmed, never
-    # sent), or a template's after the window (review: a fresh card inherited a window already over).
-    earlier = and_(table.c.channel == marked["channel"],
-                   table.c.sending_at > bindparam("repeat_window_from", type_=table.c.sending_at.type))
     return update(table).where(table.c.id == bindparam("row_id")).values(
-        marked | {"sending_at": case((earlier, table.c.sending_at), else_=marked["sending_at"])})
+        {name: bindparam(name, type_=table.c[name].type) for name in ("channel", "address", "sending_at")})
 
 
 @functools.cache
