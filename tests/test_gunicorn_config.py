@@ -301,3 +301,130 @@ def test_no_control_socket_is_made(tmp_path, gunicorn_env):
     # gunicorn starts the socket in a thread after its first workers: look again once it has stopped (the
     # directory it makes for the socket stays).
     assert sorted(home.rglob("*")) == []
+
+
+def _gunicorn_with_two_workers(bind: str, pidfile: Path) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.conf.py", "--bind", bind,
+            "--workers", "2", "--pid", str(pidfile), "wsgi:app"]
+
+
+def _workers_of(pidfile: Path, count: int) -> list[int]:
+    """The master's children once there are ``count`` of them, all listening (bounded: 30 s)."""
+    import time
+
+    master = int(pidfile.read_text())
+    deadline = time.monotonic() + 30
+    while True:
+        children = [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+        if len(children) == count or time.monotonic() > deadline:
+            return children
+        time.sleep(0.2)
+
+
+def _sockets_of(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    return inodes
+
+
+def _tcp_sockets(port: int, state: str) -> set[str]:
+    """Inodes of the loopback TCP sockets on local ``port`` in ``state`` (/proc/net/tcp: 0A listening, 01 open)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
+            found.add(fields[9])
+    return found
+
+
+def _until(condition, seconds: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_each_worker_listens_on_a_socket_of_its_own_and_kept_alive_connections_spread_over_them(
+        tmp_path, gunicorn_env):
+    """On one shared socket, kept-alive connections opened together (a load balancer's pool; wrk's in the webhook
+    benchmark) all went to one worker in about a third of the runs, which then did all the work on one core."""
+    import socket
+
+    port, pidfile = free_port(), tmp_path / "gunicorn.pid"
+    with serving(_gunicorn_with_two_workers(f"127.0.0.1:{port}", pidfile), env=gunicorn_env, port=port,
+                 log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT):
+        workers = _workers_of(pidfile, 2)
+        _until(lambda: all(_sockets_of(pid) & _tcp_sockets(port, "0A") for pid in workers))
+        listening = [_sockets_of(pid) & _tcp_sockets(port, "0A") for pid in workers]
+        assert [len(each) for each in listening] == [1, 1] and listening[0] != listening[1]
+        assert not _sockets_of(int(pidfile.read_text())) & _tcp_sockets(port, "0A")  # the master listens on none
+        connections = []
+        try:
+            for _ in range(64):
+                connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+                connections.append(connection)
+            for connection in connections:  # each answered, and kept alive
+                connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            for connection in connections:
+                assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            held = [len(_sockets_of(pid) & _tcp_sockets(port, "01")) for pid in workers]
+        finally:
+            for connection in connections:
+                connection.close()
+    assert sum(held) == 64
+    assert min(held) >= 16, held  # the kernel hashes each connection to a socket: 32 each, give or take 4
+
+
+def test_a_reload_keeps_a_socket_per_worker(tmp_path, gunicorn_env):
+    """HUP reads this config again (reuse_port with it): the workers it starts must listen as the others did."""
+    import signal
+
+    import requests
+
+    port, pidfile = free_port(), tmp_path / "gunicorn.pid"
+    with serving(_gunicorn_with_two_workers(f"127.0.0.1:{port}", pidfile), env=gunicorn_env, port=port,
+                 log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT) as url:
+        before = set(_workers_of(pidfile, 2))
+        os.kill(int(pidfile.read_text()), signal.SIGHUP)
+        _until(lambda: not before & set(_workers_of(pidfile, 2))
+               and all(_sockets_of(pid) & _tcp_sockets(port, "0A") for pid in _workers_of(pidfile, 2)))
+        workers = _workers_of(pidfile, 2)
+        assert not before & set(workers)
+        listening = [_sockets_of(pid) & _tcp_sockets(port, "0A") for pid in workers]
+        assert [len(each) for each in listening] == [1, 1] and listening[0] != listening[1]
+        assert all(requests.get(url + "/healthz", timeout=10).status_code == 200 for _ in range(20))
+
+
+def test_a_unix_socket_is_still_one_the_workers_share(tmp_path, gunicorn_env):
+    """A socket per worker is for TCP ports only: each worker binding the path would unlink the other's."""
+    import socket
+    import time
+
+    path, pidfile = tmp_path / "web.sock", tmp_path / "gunicorn.pid"
+    process = subprocess.Popen(_gunicorn_with_two_workers(f"unix:{path}", pidfile), cwd=REPO_ROOT, env=gunicorn_env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _until(lambda: pidfile.exists() and len(_workers_of(pidfile, 2)) == 2 and path.exists())
+        answers = set()
+        deadline = time.monotonic() + 30
+        while len(answers) < 20 and time.monotonic() < deadline:
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(10)
+                try:
+                    client.connect(str(path))
+                except OSError:  # not listening yet
+                    time.sleep(0.2)
+                    continue
+                client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                answers.add((len(answers), client.recv(4096).split(b"\r\n")[0]))
+        assert {status for _, status in answers} == {b"HTTP/1.0 200 OK"} and len(answers) == 20
+    finally:
+        from tests.support.servers import stop_process
+
+        stop_process(process)
