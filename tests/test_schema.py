@@ -70,3 +70,41 @@ def test_processes_starting_together_on_an_empty_database_each_find_the_schema_m
     finally:
         if ON_POSTGRES:
             _drop_database(url)
+
+
+def test_on_sqlite_an_upgrade_is_one_transaction_that_no_one_sees_part_way(tmp_path):
+    """Left to Alembic, SQLite had a transaction per migration: between two of them another process could take
+    the write lock and run the next migration itself, and the first then failed on a table already there (CI,
+    "table push_signature already exists"). One transaction from the revision's read to the last migration: a
+    reader sees the empty database or the head, nothing between."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from alembic.script import ScriptDirectory
+
+    from accident_service.schema import alembic_config
+
+    path = tmp_path / "watched.db"
+    url = f"sqlite:///{path}"
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    upgrade = subprocess.Popen([sys.executable, "-c", "import sys; from accident_service.schema import "
+                                "upgrade_database; upgrade_database(sys.argv[1])", url])
+    seen = set()
+    deadline = time.monotonic() + 120
+    try:
+        while upgrade.poll() is None and time.monotonic() < deadline:
+            if not path.exists():
+                continue
+            try:
+                with sqlite3.connect(path, timeout=0) as reader:
+                    seen.update(row[0] for row in reader.execute("SELECT version_num FROM alembic_version"))
+            except sqlite3.OperationalError:  # no table yet, or the file being set up
+                pass
+            time.sleep(0.001)
+    finally:
+        upgrade.wait(timeout=120)
+    assert upgrade.returncode == 0
+    with sqlite3.connect(path) as reader:
+        seen.update(row[0] for row in reader.execute("SELECT version_num FROM alembic_version"))
+    assert seen == {head}

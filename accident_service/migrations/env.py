@@ -27,15 +27,17 @@ SCHEMA_LOCK = 3_682_635_715
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
-    with context.begin_transaction():
-        # Processes starting together (gunicorn's workers with AUTO_MIGRATE, several instances) upgrade one at a
-        # time: the others wait, then read the revision the first committed. Without it each saw an empty
-        # database and all but one failed creating the same table. SQLite's BEGIN IMMEDIATE (db.make_engine)
-        # does the same there.
+    # One transaction around the whole upgrade, the process's own: processes starting together (gunicorn's workers
+    # with AUTO_MIGRATE, several instances) upgrade one at a time, the others waiting, then reading the revision
+    # the first committed. Left to Alembic, SQLite (no transactional DDL in its book) had a transaction per
+    # migration: a process that had read an empty database ran a migration another had committed meanwhile
+    # ("table push_signature already exists"). SQLite's BEGIN IMMEDIATE (db.make_engine) takes the write lock
+    # before the revision is read; PostgreSQL's lock is an advisory one, as its DDL takes its locks table by table.
+    with connection.begin():
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        context.configure(connection=connection, target_metadata=target_metadata,
+                          render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
         context.run_migrations()
 
 
