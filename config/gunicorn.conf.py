@@ -202,3 +202,28 @@ def post_worker_init(worker):
     import gc
 
     gc.freeze()
+    if worker.cfg.reuse_port:
+        _leave_the_port_when_told_to_stop(worker)
+
+
+def _leave_the_port_when_told_to_stop(worker):
+    """A worker told to stop (SIGTERM: a reload, its master stopping) closes its own socket at once, so the kernel
+    stops handing it connections. gthread stops accepting then but closes its sockets only as it exits, after its
+    requests and kept-alive connections (2 s, up to graceful_timeout): left in the port's group meanwhile, its
+    socket took a share of new connections that no one accepted, reset when it exited (review: 4-7 a reload).
+    The closing runs on the worker's main loop (its method queue, which gthread's own handler also uses from the
+    signal handler), never under a thread that may be accepting."""
+    import signal
+
+    def stop_listening():
+        worker.set_accept_enabled(False)
+        for listener in worker.sockets:
+            listener.close()
+
+    def handle_term(sig, frame):
+        if worker.alive:
+            worker.method_queue.defer(stop_listening)
+        worker.handle_exit(sig, frame)
+
+    signal.signal(signal.SIGTERM, handle_term)
+    signal.siginterrupt(signal.SIGTERM, False)
