@@ -120,7 +120,7 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
     # stored: an inbox row's or a notice's last_error, which the desk shows.
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, echo=echo, hide_parameters=True,
-                               connect_args={"timeout": 30, "check_same_thread": False})
+                               connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS}
@@ -191,19 +191,39 @@ def _drop_if_the_server_hung_up(dbapi_connection, record, _proxy) -> None:
         raise sa_exc.DisconnectionError("the server closed this connection while it was idle in the pool")
 
 
+#: How long a SQLite connection waits for another's lock.
+SQLITE_BUSY_SECONDS = 30
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        _use_wal(dbapi_connection)
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _use_wal(dbapi_connection) -> None:
+    """WAL mode, waiting as long as for any lock. A database still in rollback mode needs an exclusive lock for the
+    switch, and SQLite refuses it at once, without its busy timeout, while another connection holds the write lock
+    (it would deadlock): two of gunicorn's workers opening a new database together (AUTO_MIGRATE, the first one
+    migrating) failed to boot with "database is locked" (CI)."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL").close()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -670,3 +670,29 @@ def test_the_deadline_keeps_the_startup_options_the_url_gives(database_url):
             assert connection.exec_driver_sql("SHOW application_name").scalar() == "from-url"
     finally:
         engine.dispose()
+
+
+def test_a_sqlite_connection_waits_for_another_s_write_lock_to_switch_a_new_database_to_wal(tmp_path):
+    """A database still in rollback mode, another connection holding its write lock (a worker migrating): SQLite
+    refuses the switch to WAL at once, without its busy timeout, and a second gunicorn worker failed to boot
+    (CI). It waits as for any lock, then switches."""
+    import threading
+
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE migrating (step INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO migrating VALUES (1)")
+    released = threading.Timer(1.0, lambda: holder.execute("COMMIT"))
+    released.start()
+    engine = make_engine(f"sqlite:///{path}")
+    started = time.monotonic()
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("SELECT count(*) FROM migrating").scalar() == 1
+        assert time.monotonic() - started >= 0.9  # it waited for the lock, and did not take it
+    finally:
+        released.join(timeout=10)
+        engine.dispose()
+        holder.close()
