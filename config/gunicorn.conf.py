@@ -98,6 +98,41 @@ def on_starting(server):
     if _sockets_per_worker(server):
         _refuse_a_port_in_use(server)
         server.cfg.set("reuse_port", True)
+        _spawn_returns_once_the_worker_listens(server)
+
+
+def _spawn_returns_once_the_worker_listens(server):
+    """The master forks a worker, which binds its own socket; at a reload it tells the old workers to stop right
+    after forking the new ones. Each old one then leaves the port's group at once: with one worker, before the new
+    one had joined it, connections were refused for a few milliseconds. The master waits (at most 5 s) for the
+    worker's word that its socket listens (post_fork, or the pipe closing if it died before) before going on."""
+    import select
+
+    spawn = server.spawn_worker
+
+    def spawn_worker():
+        read_end, write_end = os.pipe()
+        server._listening_pipe = (read_end, write_end)
+        master = os.getpid()
+        try:
+            return spawn()  # a worker leaves it by SystemExit, when it exits (its ends closed in post_fork)
+        finally:
+            if os.getpid() == master:
+                server._listening_pipe = None
+                os.close(write_end)
+                select.select([read_end], [], [], 5.0)  # a byte, or end of file: the worker died before
+                os.close(read_end)
+
+    server.spawn_worker = spawn_worker
+
+
+def post_fork(server, worker):
+    # In the worker, its socket listening (gunicorn binds it just before this hook).
+    pipe = getattr(server, "_listening_pipe", None)
+    if pipe:
+        os.close(pipe[0])
+        os.write(pipe[1], b"1")
+        os.close(pipe[1])
 
 
 def on_reload(server):
@@ -207,23 +242,21 @@ def post_worker_init(worker):
 
 
 def _leave_the_port_when_told_to_stop(worker):
-    """A worker told to stop (SIGTERM: a reload, its master stopping) closes its own socket at once, so the kernel
-    stops handing it connections. gthread stops accepting then but closes its sockets only as it exits, after its
-    requests and kept-alive connections (2 s, up to graceful_timeout): left in the port's group meanwhile, its
-    socket took a share of new connections that no one accepted, reset when it exited (review: 4-7 a reload).
-    The closing runs on the worker's main loop (its method queue, which gthread's own handler also uses from the
-    signal handler), never under a thread that may be accepting."""
-    import signal
+    """A worker told to stop (SIGTERM: a reload, its master stopping; max_requests) closes its own socket as its main
+    loop ends, one pass after the signal, so the kernel stops handing it connections. gthread closes its sockets only
+    as it exits, after its requests and kept-alive connections (2 s, up to graceful_timeout): left in the port's group
+    meanwhile, its socket took a share of new connections that no one accepted, reset when it exited (review: 4-7 a
+    reload). Closed from gthread's own last set_accept_enabled(False), outside any batch of poller events: closed from
+    within one (a review's first mend), an event of the same batch still named it, and accept on it killed the worker.
+    """
+    set_accept_enabled = worker.set_accept_enabled
 
-    def stop_listening():
-        worker.set_accept_enabled(False)
-        for listener in worker.sockets:
-            listener.close()
+    def stop_accepting_and_leave(enabled):
+        # gthread calls this with False as its main loop ends (alive False: SIGTERM, max_requests), outside any
+        # batch of poller events: none can still name the listener then (accept on a closed one killed the worker).
+        set_accept_enabled(enabled)
+        if not enabled and not worker.alive:
+            for listener in worker.sockets:
+                listener.close()
 
-    def handle_term(sig, frame):
-        if worker.alive:
-            worker.method_queue.defer(stop_listening)
-        worker.handle_exit(sig, frame)
-
-    signal.signal(signal.SIGTERM, handle_term)
-    signal.siginterrupt(signal.SIGTERM, False)
+    worker.set_accept_enabled = stop_accepting_and_leave

@@ -569,3 +569,93 @@ def test_stopping_the_old_master_after_a_binary_upgrade_hands_no_connection_to_i
     assert traffic.answered > 100
     assert traffic.hung_then_failed() == [], Counter(what for what, *_ in traffic.failures)
     assert len(traffic.failures) <= 2, traffic.failures
+
+
+class _Hammer:
+    """Clients opening a new connection for every request, back to back (no pause): every instant the port has no
+    socket in its group shows as a refusal."""
+
+    def __init__(self, port: int, clients: int = 4) -> None:
+        self.port = port
+        self.answered = 0
+        self.failures: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as client:
+                    client.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                    status = client.recv(4096).split(b"\r\n")[0]
+                if status.startswith(b"HTTP/1.0 200"):
+                    self.answered += 1
+                else:
+                    self.failures[repr(status)] += 1
+            except OSError as exc:
+                self.failures[type(exc).__name__] += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+
+def _listening(pidfile: Path, port: int, count: int) -> bool:
+    workers = _workers_of(pidfile, count)
+    return len(workers) == count and all(_sockets_of(pid) & _tcp_sockets(port, "0A") for pid in workers)
+
+
+def test_a_reload_of_a_single_worker_refuses_no_connection(tmp_path, gunicorn_env):
+    """--workers 1, HUP: the new worker's socket must be in the port's group before the old one leaves it. The old
+    worker closes its socket as soon as it gets SIGTERM, which the master sends right after forking the new worker,
+    before that one has bound its own: for a few milliseconds the port has no socket and connections are refused
+    (ECONNREFUSED). On the shared socket (before 5d6ecb4) none was; after 5d6ecb4 alone, only when the old worker
+    had no kept-alive connection to finish."""
+    port, pidfile = free_port(), tmp_path / "gunicorn.pid"
+    args = [*_gunicorn_with_two_workers(f"127.0.0.1:{port}", pidfile)]
+    args[args.index("--workers") + 1] = "1"
+    with serving(args, env=gunicorn_env, port=port, log_path=tmp_path / "gunicorn.log", cwd=REPO_ROOT):
+        traffic, hammer = _Traffic(port), _Hammer(port)
+        try:
+            for _ in range(6):
+                time.sleep(1)
+                old = _workers_of(pidfile, 1)
+                os.kill(int(pidfile.read_text()), signal.SIGHUP)
+                for pid in old:
+                    _wait_gone(pid)
+                _until(lambda: _listening(pidfile, port, 1))
+                time.sleep(1)  # the new worker has loaded the app
+        finally:
+            hammer.stop()
+            traffic.stop()
+    assert hammer.answered > 100
+    assert hammer.failures["ConnectionRefusedError"] == 0, hammer.failures
+
+
+def test_a_stopping_worker_never_accepts_on_the_socket_it_has_just_closed(tmp_path, gunicorn_env):
+    """The closing step runs from the method queue's callback, in the middle of a batch of poller events: when the
+    listener is ready in the same batch, after the queue's pipe, gthread then calls accept() on the closed socket
+    (gunicorn's wrapper: 'NoneType' object has no attribute 'accept'). The worker dies with a traceback (exit code
+    255, "Exception in worker process") instead of finishing its requests and kept-alive connections."""
+    port, pidfile = free_port(), tmp_path / "gunicorn.pid"
+    log = tmp_path / "gunicorn.log"
+    with serving(_gunicorn_with_two_workers(f"127.0.0.1:{port}", pidfile), env=gunicorn_env, port=port,
+                 log_path=log, cwd=REPO_ROOT):
+        hammer = _Hammer(port, clients=6)
+        try:
+            for _ in range(8):
+                _until(lambda: _listening(pidfile, port, 2))
+                time.sleep(0.5)
+                victim = _workers_of(pidfile, 2)[0]
+                os.kill(victim, signal.SIGTERM)  # as the master does at a reload or a stop
+                _wait_gone(victim)
+                if "Exception in worker process" in log.read_text():
+                    break
+        finally:
+            hammer.stop()
+    text = log.read_text()
+    assert "Exception in worker process" not in text, text[text.find("Exception in worker process"):][:2000]
+    assert "exited with code" not in text
