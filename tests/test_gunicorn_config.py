@@ -435,6 +435,13 @@ def test_a_unix_socket_is_still_one_the_workers_share(tmp_path, gunicorn_env):
         stop_process(process)
 
 
+def _health_on_a_new_connection(port: int) -> bytes:
+    """GET /healthz on a connection of its own; the answer's status line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        return client.recv(4096).split(b"\r\n")[0]
+
+
 class _Traffic:
     """What a platform in front of the service does meanwhile: a pool of kept-alive connections each sending a
     request every 0.3 s (a load balancer's), and four clients each opening a new connection for every request."""
@@ -470,9 +477,7 @@ class _Traffic:
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as client:
-                    client.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    status = client.recv(4096).split(b"\r\n")[0]
+                status = _health_on_a_new_connection(self.port)
                 if status.startswith(b"HTTP/1.0 200"):
                     self.answered += 1
                 else:
@@ -587,9 +592,7 @@ class _Hammer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as client:
-                    client.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    status = client.recv(4096).split(b"\r\n")[0]
+                status = _health_on_a_new_connection(self.port)
                 if status.startswith(b"HTTP/1.0 200"):
                     self.answered += 1
                 else:
