@@ -98,41 +98,6 @@ def on_starting(server):
     if _sockets_per_worker(server):
         _refuse_a_port_in_use(server)
         server.cfg.set("reuse_port", True)
-        _spawn_returns_once_the_worker_listens(server)
-
-
-def _spawn_returns_once_the_worker_listens(server):
-    """The master forks a worker, which binds its own socket; at a reload it tells the old workers to stop right
-    after forking the new ones. Each old one then leaves the port's group at once: with one worker, before the new
-    one had joined it, connections were refused for a few milliseconds. The master waits (at most 5 s) for the
-    worker's word that its socket listens (post_fork, or the pipe closing if it died before) before going on."""
-    import select
-
-    spawn = server.spawn_worker
-
-    def spawn_worker():
-        read_end, write_end = os.pipe()
-        server._listening_pipe = (read_end, write_end)
-        master = os.getpid()
-        try:
-            return spawn()  # a worker leaves it by SystemExit, when it exits (its ends closed in post_fork)
-        finally:
-            if os.getpid() == master:
-                server._listening_pipe = None
-                os.close(write_end)
-                select.select([read_end], [], [], 5.0)  # a byte, or end of file: the worker died before
-                os.close(read_end)
-
-    server.spawn_worker = spawn_worker
-
-
-def post_fork(server, worker):
-    # In the worker, its socket listening (gunicorn binds it just before this hook).
-    pipe = getattr(server, "_listening_pipe", None)
-    if pipe:
-        os.close(pipe[0])
-        os.write(pipe[1], b"1")
-        os.close(pipe[1])
 
 
 def on_reload(server):
@@ -148,11 +113,15 @@ def _sockets_per_worker(server) -> bool:
     On the one socket gunicorn shares, the worker that wakes first takes a connection, and kept-alive connections
     opened together (a load balancer's pool, wrk's 16) all stayed with one gthread worker in about a third of the
     runs: it did the work on one core while the other idled (650 against 1,110 pushes/s, measured on 2 cores).
-    Not for a unix socket, an inherited or systemd's descriptor, or port 0 (each worker would take a port of its
-    own): gunicorn shares those as before. A worker's socket goes with it: connections waiting to be accepted on it
-    when it stops (a reload, a restart after a crash) are reset, and their senders retry (the platform does).
+    Not for one worker (nothing to spread; between its exit and its successor's bind, a max_requests restart left
+    the port without a socket), a unix socket, an inherited or systemd's descriptor, or port 0 (each worker would
+    take a port of its own): gunicorn shares those as before. A worker's socket goes with it: connections waiting
+    to be accepted on it when it stops or dies are reset, and their senders retry (the platform does); a worker
+    that hangs keeps its share of new connections until --timeout ends it.
     """
     if server.LISTENERS or server.master_pid or os.environ.get("LISTEN_FDS"):  # sockets handed over (pre_exec)
+        return False
+    if server.cfg.workers == 1:
         return False
     return all(isinstance(address, tuple) and address[1] for address in server.cfg.address)
 
