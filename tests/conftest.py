@@ -113,6 +113,7 @@ def database_url(tmp_path, _postgres_schema):
         yield url
         return
     yield POSTGRES_URL
+    _background_notices_done()
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with _postgres_schema.begin() as connection:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
@@ -148,13 +149,12 @@ def settings(settings_overrides):
 def runtime(settings, clock):
     rt = build_runtime(settings, clock=clock)
     yield rt
-    _background_notices_done()
     rt.close()
 
 
 def _background_notices_done() -> None:
-    """What the test's changes sent in the background (notify.background, one thread) is done before its runtime
-    closes and its tables are emptied: on PostgreSQL the TRUNCATE deadlocked with that thread's last write, and
+    """What the test's changes sent in the background (notify.background, one thread) is done before its tables are
+    emptied, whichever runtime it built: on PostgreSQL the TRUNCATE deadlocked with that thread's last write, and
     the next test read the rows left behind. The pool runs in order: a task submitted now runs after the others."""
     from accident_service.notify import background
 
