@@ -100,7 +100,6 @@ def test_a_bad_process_variable_is_one_line_and_exit_2(tmp_path, gunicorn_env, e
 
 
 def test_a_start_that_cannot_bind_leaves_no_metrics_directory(tmp_path, gunicorn_env):
-    import socket
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         result = subprocess.run(gunicorn_args(taken.getsockname()[1]), cwd=REPO_ROOT,
@@ -155,8 +154,6 @@ def test_the_metrics_directory_made_for_a_run_is_removed_on_exit(tmp_path, gunic
 def test_a_binary_upgrade_leaves_no_metrics_directory_behind(tmp_path, gunicorn_env):
     """USR2: the new master starts from the environment as it was before the config ran, so it makes a directory
     of its own; the old master's goes when the old master stops (review: it was kept for the new one, and leaked)."""
-    import signal
-    import time
 
     import requests
 
@@ -315,7 +312,6 @@ def _gunicorn_with_two_workers(bind: str, pidfile: Path) -> list[str]:
 
 def _workers_of(pidfile: Path, count: int) -> list[int]:
     """The master's children once there are ``count`` of them, all listening (bounded: 30 s)."""
-    import time
 
     master = int(pidfile.read_text())
     deadline = time.monotonic() + 30
@@ -348,7 +344,6 @@ def _tcp_sockets(port: int, state: str) -> set[str]:
 
 
 def _until(condition, seconds: float = 30.0) -> None:
-    import time
 
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -359,7 +354,6 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_kept_alive_connections_s
         tmp_path, gunicorn_env):
     """On one shared socket, kept-alive connections opened together (a load balancer's pool; wrk's in the webhook
     benchmark) all went to one worker in about a third of the runs, which then did all the work on one core."""
-    import socket
 
     port, pidfile = free_port(), tmp_path / "gunicorn.pid"
     with serving(_gunicorn_with_two_workers(f"127.0.0.1:{port}", pidfile), env=gunicorn_env, port=port,
@@ -388,7 +382,6 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_kept_alive_connections_s
 
 def test_a_reload_keeps_a_socket_per_worker(tmp_path, gunicorn_env):
     """HUP reads this config again (reuse_port with it): the workers it starts must listen as the others did."""
-    import signal
 
     import requests
 
@@ -408,8 +401,6 @@ def test_a_reload_keeps_a_socket_per_worker(tmp_path, gunicorn_env):
 
 def test_a_unix_socket_is_still_one_the_workers_share(tmp_path, gunicorn_env):
     """A socket per worker is for TCP ports only: each worker binding the path would unlink the other's."""
-    import socket
-    import time
 
     path, pidfile = tmp_path / "web.sock", tmp_path / "gunicorn.pid"
     process = subprocess.Popen(_gunicorn_with_two_workers(f"unix:{path}", pidfile), cwd=REPO_ROOT, env=gunicorn_env,
