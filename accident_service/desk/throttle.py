@@ -16,6 +16,11 @@ from flask_limiter.util import get_remote_address
 
 from accident_service.web import EXTENSION_KEY, current_runtime
 
+#: Seconds to wait for Redis to connect or answer: a sign-in meeting a Redis that accepts and never answers waited
+#: redis-py's default, 5 s for each of its two limits (acceptance pass), holding a worker's thread; past this the
+#: memory counts take over, as when Redis refuses.
+REDIS_TIMEOUT_SECONDS = 0.5
+
 limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=False,
                   in_memory_fallback_enabled=True, strategy="moving-window", key_prefix="desk-login")
 
@@ -29,6 +34,9 @@ def _not_sign_in() -> bool:
 def init_app(app: Flask) -> None:
     settings = app.extensions[EXTENSION_KEY].settings
     app.config["RATELIMIT_STORAGE_URI"] = settings.REDIS_URL or "memory://"
+    if settings.REDIS_URL:
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_timeout": REDIS_TIMEOUT_SECONDS,
+                                                   "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
     limiter.init_app(app)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 import uuid
 
@@ -11,6 +12,7 @@ import redis
 from sqlalchemy import select
 
 from accident_service import create_app
+from accident_service.desk import throttle
 from accident_service.models import AuditEvent
 from tests.desk.conftest import sign_in
 from tests.desk.factories import PASSWORD, add_staff
@@ -123,3 +125,16 @@ def test_failures_are_counted_in_redis_when_it_is_configured(runtime, settings_o
         for key in store.scan_iter(match="*desk-login*"):
             store.delete(key)
         store.close()
+
+
+def test_a_redis_that_never_answers_holds_a_sign_in_at_most_a_second_or_so(settings_overrides, officers):
+    """Acceptance pass: with Redis taking connections but never answering, each sign-in waited redis-py's default
+    5 s for each of its two limits, holding a worker's thread; then the memory counts take over."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connections complete in the kernel's backlog
+        app = create_app({**settings_overrides, "REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"})
+        client = app.test_client()
+        for password in ("wrong-password", PASSWORD):
+            started = time.monotonic()
+            answer = sign_in(client, "th", password)
+            assert time.monotonic() - started < 2 * 2 * throttle.REDIS_TIMEOUT_SECONDS + 0.5
+        assert answer.status_code == 303  # the right password still signs in
