@@ -81,6 +81,17 @@ def test_webhook_requests_latency_and_pushes_by_outcome(client):
     assert (answered.by, refused.by, timed.by, stored.by, duplicate.by) == (2, 1, 3, 1, 1)
 
 
+def test_methods_a_caller_makes_up_share_one_series(client):
+    """The callback is public: a series per made-up method would let anyone grow every worker's metrics without end
+    (acceptance pass)."""
+    with Moves("accident_webhook_requests_total", method="other", status="405") as other:
+        for method in ("QEOEUHJFZJBD", "PROPFIND", "PUT"):
+            assert client.open("/wechat", method=method).status_code == 405
+    assert other.by == 3
+    assert not [name for name, labels in scraped(client) if name == "accident_webhook_requests_total"
+                and dict(labels)["method"] not in ("GET", "POST", "other")]
+
+
 def test_inbox_backlog_by_status_and_the_age_of_its_oldest_push(client, runtime, clock):
     samples = scraped(client)
     assert gauge(samples, "accident_database_up") == 1
