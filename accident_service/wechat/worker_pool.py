@@ -18,6 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from accident_service.db import error_name, is_outage
 from accident_service.logs import current_request_id, log_context
 from accident_service.runtime import Runtime
 from accident_service.wechat.inbox import PHOTO_TYPES
@@ -80,8 +81,12 @@ def _process_then_follow(runtime: Runtime, lane: str, message_id: int, openid: s
         try:
             run_drivers_messages(runtime, worker_id, message_id, openid, follow=FOLLOW, leased_by=leased_by,
                                  hand_on=photos_to_their_lane if lane == "other" else None)
-        except Exception:
-            log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
+        except Exception as exc:
+            if is_outage(exc):  # one line, as the scheduler's jobs and the inbox log one (acceptance pass)
+                log.warning("inline processing of inbox message %s stopped: database unavailable (%s); the sweeper "
+                            "will retry", message_id, error_name(exc))
+            else:
+                log.exception("inline processing of inbox message %s failed; the sweeper will retry", message_id)
 
 
 def shutdown_pools() -> None:

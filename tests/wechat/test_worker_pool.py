@@ -8,9 +8,11 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from accident_service import outbox
+from accident_service.db import DatabaseUnavailable
 from accident_service.logs import current_request_id, log_context
 from accident_service.models import InboundMessage, WorkStatus
 from accident_service.notify.dispatch import release_held
@@ -200,3 +202,23 @@ def test_what_the_pool_logs_for_a_push_carries_the_push_s_request_id(wechat_runt
         logger.removeHandler(recorder)
     # The first reply's line under the push's id; the next message's not (its own push's id is not known here).
     assert [request_id for line, request_id in seen if "not delivered" in line] == ["push-42", None]
+
+
+@pytest.mark.parametrize(("error", "lines"), [
+    (DatabaseUnavailable(), [("WARNING", False)]),
+    (RuntimeError("a bug"), [("ERROR", True)]),
+])
+def test_an_outage_met_by_an_inline_lane_is_one_line_a_bug_its_traceback(wechat_runtime, monkeypatch, caplog, error,
+                                                                       lines):
+    """Acceptance pass: each message a lane held during a database blip wrote its whole traceback into the web's log,
+    where the scheduler's jobs and the inbox write one line for the same outage."""
+    from accident_service.wechat import processing
+
+    def failing(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(processing, "run_drivers_messages", failing)
+    with caplog.at_level(logging.WARNING, logger="accident_service.wechat.worker_pool"):
+        _process_then_follow(wechat_runtime, "other", 1, "oOutageOnce")
+    assert [(record.levelname, record.exc_info is not None) for record in caplog.records
+            if record.name == "accident_service.wechat.worker_pool"] == lines
