@@ -67,6 +67,9 @@ def test_compose_has_the_services_and_their_order():
     assert SERVICES["migrate"]["command"] == ["accident-service", "db", "upgrade"]
     assert SERVICES["scheduler"]["command"] == ["accident-service", "scheduler"]
     assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Healthy only once PostgreSQL takes TCP connections, as migrate makes them: the image's first-run server (a
+    # fresh volume) listens on its unix socket alone (docker-library/postgres#880; acceptance pass).
+    assert "-h 127.0.0.1" in SERVICES["postgres"]["healthcheck"]["test"][1]
     for name in ("web", "scheduler"):
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         # Every process counts the flood windows and sign-in failures, and shares the token, in the one Redis.
