@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from accident_service import request_ids
-from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable, error_name
+from accident_service.db import (
+    UNAVAILABLE_ERRORS,
+    DatabaseUnavailable,
+    commits_watched,
+    error_name,
+    lost_before_anything_was_committed,
+)
 from accident_service.errors import ServiceError
 from accident_service.logs import configure_logging
 from accident_service.runtime import Runtime, build_runtime
@@ -17,6 +24,7 @@ from accident_service.settings import Settings, SettingsError, load_settings
 from accident_service.web import EXTENSION_KEY, CookieSessions, NoSessions
 
 __all__ = ["create_app", "SettingsError"]
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: Runtime | None = None) -> Flask:
@@ -56,7 +64,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
 
 def _bare_app(settings: Settings, runtime: Runtime) -> Flask:
     """A Flask app with what every request needs: the runtime, a request id, typed errors to HTTP."""
-    app = Flask(__name__)
+    app = _RunOnceMoreAfterALostConnection(__name__)
     app.config.update(
         SECRET_KEY=settings.SECRET_KEY,
         SESSION_COOKIE_HTTPONLY=True,
@@ -70,6 +78,29 @@ def _bare_app(settings: Settings, runtime: Runtime) -> Flask:
     request_ids.install(app)
     _map_errors(app)
     return app
+
+
+class _RunOnceMoreAfterALostConnection(Flask):
+    """Flask, where a request whose database connection died before it committed anything runs once more, whole
+    (its before-request hooks, which load the signed-in officer or the API caller, and its view), on a fresh
+    connection: a restart or a failover answers the caller, not 503 (accident_service.db). Once: a second loss is
+    the database's outage, answered 503 by the error mapping."""
+
+    def full_dispatch_request(self):
+        with commits_watched():
+            return super().full_dispatch_request()
+
+    def handle_user_exception(self, e):
+        if g.get("_ran_once_more") or not lost_before_anything_was_committed(e):
+            return super().handle_user_exception(e)
+        g._ran_once_more = True
+        log.warning("database connection lost before anything was committed (%s); running the request once more",
+                    error_name(e))
+        try:
+            answer = self.preprocess_request()
+            return self.dispatch_request() if answer is None else answer
+        except Exception as again:
+            return super().handle_user_exception(again)
 
 
 def _platform_app(settings: Settings, runtime: Runtime) -> Flask:

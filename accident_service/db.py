@@ -9,14 +9,17 @@ A pooled PostgreSQL connection idle for a second or more whose server hung up
 meanwhile is dropped at checkout by a look at its socket (no round trip); one
 that dies while the pool is busy fails its statement, and
 :func:`run_in_transaction` runs the transaction once more on a fresh
-connection when nothing can have been committed. A database that stays
-unreachable raises :class:`DatabaseUnavailable` (HTTP 503, mapped once in the
-app factory).
+connection when nothing can have been committed. A web request whose
+connection dies under an ORM unit of work before it committed anything runs
+once more, whole (:func:`lost_before_anything_was_committed`, used by the app
+factory). A database that stays unreachable raises :class:`DatabaseUnavailable`
+(HTTP 503, mapped once in the app factory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import re
 import select
@@ -156,7 +159,9 @@ def _connect_with_a_deadline(seconds: float):
                     raise
                 # Still waiting for an answer: the deadline passed, and the protocol is mid-way.
                 self.close()
-                raise psycopg.OperationalError(f"the server did not answer within {seconds:g} s") from exc
+                overdue = psycopg.OperationalError(f"the server did not answer within {seconds:g} s")
+                overdue.server_did_not_answer = True  # type: ignore[attr-defined]  # (lost_before_anything_...)
+                raise overdue from exc
 
     def connect(_dialect, _record, cargs, cparams):
         return AnsweredInTime.connect(*cargs, **cparams)
@@ -230,12 +235,54 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+class _Commits:
+    """Whether anything of the work being watched may have been committed: a unit of work sent its COMMIT, or
+    :func:`run_in_transaction` ran (its single statements commit as they run)."""
+
+    attempted = False
+
+
+_COMMITS: contextvars.ContextVar[_Commits | None] = contextvars.ContextVar("commits", default=None)
+
+
+@contextlib.contextmanager
+def commits_watched() -> Iterator[None]:
+    """Watch the commits of the work this block runs (a web request), for
+    :func:`lost_before_anything_was_committed`."""
+    token = _COMMITS.set(_Commits())
+    try:
+        yield
+    finally:
+        _COMMITS.reset(token)
+
+
+def _committing() -> None:
+    commits = _COMMITS.get()
+    if commits is not None:
+        commits.attempted = True
+
+
+def lost_before_anything_was_committed(exc: BaseException) -> bool:
+    """Whether the work watched by :func:`commits_watched` may run once more, whole, on a fresh connection: ``exc``
+    is its connection lost (a server restart, a failover, ``pg_terminate_backend``; also a pooled connection
+    that died a moment after it was last used, which no look at its socket at checkout catches) and none of the
+    work's commits has been attempted, so nothing of it can have been kept. A connection lost during a COMMIT
+    leaves open whether it was kept: never run again. Nor one closed here because the server did not answer in
+    time (``DATABASE_ANSWER_TIMEOUT_SECONDS``): a hung server would hold the request a second time, where one
+    wait was what it was to cost. Pool pre-ping would cost every checkout a round trip."""
+    commits = _COMMITS.get()
+    return (commits is not None and not commits.attempted
+            and isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+            and not getattr(exc.orig, "server_did_not_answer", False))
+
+
 @contextlib.contextmanager
 def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: commit when the block ends normally, roll back otherwise."""
     session = session_factory()
     try:
         yield session
+        _committing()
         session.commit()
     except BaseException:
         session.rollback()
@@ -349,6 +396,7 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *,
     a rerun leaves unchanged, or for a ``rerun`` that finds what a first run that committed did.
     Raises DatabaseUnavailable when the database cannot be reached or the retry fails too.
     """
+    _committing()  # in autocommit each statement commits as it runs; and a work run here is never run again whole
     for attempt in (1, 2):
         committing = False
         try:

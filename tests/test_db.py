@@ -30,6 +30,7 @@ from accident_service.models import AuditEvent, Station
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.conftest import T0
+from tests.faults.test_database import terminate_web_backends
 from tests.support.pg_cut import postgres_through_a_proxy
 from tests.support.servers import free_port
 
@@ -696,3 +697,78 @@ def test_a_sqlite_connection_waits_for_another_s_write_lock_to_switch_a_new_data
         released.join(timeout=10)
         engine.dispose()
         holder.close()
+
+
+@postgres_only
+def test_a_desk_page_whose_pooled_connection_the_server_ended_a_moment_ago_is_answered(runtime, database_url):
+    """Acceptance pass: a page asked within a second of its connection's end got 503 with the database up (the
+    look at an idle connection's socket skips those used a moment ago). It runs once more on a fresh one."""
+    from tests.desk.conftest import sign_in
+    from tests.desk.factories import seed_desk
+
+    seed_desk(runtime)
+    client = create_app(runtime=runtime).test_client()
+    assert sign_in(client, "th").status_code == 303
+    assert client.get("/desk/").status_code == 200
+    assert terminate_web_backends(database_url) >= 1  # a restart, a failover, an operator
+    assert client.get("/desk/").status_code == 200
+
+
+@pytest.fixture
+def counted_app(runtime, database_url):
+    """An app with routes that lose their connection where a test says, counting their runs."""
+    app = create_app(runtime=runtime)
+    runs: list[str] = []
+
+    def lose_the_connection(session) -> None:
+        terminate(database_url, session.scalar(text("SELECT pg_backend_pid()")))
+        session.execute(text("SELECT 1"))  # the connection is gone: SQLAlchemy invalidates it
+
+    @app.get("/test-lost-while-reading")
+    def _lost_while_reading():
+        runs.append("read")
+        with runtime.unit_of_work() as session:
+            session.scalar(text("SELECT 1"))
+            if len(runs) == 1:
+                lose_the_connection(session)
+        return jsonify(runs=len(runs))
+
+    @app.get("/test-lost-after-a-commit")  # GET: no CSRF token to send
+    def _lost_after_a_commit():
+        runs.append("write")
+        with runtime.unit_of_work() as session:
+            add_audit(session, "committed-once")
+        with runtime.unit_of_work() as session:
+            lose_the_connection(session)
+        return jsonify(runs=len(runs))
+
+    @app.get("/test-lost-every-time")
+    def _lost_every_time():
+        runs.append("read")
+        with runtime.unit_of_work() as session:
+            lose_the_connection(session)
+        return jsonify(runs=len(runs))
+
+    app.test_runs = runs
+    return app
+
+
+@postgres_only
+def test_a_request_whose_connection_died_before_anything_was_committed_runs_once_more(counted_app):
+    answer = counted_app.test_client().get("/test-lost-while-reading")
+    assert answer.status_code == 200 and answer.json == {"runs": 2}
+
+
+@postgres_only
+def test_a_request_that_committed_before_its_connection_died_is_not_run_again(counted_app, runtime):
+    answer = counted_app.test_client().get("/test-lost-after-a-commit")
+    assert answer.status_code == 503 and answer.json["code"] == "database_unavailable"
+    assert counted_app.test_runs == ["write"]
+    assert audit_rows(runtime.session_factory, "committed-once") == 1  # kept once, not twice
+
+
+@postgres_only
+def test_a_request_whose_connection_dies_again_on_its_second_run_is_a_503(counted_app):
+    answer = counted_app.test_client().get("/test-lost-every-time")
+    assert answer.status_code == 503 and answer.json["code"] == "database_unavailable"
+    assert counted_app.test_runs == ["read", "read"]
