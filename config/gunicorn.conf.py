@@ -80,12 +80,23 @@ def _service_formatter(log_format):
 # caller's request id, a probe's path), at its LOG_LEVEL; with JSON every line of the process is one object.
 # The root logger is left to the service (no handler here).
 _format, _level = _checked.settings.LOG_FORMAT, _checked.settings.LOG_LEVEL  # upper case already
+
+
+class _NoEmptyListeningLine:
+    """Drops gunicorn's "Listening at:  (pid)" naming no socket: with a socket per worker the master holds none, and
+    when_ready says where it listens (acceptance pass: the empty line puzzled an operator)."""
+
+    def filter(self, record) -> bool:
+        return not (record.msg.startswith("Listening at:") and record.args and not record.args[0])
+
+
 _handler = {"class": "logging.StreamHandler", "formatter": "service"}
 logconfig_dict = {
     "formatters": {"service": {"()": _service_formatter(_format)}},
     "filters": {"request_id": {"()": "accident_service.request_ids.AccessLineRequestId"},
-                "path": {"()": "accident_service.logs.AccessLinePathAsSent"}},
-    "handlers": {"error_console": {**_handler, "stream": "ext://sys.stderr"},
+                "path": {"()": "accident_service.logs.AccessLinePathAsSent"},
+                "listening": {"()": _NoEmptyListeningLine}},
+    "handlers": {"error_console": {**_handler, "stream": "ext://sys.stderr", "filters": ["listening"]},
                  "console": {**_handler, "stream": "ext://sys.stdout", "filters": ["request_id", "path"]}},
     "loggers": {"gunicorn.error": {"level": _level, "handlers": ["error_console"], "propagate": False},
                 "gunicorn.access": {"level": _level, "handlers": ["console"], "propagate": False}},
