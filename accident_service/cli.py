@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -170,9 +171,11 @@ def sandbox_command(bind: str) -> None:
         sandbox = launcher.start(bind)
     except launcher.SandboxRefused as exc:
         raise click.ClickException(f"sandbox refused: {exc}") from exc
-    except OSError as exc:  # the port is taken, most often
-        raise click.ClickException(f"sandbox cannot listen on {bind}: {exc.strerror or exc}; "
-                                   "choose another with --bind 127.0.0.1:PORT") from exc
+    except OSError as exc:  # the system's reason; a hint where another port is the cure
+        hint = {errno.EADDRINUSE: "; choose another with --bind 127.0.0.1:PORT",
+                errno.EACCES: "; choose another (1024 or above) with --bind 127.0.0.1:PORT",
+                errno.EADDRNOTAVAIL: " (not an address of this machine; 127.0.0.1 is)"}.get(exc.errno, "")
+        raise click.ClickException(f"sandbox cannot listen on {bind}: {exc.strerror or exc}{hint}") from exc
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     click.echo(f"sandbox running: open {sandbox.url}/sandbox/\n"

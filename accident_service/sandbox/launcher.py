@@ -14,10 +14,10 @@ in the environment: the sandbox plays the platform itself, and must never talk t
 from __future__ import annotations
 
 import base64
-import errno
 import logging
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,11 +26,12 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import select
-from werkzeug.serving import make_server
+from werkzeug.serving import LISTEN_QUEUE, get_sockaddr, make_server, select_address_family
 
 from accident_service.sandbox import console
 from accident_service.sandbox.emulator import WeChatEmulator
 from accident_service.sandbox.sms_emulator import SmsEmulator
+from accident_service.settings import SettingsError, bind_address
 from accident_service.web import EXTENSION_KEY
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,14 @@ def settings_for(wechat: WeChatEmulator, sms: SmsEmulator, aes_key: str, data_di
 
 def start(bind: str = "127.0.0.1:8000", *, data_dir: str | None = None,
           environ: Mapping[str, str] | None = None) -> Sandbox:
-    """Start every part (port 0 in ``bind`` picks a free one). Raises SandboxRefused, SettingsError, OSError,
-    or the driver's error for a database not reachable now."""
+    """Start every part (port 0 in ``bind`` picks a free one). Raises SandboxRefused, SettingsError (a ``bind``
+    serve would refuse too, or one not HOST:PORT), OSError (what the system said to the bind), or the driver's
+    error for a database not reachable now."""
     environ = os.environ if environ is None else environ
     reason = refusal(environ)
     if reason:
         raise SandboxRefused(reason)
-    host, _, port = bind.rpartition(":")
+    host, port = listen_address(bind)  # before anything starts
     # werkzeug logs every request line, query string included (the platform's openid): not here.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     data_dir = data_dir or environ.get("DATA_DIR") or "./var/sandbox"
@@ -125,8 +127,8 @@ def start(bind: str = "127.0.0.1:8000", *, data_dir: str | None = None,
         stops.append(sms.stop)
         app = _service_app(settings_for(wechat, sms, aes_key, data_dir))
         stops.append(app.extensions[EXTENSION_KEY].close)
-        server = _listen(host or "127.0.0.1", int(port or 8000), app)
-        url = f"http://{server.host}:{server.port}"
+        server = _listen(host, port, app)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{server.port}"
         sandbox = Sandbox(url, app, wechat, sms)
         wechat.callback_url = url + "/wechat"
         _seed(app)
@@ -146,11 +148,26 @@ def start(bind: str = "127.0.0.1:8000", *, data_dir: str | None = None,
     return sandbox
 
 
+def listen_address(bind: str) -> tuple[str, int]:
+    """``bind`` as serve's ``--bind`` (BIND) takes it, checked by the same rule (settings.bind_address: a port from
+    0 to 65535, a host alone meaning port 8000), as host and port; raises SettingsError naming BIND otherwise,
+    ``unix:PATH`` and ``fd://N`` (gunicorn's forms; werkzeug's server here listens on TCP) included."""
+    bind = bind_address(bind)
+    if bind.startswith(("unix:", "fd://")):
+        raise SettingsError(f"BIND: the sandbox listens on HOST:PORT only, got {bind!r}")
+    host, port = (bind, "8000") if ":" not in bind or bind.endswith("]") else bind.rpartition(":")[::2]
+    return host.strip("[]"), int(port)
+
+
 def _listen(host: str, port: int, app: Flask):
-    try:
-        return make_server(host, port, app, threaded=True)
-    except SystemExit:  # werkzeug exits (after printing) when the port is taken: say it as the error it is
-        raise OSError(errno.EADDRINUSE, "the port is in use by another program") from None
+    """werkzeug's threaded server on a socket bound here: werkzeug's own bind prints the system's reason and
+    exits, and the reason (port taken, not this machine's address, a port below 1024) is the caller's to say."""
+    family = select_address_family(host, port)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:  # the server keeps a duplicate of it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug's bind does
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(LISTEN_QUEUE)
+        return make_server(host, port, app, threaded=True, fd=sock.fileno())
 
 
 def _service_app(settings: dict[str, Any]) -> Flask:

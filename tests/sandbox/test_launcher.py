@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -110,14 +113,39 @@ def test_a_text_goes_to_the_real_webhook_encrypted_and_its_answer_shows_in_the_p
     assert sandbox.wechat.reply_errors == []
 
 
-def test_a_taken_port_is_said_plainly(sandbox, tmp_path):
-    import subprocess
-    import sys
+def run_sandbox_command(bind: str, cwd) -> subprocess.CompletedProcess:
+    """``accident-service sandbox --bind BIND`` as a process, without the credentials that would refuse it."""
+    return subprocess.run([sys.executable, "-c", "from accident_service.cli import main; main()", "sandbox",
+                           "--bind", bind], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items()
+                               if k not in launcher.REAL_CREDENTIALS and k not in {"APP_ENV", "BIND"}})
 
+
+def test_a_taken_port_is_said_plainly(sandbox, tmp_path):
     port = sandbox.url.rsplit(":", 1)[1]
-    done = subprocess.run([sys.executable, "-c", "from accident_service.cli import main; main()", "sandbox",
-                           "--bind", f"127.0.0.1:{port}"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in __import__("os").environ.items()
-                               if k not in launcher.REAL_CREDENTIALS and k != "APP_ENV"})
+    done = run_sandbox_command(f"127.0.0.1:{port}", tmp_path)
     assert done.returncode == 1
-    assert f"sandbox cannot listen on 127.0.0.1:{port}" in done.stderr and "--bind" in done.stderr, done.stderr
+    assert f"sandbox cannot listen on 127.0.0.1:{port}: Address already in use; choose another with --bind" \
+        in done.stderr, done.stderr
+
+
+def test_an_address_not_of_this_machine_is_said_as_the_system_says_it(tmp_path):
+    done = run_sandbox_command("192.0.2.1:8000", tmp_path)  # TEST-NET-1: never a local address
+    assert done.returncode == 1 and done.stdout == ""
+    assert "sandbox cannot listen on 192.0.2.1:8000: Cannot assign requested address" in done.stderr, done.stderr
+    assert "in use" not in done.stderr and "choose another" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:70000", "127.0.0.1:99999", "127.0.0.1:abc", ":8000",
+                                  "unix:/tmp/sandbox.sock"])
+def test_a_bind_serve_would_refuse_is_refused_by_the_same_rule_before_anything_starts(bind, tmp_path):
+    done = run_sandbox_command(bind, tmp_path)
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.startswith("configuration error: BIND: ") and len(done.stderr.splitlines()) == 1, done.stderr
+    assert not (tmp_path / "var").exists()  # no data directory: nothing started
+
+
+@pytest.mark.parametrize("bind, address", [("127.0.0.1:0", ("127.0.0.1", 0)), ("localhost", ("localhost", 8000)),
+                                           ("[::1]:8080", ("::1", 8080)), ("0.0.0.0:65535", ("0.0.0.0", 65535))])
+def test_a_bind_serve_takes_is_the_sandbox_s_host_and_port(bind, address):
+    assert launcher.listen_address(bind) == address
