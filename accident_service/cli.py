@@ -236,13 +236,23 @@ def scheduler_command(once: bool) -> None:
         return
     scheduler = jobs.build_scheduler(runtime)
 
-    def stop(*_: object) -> None:
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:  # a second signal (Ctrl-C twice; `timeout` signals the child, then its group) while stopping:
+            # raised, it went through APScheduler's shutdown listener (the metrics server's shutdown() waiting)
+            # as an ERROR and a traceback; the first one's stop goes on.
+            log.info("scheduler stopping already; %s ignored", signal.Signals(signum).name)
+            return
+        stopping = True
         if scheduler.running:
             scheduler.shutdown(wait=False)
         else:  # still starting (slot generation): shutdown() would raise SchedulerNotRunningError
             raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # Ctrl-C: the same clean stop
     try:
         _once_the_database_answers(lambda: jobs.generate_slots(runtime, jobs.worker_name()), say=log.warning)
         # A log line, not a print: with LOG_FORMAT=json every line of the process is one JSON object.

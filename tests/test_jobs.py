@@ -560,6 +560,29 @@ def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, schedul
     assert process.wait(timeout=15) == 0, logs(tmp_path, 1)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_while_a_scheduler_stops_is_ignored_and_it_stops_cleanly(start_scheduler, scheduler_env,
+                                                                               tmp_path, signum):
+    """Ctrl-C twice, or `timeout` signalling the child and then its group: the second signal came while the shutdown
+    listener waited for the metrics server to stop, and was raised through APScheduler's listener call as
+    "ERROR ... Error notifying listener" with a traceback ending in SystemExit (acceptance pass)."""
+    from tests.support.servers import free_port
+
+    scheduler_env.update(SCHEDULER_METRICS_PORT=str(free_port()), LOG_LEVEL="INFO")
+    process = start_scheduler(0)
+    log_path = tmp_path / "scheduler0.log"
+    deadline = time.monotonic() + 60  # a cold start on a busy machine, not a speed requirement
+    while " running" not in log_path.read_text(errors="replace"):
+        assert process.poll() is None and time.monotonic() < deadline, logs(tmp_path, 1)
+        time.sleep(0.2)
+    process.send_signal(signum)
+    time.sleep(0.05)  # into the metrics server's shutdown (its loop looks every 0.5 s)
+    process.send_signal(signum)
+    assert process.wait(timeout=30) == 0, logs(tmp_path, 1)
+    told = log_path.read_text(errors="replace")
+    assert "ERROR" not in told and "Traceback" not in told, told
+
+
 def test_a_scheduler_whose_metrics_port_is_taken_stops_naming_the_setting(start_scheduler, scheduler_env, tmp_path):
     """Another scheduler on the host has the port: this one must not run on unseen, its figures nowhere and a
     scrape of the port reading the other's (acceptance pass)."""
