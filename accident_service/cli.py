@@ -274,13 +274,14 @@ def purge_command(days: int | None, dry_run: bool) -> None:
     Case numbers, statuses, times, fingerprints and the (anonymised) audit trail stay;
     running it again changes nothing more. The scheduler runs it nightly.
     """
-    from accident_service.retention import purge_closed_cases
-    from accident_service.storage import StorageUnavailable
+    from accident_service.retention import PurgeStopped, purge_closed_cases
 
     try:
         report = purge_closed_cases(command_runtime(), days=days, dry_run=dry_run)
-    except StorageUnavailable as exc:  # nothing of the batch that met it has changed; run it again later
-        raise click.ClickException(f"storage: {exc}") from exc
+    except PurgeStopped as exc:  # the cases of the batch that met it and after are kept; run it again later
+        click.echo(json.dumps(exc.report.as_dict()))  # what did change (what belongs to no case, cases before)
+        raise click.ClickException(f"storage: {exc} ({exc.report.cases_kept} cases kept for the next run; "
+                                   "what was purged is on stdout)") from exc
     click.echo(json.dumps(report.as_dict()))
 
 

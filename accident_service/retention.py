@@ -146,10 +146,20 @@ class PurgeReport:
     preferences: int = 0
     allowances: int = 0  # what the platform allowed us to send a person in no remaining case
     api_answers: int = 0  # answers kept for an API caller's retries (Idempotency-Key): a case's plates and phones
+    cases_kept: int = 0  # due, but kept for the next run: the store could not delete their objects (PurgeStopped)
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, int | bool]:
         return asdict(self)
+
+
+class PurgeStopped(StorageUnavailable):
+    """The store could not delete a case's objects: the purge stopped at that batch. ``report`` is what it changed
+    all the same (the cases before, the objects deleted, what belongs to no case) and ``cases_kept``."""
+
+    def __init__(self, cause: StorageUnavailable, report: PurgeReport) -> None:
+        super().__init__(str(cause))
+        self.report = report
 
 
 @dataclass
@@ -162,8 +172,9 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
                        batch_size: int = BATCH_SIZE) -> PurgeReport:
     """Purge the cases closed more than ``days`` (RETENTION_DAYS) ago; see the module docstring.
 
-    Raises StorageUnavailable when an object cannot be deleted: the cases of
-    that batch and after stay as they are, for the next run; what belongs to no case goes all the same.
+    Raises PurgeStopped (a StorageUnavailable, with the report of what was done) when an object cannot be
+    deleted: the cases of that batch and after stay as they are, for the next run (``cases_kept``); what belongs
+    to no case goes all the same.
     """
     days = runtime.settings.RETENTION_DAYS if days is None else days
     now = runtime.clock.now()
@@ -180,14 +191,17 @@ def purge_closed_cases(runtime: Runtime, *, days: int | None = None, dry_run: bo
             after_id = batch.case_ids[-1]
             for key in batch.object_keys:
                 runtime.store.delete(key)
-            report.objects += len(batch.object_keys)
+                report.objects += 1  # gone, even if the store fails before the batch's last (deleted again then)
             with runtime.unit_of_work() as session:
                 _erase(session, batch, cutoff, now, days, report)
-    except StorageUnavailable:
+    except StorageUnavailable as exc:
         # What belongs to no case needs no store: it goes tonight all the same (a driver whose only case is due but
         # kept for the next run loses tonight what would have gone with it: their language, their allowance).
         _purge_what_no_case_holds(runtime, cutoff, report)
-        raise
+        with runtime.unit_of_work() as session:
+            report.cases_kept = session.scalar(select(func.count()).select_from(Case).where(_purgeable(cutoff))) or 0
+        log.warning("retention stopped by storage (%s): %s", exc, report.as_dict())
+        raise PurgeStopped(exc, report) from exc
     _purge_what_no_case_holds(runtime, cutoff, report)  # after the cases: their drivers' openids are erased by now
     report.unnamed_objects = _delete_unnamed_objects(runtime, now)
     if report.cases or report.unnamed_objects:

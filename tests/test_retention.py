@@ -459,6 +459,32 @@ def test_the_purge_command(runtime, database_url, settings_overrides, tmp_path):
     assert refused.returncode == 2 and "--days" in refused.stderr
 
 
+def test_the_purge_command_with_storage_down_prints_what_it_did_and_what_it_kept(runtime, database_url,
+                                                                                settings_overrides, tmp_path):
+    """Acceptance pass: it exited 1 with "Error: storage: ..." and nothing on stdout, though what belongs to no
+    case had gone all the same: the operator could not tell what state it left."""
+    old = datetime.now(UTC) - timedelta(days=DAYS + 5)
+    runtime.clock.set(old + timedelta(days=1))
+    made = make_case(runtime, status=CaseStatus.CANCELLED, days_ago=1, drivers=(driver("X"), driver("Y")))
+    leave_traces(runtime, driver("S"), old)  # a stranger's: needs no store
+    env = {**os.environ, "DATABASE_URL": database_url, "AUTO_MIGRATE": "false", "APP_ENV": "test",
+           "DATA_DIR": str(tmp_path / "var"), "STORAGE_URL": "s3://evidence", "S3_ENDPOINT_URL": "http://127.0.0.1:1",
+           "AWS_ACCESS_KEY_ID": "dummy", "AWS_SECRET_ACCESS_KEY": "dummy",
+           "SECRET_KEY": settings_overrides["SECRET_KEY"]}
+
+    done = subprocess.run([sys.executable, "-c", "from accident_service.cli import main; main()", "purge",
+                           "--days", str(DAYS)], env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 1, done.stderr
+    assert "Error: storage: " in done.stderr and "1 cases kept for the next run" in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    assert report["cases"] == 0 and report["objects"] == 0 and report["cases_kept"] == 1, report
+    assert report["inbound_messages"] >= 1 and report["preferences"] >= 1, report  # the stranger's went
+    assert runtime.store.exists(made.keys[0])
+    with runtime.unit_of_work() as session:
+        assert session.get(Case, made.case_id).purged_at is None
+
+
 def digest(n: int) -> str:
     """A sha256 as evidence keys carry it (the file's name)."""
     return hashlib.sha256(str(n).encode()).hexdigest()
@@ -547,6 +573,30 @@ class DeletingFails(ListingFails):
         raise StorageUnavailable("the store went away")
 
 
+class DeletingFailsAfter(ListingFails):
+    """A store that goes down after ``allowed`` deletes."""
+
+    def __init__(self, store, allowed: int):
+        super().__init__(store)
+        self.allowed = allowed
+
+    def delete(self, key):
+        if self.allowed <= 0:
+            raise StorageUnavailable("the store went away")
+        self.allowed -= 1
+        self.store.delete(key)
+
+
+def test_objects_deleted_before_the_store_failed_are_counted_as_gone(runtime, world):
+    runtime.store = DeletingFailsAfter(runtime.store, 3)
+
+    with pytest.raises(StorageUnavailable) as stopped:
+        purge_closed_cases(runtime, days=DAYS, batch_size=len(PURGED_CASES))  # one batch: none of its cases purged
+
+    assert (stopped.value.report.objects, stopped.value.report.cases) == (3, 0)
+    assert stopped.value.report.cases_kept == len(PURGED_CASES)
+
+
 def test_a_storage_outage_keeps_the_cases_for_the_next_run_and_purges_what_belongs_to_no_case(runtime, world,
                                                                                              clock):
     """An acceptance pass: with the store down the purge ended at once, and a stranger's traces, which need no
@@ -555,8 +605,11 @@ def test_a_storage_outage_keeps_the_cases_for_the_next_run_and_purges_what_belon
     leave_traces(runtime, stranger, clock.now() - timedelta(days=400))
     runtime.store = DeletingFails(runtime.store)
 
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailable) as stopped:
         purge_closed_cases(runtime, days=DAYS)
+
+    assert stopped.value.report.cases == 0 and stopped.value.report.cases_kept == len(PURGED_CASES)
+    assert stopped.value.report.inbound_messages >= 1  # the stranger's, said as what changed
 
     with runtime.unit_of_work() as session:
         assert not any(session.get(Case, world["cases"][name].case_id).purged_at for name in PURGED_CASES)
