@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -21,23 +23,58 @@ from urllib.parse import quote, unquote
 
 from pythonjsonlogger.json import JsonFormatter
 
-# An 11-digit mainland mobile, also written +86 138 0013 8000, 0086-138-0013-8000 or 8613800138000, and in
-# full-width digits (１３８…), as a phone's Chinese keyboard may type them.
-_DIGIT = "[0-9０-９]"
-_PHONE = re.compile(rf"(?<!\d)((?:\+|00)?86[\s-]?)?([1１][3-9３-９]{_DIGIT})[\s-]?{_DIGIT}{{4}}[\s-]?({_DIGIT}{{4}})"
-                    r"(?!\d)")
-# A plate: province (or its JSON escape, as in a serialised payload quoted by a database error), region
-# letter, then 5 (6 for new-energy plates) letters and digits, the last possibly 学/警/挂/港/澳; in any case.
-# A space or a dot may come after the region letter, or after the province when a digit follows within
-# the plate's first characters (粤 B12345): without that digit, "更新 status" would read as one. A "+" too: a
-# space as a form sends it in a URL's query (粤+B12345).
-_PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使"
-_PLATE = re.compile(rf"((?:[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}})(?:[A-Za-z]|[\s·.+-][A-Za-z]"
-                    r"(?=[\s·.+-]?[A-Za-z]{0,4}\d)))[\s·.+-]?[A-Za-z0-9]{3,5}([A-Za-z0-9学警挂港澳领])(?![A-Za-z0-9])")
+from accident_service.plates_and_phones import (
+    INVISIBLE,
+    PHONE,
+    PHONE_SEPARATORS,
+    PLATE_SEPARATORS,
+    PLATE_SUFFIXES,
+    PROVINCES,
+    fold,
+)
+
+# Plates and mobile numbers are found as the service's parsers read them (plates_and_phones, wechat.parsing), so
+# that whatever they accept is masked (acceptance pass: 粤Ａ１２３４５, 粤A·1·2345, 1380 013 8000 and 138\u200b00138000
+# parsed, and were logged as they came): on a view of the line with each character NFKC-folded, zero-width
+# characters dropped, and the separators a driver may put inside the value dropped too. What is found there is
+# masked in the line as written, through each view character's index in the line.
+#
+# A mobile, with or without a country code: the parsers' PHONE, standing apart from other digits. Written in other
+# groups than 138 0013 8000 (1 3 8 0 0 1 3 8 0 0 0, 1380-013-8000), it must stand apart from Latin letters too: a
+# UUID's or a token's groups (c0ffee13-8001-3800-0abc) and an access line's byte count beside its duration
+# (200 1380013 8000ms) would otherwise read as one.
+# The quick look, on the line folded, whether it may hold one: 11 digits, separators between them or not.
+_PHONE_GAP = rf"[\s{re.escape(PHONE_SEPARATORS)}]*"
+_MOBILE_SPREAD = re.compile(rf"1{_PHONE_GAP}[3-9](?:{_PHONE_GAP}[0-9]){{9}}")
+_MOBILE_CANDIDATES = re.compile(r"\+?[0-9]{11,}")  # on the view: a mobile lies within such a run
+_MOBILE_LENGTHS = (15, 14, 13, 11)  # with 0086, +86, 86, without
+_USUAL_GROUP_STARTS = (set(), {3, 7})  # 13800138000, 138 0013 8000
+# A plate: province (or any character's JSON escape, as in a serialised payload quoted by a database error), then
+# the region letter and 4 to 6 letters and digits, the last possibly 学/警/挂/港/澳/领; in any case. Wider than the
+# parsers' PLATE (I and O, a shorter serial, embassy and consulate plates): a plate they refuse is still someone's.
+# Besides the parsers' separators, a "+": a form sends a space in a URL's query as one (粤+B12345). Written with
+# separators, a plate must hold 3 digits, as every plate issued does (a serial has at most 2 letters): words after
+# a province character ("更新 status 2", "云.Server") would otherwise read as one.
+_PROVINCES = PROVINCES + "使"
+_PLATE_START = re.compile(rf"[{_PROVINCES}]|\\u[0-9a-fA-F]{{4}}")
+_PLATE_REST = re.compile(rf"[A-Z][A-Z0-9]{{3,5}}[A-Z0-9{PLATE_SUFFIXES}领]", re.IGNORECASE)
+_PLATE_REST_LENGTHS = (7, 6, 5)  # longest first
+_PLATE_VIEW_SEPARATORS = PLATE_SEPARATORS + "+"
+_SEPARATED_PLATE_DIGITS = 3
+_PLATE_GAP = rf"[\s{re.escape(_PLATE_VIEW_SEPARATORS)}]*"
+_PLATE_SPREAD = re.compile(rf"(?:{_PLATE_START.pattern}){_PLATE_GAP}[A-Z](?:{_PLATE_GAP}[A-Z0-9]){{3,5}}{_PLATE_GAP}"
+                           rf"[A-Z0-9{PLATE_SUFFIXES}领]", re.IGNORECASE)  # the quick look
+# What is left of a folded line once zero-width characters and the separators go, by the separators.
+_WRITTEN_RUNS = {separators: re.compile(rf"[^\s{re.escape(separators + INVISIBLE)}]+")
+                 for separators in (PHONE_SEPARATORS, _PLATE_VIEW_SEPARATORS)}
+_NFKC = functools.partial(unicodedata.normalize, "NFKC")
+_ASCII_DIGITS = frozenset("0123456789")
+_ASCII_ALPHANUMERICS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
 # glued to a word by "_" or "-" (user_o...) or after a URL-encoded character (openid%3Do...); a long
 # identifier starting so is masked as well, harmlessly.
 _OPENID = re.compile(r"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{2}))(o[A-Za-z0-9_-]{3})[A-Za-z0-9_-]{20,}")
+_OPENID_SHAPE = re.compile(r"o[A-Za-z0-9_-]{23}")  # without _OPENID's look behind, which is slow to search for
 _PERCENT_ENCODED = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 #: Credentials masked by value wherever a line quotes them, in any form (a URL's query, a JSON body, a database
 #: error's parameters, positional on SQLite): the app secret, and the latest access tokens as this process got
@@ -104,9 +141,118 @@ def _masked(text: str) -> str:
     for value in (*_NEVER_LOGGED_SECRETS, *_NEVER_LOGGED_TOKENS):
         if value in text:
             text = text.replace(value, "***")
-    text = _PHONE.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}****{m.group(3)}", text)
-    text = _PLATE.sub(r"\1***\2", text)
-    return _OPENID.sub(r"\1***", text)
+    # Quick looks first: this runs on every line, and few hold a mobile number, a province or an openid.
+    folded = fold(text)
+    if _MOBILE_SPREAD.search(folded):
+        text = _phones_masked(text)
+    if (not folded.isascii() or "\\u" in folded) and _PLATE_SPREAD.search(folded):
+        text = _plates_masked(text)
+    if _OPENID_SHAPE.search(text):
+        text = _OPENID.sub(r"\1***", text)
+    return text
+
+
+class _View:
+    """``text`` as the parsers read it: each character NFKC-folded (one may become several: ⑬ is 13), zero-width
+    characters and ``separators`` (with any whitespace) dropped. ``origins[i]`` is the index in ``text`` of the
+    character view character ``i`` comes from; ``gaps`` the view positions a separator was dropped before."""
+
+    def __init__(self, text: str, separators: str) -> None:
+        # Each character folded alone, so that each folded one is known to come from one written.
+        pieces = [text] if text.isascii() else list(map(_NFKC, text))
+        folded = "".join(pieces)
+        folded_origins = (range(len(text)) if len(folded) == len(text)
+                          else [index for index, piece in enumerate(pieces) for _ in piece])
+        kept: list[str] = []
+        self.origins: list[int] = []
+        self.gaps: set[int] = set()
+        written = 0
+        for run in _WRITTEN_RUNS[separators].finditer(folded):
+            if folded[written:run.start()].strip(INVISIBLE):  # not only zero-width characters: a separator
+                self.gaps.add(len(self.origins))
+            kept.append(run.group())
+            self.origins.extend(folded_origins[run.start():run.end()])
+            written = run.end()
+        if folded[written:].strip(INVISIBLE):
+            self.gaps.add(len(self.origins))
+        self.text = "".join(kept)
+
+    def apart_before(self, start: int, glued: frozenset[str]) -> bool:
+        """Whether view[start] follows no character of ``glued``, or a separator comes between."""
+        return start == 0 or start in self.gaps or self.text[start - 1] not in glued
+
+    def apart_after(self, end: int, glued: frozenset[str]) -> bool:
+        """Whether view[end - 1] is followed by no character of ``glued``, or a separator comes between."""
+        return end == len(self.text) or end in self.gaps or self.text[end] not in glued
+
+    def kept_head(self, start: int, last: int) -> tuple[int, int]:
+        """Where view[start:last + 1] is in the text, without a character it shares with view[last + 1] (⑬)."""
+        return self.origins[start], min(self.origins[last] + 1, self.origins[last + 1])
+
+    def kept_tail(self, first: int, end: int) -> tuple[int, int]:
+        """Where view[first:end] is in the text, without a character it shares with view[first - 1]."""
+        return max(self.origins[first], self.origins[first - 1] + 1), self.origins[end - 1] + 1
+
+
+def _replaced(text: str, replacements: list[tuple[int, int, str]]) -> str:
+    """``text`` with each (start, end, replacement), in order and apart, done."""
+    pieces, done = [], 0
+    for start, end, replacement in replacements:
+        pieces += [text[done:start], replacement]
+        done = end
+    return "".join(pieces) + text[done:]
+
+
+def _phones_masked(text: str) -> str:
+    view = _View(text, PHONE_SEPARATORS)
+    replacements = []
+    for run in _MOBILE_CANDIDATES.finditer(view.text):
+        starts = sorted({run.start(), run.start() + (view.text[run.start()] == "+")}
+                        | {gap for gap in view.gaps if run.start() < gap < run.end()})
+        searched_from = run.start()
+        for start in starts:
+            if start < searched_from:
+                continue
+            for length in _MOBILE_LENGTHS:
+                end = start + length
+                if end > run.end() or not PHONE.fullmatch(view.text, start, end):
+                    continue
+                mobile = end - 11
+                groups = {gap - mobile for gap in view.gaps if start < gap < end} - {0}  # 0: after +86
+                glued = _ASCII_DIGITS if groups in _USUAL_GROUP_STARTS else _ASCII_ALPHANUMERICS
+                if view.apart_before(start, glued) and view.apart_after(end, glued):
+                    head_start, head_end = view.kept_head(start, mobile + 2)
+                    tail_start, tail_end = view.kept_tail(end - 4, end)
+                    replacements.append((head_start, tail_end,
+                                         f"{text[head_start:head_end]}****{text[tail_start:tail_end]}"))
+                    searched_from = end
+                    break
+    return _replaced(text, replacements)
+
+
+def _plates_masked(text: str) -> str:
+    view = _View(text, _PLATE_VIEW_SEPARATORS)
+    replacements = []
+    searched_from = 0
+    for province in _PLATE_START.finditer(view.text):
+        if province.start() < searched_from:
+            continue
+        letter = province.end()
+        for length in _PLATE_REST_LENGTHS:
+            end = letter + length
+            if (end > len(view.text) or not _PLATE_REST.fullmatch(view.text, letter, end)
+                    or not view.apart_after(end, _ASCII_ALPHANUMERICS)):
+                continue
+            separated = any(province.start() < gap < end for gap in view.gaps)
+            digits = sum(character in _ASCII_DIGITS for character in view.text[letter:end])
+            if separated and digits < _SEPARATED_PLATE_DIGITS:
+                continue
+            head_start, head_end = view.kept_head(province.start(), letter)
+            tail_start, tail_end = view.kept_tail(end - 1, end)
+            replacements.append((head_start, tail_end, f"{text[head_start:head_end]}***{text[tail_start:tail_end]}"))
+            searched_from = end
+            break
+    return _replaced(text, replacements)
 
 
 def never_log(value: str, *, token: bool = False) -> None:

@@ -8,8 +8,13 @@ import logging
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from accident_service.logs import configure_logging, log_context, mask_personal_data, never_log
+from accident_service.plates_and_phones import PLATE_SEPARATORS, PROVINCES, fold, separator_runs
+from accident_service.request_ids import request_id_from
+from accident_service.wechat.parsing import classify, parse_phone, parse_plate
 
 PHONE, PLATE, NEV_PLATE, OPENID = "13800138000", "粤A12345", "粤AD12345", "oAbCdEfGhIjKlMnOpQrStUvWxYz12"
 
@@ -101,6 +106,147 @@ def test_ordinary_text_is_left_alone(innocent):
     assert mask_personal_data(innocent) == innocent
 
 
+@pytest.mark.parametrize("written,shown", [
+    ("粤Ａ１２３４５", "粤Ａ***５"), ("粤A 12 345", "粤A***5"), ("粤A12 345", "粤A***5"), ("粤A·1·2345", "粤A***5"),
+    ("粤A—12345", "粤A***5"), ("粤A1\u200b2345", "粤A***5"), ("粤a－12345", "粤a***5"), ("粤A_12345", "粤A***5"),
+    ("粤A\u300012345", "粤A***5"), ("粤 A 1 2 3 4 5", "粤 A***5"),
+])
+def test_plates_written_as_the_parser_accepts_them_are_masked(written, shown):
+    """Acceptance pass: the parser read these as 粤A12345, and the log showed them whole (gunicorn's access line, a
+    desk login in Flask-Limiter's line, a request line gunicorn refuses)."""
+    assert parse_plate(written) == "粤A12345"
+    for line in (f"GET /desk/cases/{written} HTTP/1.1", f"ratelimit exceeded: login {written}", written):
+        masked = mask_personal_data(line)
+        assert "1234" not in _as_parsed(masked), masked
+        assert shown in masked, masked
+
+
+@pytest.mark.parametrize("written,shown", [
+    ("1380 013 8000", "138****8000"), ("138-001-38000", "138****8000"), ("1 3 8 0 0 1 3 8 0 0 0", "1 3 8****8 0 0 0"),
+    ("138\u200b00138000", "138****8000"), ("138–0013–8000", "138****8000"),
+    ("＋８６ １３８ ００１３ ８０００", "＋８６ １３８****８０００"), ("86-1380-013-8000", "86-138****8000"),
+])
+def test_phones_written_as_the_parser_accepts_them_are_masked(written, shown):
+    assert parse_phone(written) == "13800138000"
+    for line in (f"GET /wechat/{written} HTTP/1.1", f"login {written}: ratelimit exceeded", f"'{written}'", written):
+        masked = mask_personal_data(line)
+        assert "0013" not in _as_parsed(masked) and "13800138000" not in _as_parsed(masked), masked
+        assert shown in masked, masked
+
+
+def _as_parsed(line: str) -> str:
+    """``line`` as the parsers read a value: folded, separators gone, in upper case."""
+    return separator_runs(PLATE_SEPARATORS).sub("", fold(line)).upper()
+
+
+def _full_width(character: str) -> str:
+    return chr(ord(character) + 0xFEE0) if "!" <= character <= "~" else character
+
+
+SERIAL_LETTERS, DIGITS = "ABCDEFGHJKLMNPQRSTUVWXYZ", "0123456789"
+
+
+@st.composite
+def _plates(draw: st.DrawFn) -> str:
+    """A plate as issued: a serial has at most two letters (the log asks three digits of a plate with separators)."""
+    prefix = draw(st.sampled_from(PROVINCES)) + draw(st.sampled_from(SERIAL_LETTERS))
+    shape = draw(st.sampled_from(["ordinary", "special", "small new-energy", "large new-energy"]))
+    if shape == "small new-energy":
+        return prefix + draw(st.sampled_from("ABCDEFGHJK")) + draw(st.sampled_from(SERIAL_LETTERS + DIGITS)) + "".join(
+            draw(st.lists(st.sampled_from(DIGITS), min_size=4, max_size=4)))
+    if shape == "large new-energy":
+        return prefix + "".join(draw(st.lists(st.sampled_from(DIGITS), min_size=5, max_size=5))) + draw(
+            st.sampled_from("DF"))
+    size, letters = (5, 2) if shape == "ordinary" else (4, 1)
+    serial = draw(st.lists(st.sampled_from(DIGITS), min_size=size - letters, max_size=size - letters))
+    serial += draw(st.lists(st.sampled_from(SERIAL_LETTERS), max_size=letters))
+    serial = draw(st.permutations(serial)) + draw(st.lists(st.sampled_from(DIGITS), min_size=size - len(serial),
+                                                           max_size=size - len(serial)))
+    return prefix + "".join(serial) + ("" if shape == "ordinary" else draw(st.sampled_from("学警挂港澳")))
+
+
+_PHONES = st.tuples(st.sampled_from("3456789"), st.lists(st.sampled_from(DIGITS), min_size=9, max_size=9)).map(
+    lambda drawn: "1" + drawn[0] + "".join(drawn[1]))
+
+
+@st.composite
+def _written(draw: st.DrawFn, value: str, separators: list[str]) -> str:
+    """``value`` as a driver may type it: separators and zero-width characters inside, full-width, odd case."""
+    out = []
+    for index, character in enumerate(value):
+        if index and draw(st.booleans()):
+            out.append(draw(st.sampled_from(separators)))
+        if draw(st.booleans()):
+            character = character.lower()
+        if draw(st.booleans()):
+            character = _full_width(character)
+        out.append(character)
+    return "".join(out)
+
+
+_PLATE_SEPARATORS_TYPED = [" ", "·", "•", "・", "‧", ".", "-", "‐", "–", "—", "_", "\u3000", "－", "．", "\u200b",
+                           "\ufeff", " · "]
+_PHONE_SEPARATORS_TYPED = [" ", "-", "‐", "‑", "–", "—", "\u3000", "－", "\u200b", "\u2060", " - "]
+# Log text around a value (no province in it), and what ends the value on either side.
+_LOG_TEXT = st.lists(st.sampled_from([*"abcXYZ0123456789 :/=[]{}\"'.,-_%?&", "事故", "处理", "时间"]), max_size=12).map(
+    "".join)
+_BEFORE = ["/", "=", "[", "(", "'", '"', ",", "：", "user_", "q="]
+_AFTER = [" ", "/", "&", "]", ")", "'", '"', ",", "。", "\n"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_every_plate_and_phone_the_parsers_accept_is_masked_wherever_a_line_quotes_it(data):
+    before = data.draw(_LOG_TEXT, label="before")
+    # After a space only when no digit ends the text before: that digit could be read as the value's first group.
+    ends_before = data.draw(st.sampled_from(_BEFORE + ([] if before[-1:].isdigit() else [" "])), label="ends before")
+    if data.draw(st.booleans(), label="a plate"):
+        value = data.draw(_plates(), label="plate")
+        written = data.draw(_written(value, _PLATE_SEPARATORS_TYPED), label="written")
+        assert parse_plate(written) == value
+        label = data.draw(st.sampled_from(["", "车牌：", "我的车牌是", "my plate is "]), label="label")
+        identifying = value[:-1]  # the mask keeps the province, the region letter and the last character
+    else:
+        value = data.draw(_PHONES, label="phone")
+        country_code = data.draw(st.sampled_from(["", "+86", "0086", "86", "+86 ", "0086-"]), label="country code")
+        written = data.draw(_written(country_code + value, _PHONE_SEPARATORS_TYPED), label="written")
+        assert parse_phone(written) == value
+        label = data.draw(st.sampled_from(["", "手机：", "手机号", "电话 ", "my phone is ", "Tel: "]), label="label")
+        identifying = value
+    if label:
+        assert classify(label + written).value == value
+    line = (before + ends_before + label + written + data.draw(st.sampled_from(_AFTER), label="ends after")
+            + data.draw(_LOG_TEXT, label="after"))
+    masked = _as_parsed(mask_personal_data(line))
+    assert identifying not in masked, masked
+    if identifying == value:  # a phone: first three digits and last four kept, as the log has always shown them
+        assert f"{value[:3]}****{value[-4:]}" in masked, masked
+
+
+@pytest.mark.parametrize("innocent", [
+    "2026-12-07 01:30:11.123", "2026-12-07 13:30:11,123 INFO accident_service.jobs [job:purge:7] purged 1380 photos",
+    "2026-12-07T01:30:11.123+00:00 took 13.80013800 s", "slot 2026-12-07 13:00-14:00",
+    '10.0.0.7 "GET /desk/cases/42" 200 1380013 800ms QZ3K5MBXW2AQ7RTYDLKE4H6N',
+    '10.0.0.7 "GET /photos/9" 200 1380013 8000ms QZ3K5MBXW2AQ7RTYDLKE4H6N',
+    "0f8c2b1e-3c4d-4b5a-9e6f-7a8b9c0d1e2f", "c0ffee13-8001-3800-0abc-def012345678", "e1380-0138-000f-4a2b",
+    "12345678-1380-4138-8000-123456789012", "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "token 7a13800138-00ab", "139.224.10.123:8000", "listening at http://0.0.0.0:8000 (pid: 13800)",
+    "connect to 13.80.138.0:5432 failed", "SELECT * FROM cases WHERE id IN (13, 800, 138000) LIMIT 11 OFFSET 13800",
+    "[parameters: (13800, 1380, '2026-12-07 01:30:11')]", "sent 1380013 bytes in 8000 ms",
+    "更新 status 2", "重新 submit 12", "新A new era", "京 Beijing 2026", "苏州 2026-12-07",
+])
+def test_ordinary_log_content_is_left_alone(innocent):
+    assert mask_personal_data(innocent) == innocent
+
+
+@pytest.mark.parametrize("header,kept", [("1380-013-8000", False), ("req-138-0013-8000", False),
+                                         ("req-1380013800", True), ("0f8c2b1e-3c4d-4b5a-9e6f-7a8b9c0d1e2f", True),
+                                         ("c0ffee13-8001-3800-0abc-def012345678", True)])
+def test_a_request_id_the_log_would_mask_in_any_form_is_refused(header, kept):
+    """The id the log shows must be the one the answer carries: one holding a mobile, however grouped, is replaced."""
+    assert (request_id_from(header) == header) is kept
+
+
 @pytest.fixture
 def log_lines():
     """The service's real handler on a buffer, in the format asked for; restored to text afterwards."""
@@ -166,7 +312,8 @@ def test_text_lines_carry_the_request_id(log_lines):
 @pytest.mark.parametrize("given,kept", [("req-42", True), ("0f8c2b1e-3c4d-4b5a-9e6f-7a8b9c0d1e2f", True),
                                         ("bad id", False), ("x" * 200, False), ("a\tb", False), ("", False),
                                         # One the log would mask: logged other than echoed (acceptance pass).
-                                        ("13812345678", False), ("req-oABCDefghijklmnopqrstuvwxyz1", False)])
+                                        ("13812345678", False), ("req-oABCDefghijklmnopqrstuvwxyz1", False),
+                                        ("1380-013-8000", False)])
 def test_requests_get_an_id_echoed_and_on_their_lines(app, log_lines, given, kept):
     def logs_something():
         logging.getLogger("test.web").info("serving")

@@ -10,30 +10,22 @@ from __future__ import annotations
 
 import enum
 import re
-import unicodedata
 from dataclasses import dataclass
 
-PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
-# GA 36: serial letters never use I or O (they read as 1 and 0).
-_SERIAL = "[A-HJ-NP-Z0-9]"
-_P = f"[{PROVINCES}][A-Z]"  # province + issuing-authority letter
-_PLATE_RE = re.compile(
-    "|".join(
-        (
-            f"{_P}{_SERIAL}{{5}}",  # ordinary: 粤A12345, 粤AB123C
-            f"{_P}{_SERIAL}{{4}}[学警挂港澳]",  # special: 粤A1234学, 粤Z1234港
-            # Small new-energy: energy letter (A-E pure electric, F-K other),
-            # one letter-or-digit, four digits: 粤AD12345, 粤ADE1234.
-            f"{_P}[A-HJK]{_SERIAL}[0-9]{{4}}",
-            f"{_P}[0-9]{{5}}[DF]",  # large new-energy: 粤A12345D
-        )
-    )
+# How plates and mobile numbers are written is described once, in plates_and_phones: the log masks whatever
+# these parsers accept from the same description.
+from accident_service.plates_and_phones import (
+    PHONE,
+    PHONE_SEPARATORS,
+    PLATE,
+    PLATE_SEPARATORS,
+    PROVINCES,
+    fold,
+    separator_runs,
 )
-# Separators people put inside plates: spaces, the middle dot printed on
-# the plate itself (and look-alikes input methods produce), dots, dashes.
-_PLATE_SEPARATORS = re.compile(r"[\s·•・‧.\-‐‑–—_]+")
-_DASHES_AND_SPACES = re.compile(r"[\s\-‐‑–—]+")
-_PHONE_RE = re.compile(r"(?:\+86|0086|86)?(1[3-9][0-9]{9})")
+
+_PLATE_SEPARATORS = separator_runs(PLATE_SEPARATORS)
+_DASHES_AND_SPACES = separator_runs(PHONE_SEPARATORS)
 _JOIN_CODE_RE = re.compile(r"[0-9]{6}")
 _CHOICE_RE = re.compile(r"[1-9]")
 _RETAKE_RE = re.compile(r"(?:重拍|retake)\s*(?:第\s*)?([0-9]{1,2})?\s*(?:张)?")
@@ -46,9 +38,6 @@ _VALUE_LABEL = re.compile(r"^(?:(?:我的|本人)?"
                           r"|(?:my\s+)?(?:plate|car|mobile|phone|number|tel|code)(?:\s+number)?)"
                           r"\s*(?:是|为|is)?\s*[:：]?\s*", re.IGNORECASE)
 _VALUE_PUNCTUATION = "。.!！,，;；~～ "
-# Zero-width characters survive NFKC and are invisible to the driver, but
-# would make "1\u200b" fail to match; they are dropped.
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 # Punctuation a driver may add around a keyword ("取消!", "help."). Not "?":
 # "取消?" is a question, and must not start a cancellation; a question mark is
 # dropped only around keywords that change nothing ("状态？", "status?").
@@ -133,8 +122,7 @@ def normalise(text: str) -> str:
     Full-width digits, letters and the ideographic space become ASCII;
     Chinese characters are kept. Never raises for a ``str``.
     """
-    folded = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
-    return " ".join(folded.split())
+    return " ".join(fold(text).split())
 
 
 def parse_plate(text: str) -> str | None:
@@ -145,7 +133,7 @@ def parse_plate(text: str) -> str | None:
     plates, 学/警/挂/港/澳 plates and 8-char new-energy plates. Never raises.
     """
     candidate = _PLATE_SEPARATORS.sub("", normalise(text)).upper()
-    return candidate if _PLATE_RE.fullmatch(candidate) else None
+    return candidate if PLATE.fullmatch(candidate) else None
 
 
 def parse_phone(text: str) -> str | None:
@@ -154,7 +142,7 @@ def parse_phone(text: str) -> str | None:
     Accepts an optional ``+86``/``86``/``0086`` prefix, spaces or dashes
     between groups and full-width digits. Never raises.
     """
-    match = _PHONE_RE.fullmatch(_DASHES_AND_SPACES.sub("", normalise(text)))
+    match = PHONE.fullmatch(_DASHES_AND_SPACES.sub("", normalise(text)))
     return match.group(1) if match else None
 
 
