@@ -53,8 +53,8 @@ if values.ValueClass is not values.MutexValue:  # multiprocess mode, chosen by p
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
-WEBHOOK_REQUESTS = Counter("accident_webhook_requests_total", "Requests to /wechat, by method (GET, POST, other) and HTTP status",
-                           ["method", "status"])
+WEBHOOK_REQUESTS = Counter("accident_webhook_requests_total",
+                           "Requests to /wechat, by method (GET, POST, other) and HTTP status", ["method", "status"])
 WEBHOOK_SECONDS = Histogram("accident_webhook_seconds", "Time to answer a request to /wechat",
                             buckets=LATENCY_BUCKETS)
 INBOUND_MESSAGES = Counter("accident_inbound_messages_total",

@@ -87,7 +87,9 @@ class _NoEmptyListeningLine:
     when_ready says where it listens (acceptance pass: the empty line puzzled an operator)."""
 
     def filter(self, record) -> bool:
-        return not (record.msg.startswith("Listening at:") and record.args and not record.args[0])
+        # msg may be an exception (gunicorn logs a worker's SyntaxError so under --reload; review)
+        return not (isinstance(record.msg, str) and record.msg.startswith("Listening at:") and record.args
+                    and not record.args[0])
 
 
 _handler = {"class": "logging.StreamHandler", "formatter": "service"}

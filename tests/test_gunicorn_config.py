@@ -679,3 +679,22 @@ def test_a_max_requests_restart_of_a_single_worker_refuses_no_connection(tmp_pat
         assert not first & set(_workers_of(pidfile, 1))  # it did restart
     assert hammer.answered > 100
     assert hammer.failures["ConnectionRefusedError"] == 0, hammer.failures
+
+
+def test_the_listening_line_filter_lets_a_logged_exception_through(monkeypatch, gunicorn_env, tmp_path):
+    """gunicorn logs some errors with the exception itself as the message (a worker's SyntaxError under --reload):
+    a filter reading it as a string raised, and the worker crashed instead of logging it (review)."""
+    import logging
+    import runpy
+
+    for name, value in gunicorn_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # else the file makes one, in this process's env
+    listening = runpy.run_path(str(REPO_ROOT / "config" / "gunicorn.conf.py"))["_NoEmptyListeningLine"]()
+
+    def record(msg, *args) -> logging.LogRecord:
+        return logging.LogRecord("gunicorn.error", logging.INFO, __file__, 1, msg, args, None)
+
+    assert listening.filter(record(SyntaxError("bad"))) is True
+    assert listening.filter(record("Listening at: %s (%s)", "", 42)) is False
+    assert listening.filter(record("Listening at: %s (%s)", "unix:/run/a.sock", 42)) is True
