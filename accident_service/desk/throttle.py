@@ -10,6 +10,8 @@ in the process's memory; if Redis stops answering, the memory counts take over.
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -33,7 +35,10 @@ def _not_sign_in() -> bool:
 
 def init_app(app: Flask) -> None:
     settings = app.extensions[EXTENSION_KEY].settings
-    app.config["RATELIMIT_STORAGE_URI"] = settings.REDIS_URL or "memory://"
+    # limits names a unix socket's URL redis+unix:// where redis-py (and the settings) say unix:// (review: the app
+    # would not start with one).
+    app.config["RATELIMIT_STORAGE_URI"] = (re.sub(r"^unix://", "redis+unix://", settings.REDIS_URL)
+                                           if settings.REDIS_URL else "memory://")
     if settings.REDIS_URL:
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_timeout": REDIS_TIMEOUT_SECONDS,
                                                    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}

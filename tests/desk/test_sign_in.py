@@ -138,3 +138,14 @@ def test_a_redis_that_never_answers_holds_a_sign_in_at_most_a_second_or_so(setti
             answer = sign_in(client, "th", password)
             assert time.monotonic() - started < 2 * 2 * throttle.REDIS_TIMEOUT_SECONDS + 0.5
         assert answer.status_code == 303  # the right password still signs in
+
+
+def test_a_redis_reached_by_a_unix_socket_holds_the_counts(settings_overrides, officers, tmp_path):
+    """The settings take unix:///path (redis-py's form); the throttle's storage names it otherwise, and the app did
+    not start (review). With nothing at the path, the memory counts take over."""
+    app = create_app({**settings_overrides, "REDIS_URL": f"unix://{tmp_path}/redis.sock?db=0"})
+    assert app.config["RATELIMIT_STORAGE_URI"].startswith("redis+unix://")
+    client = app.test_client()
+    for _ in range(3):
+        sign_in(client, "th", "wrong-password")
+    assert sign_in(client, "th").status_code == 429
