@@ -501,14 +501,20 @@ def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exa
         engine.dispose()
 
 
+def until_running(process, tmp_path):
+    """The first scheduler's log, once it says it runs."""
+    log_path = tmp_path / "scheduler0.log"
+    deadline = time.monotonic() + 60  # a cold start on a busy machine, not a speed requirement
+    while " running" not in log_path.read_text(errors="replace"):
+        assert process.poll() is None and time.monotonic() < deadline, logs(tmp_path, 1)
+        time.sleep(0.2)
+    return log_path
+
+
 def test_with_json_logs_every_line_of_a_scheduler_is_one_json_object(start_scheduler, scheduler_env, tmp_path):
     scheduler_env.update(LOG_FORMAT="json", LOG_LEVEL="INFO")
     process = start_scheduler(0)
-    log_path = tmp_path / "scheduler0.log"
-    deadline = time.monotonic() + 60  # a cold start on a busy machine, not a speed requirement
-    while "running" not in log_path.read_text(errors="replace"):
-        assert process.poll() is None and time.monotonic() < deadline, logs(tmp_path, 1)
-        time.sleep(0.2)
+    log_path = until_running(process, tmp_path)
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -570,11 +576,7 @@ def test_a_second_signal_while_a_scheduler_stops_is_ignored_and_it_stops_cleanly
 
     scheduler_env.update(SCHEDULER_METRICS_PORT=str(free_port()), LOG_LEVEL="INFO")
     process = start_scheduler(0)
-    log_path = tmp_path / "scheduler0.log"
-    deadline = time.monotonic() + 60  # a cold start on a busy machine, not a speed requirement
-    while " running" not in log_path.read_text(errors="replace"):
-        assert process.poll() is None and time.monotonic() < deadline, logs(tmp_path, 1)
-        time.sleep(0.2)
+    log_path = until_running(process, tmp_path)
     process.send_signal(signum)
     time.sleep(0.05)  # into the metrics server's shutdown (its loop looks every 0.5 s)
     process.send_signal(signum)
