@@ -15,6 +15,7 @@ from accident_service.logs import configure_logging, log_context, mask_personal_
 from accident_service.plates_and_phones import PLATE_SEPARATORS, PROVINCES, fold, separator_runs
 from accident_service.request_ids import request_id_from
 from accident_service.wechat.parsing import classify, parse_phone, parse_plate
+from tests.wechat.test_parsing import mangled  # a value as a driver types it, written once
 
 PHONE, PLATE, NEV_PLATE, OPENID = "13800138000", "粤A12345", "粤AD12345", "oAbCdEfGhIjKlMnOpQrStUvWxYz12"
 
@@ -139,10 +140,6 @@ def _as_parsed(line: str) -> str:
     return separator_runs(PLATE_SEPARATORS).sub("", fold(line)).upper()
 
 
-def _full_width(character: str) -> str:
-    return chr(ord(character) + 0xFEE0) if "!" <= character <= "~" else character
-
-
 SERIAL_LETTERS, DIGITS = "ABCDEFGHJKLMNPQRSTUVWXYZ", "0123456789"
 
 
@@ -169,21 +166,6 @@ _PHONES = st.tuples(st.sampled_from("3456789"), st.lists(st.sampled_from(DIGITS)
     lambda drawn: "1" + drawn[0] + "".join(drawn[1]))
 
 
-@st.composite
-def _written(draw: st.DrawFn, value: str, separators: list[str]) -> str:
-    """``value`` as a driver may type it: separators and zero-width characters inside, full-width, odd case."""
-    out = []
-    for index, character in enumerate(value):
-        if index and draw(st.booleans()):
-            out.append(draw(st.sampled_from(separators)))
-        if draw(st.booleans()):
-            character = character.lower()
-        if draw(st.booleans()):
-            character = _full_width(character)
-        out.append(character)
-    return "".join(out)
-
-
 _PLATE_SEPARATORS_TYPED = [" ", "·", "•", "・", "‧", ".", "-", "‐", "–", "—", "_", "\u3000", "－", "．", "\u200b",
                            "\ufeff", " · "]
 _PHONE_SEPARATORS_TYPED = [" ", "-", "‐", "‑", "–", "—", "\u3000", "－", "\u200b", "\u2060", " - "]
@@ -202,14 +184,14 @@ def test_every_plate_and_phone_the_parsers_accept_is_masked_wherever_a_line_quot
     ends_before = data.draw(st.sampled_from(_BEFORE + ([] if before[-1:].isdigit() else [" "])), label="ends before")
     if data.draw(st.booleans(), label="a plate"):
         value = data.draw(_plates(), label="plate")
-        written = data.draw(_written(value, _PLATE_SEPARATORS_TYPED), label="written")
+        written = data.draw(mangled(value, _PLATE_SEPARATORS_TYPED), label="written")
         assert parse_plate(written) == value
         label = data.draw(st.sampled_from(["", "车牌：", "我的车牌是", "my plate is "]), label="label")
         identifying = value[:-1]  # the mask keeps the province, the region letter and the last character
     else:
         value = data.draw(_PHONES, label="phone")
         country_code = data.draw(st.sampled_from(["", "+86", "0086", "86", "+86 ", "0086-"]), label="country code")
-        written = data.draw(_written(country_code + value, _PHONE_SEPARATORS_TYPED), label="written")
+        written = data.draw(mangled(country_code + value, _PHONE_SEPARATORS_TYPED), label="written")
         assert parse_phone(written) == value
         label = data.draw(st.sampled_from(["", "手机：", "手机号", "电话 ", "my phone is ", "Tel: "]), label="label")
         identifying = value
