@@ -111,13 +111,20 @@ def db_upgrade(revision: str) -> None:
 @click.argument("username")
 @click.option("--role", type=click.Choice(["officer", "supervisor"]), default="officer", show_default=True)
 @click.option("--station", "station_code", help="Station code (required for officers).")
-@click.option("--password", envvar="STAFF_PASSWORD", prompt=True, hide_input=True, confirmation_prompt=True,
-              help="Read from STAFF_PASSWORD or prompted.")
-def create_staff_command(username: str, role: str, station_code: str | None, password: str) -> None:
+@click.option("--password", envvar="STAFF_PASSWORD", default=None,
+              help="Read from STAFF_PASSWORD, else asked (twice) once the rest is checked; without a terminal, "
+                   "read as two lines from standard input.")
+def create_staff_command(username: str, role: str, station_code: str | None, password: str | None) -> None:
     """Create a desk staff account."""
-    from accident_service.desk.accounts import create_staff
+    from accident_service.desk.accounts import check_new_staff, create_staff
 
     runtime = command_runtime()
+    if password is None:  # neither --password nor STAFF_PASSWORD (click reads a blank variable as unset)
+        with runtime.unit_of_work() as session:  # not held open while someone types
+            check_new_staff(session, username=username, role=role, station_code=station_code)
+        # Echo is hidden only on a terminal: getpass without one warns (GetPassWarning) and reads stdin anyway.
+        # The prompts go to stderr, leaving stdout to the command's answer.
+        password = click.prompt("Password", hide_input=sys.stdin.isatty(), confirmation_prompt=True, err=True)
     with runtime.unit_of_work() as session:
         user = create_staff(session, username=username, password=password, role=role,
                             station_code=station_code, clock=runtime.clock)

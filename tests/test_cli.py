@@ -49,6 +49,28 @@ def test_officer_needs_a_known_station(cli_env):
     assert result.returncode == 1 and "unknown station" in result.stderr
 
 
+def test_create_staff_names_a_wrong_station_before_asking_for_the_password(cli_env):
+    run_cli("db", "upgrade", env=cli_env)
+    no_station = run_cli("create-staff", "officer1", env={**cli_env, "STAFF_PASSWORD": ""}, input="")
+    unknown = run_cli("create-staff", "officer1", "--station", "NOPE", env={**cli_env, "STAFF_PASSWORD": ""},
+                      input="")
+    assert no_station.returncode == 1 and no_station.stderr.strip() == "error: an officer needs a station"
+    assert unknown.returncode == 1 and unknown.stderr.strip() == "error: unknown station 'NOPE'"
+
+
+def test_create_staff_reads_a_piped_password_without_a_terminal_warning(cli_env):
+    run_cli("db", "upgrade", env=cli_env)
+    password = "correct horse battery"
+    result = run_cli("create-staff", "chief", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
+                     input=f"{password}\n{password}\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "created supervisor chief\n"  # the prompts went to stderr
+    assert "Warning" not in result.stderr and password not in result.stderr
+    mismatch = run_cli("create-staff", "chief2", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
+                       input=f"{password}\nsomething else\n")
+    assert mismatch.returncode == 1 and "do not match" in mismatch.stderr
+
+
 def test_malformed_database_url_fails_naming_it(tmp_path):
     result = run_cli("db", "upgrade", env={"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgres:/ /bad url"})
     assert result.returncode == 2

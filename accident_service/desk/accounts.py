@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -22,13 +23,23 @@ class InvalidStaffInput(ServiceError):
     code = "invalid_staff"
 
 
-def create_staff(session: Session, *, username: str, password: str, role: str, station_code: str | None,
-                 clock: Clock) -> StaffUser:
-    """Create a staff account. Raises InvalidStaffInput or Conflict (username taken)."""
+@dataclass(frozen=True)
+class NewStaff:
+    """A staff account that may be created: its username as kept, its role and its station."""
+
+    username: str
+    role: StaffRole
+    station_id: int | None
+
+
+def check_new_staff(session: Session, *, username: str, role: str, station_code: str | None) -> NewStaff:
+    """Everything about a new account but its password. Raises InvalidStaffInput or Conflict (username taken).
+
+    The CLI calls it before asking for the password, so a typo in the rest is named before anything is typed.
+    """
     username = username.strip().lower()  # "SUP1" and "sup1" are one officer at the login prompt
     if not USERNAME.fullmatch(username):
         raise InvalidStaffInput("username must be 1-64 letters, digits, '.', '_' or '-'")
-    _check_password(password)
     try:
         staff_role = StaffRole(role)
     except ValueError as exc:
@@ -45,8 +56,16 @@ def create_staff(session: Session, *, username: str, password: str, role: str, s
         raise InvalidStaffInput("an officer needs a station")
     if session.scalar(select(StaffUser.id).where(StaffUser.username == username)) is not None:
         raise Conflict(f"username {username!r} is taken")
-    user = StaffUser(username=username, password_hash=_hasher.hash(password), role=staff_role,
-                     station_id=station_id, active=True, created_at=clock.now())
+    return NewStaff(username, staff_role, station_id)
+
+
+def create_staff(session: Session, *, username: str, password: str, role: str, station_code: str | None,
+                 clock: Clock) -> StaffUser:
+    """Create a staff account. Raises InvalidStaffInput or Conflict (username taken)."""
+    _check_password(password)
+    new = check_new_staff(session, username=username, role=role, station_code=station_code)
+    user = StaffUser(username=new.username, password_hash=_hasher.hash(password), role=new.role,
+                     station_id=new.station_id, active=True, created_at=clock.now())
     session.add(user)
     session.flush()
     return user
