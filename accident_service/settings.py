@@ -83,7 +83,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True, coerce_numbers_to_str=True)
 
-    APP_ENV: Literal["development", "production", "test"]
+    # Any case, as LOG_FORMAT and the sandbox read it: "Production" refused would be a start-up error for a typo of
+    # case, and read as not production it would start on development values.
+    APP_ENV: Annotated[Literal["development", "production", "test"], BeforeValidator(check.lower_case)]
     DATA_DIR: Annotated[str, AfterValidator(check.data_dir)]
     DATABASE_URL: str
     DATABASE_ANSWER_TIMEOUT_SECONDS: Annotated[float, NumberRange(above=0, maximum=3600, why="an hour")]
@@ -266,10 +268,15 @@ class Settings(BaseSettings):
 
     @field_validator("METRICS_TOKEN")
     @classmethod
-    def _check_metrics_token(cls, value: str) -> str:
+    def _check_metrics_token(cls, value: str, info: ValidationInfo) -> str:
         # Sent in a header by the scraper: a space in it would be cut there, a blank would be no token at all.
         if any(char.isspace() for char in value) or not value.isprintable() or not value.isascii():
             raise ValueError("printable ASCII without spaces (it goes in an Authorization header); empty: no token")
+        # /metrics shares the public webhook's port, so anyone may guess at the token: a short one is no lock.
+        if value and info.data.get("APP_ENV") == "production" and len(value) < check.METRICS_TOKEN_MIN_CHARS:
+            raise ValueError(f"{len(value)} characters, too short when APP_ENV=production (at least "
+                             f"{check.METRICS_TOKEN_MIN_CHARS}); make one with: python -c \"import secrets; "
+                             f"print(secrets.token_hex(16))\"")
         return value
 
     @field_validator("PHOTO_CHECKLIST_B")

@@ -34,6 +34,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
 SECRET_KEY_MIN_CHARS = 32
 SECRET_KEY_MIN_DISTINCT = 10
+METRICS_TOKEN_MIN_CHARS = 16
 # zxcvbn's estimate of the guesses an attacker needs, as a power of ten. Random keys of 32 characters
 # or more score above 27 (of 1,500 keys of 32 hex characters the lowest scored 27.5; token_hex(32) scores
 # about 60); words, dates, keyboard runs and repeats score below 25 at that length. A phrase of many

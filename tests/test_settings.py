@@ -220,6 +220,7 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("INBOX_MAX_ATTEMPTS", "30", 30),
     ("PHOTO_MAX_BYTES", str(200 * 2**20), 200 * 2**20),
     ("LOG_FORMAT", " JSON ", "json"),
+    ("APP_ENV", "Test", "test"),  # any case, as LOG_FORMAT (acceptance pass: APP_ENV=PRODUCTION was refused)
     ("RETENTION_DAYS", "30", 30),
     ("AUTO_MIGRATE", "", False),  # blank is false, as in an env file's "AUTO_MIGRATE="
     ("AUTO_MIGRATE", "yes", True),
@@ -354,9 +355,10 @@ def test_the_test_suites_settings_load(settings):
     assert settings.APP_ENV == "test"
 
 
-def test_production_refuses_development_secrets(tmp_path):
+@pytest.mark.parametrize("production", ["production", "PRODUCTION", " Production"])
+def test_production_refuses_development_secrets(tmp_path, production):
     with pytest.raises(SettingsError, match="SECRET_KEY|WECHAT"):
-        load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": "production",
+        load_settings(environ={"DATA_DIR": str(tmp_path), "APP_ENV": production,
                                "DATABASE_URL": PRODUCTION_DATABASE})
 
 
@@ -489,3 +491,17 @@ def test_settings_are_read_only(tmp_path):
     settings = load_settings(environ={"DATA_DIR": str(tmp_path)})
     with pytest.raises(ValueError):
         settings.APP_ENV = "production"
+
+
+@pytest.mark.parametrize(("token", "refused"), [("abc123", True), ("x" * 15, True), (secrets.token_hex(8), False),
+                                                ("", False)])  # empty: no token, /metrics kept off the public port
+def test_production_refuses_a_short_metrics_token(tmp_path, token, refused):
+    """/metrics answers on the public webhook's port: in production its bearer token has to be hard to guess
+    (acceptance pass: any length was accepted). Outside production a short one is fine (tests, a laptop)."""
+    environ = {"DATA_DIR": str(tmp_path), **PRODUCTION, "SECRET_KEY": secrets.token_hex(32), "METRICS_TOKEN": token}
+    if refused:
+        with pytest.raises(SettingsError, match=r"^METRICS_TOKEN: \d+ characters, too short when APP_ENV=production"):
+            load_settings(environ=environ)
+    else:
+        assert load_settings(environ=environ).METRICS_TOKEN == token
+    assert load_settings(environ={**environ, "APP_ENV": "development"}).METRICS_TOKEN == token
