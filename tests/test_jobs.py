@@ -544,6 +544,9 @@ def test_a_scheduler_serves_its_own_metrics_on_its_port(start_scheduler, schedul
         assert samples[("accident_job_seconds_count", (("job", "purge_personal_data"),))] == 0
         assert ("accident_sends_total", (("channel", "sms"), ("kind", "booked"), ("result", "failed"))) in samples
         assert not [name for name, _labels in samples if name.endswith("_created")]  # as the web's /metrics
+        # Only the web's callback counts pushes: at 0 here they would read as a callback that gets none.
+        assert not [name for name, _labels in samples if name.startswith(("accident_webhook", "accident_inbound"))]
+        assert ("process_cpu_seconds_total", ()) in samples  # the process's own figures stay
         return runs
 
     deadline = time.monotonic() + 90  # a cold start on a busy machine, not a speed requirement
