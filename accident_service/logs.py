@@ -40,9 +40,10 @@ from accident_service.plates_and_phones import (
 # masked in the line as written, through each view character's index in the line.
 #
 # A mobile, with or without a country code: the parsers' PHONE, standing apart from other digits. Written in other
-# groups than 138 0013 8000 (1 3 8 0 0 1 3 8 0 0 0, 1380-013-8000), it must stand apart from Latin letters too: a
-# UUID's or a token's groups (c0ffee13-8001-3800-0abc) and an access line's byte count beside its duration
-# (200 1380013 8000ms) would otherwise read as one.
+# groups than 138 0013 8000 (1 3 8 0 0 1 3 8 0 0 0, 1380-013-8000), it must be followed by no Latin letter either:
+# a UUID's or a token's groups (c0ffee13-8001-3800-0abc) and an access line's byte count beside its duration
+# (200 1380013 8000ms) would otherwise read as one. A letter before it does not count (tel1380 013 8000): a
+# UUID's or a token's digits go on into letters or more digits after it.
 # The quick look, on the line folded, whether it may hold one: 11 digits, separators between them or not.
 _PHONE_GAP = rf"[\s{re.escape(PHONE_SEPARATORS)}]*"
 _MOBILE_SPREAD = re.compile(rf"1{_PHONE_GAP}[3-9](?:{_PHONE_GAP}[0-9]){{9}}")
@@ -220,7 +221,7 @@ def _phones_masked(text: str) -> str:
                 mobile = end - 11
                 groups = {gap - mobile for gap in view.gaps if start < gap < end} - {0}  # 0: after +86
                 glued = _ASCII_DIGITS if groups in _USUAL_GROUP_STARTS else _ASCII_ALPHANUMERICS
-                if view.apart_before(start, glued) and view.apart_after(end, glued):
+                if view.apart_before(start, _ASCII_DIGITS) and view.apart_after(end, glued):
                     head_start, head_end = view.kept_head(start, mobile + 2)
                     tail_start, tail_end = view.kept_tail(end - 4, end)
                     replacements.append((head_start, tail_end,
