@@ -42,8 +42,8 @@ from accident_service.plates_and_phones import (
 # A mobile, with or without a country code: the parsers' PHONE, standing apart from other digits. Written in other
 # groups than 138 0013 8000 (1 3 8 0 0 1 3 8 0 0 0, 1380-013-8000), it must be followed by no Latin letter either:
 # a UUID's or a token's groups (c0ffee13-8001-3800-0abc) and an access line's byte count beside its duration
-# (200 1380013 8000ms) would otherwise read as one. A letter before it does not count (tel1380 013 8000): a
-# UUID's or a token's digits go on into letters or more digits after it.
+# (200 1380013 8000ms) would otherwise read as one. Only a word glued before it may be a label (tel1380 013 8000):
+# see _after_a_label.
 # The quick look, on the line folded, whether it may hold one: 11 digits, separators between them or not.
 _PHONE_GAP = rf"[\s{re.escape(PHONE_SEPARATORS)}]*"
 _MOBILE_SPREAD = re.compile(rf"1{_PHONE_GAP}[3-9](?:{_PHONE_GAP}[0-9]){{9}}")
@@ -71,6 +71,8 @@ _WRITTEN_RUNS = {separators: re.compile(rf"[^\s{re.escape(separators + INVISIBLE
 _NFKC = functools.partial(unicodedata.normalize, "NFKC")
 _ASCII_DIGITS = frozenset("0123456789")
 _ASCII_ALPHANUMERICS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_ASCII_LETTERS = _ASCII_ALPHANUMERICS - _ASCII_DIGITS
+_HEX_LETTERS = frozenset("ABCDEFabcdef")
 # An openid: "o" and 27 more URL-safe characters (24 or more are taken, to catch other shapes too), also
 # glued to a word by "_" or "-" (user_o...) or after a URL-encoded character (openid%3Do...); a long
 # identifier starting so is masked as well, harmlessly.
@@ -220,8 +222,10 @@ def _phones_masked(text: str) -> str:
                     continue
                 mobile = end - 11
                 groups = {gap - mobile for gap in view.gaps if start < gap < end} - {0}  # 0: after +86
-                glued = _ASCII_DIGITS if groups in _USUAL_GROUP_STARTS else _ASCII_ALPHANUMERICS
-                if view.apart_before(start, _ASCII_DIGITS) and view.apart_after(end, glued):
+                usual = groups in _USUAL_GROUP_STARTS
+                glued = _ASCII_DIGITS if usual else _ASCII_ALPHANUMERICS
+                if ((view.apart_before(start, glued) or (not usual and _after_a_label(view, start)))
+                        and view.apart_after(end, glued)):
                     head_start, head_end = view.kept_head(start, mobile + 2)
                     tail_start, tail_end = view.kept_tail(end - 4, end)
                     replacements.append((head_start, tail_end,
@@ -229,6 +233,17 @@ def _phones_masked(text: str) -> str:
                     searched_from = end
                     break
     return _replaced(text, replacements)
+
+
+def _after_a_label(view: _View, start: int) -> bool:
+    """Whether view[start] follows a Latin word glued to it (tel1380 013 8000): 2 to 8 letters standing apart before,
+    not all of them hex digits (deadbeef1380 013 8000 is a token; a1-38-00-13-80-00 a MAC address)."""
+    first = start
+    while first > 0 and first not in view.gaps and view.text[first - 1] in _ASCII_LETTERS and start - first <= 8:
+        first -= 1
+    label = view.text[first:start]
+    return (2 <= len(label) <= 8 and not _HEX_LETTERS.issuperset(label)
+            and view.apart_before(first, _ASCII_ALPHANUMERICS))
 
 
 def _plates_masked(text: str) -> str:

@@ -135,7 +135,8 @@ def test_phones_written_as_the_parser_accepts_them_are_masked(written, shown):
         assert shown in masked, masked
 
 
-@pytest.mark.parametrize("line", ["tel1380 013 8000", "电话tel1380-013-8000。", "Tel.138 001 38000 please"])
+@pytest.mark.parametrize("line", ["tel1380 013 8000", "电话tel1380-013-8000。", "TEL13800 138 000",
+                                  "phone1380-013-8000"])
 def test_a_phone_with_a_label_glued_before_it_is_masked(line):
     """Acceptance pass: an oddly grouped number had to stand apart from Latin letters on both sides, so a label glued
     before it (tel1380 013 8000) left it as written. Only what follows it tells it from a token's groups."""
@@ -224,6 +225,10 @@ def test_every_plate_and_phone_the_parsers_accept_is_masked_wherever_a_line_quot
     "connect to 13.80.138.0:5432 failed", "SELECT * FROM cases WHERE id IN (13, 800, 138000) LIMIT 11 OFFSET 13800",
     "[parameters: (13800, 1380, '2026-12-07 01:30:11')]", "sent 1380013 bytes in 8000 ms",
     "更新 status 2", "重新 submit 12", "新A new era", "京 Beijing 2026", "苏州 2026-12-07",
+    # A Latin word glued before an oddly grouped number is a label only when it is one (review of the label rule):
+    "MAC A1-38-00-13-80-00 up", "hexdump: a1 38 00 13 80 00 0a ff", "request_id=abcdefa8-6138-0013-8000-abcdef012345",
+    "sess:Q1380 0138 000;", 'etag W/"5e1380-013-8000"', "sha=deadbeef1380 013 8000", "x=ab1380 013 8000",
+    "token=Zk9q1380-013-8000",
 ])
 def test_ordinary_log_content_is_left_alone(innocent):
     assert mask_personal_data(innocent) == innocent
