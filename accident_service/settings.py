@@ -275,8 +275,7 @@ class Settings(BaseSettings):
         # /metrics shares the public webhook's port, so anyone may guess at the token: a short one is no lock.
         if value and info.data.get("APP_ENV") == "production" and len(value) < check.METRICS_TOKEN_MIN_CHARS:
             raise ValueError(f"{len(value)} characters, too short when APP_ENV=production (at least "
-                             f"{check.METRICS_TOKEN_MIN_CHARS}); make one with: python -c \"import secrets; "
-                             f"print(secrets.token_hex(16))\"")
+                             f"{check.METRICS_TOKEN_MIN_CHARS}); {check.MAKE_A_TOKEN}")
         return value
 
     @field_validator("PHOTO_CHECKLIST_B")

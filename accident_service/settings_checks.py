@@ -32,6 +32,7 @@ REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
+MAKE_A_TOKEN = MAKE_A_KEY.replace("token_hex(32)", "token_hex(16)")  # METRICS_TOKEN: 32 characters
 SECRET_KEY_MIN_CHARS = 32
 SECRET_KEY_MIN_DISTINCT = 10
 METRICS_TOKEN_MIN_CHARS = 16

@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from accident_service import create_app
-from accident_service.settings import Settings, SettingsError, load_settings, number_ranges
+from accident_service.settings import CONFIG_DIR, Settings, SettingsError, load_settings, number_ranges
 
 # A production key as the error message tells operators to make one (secrets.token_hex(32)).
 STRONG_KEY = "6a26b75ffc2f6e9e20f8f3332a7a63b4afafd4336493d20f0ce461074d8490ac"
@@ -505,3 +505,12 @@ def test_production_refuses_a_short_metrics_token(tmp_path, token, refused):
     else:
         assert load_settings(environ=environ).METRICS_TOKEN == token
     assert load_settings(environ={**environ, "APP_ENV": "development"}).METRICS_TOKEN == token
+
+
+def test_the_metrics_token_length_the_defaults_file_gives_is_the_one_checked():
+    """The README's table is written from config/defaults.toml, whose comment states the rule by hand."""
+    from accident_service.settings_checks import METRICS_TOKEN_MIN_CHARS
+
+    line = next(line for line in (CONFIG_DIR / "defaults.toml").read_text().splitlines()
+                if line.startswith("METRICS_TOKEN "))
+    assert f"in production at least {METRICS_TOKEN_MIN_CHARS} characters when set" in line

@@ -32,6 +32,7 @@ from accident_service.sandbox import console
 from accident_service.sandbox.emulator import WeChatEmulator
 from accident_service.sandbox.sms_emulator import SmsEmulator
 from accident_service.settings import SettingsError, bind_address
+from accident_service.settings_checks import lower_case
 from accident_service.web import EXTENSION_KEY
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class SandboxRefused(RuntimeError):
 
 def refusal(environ: Mapping[str, str]) -> str | None:
     """Why the sandbox may not start with ``environ``, or None."""
-    if environ.get("APP_ENV", "").strip().lower() == "production":
+    if lower_case(environ.get("APP_ENV", "")) == "production":  # as the settings read it
         return "APP_ENV is production: the sandbox plays WeChat and SMS itself; run `accident-service serve` instead"
     present = [name for name in REAL_CREDENTIALS if environ.get(name, "").strip()]
     if present:
