@@ -25,21 +25,28 @@ def cli_env(tmp_path):
     return {"DATA_DIR": str(tmp_path), "DATABASE_URL": url}
 
 
-def test_db_upgrade_then_create_staff(cli_env):
+@pytest.fixture
+def chief(tmp_path) -> str:
+    """A username of this test's own: on PostgreSQL the commands share one database that no fixture empties, and
+    create-staff names a taken username before it asks for the password."""
+    return f"chief-{tmp_path.name}".lower()
+
+
+def test_db_upgrade_then_create_staff(cli_env, chief):
     result = run_cli("db", "upgrade", env=cli_env)
     assert result.returncode == 0, result.stderr
-    result = run_cli("create-staff", "chief", "--role", "supervisor",
+    result = run_cli("create-staff", chief, "--role", "supervisor",
                      env={**cli_env, "STAFF_PASSWORD": "correct horse battery"})
     assert result.returncode == 0, result.stderr
-    assert "created supervisor chief" in result.stdout
-    again = run_cli("create-staff", "chief", "--role", "supervisor",
+    assert f"created supervisor {chief}" in result.stdout
+    again = run_cli("create-staff", chief, "--role", "supervisor",
                     env={**cli_env, "STAFF_PASSWORD": "correct horse battery"})
     assert again.returncode != 0 and "taken" in again.stderr
 
 
-def test_create_staff_without_a_password_or_a_terminal_says_why_it_stopped(cli_env):
+def test_create_staff_without_a_password_or_a_terminal_says_why_it_stopped(cli_env, chief):
     run_cli("db", "upgrade", env=cli_env)
-    result = run_cli("create-staff", "chief", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""}, input="")
+    result = run_cli("create-staff", chief, "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""}, input="")
     assert result.returncode == 1 and "aborted: no answer to the prompt" in result.stderr
 
 
@@ -58,15 +65,15 @@ def test_create_staff_names_a_wrong_station_before_asking_for_the_password(cli_e
     assert unknown.returncode == 1 and unknown.stderr.strip() == "error: unknown station 'NOPE'"
 
 
-def test_create_staff_reads_a_piped_password_without_a_terminal_warning(cli_env):
+def test_create_staff_reads_a_piped_password_without_a_terminal_warning(cli_env, chief):
     run_cli("db", "upgrade", env=cli_env)
     password = "correct horse battery"
-    result = run_cli("create-staff", "chief", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
+    result = run_cli("create-staff", chief, "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
                      input=f"{password}\n{password}\n")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "created supervisor chief\n"  # the prompts went to stderr
+    assert result.stdout == f"created supervisor {chief}\n"  # the prompts went to stderr
     assert "Warning" not in result.stderr and password not in result.stderr
-    mismatch = run_cli("create-staff", "chief2", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
+    mismatch = run_cli("create-staff", f"{chief}-2", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
                        input=f"{password}\nsomething else\n")
     assert mismatch.returncode == 1 and "do not match" in mismatch.stderr
 
@@ -308,10 +315,9 @@ def run_counting(*args: str, env: dict[str, str], log) -> tuple[subprocess.Compl
     return result, json.loads(log.read_text())
 
 
-def test_create_staff_migrates_and_builds_its_runtime_once(cli_env, tmp_path):
+def test_create_staff_migrates_and_builds_its_runtime_once(cli_env, tmp_path, chief):
     """AUTO_MIGRATE on: one schema upgrade (its own engine) and one runtime engine, not two of each."""
-    # A name of its own: on PostgreSQL these tests share the run's database, never truncated for them.
-    result, calls = run_counting("create-staff", f"chief-{tmp_path.name}", "--role", "supervisor",
+    result, calls = run_counting("create-staff", chief, "--role", "supervisor",
                                  log=tmp_path / "calls.json",
                                  env={**cli_env, "AUTO_MIGRATE": "true", "STAFF_PASSWORD": "correct horse battery"})
     assert result.returncode == 0, result.stderr
