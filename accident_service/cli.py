@@ -116,7 +116,7 @@ def db_upgrade(revision: str) -> None:
                    "read as two lines from standard input.")
 def create_staff_command(username: str, role: str, station_code: str | None, password: str | None) -> None:
     """Create a desk staff account."""
-    from accident_service.desk.accounts import check_new_staff, create_staff
+    from accident_service.desk.accounts import InvalidStaffInput, check_new_staff, check_password, create_staff
 
     runtime = command_runtime()
     if password is None:  # neither --password nor STAFF_PASSWORD (click reads a blank variable as unset)
@@ -124,7 +124,16 @@ def create_staff_command(username: str, role: str, station_code: str | None, pas
             check_new_staff(session, username=username, role=role, station_code=station_code)
         # Echo is hidden only on a terminal: getpass without one warns (GetPassWarning) and reads stdin anyway.
         # The prompts go to stderr, leaving stdout to the command's answer.
-        password = click.prompt("Password", hide_input=sys.stdin.isatty(), confirmation_prompt=True, err=True)
+
+        def checked(typed: str) -> str:  # a weak password is named (click prints it) and asked again at once
+            try:
+                check_password(typed)
+            except InvalidStaffInput as exc:
+                raise click.UsageError(exc.message) from None
+            return typed
+
+        password = click.prompt("Password", hide_input=sys.stdin.isatty(), confirmation_prompt=True, err=True,
+                                value_proc=checked)
     with runtime.unit_of_work() as session:
         user = create_staff(session, username=username, password=password, role=role,
                             station_code=station_code, clock=runtime.clock)

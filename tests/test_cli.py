@@ -73,6 +73,9 @@ def test_create_staff_reads_a_piped_password_without_a_terminal_warning(cli_env,
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"created supervisor {chief}\n"  # the prompts went to stderr
     assert "Warning" not in result.stderr and password not in result.stderr
+    short = run_cli("create-staff", f"{chief}-3", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
+                    input=f"short\n{password}\n{password}\n")  # named, and asked again before the confirmation
+    assert short.returncode == 0 and "password must be at least 10 characters" in short.stderr, short.stderr
     mismatch = run_cli("create-staff", f"{chief}-2", "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""},
                        input=f"{password}\nsomething else\n")
     assert mismatch.returncode == 1 and "do not match" in mismatch.stderr

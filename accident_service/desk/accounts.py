@@ -62,7 +62,7 @@ def check_new_staff(session: Session, *, username: str, role: str, station_code:
 def create_staff(session: Session, *, username: str, password: str, role: str, station_code: str | None,
                  clock: Clock) -> StaffUser:
     """Create a staff account. Raises InvalidStaffInput or Conflict (username taken)."""
-    _check_password(password)
+    check_password(password)
     new = check_new_staff(session, username=username, role=role, station_code=station_code)
     user = StaffUser(username=new.username, password_hash=_hasher.hash(password), role=new.role,
                      station_id=new.station_id, active=True, created_at=clock.now())
@@ -73,11 +73,12 @@ def create_staff(session: Session, *, username: str, password: str, role: str, s
 
 def set_password(user: StaffUser, password: str) -> None:
     """A new password for ``user``. Raises InvalidStaffInput when it is too short."""
-    _check_password(password)
+    check_password(password)
     user.password_hash = _hasher.hash(password)
 
 
-def _check_password(password: str) -> None:
+def check_password(password: str) -> None:
+    """Raises InvalidStaffInput when ``password`` is too weak to set (the CLI asks again before the confirmation)."""
     # Spaces are fine in a passphrase, but do not count: ten of them would be a password anybody could type.
     if len("".join(password.split())) < MIN_PASSWORD_LENGTH:
         raise InvalidStaffInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters other than spaces")
