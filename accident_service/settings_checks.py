@@ -31,8 +31,9 @@ SUPPORTED_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
-MAKE_A_TOKEN = MAKE_A_KEY.replace("token_hex(32)", "token_hex(16)")  # METRICS_TOKEN: 32 characters
+_MAKE_ONE = 'make one with: python -c "import secrets; print(secrets.token_hex({}))"'
+MAKE_A_KEY = _MAKE_ONE.format(32)
+MAKE_A_TOKEN = _MAKE_ONE.format(16)  # METRICS_TOKEN: 32 hex characters
 SECRET_KEY_MIN_CHARS = 32
 SECRET_KEY_MIN_DISTINCT = 10
 METRICS_TOKEN_MIN_CHARS = 16
