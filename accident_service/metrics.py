@@ -73,7 +73,8 @@ SENDS = Counter("accident_sends_total", "Outbox rows handled by the dispatcher, 
                                         "- when none could carry it), kind and result (sent, held: waiting for the "
                                         "person, retry, rerouted, failed, unconfirmed, not_delivered: a template the "
                                         "platform later said did not reach the person, sent again another way; "
-                                        "superseded: such a template a later notice made moot)",
+                                        "superseded: a notice a later one made moot before it reached the "
+                                        "person: a template of those, or one that waited)",
                 ["channel", "kind", "result"])
 JOB_RUNS = Counter("accident_job_runs_total", "Scheduler job runs, by job and outcome (ok, error)", ["job", "outcome"])
 JOB_SECONDS = Histogram("accident_job_seconds", "Scheduler job run time", ["job"],

@@ -57,6 +57,7 @@ from accident_service.cases import lifecycle
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import error_name, is_postgres, may_succeed_later, run_prebuilt, tried_through_a_blip
 from accident_service.models import Case, Notification, Party, ProviderFailure, WorkStatus
+from accident_service.notice_kinds import NOTICE_KINDS
 from accident_service.notify import allowance, notices
 from accident_service.notify.channels import (
     PROVIDER_OF,
@@ -81,6 +82,7 @@ MUST_READ = frozenset({"booked", "rescheduled", "cancelled", "withdrawn", "confi
 FOLDED = frozenset({"joined"})
 UNCONFIRMED = "delivery unconfirmed: the dispatcher stopped while sending (not sent again: no duplicate)"
 WAITING = "waiting for the person: no WeChat allowance, no template or SMS for it"
+MOOT = "not sent: a later notice about the case went to them"
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,12 @@ def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: d
             _finish(session, row, worker_id, WorkStatus.DONE, "unconfirmed", sent_at=row.sending_at,
                     last_error=UNCONFIRMED)
             return None
+        if row.kind in NOTICE_KINDS and _superseded(session, row):
+            # One that waited for the person (held, or backing off) while a later one reached them: what it says
+            # no longer holds (README, "Notices": the slot list's "ready" after the booking, a check-in after the
+            # case closed), and it would come as a message of its own beside their answer (acceptance pass).
+            _finish(session, row, worker_id, WorkStatus.DROPPED, "superseded", last_error=MOOT)
+            return None
         if row.kind in FOLDED:
             _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error="carried by their next message")
             return None
@@ -458,6 +466,9 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
 #: would tell them what no longer holds (a booking after its cancellation, the old time after a move). What only
 #: the earlier one said (the booking's "you may leave the scene") no longer matters by then.
 VISIT_STATE = frozenset({"booked", "rescheduled", "cancelled", "confirmed", "checked_in", "reminder"})
+#: Notices from before the visit was set (the other driver joined; the case is ready, a slot to pick): once one
+#: about the visit has gone to the person, they tell nothing that still holds.
+BEFORE_THE_VISIT = frozenset({"joined", "ready"})
 
 
 def _superseded(session: Session, row: Notification) -> bool:
@@ -466,7 +477,8 @@ def _superseded(session: Session, row: Notification) -> bool:
     may have: a template whose call got no answer, whose repeat the platform would drop (review: the booking sent
     back went after a cancellation card that had reached them)."""
     # Once the case has closed, nothing earlier about it matters.
-    moot_after = lifecycle.CLOSING_NOTICES | (VISIT_STATE if row.kind in VISIT_STATE else frozenset())
+    moot_after = lifecycle.CLOSING_NOTICES | (VISIT_STATE if row.kind in VISIT_STATE | BEFORE_THE_VISIT
+                                              else frozenset())
     if row.case_id is None:
         return False
     return session.scalar(select(Notification.id).where(
@@ -566,6 +578,10 @@ def _folded_notes(session: Session, row: Notification) -> list[tuple[Notificatio
     held = session.scalars(_folded_statement(), {"openid": row.openid, "before_id": row.id}).all()
     notes = []
     for note in held:
+        if _superseded(session, note):  # "B joined", read after the booking: nothing they still need
+            note.status, note.last_error = WorkStatus.DROPPED, MOOT
+            metrics.count_on_commit(session, metrics.SENDS.labels("-", note.kind, "superseded"))
+            continue
         try:
             notes.append((note, render(session, note).text))
         except (KeyError, ValueError):

@@ -437,6 +437,73 @@ def test_a_note_about_the_other_driver_never_goes_alone_and_rides_with_the_next_
     assert (load(rt, note).status, load(rt, note).carried_by) == (WorkStatus.DONE, carrier)
 
 
+CASE_FACTS = {"case_no": "20261125-ABCDE", "fingerprint": None}
+CLOSED_FACTS = {**BOOKED_FACTS, "liability": "shared", "note": ""}
+
+
+@pytest.mark.parametrize(("waited", "later"), [("ready", "booked"), ("checked_in", "completed")])
+def test_a_notice_that_waited_while_a_later_one_made_it_moot_is_dropped_not_sent_when_they_act(
+        make_runtime, wechat, waited, later):
+    """Acceptance pass: A had no allowance, so "ready" (pick a slot) waited; the booking then went to A as a card.
+    When A wrote, the stale "ready" went as a message of its own beside A's answer. So did a check-in after the
+    case was completed."""
+    rt = make_runtime(**{f"WECHAT_TEMPLATE_{later.upper()}": f"tpl-{later}"})
+    wechat.note_user_activity("oDriverA")  # a follower; our ledger grants no text
+    case_id = a_party_with_a_phone(rt, "oDriverA", None)
+    stale = add_case_notice(rt, case_id, "oDriverA", waited, BOOKED_FACTS)
+    assert dispatch_due(rt, "w1") == 1
+    assert load(rt, stale).status is WorkStatus.HELD
+    add_case_notice(rt, case_id, "oDriverA", later, CLOSED_FACTS)
+    assert dispatch_due(rt, "w1") == 1
+    assert [m["kind"] for m in wechat.sent] == ["template"]
+
+    acted(rt, wechat, "oDriverA")
+    with rt.unit_of_work() as session:
+        assert dispatch.release_held(session, "oDriverA", rt.clock.now()) == 1
+    answer = add(rt, "oDriverA", "已收到。")
+    dispatch_due(rt, "w1")
+
+    assert wechat.messages_to("oDriverA")[1:] == ["已收到。"]
+    row = load(rt, stale)
+    assert (row.status, row.sent_at, row.last_error) == (WorkStatus.DROPPED, None, dispatch.MOOT)
+    assert load(rt, answer).status is WorkStatus.DONE
+
+
+def test_a_note_about_the_other_driver_made_moot_by_the_booking_rides_with_nothing(make_runtime, wechat):
+    """"B joined", held for the next text, then the booking went to A as a card: A's next answer comes alone."""
+    rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
+    wechat.note_user_activity("oDriverA")
+    case_id = a_party_with_a_phone(rt, "oDriverA", None)
+    note = add_case_notice(rt, case_id, "oDriverA", "joined", CASE_FACTS)
+    add_case_notice(rt, case_id, "oDriverA", "booked", BOOKED_FACTS)
+    assert dispatch_due(rt, "w1") == 2
+
+    acted(rt, wechat, "oDriverA")
+    add(rt, "oDriverA", "已预约。")
+    dispatch_due(rt, "w1")
+
+    assert wechat.messages_to("oDriverA")[1:] == ["已预约。"]
+    assert (load(rt, note).status, load(rt, note).carried_by) == (WorkStatus.DROPPED, None)
+
+
+def test_a_notice_that_waited_and_still_holds_goes_when_they_act(make_runtime, wechat):
+    """The other side of the rule: "ready" waited and nothing about the visit has gone since, so it still holds."""
+    rt = make_runtime()
+    wechat.note_user_activity("oDriverA")
+    case_id = a_party_with_a_phone(rt, "oDriverA", None)
+    waited = add_case_notice(rt, case_id, "oDriverA", "ready", CASE_FACTS)
+    assert dispatch_due(rt, "w1") == 1
+    assert load(rt, waited).status is WorkStatus.HELD
+
+    acted(rt, wechat, "oDriverA")
+    with rt.unit_of_work() as session:
+        dispatch.release_held(session, "oDriverA", rt.clock.now())
+    dispatch_due(rt, "w1")
+
+    assert load(rt, waited).status is WorkStatus.DONE
+    assert wechat.messages_to("oDriverA") == [catalogue_text("notice.ready", "zh", case_no="20261125-ABCDE")]
+
+
 def test_the_platform_refusing_what_our_ledger_allowed_sends_it_another_way(make_runtime, wechat, clock):
     rt = make_runtime(WECHAT_TEMPLATE_BOOKED="tpl-booked")
     notification_id = add_notice(rt, "oDriverA", "booked", BOOKED_FACTS, language="zh", wechat=wechat)
