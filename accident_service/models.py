@@ -377,6 +377,9 @@ class StaffUser(Base):
     station_id: Mapped[int | None] = mapped_column(ForeignKey("station.id", ondelete="SET NULL"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
+    # Counted up by each sign-out and each new password: a session names the one it was signed in under, and is
+    # refused once it is old (the session is a signed cookie, which the server cannot otherwise take back).
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditEvent(Base):

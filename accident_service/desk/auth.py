@@ -31,9 +31,12 @@ class Staff(UserMixin):
     username: str
     role: StaffRole
     station_id: int | None
+    session_generation: int
 
     def get_id(self) -> str:
-        return str(self.id)
+        # What the session cookie keeps (Flask-Login's alternative token): the account and its sessions'
+        # generation, so a cookie copied before a sign-out or a new password is refused by the server.
+        return f"{self.id}.{self.session_generation}"
 
     @property
     def station_scope(self) -> int | None:
@@ -42,7 +45,7 @@ class Staff(UserMixin):
 
     @classmethod
     def of(cls, user: StaffUser) -> Staff:
-        return cls(user.id, user.username, user.role, user.station_id)
+        return cls(user.id, user.username, user.role, user.station_id, user.session_generation)
 
 
 def init_app(app: Flask) -> None:
@@ -55,11 +58,14 @@ def init_app(app: Flask) -> None:
 def _load_staff(user_id: str) -> Staff | None:
     from accident_service.web import current_runtime
 
-    if not user_id.isdigit():
-        return None
+    account, _, generation = user_id.partition(".")
+    if not (account.isdigit() and generation.isdigit()):
+        return None  # not one this service signed
     with current_runtime().unit_of_work() as session:
-        user = session.get(StaffUser, int(user_id))
-        return Staff.of(user) if user is not None and user.active else None
+        user = session.get(StaffUser, int(account))
+        if user is None or not user.active or user.session_generation != int(generation):
+            return None  # gone, disabled, or signed out (or a new password) since this session began
+        return Staff.of(user)
 
 
 def current_staff() -> Staff | None:

@@ -107,6 +107,37 @@ def test_sign_out_ends_the_session_and_is_audited(client, runtime, officers):
     assert audit_actions(runtime)[-1] == ("staff.logout", "th")
 
 
+def test_a_session_cookie_kept_from_before_the_sign_out_is_refused_by_the_server(app, client, runtime, officers):
+    """Acceptance pass: the cookie is signed, not stored; one copied before the sign-out (a shared desk PC) still
+    read the queue, and checked a case in through the API, as the officer who had signed out."""
+    sign_in(client, "th")
+    kept = client.get_cookie("session").value
+    colleague = app.test_client()
+    sign_in(colleague, "yx")
+    form = form_to(client.get("/desk/").get_data(as_text=True), "/desk/logout")
+    client.post("/desk/logout", data=form.fields)
+
+    copy = app.test_client()
+    copy.set_cookie("session", kept)
+    assert copy.get("/desk/").headers["Location"].startswith("/desk/login")
+    assert copy.get("/api/v1/me").status_code == 401
+    assert colleague.get("/desk/").status_code == 200  # another officer's session is theirs
+    sign_in(client, "th")  # and the officer signs in again as before
+    assert client.get("/desk/").status_code == 200
+
+
+def test_a_new_password_ends_the_sessions_signed_in_with_the_old_one(client, runtime, officers):
+    from accident_service.desk.accounts import set_password
+    from accident_service.models import StaffUser
+
+    sign_in(client, "th")
+    assert client.get("/desk/").status_code == 200
+    with runtime.unit_of_work() as session:
+        set_password(session.scalar(select(StaffUser).where(StaffUser.username == "th")), "another-long-pass")
+
+    assert client.get("/desk/").headers["Location"].startswith("/desk/login")
+
+
 def test_failures_are_counted_in_redis_when_it_is_configured(runtime, settings_overrides, officers):
     app = create_app({**settings_overrides, "REDIS_URL": "redis://127.0.0.1:6379/0"})
     username = f"probe-{uuid.uuid4().hex[:8]}"  # Redis outlives the test: a name of its own
