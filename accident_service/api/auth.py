@@ -75,4 +75,4 @@ def _check_csrf() -> None:
     try:
         csrf.protect()
     except CSRFError as exc:  # Flask-WTF's error, as ours: one shape for every API error
-        raise CsrfFailed(f"{exc.description}; send the token of GET /api/v1/me as X-CSRFToken") from exc
+        raise CsrfFailed(f"{exc.description.rstrip('.')}: send the token of GET /api/v1/me as X-CSRFToken") from exc

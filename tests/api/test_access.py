@@ -124,6 +124,7 @@ def test_a_desk_session_works_and_its_writes_need_the_csrf_token(officer_client,
     assert officer_client.get(f"/api/v1/cases/{seeded.cases['GZ-YX'][0]}").status_code == 404
     forged = officer_client.post(f"/api/v1/cases/{case_no}/confirm", headers={"Idempotency-Key": "s1"})
     assert forged.status_code == 400 and forged.json["code"] == "csrf_failed"
+    assert forged.json["message"] == "The CSRF token is missing: send the token of GET /api/v1/me as X-CSRFToken"
     done = officer_client.post(f"/api/v1/cases/{case_no}/confirm",
                                headers={"Idempotency-Key": "s1", "X-CSRFToken": me["csrf_token"]})
     assert done.status_code == 200 and done.json["status"] == "confirmed"
