@@ -549,6 +549,15 @@ def render(session: Session, row: Notification) -> Rendered:
     return Rendered(text=str(payload["text"]))
 
 
+def closing_notice_since(session: Session, openid: str, since: datetime) -> Notification | None:
+    """The latest notice written to ``openid`` after ``since`` that told them their case closed (completed,
+    withdrawn, expired, no-show), whatever became of it: a template card shows 20 characters of the officer's
+    note, so a driver asking where things stand reads it whole (conversation's status)."""
+    return session.scalar(select(Notification).where(
+        Notification.openid == openid, Notification.kind.in_(sorted(lifecycle.CLOSING_NOTICES)),
+        Notification.created_at > since).order_by(Notification.id.desc()).limit(1))
+
+
 def message_of(row: Notification) -> Rendered:
     """What ``row`` says in the language it was written in (tests and the desk read it this way)."""
     payload = row.payload

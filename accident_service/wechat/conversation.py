@@ -25,7 +25,7 @@ from accident_service.cases.lifecycle import Actor, TransitionRefused, active_ap
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import run_prebuilt
 from accident_service.models import Case, CaseStatus, InboundMessage, Notification, Party, PartyRole
-from accident_service.notify import allowance
+from accident_service.notify import allowance, dispatch
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, REPLY_KIND, enqueue
 from accident_service.photos.intake import PhotoForClosedCase, discard
 from accident_service.runtime import Runtime
@@ -37,6 +37,8 @@ from accident_service.wechat.parsing import Intent, IntentKind, classify
 REPORT_KEYS = {"REPORT_ACCIDENT"}
 STATUS_KEYS = {"MY_CASE"}
 CONFIRM_WITHIN = timedelta(minutes=10)
+#: How long after their case closed "status" still shows a driver how it ended.
+CLOSED_CASE_SHOWN_FOR = timedelta(days=7)
 #: Whether anything was written to a person about a case; built once, as every photo asks it.
 _ANY_MESSAGE_IN_CASE = select(Notification.id).where(
     Notification.case_id == bindparam("case_id"), Notification.openid == bindparam("openid")).limit(1)
@@ -398,13 +400,28 @@ class Conversation:
 
     def status(self) -> None:
         if self.case is None or self.party is None:
-            self.say("conv.no_case")
+            self.closed_case_status()
             return
         summary = offers.appointment_summary(self.case, self.language)
         what_now = self._what_now()
         detail = summary if what_now in ("", summary) else "\n".join(filter(None, (summary, what_now)))
         self.say("conv.status", case_no=self.case.case_no,
                  state=messages.text(f"state.{self.case.status.value}", self.language), detail=detail)
+
+    def closed_case_status(self) -> None:
+        """No open case: the notice that closed their latest one, as a text in their language (the outcome and the
+        officer's whole note, which its template card may have cut), if it closed lately; else how to start. Each
+        closing notice but the outcome says how to start again; the menu and "help" do too."""
+        closing = dispatch.closing_notice_since(self.session, self.openid, self.now - CLOSED_CASE_SHOWN_FOR)
+        if closing is None:
+            self.say("conv.no_case")
+            return
+        try:
+            told = dispatch.render(self.session, closing).text
+        except (KeyError, ValueError):  # a payload that never rendered (the dispatcher failed it): nothing to show
+            self.say("conv.no_case")
+            return
+        self.say_text(told)
 
     def next_step(self, *, photos_only: bool = False) -> None:
         """Tell the driver what is still needed, or offer slots to whoever completed the case."""

@@ -625,6 +625,39 @@ def test_status_without_a_case_says_there_is_none(wechat, wechat_runtime, desk, 
     assert ask_status(wechat, wechat_runtime, A, word) == t("conv.no_case", lang)
 
 
+LONG_NOTE = "乙方变道未让行，负全部责任。请双方各自联系保险公司理赔，修车前先拍照留底，三日内到保险公司定损。"
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("role", ROLES)
+def test_status_after_the_case_closed_shows_how_it_ended_with_the_officer_s_whole_note(
+        wechat, wechat_runtime, desk, clock, role, lang):
+    """Acceptance pass: the outcome went as a template card (the driver's allowance closed), which cut the
+    officer's note to 20 characters; asked afterwards, "status" said only that they had no open case."""
+    from accident_service.desk import actions
+    from accident_service.notify.dispatch import message_of
+
+    case_id = seed(wechat_runtime, desk, S.CHECKED_IN)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    drain(wechat_runtime)
+    with wechat_runtime.unit_of_work() as session:
+        actions.complete(session, session.get(Case, case_id), liability="B", note=LONG_NOTE, staff="th",
+                         settings=wechat_runtime.settings, now=clock.now())
+    drain(wechat_runtime)
+    clock.advance(days=6)
+
+    reply = ask_status(wechat, wechat_runtime, OPENID[role], "状态")
+
+    with wechat_runtime.unit_of_work() as session:
+        closing = session.scalar(select(Notification).where(Notification.openid == OPENID[role],
+                                                            Notification.kind == "completed"))
+        told = message_of(closing).text
+    assert LONG_NOTE in told
+    assert reply == told
+    clock.advance(days=2)  # a week on: the case is history, not where things stand
+    assert ask_status(wechat, wechat_runtime, OPENID[role], "状态") == t("conv.no_case", lang)
+
+
 # -- reschedule: whoever asks gets the list and books from it; the other driver is told ---------------------------
 
 RESCHEDULE_WORDS = ("改约", "reschedule", "改期", "重新预约", "预约")
