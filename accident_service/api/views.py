@@ -37,12 +37,22 @@ class _Blueprint(Blueprint):
 
 blp = _Blueprint("api", __name__, url_prefix="/api/v1",
                  description="Cases, appointment actions, stations and slots, audit events, dossiers")
+#: The largest body the API reads (413 beyond it, before a byte more is read): an action's body is a few hundred
+#: bytes (a note is at most 500 characters), and a caller's mistake of megabytes must not be read whole and parsed.
+MAX_BODY_BYTES = 64 * 1024
+
+
+@blp.before_request
+def _cap_the_body() -> None:
+    request.max_content_length = MAX_BODY_BYTES
+
+
 blp.before_request(authenticate)
 # Query parameters are strict like bodies: a misspelt filter (?staus=booked) is a 422, not a silently wider list.
 QUERY = {"location": "query", "unknown": RAISE}
 
 ERRORS = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT",
-          422: "UNPROCESSABLE_ENTITY"}
+          413: "REQUEST_ENTITY_TOO_LARGE", 422: "UNPROCESSABLE_ENTITY"}
 
 
 def errors(*statuses: int):
@@ -182,7 +192,8 @@ def action(path: str, name: str, body: type, summary: str):
         return _act(case_no, name, header, params)
 
     view.__name__ = name
-    view = errors(401, 403, 404, 409, 422)(view)
+    # 400: a body that is not JSON, or a desk session's write without its CSRF token; 413: over MAX_BODY_BYTES.
+    view = errors(400, 401, 403, 404, 409, 413, 422)(view)
     view = blp.response(200, s.CaseSummaryOut, description="the case after the action (or, for a retry, "
                                                             "the first answer: header Idempotent-Replayed)")(view)
     view = blp.arguments(body, required=body is not s.VersionBody)(view)

@@ -25,6 +25,22 @@ def test_the_frameworks_errors_take_the_same_shape(api, client, seeded):
     assert_error(broken, 400, "bad_request")
 
 
+def test_a_body_over_the_cap_is_refused_unread_and_changes_nothing(api, client, seeded):
+    """Acceptance pass: a 30 MB body with a valid token was read whole and parsed, then refused as broken JSON."""
+    from accident_service.api.views import MAX_BODY_BYTES
+
+    case_no = seeded.cases["GZ-TH"][0]
+    before = api.get(f"/cases/{case_no}").json
+    padded = '{"expected_version": %d, "pad": "%s"}' % (before["version"], "x" * MAX_BODY_BYTES)
+    answer = client.post(f"/api/v1/cases/{case_no}/confirm", data=padded,
+                         headers=api.headers | {"Idempotency-Key": "big", "Content-Type": "application/json"})
+    assert_error(answer, 413, "request_entity_too_large")
+    assert api.get(f"/cases/{case_no}").json == before
+    fits = client.post(f"/api/v1/cases/{case_no}/confirm", json={"expected_version": before["version"]},
+                       headers=api.headers | {"Idempotency-Key": "small"})
+    assert fits.status_code == 200
+
+
 def test_pages_outside_the_api_keep_the_frameworks_own_error_pages(client):
     answer = client.get("/no-such-page")
     assert answer.status_code == 404 and not answer.is_json
@@ -45,7 +61,7 @@ def test_the_description_is_public_and_documents_auth_keys_and_errors(client):
         if method == "post":
             keys = [p for p in op["parameters"] if p["in"] == "header" and p["name"] == "Idempotency-Key"]
             assert keys and keys[0]["required"], path
-            assert {"403", "404", "409", "422"} <= set(op["responses"]), path
+            assert {"400", "403", "404", "409", "413", "422"} <= set(op["responses"]), path
 
 
 def test_an_unexpected_failure_is_a_500_in_the_same_shape_without_internals(app):
