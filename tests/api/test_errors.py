@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def assert_error(answer, status: int, code: str) -> dict:
     assert answer.status_code == status, answer.data
@@ -31,7 +33,7 @@ def test_a_body_over_the_cap_is_refused_unread_and_changes_nothing(api, client, 
 
     case_no = seeded.cases["GZ-TH"][0]
     before = api.get(f"/cases/{case_no}").json
-    padded = '{"expected_version": %d, "pad": "%s"}' % (before["version"], "x" * MAX_BODY_BYTES)
+    padded = json.dumps({"expected_version": before["version"], "pad": "x" * MAX_BODY_BYTES})
     answer = client.post(f"/api/v1/cases/{case_no}/confirm", data=padded,
                          headers=api.headers | {"Idempotency-Key": "big", "Content-Type": "application/json"})
     assert_error(answer, 413, "request_entity_too_large")
