@@ -464,11 +464,13 @@ _REFUSAL_KEYS = {
 
 
 def _coordinates(message) -> tuple[float, float] | None:
-    """(lat, lng) of a location push, or None when they are missing, not numbers or off the globe."""
+    """(lat, lng) of a location push, or None when they are missing, not numbers, off the globe or (0, 0)."""
     try:
         lat, lng = float(message.location_x), float(message.location_y)
     except (TypeError, ValueError):
         return None
     if not (math.isfinite(lat) and math.isfinite(lng) and -90 <= lat <= 90 and -180 <= lng <= 180):
+        return None
+    if lat == 0 and lng == 0:  # "Null Island": what a phone without a fix sends, never a road
         return None
     return lat, lng

@@ -98,14 +98,15 @@ def test_unclear_text_mid_case_gets_the_next_step_not_the_general_help(wechat, l
 def test_an_unreadable_location_is_refused_and_changes_nothing(wechat, live_app, wechat_runtime):
     wechat.post_text(A, "快处")
     drain(wechat_runtime)
-    odd = (("nan", "113.3"), ("23.1", "inf"), ("123.4", "113.3"), ("23.1", "500.1"), ("abc", ""))
+    # (0, 0): what a phone sends with no fix yet (acceptance pass: taken, and the nearest desk offered 12,000 km off)
+    odd = (("nan", "113.3"), ("23.1", "inf"), ("123.4", "113.3"), ("23.1", "500.1"), ("abc", ""), ("0", "0.0"))
     for msg_id, (lat, lng) in enumerate(odd, start=880001):
         wechat.post_raw(
             "<xml><ToUserName>gh_x</ToUserName><FromUserName>" + A + "</FromUserName><CreateTime>1764036000"
             f"</CreateTime><MsgType>location</MsgType><Location_X>{lat}</Location_X><Location_Y>{lng}</Location_Y>"
             f"<Scale>15</Scale><Label>x</Label><MsgId>{msg_id}</MsgId></xml>")
         drain(wechat_runtime)  # the driver reads each refusal before trying again (WECHAT.md §5 allowances)
-    assert wechat.messages_to(A)[-5:] == [text("conv.location_invalid", "zh")] * 5
+    assert wechat.messages_to(A)[-6:] == [text("conv.location_invalid", "zh")] * 6
     with wechat_runtime.unit_of_work() as session:
         case = session.scalars(select(Case)).one()
         assert case.location_lat is None and case.location_lng is None
