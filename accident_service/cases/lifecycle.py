@@ -192,6 +192,16 @@ def own_item(attempt: Attempt) -> str | None:
     return None if attempt.party is not None and owner is attempt.party.role else "not_own_item"
 
 
+def not_the_other_partys_plate(attempt: Attempt) -> str | None:
+    """A plate a party gives is not the one the other party gave: two cars, two plates (the other car's plate,
+    read off it by mistake, would leave the case with one car twice and the sender's own car unnamed)."""
+    plate, party = attempt.details.get("plate"), attempt.party
+    if plate is None or party is None:
+        return None
+    other = attempt.case.party(PartyRole.B if party.role is PartyRole.A else PartyRole.A)
+    return "other_party_plate" if other is not None and other.plate == plate else None
+
+
 def is_sealed(case: Case) -> bool:
     """Once first booked, a case's evidence and details are sealed (the booking notice's fingerprint vouches
     for them), also after a cancellation brings it back to ready: the desk and the drivers saw them."""
@@ -273,7 +283,8 @@ TABLE: tuple[Transition, ...] = (
                doc="a party's photo fills one of its own checklist items (or the one the desk asked for)"),
     Transition("choose_retake", PARTIES, _stay(*COLLECTING), (not_sealed, own_item), records=False,
                doc="'retake N': the party's next photo replaces its own item N"),
-    Transition("set_detail", PARTIES, _stay(*COLLECTING), (not_sealed,), doc="a party's own plate or phone"),
+    Transition("set_detail", PARTIES, _stay(*COLLECTING), (not_sealed, not_the_other_partys_plate),
+               doc="a party's own plate or phone"),
     Transition("set_location", frozenset({A}), _stay(*COLLECTING), (not_sealed,),
                doc="the reporter shares the location"),
     Transition("become_ready", PARTIES, _all_to(S.READY, S.DRAFT), (nothing_missing,), tells=Tell.OTHER,

@@ -126,7 +126,7 @@ def set_party_detail(session, case: Case, party: Party, *, field: str, value: st
         raise ValueError(field)
     before = getattr(party, field)
     lifecycle.apply(session, case, "set_detail", actor=Actor.of(party), party=party, settings=settings, now=now,
-                    before={field: mask(field, before)}, after={field: mask(field, value)})
+                    details={field: value}, before={field: mask(field, before)}, after={field: mask(field, value)})
     setattr(party, field, value)
 
 

@@ -282,7 +282,7 @@ class Conversation:
         if self._refused("set_detail"):
             return
         for name, value in (("plate", plate), ("phone", phone)):
-            if value is not None:
+            if value is not None and not self._refused("set_detail", details={name: value}):
                 parties.set_party_detail(self.session, self.case, self.party, field=name, value=value,
                                          settings=self.settings, now=self.now)
                 self.say(f"conv.{name}_saved", **{name: value})
@@ -440,11 +440,11 @@ class Conversation:
         else:
             self.say("conv.ready_hint")
 
-    def _refused(self, transition: str, *, quiet_reasons: tuple[str, ...] = ()) -> bool:
+    def _refused(self, transition: str, *, quiet_reasons: tuple[str, ...] = (), details: dict | None = None) -> bool:
         """Say why the sender may not do this now (True), or nothing (False) when the lifecycle allows it."""
         assert self.case is not None and self.party is not None
         refused = lifecycle.refusal(self.case, transition, actor=self.actor, party=self.party,
-                                    settings=self.settings, now=self.now)
+                                    settings=self.settings, now=self.now, details=details)
         if refused is None or refused.reason in quiet_reasons:
             return False
         self.say(_REFUSAL_KEYS.get((transition, refused.reason)) or _REFUSAL_KEYS.get((transition, refused.code))
@@ -459,6 +459,7 @@ _REFUSAL_KEYS = {
     ("set_location", "wrong_state"): "conv.details_sealed",
     ("set_detail", "sealed"): "conv.details_sealed",
     ("set_detail", "wrong_state"): "conv.details_sealed",
+    ("set_detail", "other_party_plate"): "conv.plate_is_the_other_partys",
     ("withdraw", "not_allowed"): "conv.withdraw_reporter_only",
 }
 

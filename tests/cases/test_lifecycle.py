@@ -433,10 +433,10 @@ def _retake_request(item: int, reason: str = "车牌看不清"):
     return attempt
 
 
-def _detail(actor: Actor):
+def _detail(actor: Actor, field: str = "phone", value: str = "13700137000"):
     def attempt(session, case, where, settings):
-        parties.set_party_detail(session, case, party_of(case, actor), field="phone", value="13700137000",
-                                 settings=settings, now=T0)
+        parties.set_party_detail(session, case, party_of(case, actor), field=field, value=value, settings=settings,
+                                 now=T0)
     return attempt
 
 
@@ -484,6 +484,10 @@ MISSING = [
     Missing("choose_retake-B-item-of-A", "choose_retake", B_, S.READY, "not_own_item", {},
             _apply("choose_retake", B_, item=1)),
     Missing("set_detail-B-sealed", "set_detail", B_, S.READY, "sealed", RESEALED, _detail(B_)),
+    Missing("set_detail-A-the-plate-B-gave", "set_detail", A_, S.DRAFT, "other_party_plate",
+            {"details": (PartyRole.B,)}, _detail(A_, "plate", "粤BD12345")),
+    Missing("set_detail-B-the-plate-A-gave", "set_detail", B_, S.DRAFT, "other_party_plate",
+            {"details": (PartyRole.A,)}, _detail(B_, "plate", "粤A12345")),
     Missing("set_location-A-sealed", "set_location", A_, S.READY, "sealed", RESEALED, _location),
     Missing("become_ready-photos-missing", "become_ready", A_, S.DRAFT, "incomplete", {"photos": False},
             _apply("become_ready", A_)),

@@ -336,6 +336,21 @@ def test_a_plate_sets_the_senders_own_plate(wechat, wechat_runtime, desk, plate,
     assert (case.party(role).plate, case.party(other(role)).plate) == (plate, None)
 
 
+@pytest.mark.parametrize(("role", "lang"), [(role, lang) for role in ROLES for lang in LANGUAGES])
+def test_the_other_partys_plate_is_refused_and_changes_nothing(wechat, wechat_runtime, desk, role, lang):
+    """Acceptance pass: driver B recorded driver A's plate as B's own: one car twice, B's own car unnamed."""
+    case_id = collecting(wechat_runtime, desk, details=(other(role),))
+    theirs = case_of(wechat_runtime, case_id).party(other(role)).plate
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    before = state(wechat_runtime, case_id)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], theirs)
+
+    assert reply.splitlines()[0] == t("conv.plate_is_the_other_partys", lang)
+    assert state(wechat_runtime, case_id) == before
+    assert case_of(wechat_runtime, case_id).party(role).plate is None
+
+
 @pytest.mark.parametrize(("phone", "role", "lang"), spread(PHONES), ids=ids(spread([p for _, p in PHONES])))
 def test_a_mobile_number_sets_the_senders_own_phone(wechat, wechat_runtime, desk, phone, role, lang):
     typed, stored = phone
