@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from accident_service.cases.service import record_audit
 from accident_service.desk.accounts import end_sessions
 from accident_service.desk.auth import Staff, authenticate
+from accident_service.models import StaffUser
 
 LOGIN, LOGIN_FAILED, LOGOUT = "staff.login", "staff.login_failed", "staff.logout"
 
@@ -29,6 +30,8 @@ def sign_in(session: Session, username: str, password: str, *, now: datetime, ad
 
 def sign_out(session: Session, staff: Staff, *, now: datetime, address: str | None) -> None:
     """Every session of ``staff`` ends (this one and any other, a cookie copied from a shared PC included), audited."""
-    end_sessions(session, staff.id)
+    account = session.get(StaffUser, staff.id)
+    if account is not None:  # deleted meanwhile: no session of it is accepted anyway
+        end_sessions(account)
     record_audit(session, actor_type="staff", actor=staff.username, action=LOGOUT, case_id=None, now=now,
                  after={"address": address})
