@@ -43,8 +43,9 @@ _VALUE_PUNCTUATION = "。.!！,，;；~～ "
 # dropped only around keywords that change nothing ("状态？", "status?").
 _KEYWORD_PUNCTUATION = "。.!！~～ "
 _QUESTION_MARKS = "?？"
-# Something meant as a plate: a province character and a letter, then letters or digits.
-_PLATE_ATTEMPT = re.compile(f"[{PROVINCES}][A-Z][A-Z0-9]{{2,8}}")
+# Something meant as a plate: a province character and a letter, then up to 8 letters or digits ("粤Z1", a plate
+# cut short, is one: the reply then says how a plate is written, where "not understood" said nothing).
+_PLATE_ATTEMPT = re.compile(f"[{PROVINCES}][A-Z][A-Z0-9]{{0,8}}")
 # Something meant as a phone number: 7 to 15 digits (6 is a join code, 1 a choice, 11 a valid mobile).
 _PHONE_ATTEMPT = re.compile(r"\+?[0-9]{7,15}")
 _PLATE_LABEL = re.compile(r"^(?:我的|本人)?(?:车牌号码|车牌号|车牌)|^(?:my\s+)?(?:plate|car)\b", re.IGNORECASE)

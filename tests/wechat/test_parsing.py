@@ -317,7 +317,7 @@ def test_the_other_party_s_details_and_other_text_stay_unknown(typed):
     assert classify(typed).kind is IntentKind.UNKNOWN
 
 
-BAD_PLATES = ["车牌", "我的车牌是", "粤A1234", "粤AO12345", "plate abc"]
+BAD_PLATES = ["车牌", "我的车牌是", "粤A1234", "粤AO12345", "plate abc", "粤Z1", "粤A", "京B 1"]
 BAD_PHONES = ["手机", "手机1380013800", "1380013800", "138001380001", "12345678901", "my phone 123"]
 
 
