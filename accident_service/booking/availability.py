@@ -14,6 +14,11 @@ from accident_service.booking.stations import active_stations
 from accident_service.models import Slot, Station
 from accident_service.settings import Settings
 
+#: A place farther than this from every desk is most likely not the accident's: a phone's stale fix, a pin dropped
+#: in the wrong town. The driver is asked to check it (it is kept: the desks may be the ones missing). Every road of a
+#: city, a large municipality's included, lies well within this of one of its desks.
+FAR_FROM_EVERY_DESK_KM = 100.0
+
 
 @dataclass(frozen=True)
 class Offer:
@@ -58,3 +63,10 @@ def find_offers(session: Session, settings: Settings, *, lat: float | None, lng:
     rows.sort(key=lambda row: (row.starts_at, rank[row.station_id]))
     return [Offer(row.id, by_id[row.station_id], row.starts_at, row.ends_at, distance[row.station_id])
             for row in rows[:count]]
+
+
+def nearest_desk_if_far(session: Session, *, lat: float, lng: float) -> tuple[Station, float] | None:
+    """The nearest active station and its distance in km, when even it is farther than
+    :data:`FAR_FROM_EVERY_DESK_KM` from (lat, lng); None otherwise, or when there is no active station."""
+    ranked = nearest(active_stations(session), lat, lng, limit=1)
+    return ranked[0] if ranked and ranked[0][1] > FAR_FROM_EVERY_DESK_KM else None

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from accident_service import messages
-from accident_service.booking import appointments, offers
+from accident_service.booking import appointments, availability, offers
 from accident_service.cases import lifecycle, parties
 from accident_service.cases import service as cases
 from accident_service.cases.lifecycle import Actor, TransitionRefused, active_appointment
@@ -39,6 +39,8 @@ STATUS_KEYS = {"MY_CASE"}
 CONFIRM_WITHIN = timedelta(minutes=10)
 #: How long after their case closed "status" still shows a driver how it ended.
 CLOSED_CASE_SHOWN_FOR = timedelta(days=7)
+#: Messages the service cannot read (no speech recognition here): the driver is told to type or photograph instead.
+SPOKEN_OR_FILMED = frozenset({"voice", "video", "shortvideo"})
 #: Whether anything was written to a person about a case; built once, as every photo asks it.
 _ANY_MESSAGE_IN_CASE = select(Notification.id).where(
     Notification.case_id == bindparam("case_id"), Notification.openid == bindparam("openid")).limit(1)
@@ -104,7 +106,9 @@ class Conversation:
                 self.on_location(*point, str(self.message.label or ""))
         elif kind == "event":
             self.on_event(self.message.event)
-        else:  # voice, video, a link: mid-case, what is expected now
+        elif kind in SPOKEN_OR_FILMED:
+            self.not_understood("conv.voice_or_video")
+        else:  # a link: mid-case, what is expected now
             self.not_understood()
         self._send_reply()
 
@@ -150,13 +154,16 @@ class Conversation:
         }
         handlers.get(intent.kind, self.not_understood)()
 
-    def not_understood(self) -> None:
-        """Mid-case, say what is expected now rather than the general help."""
+    def not_understood(self, why: str = "conv.not_understood") -> None:
+        """Mid-case, say what is expected now rather than the general help; ``why``: the line that goes first
+        (without a case, before the help only when it is not the generic one)."""
         step = self._what_now()
         if step:
-            self.say("conv.not_understood")
+            self.say(why)
             self.say_text(step)
         else:
+            if why != "conv.not_understood":
+                self.say(why)
             self.say("conv.help")
 
     def _what_now(self) -> str:
@@ -273,6 +280,9 @@ class Conversation:
         parties.set_location(self.session, self.case, self.party, lat=lat, lng=lng, label=label,
                              settings=self.settings, now=self.now)
         self.say("conv.location_saved", label=label or f"{lat:.5f}, {lng:.5f}")
+        far = availability.nearest_desk_if_far(self.session, lat=lat, lng=lng)
+        if far is not None:
+            self.say("conv.location_far", station=far[0].name, km=f"{far[1]:.0f}")
         self.next_step()
 
     def set_details(self, *, plate: str | None = None, phone: str | None = None) -> None:
