@@ -29,6 +29,8 @@ LeasedModel = type[InboundMessage] | type[Notification]
 MAX_BACKOFF = timedelta(minutes=10)
 QUEUE_NAMES = {"inbound_message": "inbox", "notification": "outbox"}  # the label in metrics
 LAST_ERROR_CHARS = 500  # of a row's last error kept (complete)
+#: The last error of a row given up as its worker died on each attempt: then the attempts (desk/labels.py).
+LEASE_EXPIRED = "lease expired on each of "
 
 
 Overtake = Callable[[Any, Any], ColumnElement[bool]]
@@ -167,7 +169,7 @@ def fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_a
     connection = session.connection()
     ids = list(connection.execute(stuck, params).scalars())
     if ids:
-        error = f"lease expired on each of {max_attempts} attempts (worker died or hung)"
+        error = f"{LEASE_EXPIRED}{max_attempts} attempts (worker died or hung)"
         connection.execute(fail, {**params, "ids": ids, "last_error": error})
         metrics.count_on_commit(session, metrics.FAILURES.labels(QUEUE_NAMES[model.__tablename__],
                                                                  metrics.Failure.LEASE_EXPIRED), len(ids))

@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = (CaseStatus.COMPLETED, CaseStatus.CANCELLED, CaseStatus.EXPIRED, CaseStatus.NO_SHOW)
 # What an openid becomes: derived from nothing, so irreversible, and never a real one (those start with "o").
 PURGED = "purged"
+#: The last error of a notice dropped unsent because its case was purged.
+PURGED_UNSENT = "purged by retention before it was sent"
 BATCH_SIZE = 100
 #: How much older than the longest a stored photo can wait for its row an object no row names must be before it
 #: is deleted (_delete_unnamed_objects).
@@ -313,7 +315,7 @@ def _erase_notifications(session: Session, rows: Any) -> int:
     changed = session.execute(update(Notification).where(rows).values(_erasures_by_model()[Notification])
                               .execution_options(synchronize_session=False)).rowcount
     session.execute(update(Notification).where(Notification.id.in_(waiting_ids))
-                    .values(status=WorkStatus.DROPPED, last_error="purged by retention before it was sent"))
+                    .values(status=WorkStatus.DROPPED, last_error=PURGED_UNSENT))
     return changed
 
 

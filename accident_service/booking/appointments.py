@@ -139,9 +139,13 @@ def _release(session: Session, appointment: Appointment) -> None:
     metrics.count_on_commit(session, metrics.BOOKINGS.labels(action="cancelled"))
 
 
+#: Why an appointment's reminder was dropped: then the appointment's new status (the desk puts it in words).
+REMINDER_DROPPED = "appointment "
+
+
 def _drop_reminder(session: Session, appointment: Appointment) -> None:
     drop_pending(session, dedupe_prefix=f"reminder:{appointment.id}:",
-                 reason=f"appointment {appointment.id} {appointment.status.value}")
+                 reason=f"{REMINDER_DROPPED}{appointment.id} {appointment.status.value}")
 
 
 def _reason(reason: str | None) -> dict[str, str]:

@@ -15,9 +15,9 @@ from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
 from accident_service.booking.appointments import SlotUnavailable
-from accident_service.cases.lifecycle import NotAllowed, StaleCase, TransitionRefused, WrongState
+from accident_service.cases.lifecycle import TransitionRefused
 from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable, error_name
-from accident_service.desk import i18n
+from accident_service.desk import i18n, labels
 from accident_service.desk.auth import current_staff
 from accident_service.errors import NotFound, ServiceError
 from accident_service.messages import catalogue
@@ -62,7 +62,7 @@ def _page_context():
     staff = current_staff()
     return {"t": i18n.t, "lang": i18n.current_language(), "html_lang": i18n.HTML_LANG[i18n.current_language()],
             "staff": staff, "is_supervisor": staff is not None and staff.role is StaffRole.SUPERVISOR,
-            "local_time": i18n.local_time, "settings": current_runtime().settings}
+            "local_time": i18n.local_time, "labels": labels, "settings": current_runtime().settings}
 
 
 def safe_next(target: str | None) -> str | None:
@@ -83,15 +83,7 @@ def back_to() -> str:
 
 @bp.errorhandler(TransitionRefused)
 def _refused(exc: TransitionRefused):
-    if isinstance(exc, StaleCase):
-        message = i18n.t("desk.refused.stale")
-    elif isinstance(exc, NotAllowed):
-        message = i18n.t("desk.refused.not_allowed")
-    elif isinstance(exc, WrongState):
-        message = i18n.t("desk.refused.wrong_state", state=_status_label(exc.reason))
-    else:
-        message = _text_or(f"desk.refused.{exc.reason}", exc.reason)
-    flash(message, "error")
+    flash(labels.refusal(exc), "error")
     return redirect(back_to(), 303)
 
 
@@ -137,10 +129,6 @@ def _throttled(exc: RateLimitExceeded):
 
     minutes = current_runtime().settings.DESK_LOGIN_LOCKOUT_MINUTES
     return render_template("login.html", form=LoginForm(), error=i18n.t("desk.login.throttled", minutes=minutes)), 429
-
-
-def _status_label(status: str) -> str:
-    return _text_or(f"desk.status.{status}", status)
 
 
 def _text_or(key: str, fallback: str) -> str:

@@ -83,6 +83,12 @@ FOLDED = frozenset({"joined"})
 UNCONFIRMED = "delivery unconfirmed: the dispatcher stopped while sending (not sent again: no duplicate)"
 WAITING = "waiting for the person: no WeChat allowance, no template or SMS for it"
 MOOT = "not sent: a later notice about the case went to them"
+# The other last_error texts the dispatcher writes, each a prefix of what follows it (the desk puts them in words:
+# desk/labels.py).
+CARRIED = "carried by their next message"
+BAD_PAYLOAD = "bad payload: "  # then the error
+TEMPLATE_NOT_DELIVERED = "template not delivered: "  # then the platform's status
+AND_MOOT = "; not sent again: a later notice about the case went to them"  # after a template's status
 
 
 @dataclass(frozen=True)
@@ -320,12 +326,12 @@ def _prepare_send(runtime: Runtime, notification_id: int, worker_id: str, now: d
             _finish(session, row, worker_id, WorkStatus.DROPPED, "superseded", last_error=MOOT)
             return None
         if row.kind in FOLDED:
-            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error="carried by their next message")
+            _finish(session, row, worker_id, WorkStatus.HELD, "held", last_error=CARRIED)
             return None
         try:
             rendered = render(session, row)
         except (KeyError, ValueError) as exc:  # a malformed payload will never send: give up visibly
-            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=f"bad payload: {exc}")
+            _finish(session, row, worker_id, WorkStatus.FAILED, "failed", last_error=f"{BAD_PAYLOAD}{exc}")
             return None
         route = _route(session, runtime, row, rendered, now)
         if route is None:
@@ -444,10 +450,10 @@ def template_result(session: Session, openid: str, msgid: int, status: str, *, r
         return TemplateResult.KEPT
     sent_back = False
     for row in named:
-        error = f"template not delivered: {status}"
+        error = f"{TEMPLATE_NOT_DELIVERED}{status}"
         if _superseded(session, row):  # no longer true, and never seen: dropped, as a reminder for a moved visit is
             row.status, row.sent_at = WorkStatus.DROPPED, None
-            row.last_error = f"{error}; not sent again: a later notice about the case went to them"[:500]
+            row.last_error = f"{error}{AND_MOOT}"[:500]
             metrics.count_on_commit(session, metrics.SENDS.labels(WeChatTemplate.name, row.kind, "superseded"))
             continue
         row.status, row.attempts, row.next_attempt_at = WorkStatus.PENDING, 0, now

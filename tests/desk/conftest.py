@@ -6,6 +6,7 @@ import pytest
 
 from accident_service.models import Case
 from tests.desk.factories import PASSWORD, seed_desk
+from tests.e2e.conftest import browser_context, chromium  # noqa: F401  (one browser setup for both)
 from tests.support.html_forms import form_to
 
 

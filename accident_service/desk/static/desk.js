@@ -42,16 +42,33 @@
     try { return sessionStorage.getItem(SELECTED_KEY); } catch (e) { return null; }
   }
 
-  /* Submit the form for `action` ("confirm", "check-in"): the selected row's on the queue, the page's elsewhere. */
-  function submitAction(action) {
+  /* Submit the form for `action` ("confirm", "check-in"): the selected row's on the queue, the page's elsewhere.
+     Without one, say why key `key` did nothing. */
+  function submitAction(action, key) {
     var scope = live ? selectedRow() : document;
     var form = scope && scope.querySelector('form[data-action="' + action + '"]');
-    if (form) { form.requestSubmit(); }
+    if (form) { form.requestSubmit(); } else { unavailable(key, !scope); }
   }
 
-  function focusField(id) {
+  function focusField(id, key) {
     var field = document.getElementById(id);
-    if (field) { field.focus(); field.scrollIntoView({ block: "center" }); }
+    if (field) { field.focus(); field.scrollIntoView({ block: "center" }); } else if (key) { unavailable(key, false); }
+  }
+
+  /* A key whose action the case does not offer now (its form is not on the page) says so in the shortcuts strip,
+     a polite live region: read out without moving the focus, and gone after a while. `noCase`: none selected. */
+  var statusLine = document.getElementById("shortcut-status");
+  var statusTimer = null;
+  function unavailable(key, noCase) {
+    if (!statusLine) { return; }
+    var shortcut = document.querySelector('.shortcuts [data-keys~="' + key + '"]');
+    var message = noCase ? statusLine.getAttribute("data-no-case")
+                         : shortcut && shortcut.getAttribute("data-unavailable");
+    if (!message) { return; }
+    window.clearTimeout(statusTimer);
+    statusLine.textContent = "";  // emptied first: the same message again is announced again
+    window.setTimeout(function () { statusLine.textContent = message; }, 50);
+    statusTimer = window.setTimeout(function () { statusLine.textContent = ""; }, 6000);
   }
 
   function toggleHelp() {
@@ -144,10 +161,10 @@
           selectedRow().querySelector("a.case-link").click();
         } else { handled = false; }
         break;
-      case "c": submitAction("confirm"); break;
-      case "i": submitAction("check-in"); break;
-      case "o": focusField("liability-first"); break;
-      case "r": focusField("retake-item"); break;
+      case "c": submitAction("confirm", "c"); break;
+      case "i": submitAction("check-in", "i"); break;
+      case "o": focusField("liability-first", "o"); break;
+      case "r": focusField("retake-item", "r"); break;
       case "/": focusField("f-q"); break;
       case "u": {
         var back = document.getElementById("back-to-queue");

@@ -1,0 +1,154 @@
+"""Stored codes in the officer's words: statuses, audit entries and why a notice was not sent.
+
+The case page shows what other features wrote in their own terms (a transition's
+audit action, a status, the dispatcher's English ``last_error``). Each goes
+through the catalogue here; a code the catalogue does not know yet shows as
+itself, so a new one reads oddly on the page instead of breaking it.
+Called from templates, in a request (the language is the officer's).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from accident_service import messages
+from accident_service.booking.appointments import REMINDER_DROPPED
+from accident_service.cases.lifecycle import NotAllowed, StaleCase, TransitionRefused, WrongState
+from accident_service.desk.i18n import current_language, t
+from accident_service.leases import LEASE_EXPIRED
+from accident_service.messages import catalogue
+from accident_service.notify.dispatch import (
+    AND_MOOT,
+    BAD_PAYLOAD,
+    CARRIED,
+    MOOT,
+    TEMPLATE_NOT_DELIVERED,
+    UNCONFIRMED,
+    WAITING,
+)
+from accident_service.retention import PURGED_UNSENT
+
+# A value of these audit fields is a code with labels of its own.
+_VALUE_LABELS = {"status": "desk.status.", "liability": "desk.liability."}
+# Audit fields that already have a label on the page; the others are under desk.audit.field.
+_FIELD_LABELS = {"status": "desk.queue.status", "liability": "desk.form.liability", "item": "desk.form.item",
+                 "plate": "desk.case.plate", "phone": "desk.case.phone", "fingerprint": "desk.case.fingerprint"}
+_ACTORS = {"staff": "desk.audit.actor.staff", "system": "desk.audit.actor.system",
+           "wechat": "desk.audit.actor.wechat"}
+_PARTIES = {"A": "desk.case.party_a", "B": "desk.case.party_b"}
+
+
+def text_or(key: str, fallback: str, /, **params: object) -> str:
+    """The catalogue text ``key``, or ``fallback`` as it is when the catalogue has no such key."""
+    return t(key, **params) if key in catalogue() else fallback
+
+
+def status(code: str) -> str:
+    """A case's or an appointment's status ("booked") as the page's badges name it."""
+    return text_or(f"desk.status.{code}", code)
+
+
+def refusal_key(refused: TransitionRefused) -> str:
+    """The catalogue key of a lifecycle refusal's sentence (it may be missing: see :func:`refusal`)."""
+    if isinstance(refused, StaleCase):
+        return "desk.refused.stale"
+    if isinstance(refused, NotAllowed):
+        return "desk.refused.not_allowed"
+    if isinstance(refused, WrongState):
+        return "desk.refused.wrong_state"
+    return f"desk.refused.{refused.reason}"
+
+
+def refusal(refused: TransitionRefused, language: str | None = None) -> str:
+    """A lifecycle refusal in a sentence, in ``language`` (None: the officer's): the desk's message after a refused
+    form, the API's ``message``. A reason without a text yet gets "Not done: " and the lifecycle's own words."""
+    language = language or current_language()
+    key = refusal_key(refused)
+    if key not in catalogue():
+        return messages.text("desk.refused.other", language, detail=refused.message)
+    if isinstance(refused, WrongState):  # its reason is the case's status, named inside the sentence
+        named = messages.text(f"desk.status.{refused.reason}", language) \
+            if f"desk.status.{refused.reason}" in catalogue() else refused.reason
+        return messages.text(key, language, state=named[:1].lower() + named[1:])
+    return messages.text(key, language)
+
+
+def audit_action(action: str) -> str:
+    """An audit entry's action ("case.confirm"). A desk transition reads as its button does (desk.action.*)."""
+    if f"desk.audit.action.{action}" in catalogue():
+        return t(f"desk.audit.action.{action}")
+    transition = action.removeprefix("case.")
+    return text_or(f"desk.action.{transition}", action) if transition != action else action
+
+
+def audit_actor(actor_type: str, actor: str | None) -> str:
+    """Who made an audit entry: a party by its role, staff by name, the system."""
+    if actor_type == "party" and actor in _PARTIES:
+        return t(_PARTIES[actor])
+    if actor_type in _ACTORS:
+        return t(_ACTORS[actor_type], name=actor or "")
+    return f"{actor_type}: {actor}" if actor else actor_type
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    before: str | None  # None: the entry does not say (not "-": that is a value it records as empty)
+    after: str | None
+
+
+def audit_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> tuple[Change, ...]:
+    """The fields an audit entry records, each with its label and its values (before and after) in words."""
+    before, after = before or {}, after or {}
+    fields = [*before, *(name for name in after if name not in before)]
+    return tuple(Change(text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name),
+                        _value(name, before[name]) if name in before else None,
+                        _value(name, after[name]) if name in after else None) for name in fields)
+
+
+def _value(field: str, value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    family = _VALUE_LABELS.get(field)
+    return text_or(f"{family}{value}", str(value)) if family else str(value)
+
+
+@dataclass(frozen=True)
+class NoticeReason:
+    text: str  # in the officer's language
+    detail: str | None  # the writer's own words, where they say more than the text (English, as written)
+
+
+# How the writers word a notice's last_error, each from the writer's own constant (notify/dispatch.py,
+# booking/appointments.py, retention.py, leases.py), in match order.
+_REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern, re.DOTALL), key) for pattern, key in (
+    (re.escape(MOOT), "moot"),
+    (re.escape(TEMPLATE_NOT_DELIVERED) + "(?P<detail>.*)" + re.escape(AND_MOOT), "template_moot"),
+    (re.escape(TEMPLATE_NOT_DELIVERED) + "(?P<detail>.*)", "template_not_delivered"),
+    (re.escape(WAITING), "waiting"),
+    (re.escape(WAITING) + "; (?P<detail>.*)", "sms_refused"),
+    (re.escape(CARRIED), "carried"),
+    (re.escape(UNCONFIRMED), "unconfirmed"),
+    (re.escape(REMINDER_DROPPED) + r"\d+ (?P<status>\w+)", "appointment_changed"),
+    (re.escape(PURGED_UNSENT), "purged"),
+    (re.escape(BAD_PAYLOAD) + "(?P<detail>.*)", "bad_payload"),
+    (re.escape(LEASE_EXPIRED) + ".*", "lease_expired"),
+))
+
+
+def notice_reason(last_error: str | None) -> NoticeReason | None:
+    """Why a notice is where it is, from its ``last_error``: a known reason in words, with the raw detail only
+    where it adds to them (a platform's status, an SMS gateway's refusal); an unknown one as a generic label over
+    the raw text."""
+    if not last_error:
+        return None
+    for pattern, name in _REASONS:
+        found = pattern.fullmatch(last_error)
+        if found is not None:
+            groups = found.groupdict()
+            params = {"status": status(groups["status"])} if "status" in groups else {}
+            return NoticeReason(t(f"desk.notice_reason.{name}", **params), groups.get("detail"))
+    return NoticeReason(t("desk.notice_reason.other"), last_error)

@@ -1,0 +1,94 @@
+"""Stored codes on the case page in the officer's words (acceptance pass: the audit trail read `set_detail`,
+`no_show` and `booked`, and a dropped notice its English last_error, on the Chinese desk)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+from sqlalchemy import select
+
+from accident_service.cases.lifecycle import TABLE
+from accident_service.desk import labels
+from accident_service.messages import text
+from accident_service.models import Appointment, AuditEvent, Notification, WorkStatus
+from accident_service.notify.dispatch import MOOT, UNCONFIRMED, WAITING
+from tests.conftest import T0
+from tests.desk.conftest import sign_in
+from tests.desk.test_views import post_form
+
+
+def section(page: str, title_id: str) -> str:
+    """The visible text of the page's panel headed ``title_id``, tags out, spaces squeezed."""
+    panel = page.split(f'aria-labelledby="{title_id}"')[1].split("</section>")[0]
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", panel)))
+
+
+def test_the_audit_trail_says_what_happened_in_the_officers_language(client, desk, runtime):
+    sign_in(client, "th")
+    post_form(client, desk["case_no"], "confirm")
+    with runtime.unit_of_work() as session:
+        session.add(AuditEvent(at=T0, actor_type="system", actor=None, action="case.something_new",
+                               case_id=desk["case_id"], after={"status": "no_such_status"}))
+    for lang in ("zh", "en"):
+        client.set_cookie("desk_lang", lang)
+        audit = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "audit-title")
+        for key in ("desk.action.confirm", "desk.audit.action.case.book", "desk.audit.actor.system"):
+            assert text(key, lang, name="").strip() in audit, (lang, key)
+        assert text("desk.audit.actor.staff", lang, name="th") in audit
+        assert f"{text('desk.status.booked', lang)} → {text('desk.status.confirmed', lang)}" in audit
+        assert text("desk.queue.status", lang) in audit
+        assert not re.search(r"case\.(confirm|book)\b|\bbooked\b|\bconfirmed\b|\bstatus=", audit), (lang, audit)
+        assert "case.something_new" in audit and "no_such_status" in audit  # unknown: the code as it is
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_every_action_the_case_audits_has_words_in_both_languages(app, lang):
+    codes = [f"case.{t.name}" for t in TABLE if t.records] + ["case.started", "case.join_unknown_code",
+                                                            "case.purged"]
+    with app.test_request_context(headers={"Cookie": f"desk_lang={lang}"}):
+        assert [code for code in codes if labels.audit_action(code) == code] == []
+        assert labels.audit_actor("party", "A") == text("desk.case.party_a", lang)
+
+
+@pytest.mark.parametrize(("last_error", "key", "detail"), [
+    (MOOT, "moot", None),
+    ("template not delivered: failed:user block; not sent again: a later notice about the case went to them",
+     "template_moot", "failed:user block"),
+    ("template not delivered: failed:system failed", "template_not_delivered", "failed:system failed"),
+    (WAITING, "waiting", None),
+    (f"{WAITING}; 1014: the number is blacklisted", "sms_refused", "1014: the number is blacklisted"),
+    ("carried by their next message", "carried", None),
+    (UNCONFIRMED, "unconfirmed", None),
+    ("purged by retention before it was sent", "purged", None),
+    ("bad payload: 'slot'", "bad_payload", "'slot'"),
+    ("lease expired on each of 5 attempts (worker died or hung)", "lease_expired", None),
+    ("45047: out of response count limit", "other", "45047: out of response count limit"),
+])
+def test_a_notice_reason_is_told_in_words_with_the_raw_text_only_where_it_adds(app, last_error, key, detail):
+    for lang in ("zh", "en"):
+        with app.test_request_context(headers={"Cookie": f"desk_lang={lang}"}):
+            assert labels.notice_reason(last_error) == labels.NoticeReason(
+                text(f"desk.notice_reason.{key}", lang), detail)
+
+
+def test_a_dropped_notice_says_why_in_the_officers_language(client, desk, runtime):
+    sign_in(client, "th")
+    with runtime.unit_of_work() as session:
+        appointment_id = session.scalar(select(Appointment.id).where(Appointment.case_id == desk["case_id"]))
+        session.add(Notification(openid="oDeskMoot", kind="ready", language="zh", case_id=desk["case_id"],
+                                 payload={"text": "moot"}, dedupe_key="moot:desk", next_attempt_at=T0, created_at=T0,
+                                 status=WorkStatus.DROPPED, last_error=MOOT))
+        session.add(Notification(openid="oDeskReminder", kind="reminder", language="zh", case_id=desk["case_id"],
+                                 payload={"text": "reminder"}, dedupe_key=f"reminder:{appointment_id}:A",
+                                 next_attempt_at=T0, created_at=T0))
+    post_form(client, desk["case_no"], "cancel", reason="车辆已送修")  # the reminder goes as it really does
+    for lang in ("zh", "en"):
+        client.set_cookie("desk_lang", lang)
+        notices = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "notices-title")
+        assert text("desk.notice_reason.moot", lang) in notices
+        cancelled = text("desk.status.cancelled", lang)
+        assert text("desk.notice_reason.appointment_changed", lang, status=cancelled) in notices
+        assert MOOT not in notices and f"appointment {appointment_id} cancelled" not in notices
+
