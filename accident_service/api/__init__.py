@@ -25,7 +25,8 @@ and body, with `Idempotent-Replayed: true`) and changes nothing; the same key wi
 with 422 `idempotency_key_reused`. Keys are kept 24 hours (IDEMPOTENCY_KEY_HOURS).
 
 Actions take an optional `expected_version` (the case's `version` you acted on): a case that changed since is
-refused with 409 `stale_case`. Every error is `{code, message, details}`.
+refused with 409 `stale_case`. Every error is `{code, message, details}`: act on `code` and, for a refused
+action, `details.reason`; `message` is an English sentence for a person, whose wording may change.
 """
 
 

@@ -86,7 +86,10 @@ class VersionBody(Schema):
 
 
 class RescheduleBody(VersionBody):
-    slot_id = _id(required=True, metadata={"description": "a free slot (GET /api/v1/stations/{code}/slots)"})
+    slot_id = _id(required=True, metadata={"description": "a free slot (GET /api/v1/stations/{code}/slots): an id "
+                                                         "that names no slot is refused with 404 slot_not_found, "
+                                                         "a slot that is full, started or the case's own with 409 "
+                                                         "slot_unavailable"})
 
 
 class CompleteBody(VersionBody):
@@ -112,7 +115,9 @@ class CaseListArgs(Schema):
     station = _text(1, 32, metadata={"description": "station code"})
     date = _day(metadata={"description": "the appointment's day at its station"})
     status = fields.List(fields.String(validate=_values(CaseStatus)), metadata={"description": "any of these"})
-    plate = _text(1, 32, metadata={"description": "either party's plate"})
+    plate = _text(1, 32, metadata={"description": "either party's whole plate, matched exactly: case, spaces, "
+                                                  "'·' and '-' do not matter (粤a·12345 finds 粤A12345), but part "
+                                                  "of a plate finds nothing (unlike the desk's search box)"})
     updated_since = _moment()
     cursor = _text(1, 500, metadata={"description": "next_cursor of a page"})
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))

@@ -6,8 +6,10 @@ NotFound, as on the desk). The answer is stored under the key in the same
 transaction. A duplicate sent at the same moment waits for the case lock
 and then finds the stored answer; the key's primary key settles the rare
 race between two requests with one key on different cases. A refusal
-(TransitionRefused, SlotUnavailable, NotFound) changed nothing; it is stored
-as the first answer too, so a retry reads the same refusal.
+(TransitionRefused, SlotUnavailable, SlotNotFound, NotFound) changed nothing;
+it is stored as the first answer too, so a retry reads the same refusal. A
+lifecycle refusal answers in a sentence (``api/refusals.py``), its reason
+kept in ``details``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from sqlalchemy.orm import Session
 
 from accident_service.api.callers import Caller
 from accident_service.api.idempotency import Answer, KeyReused, remember, stored_answer
+from accident_service.api.refusals import reword
 from accident_service.booking.appointments import SlotUnavailable
+from accident_service.cases.lifecycle import TransitionRefused
 from accident_service.desk import actions
 from accident_service.errors import ServiceError
 from accident_service.models import Case, Slot
@@ -32,6 +36,17 @@ from accident_service.settings import Settings
 
 #: Renders the answer's body from the case just changed (the API's schemas, so Flask-free here).
 Render = Callable[[Session, Case], dict[str, Any]]
+
+
+class SlotNotFound(ServiceError):
+    """A reschedule names a slot that does not exist (one that exists but cannot be taken is SlotUnavailable).
+
+    404 like an unknown case, with its own code: a well-formed request about something that is not there
+    (422 is for a request that does not fit the description).
+    """
+
+    code = "slot_not_found"
+    http_status = 404
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,11 @@ class _Context:
 
 def _reschedule(ctx: _Context, params: Mapping[str, Any]) -> None:
     slot = ctx.session.get(Slot, params["slot_id"])
-    if slot is not None and ctx.caller.station_id is not None and slot.station_id != ctx.caller.station_id:
+    if slot is None:
+        # Told apart here, where the slot is loaded anyway: whether an existing slot can be taken stays booking's.
+        raise SlotNotFound(f"There is no slot {params['slot_id']}: choose one from "
+                           "GET /api/v1/stations/{code}/slots.", slot_id=params["slot_id"])
+    if ctx.caller.station_id is not None and slot.station_id != ctx.caller.station_id:
         # The case would leave the caller's sight: officers move appointments within their station.
         raise SlotUnavailable(f"slot {slot.id} is not at your station")
     actions.reschedule(ctx.session, ctx.case, params["slot_id"], **ctx.desk(params))
@@ -91,8 +110,8 @@ def perform(runtime: Runtime, caller: Caller, request: Request, render: Render) 
     The action's notices go out right after it, as after a desk officer's (notify.background).
 
     Raises KeyReused (the key answered another request), the action's
-    refusal (see ``desk/actions.py``: TransitionRefused, SlotUnavailable)
-    or NotFound.
+    refusal (see ``desk/actions.py``: TransitionRefused, SlotUnavailable;
+    SlotNotFound) or NotFound.
     """
     now = runtime.clock.now()
     keep = timedelta(hours=runtime.settings.IDEMPOTENCY_KEY_HOURS)
@@ -114,6 +133,8 @@ def perform(runtime: Runtime, caller: Caller, request: Request, render: Render) 
     except KeyReused:
         raise
     except ServiceError as refused:
+        if isinstance(refused, TransitionRefused):
+            reword(refused)
         _remember_refusal(runtime, caller, request, refused, now=now, keep=keep)
         raise
     except IntegrityError as clash:

@@ -68,10 +68,18 @@ def test_filters(api, seeded, runtime):
     with runtime.unit_of_work() as session:
         plate = session.scalar(select(Case).where(Case.case_no == yx[0])).parties[1].plate
     assert numbers(plate=plate) == yx and numbers(plate=plate.lower()) == yx
+    assert numbers(plate=f"{plate[:2].lower()}·{plate[2:]}") == yx and numbers(plate=plate[2:]) == []
     api.post(f"/cases/{yx[0]}/confirm", key="c")  # at T0: updated_since T0 finds every case
     assert numbers(updated_since=(T0 + timedelta(seconds=1)).isoformat()) == []
     bad = api.get("/cases", status="lost")
     assert bad.status_code == 422 and bad.json["code"] == "invalid_input"
+
+
+def test_the_description_says_the_plate_filter_takes_whole_plates(client):
+    """It is not the desk's search box, which matches parts of a plate: an integrator must not guess."""
+    listing = client.get("/api/v1/openapi.json").json["paths"]["/api/v1/cases"]["get"]
+    plate = next(p for p in listing["parameters"] if p["name"] == "plate")
+    assert "whole plate" in plate["description"] and "part of a plate finds nothing" in plate["description"]
 
 
 def test_pages_are_stable_while_cases_are_added_and_changed(api, seeded, runtime, clock):

@@ -59,6 +59,7 @@ def test_a_refusal_is_the_first_answer_too(api, seeded, runtime):
     refused = api.post(f"/cases/{case_no}/complete", complete, key="complete-1")
     assert refused.status_code == 409 and refused.json["code"] == "wrong_state"
     assert refused.json["details"] == {"transition": "complete", "reason": "booked"}
+    assert refused.json["message"] == "Not possible while the case is booked; nothing was changed."
     assert api.post(f"/cases/{case_no}/check-in", key="check-in-1").status_code == 200
     replayed = api.post(f"/cases/{case_no}/complete", complete, key="complete-1")
     assert (replayed.status_code, replayed.json) == (409, refused.json)
@@ -114,8 +115,8 @@ def test_reschedule_check_in_retake_and_cancel(api, seeded, runtime, clock):
     later = seeded.slots["GZ-TH"][0]
     moved = api.post(f"/cases/{case_no}/reschedule", {"slot_id": later}, key="r")
     assert moved.status_code == 200 and moved.json["appointment"]["slot_id"] == later
-    full = api.post(f"/cases/{case_no}/reschedule", {"slot_id": 999_999}, key="r2")
-    assert full.status_code == 409 and full.json["code"] == "slot_unavailable"
+    held = api.post(f"/cases/{case_no}/reschedule", {"slot_id": later}, key="r2")
+    assert held.status_code == 409 and held.json["code"] == "slot_unavailable"
 
     too_long = api.post(f"/cases/{case_no}/retake-requests", {"item": 2, "reason": "blurred",
                                                               "deadline_minutes": 8 * 24 * 60}, key="t0")
@@ -136,6 +137,16 @@ def test_reschedule_check_in_retake_and_cancel(api, seeded, runtime, clock):
         assert session.get(Slot, later).booked == 0  # the seat is free again
 
 
+def test_a_slot_that_does_not_exist_is_named_as_such_and_changes_nothing(api, seeded, runtime):
+    case_no = seeded.cases["GZ-TH"][0]
+    unknown = api.post(f"/cases/{case_no}/reschedule", {"slot_id": 999_999}, key="r")
+    assert unknown.status_code == 404 and unknown.json["code"] == "slot_not_found"
+    assert unknown.json["details"] == {"slot_id": 999_999} and "no slot 999999" in unknown.json["message"]
+    assert audit_count(runtime, "case.reschedule") == 0
+    again = api.post(f"/cases/{case_no}/reschedule", {"slot_id": 999_999}, key="r")
+    assert (again.status_code, again.json, again.headers["Idempotent-Replayed"]) == (404, unknown.json, "true")
+
+
 def test_a_station_token_moves_appointments_only_within_its_station(client, make_token, seeded):
     officer = Api(client, make_token("th-desk", "write", station="GZ-TH"))
     case_no = seeded.cases["GZ-TH"][0]
@@ -148,7 +159,8 @@ def test_a_station_token_moves_appointments_only_within_its_station(client, make
 def test_no_show_only_once_the_slot_started(api, seeded, clock):
     case_no = seeded.cases["GZ-YX"][0]
     early = api.post(f"/cases/{case_no}/no-show", key="n1")
-    assert early.status_code == 409 and early.json["details"]["reason"] == "not_started"
+    assert early.status_code == 409 and early.json["details"] == {"transition": "no_show", "reason": "not_started"}
+    assert early.json["message"] == "The slot has not started: too early for a no-show."
     clock.advance(5 * H)
     assert api.post(f"/cases/{case_no}/no-show", key="n2").json["status"] == "no_show"
 

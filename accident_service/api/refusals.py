@@ -1,0 +1,30 @@
+"""What the API says when the lifecycle refuses an action: a sentence an integrator can act on.
+
+``details`` keep the lifecycle's machine-readable ``transition`` and
+``reason``; ``message`` becomes the desk's English text for that refusal
+(``desk.refused.*`` in ``catalogue/desk.yaml``), so one refusal has one
+wording whoever reads it. The API acts as staff (``desk/actions.py``): every
+reason a staff transition can carry has a text there, which
+``tests/api/test_refusals.py`` checks against the lifecycle's table. A reason
+without one (a new requirement whose text is not written yet) still gets a
+sentence, the desk's "Not done: ..." around the lifecycle's own message.
+"""
+
+from __future__ import annotations
+
+from accident_service.cases.lifecycle import TransitionRefused
+from accident_service.desk.labels import refusal
+from accident_service.desk.labels import refusal_key as text_key  # noqa: F401  (the key a refusal's sentence has)
+
+LANGUAGE = "en"  # integrators read English
+
+
+def sentence(refused: TransitionRefused) -> str:
+    """The refusal in a sentence, e.g. "The slot has not started: too early for a no-show."."""
+    return refusal(refused, LANGUAGE)
+
+
+def reword(refused: TransitionRefused) -> None:
+    """Give ``refused`` its sentence as the message its answer carries (``str(refused)`` keeps the
+    lifecycle's own, for logs)."""
+    refused.message = sentence(refused)
