@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from accident_service import metrics
@@ -34,12 +34,16 @@ LEASE_EXPIRED = "lease expired on each of "
 
 
 Overtake = Callable[[Any, Any], ColumnElement[bool]]
+#: Which rows (a condition on the table) a claim leases for ``short_lease_seconds`` instead: work that makes no
+#: network call, whose worker, if it dies, should not keep it from the next one for the whole lease.
+ShortLease = Callable[[Any], ColumnElement[bool]]
 
 
 def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: datetime, lease_seconds: int,
           limit: int, only_id: int | None = None, after_id: int | None = None, max_attempts: int | None = None,
           may_overtake: Overtake | None = None, waiting_until: Any = None,
-          recipients: Collection[str] | None = None, oldest_first: bool = False) -> list[int]:
+          recipients: Collection[str] | None = None, oldest_first: bool = False,
+          short_lease: ShortLease | None = None, short_lease_seconds: int | None = None) -> list[int]:
     """Lease up to ``limit`` due rows of ``model`` to ``worker_id``; returns their ids, oldest first.
 
     One statement (an UPDATE of the rows its sub-SELECT picks, RETURNING them): run it as its own
@@ -53,14 +57,15 @@ def claim(connection: Connection, model: LeasedModel, worker_id: str, *, now: da
     ``oldest_first``: not so, the oldest due rows whichever they are (the sweep's turn for the waiting rows,
     which a steady stream of others would otherwise hold back for good). ``may_overtake(earlier, row)``:
     when an unfinished older row of the same recipient does not hold a row back. ``recipients``: only rows
-    for these people. ``after_id``: only rows newer than that one.
+    for these people. ``after_id``: only rows newer than that one. ``short_lease(row)``: the rows leased for
+    ``short_lease_seconds`` (at most ``lease_seconds``) instead.
     """
     waits = None if waiting_until is None else waiting_until.key
     params = {"now": now, "limit": limit, "only_id": only_id, "after_id": after_id,
               "recipients": list(recipients or ()), "max_attempts": max_attempts, "worker_id": worker_id,
-              "lease_until": now + timedelta(seconds=lease_seconds)}
+              **lease_ends(now, lease_seconds, short_lease_seconds)}
     kind = (model, is_postgres(connection), only_id is not None, after_id is not None, may_overtake,
-            recipients is not None, max_attempts is not None, waits)
+            recipients is not None, max_attempts is not None, waits, short_lease)
     # Two statements, each walking the rows in id order (one ordered by whether a row waits could not: it read
     # and sorted every due row, 60 ms a claim on PostgreSQL with 20,000 due, against 0.7).
     if waits is not None and only_id is None and recipients is None and not oldest_first:
@@ -83,7 +88,7 @@ def claim_as_own_transaction(single_statement: Callable[..., list[int]], clock: 
     claim, which then commits, leaves its rows to lapse as before.
     """
     now = clock()
-    leased_until = now + timedelta(seconds=lease_seconds)
+    leased_until = tuple(lease_ends(now, lease_seconds, options.get("short_lease_seconds")).values())
 
     def run(connection: Connection) -> list[int]:
         return claim(connection, model, worker_id, now=now, lease_seconds=lease_seconds, **options)
@@ -91,10 +96,17 @@ def claim_as_own_transaction(single_statement: Callable[..., list[int]], clock: 
     def rerun(connection: Connection) -> list[int]:
         again = clock()  # a lease lapsed meanwhile is not taken back: anyone may claim those rows now
         taken = _relet(connection, model, (worker_id,), worker_id, now=again, lease_seconds=lease_seconds,
+                       short_lease=options.get("short_lease"), short_lease_seconds=options.get("short_lease_seconds"),
                        leased_until=leased_until)
         return taken or claim(connection, model, worker_id, now=again, lease_seconds=lease_seconds, **options)
 
     return single_statement(run, rerun=rerun)
+
+
+def lease_ends(now: datetime, lease_seconds: int, short_lease_seconds: int | None) -> dict[str, datetime]:
+    """When a claim's leases end: ``lease_until``, and ``short_lease_until`` for the rows its short lease picks."""
+    short = min(lease_seconds, short_lease_seconds if short_lease_seconds is not None else lease_seconds)
+    return {"lease_until": now + timedelta(seconds=lease_seconds), "short_lease_until": now + timedelta(seconds=short)}
 
 
 def _out_of_attempts(row, now, waiting_until: str | None) -> ColumnElement[bool]:
@@ -126,7 +138,8 @@ def _held_back(model: LeasedModel, row, may_overtake: Overtake | None) -> Column
 
 @functools.cache
 def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: bool, may_overtake: Overtake | None,
-                     by_recipient: bool, limited: bool, waiting_until: str | None, *, not_waiting: bool = False):
+                     by_recipient: bool, limited: bool, waiting_until: str | None, short_lease: ShortLease | None, *,
+                     not_waiting: bool = False):
     """The claim, built once per kind of claim: every processed message and every send runs one, and
     building these statements cost more CPU than running them (py-spy through the load test's burst).
     The values (now, limit, the row, the worker) are bound per call. ``not_waiting``: only rows whose
@@ -151,9 +164,18 @@ def _claim_statement(model: LeasedModel, postgres: bool, by_id: bool, newer: boo
     # Due again: on PostgreSQL a row another claim committed meanwhile is looked at once more.
     return (update(model).where(model.id.in_(select(picked.c.id)), _due(model, now, limited, waiting_until))
             .values(status=WorkStatus.PROCESSING, leased_by=bindparam("worker_id"),
-                    lease_until=bindparam("lease_until", type_=model.__table__.c.lease_until.type),
-                    attempts=model.attempts + 1)
+                    lease_until=_lease_end(model, short_lease), attempts=model.attempts + 1)
             .returning(model.id))
+
+
+def _lease_end(model: LeasedModel, short_lease: ShortLease | None):
+    """A leased row's ``lease_until``: the bound ``short_lease_until`` for the rows ``short_lease`` picks, else the
+    bound ``lease_until`` (see :func:`lease_ends`)."""
+    stamp = model.__table__.c.lease_until.type
+    lease_until = bindparam("lease_until", type_=stamp)
+    if short_lease is None:
+        return lease_until
+    return case((short_lease(model), bindparam("short_lease_until", type_=stamp)), else_=lease_until)
 
 
 def fail_exhausted(session: Session, model: LeasedModel, *, now: datetime, max_attempts: int,
@@ -192,7 +214,8 @@ def _exhausted_statements(model: LeasedModel, postgres: bool, waiting_until: str
 
 
 def take_over(connection: Connection, model: LeasedModel, row_id: int, from_worker: str, to_worker: str, *,
-              now: datetime, lease_seconds: int) -> bool:
+              now: datetime, lease_seconds: int, short_lease: ShortLease | None = None,
+              short_lease_seconds: int | None = None) -> bool:
     """Move a live lease of ``from_worker`` on row ``row_id`` to ``to_worker``, renewed from ``now``; False if it
     lapsed or moved meanwhile (then it is anyone's, or someone's, to claim: not ``to_worker``'s to run).
 
@@ -200,22 +223,24 @@ def take_over(connection: Connection, model: LeasedModel, row_id: int, from_work
     lease already ``to_worker``'s and renews it again.
     """
     return bool(_relet(connection, model, (from_worker, to_worker), to_worker, now=now, lease_seconds=lease_seconds,
-                       row_id=row_id))
+                       short_lease=short_lease, short_lease_seconds=short_lease_seconds, row_id=row_id))
 
 
 def _relet(connection: Connection, model: LeasedModel, holders: tuple[str, ...], to_worker: str, *,
-           now: datetime, lease_seconds: int, row_id: int | None = None,
-           leased_until: datetime | None = None) -> list[int]:
-    """Leases still live at ``now`` and held by one of ``holders`` (on row ``row_id``, or ending at
-    ``leased_until``: one claim's rows) given to ``to_worker``, renewed; their ids, oldest first."""
-    statement = _relet_statement(model, row_id is not None, leased_until is not None)
+           now: datetime, lease_seconds: int, short_lease: ShortLease | None = None,
+           short_lease_seconds: int | None = None, row_id: int | None = None,
+           leased_until: tuple[datetime, ...] | None = None) -> list[int]:
+    """Leases still live at ``now`` and held by one of ``holders`` (on row ``row_id``, or ending at one of
+    ``leased_until``: one claim's rows) given to ``to_worker``, renewed as a claim leases them; their ids, oldest
+    first."""
+    statement = _relet_statement(model, row_id is not None, leased_until is not None, short_lease)
     return sorted(connection.execute(statement, {
         "holders": list(holders), "to_worker": to_worker, "now": now, "row_id": row_id,
-        "leased_until": leased_until, "lease_until": now + timedelta(seconds=lease_seconds)}).scalars())
+        "leased_until": list(leased_until or ()), **lease_ends(now, lease_seconds, short_lease_seconds)}).scalars())
 
 
 @functools.cache
-def _relet_statement(model: LeasedModel, by_id: bool, by_lease_end: bool):
+def _relet_statement(model: LeasedModel, by_id: bool, by_lease_end: bool, short_lease: ShortLease | None):
     table = model.__table__
     stamp = table.c.lease_until.type
     live = [table.c.status == WorkStatus.PROCESSING, table.c.leased_by.in_(bindparam("holders", expanding=True)),
@@ -223,9 +248,9 @@ def _relet_statement(model: LeasedModel, by_id: bool, by_lease_end: bool):
     if by_id:
         live.append(table.c.id == bindparam("row_id"))
     if by_lease_end:
-        live.append(table.c.lease_until == bindparam("leased_until", type_=stamp))
+        live.append(table.c.lease_until.in_(bindparam("leased_until", type_=stamp, expanding=True)))
     return (update(table).where(*live)
-            .values(leased_by=bindparam("to_worker"), lease_until=bindparam("lease_until", type_=stamp))
+            .values(leased_by=bindparam("to_worker"), lease_until=_lease_end(model, short_lease))
             .returning(table.c.id))
 
 

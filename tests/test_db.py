@@ -435,9 +435,10 @@ class _ClockThatMovesWhenAsked:
         return self._clock.advance(self._step) if self.moving else self._clock.now()
 
 
-def _claim_whose_answer_is_lost(settings_overrides, clock, database_url, *, rerun_after: timedelta):
-    """Claim a driver's message through a proxy that loses the claim's answer, the rerun coming
-    ``rerun_after`` later; returns (what the claim returned, the message's row, when the claim ran)."""
+def _claim_whose_answer_is_lost(settings_overrides, clock, database_url, *, rerun_after: timedelta,
+                                image: bool = False):
+    """Claim a driver's message (a text, or a photo) through a proxy that loses the claim's answer, the rerun
+    coming ``rerun_after`` later; returns (what the claim returned, the message's row, when the claim ran)."""
     from accident_service.wechat import inbox
     from tests.wechat.test_inbox import load, push
 
@@ -446,7 +447,7 @@ def _claim_whose_answer_is_lost(settings_overrides, clock, database_url, *, reru
         runtime = build_runtime(load_settings({**settings_overrides, "DATABASE_URL": through_proxy,
                                                "INBOX_LEASE_SECONDS": 60}, environ={}), clock=moving_clock)
         try:
-            message_id = push(runtime, "oClaimCut")
+            message_id = push(runtime, "oClaimCut", image=image)
             claimed_at = clock.now() + rerun_after  # the first reading, once moving
             proxy.arm(b"leased_by")  # the claim's UPDATE; the answer to it is lost
             moving_clock.moving = rerun_after > timedelta(0)
@@ -460,22 +461,26 @@ def _claim_whose_answer_is_lost(settings_overrides, clock, database_url, *, reru
 
 
 @postgres_only
-@pytest.mark.parametrize(("rerun_after", "attempts"), [(20, 1), (61, 2)], ids=["lease-lasts", "lease-lapsed"])
+@pytest.mark.parametrize(("image", "rerun_after", "attempts"),
+                         [(True, 20, 1), (True, 61, 2), (False, 10, 1), (False, 21, 2)],
+                         ids=["photo-lease-lasts", "photo-lease-lapsed", "text-lease-lasts", "text-lease-lapsed"])
 def test_a_claim_committed_before_its_connection_died_is_taken_back_on_the_rerun_while_its_lease_lasts(
-        settings_overrides, clock, database_url, rerun_after, attempts):
+        settings_overrides, clock, database_url, image, rerun_after, attempts):
     """The claim leased the message and committed, then its answer was lost (the proxy drops it after the
     server's ReadyForQuery): the rerun on a fresh connection hands that message to its worker, its attempt
-    counted once and its lease renewed from the rerun. Claiming again would find nothing due and leave it
-    leased to nobody who knows until its lease lapsed, an attempt spent that never ran. Past its lease
-    (60 s) the row is anyone's, the sweep's perhaps: the rerun claims as any claim would, counting the
-    attempt; here nobody else did, so it is this one's."""
+    counted once and its lease renewed from the rerun, as long as a claim leases it (a photo 60 s, a text
+    20 s). Claiming again would find nothing due and leave it leased to nobody who knows until its lease
+    lapsed, an attempt spent that never ran. Past its lease the row is anyone's, the sweep's perhaps: the
+    rerun claims as any claim would, counting the attempt; here nobody else did, so it is this one's."""
     from accident_service.models import WorkStatus
+    from accident_service.wechat.inbox import NO_NETWORK_LEASE_SECONDS
 
     claimed, row, claimed_at = _claim_whose_answer_is_lost(settings_overrides, clock, database_url,
-                                                           rerun_after=timedelta(seconds=rerun_after))
+                                                           rerun_after=timedelta(seconds=rerun_after), image=image)
     assert claimed == [row.id]
     assert (row.status, row.leased_by, row.attempts) == (WorkStatus.PROCESSING, "w1", attempts)
-    assert row.lease_until == claimed_at + timedelta(seconds=rerun_after + 60)
+    lease = 60 if image else NO_NETWORK_LEASE_SECONDS
+    assert row.lease_until == claimed_at + timedelta(seconds=rerun_after + lease)
 
 
 @postgres_only

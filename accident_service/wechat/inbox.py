@@ -40,6 +40,13 @@ TEMPLATE_RESULT = "event:templatesendjobfinish"
 #: outage (a download and a write), so it comes at least once a minute, and the sender's later photos, queued
 #: behind it, follow it at once.
 OUTAGE_RETRY_WAIT_CAP = timedelta(minutes=1)
+#: The lease of a message that is not a photo (a text, a click, a location: no download, no storage, one
+#: transaction), when INBOX_LEASE_SECONDS is longer. A worker that dies on one leaves it to the sweep this soon, so a
+#: menu click's answer still goes within the click's 1-minute allowance (WECHAT.md §5); with the whole lease (60 s)
+#: it waited for the driver's next message (acceptance pass). Far beyond such a transaction on a working database;
+#: a worker that overruns it (locks held long, a database in trouble) loses the message to the one that took it over
+#: (LeaseLost: its transaction rolled back), never both apply it.
+NO_NETWORK_LEASE_SECONDS = 20
 
 
 class RetryLater(Exception):
@@ -159,7 +166,8 @@ def claim_due(runtime: Runtime, worker_id: str, *, limit: int = 10, only_id: int
         lease_seconds=settings.INBOX_LEASE_SECONDS, limit=limit, only_id=only_id, after_id=after_id,
         recipients=None if openid is None else (openid,),
         max_attempts=settings.INBOX_MAX_ATTEMPTS, may_overtake=_may_overtake,
-        waiting_until=InboundMessage.waiting_until, oldest_first=oldest_first)
+        waiting_until=InboundMessage.waiting_until, oldest_first=oldest_first,
+        short_lease=_makes_no_network_call, short_lease_seconds=NO_NETWORK_LEASE_SECONDS)
 
 
 def take_over(runtime: Runtime, message_id: int, from_worker: str, to_worker: str) -> bool:
@@ -168,7 +176,8 @@ def take_over(runtime: Runtime, message_id: int, from_worker: str, to_worker: st
     now = runtime.clock.now()
     return runtime.single_statement(lambda connection: leases.take_over(
         connection, InboundMessage, message_id, from_worker, to_worker, now=now,
-        lease_seconds=runtime.settings.INBOX_LEASE_SECONDS))
+        lease_seconds=runtime.settings.INBOX_LEASE_SECONDS, short_lease=_makes_no_network_call,
+        short_lease_seconds=NO_NETWORK_LEASE_SECONDS))
 
 
 def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None) -> list[int]:
@@ -183,6 +192,11 @@ def give_up_on_exhausted(runtime: Runtime, on_give_up: GiveUpHook | None = None)
             for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(failed))):
                 _run_give_up_hook(on_give_up, session, row, now)
         return failed
+
+
+def _makes_no_network_call(row):
+    """Every message but a photo (its download and storage): see NO_NETWORK_LEASE_SECONDS."""
+    return row.msg_type.not_in(PHOTO_TYPES)
 
 
 def _may_overtake(earlier, row):

@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy import func, select
 
 from accident_service.models import AuditEvent, InboundMessage, WorkStatus
+from accident_service.runtime import build_runtime
+from accident_service.settings import load_settings
 from accident_service.wechat import inbox
 from accident_service.wechat.xml_gate import parse_inbound
 
@@ -103,15 +105,32 @@ def test_a_template_s_result_is_one_push_of_its_own_not_a_message_with_the_same_
 
 # --- leases ---------------------------------------------------------------
 
+def lease_of(image: bool) -> int:
+    """A photo is leased for INBOX_LEASE_SECONDS (its download and storage); any other message for less."""
+    return LEASE_SECONDS if image else inbox.NO_NETWORK_LEASE_SECONDS
+
+
 def test_claim_leases_due_rows_and_counts_the_attempt(runtime, clock):
-    first, second = push(runtime, "oDriverA"), push(runtime, "oDriverB")
-    assert inbox.claim_due(runtime, "w1") == [first, second]
-    for message_id in (first, second):
+    first, second, photo = push(runtime, "oDriverA"), push(runtime, "oDriverB"), push(runtime, "oDriverC", image=True)
+    assert inbox.claim_due(runtime, "w1") == [first, second, photo]
+    for message_id, image in ((first, False), (second, False), (photo, True)):
         row = load(runtime, message_id)
         assert row.status is WorkStatus.PROCESSING
         assert (row.attempts, row.leased_by) == (1, "w1")
-        assert row.lease_until == clock.now() + timedelta(seconds=LEASE_SECONDS)
+        assert row.lease_until == clock.now() + timedelta(seconds=lease_of(image))
+    assert inbox.NO_NETWORK_LEASE_SECONDS < LEASE_SECONDS
     assert inbox.claim_due(runtime, "w2") == []  # the leases are live
+
+
+def test_a_lease_shorter_than_the_no_network_lease_is_everyones(settings_overrides, clock):
+    runtime = build_runtime(load_settings({**settings_overrides, "INBOX_LEASE_SECONDS": 5}, environ={}), clock=clock)
+    try:
+        text, photo = push(runtime, "oDriverA"), push(runtime, "oDriverB", image=True)
+        assert inbox.claim_due(runtime, "w1") == [text, photo]
+        assert {load(runtime, message_id).lease_until for message_id in (text, photo)} == \
+            {clock.now() + timedelta(seconds=5)}
+    finally:
+        runtime.close()
 
 
 def test_claim_honours_limit_and_arrival_order(runtime):
@@ -122,10 +141,13 @@ def test_claim_honours_limit_and_arrival_order(runtime):
     assert inbox.claim_due(runtime, "w3", only_id=ids[4]) == [ids[4]]
 
 
-def test_worker_killed_mid_message_is_recovered_after_the_lease(runtime, clock):
-    message_id = push(runtime)
+@pytest.mark.parametrize("image", [False, True], ids=["text", "photo"])
+def test_worker_killed_mid_message_is_recovered_after_the_lease(runtime, clock, image):
+    """A text (a menu click alike) comes back after the short lease: its answer still goes within the click's
+    1-minute allowance; a photo after the whole lease, which its download and storage may need."""
+    message_id = push(runtime, image=image)
     assert inbox.claim_due(runtime, "w1") == [message_id]  # ...and w1 dies here
-    clock.advance(seconds=LEASE_SECONDS)
+    clock.advance(seconds=lease_of(image))
     assert inbox.claim_due(runtime, "w2") == []  # lease_until == now: still w1's
     clock.advance(seconds=1)
     assert inbox.claim_due(runtime, "w2") == [message_id]

@@ -237,3 +237,37 @@ def _overtaken_template_result(rt, clock) -> None:
     row = load(rt, booked)
     # Sent back: with no allowance, no SMS and templates not reaching them, it waits for the person.
     assert (row.status, row.channel, row.platform_msgid) == (WorkStatus.HELD, None, None)
+
+
+def test_a_click_whose_worker_died_is_answered_within_the_click_s_minute(wechat_runtime, wechat, clock):
+    """A menu click's answer may go for a minute after it (WECHAT.md §5). A worker that dies on the click leaves it
+    to the sweep after a text's short lease, so the answer still goes within that minute; under a photo's lease
+    (INBOX_LEASE_SECONDS, 60 s) the allowance had closed by then, and the answer waited for the driver's next
+    message (acceptance pass: a scheduler SIGKILLed mid-click)."""
+    from datetime import timedelta
+
+    from accident_service.models import WorkStatus
+    from accident_service.wechat.processing import run_inbox_once
+    from tests.wechat.test_inbox import load as load_message
+
+    rt = wechat_runtime
+    clicked_at = clock.now()
+    wechat.note_user_activity("oClickDied", "CLICK")  # the platform opens its minute as it pushes the click
+    xml = (f"<xml><ToUserName><![CDATA[{wechat.original_id}]]></ToUserName>"
+           f"<FromUserName><![CDATA[oClickDied]]></FromUserName><CreateTime>{int(clicked_at.timestamp())}</CreateTime>"
+           "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[CLICK]]></Event>"
+           "<EventKey><![CDATA[REPORT_ACCIDENT]]></EventKey></xml>")
+    message_id = inbox.store_inbound(rt, parse_inbound(xml), xml, clicked_at)
+    assert inbox.claim_due(rt, "dies-mid-click") == [message_id]  # ... and the worker dies
+    assert rt.settings.INBOX_LEASE_SECONDS >= 60
+
+    clock.advance(seconds=30)  # the sweep, half a minute after the click
+    assert run_inbox_once(rt, "sched-test", limit=5) == 1
+
+    assert clock.now() - clicked_at < timedelta(minutes=1)
+    assert load_message(rt, message_id).status is WorkStatus.DONE
+    assert [m["touser"] for m in wechat.sent] and {m["touser"] for m in wechat.sent} == {"oClickDied"}
+    with rt.unit_of_work() as session:
+        assert session.scalars(select(Notification.status).where(Notification.openid == "oClickDied")).all() \
+            and all(status is WorkStatus.DONE for status in session.scalars(
+                select(Notification.status).where(Notification.openid == "oClickDied")))
