@@ -6,7 +6,7 @@ import hmac
 import logging
 
 from flask import Blueprint, Response, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import text
 
 from accident_service import metrics as service_metrics
@@ -37,7 +37,11 @@ def metrics():
     if not _may_scrape(runtime.settings.METRICS_TOKEN):
         return Response("a bearer token is required (METRICS_TOKEN)", status=401, mimetype="text/plain",
                         headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
-    return Response(service_metrics.exposition(runtime.session_factory, runtime.clock), mimetype=CONTENT_TYPE_LATEST)
+    # The text format generate_latest writes, named as prometheus_client's own server names it (the scheduler's
+    # /metrics). As a content type, whole: given as a mimetype, Flask added a second charset, and Prometheus 3 refuses
+    # a media type with a parameter twice (Go's mime.ParseMediaType), failing every scrape (acceptance pass).
+    return Response(service_metrics.exposition(runtime.session_factory, runtime.clock),
+                    content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 def _may_scrape(token: str) -> bool:

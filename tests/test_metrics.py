@@ -81,6 +81,21 @@ def test_webhook_requests_latency_and_pushes_by_outcome(client):
     assert (answered.by, refused.by, timed.by, stored.by, duplicate.by) == (2, 1, 3, 1, 1)
 
 
+def test_the_content_type_names_the_text_format_once_as_prometheus_client_s_own_server_does(client):
+    """Prometheus 3 parses it with Go's mime.ParseMediaType, which refuses a parameter given twice: a second
+    charset failed every scrape (acceptance pass)."""
+    from email.message import Message
+
+    from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+
+    given = client.get("/metrics").headers["Content-Type"]
+    assert given == CONTENT_TYPE_PLAIN_0_0_4
+    header = Message()
+    header["Content-Type"] = given
+    names = [name for name, _ in header.get_params()[1:]]
+    assert sorted(names) == sorted(set(names)) == ["charset", "version"]
+
+
 def test_methods_a_caller_makes_up_share_one_series(client):
     """The callback is public: a series per made-up method would let anyone grow every worker's metrics without end
     (acceptance pass)."""
