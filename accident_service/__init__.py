@@ -59,6 +59,15 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *, runtime: R
     auth.init_app(app)
     _register_blueprints(app)
     app.wsgi_app = _PlatformDoor(app.wsgi_app, _platform_app(settings, runtime).wsgi_app)  # type: ignore[method-assign]
+    if settings.TRUSTED_PROXIES:
+        # The client's address and scheme as the proxies in front pass them on (the last TRUSTED_PROXIES entries
+        # of X-Forwarded-For, each added by one of ours; entries a client sent itself come before them and are
+        # ignored): without it every desk behind the proxy shared its address in the sign-in throttle and the
+        # audit (operator acceptance pass; gunicorn's forwarded_allow_ips governs the scheme only).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.TRUSTED_PROXIES,  # type: ignore[method-assign]
+                                x_proto=settings.TRUSTED_PROXIES)
     return app
 
 

@@ -140,6 +140,7 @@ class Settings(BaseSettings):
     DESK_SESSION_IDLE_MINUTES: Annotated[int, NumberRange(1, 24 * 60, why="a day")]
     DESK_LOGIN_MAX_FAILURES: Annotated[int, NumberRange(1, 100)]
     DESK_LOGIN_MAX_FAILURES_PER_IP: Annotated[int, NumberRange(1, 10000)]
+    TRUSTED_PROXIES: Annotated[int, NumberRange(0, 10, why="0: the app is reached directly")]
     DESK_LOGIN_LOCKOUT_MINUTES: Annotated[int, NumberRange(1, 24 * 60, why="a day")]
     DESK_QUEUE_REFRESH_SECONDS: Annotated[int, NumberRange(1, 300)]
     SMS_SDK_APP_ID: str

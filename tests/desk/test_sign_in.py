@@ -180,3 +180,29 @@ def test_a_redis_reached_by_a_unix_socket_holds_the_counts(settings_overrides, o
     for _ in range(3):
         sign_in(client, "th", "wrong-password")
     assert sign_in(client, "th").status_code == 429
+
+
+@pytest.mark.parametrize(("proxies", "seen"), [(0, "10.0.0.1"), (1, "203.0.113.9")], ids=["direct", "one-proxy"])
+def test_behind_trusted_proxies_a_client_is_known_by_the_address_they_pass_on(settings_overrides, officers, runtime,
+                                                                            proxies, seen):
+    """TRUSTED_PROXIES=1: the address our proxy adds to X-Forwarded-For, in the audit and the per-address throttle,
+    not the proxy's own (every desk behind it shared one budget of failures; operator acceptance pass), and not an
+    entry the client wrote itself (it comes first). Without it the header is not believed: anyone can send one."""
+    app = create_app({**settings_overrides, "TRUSTED_PROXIES": proxies})
+    forwarded = {"X-Forwarded-For": "198.51.100.66, 203.0.113.9", "X-Forwarded-Proto": "https",
+                 "Referer": "https://localhost/desk/login"}  # over HTTPS, the CSRF check wants the same-site referrer
+    client = app.test_client()
+    client.environ_base.update({"REMOTE_ADDR": "10.0.0.1", **{f"HTTP_{name.upper().replace('-', '_')}": value
+                                                              for name, value in forwarded.items()}})
+    assert sign_in(client, "nobody", "wrong-password").status_code == 200
+    with runtime.unit_of_work() as session:
+        failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "staff.login_failed")).one()
+        assert failed.after["address"] == seen
+
+    # The per-address budget (5 here) is the forwarded client's: another client behind the same proxy signs in.
+    for n in range(4):
+        sign_in(client, f"guess{n}", "wrong-password")
+    other = app.test_client()
+    other.environ_base.update({"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.10",
+                               "HTTP_X_FORWARDED_PROTO": "https", "HTTP_REFERER": "https://localhost/desk/login"})
+    assert sign_in(other, "yx").status_code == (303 if proxies else 429)
