@@ -483,3 +483,13 @@ def test_a_config_directory_without_its_defaults_file_is_named(tmp_path):
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f"configuration error: ACCIDENT_SERVICE_CONFIG_DIR: no defaults.toml in "
                                      f"{tmp_path / 'nowhere'}")
+
+
+def test_flask_limiters_own_commands_the_readme_lists_run(cli_env):
+    """`limiter config|limits` need Flask-Limiter's cli extra (rich): without it each said "Missing dependencies"
+    and exited 1 (operator acceptance pass)."""
+    assert run_cli("db", "upgrade", env=cli_env).returncode == 0
+    for command in ("config", "limits"):
+        result = run_cli("limiter", command, env=cli_env)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "desk.login" in run_cli("limiter", "limits", env=cli_env).stdout
