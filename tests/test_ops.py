@@ -72,6 +72,9 @@ def test_readyz_names_storage_when_s3_is_stopped(settings_overrides, clock):
         assert response.status_code == 503
         assert "storage" in response.json["failing"]
         assert "database" not in response.json["failing"]
+        # Public: the error's type, not its text, which names the store's endpoint (operator acceptance pass).
+        assert response.json["failing"]["storage"] == "StorageUnavailable"
+        assert "127.0.0.1" not in response.get_data(as_text=True) and "evidence" not in response.get_data(as_text=True)
         runtime.close()
     finally:
         server.stop()
