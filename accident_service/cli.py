@@ -111,15 +111,15 @@ def db_upgrade(revision: str) -> None:
 @click.argument("username")
 @click.option("--role", type=click.Choice(["officer", "supervisor"]), default="officer", show_default=True)
 @click.option("--station", "station_code", help="Station code (required for officers).")
-@click.option("--password", envvar="STAFF_PASSWORD", default=None,
-              help="Read from STAFF_PASSWORD, else asked (twice) once the rest is checked; without a terminal, "
-                   "read as two lines from standard input.")
-def create_staff_command(username: str, role: str, station_code: str | None, password: str | None) -> None:
-    """Create a desk staff account."""
+def create_staff_command(username: str, role: str, station_code: str | None) -> None:
+    """Create a desk staff account. The password: STAFF_PASSWORD, else asked (twice) once the rest is checked;
+    without a terminal, read as two lines from standard input."""
     from accident_service.desk.accounts import InvalidStaffInput, check_new_staff, check_password, create_staff
 
     runtime = command_runtime()
-    if password is None:  # neither --password nor STAFF_PASSWORD (click reads a blank variable as unset)
+    # Never an option: a password on the command line is in `ps` and the shell's history (acceptance pass).
+    password = os.environ.get("STAFF_PASSWORD") or None
+    if password is None:  # unset or blank
         with runtime.unit_of_work() as session:  # not held open while someone types
             check_new_staff(session, username=username, role=role, station_code=station_code)
         # Echo is hidden only on a terminal: getpass without one warns (GetPassWarning) and reads stdin anyway.
@@ -357,7 +357,8 @@ def main() -> None:
         click.echo(f"error: {_database_error(exc)}", err=True)
         sys.exit(1)
     except click.exceptions.Abort as exc:  # Ctrl-C, or a prompt meeting the end of its input (no terminal)
-        click.echo("aborted: no answer to the prompt (give the value by its option or environment variable)"
+        click.echo("aborted: the input ended before the prompt was answered (without a terminal, give the value by "
+                   "its environment variable, e.g. STAFF_PASSWORD)"
                    if isinstance(exc.__context__, EOFError) else "aborted", err=True)
         sys.exit(1)
     except click.ClickException as exc:

@@ -47,7 +47,17 @@ def test_db_upgrade_then_create_staff(cli_env, chief):
 def test_create_staff_without_a_password_or_a_terminal_says_why_it_stopped(cli_env, chief):
     run_cli("db", "upgrade", env=cli_env)
     result = run_cli("create-staff", chief, "--role", "supervisor", env={**cli_env, "STAFF_PASSWORD": ""}, input="")
-    assert result.returncode == 1 and "aborted: no answer to the prompt" in result.stderr
+    assert result.returncode == 1 and "aborted: the input ended before the prompt was answered" in result.stderr
+    assert "STAFF_PASSWORD" in result.stderr
+
+
+def test_create_staff_takes_no_password_on_the_command_line(cli_env, chief):
+    """Arguments are in `ps` and the shell's history: the password comes from STAFF_PASSWORD or the prompt only."""
+    run_cli("db", "upgrade", env=cli_env)
+    result = run_cli("create-staff", chief, "--role", "supervisor", "--password", "correct horse battery",
+                     env={**cli_env, "STAFF_PASSWORD": ""}, input="")
+    assert result.returncode == 2 and "--password" in result.stderr
+    assert "--password" not in run_cli("create-staff", "--help", env=cli_env).stdout
 
 
 def test_officer_needs_a_known_station(cli_env):
