@@ -377,10 +377,7 @@ def process_count(name: str, *, environ: Mapping[str, str] | None = None) -> int
     Not a setting: gunicorn reads them (config/gunicorn.conf.py, and gunicorn itself WEB_CONCURRENCY), the service
     never does."""
     raw = (os.environ if environ is None else environ).get(name, PROCESS_COUNT_DEFAULTS[name])
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    value = int(raw) if check.WHOLE_NUMBER.fullmatch(raw.strip()) else 0  # as every whole-number setting is written
     accepted = PROCESS_COUNT_RANGES[name]
     if accepted.refuses(value):
         raise SettingsError(f"{name}: expected a whole number {accepted.describe()}, got {raw!r}")

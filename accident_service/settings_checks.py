@@ -8,6 +8,7 @@ Nothing here contacts a server: URLs are parsed, not dialled.
 from __future__ import annotations
 
 import binascii
+import functools
 import math
 import os
 import re
@@ -136,7 +137,22 @@ class NumberRange:
         return value
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self._check, handler(source))
+        written = functools.partial(_written_as_number, whole=source is int)
+        return core_schema.no_info_after_validator_function(
+            self._check, core_schema.no_info_before_validator_function(written, handler(source)))
+
+
+# How a number is written in the environment: digits, a sign, for a decimal a point and an exponent. Not what Python's
+# int() and float() take besides: "3_0" was read as 30, and "3.0" as a whole number 3 (acceptance pass).
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+DECIMAL_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _written_as_number(value: Any, *, whole: bool) -> Any:
+    """``value`` as it came, if it is not text or is text written as a (whole) number; raises ValueError otherwise."""
+    if isinstance(value, str) and not (WHOLE_NUMBER if whole else DECIMAL_NUMBER).fullmatch(value.strip()):
+        raise ValueError(f"expected {'a whole number' if whole else 'a number'}, got {value!r}")
+    return value
 
 
 def flag(raw: Any) -> Any:

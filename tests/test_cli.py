@@ -385,6 +385,7 @@ def test_serve_names_a_bad_process_count_before_it_builds_the_app(tmp_path, name
 @pytest.mark.parametrize(("env", "workers", "named"), [
     ({"WEB_CONCURRENCY": "99999999999999999999"}, [], "configuration error: WEB_CONCURRENCY: "),
     ({"GUNICORN_THREADS": "1000000"}, [], "configuration error: GUNICORN_THREADS: "),
+    ({"WEB_CONCURRENCY": "1_000"}, [], "configuration error: WEB_CONCURRENCY: "),  # int() read 1000
     ({}, ["--workers", "99999999999999999999"], "--workers"),
 ])
 def test_serve_refuses_a_process_count_with_extra_zeros(tmp_path, env, workers, named):

@@ -121,6 +121,12 @@ def test_environment_overrides_defaults(tmp_path):
     ("BOOKING_NEAREST_STATIONS", "101"),
     ("PHOTO_MIN_SHORT_SIDE", "20001"),
     ("LOG_FORMAT", "xml"),
+    # Written as Python's int() and float() read them, not as numbers are written: "3_0" was 30, "3.0" a whole 3.
+    ("BOOKING_OFFER_COUNT", "3.0"),
+    ("BOOKING_OFFER_COUNT", "3_0"),
+    ("RETENTION_DAYS", "1_80"),
+    ("WECHAT_API_TIMEOUT_SECONDS", "2_0"),
+    ("INBOX_MAX_ATTEMPTS", "５"),  # a full-width digit
     ("RETENTION_DAYS", "0"),
     ("RETENTION_DAYS", "3651"),
     ("PHOTO_MAX_PIXELS", "9" * 500),  # too big for a float: still a named error, not an OverflowError
@@ -202,6 +208,9 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("BOOKING_LEAD_MINUTES", "0", 0),
     ("NO_SHOW_GRACE_MINUTES", "0", 0),
     ("WECHAT_API_TIMEOUT_SECONDS", "0.5", 0.5),
+    ("WECHAT_API_TIMEOUT_SECONDS", "1e1", 10.0),  # a decimal may have an exponent
+    ("WECHAT_API_TIMEOUT_SECONDS", " 7 ", 7.0),
+    ("BOOKING_OFFER_COUNT", " +3 ", 3),
     ("STORAGE_URL", "file://./var/objects", "file://./var/objects"),
     ("STORAGE_URL", "file:///srv/evidence", "file:///srv/evidence"),
     ("DATABASE_URL", "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db"),  # psycopg 3 in SQLAlchemy 2.1
@@ -333,7 +342,7 @@ def test_plain_mode_needs_no_app_id(tmp_path):
 
 
 @pytest.mark.parametrize("environ,blamed", [
-    ({"PHOTO_MAX_PIXELS": "1_000"}, "PHOTO_MAX_PIXELS"),  # the one changed is the one named
+    ({"PHOTO_MAX_PIXELS": "1000"}, "PHOTO_MAX_PIXELS"),  # the one changed is the one named
     ({"PHOTO_MIN_SHORT_SIDE": "10000"}, "PHOTO_MIN_SHORT_SIDE"),
     ({"PHOTO_MAX_PIXELS": "1000", "PHOTO_MIN_SHORT_SIDE": "720"}, "PHOTO_MIN_SHORT_SIDE"),
 ])
