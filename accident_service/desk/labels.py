@@ -104,14 +104,22 @@ def audit_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | N
     """The fields an audit entry records, each with its label and its values (before and after) in words."""
     before, after = before or {}, after or {}
     fields = [*before, *(name for name in after if name not in before)]
-    return tuple(Change(text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name),
-                        _value(name, before[name]) if name in before else None,
-                        _value(name, after[name]) if name in after else None) for name in fields)
+    return tuple(_change(name, before, after) for name in fields)
+
+
+def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> Change:
+    label = text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name)
+    if name in before and name in after and before[name] == after[name]:
+        return Change(label, None, _value(name, after[name]))  # unchanged (a photo added to a draft): once
+    return Change(label, _value(name, before[name]) if name in before else None,
+                  _value(name, after[name]) if name in after else None)
 
 
 def _value(field: str, value: Any) -> str:
     if value is None or value == "":
         return "-"
+    if isinstance(value, bool):  # a flag the entry records ("replaced": a photo taken again)
+        return t(f"desk.audit.{'yes' if value else 'no'}")
     family = _VALUE_LABELS.get(field)
     return text_or(f"{family}{value}", str(value)) if family else str(value)
 

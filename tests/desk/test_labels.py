@@ -92,3 +92,12 @@ def test_a_dropped_notice_says_why_in_the_officers_language(client, desk, runtim
         assert text("desk.notice_reason.appointment_changed", lang, status=cancelled) in notices
         assert MOOT not in notices and f"appointment {appointment_id} cancelled" not in notices
 
+
+
+def test_an_unchanged_value_shows_once_and_a_flag_in_words(app):
+    """"状态：草稿 → 草稿" and "替换照片：False" on the Chinese desk (before-stop review of the page)."""
+    with app.test_request_context():
+        changes = labels.audit_changes({"status": "draft", "replaced": False, "gone": "x"},
+                                       {"status": "draft", "replaced": True, "item": 2})
+    by_field = {change.field: (change.before, change.after) for change in changes}
+    assert by_field == {"状态": (None, "草稿"), "替换照片": ("否", "是"), "gone": ("x", None), "照片项": (None, "2")}
