@@ -660,6 +660,10 @@ def _after_failure(runtime: Runtime, row: Notification, worker_id: str, route: R
     now = runtime.clock.now()
     out_of_attempts = row.attempts >= runtime.settings.OUTBOX_MAX_ATTEMPTS
     error = f"{exc.code}: {exc}" if exc.code is not None else str(exc)  # a transport error has no code
+    # Every failed attempt, whatever comes next (tried again, another way, held, given up: the last with a warning of
+    # its own): the metrics count them, but a platform answering 45009 all afternoon was in no log (acceptance pass).
+    log.info("notification %s (%s) not taken by %s on attempt %s: %s", row.id, row.kind, route.channel.name,
+             row.attempts, error)
 
     def record() -> None:
         with runtime.unit_of_work() as session:

@@ -794,11 +794,15 @@ def test_two_concurrent_workers_send_each_notification_once_and_in_order(make_ru
 # --- retry policy ------------------------------------------------------------------
 
 @pytest.mark.parametrize("errcode", [-1, 45009])
-def test_busy_and_quota_errors_are_retried_after_a_backoff(rt, wechat, clock, errcode):
+def test_busy_and_quota_errors_are_retried_after_a_backoff(rt, wechat, clock, errcode, caplog):
     notification_id = add(rt, "oDriverA", "retry me", wechat=wechat)
     wechat.inject_error("message/custom/send", errcode, times=1)
 
-    assert dispatch_due(rt, "w1") == 1
+    with caplog.at_level("INFO", logger="accident_service.notify.dispatch"):
+        assert dispatch_due(rt, "w1") == 1
+    # Each failed attempt has its line, not only the last (operator acceptance pass: none had any).
+    assert [r.getMessage() for r in caplog.records if r.levelname == "INFO" and str(errcode) in r.getMessage()
+            and f"notification {notification_id} " in r.getMessage()]
 
     row = load(rt, notification_id)
     assert row.status is WorkStatus.PENDING and row.attempts == 1
