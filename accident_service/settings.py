@@ -8,6 +8,7 @@ naming the variable, never a stack trace deep inside a request.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import tomllib
@@ -450,11 +451,13 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
         raise SettingsError(f"ACCIDENT_SERVICE_CONFIG_DIR: no defaults.toml in {CONFIG_DIR}")
     fields = Settings.model_fields
     given = frozenset(name for name in (*environ, *overrides) if name in fields)
+    misspelt = _misspelt(environ)
     token = _LOADING.set(_Loading(environ, given))
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(check.describe_problems(exc, CONFIG_DIR / "defaults.toml")) from None
+        problems = check.describe_problems(exc, CONFIG_DIR / "defaults.toml")
+        raise SettingsError("\n".join([*misspelt, problems])) from None
     except pydantic_settings.SettingsError as exc:  # a source could not be read (the defaults file, a value)
         raise SettingsError(f"{CONFIG_DIR / 'defaults.toml'}: {exc.__cause__ or exc}") from exc
     except (tomllib.TOMLDecodeError, OSError) as exc:  # the defaults file itself: an operator's copy of it
@@ -462,6 +465,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
         raise SettingsError(f"ACCIDENT_SERVICE_CONFIG_DIR: {CONFIG_DIR / 'defaults.toml'}: {reason}") from None
     finally:
         _LOADING.reset(token)
+    if misspelt:
+        raise SettingsError("\n".join(misspelt))
     try:
         check.make_data_dir(settings.DATA_DIR)
     except ValueError as exc:
@@ -469,6 +474,27 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
     if not settings.SECRET_KEY:
         settings = settings.model_copy(update={"SECRET_KEY": _development_secret(Path(settings.DATA_DIR))})
     return settings
+
+
+#: What the service reads from the environment besides its settings (README: Configuration, Commands, Deployment).
+OTHER_VARIABLES = frozenset({"BIND", "STAFF_PASSWORD", "PROMETHEUS_MULTIPROC_DIR", "ACCIDENT_SERVICE_CONFIG_DIR",
+                             *PROCESS_COUNT_DEFAULTS})
+
+
+def _misspelt(environ: Mapping[str, str]) -> list[str]:
+    """A line for each variable that is not one the service reads but nearly is, with the same first word
+    (``LOG_FROMAT``, ``WECHAT_APPID``): it was ignored, and the setting it meant kept its default (operator acceptance
+    pass). Another program's variables (``TEST_DATABASE_URL``, ``HOSTNAME``) start with a word of their own."""
+    known = {*Settings.model_fields, *OTHER_VARIABLES}
+    lines = []
+    for name in sorted(environ):
+        first = name.split("_", 1)[0]
+        if name in known or name.startswith((TEMPLATE_PREFIX, SMS_TEMPLATE_PREFIX)):
+            continue
+        near = difflib.get_close_matches(name, [k for k in known if k.split("_", 1)[0] == first], n=1, cutoff=0.8)
+        if near:
+            lines.append(f"{name}: not a setting; did you mean {near[0]}?")
+    return lines
 
 
 def _development_secret(data_dir: Path) -> str:

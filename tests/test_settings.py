@@ -523,3 +523,26 @@ def test_the_metrics_token_length_the_defaults_file_gives_is_the_one_checked():
     line = next(line for line in (CONFIG_DIR / "defaults.toml").read_text().splitlines()
                 if line.startswith("METRICS_TOKEN "))
     assert f"in production at least {METRICS_TOKEN_MIN_CHARS} characters when set" in line
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("LOG_FROMAT", "LOG_FORMAT"), ("WECHAT_APPID", "WECHAT_APP_ID"),
+                                              ("DATABASE_URI", "DATABASE_URL"), ("S3_ENDPOINT", "S3_ENDPOINT_URL"),
+                                              ("WEB_CONCURENCY", "WEB_CONCURRENCY")])
+def test_a_misspelt_setting_is_named_with_the_one_it_nearly_is(tmp_path, typed, meant):
+    """Ignored, it left the setting meant at its default without a word (operator acceptance pass)."""
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings(environ={"DATA_DIR": str(tmp_path), typed: "json"})
+    assert str(excinfo.value) == f"{typed}: not a setting; did you mean {meant}?"
+
+
+def test_a_misspelt_setting_is_named_beside_the_other_mistakes(tmp_path):
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings(environ={"DATA_DIR": str(tmp_path), "LOG_FROMAT": "json", "BOOKING_OFFER_COUNT": "x"})
+    assert str(excinfo.value).splitlines() == ["LOG_FROMAT: not a setting; did you mean LOG_FORMAT?",
+                                               "BOOKING_OFFER_COUNT: expected a whole number, got 'x'"]
+
+
+@pytest.mark.parametrize("other", ["TEST_DATABASE_URL", "BENCH_DATABASE_URL", "LOG_DIR", "GUNICORN_CMD_ARGS",
+                                   "AWS_ACCESS_KEY_ID", "HOSTNAME", "APP_NAME"])
+def test_another_programs_variables_are_left_alone(tmp_path, other):
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), other: "x"}).LOG_FORMAT == "text"
