@@ -111,8 +111,10 @@ def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> C
     label = text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name)
     if name in before and name in after and before[name] == after[name]:
         return Change(label, None, _value(name, after[name]))  # unchanged (a photo added to a draft): once
-    return Change(label, _value(name, before[name]) if name in before else None,
-                  _value(name, after[name]) if name in after else None)
+    # A side that records other values but not this one no longer has it (a cancelled appointment's slot: 5 → -);
+    # an entry that records no side at all (a start: only after) shows the other alone.
+    return Change(label, _value(name, before[name]) if name in before else ("-" if before else None),
+                  _value(name, after[name]) if name in after else ("-" if after else None))
 
 
 def _value(field: str, value: Any) -> str:

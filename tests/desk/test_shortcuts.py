@@ -31,6 +31,10 @@ def test_a_key_for_an_action_the_case_does_not_offer_says_so_politely_without_a_
     expect(said).to_have_attribute("aria-live", "polite")
     expect(page.locator(".case-head .badge")).to_have_text(text("desk.status.confirmed", "zh"))
     assert page.evaluate("window.__sameDocument === true")  # no page load, no form sent
+    page.keyboard.press("r")  # a key that acts (the retake form): what "c" said goes (acceptance pass: it stayed)
+    expect(page.locator("#shortcut-status")).to_have_text("")
+    expect(page.locator("#retake-item")).to_be_focused()
+    page.keyboard.press("Escape")
 
     page.keyboard.press("u")  # the queue, no row chosen yet: "c" asks for one
     page.wait_for_url(f"{live_app.url}/desk/")

@@ -65,10 +65,17 @@
     var message = noCase ? statusLine.getAttribute("data-no-case")
                          : shortcut && shortcut.getAttribute("data-unavailable");
     if (!message) { return; }
+    said("");  // emptied first: the same message again is announced again
+    statusTimer = window.setTimeout(function () {
+      statusLine.textContent = message;
+      statusTimer = window.setTimeout(function () { said(""); }, 6000);
+    }, 50);
+  }
+
+  function said(message) {
+    if (!statusLine) { return; }
     window.clearTimeout(statusTimer);
-    statusLine.textContent = "";  // emptied first: the same message again is announced again
-    window.setTimeout(function () { statusLine.textContent = message; }, 50);
-    statusTimer = window.setTimeout(function () { statusLine.textContent = ""; }, 6000);
+    statusLine.textContent = message;
   }
 
   function toggleHelp() {
@@ -153,6 +160,7 @@
       return;
     }
     var handled = true;
+    said("");  // what an earlier key said goes with the next one (a key that cannot act says so again below)
     switch (event.key) {
       case "j": move(1); break;
       case "k": move(-1); break;
