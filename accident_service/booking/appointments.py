@@ -108,7 +108,7 @@ def cancel(session: Session, case: Case, *, actor: Actor, settings: Settings, no
     lifecycle.apply(session, case, "cancel_appointment", actor=actor, party=party, by=by, settings=settings, now=now,
                     details={"confirmed": confirmed, "reason": reason}, expected_version=expected_version,
                     visit=Visit.of(appointment) if appointment else None, notice=_reason(reason),
-                    before={"slot_id": appointment.slot_id if appointment else None})
+                    before={"slot_id": appointment.slot_id if appointment else None}, after=_reason(reason))
     assert appointment is not None  # the transition requires one
     _release(session, appointment)
     return appointment
@@ -126,7 +126,7 @@ def withdraw(session: Session, case: Case, *, actor: Actor, settings: Settings, 
     appointment = active_appointment(case)
     lifecycle.apply(session, case, "withdraw", actor=actor, party=party, by=by, settings=settings, now=now,
                     details={"confirmed": confirmed, "reason": reason}, expected_version=expected_version,
-                    after=lifecycle.requested(*requested) if requested else None,
+                    after={**(lifecycle.requested(*requested) if requested else {}), **_reason(reason)},
                     visit=Visit.of(appointment) if appointment else None, notice=_reason(reason))
     if appointment is not None:
         _release(session, appointment)

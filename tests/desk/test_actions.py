@@ -149,6 +149,12 @@ def test_cancel_keeps_the_case_and_close_ends_it_both_with_a_reason(runtime, boo
         case = session.get(Case, booked)
         assert (case.status, case.join_code) == (CaseStatus.CANCELLED, None)
     assert all("非轻微事故" in make.text_of(n) for n in make.notices(runtime, "withdrawn"))
+    # Kept for the desk too, in the audit the case page shows (acceptance pass: only the drivers had them).
+    with runtime.unit_of_work() as session:
+        reasons = [event.after.get("reason") for event in session.scalars(
+            select(AuditEvent).where(AuditEvent.case_id == booked, AuditEvent.action.in_(
+                ("case.cancel_appointment", "case.withdraw"))).order_by(AuditEvent.id))]
+    assert reasons == ["处理点停电", "非轻微事故，请拨打122"]
 
 
 def test_an_officer_finds_only_cases_handled_at_their_station(runtime, booked):
