@@ -143,6 +143,8 @@ class Conversation:
             IntentKind.PLATE: lambda: self.set_details(plate=str(value)),
             IntentKind.PHONE: lambda: self.set_details(phone=str(value)),
             IntentKind.DETAILS: lambda: self.set_details(plate=value[0], phone=value[1]),  # type: ignore[index]
+            IntentKind.DETAILS_IN_PART: lambda: self.set_details(plate=value[0], phone=value[1],  # type: ignore[index]
+                                                                 unreadable=True),
             IntentKind.BAD_PLATE: lambda: self.say("conv.plate_format"),
             IntentKind.BAD_PHONE: lambda: self.say("conv.phone_format"),
             IntentKind.CHOICE: lambda: self.choose(int(value)),  # type: ignore[arg-type]
@@ -275,7 +277,7 @@ class Conversation:
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        if self._refused("set_location"):
+        if self._refused("set_location", then_what_now=True):
             return
         parties.set_location(self.session, self.case, self.party, lat=lat, lng=lng, label=label,
                              settings=self.settings, now=self.now)
@@ -285,17 +287,22 @@ class Conversation:
             self.say("conv.location_far", station=far[0].name, km=f"{far[1]:.0f}")
         self.next_step()
 
-    def set_details(self, *, plate: str | None = None, phone: str | None = None) -> None:
+    def set_details(self, *, plate: str | None = None, phone: str | None = None, unreadable: bool = False) -> None:
+        """Record the sender's own plate and/or phone; ``unreadable``: the one not given was sent but could not be
+        read, and its format is asked for (the other one is kept)."""
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        if self._refused("set_detail"):
+        if self._refused("set_detail", then_what_now=True):
             return
         for name, value in (("plate", plate), ("phone", phone)):
             if value is not None and not self._refused("set_detail", details={name: value}):
                 parties.set_party_detail(self.session, self.case, self.party, field=name, value=value,
                                          settings=self.settings, now=self.now)
                 self.say(f"conv.{name}_saved", **{name: value})
+        if unreadable:  # what to send again, as for either alone (the next step asks for it anyway)
+            self.say("conv.plate_format" if plate is None else "conv.phone_format")
+            return
         self.next_step()
 
     def retake(self, item: int | None) -> None:
@@ -368,7 +375,7 @@ class Conversation:
             self.say("conv.nothing_to_cancel.reporter" if self.party.role is PartyRole.A
                      else "conv.nothing_to_cancel.other")
             return
-        if self._refused("cancel_appointment", quiet_reasons=("needs_confirmation",)):
+        if self._refused("cancel_appointment", quiet_reasons=("needs_confirmation",), then_what_now=True):
             return
         self._ask_to_confirm("cancel_appointment")
         self.say("conv.confirm_cancel", summary=offers.appointment_summary(self.case, self.language) or "")
@@ -377,7 +384,7 @@ class Conversation:
         if self.case is None or self.party is None:
             self.say("conv.no_case")
             return
-        if self._refused("withdraw", quiet_reasons=("needs_confirmation",)):
+        if self._refused("withdraw", quiet_reasons=("needs_confirmation",), then_what_now=True):
             return
         self._ask_to_confirm("withdraw")
         self.say("conv.confirm_withdraw", case_no=self.case.case_no)
@@ -450,8 +457,11 @@ class Conversation:
         else:
             self.say("conv.ready_hint")
 
-    def _refused(self, transition: str, *, quiet_reasons: tuple[str, ...] = (), details: dict | None = None) -> bool:
-        """Say why the sender may not do this now (True), or nothing (False) when the lifecycle allows it."""
+    def _refused(self, transition: str, *, quiet_reasons: tuple[str, ...] = (), details: dict | None = None,
+                 then_what_now: bool = False) -> bool:
+        """Say why the sender may not do this now (True), or nothing (False) when the lifecycle allows it;
+        ``then_what_now``: and what they are to do instead, in the same reply (acceptance pass: the other driver's
+        location was refused, and nothing said what next)."""
         assert self.case is not None and self.party is not None
         refused = lifecycle.refusal(self.case, transition, actor=self.actor, party=self.party,
                                     settings=self.settings, now=self.now, details=details)
@@ -459,6 +469,8 @@ class Conversation:
             return False
         self.say(_REFUSAL_KEYS.get((transition, refused.reason)) or _REFUSAL_KEYS.get((transition, refused.code))
                  or "conv.not_now")
+        if then_what_now:
+            self.say_text(self._what_now())
         return True
 
 

@@ -70,6 +70,7 @@ class IntentKind(enum.StrEnum):
     PHONE = "phone"
     PLATE = "plate"
     DETAILS = "details"  # a plate and a phone in one message
+    DETAILS_IN_PART = "details_in_part"  # a plate and a phone in one message, one of them unreadable
     BAD_PLATE = "bad_plate"  # meant as a plate, but not one
     BAD_PHONE = "bad_phone"  # meant as a mobile number, but not one
     UNKNOWN = "unknown"
@@ -84,12 +85,13 @@ class Intent:
     what is confirmed, ``"cancel"``, ``"withdraw"`` or ``None`` (whatever was
     asked); CHOICE → ``int`` 1..9; JOIN_CODE → 6-digit ``str``; PHONE →
     11-digit ``str``; PLATE → canonical plate ``str``; DETAILS → ``(plate,
-    phone)``; BAD_PLATE, BAD_PHONE and UNKNOWN → the normalised text; others
-    ``None``.
+    phone)``; DETAILS_IN_PART → ``(plate, None)`` or ``(None, phone)``, None
+    for the one meant but unreadable; BAD_PLATE, BAD_PHONE and UNKNOWN → the
+    normalised text; others ``None``.
     """
 
     kind: IntentKind
-    value: str | int | tuple[str, str] | None = None
+    value: str | int | tuple[str, str] | tuple[str | None, str | None] | None = None
 
 
 def _words(intent: Intent, *words: str) -> dict[str, Intent]:
@@ -171,6 +173,8 @@ def classify(text: str) -> Intent:
     6. PLATE: a mainland plate;
 
     7. DETAILS: a plate and a phone in one message, in either order;
+       DETAILS_IN_PART: the same with one of them unreadable ("粤Z1
+       13800138000"): the readable one is not lost;
     8. BAD_PHONE: 7 to 15 digits, or a phone label with no mobile after it;
        BAD_PLATE: a province character and a letter followed by what is not
        a plate, or a plate label with no plate after it;
@@ -209,9 +213,10 @@ def classify(text: str) -> Intent:
 
 
 def _details(clean: str) -> Intent | None:
-    """A plate and a phone in one message ("粤A12345 13800138000", "车牌粤A12345，手机13800138000")."""
+    """A plate and a phone in one message ("粤A12345 13800138000", "车牌粤A12345，手机13800138000"), or one of
+    them and an unreadable try at the other ("粤Z1 13800138000": acceptance pass, where both were lost)."""
     parts = [part for part in re.split(r"[\s,，;；、/]+", clean) if part]
-    plate = phone = None
+    plate = phone = unreadable = None
     for part in parts:
         value = _VALUE_LABEL.sub("", part).strip(_VALUE_PUNCTUATION)
         if not value:
@@ -220,9 +225,16 @@ def _details(clean: str) -> Intent | None:
             plate = found
         elif phone is None and (found := parse_phone(value)):
             phone = found
+        elif unreadable is None and (attempt := _attempted_value(part, value)) is not None:
+            unreadable = attempt.kind
         else:
             return None  # something else in the message: not just the two details
-    return Intent(IntentKind.DETAILS, (plate, phone)) if plate and phone else None
+    if plate and phone and unreadable is None:
+        return Intent(IntentKind.DETAILS, (plate, phone))
+    if (plate and not phone and unreadable is IntentKind.BAD_PHONE) or \
+            (phone and not plate and unreadable is IntentKind.BAD_PLATE):
+        return Intent(IntentKind.DETAILS_IN_PART, (plate, phone))
+    return None
 
 
 def _attempted_value(clean: str, value_text: str) -> Intent | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from accident_service.booking import offers
 from accident_service.cases.lifecycle import RequirementMissing, WrongState
 from accident_service.cases.service import evidence_fingerprint
 from accident_service.desk import actions
@@ -80,6 +81,15 @@ def test_retake_request_keeps_the_slot_and_the_new_photo_replaces_the_item(wecha
         assert f"{new_fingerprint[:4].upper()}-{new_fingerprint[4:8].upper()}" in wechat.messages_to(driver)[-1]
 
 
+def reason_then_visit(runtime, case_id: int, reply: str) -> str:
+    """A refusal's reason, checked to be followed by what holds now, the booked visit (README, "What drivers can
+    send": the reason and the next step together)."""
+    reason, _, visit = reply.partition("\n")
+    with runtime.unit_of_work() as session:
+        assert visit == offers.appointment_summary(session.get(Case, case_id), "zh"), reply
+    return reason
+
+
 @pytest.mark.parametrize("driver", [A, B])
 def test_after_booking_a_driver_cannot_change_the_evidence(wechat, wechat_runtime, booked_case, driver):
     """The booking notice's fingerprint vouches for the photos: without a desk request they are sealed."""
@@ -96,11 +106,12 @@ def test_after_booking_a_driver_cannot_change_the_evidence(wechat, wechat_runtim
     for change in ("粤A54321", "13700137000"):  # plates and phones are sealed like the photos
         wechat.post_text(driver, change)
         drain(wechat_runtime)
-        assert wechat.messages_to(driver)[-1] == text("conv.details_sealed", "zh")
+        reply = wechat.messages_to(driver)[-1]
+        assert reason_then_visit(wechat_runtime, booked_case, reply) == text("conv.details_sealed", "zh")
     wechat.post_location(driver, 23.2, 113.2, "别处")
     drain(wechat_runtime)
-    assert wechat.messages_to(driver)[-1] == text("conv.details_sealed" if driver == A
-                                                  else "conv.location_reporter_only", "zh")
+    reason = reason_then_visit(wechat_runtime, booked_case, wechat.messages_to(driver)[-1])
+    assert reason == text("conv.details_sealed" if driver == A else "conv.location_reporter_only", "zh")
     with wechat_runtime.unit_of_work() as session:
         case = session.get(Case, booked_case)
         assert case.evidence_fingerprint == fingerprint == evidence_fingerprint(case)

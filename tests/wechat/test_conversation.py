@@ -322,7 +322,8 @@ def test_the_other_drivers_location_is_refused_and_changes_nothing(wechat, wecha
     wechat.post_location(B, 23.2, 113.4, label="别处")
     drain(wechat_runtime)
 
-    assert last(wechat, B) == t("conv.location_reporter_only", lang)
+    # The reason, then what B is to do instead (acceptance pass: the refusal alone left them without a next step).
+    assert last(wechat, B) == lines(t("conv.location_reporter_only", lang), t("conv.ask_plate", lang))
     assert state(wechat_runtime, case_id) == before
 
 
@@ -404,6 +405,27 @@ def test_plate_and_phone_in_one_message_set_both_and_say_what_the_other_driver_o
 
     assert reply == lines(t("conv.plate_saved", lang, plate=plate), t("conv.phone_saved", lang, phone=phone),
                           t("conv.wait_other", lang, what=owed(lang, "plate", "phone")))  # in the order drivers ask
+    party = case_of(wechat_runtime, case_id).party(role)
+    assert (party.plate, party.phone) == (plate, phone)
+
+
+HALF_READABLE = (("粤Z1 13800138000", None, "13800138000"), ("粤A12345 1380013800", "粤A12345", None),
+                 ("手机13800138000，车牌粤A1234", None, "13800138000"))
+
+
+@pytest.mark.parametrize(("message", "role", "lang"), spread(HALF_READABLE),
+                         ids=ids(spread([m for m, _, _ in HALF_READABLE])))
+def test_a_plate_and_a_phone_one_of_them_unreadable_keeps_the_other_and_asks_for_it_again(
+        wechat, wechat_runtime, desk, message, role, lang):
+    """Acceptance pass: "粤Z1 13800138000" was "not understood", and the mobile asked for again later."""
+    typed, plate, phone = message
+    case_id = collecting(wechat_runtime, desk)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+
+    reply = say(wechat, wechat_runtime, OPENID[role], typed)
+
+    kept = t("conv.plate_saved", lang, plate=plate) if plate else t("conv.phone_saved", lang, phone=phone)
+    assert reply == lines(kept, t("conv.phone_format" if plate else "conv.plate_format", lang))
     party = case_of(wechat_runtime, case_id).party(role)
     assert (party.plate, party.phone) == (plate, phone)
 
@@ -857,7 +879,8 @@ def test_the_other_driver_cannot_withdraw_the_case(wechat, wechat_runtime, desk,
     speak(wechat, wechat_runtime, B, lang)
     before = state(wechat_runtime, case_id)
 
-    assert say(wechat, wechat_runtime, B, word) == t("conv.withdraw_reporter_only", lang)
+    assert say(wechat, wechat_runtime, B, word) == lines(t("conv.withdraw_reporter_only", lang),
+                                                         appointment_summary(wechat_runtime, case_id, lang))
     assert say(wechat, wechat_runtime, B, CONFIRM_WITHDRAW[lang]) == t("conv.nothing_to_confirm", lang)
     assert state(wechat_runtime, case_id) == before
 
@@ -1065,7 +1088,11 @@ def test_after_booking_plates_phones_location_and_photos_are_refused_with_a_reas
     send_sealed_input(wechat, OPENID[role], what)
     drain(wechat_runtime)
 
-    assert last(wechat, OPENID[role]) == sealed_reason(what, role, lang)
+    expected = sealed_reason(what, role, lang)
+    if what not in ("image", "file"):  # then what is expected now (a photo's answer says where it went instead)
+        expected = lines(expected, t("conv.ready_hint", lang) if status is S.READY
+                         else appointment_summary(wechat_runtime, case_id, lang))
+    assert last(wechat, OPENID[role]) == expected
     assert state(wechat_runtime, case_id) == before
     if what in ("image", "file"):  # kept all the same (nothing a driver sends is lost), but not as evidence
         (late,) = [p for p in case_of(wechat_runtime, case_id).photos if p.status is PhotoStatus.REJECTED]

@@ -338,6 +338,21 @@ def test_a_plate_and_a_phone_in_one_message_are_both_taken(typed, plate, phone):
     assert classify(typed) == Intent(IntentKind.DETAILS, (plate, phone))
 
 
+@pytest.mark.parametrize(("typed", "plate", "phone"), [
+    ("粤Z1 13800138000", None, "13800138000"),
+    ("13800138000 粤A1234", None, "13800138000"),
+    ("车牌粤Z1，手机13800138000", None, "13800138000"),
+    ("粤A12345 1380013800", "粤A12345", None),
+])
+def test_a_plate_and_a_phone_one_of_them_unreadable_keep_the_readable_one(typed, plate, phone):
+    assert classify(typed) == Intent(IntentKind.DETAILS_IN_PART, (plate, phone))
+
+
+@pytest.mark.parametrize("typed", ["粤A12345 粤Z1", "粤Z1 1380013800", "hello 13800138000", "粤Z1 粤A1234"])
+def test_two_unreadable_values_or_a_second_of_the_same_kind_are_not_details(typed):
+    assert classify(typed).kind not in (IntentKind.DETAILS, IntentKind.DETAILS_IN_PART)
+
+
 @pytest.mark.parametrize(("typed", "kind", "value"), [
     ("事故快处", IntentKind.REPORT, None),
     ("我的案件", IntentKind.STATUS, None),
