@@ -382,6 +382,11 @@ class StaffUser(Base):
     session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+#: How an audit event names an API token that acted (its actor_type is "staff", as an officer's): this, then the
+#: token's name (api.callers; the desk shows it as a token, not an officer).
+API_TOKEN_ACTOR_PREFIX = "token:"
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_event"
 

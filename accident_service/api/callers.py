@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from accident_service.api.tokens import TokenHolder
 from accident_service.desk.auth import Staff
-from accident_service.models import TokenScope
+from accident_service.models import API_TOKEN_ACTOR_PREFIX, TokenScope
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Caller:
 
     @classmethod
     def of_token(cls, holder: TokenHolder) -> Caller:
-        return cls("token", f"token:{holder.name}", f"token:{holder.id}", holder.station_id,
+        return cls("token", f"{API_TOKEN_ACTOR_PREFIX}{holder.name}", f"token:{holder.id}", holder.station_id,
                    holder.scope is TokenScope.WRITE)
 
     @classmethod

@@ -12,14 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from accident_service import messages
 from accident_service.booking.appointments import REMINDER_DROPPED
 from accident_service.cases.lifecycle import NotAllowed, StaleCase, TransitionRefused, WrongState
-from accident_service.desk.i18n import current_language, t
+from accident_service.desk.i18n import current_language, local_time, t
 from accident_service.leases import LEASE_EXPIRED
 from accident_service.messages import catalogue
+from accident_service.models import API_TOKEN_ACTOR_PREFIX
 from accident_service.notify.dispatch import (
     AND_MOOT,
     BAD_PAYLOAD,
@@ -39,6 +41,8 @@ _FIELD_LABELS = {"status": "desk.queue.status", "liability": "desk.form.liabilit
 _ACTORS = {"staff": "desk.audit.actor.staff", "system": "desk.audit.actor.system",
            "wechat": "desk.audit.actor.wechat"}
 _PARTIES = {"A": "desk.case.party_a", "B": "desk.case.party_b"}
+# Audit fields holding a time (UTC, ISO 8601): shown in the station's time, as every other time on the page.
+_TIMES = frozenset({"due_at", "requested_at"})
 
 
 def text_or(key: str, fallback: str, /, **params: object) -> str:
@@ -85,9 +89,12 @@ def audit_action(action: str) -> str:
 
 
 def audit_actor(actor_type: str, actor: str | None) -> str:
-    """Who made an audit entry: a party by its role, staff by name, the system."""
+    """Who made an audit entry: a party by its role, staff by name (an API token as such, not as an officer), the
+    system."""
     if actor_type == "party" and actor in _PARTIES:
         return t(_PARTIES[actor])
+    if actor_type == "staff" and actor and actor.startswith(API_TOKEN_ACTOR_PREFIX):
+        return t("desk.audit.actor.token", name=actor.removeprefix(API_TOKEN_ACTOR_PREFIX))
     if actor_type in _ACTORS:
         return t(_ACTORS[actor_type], name=actor or "")
     return f"{actor_type}: {actor}" if actor else actor_type
@@ -100,26 +107,38 @@ class Change:
     after: str | None
 
 
-def audit_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> tuple[Change, ...]:
-    """The fields an audit entry records, each with its label and its values (before and after) in words."""
+def language(code: str | None) -> str:
+    """A person's language ("zh") by its name in the officer's language."""
+    return text_or(f"desk.language.{code}", code or "-")
+
+
+def audit_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
+                  zone: str = "UTC") -> tuple[Change, ...]:
+    """The fields an audit entry records, each with its label and its values (before and after) in words; times in
+    ``zone`` (the station's), as the rest of the page."""
     before, after = before or {}, after or {}
     fields = [*before, *(name for name in after if name not in before)]
-    return tuple(_change(name, before, after) for name in fields)
+    return tuple(_change(name, before, after, zone) for name in fields)
 
 
-def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> Change:
+def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str) -> Change:
     label = text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name)
     if name in before and name in after and before[name] == after[name]:
-        return Change(label, None, _value(name, after[name]))  # unchanged (a photo added to a draft): once
+        return Change(label, None, _value(name, after[name], zone))  # unchanged (a photo added to a draft): once
     # A side that records other values but not this one no longer has it (a cancelled appointment's slot: 5 → -);
     # an entry that records no side at all (a start: only after) shows the other alone.
-    return Change(label, _value(name, before[name]) if name in before else ("-" if before else None),
-                  _value(name, after[name]) if name in after else ("-" if after else None))
+    return Change(label, _value(name, before[name], zone) if name in before else ("-" if before else None),
+                  _value(name, after[name], zone) if name in after else ("-" if after else None))
 
 
-def _value(field: str, value: Any) -> str:
+def _value(field: str, value: Any, zone: str) -> str:
     if value is None or value == "":
         return "-"
+    if field in _TIMES and isinstance(value, str):  # stored in UTC, ISO 8601 (cases.facts.utc_text, isoformat)
+        try:
+            return local_time(datetime.fromisoformat(value), zone, "%m-%d %H:%M")
+        except ValueError:
+            return value
     if isinstance(value, bool):  # a flag the entry records ("replaced": a photo taken again)
         return t(f"desk.audit.{'yes' if value else 'no'}")
     family = _VALUE_LABELS.get(field)

@@ -106,3 +106,13 @@ def test_an_unchanged_value_shows_once_and_a_flag_in_words(app):
         started = labels.audit_changes(None, {"status": "draft"})
     assert [(c.before, c.after) for c in cancelled] == [("已预约", "待预约"), ("5", "-")]
     assert [(c.before, c.after) for c in started] == [(None, "草稿")]
+
+
+def test_times_in_the_station_s_zone_a_token_as_a_token_and_languages_by_name(app):
+    """Acceptance pass: "截止（UTC）：2026-12-07T12:19:30.703609+00:00", "民警 token:acc-write", "A (zh)"."""
+    with app.test_request_context():
+        (due,) = labels.audit_changes(None, {"due_at": "2026-12-07T12:19:30.703609+00:00"}, "Asia/Shanghai")
+        assert (due.field, due.after) == ("截止", "12-07 20:19")
+        assert labels.audit_actor("staff", "token:acc-write") == "接口令牌 acc-write"
+        assert labels.audit_actor("staff", "wang") == "民警 wang"
+        assert (labels.language("zh"), labels.language("en"), labels.language("fr")) == ("中文", "英文", "fr")
