@@ -398,15 +398,20 @@ BOTH = (("粤A12345 13800138000", "粤A12345", "13800138000"), ("13900139000，�
 def test_plate_and_phone_in_one_message_set_both_and_say_what_the_other_driver_owes(
         wechat, wechat_runtime, desk, message, role, lang):
     typed, plate, phone = message
-    case_id = collecting(wechat_runtime, desk)
-    speak(wechat, wechat_runtime, OPENID[role], lang)
-
-    reply = say(wechat, wechat_runtime, OPENID[role], typed)
+    reply, party = send_details(wechat, wechat_runtime, desk, typed, role, lang)
 
     assert reply == lines(t("conv.plate_saved", lang, plate=plate), t("conv.phone_saved", lang, phone=phone),
                           t("conv.wait_other", lang, what=owed(lang, "plate", "phone")))  # in the order drivers ask
-    party = case_of(wechat_runtime, case_id).party(role)
     assert (party.plate, party.phone) == (plate, phone)
+
+
+def send_details(wechat, runtime, desk, typed: str, role: PartyRole, lang: str):
+    """``typed`` sent in a case collecting plates and phones by a driver speaking ``lang``: (the reply, the
+    sender's party after it)."""
+    case_id = collecting(runtime, desk)
+    speak(wechat, runtime, OPENID[role], lang)
+    reply = say(wechat, runtime, OPENID[role], typed)
+    return reply, case_of(runtime, case_id).party(role)
 
 
 HALF_READABLE = (("粤Z1 13800138000", None, "13800138000"), ("粤A12345 1380013800", "粤A12345", None),
@@ -419,14 +424,10 @@ def test_a_plate_and_a_phone_one_of_them_unreadable_keeps_the_other_and_asks_for
         wechat, wechat_runtime, desk, message, role, lang):
     """Acceptance pass: "粤Z1 13800138000" was "not understood", and the mobile asked for again later."""
     typed, plate, phone = message
-    case_id = collecting(wechat_runtime, desk)
-    speak(wechat, wechat_runtime, OPENID[role], lang)
-
-    reply = say(wechat, wechat_runtime, OPENID[role], typed)
+    reply, party = send_details(wechat, wechat_runtime, desk, typed, role, lang)
 
     kept = t("conv.plate_saved", lang, plate=plate) if plate else t("conv.phone_saved", lang, phone=phone)
     assert reply == lines(kept, t("conv.phone_format" if plate else "conv.plate_format", lang))
-    party = case_of(wechat_runtime, case_id).party(role)
     assert (party.plate, party.phone) == (plate, phone)
 
 
