@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from accident_service.cases.lifecycle import TransitionRefused
 from accident_service.desk.labels import refusal
-from accident_service.desk.labels import refusal_key as text_key  # noqa: F401  (the key a refusal's sentence has)
 
 LANGUAGE = "en"  # integrators read English
 

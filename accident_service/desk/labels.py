@@ -50,9 +50,11 @@ def text_or(key: str, fallback: str, /, **params: object) -> str:
     return t(key, **params) if key in catalogue() else fallback
 
 
-def status(code: str) -> str:
-    """A case's or an appointment's status ("booked") as the page's badges name it."""
-    return text_or(f"desk.status.{code}", code)
+def status(code: str, language: str | None = None) -> str:
+    """A case's or an appointment's status ("booked") as the page's badges name it, in ``language`` (None: the
+    officer's); the code itself when the catalogue has no name for it."""
+    key = f"desk.status.{code}"
+    return messages.text(key, language or current_language()) if key in catalogue() else code
 
 
 def refusal_key(refused: TransitionRefused) -> str:
@@ -74,8 +76,7 @@ def refusal(refused: TransitionRefused, language: str | None = None) -> str:
     if key not in catalogue():
         return messages.text("desk.refused.other", language, detail=refused.message)
     if isinstance(refused, WrongState):  # its reason is the case's status, named inside the sentence
-        named = messages.text(f"desk.status.{refused.reason}", language) \
-            if f"desk.status.{refused.reason}" in catalogue() else refused.reason
+        named = status(refused.reason, language)
         return messages.text(key, language, state=named[:1].lower() + named[1:])
     return messages.text(key, language)
 
@@ -125,9 +126,9 @@ def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone
     label = text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name)
     if name in before and name in after and before[name] == after[name]:
         return Change(label, None, _value(name, after[name], zone))  # unchanged (a photo added to a draft): once
-    # A side that records other values but not this one no longer has it (a cancelled appointment's slot: 5 → -);
-    # an entry that records no side at all (a start: only after) shows the other alone.
-    return Change(label, _value(name, before[name], zone) if name in before else ("-" if before else None),
+    # A value the entry had before and no longer has after (a cancelled appointment's slot: 5 → -); one it records
+    # after only is what the step added (a photo's item and hash), shown alone: "- →" before each was noise.
+    return Change(label, _value(name, before[name], zone) if name in before else None,
                   _value(name, after[name], zone) if name in after else ("-" if after else None))
 
 

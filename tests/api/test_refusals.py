@@ -19,6 +19,7 @@ from accident_service.cases.lifecycle import (
     TransitionRefused,
     WrongState,
 )
+from accident_service.desk import labels
 from accident_service.messages import catalogue
 from accident_service.models import CaseStatus
 
@@ -60,7 +61,7 @@ def test_the_enumeration_sees_the_requirements_reasons():
 
 @pytest.mark.parametrize("refused", staff_refusals(), ids=lambda r: f"{type(r).__name__}-{r.reason}")
 def test_every_refusal_staff_can_meet_has_a_sentence_in_the_catalogue(refused):
-    assert refusals.text_key(refused) in catalogue(), f"no text for {refused.reason!r}: add desk.refused.*"
+    assert labels.refusal_key(refused) in catalogue(), f"no text for {refused.reason!r}: add desk.refused.*"
     said = refusals.sentence(refused)
     assert said[:1].isupper() and said.endswith(".") and "_" not in said and "Not done" not in said, said
 
