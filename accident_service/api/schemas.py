@@ -88,8 +88,9 @@ class VersionBody(Schema):
 class RescheduleBody(VersionBody):
     slot_id = _id(required=True, metadata={"description": "a free slot (GET /api/v1/stations/{code}/slots): an id "
                                                          "that names no slot is refused with 404 slot_not_found, "
-                                                         "a slot that is full, started or the case's own with 409 "
-                                                         "slot_unavailable"})
+                                                         "a slot that is full, started, the case's own or another "
+                                                         "station's with 409 slot_unavailable, details.reason "
+                                                         "saying which (full, started, current, other_station)"})
 
 
 class CompleteBody(VersionBody):

@@ -82,7 +82,7 @@ def _reschedule(ctx: _Context, params: Mapping[str, Any]) -> None:
                            "GET /api/v1/stations/{code}/slots.", slot_id=params["slot_id"])
     if ctx.caller.station_id is not None and slot.station_id != ctx.caller.station_id:
         # The case would leave the caller's sight: officers move appointments within their station.
-        raise SlotUnavailable(f"slot {slot.id} is not at your station")
+        raise SlotUnavailable(slot.id, "other_station", f"slot {slot.id} is not at your station")
     actions.reschedule(ctx.session, ctx.case, params["slot_id"], **ctx.desk(params))
 
 

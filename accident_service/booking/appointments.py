@@ -31,9 +31,18 @@ from accident_service.settings import Settings
 
 
 class SlotUnavailable(Conflict):
-    """The slot is full, started, unknown, or the one the case already holds; nothing was changed."""
+    """The slot cannot be taken; nothing was changed. ``details``: ``slot_id`` and ``reason``, one of
+    :data:`SLOT_UNAVAILABLE_REASONS`, so a caller can tell a full slot (pick another) from a started one."""
 
     code = "slot_unavailable"
+
+    def __init__(self, slot_id: int, reason: str, message: str) -> None:
+        super().__init__(message, slot_id=slot_id, reason=reason)
+
+
+#: Why a slot cannot be taken: it names no slot, it has started, the case holds it already, it has no free seat,
+#: or it is another station's than the one the caller acts for.
+SLOT_UNAVAILABLE_REASONS = ("unknown", "started", "current", "full", "other_station")
 
 
 class _NoSeat(Exception):
@@ -41,8 +50,13 @@ class _NoSeat(Exception):
 
 
 def book(session: Session, case: Case, slot_id: int, *, actor: Actor, settings: Settings, now: datetime,
-         party: Party | None = None, by: str | None = None, expected_version: int | None = None) -> Appointment:
+         party: Party | None = None, by: str | None = None, expected_version: int | None = None,
+         moving: bool = False) -> Appointment:
     """Book ``slot_id`` for the case, or move its active appointment there ("book" or "reschedule").
+
+    ``moving``: the caller asked to move an appointment (the desk's and the API's reschedule), so the transition is
+    "reschedule" even when the case has none to move, and a case closed or cancelled meanwhile is refused for its
+    state (WrongState), not as a "book" the desk may not make (NotAllowed: acceptance pass).
 
     On success the old appointment (if any) is ``rescheduled`` and its seat
     freed and its pending reminder dropped; every party's slot list is
@@ -52,12 +66,16 @@ def book(session: Session, case: Case, slot_id: int, *, actor: Actor, settings: 
     or TransitionRefused (the case cannot book now, or ``actor`` may not).
     """
     current = active_appointment(case)
-    name = "book" if current is None else "reschedule"
+    name = "book" if current is None and not moving else "reschedule"
     lifecycle.check(case, name, actor=actor, settings=settings, now=now, party=party,
                     expected_version=expected_version)
     visit = slots.visit_at(session, slot_id)
-    if visit is None or visit.starts_at <= now or (current is not None and current.slot_id == slot_id):
-        raise SlotUnavailable(f"slot {slot_id} cannot be booked for case {case.case_no}")
+    if visit is None:
+        raise SlotUnavailable(slot_id, "unknown", f"there is no slot {slot_id}")
+    if visit.starts_at <= now:
+        raise SlotUnavailable(slot_id, "started", f"slot {slot_id} has started")
+    if current is not None and current.slot_id == slot_id:
+        raise SlotUnavailable(slot_id, "current", f"case {case.case_no} holds slot {slot_id} already")
     session.flush()  # pending changes go first: a full slot rolls back only the booking's own writes
     try:
         with session.begin_nested():
@@ -67,7 +85,7 @@ def book(session: Session, case: Case, slot_id: int, *, actor: Actor, settings: 
             if not slots.move_seat(session, to=slot_id, away_from=current.slot_id if current else None, now=now):
                 raise _NoSeat
     except _NoSeat:
-        raise SlotUnavailable(f"slot {slot_id} is full") from None
+        raise SlotUnavailable(slot_id, "full", f"slot {slot_id} is full") from None
     # Counted here, after the seat was taken: every booking and move (a driver's, the desk's, the API's) comes
     # through, and one refused for a full slot never happened.
     metrics.count_on_commit(session, metrics.BOOKINGS.labels(action="booked" if current is None else "rescheduled"))

@@ -66,7 +66,7 @@ def reschedule(session: Session, case: Case, slot_id: int, *, staff: str, settin
     Raises SlotUnavailable too.
     """
     return appointments.book(session, case, slot_id, actor=STAFF, by=staff, settings=settings, now=now,
-                             expected_version=expected_version)
+                             expected_version=expected_version, moving=True)
 
 
 def check_in(session: Session, case: Case, *, staff: str, settings: Settings, now: datetime,

@@ -117,6 +117,7 @@ def test_reschedule_check_in_retake_and_cancel(api, seeded, runtime, clock):
     assert moved.status_code == 200 and moved.json["appointment"]["slot_id"] == later
     held = api.post(f"/cases/{case_no}/reschedule", {"slot_id": later}, key="r2")
     assert held.status_code == 409 and held.json["code"] == "slot_unavailable"
+    assert held.json["details"] == {"slot_id": later, "reason": "current"}
 
     too_long = api.post(f"/cases/{case_no}/retake-requests", {"item": 2, "reason": "blurred",
                                                               "deadline_minutes": 8 * 24 * 60}, key="t0")
@@ -152,8 +153,39 @@ def test_a_station_token_moves_appointments_only_within_its_station(client, make
     case_no = seeded.cases["GZ-TH"][0]
     away = officer.post(f"/cases/{case_no}/reschedule", {"slot_id": seeded.slots["GZ-YX"][0]}, key="away")
     assert away.status_code == 409 and away.json["code"] == "slot_unavailable"
+    assert away.json["details"] == {"slot_id": seeded.slots["GZ-YX"][0], "reason": "other_station"}
     home = officer.post(f"/cases/{case_no}/reschedule", {"slot_id": seeded.slots["GZ-TH"][1]}, key="home")
     assert home.status_code == 200
+
+
+def test_a_full_or_started_slot_is_refused_saying_which(api, seeded, runtime, clock):
+    case_no, other = seeded.cases["GZ-TH"]
+    later = seeded.slots["GZ-TH"][0]
+    with runtime.unit_of_work() as session:
+        session.get(Slot, later).capacity = session.get(Slot, later).booked
+    full = api.post(f"/cases/{case_no}/reschedule", {"slot_id": later}, key="full")
+    assert (full.status_code, full.json["code"], full.json["details"]) == (
+        409, "slot_unavailable", {"slot_id": later, "reason": "full"})
+    with runtime.unit_of_work() as session:
+        starts_at = session.get(Slot, later).starts_at
+    clock.set(starts_at)
+    started = api.post(f"/cases/{other}/reschedule", {"slot_id": later}, key="started")
+    assert started.json["details"] == {"slot_id": later, "reason": "started"}
+    assert audit_count(runtime, "case.reschedule") == 0
+
+
+def test_rescheduling_a_case_without_an_appointment_is_refused_for_its_state(api, seeded, runtime):
+    """Not as a first booking the desk may not make (403 not_allowed): the desk asked to move an appointment."""
+    cancelled, completed = seeded.cases["GZ-TH"]
+    free = seeded.slots["GZ-TH"][1]
+    assert api.post(f"/cases/{cancelled}/cancel", {"reason": "desk closed"}, key="c").status_code == 200
+    assert api.post(f"/cases/{completed}/check-in", key="i").status_code == 200
+    assert api.post(f"/cases/{completed}/complete", {"liability": "A"}, key="d").status_code == 200
+    for case_no, status in ((cancelled, "ready"), (completed, "completed")):
+        refused = api.post(f"/cases/{case_no}/reschedule", {"slot_id": free}, key=f"move-{case_no}")
+        assert refused.status_code == 409 and refused.json["code"] == "wrong_state", refused.json
+        assert refused.json["details"] == {"transition": "reschedule", "reason": status}
+    assert audit_count(runtime, "case.reschedule") == 0
 
 
 def test_no_show_only_once_the_slot_started(api, seeded, clock):
