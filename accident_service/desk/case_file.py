@@ -22,6 +22,7 @@ from accident_service.cases.facts import NOTICE_KINDS
 from accident_service.cases.lifecycle import Actor, RequirementMissing, active_appointment
 from accident_service.cases.service import evidence_fingerprint, item_code, owner_of_item
 from accident_service.desk.actions import station_of
+from accident_service.desk.labels import slot_time
 from accident_service.desk.queries import DEFAULT_TIMEZONE
 from accident_service.errors import NotFound
 from accident_service.models import (
@@ -102,6 +103,7 @@ class CaseFile:
     current_fingerprint: str  # of the accepted photos as recorded now
     nearest_station: tuple[Station, float] | None
     audit: tuple[AuditEvent, ...]
+    audit_slots: dict[int, str]  # the slots the audit names (the case's appointments'), by id: their time in words
     notices: tuple[NoticeView, ...]
     free_slots: tuple[SlotChoice, ...]
     checklist: tuple[ChecklistItem, ...]
@@ -109,6 +111,15 @@ class CaseFile:
 
     def local(self, moment: datetime | None) -> datetime | None:
         return moment.astimezone(ZoneInfo(self.timezone)) if moment is not None else None
+
+
+def _audit_slots(case: Case, station: Station | None) -> dict[int, str]:
+    """Every slot the case was booked into, in words for its audit (each booking and move made an appointment)."""
+    zone = station.timezone if station else DEFAULT_TIMEZONE
+    return {a.slot_id: slot_time(a.slot.starts_at, a.slot.ends_at, zone,
+                                 a.slot.station.name if station is not None and a.slot.station_id != station.id
+                                 else None)
+            for a in case.appointments}
 
 
 def load_case(session: Session, case_no: str, *, station_id: int | None) -> Case:
@@ -139,6 +150,7 @@ def case_file(session: Session, case_no: str, *, station_id: int | None, setting
         current_fingerprint=evidence_fingerprint(case), nearest_station=_nearest(session, case),
         audit=tuple(session.scalars(select(AuditEvent).where(AuditEvent.case_id == case.id)
                                     .order_by(AuditEvent.at, AuditEvent.id))),
+        audit_slots=_audit_slots(case, station),
         notices=tuple(_notice_view(n) for n in session.scalars(
             select(Notification).where(Notification.case_id == case.id, Notification.kind.in_(NOTICE_KINDS))
             .order_by(Notification.id))),

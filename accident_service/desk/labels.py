@@ -114,27 +114,38 @@ def language(code: str | None) -> str:
 
 
 def audit_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
-                  zone: str = "UTC") -> tuple[Change, ...]:
+                  zone: str = "UTC", slots: Mapping[int, str] | None = None) -> tuple[Change, ...]:
     """The fields an audit entry records, each with its label and its values (before and after) in words; times in
-    ``zone`` (the station's), as the rest of the page."""
+    ``zone`` (the station's), as the rest of the page; a slot by its time as ``slots`` names it (slot id -> words,
+    :func:`slot_time`), by its id when it is not there."""
     before, after = before or {}, after or {}
     fields = [*before, *(name for name in after if name not in before)]
-    return tuple(_change(name, before, after, zone) for name in fields)
+    return tuple(_change(name, before, after, zone, slots or {}) for name in fields)
 
 
-def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str) -> Change:
+def slot_time(starts_at: datetime, ends_at: datetime, zone: str, station: str | None = None) -> str:
+    """A slot in an audit entry: "12-08 09:00-09:30", and the station's name when it is not the page's (a supervisor
+    moved the case to another station)."""
+    when = f"{local_time(starts_at, zone, '%m-%d %H:%M')}-{local_time(ends_at, zone, '%H:%M')}"
+    return f"{when} · {station}" if station else when
+
+
+def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str,
+            slots: Mapping[int, str]) -> Change:
     label = text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name)
     if name in before and name in after and before[name] == after[name]:
-        return Change(label, None, _value(name, after[name], zone))  # unchanged (a photo added to a draft): once
+        return Change(label, None, _value(name, after[name], zone, slots))  # unchanged (a photo added to a draft)
     # A value the entry had before and no longer has after (a cancelled appointment's slot: 5 → -); one it records
     # after only is what the step added (a photo's item and hash), shown alone: "- →" before each was noise.
-    return Change(label, _value(name, before[name], zone) if name in before else None,
-                  _value(name, after[name], zone) if name in after else ("-" if after else None))
+    return Change(label, _value(name, before[name], zone, slots) if name in before else None,
+                  _value(name, after[name], zone, slots) if name in after else ("-" if after else None))
 
 
-def _value(field: str, value: Any, zone: str) -> str:
+def _value(field: str, value: Any, zone: str, slots: Mapping[int, str]) -> str:
     if value is None or value == "":
         return "-"
+    if field == "slot_id" and value in slots:
+        return slots[value]
     if field in _TIMES and isinstance(value, str):  # stored in UTC, ISO 8601 (cases.facts.utc_text, isoformat)
         try:
             return local_time(datetime.fromisoformat(value), zone, "%m-%d %H:%M")

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from accident_service.cases.lifecycle import TABLE
-from accident_service.desk import labels
+from accident_service.desk import actions, labels
 from accident_service.messages import text
-from accident_service.models import Appointment, AuditEvent, Notification, WorkStatus
+from accident_service.models import Appointment, AuditEvent, Case, Notification, Station, WorkStatus
 from accident_service.notify.dispatch import MOOT, UNCONFIRMED, WAITING
+from tests.booking import factories as make
 from tests.conftest import T0
 from tests.desk.conftest import sign_in
 from tests.desk.test_views import post_form
@@ -41,6 +43,28 @@ def test_the_audit_trail_says_what_happened_in_the_officers_language(client, des
         assert text("desk.queue.status", lang) in audit
         assert not re.search(r"case\.(confirm|book)\b|\bbooked\b|\bconfirmed\b|\bstatus=", audit), (lang, audit)
         assert "case.something_new" in audit and "no_such_status" in audit  # unknown: the code as it is
+
+
+def test_the_audit_names_a_slot_by_its_time_and_another_station_s_by_its_name(app, client, desk, runtime):
+    """Acceptance pass: "时段编号：- → 1", then "1 → 2": an officer cannot tell which visit an id was."""
+    with runtime.unit_of_work() as session:
+        yx = session.scalar(select(Station).where(Station.code == "GZ-YX"))
+        away = make.slot(session, yx, T0 + timedelta(hours=6)).id
+    sign_in(client, "th")
+    page = client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True)
+    later = re.findall(r'<option value="(\d+)">', page.split('id="reschedule-slot"')[1].split("</select>")[0])[0]
+    post_form(client, desk["case_no"], "reschedule", slot_id=later)
+    audit = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "audit-title")
+    assert "时段：11-25 14:00-14:30" in audit  # booked (nothing before)
+    assert "时段：11-25 14:00-14:30 → 11-25 15:00-15:30" in audit  # moved by the desk
+    with runtime.unit_of_work() as session:  # moved to another station (the API's all-stations token may)
+        actions.reschedule(session, session.get(Case, desk["case_id"]), away, staff="cms", settings=runtime.settings,
+                           now=T0)
+    supervisor = app.test_client()
+    sign_in(supervisor, "sup")  # the page is the new station's now
+    audit = section(supervisor.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "audit-title")
+    assert "11-25 15:00-15:30 · 天河事故处理点 → 11-25 16:00-16:30" in audit
+    assert not re.search(r"时段：-? ?→? ?\d+\b(?![-:])", audit), audit
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
