@@ -27,3 +27,12 @@ def test_every_desk_key_has_both_languages_and_the_same_placeholders():
     for key, texts in catalogue().items():
         if key.startswith("desk."):
             assert set(re.findall(r"{(\w+)}", texts["zh"])) == set(re.findall(r"{(\w+)}", texts["en"])), key
+
+
+def test_the_english_audit_labels_read_as_the_page_s_other_labels():
+    """Capitalised, as "Status" and "Booked" beside them (noted: "Status: Booked → Ready; slot: 5 → -")."""
+    labels = {key: texts["en"] for key, texts in catalogue().items()
+              if key.startswith(("desk.audit.field.", "desk.audit.actor.", "desk.audit.action.", "desk.status."))
+              or key in ("desk.audit.yes", "desk.audit.no")}
+    assert len(labels) > 30
+    assert {key: text for key, text in labels.items() if not text[:1].isupper()} == {}
