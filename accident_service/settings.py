@@ -312,6 +312,17 @@ class Settings(BaseSettings):
                                                      "PHOTO_MAX_PIXELS")
 
 
+    @model_validator(mode="after")
+    def _check_sms_templates_need_sms(self) -> Settings:
+        """An SMS template while SMS is off (no credentials) would leave the must-read notices it names without the
+        SMS the operator meant them to have, without a word, as half the credentials did (_check_sms_all_or_none)."""
+        if self.sms_templates and not self.sms_enabled:
+            first = SMS_TEMPLATE_PREFIX + sorted(self.sms_templates)[0].upper()
+            raise SettingRefused(first, f"set while SMS is off: SMS needs {', '.join(SMS_CREDENTIALS)} "
+                                        f"(or unset every {SMS_TEMPLATE_PREFIX}<KIND>)")
+        return self
+
+
 def number_ranges() -> dict[str, NumberRange]:
     """The accepted range of every numeric setting (a test checks none is missing or unbounded)."""
     return {name: accepted for name, field in Settings.model_fields.items()

@@ -455,6 +455,17 @@ def test_sms_half_configured_is_refused_naming_what_is_missing(tmp_path, given):
     assert not load_settings(environ={"DATA_DIR": str(tmp_path)}).sms_enabled
 
 
+def test_an_sms_template_while_sms_is_off_is_refused(tmp_path):
+    """The operator meant the notice to go by SMS too; without the credentials it never would, without a word
+    (noted in an acceptance pass)."""
+    templates = {"SMS_TEMPLATE_RESCHEDULED": "1400101", "SMS_TEMPLATE_BOOKED": "1400100"}
+    with pytest.raises(SettingsError, match="^SMS_TEMPLATE_BOOKED: set while SMS is off: SMS needs SMS_SDK_APP_ID"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), **templates})
+    on = load_settings(environ={"DATA_DIR": str(tmp_path), **templates, **SMS_FOUR})
+    assert on.sms_template_for("booked") == "1400100"
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), "SMS_TEMPLATE_BOOKED": " "}).sms_templates == {}
+
+
 def test_production_accepts_a_hex_key_that_reads_as_words_in_l33t(tmp_path):
     """Random, 32 hex digits, and 81 % "words" to zxcvbn's l33t matching (one key in 40,000 is so): hex keys are
     not held to the words rule (review)."""
@@ -477,7 +488,7 @@ def test_weak_keys_are_fine_outside_production(tmp_path):
 
 def test_prefixed_variables_become_template_ids(tmp_path):
     settings = load_settings({"SMS_TEMPLATE_BOOKED": "sms-1"}, environ={
-        "DATA_DIR": str(tmp_path), "WECHAT_TEMPLATE_REMINDER": "tpl-2", "WECHAT_TEMPLATE_BOOKED": " "})
+        "DATA_DIR": str(tmp_path), "WECHAT_TEMPLATE_REMINDER": "tpl-2", "WECHAT_TEMPLATE_BOOKED": " ", **SMS_FOUR})
     assert settings.sms_template_for("BOOKED") == "sms-1" and settings.sms_template_for("reminder") is None
     assert settings.template_for("reminder") == "tpl-2" and settings.template_for("booked") is None
 

@@ -71,7 +71,7 @@ def test_a_kind_without_an_sms_template_has_no_channel_and_sms_off_refuses_to_bu
     assert SmsChannel.from_settings(sms_settings(sms, tmp_path)).for_kind("reminder") is None
     with pytest.raises(ValueError, match="SMS is off"):
         SmsChannel.from_settings(sms_settings(sms, tmp_path, SMS_SDK_APP_ID="", SMS_SECRET_ID="", SMS_SECRET_KEY="",
-                                              SMS_SIGN_NAME=""))
+                                              SMS_SIGN_NAME="", SMS_TEMPLATE_BOOKED=""))
 
 
 def test_a_dedupe_key_too_long_for_session_context_goes_as_its_hash(sms, channel):
