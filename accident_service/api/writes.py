@@ -133,7 +133,7 @@ def perform(runtime: Runtime, caller: Caller, request: Request, render: Render) 
     except KeyReused:
         raise
     except ServiceError as refused:
-        if isinstance(refused, TransitionRefused):
+        if isinstance(refused, TransitionRefused | SlotUnavailable):
             reword(refused)
         _remember_refusal(runtime, caller, request, refused, now=now, keep=keep)
         raise

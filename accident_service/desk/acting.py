@@ -73,7 +73,9 @@ def _slot(form: Mapping[str, str], settings: Settings) -> dict[str, Any]:
 def _reschedule_here(session: Session, case: Case, *, slot_id: int, **options: Any) -> Any:
     """Move the appointment, only to a slot of the station the case is handled at."""
     station_id = session.scalar(select(Slot.station_id).where(Slot.id == slot_id))
-    if station_id is None or station_id != actions.station_of(case):
+    if station_id is None:
+        raise SlotUnavailable(slot_id, "unknown", f"there is no slot {slot_id}")
+    if station_id != actions.station_of(case):
         raise SlotUnavailable(slot_id, "other_station", f"slot {slot_id} is not one of this station's")
     return actions.reschedule(session, case, slot_id, **options)
 

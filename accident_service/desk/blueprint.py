@@ -89,7 +89,7 @@ def _refused(exc: TransitionRefused):
 
 @bp.errorhandler(SlotUnavailable)
 def _slot_unavailable(exc: SlotUnavailable):
-    flash(i18n.t("desk.refused.slot_unavailable"), "error")
+    flash(labels.refusal(exc), "error")
     return redirect(back_to(), 303)
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from accident_service import messages
-from accident_service.booking.appointments import REMINDER_DROPPED
+from accident_service.booking.appointments import REMINDER_DROPPED, SlotUnavailable
 from accident_service.cases.lifecycle import NotAllowed, StaleCase, TransitionRefused, WrongState
 from accident_service.desk.i18n import current_language, local_time, t
 from accident_service.leases import LEASE_EXPIRED
@@ -57,8 +57,10 @@ def status(code: str, language: str | None = None) -> str:
     return messages.text(key, language or current_language()) if key in catalogue() else code
 
 
-def refusal_key(refused: TransitionRefused) -> str:
-    """The catalogue key of a lifecycle refusal's sentence (it may be missing: see :func:`refusal`)."""
+def refusal_key(refused: TransitionRefused | SlotUnavailable) -> str:
+    """The catalogue key of a refusal's sentence, a lifecycle's or a slot's (it may be missing: see :func:`refusal`)."""
+    if isinstance(refused, SlotUnavailable):
+        return f"desk.refused.slot.{refused.details['reason']}"
     if isinstance(refused, StaleCase):
         return "desk.refused.stale"
     if isinstance(refused, NotAllowed):
@@ -68,16 +70,16 @@ def refusal_key(refused: TransitionRefused) -> str:
     return f"desk.refused.{refused.reason}"
 
 
-def refusal(refused: TransitionRefused, language: str | None = None) -> str:
-    """A lifecycle refusal in a sentence, in ``language`` (None: the officer's): the desk's message after a refused
-    form, the API's ``message``. A reason without a text yet gets "Not done: " and the lifecycle's own words."""
+def refusal(refused: TransitionRefused | SlotUnavailable, language: str | None = None) -> str:
+    """A refusal (the lifecycle's, or a slot that cannot be taken) in a sentence, in ``language`` (None: the
+    officer's): the desk's message after a refused form, the API's ``message``. A reason without a text yet gets
+    "Not done: " and the refusal's own words."""
     language = language or current_language()
     key = refusal_key(refused)
     if key not in catalogue():
         return messages.text("desk.refused.other", language, detail=refused.message)
     if isinstance(refused, WrongState):  # its reason is the case's status, named inside the sentence
-        named = status(refused.reason, language)
-        return messages.text(key, language, state=named[:1].lower() + named[1:])
+        return messages.text(key, language, state=status(refused.reason, language))
     return messages.text(key, language)
 
 

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from accident_service.api import refusals
+from accident_service.booking.appointments import SLOT_UNAVAILABLE_REASONS, SlotUnavailable
 from accident_service.cases import lifecycle
 from accident_service.cases.lifecycle import (
     Actor,
@@ -42,10 +43,11 @@ def returned_reasons(requirement) -> set[str]:
     return {reason for ret in ast.walk(tree) if isinstance(ret, ast.Return) for reason in results(ret.value)}
 
 
-def staff_refusals() -> list[TransitionRefused]:
+def staff_refusals() -> list[TransitionRefused | SlotUnavailable]:
     """Every refusal the API can meet: it acts as staff (desk/actions.py), so every requirement of a transition
-    staff may make, every state, a stale case and an actor refused."""
-    found: list[TransitionRefused] = [StaleCase("confirm", "stale"), NotAllowed("book", "actor")]
+    staff may make, every state, a stale case, an actor refused, and every reason a slot cannot be taken."""
+    found: list[TransitionRefused | SlotUnavailable] = [StaleCase("confirm", "stale"), NotAllowed("book", "actor")]
+    found += [SlotUnavailable(5, reason, f"slot 5: {reason}") for reason in SLOT_UNAVAILABLE_REASONS]
     found += [WrongState("confirm", status.value) for status in CaseStatus]
     reasons = {reason for transition in lifecycle.TABLE if Actor.STAFF in transition.actors
                for requirement in transition.requires for reason in returned_reasons(requirement)}
@@ -59,9 +61,9 @@ def test_the_enumeration_sees_the_requirements_reasons():
     assert len({r.reason for r in staff_refusals() if isinstance(r, RequirementMissing)}) >= 6
 
 
-@pytest.mark.parametrize("refused", staff_refusals(), ids=lambda r: f"{type(r).__name__}-{r.reason}")
+@pytest.mark.parametrize("refused", staff_refusals(), ids=lambda r: f"{type(r).__name__}-{r.details['reason']}")
 def test_every_refusal_staff_can_meet_has_a_sentence_in_the_catalogue(refused):
-    assert labels.refusal_key(refused) in catalogue(), f"no text for {refused.reason!r}: add desk.refused.*"
+    assert labels.refusal_key(refused) in catalogue(), f"no text for {refused.details['reason']!r}: add desk.refused.*"
     said = refusals.sentence(refused)
     assert said[:1].isupper() and said.endswith(".") and "_" not in said and "Not done" not in said, said
 
@@ -76,7 +78,7 @@ def test_sentences_are_the_desks_english_texts():
     assert refusals.sentence(RequirementMissing("no_show", "not_started", "cannot no_show case X: not_started")) \
         == catalogue()["desk.refused.not_started"]["en"]
     assert refusals.sentence(WrongState("confirm", "retake_requested", "case X is retake_requested; cannot confirm")) \
-        == "Not possible while the case is retake requested; nothing was changed."
+        == "Not possible while the case's status is “Retake requested”; nothing was changed."
 
 
 def test_a_reason_without_a_text_still_gets_a_sentence():

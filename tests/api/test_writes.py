@@ -59,7 +59,7 @@ def test_a_refusal_is_the_first_answer_too(api, seeded, runtime):
     refused = api.post(f"/cases/{case_no}/complete", complete, key="complete-1")
     assert refused.status_code == 409 and refused.json["code"] == "wrong_state"
     assert refused.json["details"] == {"transition": "complete", "reason": "booked"}
-    assert refused.json["message"] == "Not possible while the case is booked; nothing was changed."
+    assert refused.json["message"] == "Not possible while the case's status is “Booked”; nothing was changed."
     assert api.post(f"/cases/{case_no}/check-in", key="check-in-1").status_code == 200
     replayed = api.post(f"/cases/{case_no}/complete", complete, key="complete-1")
     assert (replayed.status_code, replayed.json) == (409, refused.json)
@@ -166,6 +166,7 @@ def test_a_full_or_started_slot_is_refused_saying_which(api, seeded, runtime, cl
     full = api.post(f"/cases/{case_no}/reschedule", {"slot_id": later}, key="full")
     assert (full.status_code, full.json["code"], full.json["details"]) == (
         409, "slot_unavailable", {"slot_id": later, "reason": "full"})
+    assert full.json["message"] == "That slot is full: choose another; nothing was changed."  # the desk's words
     with runtime.unit_of_work() as session:
         starts_at = session.get(Slot, later).starts_at
     clock.set(starts_at)
