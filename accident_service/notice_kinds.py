@@ -6,3 +6,7 @@ no imports, so that the settings can read it below every layer."""
 #: writes reminders; a retaken photo that answers the desk writes evidence_updated.
 NOTICE_KINDS = ("joined", "ready", "booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "checked_in",
                 "completed", "no_show", "retake", "evidence_updated", "expired", "reminder")
+#: What a person must read, by SMS if WeChat cannot carry it (booking, move, cancellation, confirmation,
+#: retake request, reminder, outcome): the kinds an SMS_TEMPLATE_<KIND> may name.
+MUST_READ = frozenset({"booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "retake", "reminder",
+                       "completed"})

@@ -12,7 +12,7 @@ import difflib
 import functools
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from pydantic_settings import (
 )
 
 from accident_service import settings_checks as check
-from accident_service.notice_kinds import NOTICE_KINDS
+from accident_service.notice_kinds import MUST_READ, NOTICE_KINDS
 from accident_service.settings_checks import NumberRange, SettingRefused
 
 CONFIG_DIR = Path(os.environ.get("ACCIDENT_SERVICE_CONFIG_DIR", Path(__file__).resolve().parent.parent / "config"))
@@ -190,8 +190,8 @@ class Settings(BaseSettings):
     @classmethod
     def _collect_templates(cls, values: Any) -> Any:
         if isinstance(values, dict):
-            values = {**values, "templates": _prefixed(values, TEMPLATE_PREFIX),
-                      "sms_templates": _prefixed(values, SMS_TEMPLATE_PREFIX)}
+            values = {**values, "templates": _prefixed(values, TEMPLATE_PREFIX, NOTICE_KINDS),
+                      "sms_templates": _prefixed(values, SMS_TEMPLATE_PREFIX, sorted(MUST_READ))}
         return values
 
     # -- single values, in field order: a check may read the fields declared before it ------
@@ -249,6 +249,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_sms_all_or_none(cls, value: str, info: ValidationInfo) -> str:
         # Half of it set leaves SMS off without a word, and a must-read notice no text can carry waiting for the person.
+        # SignName is the approved sign's text; Tencent adds the 【】 itself (README, "SMS"): with them, no sign.
+        if "【" in value or "】" in value:
+            raise ValueError(f"give the sign without 【】 (Tencent adds them): {value.strip('【】 ')}")
         four = {name: info.data.get(name, "") for name in SMS_CREDENTIALS[:-1]} | {"SMS_SIGN_NAME": value}
         missing = [name for name, given in four.items() if not str(given).strip()]
         if missing and len(missing) < len(four):
@@ -361,16 +364,22 @@ class _Environment(EnvSettingsSource):
                              if name.startswith((TEMPLATE_PREFIX, SMS_TEMPLATE_PREFIX))}}
 
 
-def _prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, str]:
-    """The ``prefix<KIND>`` variables set, by kind; a kind no notice has is refused (a typo would quietly leave that
-    notice to another channel)."""
+def _prefixed(values: Mapping[str, Any], prefix: str, kinds: Sequence[str]) -> dict[str, str]:
+    """The ``prefix<KIND>`` variables set, by kind; one naming a kind not in ``kinds`` is refused: a typo would quietly
+    leave that notice to another channel, and an SMS template for a notice never sent by SMS would never be used
+    (acceptance pass: SMS_TEMPLATE_JOINED was accepted)."""
     found = {}
     for name, value in values.items():
         if name.startswith(prefix) and str(value).strip():
             kind = name[len(prefix):].lower()
-            if kind not in NOTICE_KINDS:
-                raise SettingRefused(name, f"no notice is of the kind {kind.upper()!r}; the kinds are "
-                                           f"{', '.join(kind.upper() for kind in NOTICE_KINDS)}")
+            if kind not in kinds:
+                listed = ", ".join(kind.upper() for kind in kinds)
+                if kind in NOTICE_KINDS:
+                    raise SettingRefused(name, f"{kind.upper()} notices never go by SMS; only the must-read ones "
+                                               f"do: {listed}")
+                near = difflib.get_close_matches(kind, kinds, n=1, cutoff=0.75)
+                hint = f"; did you mean {prefix}{near[0].upper()}?" if near else ""
+                raise SettingRefused(name, f"no notice is of the kind {kind.upper()!r}{hint}; the kinds are {listed}")
             found[kind] = str(value)
     return found
 

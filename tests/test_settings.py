@@ -499,6 +499,24 @@ def test_a_template_variable_naming_no_kind_of_notice_is_refused(tmp_path, name)
     with pytest.raises(SettingsError, match=f"^{name}: no notice is of the kind ") as excinfo:
         load_settings(environ={"DATA_DIR": str(tmp_path), name: "tpl-1"})
     assert "BOOKED" in str(excinfo.value) and "REMINDER" in str(excinfo.value)
+    meant = {"WECHAT_TEMPLATE_BOOKD": "WECHAT_TEMPLATE_BOOKED", "SMS_TEMPLATE_REMINDERS": "SMS_TEMPLATE_REMINDER"}
+    assert f"did you mean {meant[name]}?" in str(excinfo.value)  # as a misspelt setting's name is answered
+
+
+@pytest.mark.parametrize("kind", ["JOINED", "READY", "EXPIRED", "CHECKED_IN", "NO_SHOW", "EVIDENCE_UPDATED"])
+def test_an_sms_template_for_a_notice_never_sent_by_sms_is_refused(tmp_path, kind):
+    """Only must-read notices go by SMS: the template would never be used (acceptance pass: accepted silently)."""
+    with pytest.raises(SettingsError, match=f"^SMS_TEMPLATE_{kind}: {kind} notices never go by SMS; only the "
+                                            "must-read ones do: BOOKED, CANCELLED"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), **SMS_FOUR, f"SMS_TEMPLATE_{kind}": "1400100"})
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), f"WECHAT_TEMPLATE_{kind}": "tpl-1"}).template_for(kind)
+
+
+def test_the_sms_sign_is_given_without_its_brackets(tmp_path):
+    """SignName is the approved sign's text, Tencent adds the 【】: the README says so, and they were accepted
+    (acceptance pass)."""
+    with pytest.raises(SettingsError, match="^SMS_SIGN_NAME: give the sign without 【】 .*: 交警快处$"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), **SMS_FOUR, "SMS_SIGN_NAME": "【交警快处】"})
 
 
 def test_overrides_win_over_the_environment(tmp_path):

@@ -57,7 +57,7 @@ from accident_service.cases import lifecycle
 from accident_service.cases.parties import JOIN_SCENE_PREFIX
 from accident_service.db import error_name, is_postgres, may_succeed_later, run_prebuilt, tried_through_a_blip
 from accident_service.models import Case, Notification, Party, ProviderFailure, WorkStatus
-from accident_service.notice_kinds import NOTICE_KINDS
+from accident_service.notice_kinds import MUST_READ, NOTICE_KINDS
 from accident_service.notify import allowance, notices
 from accident_service.notify.channels import (
     PROVIDER_OF,
@@ -74,10 +74,6 @@ from accident_service.wechat_api.client import WeChatApiError
 
 log = logging.getLogger(__name__)
 
-#: What a person must read, by SMS if WeChat cannot carry it (booking, move, cancellation, confirmation,
-#: retake request, reminder, outcome).
-MUST_READ = frozenset({"booked", "rescheduled", "cancelled", "withdrawn", "confirmed", "retake", "reminder",
-                       "completed"})
 #: Progress about the other driver: folded into the person's next message, never sent alone.
 FOLDED = frozenset({"joined"})
 UNCONFIRMED = "delivery unconfirmed: the dispatcher stopped while sending (not sent again: no duplicate)"

@@ -22,7 +22,7 @@ from accident_service.booking.station_file import load_station_file
 from accident_service.booking.stations import import_stations
 from accident_service.desk import actions
 from accident_service.models import Case, InboundMessage, Notification, Slot, WorkStatus
-from accident_service.notify.dispatch import MUST_READ
+from accident_service.notice_kinds import MUST_READ
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.e2e.conftest import EXAMPLE_STATIONS

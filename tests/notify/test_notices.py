@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accident_service.cases.facts import NOTICE_KINDS
+from accident_service.notice_kinds import MUST_READ
 from accident_service.notify import notices
-from accident_service.notify.dispatch import MUST_READ
 from accident_service.notify.sms import SmsChannel
 from accident_service.sandbox import console
 from accident_service.sandbox.sms_emulator import SmsEmulator
