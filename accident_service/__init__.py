@@ -176,7 +176,7 @@ def _map_errors(app: Flask) -> None:
         data = getattr(exc, "data", None) or {}  # webargs' abort() puts validation messages here
         status = exc.code or 500
         body = {"code": _HTTP_ERROR_CODES.get(status, (exc.name or "error").lower().replace(" ", "_")),
-                "message": "the request does not fit the API description; see details.errors"
+                "message": "The request does not fit the API description: details.errors says where."
                 if "messages" in data else exc.description or exc.name,
                 "details": {"errors": data["messages"]} if "messages" in data else {}}
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"} | dict(data.get("headers") or {})

@@ -34,6 +34,13 @@ class NotFound(ServiceError):
     http_status = 404
 
 
+class CaseNotFound(NotFound):
+    """No case by that number that the caller may see: another station's reads as none (its existence is not told)."""
+
+    def __init__(self, case_no: str) -> None:
+        super().__init__(f"There is no case {case_no} that you may see: check the number.", case_no=case_no)
+
+
 class Conflict(ServiceError):
     code = "conflict"
     http_status = 409

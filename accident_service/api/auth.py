@@ -53,7 +53,8 @@ def authenticate() -> None:
             _check_csrf()
         caller = Caller.of_staff(staff)
     if request.method not in SAFE_METHODS and not caller.can_write:
-        raise ReadOnly("this token may only read")
+        raise ReadOnly("This token may only read: ask for a write token (accident-service create-api-token "
+                       "--scope write) to act on cases.")
     g.api_caller = caller
 
 

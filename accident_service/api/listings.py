@@ -169,7 +169,7 @@ def free_slots(session: Session, code: str, *, scope: int | None, day: date | No
     days, not yet started. NotFound for an unknown station or one outside ``scope``."""
     station = session.scalar(select(Station).where(Station.code == code))
     if station is None or (scope is not None and station.id != scope):
-        raise NotFound(f"no station {code}")
+        raise NotFound(f"There is no station {code} that you may see: check its code.", station=code)
     first = day or now.astimezone(ZoneInfo(station.timezone)).date()
     start, _ = day_window(first, station.timezone)
     _, end = day_window(days_after(first, days - 1), station.timezone)

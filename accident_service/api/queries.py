@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from accident_service.cases.service import accepted_photos, evidence_fingerprint
 from accident_service.desk.actions import station_of
-from accident_service.errors import NotFound
+from accident_service.errors import CaseNotFound
 from accident_service.models import Appointment, AuditEvent, Case, Photo, PhotoStatus, Slot
 from accident_service.notify.notices import evidence_number
 from accident_service.storage import ObjectStore
@@ -51,7 +51,7 @@ def load_case(session: Session, case_no: str, *, scope: int | None) -> Case:
         .options(selectinload(Case.parties), selectinload(Case.photos),
                  selectinload(Case.appointments).selectinload(Appointment.slot).selectinload(Slot.station)))
     if case is None or (scope is not None and station_of(case) != scope):
-        raise NotFound(f"no case {case_no}")
+        raise CaseNotFound(case_no)
     return case
 
 

@@ -20,7 +20,7 @@ from accident_service.cases import lifecycle
 from accident_service.cases.facts import Visit, utc_text
 from accident_service.cases.lifecycle import Actor, active_appointment
 from accident_service.cases.service import item_code, taker_of_item
-from accident_service.errors import NotFound
+from accident_service.errors import CaseNotFound
 from accident_service.models import Appointment, Case, PartyRole, Slot
 from accident_service.settings import Settings
 
@@ -37,7 +37,7 @@ def lock_case(session: Session, case_no: str, *, station_id: int | None = None) 
                       selectinload(Case.appointments).selectinload(Appointment.slot).selectinload(Slot.station)))
     case = session.scalar(query)
     if case is None or (station_id is not None and station_of(case) != station_id):
-        raise NotFound(f"no case {case_no}")
+        raise CaseNotFound(case_no)
     return case
 
 

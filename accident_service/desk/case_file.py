@@ -24,7 +24,7 @@ from accident_service.cases.service import evidence_fingerprint, item_code, owne
 from accident_service.desk.actions import station_of
 from accident_service.desk.labels import slot_time
 from accident_service.desk.queries import DEFAULT_TIMEZONE
-from accident_service.errors import NotFound
+from accident_service.errors import CaseNotFound
 from accident_service.models import (
     Appointment,
     AuditEvent,
@@ -131,7 +131,7 @@ def load_case(session: Session, case_no: str, *, station_id: int | None) -> Case
         selectinload(Case.parties), selectinload(Case.photos),
         selectinload(Case.appointments).selectinload(Appointment.slot).selectinload(Slot.station)))
     if case is None or (station_id is not None and station_of(case) != station_id):
-        raise NotFound(f"no case {case_no}")
+        raise CaseNotFound(case_no)
     return case
 
 

@@ -75,3 +75,14 @@ def test_an_unexpected_failure_is_a_500_in_the_same_shape_without_internals(app)
     answer = app.test_client().get("/api/v1/broken-for-this-test")
     body = assert_error(answer, 500, "internal_error")
     assert "secret" not in answer.get_data(as_text=True) and body["details"] == {}
+
+
+def test_messages_are_sentences_a_person_can_act_on(api, client, make_token, seeded):
+    """Acceptance pass: "no case NOPE", "no station GZ-YX", "this token may only read" (lower-case fragments)."""
+    reader = {"Authorization": f"Bearer {make_token('reader', 'read')}", "Idempotency-Key": "r"}
+    answers = [api.get("/cases/20261125-ZZZZZ"), api.post("/cases/20261125-ZZZZZ/confirm", key="z"),
+               api.get("/stations/NOWHERE/slots"), api.get("/cases", limit=0),
+               client.post(f"/api/v1/cases/{seeded.cases['GZ-TH'][0]}/confirm", headers=reader)]
+    messages = [answer.json["message"] for answer in answers]
+    assert [m for m in messages if not (m[:1].isupper() and m.endswith("."))] == [], messages
+    assert answers[0].json["details"] == answers[1].json["details"] == {"case_no": "20261125-ZZZZZ"}
