@@ -39,6 +39,7 @@ from pydantic_settings import (
 )
 
 from accident_service import settings_checks as check
+from accident_service.messages import catalogue
 from accident_service.notice_kinds import MUST_READ, NOTICE_KINDS
 from accident_service.settings_checks import NumberRange, SettingRefused
 
@@ -281,6 +282,18 @@ class Settings(BaseSettings):
         if value and info.data.get("APP_ENV") == "production" and len(value) < check.METRICS_TOKEN_MIN_CHARS:
             raise ValueError(f"{len(value)} characters, too short when APP_ENV=production (at least "
                              f"{check.METRICS_TOKEN_MIN_CHARS}); {check.MAKE_A_TOKEN}")
+        return value
+
+    @field_validator("PHOTO_CHECKLIST")
+    @classmethod
+    def _check_checklist_items(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Each item is named to drivers and officers by its text in the catalogue (checklist.<item>): an item without
+        # one started, and broke the first message that asked for it.
+        named = sorted(key.removeprefix("checklist.") for key in catalogue()
+                       if key.startswith("checklist.") and key != "checklist.extra")
+        unknown = [item for item in value if item not in named]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: no such photo item; the items are {', '.join(named)}")
         return value
 
     @field_validator("PHOTO_CHECKLIST_B")

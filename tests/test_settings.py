@@ -255,6 +255,16 @@ def test_a_checklist_with_an_empty_or_repeated_item_is_named(tmp_path, value, me
         load_settings(environ={"DATA_DIR": str(tmp_path), "PHOTO_CHECKLIST": value})
 
 
+def test_a_checklist_item_no_message_can_name_is_refused(tmp_path):
+    """Each item is named to the drivers and the desk by its catalogue text: "dashcam" was accepted, and the first
+    message that asked for it raised KeyError."""
+    with pytest.raises(SettingsError, match="^PHOTO_CHECKLIST: dashcam: no such photo item; the items are collision, "
+                                            "plate_a, plate_b, scene"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), "PHOTO_CHECKLIST": "scene,dashcam,plate_b"})
+    assert load_settings(environ={"DATA_DIR": str(tmp_path), "PHOTO_CHECKLIST": "plate_b,scene"}).PHOTO_CHECKLIST \
+        == ("plate_b", "scene")
+
+
 def test_every_numeric_setting_has_a_range():
     """A new numeric setting needs a bound in number_ranges(), or 0 and negatives slip through."""
     numeric = {name for name, field in Settings.model_fields.items() if field.annotation in (int, float)}
