@@ -126,10 +126,23 @@ def audit_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | N
 
 
 def slot_time(starts_at: datetime, ends_at: datetime, zone: str, station: str | None = None) -> str:
-    """A slot in an audit entry: "12-08 09:00-09:30", and the station's name when it is not the page's (a supervisor
+    """A slot in an audit entry: "12-08 09:00–09:30", and the station's name when it is not the page's (a supervisor
     moved the case to another station)."""
-    when = f"{local_time(starts_at, zone, '%m-%d %H:%M')}-{local_time(ends_at, zone, '%H:%M')}"
+    when = f"{local_time(starts_at, zone, '%m-%d %H:%M')}–{local_time(ends_at, zone, '%H:%M')}"
     return f"{when} · {station}" if station else when
+
+
+def due_time(due_at: datetime, slot_start: datetime) -> str:
+    """A retake's deadline on the queue, in the slot's zone: its time, and its date too when that is not the slot's
+    day (acceptance pass: "retake due 22:43" on the next day's queue)."""
+    local = due_at.astimezone(slot_start.tzinfo)
+    return local.strftime("%H:%M" if local.date() == slot_start.date() else "%m-%d %H:%M")
+
+
+def checklist_item(code: str) -> str:
+    """A photo item by its name for the desk ("Party A's plate"; the drivers' own, "your car's plate", names no
+    party). Every item has one (tests/desk/test_catalogue.py), and PHOTO_CHECKLIST takes only those items."""
+    return t(f"desk.checklist.{code}")
 
 
 def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str,

@@ -36,3 +36,9 @@ def test_the_english_audit_labels_read_as_the_page_s_other_labels():
               or key in ("desk.audit.yes", "desk.audit.no")}
     assert len(labels) > 30
     assert {key: text for key, text in labels.items() if not text[:1].isupper()} == {}
+
+
+def test_every_photo_item_has_a_name_for_the_desk():
+    items = {key.removeprefix("checklist.") for key in catalogue() if key.startswith("checklist.")}
+    assert {"scene", "plate_a", "extra"} <= items
+    assert {key.removeprefix("desk.checklist.") for key in catalogue() if key.startswith("desk.checklist.")} == items

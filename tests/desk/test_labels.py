@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -55,15 +56,15 @@ def test_the_audit_names_a_slot_by_its_time_and_another_station_s_by_its_name(ap
     later = re.findall(r'<option value="(\d+)">', page.split('id="reschedule-slot"')[1].split("</select>")[0])[0]
     post_form(client, desk["case_no"], "reschedule", slot_id=later)
     audit = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "audit-title")
-    assert "时段：11-25 14:00-14:30" in audit  # booked (nothing before)
-    assert "时段：11-25 14:00-14:30 → 11-25 15:00-15:30" in audit  # moved by the desk
+    assert "时段：11-25 14:00–14:30" in audit  # booked (nothing before)
+    assert "时段：11-25 14:00–14:30 → 11-25 15:00–15:30" in audit  # moved by the desk
     with runtime.unit_of_work() as session:  # moved to another station (the API's all-stations token may)
         actions.reschedule(session, session.get(Case, desk["case_id"]), away, staff="cms", settings=runtime.settings,
                            now=T0)
     supervisor = app.test_client()
     sign_in(supervisor, "sup")  # the page is the new station's now
     audit = section(supervisor.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "audit-title")
-    assert "11-25 15:00-15:30 · 天河事故处理点 → 11-25 16:00-16:30" in audit
+    assert "11-25 15:00–15:30 · 天河事故处理点 → 11-25 16:00–16:30" in audit
     assert not re.search(r"时段：-? ?→? ?\d+\b(?![-:])", audit), audit
 
 
@@ -140,3 +141,16 @@ def test_times_in_the_station_s_zone_a_token_as_a_token_and_languages_by_name(ap
         assert labels.audit_actor("staff", "token:acc-write") == "接口令牌 acc-write"
         assert labels.audit_actor("staff", "wang") == "民警 wang"
         assert (labels.language("zh"), labels.language("en"), labels.language("fr")) == ("中文", "英文", "fr")
+
+
+def test_photo_items_in_the_officer_s_words_and_a_deadline_of_another_day_with_its_date(client, desk):
+    """Acceptance pass: items 3 and 4 both read "your car's plate" (the drivers' words), and "retake due 22:43" on
+    the next day's queue."""
+    client.set_cookie("desk_lang", "en")
+    sign_in(client, "th")
+    page = html.unescape(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True))
+    assert "3. Party A's plate (A)" in page and "4. Party B's plate (B)" in page and "your car's plate" not in page
+    slot_start = T0.astimezone(ZoneInfo("Asia/Shanghai")) + timedelta(hours=4)  # 11-25 14:00 in Guangzhou
+    assert labels.due_time(T0 + timedelta(hours=5), slot_start) == "15:00"
+    assert labels.due_time(T0 - timedelta(hours=3), slot_start) == "07:00"  # 23:00 UTC: the 25th in Guangzhou
+    assert labels.due_time(T0 - timedelta(hours=12), slot_start) == "11-24 22:00"

@@ -74,7 +74,7 @@ def test_the_case_page_names_every_delivery_state_of_a_notice(client, desk, runt
             page = client.get(f"/desk/cases/{desk['case_no']}")
             assert page.status_code == 200, (status, lang)
             assert label in page.get_data(as_text=True)
-    assert "waiting for the person" in text("desk.work.held", "en")
+    assert "Waiting for the person" in text("desk.work.held", "en")
 
 
 def test_the_case_page_says_how_each_notice_went_and_to_which_number_an_sms(client, desk, runtime):
