@@ -109,6 +109,12 @@ class CaseFile:
     checklist: tuple[ChecklistItem, ...]
     actions: frozenset[str]
 
+    @property
+    def audit_items(self) -> dict[int, str]:
+        """The photo items the audit may name, by number: their checklist codes ("extra" beyond the checklist)."""
+        return {**{photo.item: photo.code for photo in self.photos if photo.item},
+                **{entry.item: entry.code for entry in self.checklist}}
+
     def local(self, moment: datetime | None) -> datetime | None:
         return moment.astimezone(ZoneInfo(self.timezone)) if moment is not None else None
 

@@ -57,6 +57,18 @@ def status(code: str, language: str | None = None) -> str:
     return messages.text(key, language or current_language()) if key in catalogue() else code
 
 
+def appointment_status(code: str, language: str | None = None) -> str:
+    """An appointment's status: as :func:`status` names it, but where the case's word would mislead (a cancelled
+    appointment is 已取消; 已撤销 is a case the driver withdrew), the appointment's own."""
+    key = f"desk.appointment_status.{code}"
+    return messages.text(key, language or current_language()) if key in catalogue() else status(code, language)
+
+
+def party(role: str) -> str:
+    """A party by its role ("A") as the parties panel names it (甲方（报案人）); anything else as it is."""
+    return t(_PARTIES[role]) if role in _PARTIES else role
+
+
 def refusal_key(refused: TransitionRefused | SlotUnavailable) -> str:
     """The catalogue key of a refusal's sentence, a lifecycle's or a slot's (it may be missing: see :func:`refusal`)."""
     if isinstance(refused, SlotUnavailable):
@@ -95,7 +107,7 @@ def audit_actor(actor_type: str, actor: str | None) -> str:
     """Who made an audit entry: a party by its role, staff by name (an API token as such, not as an officer), the
     system."""
     if actor_type == "party" and actor in _PARTIES:
-        return t(_PARTIES[actor])
+        return party(actor)
     if actor_type == "staff" and actor and actor.startswith(API_TOKEN_ACTOR_PREFIX):
         return t("desk.audit.actor.token", name=actor.removeprefix(API_TOKEN_ACTOR_PREFIX))
     if actor_type in _ACTORS:
@@ -116,13 +128,16 @@ def language(code: str | None) -> str:
 
 
 def audit_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
-                  zone: str = "UTC", slots: Mapping[int, str] | None = None) -> tuple[Change, ...]:
+                  zone: str = "UTC", slots: Mapping[int, str] | None = None,
+                  items: Mapping[int, str] | None = None) -> tuple[Change, ...]:
     """The fields an audit entry records, each with its label and its values (before and after) in words; times in
     ``zone`` (the station's), as the rest of the page; a slot by its time as ``slots`` names it (slot id -> words,
-    :func:`slot_time`), by its id when it is not there."""
+    :func:`slot_time`), by its id when it is not there; a photo item with its name, as ``items`` gives its checklist
+    code (item -> code), by its number alone when it is not there."""
     before, after = before or {}, after or {}
     fields = [*before, *(name for name in after if name not in before)]
-    return tuple(_change(name, before, after, zone, slots or {}) for name in fields)
+    named = _Named(slots or {}, items or {})
+    return tuple(_change(name, before, after, zone, named) for name in fields)
 
 
 def slot_time(starts_at: datetime, ends_at: datetime, zone: str, station: str | None = None) -> str:
@@ -145,22 +160,30 @@ def checklist_item(code: str) -> str:
     return t(f"desk.checklist.{code}")
 
 
-def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str,
-            slots: Mapping[int, str]) -> Change:
+@dataclass(frozen=True)
+class _Named:
+    """What the page knows by name that an audit entry records by number."""
+    slots: Mapping[int, str]  # slot id -> its time in words
+    items: Mapping[int, str]  # photo item -> its checklist code
+
+
+def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str, named: _Named) -> Change:
     label = text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name)
     if name in before and name in after and before[name] == after[name]:
-        return Change(label, None, _value(name, after[name], zone, slots))  # unchanged (a photo added to a draft)
+        return Change(label, None, _value(name, after[name], zone, named))  # unchanged (a photo added to a draft)
     # A value the entry had before and no longer has after (a cancelled appointment's slot: 5 → -); one it records
     # after only is what the step added (a photo's item and hash), shown alone: "- →" before each was noise.
-    return Change(label, _value(name, before[name], zone, slots) if name in before else None,
-                  _value(name, after[name], zone, slots) if name in after else ("-" if after else None))
+    return Change(label, _value(name, before[name], zone, named) if name in before else None,
+                  _value(name, after[name], zone, named) if name in after else ("-" if after else None))
 
 
-def _value(field: str, value: Any, zone: str, slots: Mapping[int, str]) -> str:
+def _value(field: str, value: Any, zone: str, named: _Named) -> str:
     if value is None or value == "":
         return "-"
-    if field == "slot_id" and value in slots:
-        return slots[value]
+    if field == "slot_id" and value in named.slots:
+        return named.slots[value]
+    if field == "item" and value in named.items:
+        return t("desk.case.photo_item", item=value, name=checklist_item(named.items[value]))
     if field in _TIMES and isinstance(value, str):  # stored in UTC, ISO 8601 (cases.facts.utc_text, isoformat)
         try:
             return local_time(datetime.fromisoformat(value), zone, "%m-%d %H:%M")
@@ -205,6 +228,6 @@ def notice_reason(last_error: str | None) -> NoticeReason | None:
         found = pattern.fullmatch(last_error)
         if found is not None:
             groups = found.groupdict()
-            params = {"status": status(groups["status"])} if "status" in groups else {}
+            params = {"status": appointment_status(groups["status"])} if "status" in groups else {}
             return NoticeReason(t(f"desk.notice_reason.{name}", **params), groups.get("detail"))
     return NoticeReason(t("desk.notice_reason.other"), last_error)

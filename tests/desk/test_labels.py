@@ -113,7 +113,7 @@ def test_a_dropped_notice_says_why_in_the_officers_language(client, desk, runtim
         client.set_cookie("desk_lang", lang)
         notices = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "notices-title")
         assert text("desk.notice_reason.moot", lang) in notices
-        cancelled = text("desk.status.cancelled", lang)
+        cancelled = text("desk.appointment_status.cancelled", lang)
         assert text("desk.notice_reason.appointment_changed", lang, status=cancelled) in notices
         assert MOOT not in notices and f"appointment {appointment_id} cancelled" not in notices
 
@@ -157,3 +157,29 @@ def test_photo_items_in_the_officer_s_words_and_a_deadline_of_another_day_with_i
     assert labels.due_time(T0 + timedelta(hours=5), slot_start) == "15:00"
     assert labels.due_time(T0 - timedelta(hours=3), slot_start) == "07:00"  # 23:00 UTC: the 25th in Guangzhou
     assert labels.due_time(T0 - timedelta(hours=12), slot_start) == "11-24 22:00"
+
+
+def test_a_notice_s_recipient_an_audited_photo_item_and_a_cancelled_appointment_in_the_page_s_words(client, desk):
+    """Noticed in review: a notice went "To: B" where the parties panel says 乙方, the audit read "Photo item: 4"
+    with no name, and a cancelled appointment read 已撤销, the word for a case the driver withdrew."""
+    sign_in(client, "th")
+    post_form(client, desk["case_no"], "retake", item="4", reason="glare", deadline_minutes="60")
+    for lang in ("zh", "en"):
+        client.set_cookie("desk_lang", lang)
+        page = client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True)
+        notices, audit = section(page, "notices-title"), section(page, "audit-title")
+        assert f"{text('desk.case.party_b', lang)} ({text('desk.language.zh', lang)})" in notices
+        assert not re.search(r"(?<!Party )\b[AB] \(", notices)
+        item = text("desk.case.photo_item", lang, item=4, name=text("desk.checklist.plate_b", lang))
+        assert f"{text('desk.form.item', lang)}{'：' if lang == 'zh' else ': '}{item}" in audit
+    client.set_cookie("desk_lang", "zh")
+    post_form(client, desk["case_no"], "cancel", reason="车辆已送修")
+    appointment = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "appointment-title")
+    assert "预约状态 已取消" in appointment and "已撤销" not in appointment
+
+
+def test_an_item_beyond_what_the_page_knows_shows_as_its_number(app):
+    with app.test_request_context():
+        (known,) = labels.audit_changes(None, {"item": 3}, items={3: "plate_a"})
+        (unknown,) = labels.audit_changes(None, {"item": 9}, items={3: "plate_a"})
+    assert (known.after, unknown.after) == ("3. 甲方车牌", "9")
