@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -192,7 +193,7 @@ class Settings(BaseSettings):
     def _collect_templates(cls, values: Any) -> Any:
         if isinstance(values, dict):
             values = {**values, "templates": _prefixed(values, TEMPLATE_PREFIX, NOTICE_KINDS),
-                      "sms_templates": _prefixed(values, SMS_TEMPLATE_PREFIX, sorted(MUST_READ))}
+                      "sms_templates": _sms_template_ids(_prefixed(values, SMS_TEMPLATE_PREFIX, sorted(MUST_READ)))}
         return values
 
     # -- single values, in field order: a check may read the fields declared before it ------
@@ -394,6 +395,18 @@ def _prefixed(values: Mapping[str, Any], prefix: str, kinds: Sequence[str]) -> d
                 hint = f"; did you mean {prefix}{near[0].upper()}?" if near else ""
                 raise SettingRefused(name, f"no notice is of the kind {kind.upper()!r}{hint}; the kinds are {listed}")
             found[kind] = str(value)
+    return found
+
+
+def _sms_template_ids(found: dict[str, str]) -> dict[str, str]:
+    """Tencent Cloud's TemplateId is the number the SMS console gives an approved template: anything else (a name,
+    the template's text, a WeChat template id pasted into the wrong variable) would be refused at the first must-read
+    notice, and that notice left waiting for the person (review: not checked)."""
+    for kind, value in found.items():
+        if not re.fullmatch(r"[0-9]{1,20}", value):
+            raise SettingRefused(SMS_TEMPLATE_PREFIX + kind.upper(),
+                                 f"{value!r} is not a template ID: give the number the SMS console shows for the "
+                                 "approved template (digits only, e.g. 1234567)")
     return found
 
 

@@ -497,9 +497,9 @@ def test_weak_keys_are_fine_outside_production(tmp_path):
 
 
 def test_prefixed_variables_become_template_ids(tmp_path):
-    settings = load_settings({"SMS_TEMPLATE_BOOKED": "sms-1"}, environ={
+    settings = load_settings({"SMS_TEMPLATE_BOOKED": "1400101"}, environ={
         "DATA_DIR": str(tmp_path), "WECHAT_TEMPLATE_REMINDER": "tpl-2", "WECHAT_TEMPLATE_BOOKED": " ", **SMS_FOUR})
-    assert settings.sms_template_for("BOOKED") == "sms-1" and settings.sms_template_for("reminder") is None
+    assert settings.sms_template_for("BOOKED") == "1400101" and settings.sms_template_for("reminder") is None
     assert settings.template_for("reminder") == "tpl-2" and settings.template_for("booked") is None
 
 
@@ -520,6 +520,14 @@ def test_an_sms_template_for_a_notice_never_sent_by_sms_is_refused(tmp_path, kin
                                             "must-read ones do: BOOKED, CANCELLED"):
         load_settings(environ={"DATA_DIR": str(tmp_path), **SMS_FOUR, f"SMS_TEMPLATE_{kind}": "1400100"})
     assert load_settings(environ={"DATA_DIR": str(tmp_path), f"WECHAT_TEMPLATE_{kind}": "tpl-1"}).template_for(kind)
+
+
+@pytest.mark.parametrize("value", ["booked-notice", "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY", " 1234567", "12 34"])
+def test_an_sms_template_id_is_the_console_s_number(tmp_path, value):
+    """A name, or a WeChat template id in the wrong variable, would be refused by Tencent Cloud at the first
+    must-read notice (review: not checked)."""
+    with pytest.raises(SettingsError, match=r"^SMS_TEMPLATE_BOOKED: '.*' is not a template ID: .*digits only"):
+        load_settings(environ={"DATA_DIR": str(tmp_path), **SMS_FOUR, "SMS_TEMPLATE_BOOKED": value})
 
 
 def test_the_sms_sign_is_given_without_its_brackets(tmp_path):
