@@ -498,6 +498,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, environ: Mappin
     fields = Settings.model_fields
     given = frozenset(name for name in (*environ, *overrides) if name in fields)
     misspelt = _misspelt(environ)
+    environ = {**environ, **{name: environ[name].strip() for name in _padded(environ)}}
     token = _LOADING.set(_Loading(environ, given))
     try:
         settings = Settings(**overrides)
@@ -541,6 +542,17 @@ def _misspelt(environ: Mapping[str, str]) -> list[str]:
         if near:
             lines.append(f"{name}: not a setting; did you mean {near[0]}?")
     return lines
+
+
+def _padded(environ: Mapping[str, str]) -> list[str]:
+    """The settings given with spaces or a line break around their value (pasted, or an env file's ``NAME= x``), to
+    be read without them, as the numbers, words and lists always were. Each URL's parser treated them its own way
+    (review): a database file or a bucket named with a trailing space, a Redis URL whose database "is not a number".
+    Not SECRET_KEY: production refuses a key pasted so, as the key in use would not be the one written down."""
+    names = {*Settings.model_fields} - {"SECRET_KEY"}
+    return [name for name in environ
+            if (name in names or name.startswith((TEMPLATE_PREFIX, SMS_TEMPLATE_PREFIX)))
+            and environ[name] != environ[name].strip()]
 
 
 def _development_secret(data_dir: Path) -> str:

@@ -235,6 +235,13 @@ def test_an_empty_wechat_token_is_refused_in_every_environment(tmp_path, app_env
     ("AUTO_MIGRATE", "yes", True),
     ("PHOTO_CHECKLIST", " scene , plate_a,plate_b ", ("scene", "plate_a", "plate_b")),
     ("PHOTO_CHECKLIST", "scene,plate_a,plate_b,", ("scene", "plate_a", "plate_b")),  # a trailing comma
+    # Spaces around a URL or a name are dropped as around a number (review: a bucket "evidence ", a database file
+    # "x.db ", a Redis URL whose database "is not a number", an S3 endpoint with a "bad port").
+    ("STORAGE_URL", " s3://evidence ", "s3://evidence"),
+    ("DATABASE_URL", "sqlite:////srv/x.db ", "sqlite:////srv/x.db"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/0 ", "redis://127.0.0.1:6379/0"),
+    ("S3_ENDPOINT_URL", "http://127.0.0.1:9000\n", "http://127.0.0.1:9000"),
+    ("WECHAT_TOKEN", " push-token ", "push-token"),
 ])
 def test_well_formed_values_are_accepted(tmp_path, name, value, expected):
     settings = load_settings(environ={"DATA_DIR": str(tmp_path), name: value})
@@ -522,12 +529,18 @@ def test_an_sms_template_for_a_notice_never_sent_by_sms_is_refused(tmp_path, kin
     assert load_settings(environ={"DATA_DIR": str(tmp_path), f"WECHAT_TEMPLATE_{kind}": "tpl-1"}).template_for(kind)
 
 
-@pytest.mark.parametrize("value", ["booked-notice", "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY", " 1234567", "12 34"])
+@pytest.mark.parametrize("value", ["booked-notice", "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY", "12 34"])
 def test_an_sms_template_id_is_the_console_s_number(tmp_path, value):
     """A name, or a WeChat template id in the wrong variable, would be refused by Tencent Cloud at the first
     must-read notice (review: not checked)."""
     with pytest.raises(SettingsError, match=r"^SMS_TEMPLATE_BOOKED: '.*' is not a template ID: .*digits only"):
         load_settings(environ={"DATA_DIR": str(tmp_path), **SMS_FOUR, "SMS_TEMPLATE_BOOKED": value})
+
+
+def test_a_template_id_is_read_without_the_spaces_around_it(tmp_path):
+    settings = load_settings(environ={"DATA_DIR": str(tmp_path), **SMS_FOUR, "SMS_TEMPLATE_BOOKED": " 1234567\n",
+                                      "WECHAT_TEMPLATE_BOOKED": "tpl-1 "})
+    assert (settings.sms_template_for("booked"), settings.template_for("booked")) == ("1234567", "tpl-1")
 
 
 def test_the_sms_sign_is_given_without_its_brackets(tmp_path):
