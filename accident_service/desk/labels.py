@@ -64,9 +64,9 @@ def appointment_status(code: str, language: str | None = None) -> str:
     return messages.text(key, language or current_language()) if key in catalogue() else status(code, language)
 
 
-def party(role: str) -> str:
-    """A party by its role ("A") as the parties panel names it (甲方（报案人）); anything else as it is."""
-    return t(_PARTIES[role]) if role in _PARTIES else role
+def party(role: str | None) -> str:
+    """A party by its role ("A") within a line: 甲方, Party A; anything else (none: "-") as it is."""
+    return t(f"desk.party.{role}") if role in _PARTIES else role or "-"
 
 
 def refusal_key(refused: TransitionRefused | SlotUnavailable) -> str:
@@ -107,7 +107,7 @@ def audit_actor(actor_type: str, actor: str | None) -> str:
     """Who made an audit entry: a party by its role, staff by name (an API token as such, not as an officer), the
     system."""
     if actor_type == "party" and actor in _PARTIES:
-        return party(actor)
+        return t(_PARTIES[actor])
     if actor_type == "staff" and actor and actor.startswith(API_TOKEN_ACTOR_PREFIX):
         return t("desk.audit.actor.token", name=actor.removeprefix(API_TOKEN_ACTOR_PREFIX))
     if actor_type in _ACTORS:

@@ -149,7 +149,8 @@ def test_photo_items_in_the_officer_s_words_and_a_deadline_of_another_day_with_i
     client.set_cookie("desk_lang", "en")
     sign_in(client, "th")
     page = html.unescape(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True))
-    assert "3. Party A's plate (A)" in page and "4. Party B's plate (B)" in page and "your car's plate" not in page
+    assert "3. Party A's plate (Party A)" in page and "4. Party B's plate (Party B)" in page
+    assert "your car's plate" not in page
     post_form(client, desk["case_no"], "retake", item="4", reason="glare", deadline_minutes=str(16 * 60))
     parties = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "parties-title")
     assert "Owes photo 4, due 11-26 02:00" in parties  # 16 hours on: the next day
@@ -160,16 +161,20 @@ def test_photo_items_in_the_officer_s_words_and_a_deadline_of_another_day_with_i
 
 
 def test_a_notice_s_recipient_an_audited_photo_item_and_a_cancelled_appointment_in_the_page_s_words(client, desk):
-    """Noticed in review: a notice went "To: B" where the parties panel says 乙方, the audit read "Photo item: 4"
-    with no name, and a cancelled appointment read 已撤销, the word for a case the driver withdrew."""
+    """Noticed in review: a notice went "To: B" and a photo "A方拍摄" where the parties are 甲方 and 乙方, the audit
+    read "Photo item: 4" with no name, and a cancelled appointment read 已撤销, the word for a case the driver
+    withdrew."""
     sign_in(client, "th")
     post_form(client, desk["case_no"], "retake", item="4", reason="glare", deadline_minutes="60")
     for lang in ("zh", "en"):
         client.set_cookie("desk_lang", lang)
         page = client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True)
         notices, audit = section(page, "notices-title"), section(page, "audit-title")
-        assert f"{text('desk.case.party_b', lang)} ({text('desk.language.zh', lang)})" in notices
+        assert f"{text('desk.party.B', lang)} ({text('desk.language.zh', lang)})" in notices
         assert not re.search(r"(?<!Party )\b[AB] \(", notices)
+        photos = section(page, "photos-title")
+        assert text("desk.case.photo_by", lang, party=text("desk.party.A", lang)) in photos
+        assert not re.search(r"[AB]方|by party", photos)  # "A方拍摄": the parties are 甲方 and 乙方 in Chinese
         item = text("desk.case.photo_item", lang, item=4, name=text("desk.checklist.plate_b", lang))
         assert f"{text('desk.form.item', lang)}{'：' if lang == 'zh' else ': '}{item}" in audit
     client.set_cookie("desk_lang", "zh")
