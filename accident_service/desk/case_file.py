@@ -110,8 +110,9 @@ class CaseFile:
     actions: frozenset[str]
 
     @property
-    def audit_items(self) -> dict[int, str]:
-        """The photo items the audit may name, by number: their checklist codes ("extra" beyond the checklist)."""
+    def item_codes(self) -> dict[int, str]:
+        """The photo items the page may name (the audit's, a retake owed), by number: their checklist codes ("extra"
+        beyond the checklist)."""
         return {**{photo.item: photo.code for photo in self.photos if photo.item},
                 **{entry.item: entry.code for entry in self.checklist}}
 

@@ -167,6 +167,12 @@ class _Named:
     items: Mapping[int, str]  # photo item -> its checklist code
 
 
+def photo_item(item: int, codes: Mapping[int, str]) -> str:
+    """A photo item with its name ("4. Party B's plate") as ``codes`` (item -> checklist code) knows it; by its
+    number alone when it does not."""
+    return t("desk.case.photo_item", item=item, name=checklist_item(codes[item])) if item in codes else str(item)
+
+
 def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str, named: _Named) -> Change:
     label = text_or(_FIELD_LABELS.get(name, f"desk.audit.field.{name}"), name)
     if name in before and name in after and before[name] == after[name]:
@@ -182,8 +188,8 @@ def _value(field: str, value: Any, zone: str, named: _Named) -> str:
         return "-"
     if field == "slot_id" and value in named.slots:
         return named.slots[value]
-    if field == "item" and value in named.items:
-        return t("desk.case.photo_item", item=value, name=checklist_item(named.items[value]))
+    if field == "item" and isinstance(value, int):
+        return photo_item(value, named.items)
     if field in _TIMES and isinstance(value, str):  # stored in UTC, ISO 8601 (cases.facts.utc_text, isoformat)
         try:
             return local_time(datetime.fromisoformat(value), zone, "%m-%d %H:%M")

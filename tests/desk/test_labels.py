@@ -153,7 +153,7 @@ def test_photo_items_in_the_officer_s_words_and_a_deadline_of_another_day_with_i
     assert "your car's plate" not in page
     post_form(client, desk["case_no"], "retake", item="4", reason="glare", deadline_minutes=str(16 * 60))
     parties = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "parties-title")
-    assert "Owes photo 4, due 11-26 02:00" in parties  # 16 hours on: the next day
+    assert "Owes “4. Party B's plate”, due 11-26 02:00" in parties  # 16 hours on: the next day; the item named
     slot_start = T0.astimezone(ZoneInfo("Asia/Shanghai")) + timedelta(hours=4)  # 11-25 14:00 in Guangzhou
     assert labels.due_time(T0 + timedelta(hours=5), slot_start) == "15:00"
     assert labels.due_time(T0 - timedelta(hours=3), slot_start) == "07:00"  # 23:00 UTC: the 25th in Guangzhou
