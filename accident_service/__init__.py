@@ -90,12 +90,13 @@ def _bare_app(settings: Settings, runtime: Runtime, app_class: type[Flask]) -> F
 
 
 class _RunOnceMoreAfterALostConnection(Flask):
-    """Flask, where a request whose database connection died before it committed anything runs once more, whole
+    """Flask, where a request whose database connection died before it committed a write runs once more, whole
     (its before-request hooks, which load the signed-in officer or the API caller, and its view), on a fresh
     connection: a restart or a failover answers the caller, not 503 (accident_service.db). Once: a second loss is
-    the database's outage, answered 503 by the error mapping. Every unit of work counts as a commit, one that only
-    read too, and the officer's and the API caller's are looked up in one before the view runs: what runs again is
-    in practice a request whose connection was dead when it started, the case of a restart (review)."""
+    the database's outage, answered 503 by the error mapping. A unit of work that only read (the officer's or the
+    caller's look-up before the view, a page's queries) keeps nothing, so a page or a refused action lost after it
+    runs again too; one lost after a write was committed does not (acceptance pass: every request lost after the
+    sign-in's look-up was answered 503)."""
 
     def full_dispatch_request(self):
         with commits_watched():

@@ -10,7 +10,7 @@ meanwhile is dropped at checkout by a look at its socket (no round trip); one
 that dies while the pool is busy fails its statement, and
 :func:`run_in_transaction` runs the transaction once more on a fresh
 connection when nothing can have been committed. A web request whose
-connection dies under an ORM unit of work before it committed anything runs
+connection dies under an ORM unit of work before it committed a write runs
 once more, whole (:func:`lost_before_anything_was_committed`, used by the app
 factory). A database that stays unreachable raises :class:`DatabaseUnavailable`
 (HTTP 503, mapped once in the app factory).
@@ -125,6 +125,7 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
         engine = create_engine(url, echo=echo, hide_parameters=True,
                                connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False})
         _configure_sqlite(engine)
+        event.listen(engine, "before_cursor_execute", _note_a_write)
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS}
     if answer_within is not None:
@@ -137,6 +138,8 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
                            connect_args=connect_args, **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _drop_if_the_server_hung_up)
+    if not autocommit:  # run_in_transaction counts every statement of the autocommit engine's as a commit
+        event.listen(engine, "before_cursor_execute", _note_a_write)
     if answer_within is not None:
         event.listen(engine, "do_connect", _connect_with_a_deadline(answer_within + ANSWER_BACKSTOP_SECONDS))
     return engine
@@ -236,10 +239,15 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 class _Commits:
-    """Whether anything of the work being watched may have been committed: a unit of work sent its COMMIT, or
-    :func:`run_in_transaction` ran (its single statements commit as they run)."""
+    """Whether anything of the work being watched may have been committed: a unit of work that wrote sent its
+    COMMIT, or :func:`run_in_transaction` ran (its single statements commit as they run)."""
 
     attempted = False
+    wrote = False  # a statement other than a read ran: from then on a COMMIT may keep something
+
+
+#: Statements that keep nothing once committed: reads (with their row locks), and the transaction's own.
+_KEEPS_NOTHING = re.compile(r"\s*(SELECT|BEGIN|SAVEPOINT|RELEASE|ROLLBACK|SHOW|SET|PRAGMA)\b", re.IGNORECASE)
 
 
 _COMMITS: contextvars.ContextVar[_Commits | None] = contextvars.ContextVar("commits", default=None)
@@ -262,11 +270,19 @@ def _committing() -> None:
         commits.attempted = True
 
 
+def _note_a_write(_connection, _cursor, statement: str, _parameters, _context, _executemany) -> None:
+    """Anything but a read counts (a ``WITH`` too, which may hold an INSERT): conservative, as it only ever costs
+    a request its second run."""
+    commits = _COMMITS.get()
+    if commits is not None and not commits.wrote and not _KEEPS_NOTHING.match(statement):
+        commits.wrote = True
+
+
 def lost_before_anything_was_committed(exc: BaseException) -> bool:
     """Whether the work watched by :func:`commits_watched` may run once more, whole, on a fresh connection: ``exc``
     is its connection lost (a server restart, a failover, ``pg_terminate_backend``; also a pooled connection
-    that died a moment after it was last used, which no look at its socket at checkout catches) and none of the
-    work's commits has been attempted, so nothing of it can have been kept. A connection lost during a COMMIT
+    that died a moment after it was last used, which no look at its socket at checkout catches) and the work has
+    attempted no COMMIT after a write, so nothing of it can have been kept. A connection lost during such a COMMIT
     leaves open whether it was kept: never run again. Nor one closed here because the server did not answer in
     time (``DATABASE_ANSWER_TIMEOUT_SECONDS``): a hung server would hold the request a second time, where one
     wait was what it was to cost. Pool pre-ping would cost every checkout a round trip."""
@@ -282,7 +298,13 @@ def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     session = session_factory()
     try:
         yield session
-        _committing()
+        session.flush()  # the writes the COMMIT would send, seen before it (_note_a_write)
+        commits = _COMMITS.get()
+        if commits is not None and commits.wrote:
+            # A unit of work that only read (the officer's or the API caller's look-up, a page's queries) keeps
+            # nothing: a request lost after it may still run again whole (acceptance pass: every page lost after
+            # the sign-in's look-up was answered 503).
+            commits.attempted = True
         session.commit()
     except BaseException:
         session.rollback()

@@ -747,6 +747,25 @@ def counted_app(runtime, database_url):
             lose_the_connection(session)
         return jsonify(runs=len(runs))
 
+    @app.get("/test-lost-after-a-read")  # as a desk page is, after the officer's look-up
+    def _lost_after_a_read():
+        runs.append("read")
+        with runtime.unit_of_work() as session:
+            session.scalar(text("SELECT count(*) FROM audit_event"))
+        with runtime.unit_of_work() as session:
+            if len(runs) == 1:
+                lose_the_connection(session)
+        return jsonify(runs=len(runs))
+
+    @app.get("/test-lost-after-a-core-write")  # a write the ORM does not see: a statement of its own
+    def _lost_after_a_core_write():
+        runs.append("write")
+        with runtime.unit_of_work() as session:
+            session.execute(text("UPDATE audit_event SET actor = actor WHERE id = -1"))
+        with runtime.unit_of_work() as session:
+            lose_the_connection(session)
+        return jsonify(runs=len(runs))
+
     @app.get("/test-lost-every-time")
     def _lost_every_time():
         runs.append("read")
@@ -770,6 +789,45 @@ def test_a_request_that_committed_before_its_connection_died_is_not_run_again(co
     assert answer.status_code == 503 and answer.json["code"] == "database_unavailable"
     assert counted_app.test_runs == ["write"]
     assert audit_rows(runtime.session_factory, "committed-once") == 1  # kept once, not twice
+
+
+@postgres_only
+def test_a_request_lost_after_a_unit_of_work_that_only_read_runs_once_more(counted_app):
+    """Acceptance pass: a desk page or an API call lost after the officer's or the caller's look-up (a unit of
+    work that only read, and committed) was answered 503 with the database back up."""
+    answer = counted_app.test_client().get("/test-lost-after-a-read")
+    assert answer.status_code == 200 and answer.json == {"runs": 2}
+
+
+@postgres_only
+def test_a_request_lost_after_committing_a_write_of_its_own_statement_is_not_run_again(counted_app):
+    answer = counted_app.test_client().get("/test-lost-after-a-core-write")
+    assert answer.status_code == 503 and counted_app.test_runs == ["write"]
+
+
+@postgres_only
+def test_a_desk_page_lost_after_the_officer_s_look_up_is_answered(runtime, database_url):
+    """From outside, as the acceptance pass met it: the page's own query meets a connection the server ended."""
+    from tests.desk.conftest import sign_in
+    from tests.desk.factories import seed_desk
+
+    desk = seed_desk(runtime)
+    app = create_app(runtime=runtime)
+    ended = []
+
+    @event.listens_for(runtime.engine, "before_cursor_execute")
+    def _end_it_under_the_case_query(connection, _cursor, statement, *_):
+        if not ended and "FROM accident_case" in statement and "case_no" in statement:
+            ended.append(connection.connection.dbapi_connection.info.backend_pid)
+            terminate(database_url, ended[0])
+
+    try:
+        client = app.test_client()
+        assert sign_in(client, "th").status_code == 303
+        assert client.get(f"/desk/cases/{desk['case_no']}").status_code == 200
+        assert ended  # it did meet the ended connection
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", _end_it_under_the_case_query)
 
 
 @postgres_only
