@@ -139,6 +139,15 @@ def _translated_errors() -> Iterator[None]:
         raise WeChatApiError(None, str(exc), retryable=True, ours=True) from exc
 
 
+def _answer_field(result: dict[str, Any], name: str, endpoint: str) -> str:
+    """The text field ``name`` of a successful answer; an answer without it is the platform's fault, retried as
+    an unreadable body is (a fault pass: a KeyError and its traceback at ERROR, every try)."""
+    value = result.get(name)
+    if not isinstance(value, str) or not value:
+        raise WeChatApiError(None, f"{endpoint}: the answer has no {name}", retryable=True)
+    return value
+
+
 _QUERY = re.compile(r"\?[^\s'\")]*")
 
 
@@ -191,8 +200,9 @@ class GatewayClient(WeChatClient):
         if result.get("errcode"):
             raise WeChatClientException(result["errcode"], result.get("errmsg", ""), client=self,
                                         request=res.request, response=res)
+        token = _answer_field(result, "access_token", "stable_token")
         expires_in = int(result.get("expires_in", 7200))
-        self.session.set(self.access_token_key, result["access_token"], expires_in)
+        self.session.set(self.access_token_key, token, expires_in)
         self.expires_at = int(time.time()) + expires_in
         return result
 
@@ -266,7 +276,7 @@ class WeChatApi:
         result = self._post_json("qrcode/create", {
             "expire_seconds": int(expire_seconds), "action_name": "QR_STR_SCENE",
             "action_info": {"scene": {"scene_str": scene_str}}})
-        ticket = result["ticket"]
+        ticket = _answer_field(result, "ticket", "qrcode/create")
         return QrCode(ticket=ticket, url=result.get("url", ""),
                       expire_seconds=int(result.get("expire_seconds", expire_seconds)),
                       image_url=self.client.qrcode_image_url(ticket))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -315,3 +317,51 @@ def test_a_transport_error_does_not_carry_the_access_token(emulator: WeChatEmula
         assert caught.value.retryable and caught.value.errcode is None
         assert caught.value.errmsg.startswith("transport error: ") and "127.0.0.1" in caught.value.errmsg
         assert token not in caught.value.errmsg and "access_token" not in caught.value.errmsg
+
+
+@pytest.fixture
+def answers_without_fields() -> Iterator[dict[str, dict]]:
+    """A platform on loopback that answers 200 with the JSON a test sets per path (not the emulator: the real
+    platform is not documented to do this, so the emulator does not)."""
+    answers: dict[str, dict] = {"/cgi-bin/stable_token": {"access_token": "TOKEN-1", "expires_in": 7200}}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps(answers.get(self.path.split("?")[0], {"errcode": 0, "errmsg": "ok"})).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    answers["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/"  # type: ignore[assignment]
+    try:
+        yield answers
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_an_answer_without_what_was_asked_for_is_a_retryable_platform_error(answers_without_fields) -> None:
+    """An operator's fault pass: a 200 without a ticket raised KeyError, logged with its traceback at ERROR on
+    every try."""
+    client = GatewayClient(APPID, SECRET, api_base_url=answers_without_fields["base_url"], timeout=2,
+                           token_store=LocalTokenStore())
+    with pytest.raises(WeChatApiError, match="qrcode/create: the answer has no ticket") as caught:
+        WeChatApi(client).create_join_qrcode("join:1", 60)
+    assert caught.value.retryable and caught.value.errcode is None
+
+    answers_without_fields["/cgi-bin/stable_token"] = {"errcode": 0, "errmsg": "ok"}
+    client = GatewayClient(APPID, SECRET, api_base_url=answers_without_fields["base_url"], timeout=2,
+                           token_store=LocalTokenStore())
+    with pytest.raises(WeChatApiError, match="stable_token: the answer has no access_token") as caught:
+        WeChatApi(client).send_text("o-a", "x")
+    assert caught.value.retryable
