@@ -26,6 +26,7 @@ the limit protects capacity, never at the cost of a push.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import logging
 import threading
@@ -78,7 +79,8 @@ class IntakeLimits:
     def __init__(self, settings: Settings) -> None:
         self._limits: list[Window] = [(count, seconds) for count, seconds in (
             (settings.WECHAT_MEDIA_PER_MINUTE, 60.0), (settings.WECHAT_MEDIA_PER_HOUR, 3600.0)) if count]
-        self._windows = _RedisWindows(settings.REDIS_URL) if settings.REDIS_URL else _ProcessWindows()
+        self._windows = (_RedisWindows(settings.REDIS_URL, settings.SECRET_KEY) if settings.REDIS_URL
+                         else _ProcessWindows())
 
     def take_turn(self, msg_type: str, openid: str, now: datetime) -> Turn | None:
         """A costly push's turn, counted; None for a push the limits do not count.
@@ -127,26 +129,30 @@ return tostring(turn - now)
 
 
 class _RedisWindows:
-    def __init__(self, redis_url: str) -> None:
+    """The windows in Redis, shared by every web process; a sender's key names them by a keyed hash of their
+    openid (SECRET_KEY, the same in every instance), not the openid: the logs mask openids, and Redis is read
+    by other tools (an operator's pass found them in the key names)."""
+
+    def __init__(self, redis_url: str, secret_key: str) -> None:
         import redis
 
         self._client = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
                                             socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
         self._take_turn = self._client.register_script(_TAKE_TURN)
+        self._hash_key = hashlib.sha256(f"intake-limits:{secret_key}".encode()).digest()
+
+    def key(self, openid: str) -> str:
+        return f"{KEY_PREFIX}:{hashlib.blake2b(openid.encode(), key=self._hash_key, digest_size=16).hexdigest()}"
 
     def take_turn(self, limits: Sequence[Window], openid: str) -> tuple[float, str]:
         """Seconds until the push's turn in the sender's windows (0.0: now), the turn counted; and its name."""
         member = uuid.uuid4().hex
-        wait = float(self._take_turn(keys=[_key(openid)],
+        wait = float(self._take_turn(keys=[self.key(openid)],
                                      args=[member, _turns_kept(limits), *itertools.chain.from_iterable(limits)]))
         return max(0.0, wait), member
 
     def give_back(self, openid: str, member: str) -> None:
-        self._client.zrem(_key(openid), member)
-
-
-def _key(openid: str) -> str:
-    return f"{KEY_PREFIX}:{openid}"
+        self._client.zrem(self.key(openid), member)
 
 
 class _ProcessWindows:

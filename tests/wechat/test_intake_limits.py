@@ -236,8 +236,18 @@ def test_with_redis_the_windows_outlive_the_last_turn_by_the_longest_window(sett
             send(client, image_message(sender))
     finally:
         runtime.close()
-    ttl = redis.Redis.from_url("redis://127.0.0.1:6379/0").pttl(f"accident-service-limits:wechat-media:{sender}")
+    key = runtime_windows_key(runtime, sender)
+    assert sender not in key  # an openid is not written into Redis's key names (operator's pass)
+    ttl = redis.Redis.from_url("redis://127.0.0.1:6379/0").pttl(key)
     assert 3 * 3600 * 1000 - 60_000 < ttl <= 3 * 3600 * 1000
+    assert not redis.Redis.from_url("redis://127.0.0.1:6379/0").keys(f"*{sender}*")
+
+
+def runtime_windows_key(runtime, openid: str) -> str:
+    """The Redis key of ``openid``'s windows, as every web process of ``runtime``'s settings names it."""
+    from accident_service.wechat import intake_limits
+
+    return intake_limits._RedisWindows(runtime.settings.REDIS_URL, runtime.settings.SECRET_KEY).key(openid)
 
 
 def test_a_sender_whose_only_turn_was_given_back_does_not_stop_the_limits(monkeypatch):
@@ -274,7 +284,8 @@ def test_redis_counts_turns_by_its_clock_to_the_microsecond():
 
     from accident_service.wechat import intake_limits
 
-    windows, sender = intake_limits._RedisWindows("redis://127.0.0.1:6379/0"), f"oMicro{uuid.uuid4().hex[:12]}"
+    windows = intake_limits._RedisWindows("redis://127.0.0.1:6379/0", "a-secret-key")
+    sender = f"oMicro{uuid.uuid4().hex[:12]}"
     try:
         before_first = time.monotonic()
         assert windows.take_turn([(1, 2.0)], sender)[0] == 0.0
@@ -286,4 +297,4 @@ def test_redis_counts_turns_by_its_clock_to_the_microsecond():
         # whole seconds: 1.0 or 2.0, half a second off
         assert 2.0 - (after_second - before_first) - 0.05 <= wait <= 2.0 - (before_second - after_first) + 0.05
     finally:
-        redis.Redis.from_url("redis://127.0.0.1:6379/0").delete(intake_limits._key(sender))
+        redis.Redis.from_url("redis://127.0.0.1:6379/0").delete(windows.key(sender))
