@@ -125,7 +125,7 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
         engine = create_engine(url, echo=echo, hide_parameters=True,
                                connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False})
         _configure_sqlite(engine)
-        event.listen(engine, "before_cursor_execute", _note_a_write)
+        _watch_writes(engine)
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS}
     if answer_within is not None:
@@ -139,7 +139,7 @@ def make_engine(url: str, *, echo: bool = False, autocommit: bool = False,
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _drop_if_the_server_hung_up)
     if not autocommit:  # run_in_transaction counts every statement of the autocommit engine's as a commit
-        event.listen(engine, "before_cursor_execute", _note_a_write)
+        _watch_writes(engine)
     if answer_within is not None:
         event.listen(engine, "do_connect", _connect_with_a_deadline(answer_within + ANSWER_BACKSTOP_SECONDS))
     return engine
@@ -270,12 +270,27 @@ def _committing() -> None:
         commits.attempted = True
 
 
+def _watch_writes(engine: Engine) -> None:
+    """Every COMMIT on ``engine`` after a write counts for :func:`lost_before_anything_was_committed`, whichever
+    code sends it (a unit of work, the token store's own sessions). One after reads alone keeps nothing (the
+    officer's or the API caller's look-up, a page's queries): a request lost after it may still run again whole
+    (acceptance pass: every desk page and API call lost after the sign-in's look-up was answered 503)."""
+    event.listen(engine, "before_cursor_execute", _note_a_write)
+    event.listen(engine, "commit", _note_a_commit)
+
+
 def _note_a_write(_connection, _cursor, statement: str, _parameters, _context, _executemany) -> None:
     """Anything but a read counts (a ``WITH`` too, which may hold an INSERT): conservative, as it only ever costs
     a request its second run."""
     commits = _COMMITS.get()
     if commits is not None and not commits.wrote and not _KEEPS_NOTHING.match(statement):
         commits.wrote = True
+
+
+def _note_a_commit(_connection) -> None:
+    commits = _COMMITS.get()
+    if commits is not None and commits.wrote:
+        commits.attempted = True
 
 
 def lost_before_anything_was_committed(exc: BaseException) -> bool:
@@ -298,13 +313,6 @@ def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     session = session_factory()
     try:
         yield session
-        session.flush()  # the writes the COMMIT would send, seen before it (_note_a_write)
-        commits = _COMMITS.get()
-        if commits is not None and commits.wrote:
-            # A unit of work that only read (the officer's or the API caller's look-up, a page's queries) keeps
-            # nothing: a request lost after it may still run again whole (acceptance pass: every page lost after
-            # the sign-in's look-up was answered 503).
-            commits.attempted = True
         session.commit()
     except BaseException:
         session.rollback()

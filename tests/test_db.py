@@ -766,6 +766,16 @@ def counted_app(runtime, database_url):
             lose_the_connection(session)
         return jsonify(runs=len(runs))
 
+    @app.get("/test-lost-after-a-commit-of-its-own")  # a write committed outside a unit of work (the token store's)
+    def _lost_after_a_commit_of_its_own():
+        runs.append("write")
+        with runtime.session_factory() as session:
+            add_audit(session, "committed-by-its-own-session")
+            session.commit()
+        with runtime.unit_of_work() as session:
+            lose_the_connection(session)
+        return jsonify(runs=len(runs))
+
     @app.get("/test-lost-every-time")
     def _lost_every_time():
         runs.append("read")
@@ -803,6 +813,13 @@ def test_a_request_lost_after_a_unit_of_work_that_only_read_runs_once_more(count
 def test_a_request_lost_after_committing_a_write_of_its_own_statement_is_not_run_again(counted_app):
     answer = counted_app.test_client().get("/test-lost-after-a-core-write")
     assert answer.status_code == 503 and counted_app.test_runs == ["write"]
+
+
+@postgres_only
+def test_a_write_committed_outside_a_unit_of_work_counts_too(counted_app, runtime):
+    answer = counted_app.test_client().get("/test-lost-after-a-commit-of-its-own")
+    assert answer.status_code == 503 and counted_app.test_runs == ["write"]
+    assert audit_rows(runtime.session_factory, "committed-by-its-own-session") == 1
 
 
 @postgres_only
