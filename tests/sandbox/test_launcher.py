@@ -113,6 +113,16 @@ def test_a_text_goes_to_the_real_webhook_encrypted_and_its_answer_shows_in_the_p
     assert sandbox.wechat.reply_errors == []
 
 
+def test_the_phones_openids_are_masked_in_the_logs_as_real_ones_are(sandbox):
+    """An operator's pass found "oSandboxDriverA" whole in urllib3's DEBUG lines: not of the platform's shape."""
+    from accident_service.logs import mask_personal_data
+    from accident_service.sandbox.phones import EXTENSION_KEY as PHONES
+
+    for phone in sandbox.app.extensions[PHONES].phones.values():
+        line = f"GET /cgi-bin/user/info?access_token=x&openid={phone.openid}&lang=zh_CN"
+        assert phone.openid not in mask_personal_data(line)
+
+
 def run_sandbox_command(bind: str, cwd) -> subprocess.CompletedProcess:
     """``accident-service sandbox --bind BIND`` as a process, without the credentials that would refuse it."""
     return subprocess.run([sys.executable, "-c", "from accident_service.cli import main; main()", "sandbox",
