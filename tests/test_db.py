@@ -31,6 +31,7 @@ from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from tests.conftest import T0
 from tests.faults.test_database import terminate_web_backends
+from tests.support.live import wait_until
 from tests.support.pg_cut import postgres_through_a_proxy
 from tests.support.servers import free_port
 
@@ -42,6 +43,16 @@ def terminate(database_url: str, pid: int) -> None:
     try:
         with admin.connect() as connection:
             assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    finally:
+        admin.dispose()
+
+
+def backend_alive(database_url: str, pid: int) -> bool:
+    admin = make_engine(database_url)
+    try:
+        with admin.connect() as connection:
+            return bool(connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                                          {"pid": pid}))
     finally:
         admin.dispose()
 
@@ -830,19 +841,21 @@ def test_a_desk_page_lost_after_the_officer_s_look_up_is_answered(runtime, datab
 
     desk = seed_desk(runtime)
     app = create_app(runtime=runtime)
-    ended = []
+    asked = []
 
     @event.listens_for(runtime.engine, "before_cursor_execute")
     def _end_it_under_the_case_query(connection, _cursor, statement, *_):
-        if not ended and "FROM accident_case" in statement and "case_no" in statement:
-            ended.append(connection.connection.dbapi_connection.info.backend_pid)
-            terminate(database_url, ended[0])
+        if "FROM accident_case" in statement and "case_no" in statement:
+            asked.append(connection.connection.dbapi_connection.info.backend_pid)
+            if len(asked) == 1:
+                terminate(database_url, asked[0])
+                wait_until(lambda: not backend_alive(database_url, asked[0]), timeout=5)
 
     try:
         client = app.test_client()
         assert sign_in(client, "th").status_code == 303
         assert client.get(f"/desk/cases/{desk['case_no']}").status_code == 200
-        assert ended  # it did meet the ended connection
+        assert len(asked) == 2 and asked[0] != asked[1]  # met the ended connection, then ran again on a new one
     finally:
         event.remove(runtime.engine, "before_cursor_execute", _end_it_under_the_case_query)
 

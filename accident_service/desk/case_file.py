@@ -7,6 +7,7 @@ page never tells an officer that such a case exists.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -109,7 +110,7 @@ class CaseFile:
     checklist: tuple[ChecklistItem, ...]
     actions: frozenset[str]
 
-    @property
+    @functools.cached_property  # read for every audit row
     def item_codes(self) -> dict[int, str]:
         """The photo items the page may name (the audit's, a retake owed), by number: their checklist codes ("extra"
         beyond the checklist)."""
