@@ -23,17 +23,18 @@ from accident_service.web import EXTENSION_KEY, current_runtime
 #: memory counts take over, as when Redis refuses.
 REDIS_TIMEOUT_SECONDS = 0.5
 
-limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=False,
-                  in_memory_fallback_enabled=True, strategy="moving-window", key_prefix="desk-login")
-
-
-@limiter.request_filter
 def _not_sign_in() -> bool:
     """Only the sign-in form is limited: every other request (the webhook's hot path) skips the limiter's work."""
     return request.endpoint != "desk.login"
 
 
 def init_app(app: Flask) -> None:
+    """A limiter of this app's own, on the views :func:`throttled` marked (call it once they are registered).
+
+    Of its own: a Limiter keeps its storage, its storage options and whether that storage is down in itself, and
+    each app it is given replaces them. One shared by the apps of a process (the tests', two apps side by side)
+    gave an app the Redis of another, or its fallback: CI met a memory-storage app that "recovered" from the
+    Redis outage an earlier app had met, mid-test, its counts dropped."""
     settings = app.extensions[EXTENSION_KEY].settings
     # limits names a unix socket's URL redis+unix:// where redis-py (and the settings) say unix:// (review: the app
     # would not start with one).
@@ -42,7 +43,13 @@ def init_app(app: Flask) -> None:
     if settings.REDIS_URL:
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_timeout": REDIS_TIMEOUT_SECONDS,
                                                    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
+    limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=False,
+                      in_memory_fallback_enabled=True, strategy="moving-window", key_prefix="desk-login")
+    limiter.request_filter(_not_sign_in)
     limiter.init_app(app)
+    for endpoint, view in list(app.view_functions.items()):
+        if getattr(view, _THROTTLED, False):
+            app.view_functions[endpoint] = _limited(limiter, view)
 
 
 def _per_username() -> str:
@@ -68,8 +75,16 @@ def _failed(response) -> bool:
     return bool(g.get("desk_login_failed"))
 
 
+_THROTTLED = "desk_sign_in_throttled"
+
+
 def throttled(view):
-    """Both limits on a sign-in view (POST only)."""
+    """Marks a sign-in view: :func:`init_app` puts both limits on it (POST only), with the app's own limiter."""
+    setattr(view, _THROTTLED, True)
+    return view
+
+
+def _limited(limiter: Limiter, view):
     view = limiter.limit(_per_username, key_func=_typed_username, methods=["POST"], deduct_when=_failed,
                          scope="username")(view)
     return limiter.limit(_per_address, key_func=get_remote_address, methods=["POST"], deduct_when=_failed,

@@ -13,7 +13,7 @@ def init_app(app: Flask) -> None:
     from accident_service.desk.blueprint import bp
 
     sessions.init_app(app)
-    throttle.init_app(app)
     app.register_blueprint(bp)
+    throttle.init_app(app)  # on the views registered
     # Only the desk's pages send a signed-out visitor to the sign-in form; the JSON API answers 401.
     login_manager.blueprint_login_views["desk"] = "desk.login"

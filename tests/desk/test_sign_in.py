@@ -182,6 +182,20 @@ def test_a_redis_reached_by_a_unix_socket_holds_the_counts(settings_overrides, o
     assert sign_in(client, "th").status_code == 429
 
 
+def test_an_app_s_counts_are_its_own_whatever_another_app_of_the_process_met(settings_overrides, officers,
+                                                                             tmp_path):
+    """CI: one Limiter served every app of the process, and each app given to it replaced its storage, but not its
+    record that the storage was down. An app on memory storage, made after one whose Redis was down, counted in
+    the fallback; a second on, the limiter "recovered" onto the memory storage, and the counts were gone."""
+    down = create_app({**settings_overrides, "REDIS_URL": f"unix://{tmp_path}/nothing-here.sock?db=0"})
+    sign_in(down.test_client(), "th", "wrong-password")  # its Redis is down: its limiter falls back
+    client = create_app(settings_overrides).test_client()
+    for _ in range(3):
+        sign_in(client, "yx", "wrong-password")
+    time.sleep(1.1)  # past the first look the fallen-back limiter takes at its storage (2**0 s)
+    assert sign_in(client, "yx").status_code == 429
+
+
 @pytest.mark.parametrize(("proxies", "seen"), [(0, "10.0.0.1"), (1, "203.0.113.9")], ids=["direct", "one-proxy"])
 def test_behind_trusted_proxies_a_client_is_known_by_the_address_they_pass_on(settings_overrides, officers, runtime,
                                                                             proxies, seen):
