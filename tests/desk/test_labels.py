@@ -23,9 +23,13 @@ from tests.desk.test_views import post_form
 
 
 def section(page: str, title_id: str) -> str:
-    """The visible text of the page's panel headed ``title_id``, tags out, spaces squeezed."""
-    panel = page.split(f'aria-labelledby="{title_id}"')[1].split("</section>")[0]
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", panel)))
+    """The visible text of the page's panel headed ``title_id``."""
+    return visible_text(page.split(f'aria-labelledby="{title_id}"')[1].split("</section>")[0])
+
+
+def visible_text(page: str) -> str:
+    """``page``'s text, tags out, spaces squeezed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
 
 
 def test_the_audit_trail_says_what_happened_in_the_officers_language(client, desk, runtime):
@@ -177,6 +181,8 @@ def test_a_notice_s_recipient_an_audited_photo_item_and_a_cancelled_appointment_
         assert not re.search(r"[AB]方|by party", photos)  # "A方拍摄": the parties are 甲方 and 乙方 in Chinese
         item = text("desk.case.photo_item", lang, item=4, name=text("desk.checklist.plate_b", lang))
         assert f"{text('desk.form.item', lang)}{'：' if lang == 'zh' else ': '}{item}" in audit
+    sheet = visible_text(client.get(f"/desk/cases/{desk['case_no']}/sheet").get_data(as_text=True))
+    assert f"· {text('desk.party.B', 'en')}" in sheet and not re.search(r"· [AB]\b", sheet)  # the photos' takers
     client.set_cookie("desk_lang", "zh")
     post_form(client, desk["case_no"], "cancel", reason="车辆已送修")
     appointment = section(client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True), "appointment-title")
