@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from accident_service.sandbox.emulator import WeChatEmulator
+from tests.support.servers import http_handler_served
 
 APPID = "wx2c2769f8efd9abc2"
 SECRET = "emulator-secret"
@@ -70,17 +70,9 @@ def receiver() -> Iterator[Receiver]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/wechat"
-    try:
+    with http_handler_served(Handler) as server:
+        state.url = f"http://127.0.0.1:{server.server_address[1]}/wechat"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class PlatformClock:

@@ -34,7 +34,7 @@ from accident_service.models import InboundMessage, WorkStatus
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
 from accident_service.wechat.xml_gate import parse_inbound
-from tests.support.servers import free_port, serving
+from tests.support.servers import free_port, http_handler_served, serving
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -575,14 +575,9 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recording_api() -> Iterator[http.server.ThreadingHTTPServer]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
-    server.paths = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with http_handler_served(_RecordingHandler) as server:
+        server.paths = []  # type: ignore[attr-defined]
+        yield server
 
 
 @pytest.mark.parametrize("fixture", ["text.xml", "image.xml", "event_subscribe_scan.xml"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from PIL import Image
@@ -16,6 +15,7 @@ import accident_service.models  # noqa: F401  (registers wechat_token for the da
 from accident_service.sandbox.emulator import WeChatEmulator
 from accident_service.wechat_api.client import GatewayClient, MediaTooLarge, WeChatApi, WeChatApiError
 from accident_service.wechat_api.tokens import LocalTokenStore
+from tests.support.servers import http_handler_served
 
 APPID = "wx-client-test"
 SECRET = "client-secret"
@@ -338,16 +338,9 @@ def answers_without_fields() -> Iterator[dict[str, dict]]:
         def log_message(self, *_args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    answers["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/"  # type: ignore[assignment]
-    try:
+    with http_handler_served(Handler) as server:
+        answers["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/"  # type: ignore[assignment]
         yield answers
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_an_answer_without_what_was_asked_for_is_a_retryable_platform_error(answers_without_fields) -> None:
