@@ -167,10 +167,10 @@ class _Named:
     items: Mapping[int, str]  # photo item -> its checklist code
 
 
-def photo_item(item: int, codes: Mapping[int, str]) -> str:
-    """A photo item with its name ("4. Party B's plate") as ``codes`` (item -> checklist code) knows it; by its
-    number alone when it does not."""
-    return t("desk.case.photo_item", item=item, name=checklist_item(codes[item])) if item in codes else str(item)
+def photo_item(item: int, code: str | None) -> str:
+    """A photo item with its name ("4. Party B's plate"), its checklist ``code`` given; by its number alone
+    when the page does not know its code."""
+    return t("desk.case.photo_item", item=item, name=checklist_item(code)) if code else str(item)
 
 
 def _change(name: str, before: Mapping[str, Any], after: Mapping[str, Any], zone: str, named: _Named) -> Change:
@@ -189,7 +189,7 @@ def _value(field: str, value: Any, zone: str, named: _Named) -> str:
     if field == "slot_id" and value in named.slots:
         return named.slots[value]
     if field == "item" and isinstance(value, int):
-        return photo_item(value, named.items)
+        return photo_item(value, named.items.get(value))
     if field in _TIMES and isinstance(value, str):  # stored in UTC, ISO 8601 (cases.facts.utc_text, isoformat)
         try:
             return local_time(datetime.fromisoformat(value), zone, "%m-%d %H:%M")
