@@ -17,6 +17,7 @@ from accident_service.models import AuditEvent
 from tests.desk.conftest import sign_in
 from tests.desk.factories import PASSWORD, add_staff
 from tests.support.html_forms import form_to
+from tests.test_cli import run_cli
 
 
 @pytest.fixture
@@ -152,6 +153,31 @@ def test_failures_are_counted_in_redis_when_it_is_configured(runtime, settings_o
         assert sign_in(client, username).status_code == 429
         other_process = create_app({**settings_overrides, "REDIS_URL": "redis://127.0.0.1:6379/0"})
         assert sign_in(other_process.test_client(), username).status_code == 429  # shared, not per process
+    finally:
+        for key in store.scan_iter(match="*desk-login*"):
+            store.delete(key)
+        store.close()
+
+
+def test_the_readmes_command_unlocks_a_username_for_every_process(runtime, settings_overrides, officers):
+    """The README said ``limiter clear --key KEY``: given the username, Flask-Limiter printed "Cleared" and cleared
+    nothing (its keys carry the throttle's prefix). The documented form is run as an operator would."""
+    redis_url = "redis://127.0.0.1:6379/0"
+    app = create_app({**settings_overrides, "REDIS_URL": redis_url})
+    username = f"probe-{uuid.uuid4().hex[:8]}"
+    with runtime.unit_of_work() as session:
+        add_staff(session, runtime, username, "supervisor", None)
+    client = app.test_client()
+    store = redis.Redis.from_url(redis_url)
+    try:
+        for _ in range(3):
+            sign_in(client, username, "wrong-password")
+        assert sign_in(client, username).status_code == 429
+        env = {key: str(value) for key, value in settings_overrides.items()} | {"REDIS_URL": redis_url}
+        result = run_cli("limiter", "clear", "--endpoint", "desk.login", "--key", f"desk-login/{username}", "-y",
+                         env=env)
+        assert result.returncode == 0, result.stderr
+        assert sign_in(client, username).status_code == 303
     finally:
         for key in store.scan_iter(match="*desk-login*"):
             store.delete(key)
