@@ -6,6 +6,10 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+#: The service's home time zone: a station's unless its file names another, the day a case number carries, the
+#: nightly jobs' hours, a supervisor's "today" across stations.
+HOME_TIMEZONE = "Asia/Shanghai"
+
 
 class Clock(Protocol):
     def now(self) -> datetime:

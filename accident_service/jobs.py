@@ -19,6 +19,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from accident_service import metrics
+from accident_service.clock import HOME_TIMEZONE
 from accident_service.db import error_name, is_outage
 from accident_service.notify.channels import SEND_SERIES
 from accident_service.photos.checks import REJECTION_CODES
@@ -143,10 +144,10 @@ def build_scheduler(runtime: Runtime, *, worker_id: str | None = None,
         # (lapsed mid-send) for its own.
         scheduler.add_job(_guarded, "interval", seconds=seconds, args=(job, runtime, f"{worker_id}-{number}"),
                           id=job.__name__, name=job.__name__, **defaults)
-    scheduler.add_job(_guarded, CronTrigger(hour=2, minute=0, timezone="Asia/Shanghai"),
+    scheduler.add_job(_guarded, CronTrigger(hour=2, minute=0, timezone=HOME_TIMEZONE),
                       args=(generate_slots, runtime, worker_id), id="generate_slots", name="generate_slots",
                       **defaults)
-    scheduler.add_job(_guarded, CronTrigger(hour=3, minute=30, timezone="Asia/Shanghai"),
+    scheduler.add_job(_guarded, CronTrigger(hour=3, minute=30, timezone=HOME_TIMEZONE),
                       args=(purge_personal_data, runtime, worker_id), id="purge_personal_data",
                       name="purge_personal_data", **defaults)
     metrics.start_series(photo_rejections=REJECTION_CODES, sends=SEND_SERIES,  # the sweep checks photos too

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from accident_service.clock import HOME_TIMEZONE
 from accident_service.db import Base
 
 
@@ -107,7 +108,7 @@ class Station(Base):
     address: Mapped[str] = mapped_column(String(400))
     lat: Mapped[float] = mapped_column(Float)
     lng: Mapped[float] = mapped_column(Float)
-    timezone: Mapped[str] = mapped_column(String(64), default="Asia/Shanghai")
+    timezone: Mapped[str] = mapped_column(String(64), default=HOME_TIMEZONE)
     opening_hours: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     holidays: Mapped[list[str]] = mapped_column(JSON, default=list)
     closures: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

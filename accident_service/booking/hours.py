@@ -21,8 +21,10 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from accident_service.clock import HOME_TIMEZONE
+
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-DEFAULT_TIMEZONE = "Asia/Shanghai"
+DEFAULT_TIMEZONE = HOME_TIMEZONE
 MIN_SLOT_MINUTES = 5
 MAX_SLOT_MINUTES = 240
 _TICK = timedelta(microseconds=1)

@@ -13,10 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, bindparam, select, true
 from sqlalchemy.orm import Session, aliased, contains_eager, defer
 
+from accident_service.clock import HOME_TIMEZONE
 from accident_service.models import AuditEvent, Case, CaseStatus, Party, PartyRole, Photo, PhotoStatus
 from accident_service.settings import Settings
 
@@ -173,8 +175,11 @@ def mask(field: str, value: str | None) -> str | None:
 
 
 def new_case_no(session: Session, now: datetime) -> str:
+    # The home day, as the queue, the slots and the notices show it: a case reported at 02:30 in Guangzhou is that
+    # day's, not the day before's in UTC (an officer's pass met 20261207-… on a case of 12-08).
+    day = now.astimezone(ZoneInfo(HOME_TIMEZONE)).strftime("%Y%m%d")
     for _ in range(20):
-        candidate = now.strftime("%Y%m%d") + "-" + "".join(secrets.choice(_CASE_NO_ALPHABET) for _ in range(5))
+        candidate = day + "-" + "".join(secrets.choice(_CASE_NO_ALPHABET) for _ in range(5))
         if session.scalar(select(Case.id).where(Case.case_no == candidate)) is None:
             return candidate
     raise RuntimeError("could not find a free case number")

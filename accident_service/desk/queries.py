@@ -21,9 +21,10 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from accident_service.cases.service import mask
+from accident_service.clock import HOME_TIMEZONE
 from accident_service.models import Appointment, AppointmentStatus, Case, Party, PartyRole, Slot, Station
 
-DEFAULT_TIMEZONE = "Asia/Shanghai"  # Station.timezone's default: a supervisor's "today" when no station is chosen
+DEFAULT_TIMEZONE = HOME_TIMEZONE  # a supervisor's "today" when no station is chosen
 SHOWN_APPOINTMENTS = (AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED, AppointmentStatus.CHECKED_IN,
                       AppointmentStatus.COMPLETED, AppointmentStatus.NO_SHOW)
 #: What the counts bar shows and the status filter accepts, in the order of a desk's day.

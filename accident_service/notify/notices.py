@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from accident_service import messages
 from accident_service.cases import lifecycle
 from accident_service.cases.facts import NOTICE_KINDS, Visit
+from accident_service.clock import HOME_TIMEZONE
 from accident_service.notify.channels import Rendered
 
 
@@ -87,7 +88,7 @@ def sms_params(kind: str, facts: dict[str, Any], at: datetime) -> tuple[str, str
         moment = _stored_time(facts["starts_at"])
     else:
         moment = at
-    local = moment.astimezone(ZoneInfo(str(facts.get("timezone") or "Asia/Shanghai")))
+    local = moment.astimezone(ZoneInfo(str(facts.get("timezone") or HOME_TIMEZONE)))
     return case_ref, f"{local.month}月{local.day}日", f"{local:%H:%M}"
 
 
@@ -104,7 +105,7 @@ def _variant_key(base: str, variant: str) -> str:
 def _short_time(facts: dict[str, Any], at: datetime) -> str:
     """The visit's start (else the notice's time) as a template's time keyword shows it: "2026-11-25 14:00"."""
     moment = _stored_time(facts["starts_at"]) if facts.get("starts_at") else at
-    zone = ZoneInfo(str(facts.get("timezone") or "Asia/Shanghai"))
+    zone = ZoneInfo(str(facts.get("timezone") or HOME_TIMEZONE))
     return f"{moment.astimezone(zone):%Y-%m-%d %H:%M}"
 
 
@@ -124,7 +125,7 @@ def _params(facts: dict[str, Any], language: str) -> dict[str, str]:
         params["item_name"] = messages.text(f"checklist.{code}", language) \
             if f"checklist.{code}" in messages.catalogue() else code
     if facts.get("due_at"):
-        zone = ZoneInfo(str(facts.get("timezone") or "Asia/Shanghai"))
+        zone = ZoneInfo(str(facts.get("timezone") or HOME_TIMEZONE))
         params["due"] = f"{_stored_time(facts['due_at']).astimezone(zone):%H:%M}"
     if "liability" in facts:
         liability = str(facts["liability"])  # "A", "B", "shared" or "none": told as "you" or "the other driver"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -39,10 +39,17 @@ def _add_photo(runtime, case_id, item, sha256, status=PhotoStatus.ACCEPTED):
                           received_at=T0, warnings=[], capture_time_known=False))
 
 
+def test_a_case_number_carries_the_home_day_not_utcs(runtime):
+    with runtime.unit_of_work() as session:
+        case, _party, _created = cases.start_case(session, openid="oA", language="zh", settings=runtime.settings,
+                                                  now=datetime(2026, 12, 7, 18, 32, tzinfo=UTC))  # 02:32, 12-08
+        assert case.case_no.startswith("20261208-")
+
+
 def test_start_case_makes_a_draft_with_a_readable_number_and_a_join_code(runtime):
     case_id, case_no, join_code, role, created = _start(runtime)
     assert created and role is PartyRole.A
-    assert case_no.startswith(T0.strftime("%Y%m%d") + "-") and len(case_no) == 14
+    assert case_no.startswith(T0.strftime("%Y%m%d") + "-") and len(case_no) == 14  # 10:00 in Guangzhou
     assert not set(case_no[9:]) & set("01IO")  # nothing to mishear over the phone
     assert len(join_code) == 6 and join_code.isdigit()
     with runtime.unit_of_work() as session:
