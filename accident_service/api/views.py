@@ -15,20 +15,34 @@ from flask_smorest import Blueprint
 from flask_wtf.csrf import generate_csrf
 from marshmallow import RAISE, missing
 from sqlalchemy.orm import Session
-from webargs.flaskparser import FlaskParser
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from accident_service.api import listings, queries, writes
 from accident_service.api import schemas as s
 from accident_service.api.auth import authenticate, current_caller
 from accident_service.api.idempotency import request_hash
+from accident_service.errors import ServiceError
 from accident_service.models import Case, CaseStatus, Station
 from accident_service.web import current_runtime
+
+
+class NotJson(ServiceError):
+    """A body sent as something other than JSON. webargs reads such a body as none, so ``curl -d`` or text/plain
+    had its ``expected_version`` skipped and a stale action applied (acceptance pass): refused, not ignored."""
+
+    code = "unsupported_media_type"
+    http_status = 415
 
 
 class _Parser(FlaskParser):
     def _raw_load_json(self, req):
         # An empty body is no body (some clients always send Content-Type: application/json), not broken JSON.
-        return missing if not req.get_data(cache=True) else super()._raw_load_json(req)
+        if not req.get_data(cache=True):
+            return missing
+        if not is_json_request(req):
+            raise NotJson(f"Send the body as JSON (Content-Type: application/json), not {req.mimetype or 'untyped'}.",
+                          content_type=req.mimetype or None)
+        return super()._raw_load_json(req)
 
 
 class _Blueprint(Blueprint):
@@ -52,7 +66,7 @@ blp.before_request(authenticate)
 QUERY = {"location": "query", "unknown": RAISE}
 
 ERRORS = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT",
-          413: "REQUEST_ENTITY_TOO_LARGE", 422: "UNPROCESSABLE_ENTITY"}
+          413: "REQUEST_ENTITY_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 422: "UNPROCESSABLE_ENTITY"}
 
 
 def errors(*statuses: int):
@@ -192,8 +206,9 @@ def action(path: str, name: str, body: type, summary: str):
         return _act(case_no, name, header, params)
 
     view.__name__ = name
-    # 400: a body that is not JSON, or a desk session's write without its CSRF token; 413: over MAX_BODY_BYTES.
-    view = errors(400, 401, 403, 404, 409, 413, 422)(view)
+    # 400: a body that is broken JSON, or a desk session's write without its CSRF token; 413: over MAX_BODY_BYTES;
+    # 415: a body sent as something other than JSON.
+    view = errors(400, 401, 403, 404, 409, 413, 415, 422)(view)
     view = blp.response(200, s.CaseSummaryOut, description="the case after the action (or, for a retry, "
                                                             "the first answer: header Idempotent-Replayed)")(view)
     view = blp.arguments(body, required=body is not s.VersionBody)(view)

@@ -43,6 +43,27 @@ def test_a_body_over_the_cap_is_refused_unread_and_changes_nothing(api, client, 
     assert fits.status_code == 200
 
 
+def test_a_body_not_sent_as_json_is_refused_and_changes_nothing(api, client, seeded):
+    """Acceptance pass: ``curl -d`` (a form's type), text/plain or no type had the body read as none, so a stale
+    ``expected_version`` was never compared and the case was confirmed."""
+    case_no = seeded.cases["GZ-TH"][0]
+    before = api.get(f"/cases/{case_no}").json
+    stale = json.dumps({"expected_version": before["version"] - 1})
+    for number, content_type in enumerate(["application/x-www-form-urlencoded", "text/plain", None]):
+        headers = api.headers | {"Idempotency-Key": f"typed-{number}"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        details = assert_error(client.post(f"/api/v1/cases/{case_no}/confirm", data=stale, headers=headers), 415,
+                               "unsupported_media_type")["details"]
+        assert details == {"content_type": content_type}
+    assert api.get(f"/cases/{case_no}").json == before
+    as_json = client.post(f"/api/v1/cases/{case_no}/confirm", data=stale,
+                          headers=api.headers | {"Idempotency-Key": "typed-json", "Content-Type": "application/json"})
+    assert_error(as_json, 409, "stale_case")
+    empty = client.post(f"/api/v1/cases/{case_no}/confirm", headers=api.headers | {"Idempotency-Key": "typed-none"})
+    assert empty.status_code == 200  # no body at all is still no body: expected_version is optional
+
+
 def test_pages_outside_the_api_keep_the_frameworks_own_error_pages(client):
     answer = client.get("/no-such-page")
     assert answer.status_code == 404 and not answer.is_json
