@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 from marshmallow import Schema, fields, validate
 
-from accident_service.cases.lifecycle import LIABILITIES
+from accident_service.cases.lifecycle import LIABILITIES, NOTE_MAX_CHARS, REASON_MAX_CHARS
+from accident_service.desk.acting import MAX_DEADLINE_MINUTES
 from accident_service.models import AppointmentStatus, CaseStatus, PhotoStatus
 
 MAX_ID = 2**31 - 1
@@ -96,18 +97,18 @@ class RescheduleBody(VersionBody):
 class CompleteBody(VersionBody):
     liability = fields.String(required=True, validate=validate.OneOf(LIABILITIES),
                               metadata={"description": "A or B fully liable, shared, or none found"})
-    note = _text(0, 500, load_default="", metadata={"description": "both drivers read it"})
+    note = _text(0, NOTE_MAX_CHARS, load_default="", metadata={"description": "both drivers read it"})
 
 
 class CancelBody(VersionBody):
-    reason = _text(1, 200, blank=False, required=True, metadata={"description": "both drivers read it"})
+    reason = _text(1, REASON_MAX_CHARS, blank=False, required=True, metadata={"description": "both drivers read it"})
 
 
 class RetakeBody(VersionBody):
     item = fields.Integer(strict=True, required=True, validate=validate.Range(1, 99),
                           metadata={"description": "checklist item (1-based); the party who photographs it is asked"})
-    reason = _text(1, 200, blank=False, required=True, metadata={"description": "the party reads it"})
-    deadline_minutes = fields.Integer(strict=True, validate=validate.Range(1, 7 * 24 * 60),
+    reason = _text(1, REASON_MAX_CHARS, blank=False, required=True, metadata={"description": "the party reads it"})
+    deadline_minutes = fields.Integer(strict=True, validate=validate.Range(1, MAX_DEADLINE_MINUTES),
                                       metadata={"description": "minutes the party has (default "
                                                                "RETAKE_DEADLINE_MINUTES)"})
 

@@ -167,4 +167,4 @@ def _drop_reminder(session: Session, appointment: Appointment) -> None:
 
 
 def _reason(reason: str | None) -> dict[str, str]:
-    return {"reason": reason.strip()[:200]} if reason and reason.strip() else {}
+    return {"reason": reason.strip()} if reason and reason.strip() else {}

@@ -45,6 +45,9 @@ from accident_service.settings import Settings
 S = CaseStatus
 _NO_APPOINTMENT = (S.DRAFT, S.READY)
 LIABILITIES = ("A", "B", "shared", "none")  # A or B fully liable, shared, or no liability found
+#: The longest reason and outcome note staff may give, in characters: both drivers read it in a message of its own.
+REASON_MAX_CHARS = 200
+NOTE_MAX_CHARS = 500
 CLOSED_STATUSES = (S.COMPLETED, S.CANCELLED, S.EXPIRED, S.NO_SHOW)
 #: Sent back, from retake_requested, to the state its appointment is in (booked or confirmed).
 RESUME = "resume"
@@ -147,10 +150,14 @@ def party_confirmed(attempt: Attempt) -> str | None:
 
 
 def staff_reason(attempt: Attempt) -> str | None:
-    """Staff give a reason, which both parties read."""
-    if attempt.actor is Actor.STAFF and not str(attempt.details.get("reason") or "").strip():
+    """Staff give a reason, which both parties read: one they can read in a message (too long is refused, not cut:
+    an officer's pass saw 5,000 characters taken and sent as their first 200)."""
+    if attempt.actor is not Actor.STAFF:
+        return None
+    reason = str(attempt.details.get("reason") or "").strip()
+    if not reason:
         return "reason_required"
-    return None
+    return "reason_too_long" if len(reason) > REASON_MAX_CHARS else None
 
 
 def has_appointment(attempt: Attempt) -> str | None:
@@ -159,8 +166,10 @@ def has_appointment(attempt: Attempt) -> str | None:
 
 
 def outcome_given(attempt: Attempt) -> str | None:
-    """The outcome: liability A, B, shared or none."""
-    return None if attempt.details.get("liability") in LIABILITIES else "outcome_required"
+    """The outcome: liability A, B, shared or none, and a note of at most NOTE_MAX_CHARS (or none)."""
+    if attempt.details.get("liability") not in LIABILITIES:
+        return "outcome_required"
+    return "note_too_long" if len(str(attempt.details.get("note") or "").strip()) > NOTE_MAX_CHARS else None
 
 
 def slot_started(attempt: Attempt) -> str | None:
@@ -227,13 +236,12 @@ def retakes_answered(attempt: Attempt) -> str | None:
 
 
 def retake_request_valid(attempt: Attempt) -> str | None:
-    """A checklist item, a reason, and its party owes no other photo (one request per driver at a time)."""
+    """A checklist item, and its party owes no other photo (one request per driver at a time); the reason is
+    :func:`staff_reason`'s."""
     item = attempt.details.get("item")
     owner = cases.owner_of_item(attempt.settings, item) if isinstance(item, int) else None
     if owner is None:
         return "no_such_item"
-    if not str(attempt.details.get("reason") or "").strip():
-        return "reason_required"
     taker = cases.taker_of_item(attempt.case, attempt.settings, item)
     return "retake_pending" if taker is not None and taker.retake_item else None
 
@@ -309,7 +317,7 @@ TABLE: tuple[Transition, ...] = (
     Transition("confirm", frozenset({STAFF}), _all_to(S.CONFIRMED, S.BOOKED), tells=Tell.BOTH, notice="confirmed",
                appointment=AppointmentStatus.CONFIRMED),
     Transition("request_retake", frozenset({STAFF}), _all_to(S.RETAKE_REQUESTED, *WAITING_AT_DESK),
-               (retake_request_valid,), tells=Tell.BOTH, notice="retake",
+               (staff_reason, retake_request_valid), tells=Tell.BOTH, notice="retake",
                doc="one item again, with a reason and a deadline; the slot is kept"),
     Transition("retake_done", frozenset({SYSTEM}), {S.RETAKE_REQUESTED: RESUME}, (retakes_answered,),
                tells=Tell.BOTH, notice="evidence_updated", doc="every requested photo is in: a new fingerprint"),
@@ -317,7 +325,7 @@ TABLE: tuple[Transition, ...] = (
                tells=Tell.BOTH, notice="checked_in", appointment=AppointmentStatus.CHECKED_IN),
     Transition("complete", frozenset({STAFF}), _all_to(S.COMPLETED, S.CHECKED_IN), (outcome_given,),
                tells=Tell.BOTH, notice="completed", appointment=AppointmentStatus.COMPLETED,
-               doc="with the outcome (liability and a note), which both parties receive"),
+               doc="with the outcome (liability and a note), which both parties are told"),
     Transition("no_show", frozenset({STAFF, SYSTEM}), _all_to(S.NO_SHOW, *WAITING_AT_DESK), (slot_started,),
                tells=Tell.BOTH, notice="no_show", appointment=AppointmentStatus.NO_SHOW),
     Transition("expire", frozenset({SYSTEM}), _all_to(S.EXPIRED, *COLLECTING), (idle_past_expiry,),

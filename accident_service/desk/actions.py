@@ -78,11 +78,13 @@ def check_in(session: Session, case: Case, *, staff: str, settings: Settings, no
 
 def complete(session: Session, case: Case, *, liability: str, note: str, staff: str, settings: Settings,
              now: datetime, expected_version: int | None = None) -> None:
-    """Close the case with its outcome: liability ("A", "B", "shared", "none") and a note both parties receive."""
-    note = note.strip()[:500]
+    """Close the case with its outcome: liability ("A", "B", "shared", "none") and a note (the case sheet's; each
+    party's outcome notice carries it where a text can reach them)."""
+    note = note.strip()
     lifecycle.apply(session, case, "complete", actor=STAFF, by=staff, settings=settings, now=now,
-                    details={"liability": liability}, visit=_visit(case), expected_version=expected_version,
-                    notice={"liability": liability, "note": note}, after={"liability": liability})
+                    details={"liability": liability, "note": note}, visit=_visit(case),
+                    expected_version=expected_version, notice={"liability": liability, "note": note},
+                    after={"liability": liability})
     case.liability, case.outcome_note, case.handled_by = liability, note or None, staff
 
 
@@ -100,7 +102,7 @@ def request_retake(session: Session, case: Case, *, item: int, reason: str, staf
     The slot is kept; the default deadline is RETAKE_DEADLINE_MINUTES. The
     party asked reads what to send; the other party reads that it was asked.
     """
-    reason = reason.strip()[:200]
+    reason = reason.strip()
     due = now + (deadline or timedelta(minutes=settings.RETAKE_DEADLINE_MINUTES))
     visit = _visit(case)
     lifecycle.apply(session, case, "request_retake", actor=STAFF, by=staff, settings=settings, now=now,

@@ -17,7 +17,14 @@ from typing import Any
 
 from accident_service import messages
 from accident_service.booking.appointments import REMINDER_DROPPED, SlotUnavailable
-from accident_service.cases.lifecycle import NotAllowed, StaleCase, TransitionRefused, WrongState
+from accident_service.cases.lifecycle import (
+    NOTE_MAX_CHARS,
+    REASON_MAX_CHARS,
+    NotAllowed,
+    StaleCase,
+    TransitionRefused,
+    WrongState,
+)
 from accident_service.desk.i18n import current_language, local_time, t
 from accident_service.leases import LEASE_EXPIRED
 from accident_service.messages import catalogue
@@ -92,7 +99,7 @@ def refusal(refused: TransitionRefused | SlotUnavailable, language: str | None =
         return messages.text("desk.refused.other", language, detail=refused.message)
     if isinstance(refused, WrongState):  # its reason is the case's status, named inside the sentence
         return messages.text(key, language, state=status(refused.reason, language))
-    return messages.text(key, language)
+    return messages.text(key, language, reason_max=REASON_MAX_CHARS, note_max=NOTE_MAX_CHARS)
 
 
 def audit_action(action: str) -> str:

@@ -57,7 +57,8 @@ def staff_refusals() -> list[TransitionRefused | SlotUnavailable]:
 
 def test_the_enumeration_sees_the_requirements_reasons():
     assert returned_reasons(lifecycle.slot_started) == {"no_appointment", "not_started"}
-    assert returned_reasons(lifecycle.retake_request_valid) == {"no_such_item", "reason_required", "retake_pending"}
+    assert returned_reasons(lifecycle.retake_request_valid) == {"no_such_item", "retake_pending"}
+    assert returned_reasons(lifecycle.staff_reason) == {"reason_required", "reason_too_long"}
     assert len({r.reason for r in staff_refusals() if isinstance(r, RequirementMissing)}) >= 6
 
 

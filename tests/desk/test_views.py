@@ -95,6 +95,7 @@ def test_another_stations_officer_gets_404_for_every_page_and_action_of_the_case
     case = f"/desk/cases/{desk['case_no']}"
     for path in (case, f"{case}/sheet", f"{case}/verify"):
         assert client.get(path).status_code == 404, path
+    assert "<h1>未找到</h1>" in client.get(case).get_data(as_text=True)  # not "something went wrong"
     token = form_to(client.get("/desk/").get_data(as_text=True), "/desk/logout").fields["csrf_token"]
     for action in ("confirm", "check-in", "cancel"):
         refused = client.post(f"{case}/{action}", data={"csrf_token": token, "expected_version": "2", "reason": "x"})
@@ -149,9 +150,12 @@ def test_a_retake_past_its_deadline_is_flagged_in_the_queue(client, desk, runtim
     sign_in(client, "th")
     assert 'data-count="overdue_retake"' in (page := client.get("/desk/").get_data(as_text=True))
     assert "badge-overdue_retake" not in page and "badge-retake_requested" in page
+    overdue_count = re.compile(r'class="count count-overdue_retake[^"]*"')
+    assert "is-zero" in overdue_count.search(page).group()  # a count of 0 is not shown in the alarm's red
     clock.advance(minutes=31)
     page = client.get("/desk/?status=overdue_retake").get_data(as_text=True)
     assert desk["case_no"] in page and "badge-overdue_retake" in page and "补拍已超时" in page
+    assert "is-zero" not in overdue_count.search(page).group()
 
 
 def test_every_action_through_its_form(client, desk, runtime, clock):
@@ -175,6 +179,7 @@ def test_every_action_through_its_form(client, desk, runtime, clock):
         assert (case.status, case.liability, case.outcome_note, case.handled_by) == \
             (CaseStatus.COMPLETED, "shared", "双方各负一半", "th")
     sheet = client.get(f"/desk/cases/{desk['case_no']}/sheet").get_data(as_text=True)
+    assert f'<a href="/desk/cases/{desk["case_no"]}">← 返回案件</a>' in sheet  # back where it was opened from
     assert "双方同责" in sheet and "双方各负一半" in sheet and case.evidence_fingerprint in sheet
 
 
@@ -205,6 +210,36 @@ def test_cancel_then_close_each_with_a_reason(client, desk, runtime):
     assert status_of(runtime, desk["case_id"]) is CaseStatus.READY
     assert "案件已结案" in post_form(client, desk["case_no"], "close", reason="双方已自行协商")
     assert status_of(runtime, desk["case_id"]) is CaseStatus.CANCELLED
+
+
+def test_text_too_long_for_a_message_is_refused_through_every_form_and_changes_nothing(client, desk, runtime):
+    """An officer's pass: a 5,000-character retake reason was taken and sent to both drivers cut to its first 200.
+    The browser's maxlength is the lifecycle's own limit; a form that gets past it is refused, nothing changed."""
+    from accident_service.cases.lifecycle import NOTE_MAX_CHARS, REASON_MAX_CHARS
+    from accident_service.models import AuditEvent
+
+    sign_in(client, "th")
+    page = client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True)
+    assert f'maxlength="{REASON_MAX_CHARS}"' in page
+
+    def audit_count() -> int:
+        with runtime.unit_of_work() as session:
+            return len(session.scalars(select(AuditEvent).where(AuditEvent.case_id == desk["case_id"])).all())
+
+    before = (status_of(runtime, desk["case_id"]), audit_count())
+    long_reason = "看" * (REASON_MAX_CHARS + 1)
+    for action, fields in [("retake", {"item": "2", "reason": long_reason}), ("cancel", {"reason": long_reason}),
+                           ("close", {"reason": long_reason})]:
+        assert f"原因最多 {REASON_MAX_CHARS} 字" in post_form(client, desk["case_no"], action, **fields), action
+    assert (status_of(runtime, desk["case_id"]), audit_count()) == before
+    assert "已要求补拍" in post_form(client, desk["case_no"], "retake", item="2",
+                                  reason=" " + "看" * REASON_MAX_CHARS + " ")  # the limit itself, spaces aside
+
+    act(runtime, desk, actions.check_in)
+    assert f'maxlength="{NOTE_MAX_CHARS}"' in client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True)
+    assert f"处理说明最多 {NOTE_MAX_CHARS} 字" in post_form(client, desk["case_no"], "complete", liability="A",
+                                                     note="x" * (NOTE_MAX_CHARS + 1))
+    assert status_of(runtime, desk["case_id"]) is CaseStatus.CHECKED_IN
 
 
 def test_the_stored_originals_are_rehashed_on_demand(client, desk, runtime):
