@@ -60,9 +60,7 @@ def _outcome(form: Mapping[str, str], settings: Settings) -> dict[str, Any]:
 
 
 def _retake(form: Mapping[str, str], settings: Settings) -> dict[str, Any]:
-    minutes = number(form, "deadline_minutes", default=settings.RETAKE_DEADLINE_MINUTES)
-    if not 1 <= minutes <= MAX_DEADLINE_MINUTES:
-        raise InvalidDeskInput(f"deadline_minutes: 1 to {MAX_DEADLINE_MINUTES}", field="deadline_minutes")
+    minutes = number(form, "deadline_minutes", default=settings.RETAKE_DEADLINE_MINUTES, largest=MAX_DEADLINE_MINUTES)
     return {"item": number(form, "item"), "reason": form.get("reason", ""), "deadline": timedelta(minutes=minutes)}
 
 
@@ -92,13 +90,17 @@ ACTIONS: dict[str, DeskAction] = {
 }
 
 
-def number(form: Mapping[str, str], name: str, *, default: int | None = None) -> int:
-    """The whole number in field ``name`` (``default`` when absent or blank). Raises InvalidDeskInput."""
+def number(form: Mapping[str, str], name: str, *, default: int | None = None, largest: int | None = None) -> int:
+    """The whole number in field ``name`` (``default`` when absent or blank), from 1 to ``largest`` when given.
+    Raises InvalidDeskInput (``details``: the field, and ``largest`` when given)."""
     raw = (form.get(name) or "").strip()
     if not raw and default is not None:
         return default
+    bounds = {"largest": largest} if largest is not None else {}
     if not raw.isdigit() or len(raw) > 9:
-        raise InvalidDeskInput(f"{name}: a whole number is needed", field=name)
+        raise InvalidDeskInput(f"{name}: a whole number is needed", field=name, **bounds)
+    if largest is not None and not 1 <= int(raw) <= largest:
+        raise InvalidDeskInput(f"{name}: 1 to {largest}", field=name, **bounds)
     return int(raw)
 
 

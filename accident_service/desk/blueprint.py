@@ -104,7 +104,11 @@ def _not_found(exc: NotFound):
 
 @bp.errorhandler(ServiceError)
 def _service_error(exc: ServiceError):
-    flash(_text_or(f"desk.refused.{exc.code}", exc.message), "error")
+    # A form's field named where the catalogue has a sentence for it (an officer's pass met one "the form is
+    # incomplete" for a deadline out of range, a missing version and a slot that is not a number alike).
+    by_field = f"desk.refused.{exc.code}.{exc.details.get('field')}"
+    flash(_text_or(by_field if by_field in catalogue() else f"desk.refused.{exc.code}", exc.message, exc.details),
+          "error")
     return redirect(back_to(), 303)
 
 
@@ -135,7 +139,7 @@ def _throttled(exc: RateLimitExceeded):
     return render_template("login.html", form=LoginForm(), error=i18n.t("desk.login.throttled", minutes=minutes)), 429
 
 
-def _text_or(key: str, fallback: str) -> str:
+def _text_or(key: str, fallback: str, params: dict) -> str:
     if key in catalogue():
-        return i18n.t(key)
+        return i18n.t(key, **params)
     return i18n.t("desk.refused.other", detail=fallback)

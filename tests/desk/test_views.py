@@ -242,6 +242,22 @@ def test_text_too_long_for_a_message_is_refused_through_every_form_and_changes_n
     assert status_of(runtime, desk["case_id"]) is CaseStatus.CHECKED_IN
 
 
+def test_a_field_out_of_place_is_named_and_changes_nothing(client, desk, runtime):
+    """An officer's pass: a deadline of 0 or "abc", a slot "abc" and a form without its version all read "the form
+    is incomplete"; each now names what to fix."""
+    from accident_service.desk.acting import MAX_DEADLINE_MINUTES
+
+    sign_in(client, "th")
+    before = status_of(runtime, desk["case_id"])
+    for deadline in ("0", "abc", str(MAX_DEADLINE_MINUTES + 1)):
+        said = post_form(client, desk["case_no"], "retake", item="2", reason="看不清", deadline_minutes=deadline)
+        assert f"补拍期限须为 1 到 {MAX_DEADLINE_MINUTES} 分钟的整数" in said, deadline
+    assert "请从列表中选择时段" in post_form(client, desk["case_no"], "reschedule", slot_id="abc")
+    assert "请选择要补拍的照片项" in post_form(client, desk["case_no"], "retake", item="", reason="看不清")
+    assert "表单缺少案件版本" in post_form(client, desk["case_no"], "confirm", expected_version="")
+    assert status_of(runtime, desk["case_id"]) is before
+
+
 def test_the_stored_originals_are_rehashed_on_demand(client, desk, runtime):
     store_photos(runtime, desk["case_id"])
     sign_in(client, "th")
