@@ -212,29 +212,45 @@ def classify(text: str) -> Intent:
     return _details(clean) or _attempted_value(clean, value_text) or Intent(IntentKind.UNKNOWN, clean)
 
 
+#: The most groups a plate and a phone in one message come in ("粤 A 1 2 3 4 5 138 0013 8000"); a longer message is
+#: not just the two details, and each way of cutting it in two costs two parses.
+_MOST_DETAIL_GROUPS = 16
+
+
 def _details(clean: str) -> Intent | None:
     """A plate and a phone in one message ("粤A12345 13800138000", "车牌粤A12345，手机13800138000"), or one of
-    them and an unreadable try at the other ("粤Z1 13800138000": acceptance pass, where both were lost)."""
-    parts = [part for part in re.split(r"[\s,，;；、/]+", clean) if part]
-    plate = phone = unreadable = None
-    for part in parts:
-        value = _VALUE_LABEL.sub("", part).strip(_VALUE_PUNCTUATION)
-        if not value:
-            continue
-        if plate is None and (found := parse_plate(value)):
-            plate = found
-        elif phone is None and (found := parse_phone(value)):
-            phone = found
-        elif unreadable is None and (attempt := _attempted_value(part, value)) is not None:
-            unreadable = attempt.kind
-        else:
-            return None  # something else in the message: not just the two details
-    if plate and phone and unreadable is None:
-        return Intent(IntentKind.DETAILS, (plate, phone))
-    if (plate and not phone and unreadable is IntentKind.BAD_PHONE) or \
-            (phone and not plate and unreadable is IntentKind.BAD_PLATE):
-        return Intent(IntentKind.DETAILS_IN_PART, (plate, phone))
-    return None
+    them and an unreadable try at the other ("粤Z1 13800138000": acceptance pass, where both were lost).
+
+    The message is cut in two at each gap between its groups, so that either value may be typed in groups of its
+    own ("粤B 12345 139 0013 9000": a driver's pass, where both were lost as not understood)."""
+    groups = [group for group in re.split(r"[\s,，;；、/]+", clean) if group]
+    if not 2 <= len(groups) <= _MOST_DETAIL_GROUPS:
+        return None
+    halves = [(" ".join(groups[:cut]), " ".join(groups[cut:])) for cut in range(1, len(groups))]
+    in_part = None
+    for first, second in halves:
+        one, other = _detail(first), _detail(second)
+        kinds = {one.kind, other.kind}
+        if kinds == {IntentKind.PLATE, IntentKind.PHONE}:
+            plate, phone = (one, other) if one.kind is IntentKind.PLATE else (other, one)
+            return Intent(IntentKind.DETAILS, (plate.value, phone.value))
+        if in_part is None and kinds in ({IntentKind.PLATE, IntentKind.BAD_PHONE},
+                                         {IntentKind.PHONE, IntentKind.BAD_PLATE}):
+            readable = one if one.kind in (IntentKind.PLATE, IntentKind.PHONE) else other
+            in_part = Intent(IntentKind.DETAILS_IN_PART, (readable.value, None) if readable.kind is IntentKind.PLATE
+                             else (None, readable.value))
+    return in_part
+
+
+def _detail(text: str) -> Intent:
+    """One half of a message that may hold a plate and a phone: the value it is, an unreadable try at one, or
+    UNKNOWN."""
+    value = _VALUE_LABEL.sub("", text).strip(_VALUE_PUNCTUATION)
+    if (plate := parse_plate(value)) is not None:
+        return Intent(IntentKind.PLATE, plate)
+    if (phone := parse_phone(value)) is not None:
+        return Intent(IntentKind.PHONE, phone)
+    return (_attempted_value(text, value) if value else None) or Intent(IntentKind.UNKNOWN, text)
 
 
 def _attempted_value(clean: str, value_text: str) -> Intent | None:

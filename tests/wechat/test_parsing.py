@@ -339,6 +339,26 @@ def test_a_plate_and_a_phone_in_one_message_are_both_taken(typed, plate, phone):
 
 
 @pytest.mark.parametrize(("typed", "plate", "phone"), [
+    ("粤B 12345 13900139000", "粤B12345", "13900139000"),  # a driver's pass: both were lost as not understood
+    ("13900139000 粤B 12345", "粤B12345", "13900139000"),
+    ("粤B12345 139 0013 9000", "粤B12345", "13900139000"),
+    ("车牌 粤B 12345，手机 139-0013-9000", "粤B12345", "13900139000"),
+])
+def test_a_plate_and_a_phone_each_typed_in_groups_are_both_taken(typed, plate, phone):
+    assert classify(typed) == Intent(IntentKind.DETAILS, (plate, phone))
+
+
+@BOUNDED
+@given(CANONICAL_PLATES.flatmap(lambda plate: st.tuples(st.just(plate), mangled(plate, [" ", "·", "-", "\u3000"]))),
+       typed_phones(), st.sampled_from([" ", "，", ", ", "；", " / ", "\u3000"]), st.booleans())
+def test_generated_plates_and_phones_in_one_message_are_both_taken(plate, phone, between, phone_first) -> None:
+    (canonical, typed_plate), (digits, typed_phone) = plate, phone
+    typed = between.join([typed_phone, typed_plate] if phone_first else [typed_plate, typed_phone])
+    assert classify(typed) == Intent(IntentKind.DETAILS, (canonical, digits))
+
+
+@pytest.mark.parametrize(("typed", "plate", "phone"), [
+    ("粤B 1 13900139000", None, "13900139000"),
     ("粤Z1 13800138000", None, "13800138000"),
     ("13800138000 粤A1234", None, "13800138000"),
     ("车牌粤Z1，手机13800138000", None, "13800138000"),
