@@ -263,7 +263,9 @@ class Conversation:
         elif outcome.extra:
             self.say("conv.photo_extra")
         else:
-            self.say("conv.photo_received", received=outcome.received, total=outcome.required)
+            # Named by its item, as it was asked for ("请拍照片4"), with the count of the sender's own: B's one photo
+            # read "1/1" after "photo 4" was asked (a driver's pass).
+            self.say("conv.photo_received", n=outcome.item, received=outcome.received, total=outcome.required)
         if self.case.status is CaseStatus.RETAKE_REQUESTED:
             self.say("conv.retake_received_waiting")
         self.next_step()

@@ -25,11 +25,12 @@ def test_sharp_12mp_photos_are_accepted_with_progress_and_a_shaken_one_is_refuse
     send_photo(wechat, wechat_runtime, photos.phone_jpeg("coffee"))
 
     seen = seen_lines(wechat)
-    assert reply("conv.photo_received", received=1, total=3) in seen
+    assert reply("conv.photo_received", n=1, received=1, total=3) in seen
     assert reply("photos.reject.too_blurry") in seen
-    assert reply("conv.photo_received", received=2, total=3) in seen
+    assert reply("conv.photo_received", n=2, received=2, total=3) in seen
     # The refusal sits between the two progress replies and moved nothing.
-    assert seen.index(reply("photos.reject.too_blurry")) < seen.index(reply("conv.photo_received", received=2, total=3))
+    second = reply("conv.photo_received", n=2, received=2, total=3)
+    assert seen.index(reply("photos.reject.too_blurry")) < seen.index(second)
     rows = photos_of(wechat_runtime)
     assert [(p.item, p.status, p.reject_code) for p in rows] == [
         (1, PhotoStatus.ACCEPTED, None), (None, PhotoStatus.REJECTED, "too_blurry"), (2, PhotoStatus.ACCEPTED, None)]
@@ -123,7 +124,7 @@ def test_download_is_retried_with_backoff_after_a_platform_error_and_a_timeout(w
     [message] = image_messages(runtime)
     assert message.status is WorkStatus.DONE
     assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
-    assert reply("conv.photo_received", received=1, total=3) in seen_lines(wechat)
+    assert reply("conv.photo_received", n=1, received=1, total=3) in seen_lines(wechat)
 
 
 def test_the_checklist_comes_from_the_configuration(wechat, start_live, photos):
@@ -132,8 +133,8 @@ def test_the_checklist_comes_from_the_configuration(wechat, start_live, photos):
     for name in ("astronaut", "coffee", "rocket"):
         send_photo(wechat, runtime, photos.medium_jpeg(name))
     seen = seen_lines(wechat)
-    assert reply("conv.photo_received", received=1, total=2) in seen
-    assert reply("conv.photo_received", received=2, total=2) in seen
+    assert reply("conv.photo_received", n=1, received=1, total=2) in seen
+    assert reply("conv.photo_received", n=2, received=2, total=2) in seen
     assert reply("conv.photo_extra") in seen
     assert [(p.item, p.kind) for p in photos_of(runtime)] == [(1, "scene"), (2, "plate_a"), (3, "extra")]
 

@@ -33,7 +33,7 @@ def test_retake_replaces_the_item_and_keeps_the_old_photo_and_object(wechat, liv
     assert reply("conv.photo_replaced", n=2) in seen
 
     send_photo(wechat, wechat_runtime, photos.medium_jpeg("rocket"))
-    assert reply("conv.photo_received", received=3, total=3) in seen_lines(wechat)
+    assert reply("conv.photo_received", n=3, received=3, total=3) in seen_lines(wechat)
     assert kept.item == 1
 
 
@@ -57,8 +57,8 @@ def test_retake_of_an_item_not_sent_yet_fills_it(wechat, live_app, wechat_runtim
         (1, PhotoStatus.ACCEPTED), (3, PhotoStatus.ACCEPTED), (2, PhotoStatus.ACCEPTED)]
     seen = seen_lines(wechat)
     assert reply("conv.photo_replaced", n=3) not in seen
-    assert reply("conv.photo_received", received=2, total=3) in seen
-    assert reply("conv.photo_received", received=3, total=3) in seen
+    assert reply("conv.photo_received", n=3, received=2, total=3) in seen  # named by the item it fills
+    assert reply("conv.photo_received", n=2, received=3, total=3) in seen
 
 
 def test_copies_of_another_item_are_refused(wechat, live_app, wechat_runtime, photos):
@@ -71,7 +71,7 @@ def test_copies_of_another_item_are_refused(wechat, live_app, wechat_runtime, ph
     seen = seen_lines(wechat)
     assert reply("photos.reject.duplicate", item=1) in seen
     assert reply("photos.reject.near_duplicate", item=1) in seen
-    assert reply("conv.photo_received", received=2, total=3) in seen
+    assert reply("conv.photo_received", n=2, received=2, total=3) in seen
     assert [(p.item, p.status, p.reject_code) for p in photos_of(wechat_runtime)] == [
         (1, PhotoStatus.ACCEPTED, None), (None, PhotoStatus.REJECTED, "duplicate"),
         (None, PhotoStatus.REJECTED, "near_duplicate"), (2, PhotoStatus.ACCEPTED, None)]
@@ -92,7 +92,7 @@ def test_photo_taken_long_before_the_report_is_accepted_with_a_warning(wechat, l
     assert (photo.received_at - photo.taken_at).total_seconds() == 3 * 3600
     seen = seen_lines(wechat)
     assert reply("conv.photo_warning_old") in seen
-    assert reply("conv.photo_received", received=1, total=3) in seen
+    assert reply("conv.photo_received", n=1, received=1, total=3) in seen
 
 
 def test_photo_without_exif_is_accepted_with_unknown_capture_time(wechat, live_app, wechat_runtime, clock, photos):
@@ -106,7 +106,7 @@ def test_photo_without_exif_is_accepted_with_unknown_capture_time(wechat, live_a
     assert photo.warnings == ["capture_time_unknown"]  # for the desk; the driver is not bothered
     seen = seen_lines(wechat)
     assert reply("conv.photo_warning_old") not in seen
-    assert reply("conv.photo_received", received=1, total=3) in seen
+    assert reply("conv.photo_received", n=1, received=1, total=3) in seen
 
 
 def test_recent_capture_time_is_kept_without_warning(wechat, live_app, wechat_runtime):

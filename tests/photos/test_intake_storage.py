@@ -88,7 +88,7 @@ def test_a_retried_upload_after_a_worker_crash_is_harmless(wechat, live_app, wec
     assert stored == sorted([f"{photo.sha256}.jpg", f"{photo.sha256}.thumb.jpg"])
     [message] = image_messages(wechat_runtime)
     assert (message.status, message.attempts) == (WorkStatus.DONE, 2)
-    assert seen_lines(wechat).count(reply("conv.photo_received", received=1, total=3)) == 1
+    assert seen_lines(wechat).count(reply("conv.photo_received", n=1, received=1, total=3)) == 1
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ def test_photo_sent_while_storage_is_down_is_saved_once_storage_is_back(wechat, 
 
     seen = seen_lines(wechat)
     assert seen.count(saving) == 1 and seen.count(saved) == 1
-    assert seen.index(saving) < seen.index(saved) < seen.index(reply("conv.photo_received", received=1, total=3))
+    assert seen.index(saving) < seen.index(saved) < seen.index(reply("conv.photo_received", n=1, received=1, total=3))
 
 
 def test_a_blip_the_first_retry_outlasts_costs_the_driver_no_message(wechat, start_live, own_s3, outage, clock,
@@ -178,7 +178,7 @@ def test_a_blip_the_first_retry_outlasts_costs_the_driver_no_message(wechat, sta
     assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
     assert len(wechat.messages_to(DRIVER)) == before + 1  # the photo's answer, as if nothing had happened
     seen = seen_lines(wechat)
-    assert reply("conv.photo_received", received=1, total=3) in seen
+    assert reply("conv.photo_received", n=1, received=1, total=3) in seen
     assert reply("conv.photo_saving") not in seen and reply("conv.photo_saved_late") not in seen
 
 
@@ -198,7 +198,7 @@ def test_a_blip_after_an_attempt_whose_worker_died_costs_the_driver_no_message(w
 
     assert [p.status for p in photos_of(runtime)] == [PhotoStatus.ACCEPTED]
     seen = seen_lines(wechat)
-    assert reply("conv.photo_received", received=1, total=3) in seen
+    assert reply("conv.photo_received", n=1, received=1, total=3) in seen
     assert reply("conv.photo_saving") not in seen and reply("conv.photo_saved_late") not in seen
 
 
@@ -397,7 +397,7 @@ def test_texts_are_answered_while_three_photos_wait_out_an_outage(wechat, start_
     assert sorted(keys) == sorted(key for p in stored for key in (p.object_key, p.thumb_key))
     seen = seen_lines(wechat)
     assert seen.count(reply("conv.photo_saving")) == 1 and seen.count(reply("conv.photo_saved_late")) == 1
-    progress = [seen.index(reply("conv.photo_received", received=n, total=3)) for n in (1, 2, 3)]
+    progress = [seen.index(reply("conv.photo_received", n=n, received=n, total=3)) for n in (1, 2, 3)]
     assert progress == sorted(progress) and seen.index(reply("conv.plate_saved", plate="粤A12345")) < progress[0]
 
 

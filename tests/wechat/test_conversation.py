@@ -243,10 +243,10 @@ def test_a_photo_fills_the_senders_next_own_item_and_replies_progress(wechat, we
                   and p.party_id == case.party(role).id)
     if role is PartyRole.A:
         assert mine == [1, 2]
-        expected = lines(t("conv.photo_received", lang, received=2, total=3), ask_photo(3, lang, done=2))
+        expected = lines(t("conv.photo_received", lang, n=2, received=2, total=3), ask_photo(3, lang, done=2))
     else:
         assert mine == [4]
-        expected = lines(t("conv.photo_received", lang, received=1, total=1), t("conv.ask_plate", lang))
+        expected = lines(t("conv.photo_received", lang, n=4, received=1, total=1), t("conv.ask_plate", lang))
     assert last(wechat, OPENID[role]) == expected
 
 
@@ -262,7 +262,8 @@ def test_a_photo_without_a_case_starts_one_and_counts_as_photo_1(wechat, wechat_
     assert [(p.item, p.status) for p in case.photos] == [(1, PhotoStatus.ACCEPTED)]
     assert last(wechat, A) == lines(t("conv.case_started", lang, case_no=case.case_no),
                                     t("conv.join_invite", lang, join_code=case.join_code, qr_url=case.join_qr_url),
-                                    t("conv.photo_received", lang, received=1, total=3), ask_photo(2, lang, done=1))
+                                    t("conv.photo_received", lang, n=1, received=1, total=3),
+                                    ask_photo(2, lang, done=1))
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
@@ -1202,8 +1203,9 @@ def test_photos_a_and_b_send_at_the_same_moment_land_in_their_own_items(wechat, 
     by_party = {p.role: p.id for p in case.parties}
     assert sorted((p.item, p.party_id) for p in case.photos if p.status is PhotoStatus.ACCEPTED) == \
         [(1, by_party[PartyRole.A]), (4, by_party[PartyRole.B])]
-    assert last(wechat, A) == lines(t("conv.photo_received", lang, received=1, total=3), ask_photo(2, lang, done=1))
-    assert last(wechat, B) == lines(t("conv.photo_received", lang, received=1, total=1), t("conv.ask_plate", lang))
+    assert last(wechat, A) == lines(t("conv.photo_received", lang, n=1, received=1, total=3),
+                                    ask_photo(2, lang, done=1))
+    assert last(wechat, B) == lines(t("conv.photo_received", lang, n=4, received=1, total=1), t("conv.ask_plate", lang))
 
 
 @pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
