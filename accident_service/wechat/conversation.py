@@ -128,7 +128,7 @@ class Conversation:
             elif event == "subscribe_scan":
                 self.say("conv.help")
         elif event == "subscribe":
-            self.say("conv.help")
+            self._help_or_case()
         # unsubscribe, location reports, template results: nothing to say
 
     def on_text(self) -> None:
@@ -254,7 +254,7 @@ class Conversation:
         if not outcome.accepted:
             self.say(f"photos.reject.{outcome.code}", **outcome.params)
             if outcome.code != "evidence_locked":
-                self.next_step(photos_only=True)
+                self.next_step()  # with the photos done, the location or details still to come (a driver's pass)
             return
         if "capture_time_old" in outcome.warnings:
             self.say("conv.photo_warning_old")
@@ -335,6 +335,18 @@ class Conversation:
             self.party.language = self.language
         preferences.remember_language(self.session, self.openid, self.language, self.now)
         self.say("conv.language_set")
+        # And what now, in the new language: the switch alone left a driver mid-case without a step (a driver's pass).
+        self.say_text(self._what_now() or messages.text("conv.help", self.language))
+
+    def _help_or_case(self) -> None:
+        """Following (again) while in an open case: that case and what to do in it (a driver's pass got the general
+        help, as if there were none); else the help."""
+        what_now = self._what_now()
+        if self.case is not None and what_now:
+            self.say("conv.case_resumed", case_no=self.case.case_no)
+            self.say_text(what_now)
+        else:
+            self.say("conv.help")
 
     # -- booking --------------------------------------------------------------
 
@@ -442,14 +454,12 @@ class Conversation:
             return
         self.say_text(told)
 
-    def next_step(self, *, photos_only: bool = False) -> None:
+    def next_step(self) -> None:
         """Tell the driver what is still needed, or offer slots to whoever completed the case."""
         case, party = self.case, self.party
         if case is None or party is None or case.status not in cases.COLLECTING_STATUSES:
             return
         step, _waiting = next_step(case, party, self.settings, self.language)
-        if photos_only and not cases.missing(case, self.settings).photos_of(party.role):
-            return
         if step:
             self.say_text(step)
         elif case.status is CaseStatus.DRAFT:

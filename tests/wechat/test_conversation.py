@@ -187,6 +187,28 @@ def test_report_in_an_open_draft_resumes_it_with_the_senders_own_next_step(wecha
     assert [c.id for c in cases_of(wechat_runtime, OPENID[role])] == [case_id]
 
 
+@pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
+def test_following_again_mid_case_says_the_case_and_the_next_step(wechat, wechat_runtime, desk, role, lang):
+    """A driver's pass: a driver who unfollowed and followed again in an open case got the general help."""
+    case_id = seed(wechat_runtime, desk, S.DRAFT, photos=(1,), location=False, details=False)
+    speak(wechat, wechat_runtime, OPENID[role], lang)
+    assert wechat.post_event(OPENID[role], "subscribe").text == "success"
+    drain(wechat_runtime)
+
+    step = ask_photo(2, lang, done=1) if role is PartyRole.A else ask_photo(4, lang, done=0)
+    case = case_of(wechat_runtime, case_id)
+    assert last(wechat, OPENID[role]) == lines(t("conv.case_resumed", lang, case_no=case.case_no), step)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_following_without_a_case_gets_the_help(wechat, wechat_runtime, desk, lang):
+    speak(wechat, wechat_runtime, C, lang)
+    assert wechat.post_event(C, "subscribe").text == "success"
+    drain(wechat_runtime)
+
+    assert last(wechat, C) == t("conv.help", lang)
+
+
 @pytest.mark.parametrize(("what", "role", "lang"), spread(REPORT), ids=ids(spread(REPORT)))
 def test_report_in_a_booked_case_says_where_things_stand(wechat, wechat_runtime, desk, what, role, lang):
     case_id = seed(wechat_runtime, desk, S.BOOKED)
@@ -1039,7 +1061,10 @@ def test_a_language_word_switches_every_later_reply(wechat, wechat_runtime, desk
     if start == "en" and not in_case:
         say(wechat, wechat_runtime, openid, "English")
 
-    assert say(wechat, wechat_runtime, openid, word) == t("conv.language_set", lang)
+    next_step = {None: t("conv.help", lang), PartyRole.A: ask_photo(2, lang, done=1),
+                 PartyRole.B: ask_photo(4, lang, done=0)}[in_case]
+    # what to do now, in the new language (a driver's pass: the switch alone left them without a step)
+    assert say(wechat, wechat_runtime, openid, word) == lines(t("conv.language_set", lang), next_step)
 
     with wechat_runtime.unit_of_work() as session:
         assert session.get(DriverPreference, openid).language == lang
@@ -1220,6 +1245,21 @@ def test_a_photo_beyond_the_senders_own_items_is_an_extra_and_never_takes_the_ot
     case = case_of(wechat_runtime, case_id)
     assert sorted(p.item for p in case.photos if p.status is PhotoStatus.ACCEPTED) == [*OWN[role], 5]
     assert last(wechat, OPENID[role]).split("\n")[0] == t("conv.photo_extra", lang)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_photo_refused_once_the_own_photos_are_in_still_says_what_is_next(wechat, wechat_runtime, desk, lang):
+    """A driver's pass: a too-small extra photo after the checklist got "too small, send the original" and nothing on
+    the location still to come."""
+    seed(wechat_runtime, desk, S.DRAFT, photos=True, location=False, details=False)
+    speak(wechat, wechat_runtime, OPENID[PartyRole.A], lang)
+    media_id = wechat.add_media("m-pdf-late", b"%PDF-1.4\n1 0 obj <<>> endobj\n", "application/pdf")
+
+    post_file(wechat, OPENID[PartyRole.A], media_id, title="保险单.pdf")
+    drain(wechat_runtime)
+
+    assert last(wechat, OPENID[PartyRole.A]) == lines(t("photos.reject.not_an_image", lang),
+                                                      t("conv.ask_location", lang))
 
 
 @pytest.mark.parametrize(("role", "lang"), [(r, lang) for r in ROLES for lang in LANGUAGES])
