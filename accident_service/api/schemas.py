@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 
 from marshmallow import Schema, fields, validate
 
-from accident_service.cases.lifecycle import LIABILITIES, NOTE_MAX_CHARS, REASON_MAX_CHARS
-from accident_service.desk.acting import MAX_DEADLINE_MINUTES
+from accident_service.cases.lifecycle import LIABILITIES, NOTE_MAX_CHARS, REASON_MAX_CHARS, RETAKE_MAX_DEADLINE_MINUTES
 from accident_service.models import AppointmentStatus, CaseStatus, PhotoStatus
 
 MAX_ID = 2**31 - 1
@@ -108,7 +107,7 @@ class RetakeBody(VersionBody):
     item = fields.Integer(strict=True, required=True, validate=validate.Range(1, 99),
                           metadata={"description": "checklist item (1-based); the party who photographs it is asked"})
     reason = _text(1, REASON_MAX_CHARS, blank=False, required=True, metadata={"description": "the party reads it"})
-    deadline_minutes = fields.Integer(strict=True, validate=validate.Range(1, MAX_DEADLINE_MINUTES),
+    deadline_minutes = fields.Integer(strict=True, validate=validate.Range(1, RETAKE_MAX_DEADLINE_MINUTES),
                                       metadata={"description": "minutes the party has (default "
                                                                "RETAKE_DEADLINE_MINUTES)"})
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accident_service.booking.appointments import SlotUnavailable
+from accident_service.cases.lifecycle import RETAKE_MAX_DEADLINE_MINUTES
 from accident_service.desk import actions
 from accident_service.desk.auth import Staff
 from accident_service.errors import NotFound, ServiceError
@@ -27,8 +28,6 @@ from accident_service.models import Case, Slot
 from accident_service.notify.background import notices_follow
 from accident_service.runtime import Runtime
 from accident_service.settings import Settings
-
-MAX_DEADLINE_MINUTES = 7 * 24 * 60
 
 
 class InvalidDeskInput(ServiceError):
@@ -60,7 +59,8 @@ def _outcome(form: Mapping[str, str], settings: Settings) -> dict[str, Any]:
 
 
 def _retake(form: Mapping[str, str], settings: Settings) -> dict[str, Any]:
-    minutes = number(form, "deadline_minutes", default=settings.RETAKE_DEADLINE_MINUTES, largest=MAX_DEADLINE_MINUTES)
+    minutes = number(form, "deadline_minutes", default=settings.RETAKE_DEADLINE_MINUTES,
+                     largest=RETAKE_MAX_DEADLINE_MINUTES)
     return {"item": number(form, "item"), "reason": form.get("reason", ""), "deadline": timedelta(minutes=minutes)}
 
 

@@ -245,7 +245,7 @@ def test_text_too_long_for_a_message_is_refused_through_every_form_and_changes_n
 def test_a_field_out_of_place_is_named_and_changes_nothing(client, desk, runtime):
     """An officer's pass: a deadline of 0 or "abc", a slot "abc" and a form without its version all read "the form
     is incomplete"; each now names what to fix."""
-    from accident_service.desk.acting import MAX_DEADLINE_MINUTES
+    from accident_service.cases.lifecycle import RETAKE_MAX_DEADLINE_MINUTES as MAX_DEADLINE_MINUTES
 
     sign_in(client, "th")
     before = status_of(runtime, desk["case_id"])
