@@ -445,15 +445,21 @@ def metrics_dir(*, environ: Mapping[str, str] | None = None) -> str | None:
     return path
 
 
-def bind_address(value: str) -> str:
+def bind_address(value: str, *, tcp_only: bool = False) -> str:
     """A gunicorn address as ``BIND`` (or ``serve --bind``) gives it: ``HOST:PORT`` with a port gunicorn can listen
-    on, a host alone (port 8000), or ``unix:PATH`` / ``fd://N`` as gunicorn takes them; raises SettingsError naming
-    BIND otherwise (gunicorn's own answer to a port out of range is a traceback)."""
-    if value.startswith(("unix:", "fd://")) or (value and ":" not in value) or value.endswith("]"):
+    on, a host alone (port 8000), or ``unix:PATH`` / ``fd://N`` as gunicorn takes them (not with ``tcp_only``: the
+    sandbox's server); raises SettingsError naming BIND otherwise (gunicorn's own answer to a port out of range is a
+    traceback)."""
+    sockets = "" if tcp_only else " (or unix:PATH)"
+    if value.startswith(("unix:", "fd://")):
+        if tcp_only:
+            raise SettingsError(f"BIND: expected HOST:PORT (this server listens on TCP only), got {value!r}")
+        return value
+    if (value and ":" not in value) or value.endswith("]"):
         return value
     host, _colon, port = value.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535 or not host.strip("[]"):
-        raise SettingsError(f"BIND: expected HOST:PORT with a port from 0 to 65535 (or unix:PATH), got {value!r}")
+        raise SettingsError(f"BIND: expected HOST:PORT with a port from 0 to 65535{sockets}, got {value!r}")
     return value
 
 

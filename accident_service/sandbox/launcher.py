@@ -31,7 +31,7 @@ from werkzeug.serving import LISTEN_QUEUE, get_sockaddr, make_server, select_add
 from accident_service.sandbox import console
 from accident_service.sandbox.emulator import WeChatEmulator
 from accident_service.sandbox.sms_emulator import SmsEmulator
-from accident_service.settings import SettingsError, bind_address
+from accident_service.settings import bind_address
 from accident_service.settings_checks import lower_case
 from accident_service.web import EXTENSION_KEY
 
@@ -153,9 +153,7 @@ def listen_address(bind: str) -> tuple[str, int]:
     """``bind`` as serve's ``--bind`` (BIND) takes it, checked by the same rule (settings.bind_address: a port from
     0 to 65535, a host alone meaning port 8000), as host and port; raises SettingsError naming BIND otherwise,
     ``unix:PATH`` and ``fd://N`` (gunicorn's forms; werkzeug's server here listens on TCP) included."""
-    bind = bind_address(bind)
-    if bind.startswith(("unix:", "fd://")):
-        raise SettingsError(f"BIND: the sandbox listens on HOST:PORT only, got {bind!r}")
+    bind = bind_address(bind, tcp_only=True)
     host, port = (bind, "8000") if ":" not in bind or bind.endswith("]") else bind.rpartition(":")[::2]
     return host.strip("[]"), int(port)
 

@@ -152,6 +152,7 @@ def test_a_bind_serve_would_refuse_is_refused_by_the_same_rule_before_anything_s
     done = run_sandbox_command(bind, tmp_path)
     assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
     assert done.stderr.startswith("configuration error: BIND: ") and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "unix:PATH" not in done.stderr  # serve's other forms are no cure here (an outside pass was offered one)
     assert not (tmp_path / "var").exists()  # no data directory: nothing started
 
 
