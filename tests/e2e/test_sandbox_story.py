@@ -163,12 +163,18 @@ def test_the_readme_run_command_serves_the_whole_story_in_a_browser(sandbox_proc
 
 def test_the_printed_credentials_open_the_desk(sandbox_process, browser_context):
     page = browser_context.new_page()
+    errors = []  # an outside pass met /favicon.ico's 404 as the page's one console error
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(sandbox_process["url"])
+    page.wait_for_load_state("load")
     page.goto(sandbox_process["desk_url"])
     page.fill("#username", sandbox_process["username"])
     page.fill("#password", sandbox_process["password"])
     page.press("#password", "Enter")
     page.wait_for_url(sandbox_process["desk_url"])
     expect(page.locator("main")).to_contain_text("沙盒演示快处点")
+    page.wait_for_load_state("load")
+    assert errors == []
 
 
 def test_a_pane_action_that_cannot_be_done_says_why_and_sends_nothing(sandbox_process, browser_context):
