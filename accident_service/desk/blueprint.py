@@ -15,7 +15,12 @@ from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
 from accident_service.booking.appointments import SlotUnavailable
-from accident_service.cases.lifecycle import NOTE_MAX_CHARS, REASON_MAX_CHARS, TransitionRefused
+from accident_service.cases.lifecycle import (
+    NOTE_MAX_CHARS,
+    REASON_MAX_CHARS,
+    RETAKE_MAX_DEADLINE_MINUTES,
+    TransitionRefused,
+)
 from accident_service.db import UNAVAILABLE_ERRORS, DatabaseUnavailable, error_name
 from accident_service.desk import i18n, labels
 from accident_service.desk.auth import current_staff
@@ -28,8 +33,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("desk", __name__, url_prefix="/desk", template_folder="templates", static_folder="static",
                static_url_path="/static")
 
-#: The forms' maxlength: the lifecycle refuses longer text, so the browser stops the officer at the same point.
-MAX_CHARS = {"reason": REASON_MAX_CHARS, "note": NOTE_MAX_CHARS}
+#: The forms' maxlength and max: the lifecycle's limits, so the browser stops the officer where the server would.
+FORM_LIMITS = {"reason": REASON_MAX_CHARS, "note": NOTE_MAX_CHARS, "deadline_minutes": RETAKE_MAX_DEADLINE_MINUTES}
 PUBLIC_ENDPOINTS = frozenset({"desk.login", "desk.static", "desk.language"})
 BACKGROUND_ENDPOINTS = frozenset({"desk.queue_rows"})  # fetched by the page's script: 401, not a redirect
 # Photos come through presigned URLs: the local store's (same origin) or S3's (another host).
@@ -65,7 +70,7 @@ def _page_context():
     return {"t": i18n.t, "lang": i18n.current_language(), "html_lang": i18n.HTML_LANG[i18n.current_language()],
             "staff": staff, "is_supervisor": staff is not None and staff.role is StaffRole.SUPERVISOR,
             "local_time": i18n.local_time, "labels": labels, "settings": current_runtime().settings,
-            "max_chars": MAX_CHARS}
+            "form_limits": FORM_LIMITS}
 
 
 def safe_next(target: str | None) -> str | None:

@@ -248,6 +248,8 @@ def test_a_field_out_of_place_is_named_and_changes_nothing(client, desk, runtime
     from accident_service.cases.lifecycle import RETAKE_MAX_DEADLINE_MINUTES as MAX_DEADLINE_MINUTES
 
     sign_in(client, "th")
+    page = client.get(f"/desk/cases/{desk['case_no']}").get_data(as_text=True)
+    assert f'name="deadline_minutes" type="number" min="1" max="{MAX_DEADLINE_MINUTES}"' in page  # the same limit
     before = status_of(runtime, desk["case_id"])
     for deadline in ("0", "abc", str(MAX_DEADLINE_MINUTES + 1)):
         said = post_form(client, desk["case_no"], "retake", item="2", reason="看不清", deadline_minutes=deadline)
