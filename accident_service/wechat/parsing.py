@@ -209,7 +209,7 @@ def classify(text: str) -> Intent:
         value = parse(value_text)
         if value is not None:
             return Intent(kind, value)
-    return _details(clean) or _attempted_value(clean, value_text) or Intent(IntentKind.UNKNOWN, clean)
+    return _details(value_text) or _attempted_value(clean, value_text) or Intent(IntentKind.UNKNOWN, clean)
 
 
 #: The most groups a plate and a phone in one message come in ("粤 A 1 2 3 4 5 138 0013 8000"); a longer message is
@@ -222,14 +222,15 @@ def _details(clean: str) -> Intent | None:
     them and an unreadable try at the other ("粤Z1 13800138000": acceptance pass, where both were lost).
 
     The message is cut in two at each gap between its groups, so that either value may be typed in groups of its
-    own ("粤B 12345 139 0013 9000": a driver's pass, where both were lost as not understood)."""
-    groups = [group for group in re.split(r"[\s,，;；、/]+", clean) if group]
+    own ("粤B 12345 139 0013 9000": a driver's pass, where both were lost as not understood). A group that is only a
+    label ("手机", "plate") is left out wherever it stands; one that starts with a label starts a value."""
+    groups = [group for group in re.split(r"[\s,，;；、/]+", clean)
+              if group and _VALUE_LABEL.sub("", group).strip(_VALUE_PUNCTUATION)]
     if not 2 <= len(groups) <= _MOST_DETAIL_GROUPS:
         return None
-    halves = [(" ".join(groups[:cut]), " ".join(groups[cut:])) for cut in range(1, len(groups))]
     in_part = None
-    for first, second in halves:
-        one, other = _detail(first), _detail(second)
+    for cut in range(1, len(groups)):
+        one, other = _detail(groups[:cut]), _detail(groups[cut:])
         kinds = {one.kind, other.kind}
         if kinds == {IntentKind.PLATE, IntentKind.PHONE}:
             plate, phone = (one, other) if one.kind is IntentKind.PLATE else (other, one)
@@ -242,22 +243,36 @@ def _details(clean: str) -> Intent | None:
     return in_part
 
 
-def _detail(text: str) -> Intent:
-    """One half of a message that may hold a plate and a phone: the value it is, an unreadable try at one, or
-    UNKNOWN."""
-    value = _VALUE_LABEL.sub("", text).strip(_VALUE_PUNCTUATION)
+def _detail(groups: list[str]) -> Intent:
+    """Groups that may be one value of a plate-and-phone message: the value, an unreadable try at one (by its shape
+    alone: words after a label are not a try at a phone), or UNKNOWN. A label past the first group ends it: "粤B
+    plate" is no plate 粤BPLATE."""
+    if any(_VALUE_LABEL.match(group) for group in groups[1:]):
+        return Intent(IntentKind.UNKNOWN, " ".join(groups))
+    value = _VALUE_LABEL.sub("", " ".join(groups)).strip(_VALUE_PUNCTUATION)
     if (plate := parse_plate(value)) is not None:
         return Intent(IntentKind.PLATE, plate)
     if (phone := parse_phone(value)) is not None:
         return Intent(IntentKind.PHONE, phone)
-    return (_attempted_value(text, value) if value else None) or Intent(IntentKind.UNKNOWN, text)
+    return Intent(_shaped_like(value) or IntentKind.UNKNOWN, value)
 
 
 def _attempted_value(clean: str, value_text: str) -> Intent | None:
     """A plate or a phone number the driver meant to give, but in a shape that is not one."""
-    bare = _DASHES_AND_SPACES.sub("", value_text).upper()
-    if _PHONE_LABEL.match(clean) or _PHONE_ATTEMPT.fullmatch(bare):
+    shape = _shaped_like(value_text)
+    if _PHONE_LABEL.match(clean) or shape is IntentKind.BAD_PHONE:
         return Intent(IntentKind.BAD_PHONE, clean)
-    if _PLATE_LABEL.match(clean) or _PLATE_ATTEMPT.fullmatch(_PLATE_SEPARATORS.sub("", bare)):
+    if _PLATE_LABEL.match(clean) or shape is IntentKind.BAD_PLATE:
         return Intent(IntentKind.BAD_PLATE, clean)
+    return None
+
+
+def _shaped_like(value_text: str) -> IntentKind | None:
+    """BAD_PHONE or BAD_PLATE for text shaped like a try at one (7 to 15 digits; a province and a letter, then
+    letters or digits), else None."""
+    bare = _DASHES_AND_SPACES.sub("", value_text).upper()
+    if _PHONE_ATTEMPT.fullmatch(bare):
+        return IntentKind.BAD_PHONE
+    if _PLATE_ATTEMPT.fullmatch(_PLATE_SEPARATORS.sub("", bare)):
+        return IntentKind.BAD_PLATE
     return None

@@ -358,6 +358,36 @@ def test_generated_plates_and_phones_in_one_message_are_both_taken(plate, phone,
 
 
 @pytest.mark.parametrize(("typed", "plate", "phone"), [
+    ("粤A12345 13800138000 手机", "粤A12345", "13800138000"),  # a label standing alone is left out, wherever
+    ("粤A12345,13800138000 plate", "粤A12345", "13800138000"),
+    ("my plate is 粤A12345 13800138000", "粤A12345", "13800138000"),
+])
+def test_labels_standing_alone_around_the_two_details_are_left_out(typed, plate, phone):
+    assert classify(typed) == Intent(IntentKind.DETAILS, (plate, phone))
+
+
+@pytest.mark.parametrize("typed", ["粤A12345 手机 13800138000 谢谢", "粤AD12345/手机，谢谢", "13800138000 车牌、在哪",
+                                   "粤B plate 13800138000 ok"])
+def test_words_beside_a_value_are_neither_a_value_nor_a_try_at_one(typed):
+    """Review: a phone label followed by words read as an unreadable phone (the driver told their phone could not be
+    read), and "粤B plate" as the plate 粤BPLATE."""
+    assert classify(typed).kind is IntentKind.UNKNOWN
+
+
+def test_a_label_inside_a_plate_s_groups_ends_the_plate():
+    assert classify("粤B plate 13800138000") == Intent(IntentKind.DETAILS_IN_PART, (None, "13800138000"))
+
+
+@BOUNDED
+@given(CANONICAL_PLATES, typed_phones(), st.sampled_from(["谢谢", "hello", "在哪", "ok 谢谢", "请问"]),
+       st.sampled_from([0, 1, 2]))
+def test_a_plate_and_a_phone_with_other_words_are_not_details(plate, phone, word, where) -> None:
+    parts = [plate, phone[1]]
+    parts.insert(where, word)
+    assert classify(" ".join(parts)).kind not in (IntentKind.DETAILS, IntentKind.DETAILS_IN_PART)
+
+
+@pytest.mark.parametrize(("typed", "plate", "phone"), [
     ("粤B 1 13900139000", None, "13900139000"),
     ("粤Z1 13800138000", None, "13800138000"),
     ("13800138000 粤A1234", None, "13800138000"),
