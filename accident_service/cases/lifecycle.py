@@ -40,7 +40,7 @@ from accident_service.models import (
     Party,
     PartyRole,
 )
-from accident_service.settings import Settings
+from accident_service.settings import WEEK_MINUTES, Settings
 
 S = CaseStatus
 _NO_APPOINTMENT = (S.DRAFT, S.READY)
@@ -48,8 +48,9 @@ LIABILITIES = ("A", "B", "shared", "none")  # A or B fully liable, shared, or no
 #: The longest reason and outcome note staff may give, in characters: both drivers read it in a message of its own.
 REASON_MAX_CHARS = 200
 NOTE_MAX_CHARS = 500
-#: The longest a party may be given to send a retaken photo (the desk's form and the API take minutes up to it).
-RETAKE_MAX_DEADLINE_MINUTES = 7 * 24 * 60
+#: The longest a party may be given to send a retaken photo (the desk's form and the API take minutes up to it): the
+#: bound of the RETAKE_DEADLINE_MINUTES setting, so the default is always one the forms take.
+RETAKE_MAX_DEADLINE_MINUTES = WEEK_MINUTES
 CLOSED_STATUSES = (S.COMPLETED, S.CANCELLED, S.EXPIRED, S.NO_SHOW)
 #: Sent back, from retake_requested, to the state its appointment is in (booked or confirmed).
 RESUME = "resume"

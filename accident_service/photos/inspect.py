@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from PIL import ExifTags, Image
 
+from accident_service.clock import HOME_TIMEZONE
 from accident_service.photos.checks import DEFAULT_CLEARLY_SHARP, ImageRejected
 from accident_service.photos.measures import (
     JUDGING_SIDE,
@@ -77,7 +78,7 @@ class ImageFacts:
         return self.taken_at is not None
 
 
-def inspect_image(data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Shanghai",
+def inspect_image(data: bytes, *, max_pixels: int, exif_timezone: str = HOME_TIMEZONE,
                   clearly_sharp: float | None = DEFAULT_CLEARLY_SHARP) -> ImageFacts:
     """Decode ``data`` at reduced scale and return its facts.
 
@@ -92,7 +93,7 @@ def inspect_image(data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Sh
 
 
 def inspect_image_with_preview(
-    data: bytes, *, max_pixels: int, exif_timezone: str = "Asia/Shanghai",
+    data: bytes, *, max_pixels: int, exif_timezone: str = HOME_TIMEZONE,
     clearly_sharp: float | None = DEFAULT_CLEARLY_SHARP,
 ) -> tuple[ImageFacts, Image.Image]:
     """Like :func:`inspect_image`, also returning the reduced RGB preview.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -161,7 +163,8 @@ def test_failures_are_counted_in_redis_when_it_is_configured(runtime, settings_o
 
 def test_the_readmes_command_unlocks_a_username_for_every_process(runtime, settings_overrides, officers):
     """The README said ``limiter clear --key KEY``: given the username, Flask-Limiter printed "Cleared" and cleared
-    nothing (its keys carry the throttle's prefix). The documented form is run as an operator would."""
+    nothing (its keys carry the throttle's prefix). The command is read from the README and run as an operator
+    would."""
     redis_url = "redis://127.0.0.1:6379/0"
     app = create_app({**settings_overrides, "REDIS_URL": redis_url})
     username = f"probe-{uuid.uuid4().hex[:8]}"
@@ -174,8 +177,9 @@ def test_the_readmes_command_unlocks_a_username_for_every_process(runtime, setti
             sign_in(client, username, "wrong-password")
         assert sign_in(client, username).status_code == 429
         env = {key: str(value) for key, value in settings_overrides.items()} | {"REDIS_URL": redis_url}
-        result = run_cli("limiter", "clear", "--endpoint", "desk.login", "--key", f"desk-login/{username}", "-y",
-                         env=env)
+        documented = re.search(r"`accident-service\s+(limiter\s+clear\s[^`]*USERNAME[^`]*)`",
+                               (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")).group(1)
+        result = run_cli(*documented.replace("USERNAME", username).split(), env=env)
         assert result.returncode == 0, result.stderr
         assert sign_in(client, username).status_code == 303
     finally:
