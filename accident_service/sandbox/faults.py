@@ -1,11 +1,16 @@
-"""Injected faults: errcodes, HTTP statuses and delays for calls whose path ends with a suffix.
+"""Injected faults: errcodes, HTTP statuses, delays and holds for calls whose path ends with a suffix.
 
-Not thread-safe on its own: PlatformApi calls it under its lock.
+``Faults`` is not thread-safe on its own: PlatformApi calls it under its lock. ``Holds`` keeps its own lock, as
+held calls wait on it outside the platform's.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
+
+HOLD_MAX_SECONDS = 60.0  # a hold a test forgot to release lets its calls through after this
 
 
 @dataclass
@@ -47,3 +52,54 @@ class Faults:
                         self._faults.remove(fault)
                 return fault
         return None
+
+
+class Holds:
+    """Calls held until a test releases them: a window as long as the test needs, where a delay is a guess that
+    a slow machine can overrun (the test's own steps taking longer than the delay)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._held: set[str] = set()
+        self._waiting: dict[str, int] = {}
+
+    def hold(self, path_suffix: str) -> None:
+        with self._changed:
+            self._held.add(path_suffix)
+
+    def release(self, path_suffix: str) -> None:
+        with self._changed:
+            self._held.discard(path_suffix)
+            self._changed.notify_all()
+
+    def release_all(self) -> None:
+        with self._changed:
+            self._held.clear()
+            self._changed.notify_all()
+
+    def wait_until_waiting(self, path_suffix: str, count: int, timeout: float) -> None:
+        """Block until ``count`` calls matching ``path_suffix`` are held. Raises TimeoutError."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._waiting.get(path_suffix, 0) >= count, timeout):
+                raise TimeoutError(f"{self._waiting.get(path_suffix, 0)} of {count} calls held at {path_suffix}")
+
+    def pass_through(self, path: str, stopping: threading.Event) -> bool:
+        """Wait while a hold matches ``path``; False if the server stops meanwhile."""
+        deadline = time.monotonic() + HOLD_MAX_SECONDS
+        with self._changed:
+            suffixes = [suffix for suffix in self._held if path.endswith(suffix)]
+            if not suffixes:
+                return True
+            for suffix in suffixes:
+                self._waiting[suffix] = self._waiting.get(suffix, 0) + 1
+            self._changed.notify_all()
+            try:
+                while any(suffix in self._held for suffix in suffixes) and not stopping.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(min(remaining, 0.1))  # 0.1: stop() sets its event, not this condition
+            finally:
+                for suffix in suffixes:
+                    self._waiting[suffix] -= 1
+            return not stopping.is_set()

@@ -101,6 +101,8 @@ def handler_for(api: PlatformApi, stopping: threading.Event) -> type[BaseHTTPReq
                 delay = api.delay_for(relative)
                 if delay and stopping.wait(delay):
                     return
+                if not api.holds.pass_through(relative, stopping):
+                    return
                 response = api.handle(method, relative, query, body)
             elif url.path.startswith("/pic/"):  # PicUrl: the image without a token, as the CDN serves it
                 response = api.picture(url.path[len("/pic/"):])

@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from accident_service.sandbox.allowances import Allowance, Audience
-from accident_service.sandbox.faults import Fault, Faults
+from accident_service.sandbox.faults import Fault, Faults, Holds
 from accident_service.sandbox.media import MediaStore
 from accident_service.sandbox.qrcodes import QrCodes, menu_problem
 from accident_service.sandbox.responses import ERRMSG, ApiResponse
@@ -58,6 +58,7 @@ class PlatformApi:
         self.qrcodes = self._qr.latest_ticket  # scene_str -> latest ticket
         self._media = MediaStore()
         self._faults = Faults()
+        self.holds = Holds()
         # Template msgids: a sequence of their own (not the pushes' MsgIds), from a random start as the platform's
         # are not small numbers every run (emulators sharing a database must not reuse them).
         self._template_msgid = random.SystemRandom().randrange(10**9, 10**12)
@@ -151,9 +152,21 @@ class PlatformApi:
         with self._lock:
             self._faults.set_delay(path_suffix, seconds)
 
+    def hold(self, path_suffix: str) -> None:
+        """Hold matching calls unanswered until :meth:`release` (at most ``HOLD_MAX_SECONDS``)."""
+        self.holds.hold(path_suffix)
+
+    def release(self, path_suffix: str) -> None:
+        self.holds.release(path_suffix)
+
+    def wait_until_held(self, path_suffix: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Block until ``count`` matching calls are held. Raises TimeoutError."""
+        self.holds.wait_until_waiting(path_suffix, count, timeout)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+        self.holds.release_all()
 
     # -- introspection --------------------------------------------------------
 

@@ -12,7 +12,7 @@ import requests
 from PIL import Image
 
 from accident_service.sandbox.emulator import WeChatEmulator
-from tests.sandbox.calls import get_token, send_template, send_text
+from tests.sandbox.calls import get_token, send_template, send_text, token_works
 from tests.sandbox.conftest import APPID, SECRET
 
 
@@ -132,6 +132,28 @@ def test_delay_makes_a_client_time_out(emulator: WeChatEmulator) -> None:
             "grant_type": "client_credential", "appid": APPID, "secret": SECRET})
     emulator.set_delay("token", 0)
     assert get_token(emulator)["access_token"]
+
+
+@pytest.mark.parametrize("let_go", ["release", "clear_faults"])
+def test_a_held_call_waits_unanswered_until_released(emulator: WeChatEmulator, let_go: str) -> None:
+    """A hold is a delay as long as the test needs: its calls wait; others are answered meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = get_token(emulator)["access_token"]
+    media_id = emulator.add_media()
+    emulator.hold("media/get")
+    with ThreadPoolExecutor(1) as pool:
+        download = pool.submit(requests.get, emulator.api_base_url + "media/get", timeout=30,
+                               params={"access_token": token, "media_id": media_id})
+        emulator.wait_until_held("media/get")
+        assert token_works(emulator, token) == 0  # another path is not held
+        assert not download.done()
+        with pytest.raises(TimeoutError):  # only one call is held
+            emulator.wait_until_held("media/get", count=2, timeout=0.2)
+        emulator.release("media/get") if let_go == "release" else emulator.clear_faults()
+        response = download.result(timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg"
+    assert emulator.requests_log[-1]["path"] == "media/get"
 
 
 def test_qrcode_create_returns_a_ticket_and_serves_an_image(emulator: WeChatEmulator) -> None:
