@@ -457,10 +457,11 @@ def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exa
             wechat.note_user_activity(openid) if channel == "wechat" else wechat.add_follower(openid)
         enqueue_notices(private_database_url, drivers, written=set(drivers) if channel == "wechat" else set(),
                         settings=load_settings({"DATA_DIR": str(tmp_path)}, environ={}))
-        hold = 5  # seconds the platform holds the first call before handling it
-        wechat.set_delay("message/custom/send", hold)
-        wechat.set_delay("message/template/send", hold)
-        sms.delay(hold, times=1)
+        held_path = {"wechat": "message/custom/send", "template": "message/template/send"}.get(channel)
+        if held_path:
+            wechat.hold(held_path)  # the platform holds the call until the scheduler is killed
+        sms_hold = 5  # seconds the SMS gateway holds the first call before handling it
+        sms.delay(sms_hold, times=1)
         first = start_scheduler(0)
 
         def in_flight():
@@ -474,8 +475,13 @@ def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exa
         from tests.support.live import wait_until
 
         sending = wait_until(in_flight, timeout=90)  # a cold scheduler start on a busy machine
-        time.sleep(1.5)  # the call reaches the platform, which holds it (a crash before the call: README)
-        held_until = time.monotonic() + hold
+        # The call reaches the platform, which holds it (a crash before the call: README).
+        if held_path:
+            wechat.wait_until_held(held_path, timeout=30)
+            held_until = time.monotonic()  # answered as soon as it is released, below
+        else:
+            assert wait_until(lambda: sms.request_count >= 1, timeout=30)
+            held_until = time.monotonic() + sms_hold
         first.kill()  # SIGKILL while the platform holds the call: the row stays leased, marked as sending
         first.wait(timeout=10)
         assert sending.channel == channel

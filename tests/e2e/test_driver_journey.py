@@ -219,15 +219,16 @@ def test_inline_a_text_is_answered_while_other_drivers_photos_hold_every_photo_t
         for openid in photographers:
             wechat.post_text(openid, "快处")
         wechat.wait_for_sent(lambda m: "已为您登记" in (m["text"] or ""), timeout=10, count=len(photographers))
-        wechat.set_delay("media/get", 4)  # every photo thread is inside a download
+        wechat.hold("media/get")
         for n, openid in enumerate(photographers):
             wechat.post_image(openid, wechat.add_media(f"lane-{n}", make_jpeg(f"lane-{n}", 1600, 1200)))
-        time.sleep(0.3)
+        wechat.wait_until_held("media/get", count=LANES["photo"])  # every photo thread is inside a download
         started = time.monotonic()
         wechat.post_text(A, "快处")
         wechat.wait_for_sent(lambda m: m["touser"] == A and "已为您登记" in (m["text"] or ""), timeout=3)
         assert time.monotonic() - started < 3
         assert not any("1/3" in m for openid in photographers for m in wechat.messages_to(openid))  # still held
+        wechat.release("media/get")
         wechat.wait_for_sent(lambda m: "1/3" in (m["text"] or ""), timeout=30, count=len(photographers))
     finally:
         wechat.clear_faults()

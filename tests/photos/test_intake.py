@@ -102,7 +102,7 @@ def test_a_photo_over_the_byte_cap_is_refused_without_being_read_whole(wechat, s
 
 
 def test_download_is_retried_with_backoff_after_a_platform_error_and_a_timeout(wechat, start_live, clock, photos):
-    runtime = start_live(WECHAT_API_TIMEOUT_SECONDS=0.25)  # the download may take 4x: 1 s
+    runtime = start_live(WECHAT_API_TIMEOUT_SECONDS=1)  # the download may take 4x: 4 s
     start_case(wechat, runtime)
     wechat.inject_http_status("media/get", 502)
     send_photo(wechat, runtime, photos.medium_jpeg("astronaut"))
@@ -111,9 +111,12 @@ def test_download_is_retried_with_backoff_after_a_platform_error_and_a_timeout(w
     assert "WeChatApiError" in message.last_error and message.next_attempt_at > clock.now()
     assert photos_of(runtime) == []
 
-    wechat.set_delay("media/get", 3)
+    wechat.hold("media/get")  # answered only after the download's time is up
     clock.advance(seconds=6)
-    drain(runtime)
+    try:
+        drain(runtime)
+    finally:
+        wechat.release("media/get")
     [message] = image_messages(runtime)
     assert (message.status, message.attempts) == (WorkStatus.PENDING, 2)
     assert photos_of(runtime) == []

@@ -23,7 +23,7 @@ from accident_service.wechat import inbox
 from tests.photos import images
 from tests.photos.driver import DRIVER, case_no_of, image_messages, photos_of, reply, seen_lines, send_photo, start_case
 from tests.support.chat import post_file
-from tests.support.live import drain, wait_until
+from tests.support.live import drain
 from tests.support.servers import MotoS3Server
 
 
@@ -615,18 +615,19 @@ def test_a_withdrawal_processed_while_the_photo_is_stored_is_seen_before_the_pho
     own_s3.stop()
     send_photo(wechat, runtime, photos.medium_jpeg("coffee"))  # waits the outage out
     own_s3.start()
-    wechat.set_delay("media/get", 1.5)
+    wechat.hold("media/get")  # the download waits until the withdrawal is made
     clock.advance(seconds=6)
     retry = threading.Thread(target=drain, args=(runtime,), kwargs={"worker_id": "photo-worker"})
     retry.start()
     try:
-        assert wait_until(lambda: image_messages(runtime)[0].status is WorkStatus.PROCESSING, timeout=5)
+        wechat.wait_until_held("media/get")
+        assert image_messages(runtime)[0].status is WorkStatus.PROCESSING
         for word in ("撤案", "确认撤案"):
             wechat.post_text(DRIVER, word)
             drain(runtime, worker_id="text-worker")
     finally:
+        wechat.release("media/get")
         retry.join(timeout=30)
-    wechat.set_delay("media/get", 0)
     drain(runtime)
 
     assert image_messages(runtime)[0].status is WorkStatus.DONE
