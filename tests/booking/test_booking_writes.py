@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import event, select, update
 
 from accident_service.booking import appointments
 from accident_service.booking import offers as booking
@@ -28,6 +27,7 @@ from accident_service.models import (
 )
 from tests.booking import factories as make
 from tests.conftest import T0
+from tests.support.locks import wait_until_a_backend_waits_for_a_lock
 
 H = timedelta(hours=1)
 
@@ -220,7 +220,7 @@ def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones
 
         chooser = threading.Thread(target=choose)
         chooser.start()
-        _wait_until_a_backend_waits_for_a_lock(runtime)
+        wait_until_a_backend_waits_for_a_lock(runtime.engine)
         holder.commit()
         chooser.join(timeout=30)
     finally:
@@ -238,10 +238,3 @@ def test_a_language_the_service_does_not_speak_gets_the_default(runtime, world):
     assert [n.language for n in make.notices(runtime, "booked")] == ["zh", "zh"]
 
 
-def _wait_until_a_backend_waits_for_a_lock(runtime) -> None:
-    deadline = time.monotonic() + 10
-    with runtime.engine.connect() as connection:
-        while connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")) == 0:
-            assert time.monotonic() < deadline, "the booking never waited for the case lock"
-            time.sleep(0.01)
-            connection.rollback()
