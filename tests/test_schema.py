@@ -49,12 +49,24 @@ def test_processes_starting_together_on_an_empty_database_each_find_the_schema_m
 
     url = _create_run_database(BASE_POSTGRES_URL) if ON_POSTGRES else f"sqlite:///{tmp_path}/together.db"
     try:
-        # Processes (Alembic's context is one per process), each waiting for the same moment to start.
-        at = time.time() + 3
-        code = ("import sys, time; from accident_service.schema import upgrade_database; "
-                "time.sleep(max(0, float(sys.argv[2]) - time.time())); upgrade_database(sys.argv[1])")
-        workers = [subprocess.Popen([sys.executable, "-c", code, url, str(at)], stderr=subprocess.PIPE)
-                   for _ in range(4)]
+        # Processes (Alembic's context is one per process), each starting once all four have imported the service
+        # (a moment fixed in advance was missed by slow imports, which staggered the starts).
+        barrier = tmp_path / "barrier"
+        barrier.mkdir()
+        code = ("import pathlib, sys, time\n"
+                "from accident_service.schema import upgrade_database\n"
+                "barrier = pathlib.Path(sys.argv[2])\n"
+                "(barrier / sys.argv[3]).touch()\n"
+                "deadline = time.monotonic() + 60\n"
+                "while not (barrier / 'go').exists() and time.monotonic() < deadline:\n"
+                "    time.sleep(0.001)\n"
+                "upgrade_database(sys.argv[1])\n")
+        workers = [subprocess.Popen([sys.executable, "-c", code, url, str(barrier), f"ready-{n}"],
+                                    stderr=subprocess.PIPE) for n in range(4)]
+        deadline = time.monotonic() + 60
+        while len(list(barrier.glob("ready-*"))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (barrier / "go").touch()
         failures = []
         for worker in workers:
             _, stderr = worker.communicate(timeout=120)
@@ -95,6 +107,7 @@ def test_on_sqlite_an_upgrade_is_one_transaction_that_no_one_sees_part_way(tmp_p
     try:
         while upgrade.poll() is None and time.monotonic() < deadline:
             if not path.exists():
+                time.sleep(0.001)  # not spinning: the upgrade it waits for shares two cores
                 continue
             try:
                 with sqlite3.connect(path, timeout=0) as reader:

@@ -12,6 +12,7 @@ from accident_service.booking.station_file import load_station_file
 from accident_service.booking.stations import import_stations
 
 EXAMPLE_STATIONS = Path(__file__).resolve().parents[2] / "config" / "stations.example.yaml"
+BROWSER_WAIT_MS = 10_000  # a page's action or expectation, with Chromium and the app on two busy cores
 
 
 @pytest.fixture
@@ -36,9 +37,12 @@ def chromium():
 
 @pytest.fixture
 def browser_context(chromium):
+    from playwright.sync_api import expect
+
     from tests.support.browser import VIEWPORT
 
     context = chromium.new_context(viewport=VIEWPORT, locale="zh-CN", timezone_id="Asia/Shanghai")
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(BROWSER_WAIT_MS)
+    expect.set_options(timeout=BROWSER_WAIT_MS)  # expect() keeps its own default (5 s) otherwise
     yield context
     context.close()

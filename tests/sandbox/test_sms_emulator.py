@@ -206,11 +206,11 @@ def test_gateway_failures_and_delays(sms):
     response = requests.post(sms.endpoint_url + "/", data=b"{}", timeout=5)
     assert response.status_code == 502
 
-    sms.delay(0.5)
+    sms.delay(5)
     started = time.monotonic()
     with pytest.raises(requests.Timeout):
-        requests.post(sms.endpoint_url + "/", data=b"{}", timeout=0.1)
-    assert time.monotonic() - started < 0.4
+        requests.post(sms.endpoint_url + "/", data=b"{}", timeout=0.5)
+    assert time.monotonic() - started < 2.5  # the client's timeout, not the gateway's 5 s
     assert sms.request_count == 2
 
 
