@@ -40,6 +40,7 @@ def test_the_booking_benchmark_books_every_seat_once_and_prints_its_figures():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # above the script's own bound (180 s)
 def test_the_webhook_benchmark_drives_all_three_servers_with_wrk_and_loses_nothing():
     """A tiny bounded run (wrk must be installed: .ci/run installs it), on the suite's database."""
     environ = on_the_suites_database()
@@ -69,6 +70,7 @@ def test_the_desk_queue_benchmark_reads_through_indexes_and_prints_its_figures()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # above the script's own bound (240 s)
 def test_the_load_benchmark_stores_every_photo_once_overbooks_nothing_and_is_refused_nothing():
     """A tiny bounded run of the whole topology (gunicorn, scheduler, moto, the strict emulator), on the suite's
     database: 2 cases in the burst and 1 paced, 3 photos per driver."""
@@ -100,6 +102,7 @@ def test_the_load_benchmark_stores_every_photo_once_overbooks_nothing_and_is_ref
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # above the script's own bound (240 s)
 def test_run_all_prints_one_document_and_reports_a_failing_script_without_stopping():
     """photo_check runs (no database); booking is given a database nobody answers on: it fails, and is reported,
     as is the CHECKPOINT before it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -38,6 +39,7 @@ def test_timestamps_come_back_aware_utc(runtime, clock):
         assert row.expires_at.utcoffset().total_seconds() == 0
 
 
+@pytest.mark.timeout(300)  # its processes' own bounds exceed the suite's 120 s
 def test_processes_starting_together_on_an_empty_database_each_find_the_schema_made_once(tmp_path):
     """gunicorn's workers (AUTO_MIGRATE, the image's own command) and several web instances upgrade at once:
     one makes the schema, the others wait for it and find it at head (acceptance pass: on PostgreSQL most
