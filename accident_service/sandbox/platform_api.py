@@ -159,7 +159,7 @@ class PlatformApi:
     def release(self, path_suffix: str) -> None:
         self.holds.release(path_suffix)
 
-    def wait_until_held(self, path_suffix: str, count: int = 1, timeout: float = 10.0) -> None:
+    def wait_until_held(self, path_suffix: str, count: int = 1, timeout: float = 30.0) -> None:
         """Block until ``count`` matching calls are held. Raises TimeoutError."""
         self.holds.wait_until_waiting(path_suffix, count, timeout)
 
