@@ -6,6 +6,7 @@ held calls wait on it outside the platform's.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -56,50 +57,54 @@ class Faults:
 
 class Holds:
     """Calls held until a test releases them: a window as long as the test needs, where a delay is a guess that
-    a slow machine can overrun (the test's own steps taking longer than the delay)."""
+    a slow machine can overrun (the test's own steps taking longer than the delay). A held call is neither
+    handled nor answered until its release (or the server's stop, or ``HOLD_MAX_SECONDS``)."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._held: set[str] = set()
-        self._waiting: dict[str, int] = {}
+        self._holds: dict[str, int] = {}  # path suffix -> the hold's number (a hold set again is a new one)
+        self._numbers = itertools.count(1)
+        self._held_calls: dict[str, int] = {}  # path suffix given to hold() -> calls waiting on it
 
     def hold(self, path_suffix: str) -> None:
         with self._changed:
-            self._held.add(path_suffix)
+            self._holds[path_suffix] = next(self._numbers)
 
     def release(self, path_suffix: str) -> None:
         with self._changed:
-            self._held.discard(path_suffix)
+            self._holds.pop(path_suffix, None)
             self._changed.notify_all()
 
     def release_all(self) -> None:
         with self._changed:
-            self._held.clear()
+            self._holds.clear()
             self._changed.notify_all()
 
-    def wait_until_waiting(self, path_suffix: str, count: int, timeout: float) -> None:
-        """Block until ``count`` calls matching ``path_suffix`` are held. Raises TimeoutError."""
+    def wait_until_held(self, path_suffix: str, count: int, timeout: float) -> None:
+        """Block until ``count`` calls are held by the hold on ``path_suffix`` (the suffix given to :meth:`hold`).
+        Raises TimeoutError. A call whose client gave up meanwhile still counts until it is released."""
         with self._changed:
-            if not self._changed.wait_for(lambda: self._waiting.get(path_suffix, 0) >= count, timeout):
-                raise TimeoutError(f"{self._waiting.get(path_suffix, 0)} of {count} calls held at {path_suffix}")
+            if not self._changed.wait_for(lambda: self._held_calls.get(path_suffix, 0) >= count, timeout):
+                raise TimeoutError(f"{self._held_calls.get(path_suffix, 0)} of {count} calls held at {path_suffix}")
 
     def pass_through(self, path: str, stopping: threading.Event) -> bool:
         """Wait while a hold matches ``path``; False if the server stops meanwhile."""
         deadline = time.monotonic() + HOLD_MAX_SECONDS
         with self._changed:
-            suffixes = [suffix for suffix in self._held if path.endswith(suffix)]
-            if not suffixes:
+            holding = {suffix: number for suffix, number in self._holds.items() if path.endswith(suffix)}
+            if not holding:
                 return True
-            for suffix in suffixes:
-                self._waiting[suffix] = self._waiting.get(suffix, 0) + 1
+            for suffix in holding:
+                self._held_calls[suffix] = self._held_calls.get(suffix, 0) + 1
             self._changed.notify_all()
             try:
-                while any(suffix in self._held for suffix in suffixes) and not stopping.is_set():
+                # Until each of these holds is released: the same suffix held again later is another hold.
+                while any(self._holds.get(suffix) == number for suffix, number in holding.items()):
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if remaining <= 0 or stopping.is_set():
                         break
                     self._changed.wait(min(remaining, 0.1))  # 0.1: stop() sets its event, not this condition
             finally:
-                for suffix in suffixes:
-                    self._waiting[suffix] -= 1
+                for suffix in holding:
+                    self._held_calls[suffix] -= 1
             return not stopping.is_set()

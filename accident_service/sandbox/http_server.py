@@ -29,7 +29,8 @@ class LoopbackServing:
     """An emulator served on 127.0.0.1 from a thread of this process: start/stop it, or use it with ``with``.
 
     The emulator calls :meth:`_init_serving` from its ``__init__`` and builds its request handler in
-    :meth:`_handler`; a handler sleeping in an injected delay waits on ``_stopping``, so stop() wakes it.
+    :meth:`_handler`; a handler sleeping in an injected delay waits on ``_stopping``, so stop() wakes it (a held
+    call sees it within 0.1 s).
     """
 
     port: int  # 0 until started when asked for 0: a free port chosen at start()
@@ -77,7 +78,7 @@ class LoopbackServing:
 
 
 def handler_for(api: PlatformApi, stopping: threading.Event) -> type[BaseHTTPRequestHandler]:
-    """A request handler serving ``api``; injected delays end early once ``stopping`` is set."""
+    """A request handler serving ``api``; injected delays and holds end early once ``stopping`` is set."""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "WeChatEmulator/1.0"

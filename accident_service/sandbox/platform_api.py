@@ -153,17 +153,20 @@ class PlatformApi:
             self._faults.set_delay(path_suffix, seconds)
 
     def hold(self, path_suffix: str) -> None:
-        """Hold matching calls unanswered until :meth:`release` (at most ``HOLD_MAX_SECONDS``)."""
+        """Matching calls are neither handled nor answered until :meth:`release`, :meth:`clear_faults` or the
+        server's stop (at most ``HOLD_MAX_SECONDS``); a released call is handled then, on the clock of then."""
         self.holds.hold(path_suffix)
 
     def release(self, path_suffix: str) -> None:
+        """The calls held on ``path_suffix`` go on; later ones are not held."""
         self.holds.release(path_suffix)
 
     def wait_until_held(self, path_suffix: str, count: int = 1, timeout: float = 30.0) -> None:
-        """Block until ``count`` matching calls are held. Raises TimeoutError."""
-        self.holds.wait_until_waiting(path_suffix, count, timeout)
+        """Block until ``count`` calls are held on ``path_suffix`` (as given to :meth:`hold`). Raises TimeoutError."""
+        self.holds.wait_until_held(path_suffix, count, timeout)
 
     def clear_faults(self) -> None:
+        """Injected errors and delays are gone, and every hold is released."""
         with self._lock:
             self._faults.clear()
         self.holds.release_all()

@@ -151,7 +151,9 @@ def test_a_held_call_waits_unanswered_until_released(emulator: WeChatEmulator, l
         with pytest.raises(TimeoutError):  # only one call is held
             emulator.wait_until_held("media/get", count=2, timeout=0.2)
         emulator.release("media/get") if let_go == "release" else emulator.clear_faults()
+        emulator.hold("media/get")  # a new hold, for later calls: the one released goes on
         response = download.result(timeout=10)
+        emulator.release("media/get")
     assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg"
     assert emulator.requests_log[-1]["path"] == "media/get"
 
