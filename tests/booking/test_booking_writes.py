@@ -27,7 +27,7 @@ from accident_service.models import (
 )
 from tests.booking import factories as make
 from tests.conftest import T0
-from tests.support.locks import wait_until_a_backend_waits_for_a_lock
+from tests.support.locks import backend_pid, wait_until_blocked_by
 
 H = timedelta(hours=1)
 
@@ -220,7 +220,7 @@ def test_facts_committed_while_the_booking_waited_for_the_case_lock_are_the_ones
 
         chooser = threading.Thread(target=choose)
         chooser.start()
-        wait_until_a_backend_waits_for_a_lock(runtime.engine)
+        wait_until_blocked_by(runtime.engine, backend_pid(holder))
         holder.commit()
         chooser.join(timeout=30)
     finally:

@@ -20,7 +20,7 @@ from accident_service.booking.slots import MORE_BOOKED_THAN_DESKS, NO_LONGER_OFF
 from accident_service.models import Appointment, AppointmentStatus, Slot, Station
 from tests.booking import factories as make
 from tests.conftest import T0
-from tests.support.locks import wait_until_a_backend_waits_for_a_lock
+from tests.support.locks import backend_pid, wait_until_blocked_by
 
 GUANGZHOU = ZoneInfo("Asia/Shanghai")
 THURSDAY = date(2026, 11, 26)
@@ -254,7 +254,7 @@ def test_a_booking_in_flight_on_postgres_keeps_its_slot_and_seat(runtime):
         reports: list[slots.SlotReport] = []
         reconciler = threading.Thread(target=lambda: reports.append(reconcile(runtime)))
         reconciler.start()
-        wait_until_a_backend_waits_for_a_lock(runtime.engine)  # its DELETE waits for the booking's row lock
+        wait_until_blocked_by(runtime.engine, backend_pid(booking))  # its DELETE waits for the booking's row lock
         booking.commit()
     finally:
         booking.close()

@@ -9,7 +9,7 @@ from accident_service.cases import parties, service
 from accident_service.models import Case, PartyRole, Photo, PhotoStatus
 from accident_service.settings import load_settings
 from tests.conftest import T0
-from tests.support.locks import wait_until_a_backend_waits_for_a_lock
+from tests.support.locks import backend_pid, wait_until_blocked_by
 
 
 def _case(runtime, openid="oA"):
@@ -98,6 +98,6 @@ def test_a_driver_who_waited_for_the_case_lock_sees_what_the_other_driver_commit
         session.flush()
         other = threading.Thread(target=b_finishes)
         other.start()
-        wait_until_a_backend_waits_for_a_lock(runtime.engine)  # B waits for A's lock
+        wait_until_blocked_by(runtime.engine, backend_pid(session))  # B waits for A's lock
     other.join(timeout=10)
     assert seen == ["13800138000"]

@@ -25,7 +25,7 @@ from accident_service.notify.dispatch import dispatch_due
 from accident_service.outbox import JOIN_QR_PLACEHOLDER, enqueue
 from accident_service.runtime import build_runtime
 from accident_service.settings import load_settings
-from tests.support.locks import wait_until_a_backend_waits_for_a_lock
+from tests.support.locks import backend_pid, wait_until_blocked_by
 from tests.support.sms import notice_templates, running_sms_emulator
 
 _keys = itertools.count(1)
@@ -636,6 +636,7 @@ def test_the_platform_s_window_for_a_repeat_runs_from_the_first_attempt_that_may
         assert dispatch_due(rt, "w2") == 1  # sent again as the template: no answer this time either
     finally:
         wechat.release("message/template/send")
+    wechat.wait_for_sent(lambda m: m["kind"] == "template")  # the platform handles it once released
     assert load(rt, notification_id).sending_at == first_mark
     clock.set(first_mark + timedelta(minutes=9))
     acted(rt, wechat, "oDriverA")
@@ -986,7 +987,7 @@ def test_two_sweeps_probing_at_once_take_the_attempt_back_once(rt, wechat, clock
         assert probe(first, ahead) == 1  # its lock held until it commits
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(lambda: (probe(second, ahead - timedelta(milliseconds=300)), second.commit()))
-            wait_until_a_backend_waits_for_a_lock(rt.engine)  # the second UPDATE waits for the row's lock
+            wait_until_blocked_by(rt.engine, backend_pid(first))  # the second UPDATE waits for the row's lock
             first.commit()
             assert waiting.result(timeout=10)[0] == 0
     finally:

@@ -6,17 +6,23 @@ import time
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 
-def wait_until_a_backend_waits_for_a_lock(engine: Engine, timeout: float = 10.0) -> None:
-    """Block until a backend of ``engine``'s database waits for a lock (other tests' databases are not counted).
+def backend_pid(session: Session) -> int:
+    """The server process behind ``session`` (its transaction begins here if it had not)."""
+    return session.scalar(text("SELECT pg_backend_pid()"))
 
-    A fixed sleep or a thread still alive after a second proves nothing on a slow machine: the other client may
+
+def wait_until_blocked_by(engine: Engine, holder_pid: int, timeout: float = 10.0) -> None:
+    """Block until another backend waits for a lock that ``holder_pid`` holds.
+
+    A fixed sleep, or a thread still alive after a second, proves nothing on a slow machine: the other client may
     not have reached its statement yet, and the test then passes without the wait it is about."""
     deadline = time.monotonic() + timeout
     with engine.connect() as connection:
-        while not connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                         "AND datname = current_database()")):
-            assert time.monotonic() < deadline, "no client waited for the lock"
+        while not connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE :holder = ANY(pg_blocking_pids(pid))"), {"holder": holder_pid}):
+            assert time.monotonic() < deadline, f"no client waited for a lock of backend {holder_pid}"
             time.sleep(0.01)
             connection.rollback()  # a fresh snapshot of pg_stat_activity
