@@ -25,6 +25,7 @@ def on_the_suites_database() -> dict[str, str]:
 
 @pytest.mark.postgres_only
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # above the test's bound on the script (120 s)
 def test_the_booking_benchmark_books_every_seat_once_and_prints_its_figures():
     environ = os.environ | {"BENCH_DATABASE_URL": conftest.POSTGRES_URL}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "booking.py"), "--clients", "4",
@@ -40,7 +41,7 @@ def test_the_booking_benchmark_books_every_seat_once_and_prints_its_figures():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)  # above the script's own bound (180 s)
+@pytest.mark.timeout(240)  # above the test's bound on the script (180 s)
 def test_the_webhook_benchmark_drives_all_three_servers_with_wrk_and_loses_nothing():
     """A tiny bounded run (wrk must be installed: .ci/run installs it), on the suite's database."""
     environ = on_the_suites_database()
@@ -59,6 +60,7 @@ def test_the_webhook_benchmark_drives_all_three_servers_with_wrk_and_loses_nothi
 
 @pytest.mark.postgres_only
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # above the test's bound on the script (120 s)
 def test_the_desk_queue_benchmark_reads_through_indexes_and_prints_its_figures():
     environ = os.environ | {"BENCH_DATABASE_URL": conftest.POSTGRES_URL}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "desk_queue.py"), "--cases", "3000",
@@ -70,7 +72,7 @@ def test_the_desk_queue_benchmark_reads_through_indexes_and_prints_its_figures()
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # above the script's own bound (240 s)
+@pytest.mark.timeout(300)  # above the test's bound on the script (240 s)
 def test_the_load_benchmark_stores_every_photo_once_overbooks_nothing_and_is_refused_nothing():
     """A tiny bounded run of the whole topology (gunicorn, scheduler, moto, the strict emulator), on the suite's
     database: 2 cases in the burst and 1 paced, 3 photos per driver."""
@@ -102,7 +104,7 @@ def test_the_load_benchmark_stores_every_photo_once_overbooks_nothing_and_is_ref
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # above the script's own bound (240 s)
+@pytest.mark.timeout(300)  # above the test's bound on the script (240 s)
 def test_run_all_prints_one_document_and_reports_a_failing_script_without_stopping():
     """photo_check runs (no database); booking is given a database nobody answers on: it fails, and is reported,
     as is the CHECKPOINT before it."""

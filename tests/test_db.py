@@ -42,8 +42,8 @@ def terminate(database_url: str, pid: int) -> None:
     admin = make_engine(database_url)
     try:
         with admin.connect() as connection:
-            # With a timeout, PostgreSQL (14+) answers once the backend has exited and closed its socket: a signal
-            # alone may leave it open a moment longer, past the pool's check at the next checkout.
+            # With a timeout, PostgreSQL (14+) answers once the backend has exited (its goodbye sent on the socket):
+            # a signal alone may leave it running a moment longer, past the pool's check at the next checkout.
             assert connection.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar()
     finally:
         admin.dispose()

@@ -553,7 +553,8 @@ def test_stopping_the_old_master_after_a_binary_upgrade_hands_no_connection_to_i
             upgraded = Path(f"{pidfile}.2")
             _until(upgraded.exists)
             new_master = int(upgraded.read_text())
-            _until(lambda: _listening(upgraded, port, 2))  # its workers, each on its own socket
+            # Its workers listen, each on its own socket; one still loading the app answers late, not wrongly.
+            _until(lambda: _listening(upgraded, port, 2))
             traffic = _Traffic(port)
             try:
                 time.sleep(1)

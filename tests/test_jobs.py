@@ -462,8 +462,9 @@ def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exa
         held_path = {"wechat": "message/custom/send", "template": "message/template/send"}.get(channel)
         if held_path:
             wechat.hold(held_path)  # the platform holds the call until the scheduler is killed
-        sms_hold = 5  # seconds the SMS gateway holds the first call before handling it
-        sms.delay(sms_hold, times=1)
+            scheduler_env["WECHAT_API_TIMEOUT_SECONDS"] = "120"  # still waiting for it then, however slow the run
+        sms_delay = 5  # seconds the SMS gateway holds the first call before handling it
+        sms.delay(sms_delay, times=1)
         first = start_scheduler(0)
 
         def in_flight():
@@ -480,10 +481,11 @@ def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exa
         # The call reaches the platform, which holds it (a crash before the call: README).
         if held_path:
             wechat.wait_until_held(held_path, timeout=30)
-            held_until = time.monotonic()  # answered as soon as it is released, below
+            handled_by = time.monotonic()  # handled as soon as it is released, below
         else:
             assert wait_until(lambda: sms.request_count >= 1, timeout=30)
-            held_until = time.monotonic() + sms_hold
+            handled_by = time.monotonic() + sms_delay
+        assert first.poll() is None
         first.kill()  # SIGKILL while the platform holds the call: the row stays leased, marked as sending
         first.wait(timeout=10)
         assert sending.channel == channel
@@ -495,7 +497,7 @@ def test_a_scheduler_killed_mid_send_leaves_every_must_read_notice_delivered_exa
             time.sleep(0.25)
 
         assert statuses(private_database_url) == {WorkStatus.DONE: len(drivers)}, logs(tmp_path, 2)
-        time.sleep(max(0.0, held_until - time.monotonic()))  # the platform answers the call it held
+        time.sleep(max(0.0, handled_by - time.monotonic()))  # the platform handles the call it held
         for openid, phone in drivers.items():
             received = len(wechat.sent_to(openid)) + len(sms.sent_to(f"+86{phone}"))
             assert received == 1, (openid, wechat.sent_to(openid), sms.sent_to(f"+86{phone}"))

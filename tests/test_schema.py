@@ -69,6 +69,7 @@ def test_processes_starting_together_on_an_empty_database_each_find_the_schema_m
         while len(list(barrier.glob("ready-*"))) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
         (barrier / "go").touch()
+        assert len(list(barrier.glob("ready-*"))) == 4, "the processes did not all start together"
         failures = []
         for worker in workers:
             _, stderr = worker.communicate(timeout=120)
