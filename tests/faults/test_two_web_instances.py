@@ -7,7 +7,6 @@ it is stored once, processed once and answered once.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from sqlalchemy import text
@@ -16,6 +15,7 @@ from accident_service.db import make_engine
 from accident_service.messages import text as catalogue_text
 from tests.conftest import WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
 from tests.faults.conftest import Push, gunicorn, web_env
+from tests.support.live import wait_until
 
 pytestmark = pytest.mark.slow
 DRIVERS, PUSHES_PER_DRIVER = 4, 2
@@ -26,6 +26,18 @@ def inbox_statuses(database_url: str) -> list[str]:
     try:
         with engine.connect() as connection:
             return sorted(connection.execute(text("SELECT status FROM inbound_message")).scalars())
+    finally:
+        engine.dispose()
+
+
+def work_under_way(database_url: str) -> int:
+    """Pushes and notices not finished yet (pending or leased)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text(
+                "SELECT (SELECT count(*) FROM inbound_message WHERE status IN ('pending', 'processing'))"
+                " + (SELECT count(*) FROM notification WHERE status IN ('pending', 'processing'))")).scalar()
     finally:
         engine.dispose()
 
@@ -52,7 +64,9 @@ def test_each_push_is_stored_processed_and_answered_once_across_two_instances(pr
                 thread.join(timeout=20)
         assert answers == [(200, "success")] * 2 * len(pushes)
         wechat.wait_for_sent(lambda m: m["touser"].startswith("oTwoHosts"), timeout=60, count=len(pushes))
-        time.sleep(1)  # a duplicate would come right after: give it the chance to show
+        # A duplicate would come from work still under way: wait until none is left (a fixed second could end
+        # before it on a slow machine), then stop both instances before counting.
+        assert wait_until(lambda: work_under_way(private_database_url) == 0, timeout=60)
 
     help_text = catalogue_text("conv.help", "zh")
     for driver in range(DRIVERS):

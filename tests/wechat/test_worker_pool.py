@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -174,7 +173,9 @@ def test_the_lanes_shut_down_while_a_text_thread_hands_a_photo_on(wechat_runtime
         worker_pool.submit_after_response(rt, text, "text", "oShutdownHandOn")
         stopping = threading.Thread(target=worker_pool.shutdown_pools, daemon=True)
         stopping.start()
-        time.sleep(0.3)  # the text is answered and its driver's photo handed on meanwhile
+        # The text is answered and its driver's photo handed on (leased by the text thread) while shutdown waits.
+        wait_until(lambda: (load_message(rt, text).status, load_message(rt, photo).status) == (
+            WorkStatus.DONE, WorkStatus.PROCESSING))
         photo_lane.release()
         stopping.join(timeout=20)
         assert not stopping.is_alive(), "shutting the lanes down never finished"
