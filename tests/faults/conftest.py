@@ -16,13 +16,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
+from sqlalchemy import text
 
+from accident_service.db import make_engine
 from accident_service.sandbox.push_messages import message_fields, new_nonce, render_xml, sha1_signature
 from tests.support.servers import free_port, serving
 from tests.test_jobs import private_database_url, scheduler_env, start_scheduler  # noqa: F401  (scheduler fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "faults-token"
+
+
+def column(database_url: str, sql: str) -> list:
+    """The first column of ``sql``'s rows, on an engine of its own (the web's processes hold theirs)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(text(sql)).scalars())
+    finally:
+        engine.dispose()
 
 
 def web_env(database_url: str, tmp_path: Path, **settings: str) -> dict[str, str]:

@@ -12,33 +12,21 @@ import time
 
 import pytest
 import requests
-from sqlalchemy import text
 
-from accident_service.db import make_engine
-from tests.faults.conftest import Push, gunicorn, web_env
+from tests.faults.conftest import Push, column, gunicorn, web_env
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
 
 
 def terminate_web_backends(database_url: str) -> int:
     """End every server process connected to the web's database (not ours); how many were ended."""
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(text(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
-    finally:
-        engine.dispose()
+    [ended] = column(database_url, "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    return ended
 
 
 def stored_msg_ids(database_url: str) -> list[int]:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            keys = connection.execute(text("SELECT dedupe_key FROM inbound_message")).scalars().all()
-    finally:
-        engine.dispose()
+    keys = column(database_url, "SELECT dedupe_key FROM inbound_message")
     return sorted(int(key.removeprefix("msg:")) for key in keys)
 
 

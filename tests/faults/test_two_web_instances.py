@@ -9,12 +9,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import text
 
-from accident_service.db import make_engine
 from accident_service.messages import text as catalogue_text
 from tests.conftest import WECHAT_APPID, WECHAT_SECRET, WECHAT_TOKEN
-from tests.faults.conftest import Push, gunicorn, web_env
+from tests.faults.conftest import Push, column, gunicorn, web_env
 from tests.support.live import wait_until
 
 pytestmark = pytest.mark.slow
@@ -22,24 +20,15 @@ DRIVERS, PUSHES_PER_DRIVER = 4, 2
 
 
 def inbox_statuses(database_url: str) -> list[str]:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return sorted(connection.execute(text("SELECT status FROM inbound_message")).scalars())
-    finally:
-        engine.dispose()
+    return sorted(column(database_url, "SELECT status FROM inbound_message"))
 
 
 def work_under_way(database_url: str) -> int:
     """Pushes and notices not finished yet (pending or leased)."""
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(text(
-                "SELECT (SELECT count(*) FROM inbound_message WHERE status IN ('pending', 'processing'))"
-                " + (SELECT count(*) FROM notification WHERE status IN ('pending', 'processing'))")).scalar()
-    finally:
-        engine.dispose()
+    [count] = column(database_url, "SELECT (SELECT count(*) FROM inbound_message WHERE status IN ('pending', "
+                                   "'processing')) + (SELECT count(*) FROM notification WHERE status IN "
+                                   "('pending', 'processing'))")
+    return count
 
 
 def test_each_push_is_stored_processed_and_answered_once_across_two_instances(private_database_url, wechat, tmp_path):
