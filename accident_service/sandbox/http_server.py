@@ -99,10 +99,7 @@ def handler_for(api: PlatformApi, stopping: threading.Event) -> type[BaseHTTPReq
             body = self.rfile.read(min(length, MAX_REQUEST_BYTES)) if length > 0 else b""
             if url.path.startswith("/cgi-bin/"):
                 relative = url.path[len("/cgi-bin/"):]
-                delay = api.delay_for(relative)
-                if delay and stopping.wait(delay):
-                    return
-                if not api.holds.pass_through(relative, stopping):
+                if not api.wait_to_handle(relative, stopping):
                     return
                 response = api.handle(method, relative, query, body)
             elif url.path.startswith("/pic/"):  # PicUrl: the image without a token, as the CDN serves it

@@ -58,7 +58,7 @@ class PlatformApi:
         self.qrcodes = self._qr.latest_ticket  # scene_str -> latest ticket
         self._media = MediaStore()
         self._faults = Faults()
-        self.holds = Holds()
+        self._holds = Holds()
         # Template msgids: a sequence of their own (not the pushes' MsgIds), from a random start as the platform's
         # are not small numbers every run (emulators sharing a database must not reuse them).
         self._template_msgid = random.SystemRandom().randrange(10**9, 10**12)
@@ -155,21 +155,21 @@ class PlatformApi:
     def hold(self, path_suffix: str) -> None:
         """Matching calls are neither handled nor answered until :meth:`release`, :meth:`clear_faults` or the
         server's stop (at most ``HOLD_MAX_SECONDS``); a released call is handled then, on the clock of then."""
-        self.holds.hold(path_suffix)
+        self._holds.hold(path_suffix)
 
     def release(self, path_suffix: str) -> None:
         """The calls held on ``path_suffix`` go on; later ones are not held."""
-        self.holds.release(path_suffix)
+        self._holds.release(path_suffix)
 
     def wait_until_held(self, path_suffix: str, count: int = 1, timeout: float = 30.0) -> None:
         """Block until ``count`` calls are held on ``path_suffix`` (as given to :meth:`hold`). Raises TimeoutError."""
-        self.holds.wait_until_held(path_suffix, count, timeout)
+        self._holds.wait_until_held(path_suffix, count, timeout)
 
     def clear_faults(self) -> None:
         """Injected errors and delays are gone, and every hold is released."""
         with self._lock:
             self._faults.clear()
-        self.holds.release_all()
+        self._holds.release_all()
 
     # -- introspection --------------------------------------------------------
 
@@ -217,9 +217,14 @@ class PlatformApi:
         with self._lock:
             return self._qr.scene_for_ticket(ticket)
 
-    def delay_for(self, path: str) -> float:
+    def wait_to_handle(self, path: str, stopping: threading.Event) -> bool:
+        """Wait out an injected delay, then a hold, before a call to ``path`` is handled (outside the platform's
+        lock: other calls go on meanwhile). False if the server stops meanwhile: the call is not handled."""
         with self._lock:
-            return self._faults.delay_for(path)
+            delay = self._faults.delay_for(path)
+        if delay and stopping.wait(delay):
+            return False
+        return self._holds.pass_through(path, stopping)
 
     # -- request handling -------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+
+from tests.support.live import wait_until
 
 
 def backend_pid(session: Session) -> int:
@@ -19,10 +19,10 @@ def wait_until_blocked_by(engine: Engine, holder_pid: int, timeout: float = 10.0
 
     A fixed sleep, or a thread still alive after a second, proves nothing on a slow machine: the other client may
     not have reached its statement yet, and the test then passes without the wait it is about."""
-    deadline = time.monotonic() + timeout
     with engine.connect() as connection:
-        while not connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
-                                         "WHERE :holder = ANY(pg_blocking_pids(pid))"), {"holder": holder_pid}):
-            assert time.monotonic() < deadline, f"no client waited for a lock of backend {holder_pid}"
-            time.sleep(0.01)
+        def blocked() -> bool:
             connection.rollback()  # a fresh snapshot of pg_stat_activity
+            return bool(connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                               "WHERE :holder = ANY(pg_blocking_pids(pid))"), {"holder": holder_pid}))
+
+        wait_until(blocked, timeout=timeout, interval=0.01)
