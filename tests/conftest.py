@@ -1,9 +1,9 @@
 """Fixtures that start real things: a database, storage, the app.
 
 Database: a temporary SQLite file per test by default; PostgreSQL when
-TEST_DATABASE_URL is set (schema migrated once per run with Alembic, every
-table truncated after each test, so tests that commit from several
-connections stay isolated).
+TEST_DATABASE_URL is set (a database of its own for each pytest-xdist worker,
+its schema migrated once with Alembic, every table truncated after each test,
+so tests that commit from several connections stay isolated).
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 
 def pytest_configure(config):
     global POSTGRES_URL
-    if ON_POSTGRES and not POSTGRES_URL:
+    if ON_POSTGRES and not POSTGRES_URL and not _hands_tests_to_workers(config):
         POSTGRES_URL = _create_run_database(BASE_POSTGRES_URL)
+
+
+def _hands_tests_to_workers(config) -> bool:
+    """pytest-xdist's controller runs no test: each worker (a process of its own) makes its own database."""
+    return not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no"
 
 
 def pytest_unconfigure(config):
