@@ -28,7 +28,7 @@ from accident_service.db import Base, make_engine  # noqa: E402
 from accident_service.runtime import build_runtime  # noqa: E402
 from accident_service.sandbox.console import NOTICE_TEMPLATE_KEYWORDS  # noqa: E402
 from accident_service.settings import load_settings  # noqa: E402
-from tests.support.servers import MotoS3Server  # noqa: E402
+from tests.support.servers import MotoS3Server, no_hold_expired  # noqa: E402
 
 BASE_POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "")
 ON_POSTGRES = BASE_POSTGRES_URL.startswith("postgresql")
@@ -221,6 +221,7 @@ def wechat(clock):
     emulator.start()
     yield emulator
     emulator.stop()
+    no_hold_expired(emulator)
 
 
 @pytest.fixture

@@ -52,8 +52,8 @@ Controls and introspection (besides ``post_*`` and ``wait_for_sent``):
 * ``refusal_counts(kind=None) -> {errcode: count}`` and ``refused`` (the refused sends' records)
 * ``cards_to(openid) -> [Card]``: template messages as shown (``shown``, ``not_shown``, ``url``)
 * ``duplicate_templates_dropped``, ``force_refreshes``, ``token_requests``, ``stable_token_requests``
-* faults: ``inject_error``, ``inject_http_status``, ``set_delay``, ``hold``/``release``/``wait_until_held``,
-  ``clear_faults``, ``expire_tokens``
+* faults: ``inject_error``, ``inject_http_status``, ``set_delay``, ``hold``/``release``/``wait_until_held``
+  (``expired_holds``: calls a hold let go at its time limit, not at a release), ``clear_faults``, ``expire_tokens``
 * others: ``add_media``, ``remove_media``, ``qrcodes``, ``scene_for_ticket``, ``requests_log``, ``sent``
 """
 

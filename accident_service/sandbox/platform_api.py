@@ -154,7 +154,8 @@ class PlatformApi:
 
     def hold(self, path_suffix: str) -> None:
         """Matching calls are neither handled nor answered until :meth:`release`, :meth:`clear_faults` or the
-        server's stop (at most ``HOLD_MAX_SECONDS``); a released call is handled then, on the clock of then."""
+        server's stop (at most ``HOLD_MAX_SECONDS``, then counted in :attr:`expired_holds`); a released call is
+        handled then, on the clock of then."""
         self._holds.hold(path_suffix)
 
     def release(self, path_suffix: str) -> None:
@@ -164,6 +165,11 @@ class PlatformApi:
     def wait_until_held(self, path_suffix: str, count: int = 1, timeout: float = 30.0) -> None:
         """Block until ``count`` calls are held on ``path_suffix`` (as given to :meth:`hold`). Raises TimeoutError."""
         self._holds.wait_until_held(path_suffix, count, timeout)
+
+    @property
+    def expired_holds(self) -> int:
+        """Held calls let through at ``HOLD_MAX_SECONDS`` because no release came (see :meth:`hold`)."""
+        return self._holds.expired
 
     def clear_faults(self) -> None:
         """Injected errors and delays are gone, and every hold is released."""

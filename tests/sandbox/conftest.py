@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from accident_service.sandbox.emulator import WeChatEmulator
-from tests.support.servers import http_handler_served
+from tests.support.servers import http_handler_served, no_hold_expired
 
 APPID = "wx2c2769f8efd9abc2"
 SECRET = "emulator-secret"
@@ -100,3 +100,4 @@ def emulator(receiver: Receiver, platform_clock: PlatformClock) -> Iterator[WeCh
     with WeChatEmulator(APPID, SECRET, TOKEN, AES_KEY, callback_url=receiver.url,
                         encrypted_by_default=False, clock=platform_clock) as running:
         yield running
+    no_hold_expired(running)

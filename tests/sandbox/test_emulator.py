@@ -14,6 +14,7 @@ from PIL import Image
 from accident_service.sandbox.emulator import WeChatEmulator
 from tests.sandbox.calls import get_token, send_template, send_text, token_works
 from tests.sandbox.conftest import APPID, SECRET
+from tests.support.servers import no_hold_expired
 
 
 def test_media_get_returns_a_real_jpeg(emulator: WeChatEmulator) -> None:
@@ -156,6 +157,36 @@ def test_a_held_call_waits_unanswered_until_released(emulator: WeChatEmulator, l
         emulator.release("media/get")
     assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg"
     assert emulator.requests_log[-1]["path"] == "media/get"
+
+
+def test_a_hold_never_released_lets_its_call_go_at_its_limit_and_is_counted(monkeypatch) -> None:
+    """A forgotten hold does not hang the test's call for ever, and it is not silent either: the fixtures fail
+    on a call let through by the limit rather than by the test (an emulator of its own here, so the fixture's
+    check is not this test's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from accident_service.sandbox import faults
+
+    monkeypatch.setattr(faults, "HOLD_MAX_SECONDS", 0.3)
+    with WeChatEmulator(APPID, SECRET, "token") as own:
+        token = get_token(own)["access_token"]
+        own.hold("media/get")
+        response = requests.get(own.api_base_url + "media/get", timeout=10,
+                                params={"access_token": token, "media_id": own.add_media()})
+        assert response.status_code == 200 and own.expired_holds == 1
+        own.release("media/get")
+        assert own.expired_holds == 1  # a release after the limit does not undo it
+        with pytest.raises(AssertionError, match="1 held call"):
+            no_hold_expired(own)
+        monkeypatch.setattr(faults, "HOLD_MAX_SECONDS", 60.0)  # the limit as tests have it
+        own.hold("media/get")
+        with ThreadPoolExecutor(1) as pool:
+            download = pool.submit(requests.get, own.api_base_url + "media/get", timeout=10,
+                                   params={"access_token": token, "media_id": own.add_media()})
+            own.wait_until_held("media/get")
+            own.release("media/get")
+            assert download.result(timeout=10).status_code == 200
+        assert own.expired_holds == 1  # released in time: not counted
 
 
 def test_qrcode_create_returns_a_ticket_and_serves_an_image(emulator: WeChatEmulator) -> None:

@@ -126,3 +126,9 @@ def stop_process(process: subprocess.Popen, *, grace: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def no_hold_expired(emulator) -> None:
+    """After a test: every call the emulator held went on at the test's release, not at ``HOLD_MAX_SECONDS``
+    (then the test saw an order it did not arrange, and checked less than it says)."""
+    assert not emulator.expired_holds, f"{emulator.expired_holds} held call(s) went on at HOLD_MAX_SECONDS"

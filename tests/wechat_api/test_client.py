@@ -15,7 +15,7 @@ import accident_service.models  # noqa: F401  (registers wechat_token for the da
 from accident_service.sandbox.emulator import WeChatEmulator
 from accident_service.wechat_api.client import GatewayClient, MediaTooLarge, WeChatApi, WeChatApiError
 from accident_service.wechat_api.tokens import LocalTokenStore
-from tests.support.servers import http_handler_served
+from tests.support.servers import http_handler_served, no_hold_expired
 
 APPID = "wx-client-test"
 SECRET = "client-secret"
@@ -29,6 +29,7 @@ def emulator() -> Iterator[WeChatEmulator]:
         running.note_user_activity("o-a")
         running.register_template("TPL-1", ["keyword1"])
         yield running
+    no_hold_expired(running)
 
 
 def make_api(emulator: WeChatEmulator, *, timeout: float = 5.0, secret: str = SECRET) -> WeChatApi:
